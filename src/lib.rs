@@ -1,0 +1,16 @@
+//! proxy-webhooks: a proxy-wasm plugin that turns an API's state-changing responses into
+//! Standard Webhooks.
+//!
+//! Everything outside `host` is plain Rust with no host calls, so it is unit-tested natively;
+//! `host` is the thin proxy-wasm glue, compiled only for wasm32.
+
+pub mod config;
+pub mod event;
+pub mod ids;
+pub mod rules;
+pub mod signing;
+pub mod time;
+pub mod url;
+
+#[cfg(target_arch = "wasm32")]
+mod host;
