@@ -6,8 +6,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod ids;
+pub mod queue;
+pub mod registry;
 pub mod rules;
 pub mod signing;
 pub mod time;

@@ -1,0 +1,324 @@
+//! Delivery logic of the dispatcher, free of host calls: the outbox of pending messages, what an
+//! attempt looks like on the wire, and what its outcome means (retry when, give up, disable).
+//!
+//! The dispatcher glue feeds it events, clock readings and responses, and carries out what it
+//! returns. One message is one (event, subscription) pair; its webhook-id never changes.
+
+use crate::config::DeliveryConfig;
+use crate::signing::Secret;
+use crate::url::Destination;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::rc::Rc;
+
+/// The `user-agent` of every delivery.
+pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// One webhook message for one subscription, waiting for its next attempt.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub webhook_id: String,
+    pub subscription_id: String,
+    pub event_type: Rc<str>,
+    /// The signed body, shared by every subscription the event fans out to.
+    pub payload: Rc<[u8]>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the message was created (the event was seen).
+    pub created_ms: u64,
+}
+
+/// A handle on a message in the outbox.
+pub type MessageKey = u64;
+
+/// Pending messages ordered by due time, bounded by `max_queue`.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    messages: HashMap<MessageKey, Message>,
+    /// (due time, key); stale entries of removed messages are skipped when popped.
+    due: BinaryHeap<Reverse<(u64, MessageKey)>>,
+    /// Keys of messages currently being attempted (not in `due`).
+    in_flight: usize,
+    next_key: MessageKey,
+}
+
+impl Outbox {
+    /// Messages held, in flight or waiting.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Adds a message due at `due_ms`. When the outbox already holds `max_queue` messages, the
+    /// waiting retry created longest ago is dropped first (then the oldest waiting message);
+    /// the dropped one is returned.
+    pub fn push(&mut self, message: Message, due_ms: u64, max_queue: usize) -> Option<Message> {
+        let dropped = if self.messages.len() >= max_queue {
+            self.victim().and_then(|key| self.messages.remove(&key))
+        } else {
+            None
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        self.messages.insert(key, message);
+        self.due.push(Reverse((due_ms, key)));
+        dropped
+    }
+
+    /// The message to drop on overflow: the oldest waiting retry, else the oldest waiting message.
+    fn victim(&self) -> Option<MessageKey> {
+        let waiting = self.due.iter().map(|Reverse((_, k))| *k);
+        let oldest = |retries_only: bool| {
+            waiting
+                .clone()
+                .filter_map(|k| self.messages.get(&k).map(|m| (k, m)))
+                .filter(|(_, m)| !retries_only || m.attempts > 0)
+                .min_by_key(|(k, m)| (m.created_ms, *k))
+                .map(|(k, _)| k)
+        };
+        oldest(true).or_else(|| oldest(false))
+    }
+
+    /// Takes the next message due at `now_ms` and marks it in flight.
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<(MessageKey, &Message)> {
+        loop {
+            let Reverse((due, key)) = *self.due.peek()?;
+            if due > now_ms {
+                return None;
+            }
+            self.due.pop();
+            if self.messages.contains_key(&key) {
+                self.in_flight += 1;
+                return self.messages.get(&key).map(|m| (key, m));
+            }
+        }
+    }
+
+    /// The earliest due time of a waiting message.
+    pub fn next_due(&self) -> Option<u64> {
+        self.due.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// Ends an attempt: the message is either rescheduled or removed (and returned).
+    pub fn finish(&mut self, key: MessageKey, reschedule_at: Option<u64>) -> Option<Message> {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match reschedule_at {
+            Some(at) => {
+                if let Some(m) = self.messages.get_mut(&key) {
+                    m.attempts += 1;
+                    self.due.push(Reverse((at, key)));
+                }
+                None
+            }
+            None => self.messages.remove(&key),
+        }
+    }
+
+    pub fn get(&self, key: MessageKey) -> Option<&Message> {
+        self.messages.get(&key)
+    }
+}
+
+/// What came back from one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The receiver answered (or Envoy answered for it: 503 on connect failure, 504 on timeout).
+    Status { code: u16, retry_after_ms: Option<u64> },
+    /// The callout could not even be started.
+    NotSent(String),
+}
+
+/// What an attempt's outcome means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// Try again at this time.
+    RetryAt(u64),
+    /// The schedule is used up; the message is kept for replay only.
+    Exhausted,
+    /// 410: the receiver is gone for good; disable the subscription.
+    Gone,
+}
+
+/// Decides what follows an attempt. `attempts_made` includes this one; `jitter_unit` is a
+/// random number in [-1, 1] (passed in so the rule stays deterministic under test).
+pub fn judge(
+    response: &Response,
+    attempts_made: u32,
+    now_ms: u64,
+    config: &DeliveryConfig,
+    jitter_unit: f64,
+) -> Verdict {
+    let retry_after = match response {
+        Response::Status { code: 200..=299, .. } => return Verdict::Delivered,
+        Response::Status { code: 410, .. } => return Verdict::Gone,
+        Response::Status { retry_after_ms, .. } => *retry_after_ms,
+        Response::NotSent(_) => None,
+    };
+    let Some(delay) = config.retry_schedule_ms.get(attempts_made as usize) else {
+        return Verdict::Exhausted;
+    };
+    let jittered = apply_jitter(*delay, config.jitter, jitter_unit);
+    Verdict::RetryAt(now_ms.saturating_add(jittered.max(retry_after.unwrap_or(0))))
+}
+
+fn apply_jitter(delay_ms: u64, jitter: f64, unit: f64) -> u64 {
+    let factor = 1.0 + jitter * unit.clamp(-1.0, 1.0);
+    (delay_ms as f64 * factor).round().max(0.0) as u64
+}
+
+/// One HTTP callout, ready for `dispatch_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub timeout_ms: u64,
+}
+
+/// The callout for one attempt: Standard Webhooks headers, signed with every valid secret.
+pub fn build_request(
+    destination: &Destination,
+    config: &DeliveryConfig,
+    message: &Message,
+    timestamp_s: u64,
+    secrets: &[&Secret],
+) -> Request {
+    let signature = crate::signing::signature_header(
+        secrets,
+        &message.webhook_id,
+        timestamp_s,
+        &message.payload,
+    );
+    let cluster = if destination.https { &config.cluster_https } else { &config.cluster_http };
+    Request {
+        cluster: cluster.clone(),
+        headers: vec![
+            (":method", "POST".to_string()),
+            (":path", destination.path_and_query.clone()),
+            (":authority", destination.authority.clone()),
+            (":scheme", if destination.https { "https" } else { "http" }.to_string()),
+            ("content-type", "application/json".to_string()),
+            ("user-agent", USER_AGENT.to_string()),
+            ("webhook-id", message.webhook_id.clone()),
+            ("webhook-timestamp", timestamp_s.to_string()),
+            ("webhook-signature", signature),
+        ],
+        timeout_ms: config.timeout_ms,
+    }
+}
+
+/// A short, secret-free description of a response for logs and the attempt log. Envoy answers
+/// for an unreachable or slow receiver itself; its body says which.
+pub fn describe(code: u16, body_start: &[u8]) -> String {
+    let body = String::from_utf8_lossy(body_start);
+    if code == 503 && body.starts_with("upstream connect error") {
+        "connection failed".to_string()
+    } else if code == 504 && body.starts_with("upstream request timeout") {
+        "timeout".to_string()
+    } else {
+        format!("HTTP {code}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(schedule: &[u64]) -> DeliveryConfig {
+        let mut c = Config::default().delivery;
+        c.retry_schedule_ms = schedule.to_vec();
+        c.jitter = 0.2;
+        c
+    }
+
+    fn message(id: &str, attempts: u32, created_ms: u64) -> Message {
+        Message {
+            webhook_id: id.into(),
+            subscription_id: "sub_1".into(),
+            event_type: "a.b".into(),
+            payload: Rc::from(&b"{}"[..]),
+            attempts,
+            created_ms,
+        }
+    }
+
+    fn status(code: u16) -> Response {
+        Response::Status { code, retry_after_ms: None }
+    }
+
+    #[test]
+    fn success_gone_and_exhaustion() {
+        let c = config(&[0, 100, 1000]);
+        assert_eq!(judge(&status(204), 1, 0, &c, 0.0), Verdict::Delivered);
+        assert_eq!(judge(&status(410), 1, 0, &c, 0.0), Verdict::Gone);
+        assert_eq!(judge(&status(500), 1, 10, &c, 0.0), Verdict::RetryAt(110));
+        assert_eq!(judge(&status(302), 2, 10, &c, 0.0), Verdict::RetryAt(1010));
+        assert_eq!(judge(&status(500), 3, 10, &c, 0.0), Verdict::Exhausted);
+        assert_eq!(judge(&Response::NotSent("x".into()), 1, 0, &c, 0.0), Verdict::RetryAt(100));
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let c = config(&[0, 1000]);
+        assert_eq!(judge(&status(500), 1, 0, &c, 1.0), Verdict::RetryAt(1200));
+        assert_eq!(judge(&status(500), 1, 0, &c, -1.0), Verdict::RetryAt(800));
+        assert_eq!(judge(&status(500), 1, 0, &c, 7.0), Verdict::RetryAt(1200));
+    }
+
+    #[test]
+    fn retry_after_only_when_longer_than_schedule() {
+        let c = config(&[0, 100]);
+        let slow = Response::Status { code: 429, retry_after_ms: Some(2000) };
+        assert_eq!(judge(&slow, 1, 0, &c, 0.0), Verdict::RetryAt(2000));
+        let fast = Response::Status { code: 503, retry_after_ms: Some(10) };
+        assert_eq!(judge(&fast, 1, 0, &c, 0.0), Verdict::RetryAt(100));
+    }
+
+    #[test]
+    fn outbox_pops_in_due_order_and_reschedules() {
+        let mut o = Outbox::default();
+        o.push(message("late", 0, 0), 50, 10);
+        o.push(message("early", 0, 0), 10, 10);
+        assert!(o.pop_due(5).is_none());
+        let (key, m) = o.pop_due(60).unwrap();
+        assert_eq!(m.webhook_id, "early");
+        assert_eq!(o.in_flight(), 1);
+        o.finish(key, Some(100));
+        assert_eq!(o.pop_due(60).unwrap().1.webhook_id, "late");
+        assert_eq!(o.next_due(), Some(100));
+        let (key, m) = o.pop_due(100).unwrap();
+        assert_eq!((m.webhook_id.as_str(), m.attempts), ("early", 1));
+        assert_eq!(o.finish(key, None).unwrap().webhook_id, "early");
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn overflow_drops_oldest_waiting_retry_first() {
+        let mut o = Outbox::default();
+        o.push(message("new0", 0, 1), 0, 3);
+        o.push(message("retry_old", 2, 2), 500, 3);
+        o.push(message("retry_newer", 1, 3), 400, 3);
+        let dropped = o.push(message("new1", 0, 4), 0, 3).unwrap();
+        assert_eq!(dropped.webhook_id, "retry_old");
+        let dropped = o.push(message("new2", 0, 5), 0, 3).unwrap();
+        assert_eq!(dropped.webhook_id, "retry_newer");
+        let dropped = o.push(message("new3", 0, 6), 0, 3).unwrap();
+        assert_eq!(dropped.webhook_id, "new0");
+        assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn describes_envoy_local_replies() {
+        assert_eq!(describe(503, b"upstream connect error or disconnect"), "connection failed");
+        assert_eq!(describe(504, b"upstream request timeout"), "timeout");
+        assert_eq!(describe(503, b"busy"), "HTTP 503");
+    }
+}

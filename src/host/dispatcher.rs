@@ -1,0 +1,287 @@
+//! The dispatcher singleton on Envoy's main thread: takes events off the shared queue, fans them
+//! out to matching subscriptions, signs and delivers them with `dispatch_http_call`.
+//! Decisions (what to retry, when) live in `crate::delivery`; this file only carries them out.
+
+use super::io::{self, Metrics, SharedData, WasiRandom};
+use crate::config::Config;
+use crate::delivery::{self, Message, MessageKey, Outbox, Response, Verdict};
+use crate::ids::{self, RandomSource};
+use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::{Registry, Subscription};
+use crate::signing::Secret;
+use crate::url::{self, Destination};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, RootContext};
+use proxy_wasm::types::{BufferType, MapType};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How often scheduled retries are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// How much of a receiver's response body is read (only to tell Envoy's own errors apart).
+const BODY_PEEK: usize = 64;
+
+/// A subscription ready to sign for: parsed once per stored version.
+struct Resolved {
+    version: u32,
+    subscription: Subscription,
+    destination: Option<Destination>,
+}
+
+/// An attempt waiting for its response.
+struct InFlight {
+    key: MessageKey,
+    started_ms: u64,
+}
+
+pub struct DispatcherRoot {
+    config: Rc<Config>,
+    metrics: Metrics,
+    registry: Registry<SharedData>,
+    outbox: Outbox,
+    in_flight: HashMap<u32, InFlight>,
+    subscriptions: HashMap<String, Rc<Resolved>>,
+    /// Fan-out candidates per event type, valid while the registry generation is unchanged.
+    candidates: (u32, HashMap<String, Rc<[String]>>),
+    queue: Option<u32>,
+    rng: WasiRandom,
+}
+
+impl DispatcherRoot {
+    pub fn new(config: Rc<Config>) -> DispatcherRoot {
+        DispatcherRoot {
+            config,
+            metrics: Metrics::define(),
+            registry: Registry::new(SharedData),
+            outbox: Outbox::default(),
+            in_flight: HashMap::new(),
+            subscriptions: HashMap::new(),
+            candidates: (0, HashMap::new()),
+            queue: None,
+            rng: WasiRandom,
+        }
+    }
+
+    fn drain_queue(&mut self) {
+        let Some(queue) = self.queue else { return };
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
+            match QueueMessage::decode(&bytes) {
+                Ok(QueueMessage::Event { event_type, payload }) => self.fan_out(&event_type, payload),
+                Ok(QueueMessage::Test { subscription_id, payload }) => {
+                    self.add_message(&subscription_id, "webhook.test".into(), payload.into());
+                }
+                Ok(QueueMessage::Replay { .. }) => {}
+                Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
+            }
+        }
+    }
+
+    /// One message per matching, active subscription; the payload is shared, not copied.
+    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>) {
+        let event_type: Rc<str> = Rc::from(event_type);
+        let payload: Rc<[u8]> = payload.into();
+        for id in self.candidates_for(&event_type).iter() {
+            let Some(resolved) = self.resolve(id) else { continue };
+            let sub = &resolved.subscription;
+            let wanted = sub.events.iter().any(|f| crate::rules::filter_matches(f, &event_type));
+            if sub.is_active() && wanted {
+                self.add_message(id, Rc::clone(&event_type), Rc::clone(&payload));
+            }
+        }
+    }
+
+    fn candidates_for(&mut self, event_type: &str) -> Rc<[String]> {
+        let generation = self.registry.generation();
+        if self.candidates.0 != generation {
+            self.candidates = (generation, HashMap::new());
+        }
+        if let Some(ids) = self.candidates.1.get(event_type) {
+            return Rc::clone(ids);
+        }
+        let ids: Rc<[String]> = self.registry.candidates(event_type).into();
+        self.candidates.1.insert(event_type.to_string(), Rc::clone(&ids));
+        ids
+    }
+
+    /// The subscription as stored now, parsed again only when its version moved.
+    fn resolve(&mut self, id: &str) -> Option<Rc<Resolved>> {
+        let Some((bytes, version)) = self.registry.get_raw(id) else {
+            self.subscriptions.remove(id);
+            return None;
+        };
+        if let Some(cached) = self.subscriptions.get(id).filter(|r| r.version == version) {
+            return Some(Rc::clone(cached));
+        }
+        let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
+        let destination = url::parse_destination(&subscription.url).ok();
+        let resolved = Rc::new(Resolved { version, subscription, destination });
+        self.subscriptions.insert(id.to_string(), Rc::clone(&resolved));
+        Some(resolved)
+    }
+
+    fn add_message(&mut self, subscription_id: &str, event_type: Rc<str>, payload: Rc<[u8]>) {
+        let now = io::now_ms();
+        let message = Message {
+            webhook_id: ids::random_id(&mut self.rng, "msg_", 24),
+            subscription_id: subscription_id.to_string(),
+            event_type,
+            payload,
+            attempts: 0,
+            created_ms: now,
+        };
+        let first_delay = self.config.delivery.retry_schedule_ms.first().copied().unwrap_or(0);
+        if let Some(dropped) = self.outbox.push(message, now + first_delay, self.config.delivery.max_queue) {
+            self.metrics.events_dropped.inc();
+            log::warn!(
+                "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
+                self.config.delivery.max_queue,
+                dropped.subscription_id,
+                dropped.webhook_id
+            );
+        }
+    }
+
+    /// Starts every due attempt the in-flight limit allows.
+    fn pump(&mut self) {
+        let now = io::now_ms();
+        while self.outbox.in_flight() < self.config.delivery.max_in_flight {
+            let Some((key, message)) = self.outbox.pop_due(now) else { break };
+            let message = message.clone();
+            self.attempt(key, &message, now);
+        }
+        self.metrics.queue_depth.record(self.outbox.len() as u64);
+    }
+
+    fn attempt(&mut self, key: MessageKey, message: &Message, now: u64) {
+        let resolved = self.resolve(&message.subscription_id);
+        let Some(resolved) = resolved.filter(|r| r.subscription.is_active()) else {
+            // Deleted or disabled since the event: no delivery starts for it.
+            self.outbox.finish(key, None);
+            return;
+        };
+        let Some(destination) = &resolved.destination else {
+            self.conclude(key, message, now, now, Response::NotSent("invalid url".into()));
+            return;
+        };
+        let secrets: Vec<Secret> = resolved
+            .subscription
+            .signing_secrets(now)
+            .filter_map(|s| Secret::parse(s).ok())
+            .collect();
+        let secret_refs: Vec<&Secret> = secrets.iter().collect();
+        let request =
+            delivery::build_request(destination, &self.config.delivery, message, now / 1000, &secret_refs);
+        let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.metrics.delivery_attempts.inc();
+        match hostcalls::dispatch_http_call(
+            &request.cluster,
+            headers,
+            Some(&message.payload),
+            vec![],
+            Duration::from_millis(request.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.in_flight.insert(token, InFlight { key, started_ms: now });
+            }
+            Err(status) => {
+                let reason = format!("callout refused by Envoy ({status:?}); does cluster {} exist?", request.cluster);
+                self.conclude(key, message, now, now, Response::NotSent(reason));
+            }
+        }
+    }
+
+    /// Applies the verdict on an attempt: stats, log, and the message's next step.
+    fn conclude(&mut self, key: MessageKey, message: &Message, started_ms: u64, now: u64, response: Response) {
+        let attempts = message.attempts + 1;
+        let unit = self.jitter_unit();
+        let verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
+        self.metrics.delivery_latency_ms.record(now.saturating_sub(started_ms));
+        let reschedule = match verdict {
+            Verdict::Delivered => {
+                self.metrics.deliveries_succeeded.inc();
+                None
+            }
+            Verdict::RetryAt(at) => Some(at),
+            Verdict::Exhausted | Verdict::Gone => None,
+        };
+        if verdict != Verdict::Delivered {
+            self.metrics.deliveries_failed.inc();
+            log::warn!(
+                "proxy-webhooks: delivery failed: subscription {}, webhook-id {}, attempt {attempts}, {}",
+                message.subscription_id,
+                message.webhook_id,
+                describe_response(&response)
+            );
+        }
+        if verdict == Verdict::Exhausted {
+            self.metrics.deliveries_exhausted.inc();
+        }
+        self.outbox.finish(key, reschedule);
+    }
+
+    fn jitter_unit(&mut self) -> f64 {
+        let mut bytes = [0u8; 4];
+        self.rng.fill(&mut bytes);
+        f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
+    }
+
+    fn read_response(&self, body_size: usize) -> Response {
+        let header = |name| hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
+        let code = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let retry_after_ms = header("retry-after")
+            .and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
+        if code == 0 {
+            return Response::NotSent("no status in the response".into());
+        }
+        let peek = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(BODY_PEEK))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match delivery::describe(code, &peek).as_str() {
+            "connection failed" => Response::NotSent("connection failed".into()),
+            "timeout" => Response::NotSent("timeout".into()),
+            _ => Response::Status { code, retry_after_ms },
+        }
+    }
+}
+
+fn describe_response(response: &Response) -> String {
+    match response {
+        Response::Status { code, .. } => format!("HTTP {code}"),
+        Response::NotSent(reason) => reason.clone(),
+    }
+}
+
+impl Context for DispatcherRoot {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some(InFlight { key, started_ms }) = self.in_flight.remove(&token) else { return };
+        let response = self.read_response(body_size);
+        if let Some(message) = self.outbox.get(key).cloned() {
+            self.conclude(key, &message, started_ms, io::now_ms(), response);
+        }
+        self.pump();
+    }
+}
+
+impl RootContext for DispatcherRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.registry.prepare();
+        self.registry.sync_static(&self.config.subscriptions, io::now_ms());
+        self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
+        if self.queue.is_none() {
+            log::error!("proxy-webhooks: cannot register the shared queue {QUEUE_NAME}");
+            return false;
+        }
+        hostcalls::set_tick_period(TICK).is_ok()
+    }
+
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.drain_queue();
+        self.pump();
+    }
+
+    fn on_tick(&mut self) {
+        self.pump();
+    }
+}

@@ -1,0 +1,208 @@
+//! The HTTP filter on every worker: watches responses for events and hands them to the
+//! dispatcher through the shared queue. It only ever reads: every callback returns `Continue`,
+//! so the API's responses are never changed, delayed or failed.
+
+use super::io::{self, Metrics};
+use crate::config::Config;
+use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::rules::{self, Detected};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, MapType};
+use std::cell::Cell;
+use std::rc::Rc;
+
+/// What every HTTP context of a worker shares.
+pub struct Shared {
+    config: Rc<Config>,
+    metrics: Metrics,
+    queue: Cell<Option<u32>>,
+}
+
+impl Shared {
+    /// The dispatcher's queue; resolved lazily because the dispatcher may register it after
+    /// this worker was configured.
+    fn queue(&self) -> Option<u32> {
+        if self.queue.get().is_none() {
+            self.queue.set(hostcalls::resolve_shared_queue("", QUEUE_NAME).ok().flatten());
+        }
+        self.queue.get()
+    }
+
+    fn enqueue(&self, message: &QueueMessage) {
+        let sent = self
+            .queue()
+            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok());
+        if !sent {
+            self.queue.set(None);
+            self.metrics.events_dropped.inc();
+            log::warn!("proxy-webhooks: event dropped: the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)");
+        }
+    }
+}
+
+pub struct FilterRoot {
+    shared: Rc<Shared>,
+}
+
+impl FilterRoot {
+    pub fn new(config: Rc<Config>) -> FilterRoot {
+        let shared = Shared { config, metrics: Metrics::define(), queue: Cell::new(None) };
+        FilterRoot { shared: Rc::new(shared) }
+    }
+}
+
+impl Context for FilterRoot {}
+
+impl RootContext for FilterRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(EventWatch { shared: Rc::clone(&self.shared), state: State::Idle }))
+    }
+}
+
+/// A context that does nothing, for roots that serve no HTTP traffic.
+pub struct PassThrough;
+
+impl Context for PassThrough {}
+impl HttpContext for PassThrough {}
+
+enum State {
+    /// Not a request that can make an event.
+    Idle,
+    /// A state-changing request; its method and path are needed once the status is known.
+    Request { method: String, path: String },
+    /// The response makes an event; its body is being read as it streams past.
+    Response(Box<Pending>),
+    /// The event was handed over (or there is none).
+    Done,
+}
+
+struct Pending {
+    method: String,
+    path: String,
+    status: u16,
+    detected: Detected,
+    seen_ms: u64,
+    capture: BodyCapture,
+}
+
+pub struct EventWatch {
+    shared: Rc<Shared>,
+    state: State,
+}
+
+fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+}
+
+fn header_str(map: MapType, name: &str) -> Option<String> {
+    header(map, name).and_then(|v| String::from_utf8(v).ok())
+}
+
+impl EventWatch {
+    fn on_request(&mut self) {
+        let Some(method) = header_str(MapType::HttpRequestHeaders, ":method") else { return };
+        if !rules::is_mutating(&method) {
+            return;
+        }
+        let Some(mut path) = header_str(MapType::HttpRequestHeaders, ":path") else { return };
+        if let Some(query) = path.find(['?', '#']) {
+            path.truncate(query);
+        }
+        self.state = State::Request { method, path };
+    }
+
+    fn on_response(&mut self) {
+        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let status = header_str(MapType::HttpResponseHeaders, ":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let config = &self.shared.config;
+        let Some(detected) =
+            rules::detect(&config.events, config.infer_events, &method, &path, status)
+        else {
+            return;
+        };
+        let content_length = header_str(MapType::HttpResponseHeaders, "content-length")
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let capture = BodyCapture::new(
+            config.delivery.max_payload_bytes,
+            header(MapType::HttpResponseHeaders, "content-type").as_deref(),
+            header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
+            content_length,
+        );
+        let seen_ms = io::now_ms();
+        let pending = Pending { method, path, status, detected, seen_ms, capture };
+        self.state = State::Response(Box::new(pending));
+    }
+
+    fn on_body_chunk(&mut self, size: usize) {
+        if let State::Response(pending) = &mut self.state {
+            if pending.capture.wants_more() && size > 0 {
+                if let Ok(Some(chunk)) = hostcalls::get_buffer(
+                    proxy_wasm::types::BufferType::HttpResponseBody,
+                    0,
+                    size,
+                ) {
+                    pending.capture.push(&chunk);
+                }
+            }
+        }
+    }
+
+    /// Builds the event from what was seen and queues it for the dispatcher.
+    fn emit(&mut self, complete: bool) {
+        let State::Response(pending) = std::mem::replace(&mut self.state, State::Done) else {
+            return;
+        };
+        let Pending { method, path, status, detected, seen_ms, capture } = *pending;
+        // A response cut short has no trustworthy body, but the state change still happened.
+        let object = if complete { capture.finish() } else { CapturedObject::NotJson };
+        let request = RequestInfo { method: &method, path: &path, params: &detected.params, status };
+        let payload = event::build_payload(&detected.event_type, seen_ms, &request, object);
+        self.shared.metrics.events_detected.inc();
+        let message = QueueMessage::Event { event_type: detected.event_type, payload };
+        self.shared.enqueue(&message);
+    }
+}
+
+impl Context for EventWatch {}
+
+impl HttpContext for EventWatch {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request();
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.on_response();
+        if end_of_stream {
+            self.emit(true);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.on_body_chunk(size);
+        if end_of_stream {
+            self.emit(true);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        self.emit(true);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.emit(false);
+    }
+}

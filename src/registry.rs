@@ -1,0 +1,567 @@
+//! The subscription registry, kept in a key-value store that every worker and the dispatcher see
+//! (proxy-wasm shared data in Envoy; an in-memory map in tests; etcd later).
+//!
+//! Layout (all keys start with `pwh:`):
+//! - `pwh:sub:<id>`: the subscription record as JSON; an empty value means "deleted".
+//! - `pwh:idx:<n>` (n < 256, chosen by a hash of the filter): lines `<filter> <id>` for every
+//!   subscription listing that event filter (`order.created`, `order.*` or `*`). Fan-out for
+//!   `a.b.c` reads only the buckets of `a.b.c`, `a.b.*`, `a.*` and `*`, so its cost does not grow
+//!   with unrelated subscriptions.
+//! - `pwh:own:<n>` (by a hash of the consumer): lines `<consumer> <id>` (listing, per-consumer
+//!   limit, checked atomically with the insert).
+//! - `pwh:gen`: its version moves after every change, so readers keep caches until it does.
+//!
+//! Every read-modify-write uses compare-and-swap and retries on conflict, so concurrent writers on
+//! different workers never lose an update. Shared data has no create-if-absent, so two first
+//! writers of a key could overwrite each other: the bucket keys are therefore all created once at
+//! start-up ([`Registry::prepare`]) and afterwards only ever changed with compare-and-swap.
+//! Writes are ordered so that readers never see a half-made subscription: an id is listed in an
+//! index only while its record exists, and readers skip ids whose record is gone.
+
+use crate::config::StaticSubscription;
+use serde::{Deserialize, Serialize};
+
+/// A versioned key-value store with compare-and-swap (proxy-wasm shared data semantics).
+pub trait KvStore {
+    /// The value and its version, or None when the key was never written.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes `value` if the key's version is still `cas` (or unconditionally when None).
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Someone else wrote the key since it was read.
+    Conflict,
+    /// The store refused the write for another reason.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryError {
+    NotFound,
+    /// The consumer already has the maximum number of subscriptions.
+    LimitReached(usize),
+    /// Too much contention or a store failure; nothing was changed.
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Disabled,
+}
+
+/// A signing secret; old ones keep signing beside the new one until they expire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningSecret {
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One registry record. `version` grows by one on every change (optimistic concurrency across
+/// backends that lack the store's own cas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub consumer: String,
+    pub url: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The current secret first, then rotated ones still valid.
+    pub secrets: Vec<SigningSecret>,
+    /// Defined in the plugin configuration; not changeable through the API.
+    #[serde(default)]
+    pub is_static: bool,
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl Subscription {
+    pub fn is_active(&self) -> bool {
+        self.status == Status::Active
+    }
+
+    /// Secrets that still sign at `now_ms`, current first.
+    pub fn signing_secrets(&self, now_ms: u64) -> impl Iterator<Item = &str> {
+        self.secrets
+            .iter()
+            .filter(move |s| s.expires_at_ms.is_none_or(|at| at > now_ms))
+            .map(|s| s.secret.as_str())
+    }
+}
+
+const GEN_KEY: &str = "pwh:gen";
+/// The ids of the static subscriptions last synced from the configuration.
+const STATIC_KEY: &str = "pwh:static";
+/// Bounded retries on compare-and-swap conflicts; contention is between a handful of threads.
+const MAX_CAS_RETRIES: usize = 1000;
+
+fn record_key(id: &str) -> String {
+    format!("pwh:sub:{id}")
+}
+
+/// Buckets per list kind: enough that a bucket stays small with 10,000 subscriptions.
+const BUCKETS: u32 = 256;
+
+/// FNV-1a: stable across builds and replicas, unlike std's hasher.
+fn bucket(name: &str) -> u32 {
+    let hash = name
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    hash % BUCKETS
+}
+
+fn index_key(filter: &str) -> String {
+    format!("pwh:idx:{}", bucket(filter))
+}
+
+fn consumer_key(consumer: &str) -> String {
+    format!("pwh:own:{}", bucket(consumer))
+}
+
+/// The index keys an event of `event_type` is looked up under: itself, each `prefix.*`, and `*`.
+pub fn lookup_filters(event_type: &str) -> Vec<String> {
+    let mut filters = vec![event_type.to_string()];
+    let mut end = event_type.len();
+    while let Some(dot) = event_type.get(..end).and_then(|s| s.rfind('.')) {
+        if let Some(prefix) = event_type.get(..dot) {
+            filters.push(format!("{prefix}.*"));
+        }
+        end = dot;
+    }
+    filters.push("*".to_string());
+    filters
+}
+
+/// The ids listed under `name` in a bucket of `<name> <id>` lines.
+fn ids_under<'a>(value: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    std::str::from_utf8(value)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(move |line| line.strip_prefix(name)?.strip_prefix(' '))
+}
+
+/// The registry operations, over any [`KvStore`].
+pub struct Registry<S: KvStore> {
+    store: S,
+}
+
+impl<S: KvStore> Registry<S> {
+    pub fn new(store: S) -> Self {
+        Registry { store }
+    }
+
+    /// Creates the bucket keys that do not exist yet. Run at start-up, before any request.
+    pub fn prepare(&self) {
+        let keys = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
+        for key in keys.chain([GEN_KEY.to_string()]) {
+            if self.store.get(&key).is_none() {
+                let _ = self.store.set(&key, b"", None);
+            }
+        }
+    }
+
+    /// A number that changes whenever any subscription changes.
+    pub fn generation(&self) -> u32 {
+        self.store.get(GEN_KEY).map_or(0, |(_, cas)| cas)
+    }
+
+    /// The record and its store version, or None when absent or deleted.
+    pub fn get(&self, id: &str) -> Option<(Subscription, u32)> {
+        let (bytes, cas) = self.get_raw(id)?;
+        serde_json::from_slice(&bytes).ok().map(|s| (s, cas))
+    }
+
+    /// The raw record bytes and version, for callers that cache parsed records by version.
+    pub fn get_raw(&self, id: &str) -> Option<(Vec<u8>, u32)> {
+        self.store.get(&record_key(id)).filter(|(b, _)| !b.is_empty())
+    }
+
+    /// Ids of subscriptions that may match `event_type` (deduplicated, index order).
+    pub fn candidates(&self, event_type: &str) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for filter in lookup_filters(event_type) {
+            if let Some((value, _)) = self.store.get(&index_key(&filter)) {
+                for id in ids_under(&value, &filter) {
+                    if !ids.iter().any(|known| known == id) {
+                        ids.push(id.to_string());
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    /// The ids a consumer owns, oldest first.
+    pub fn ids_for_consumer(&self, consumer: &str) -> Vec<String> {
+        self.store
+            .get(&consumer_key(consumer))
+            .map(|(value, _)| ids_under(&value, consumer).map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every subscription of a consumer, oldest first, skipping ones being created or deleted.
+    pub fn list_for_consumer(&self, consumer: &str) -> Vec<Subscription> {
+        self.ids_for_consumer(consumer)
+            .iter()
+            .filter_map(|id| self.get(id).map(|(s, _)| s))
+            .collect()
+    }
+
+    /// Adds a new subscription. `limit` caps the consumer's subscriptions (checked atomically).
+    pub fn insert(&self, sub: &Subscription, limit: Option<usize>) -> Result<(), RegistryError> {
+        let (id, consumer) = (sub.id.as_str(), sub.consumer.as_str());
+        self.edit_bucket(&consumer_key(consumer), |lines| {
+            let owned = lines.iter().filter(|l| ids_under(l.as_bytes(), consumer).next().is_some());
+            let count = owned.count();
+            if limit.is_some_and(|max| count >= max) {
+                return Err(RegistryError::LimitReached(count));
+            }
+            add_line(lines, consumer, id);
+            Ok(())
+        })?;
+        let record =
+            serde_json::to_vec(sub).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        if let Err(e) = self.store.set(&record_key(id), &record, None) {
+            self.remove_line(&consumer_key(consumer), consumer, id);
+            return Err(RegistryError::Unavailable(format!("{e:?}")));
+        }
+        for filter in &sub.events {
+            self.add_line(&index_key(filter), filter, id)?;
+        }
+        self.bump_generation();
+        Ok(())
+    }
+
+    /// Changes a subscription with `change`, retried on conflict; returns the stored result.
+    /// `change` may refuse (its error is returned and nothing is written).
+    pub fn update<E>(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Subscription) -> Result<(), E>,
+    ) -> Result<Result<Subscription, E>, RegistryError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let (before, cas) = self.get(id).ok_or(RegistryError::NotFound)?;
+            let mut after = before.clone();
+            if let Err(refused) = change(&mut after) {
+                return Ok(Err(refused));
+            }
+            after.version = before.version.saturating_add(1);
+            let record =
+                serde_json::to_vec(&after).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            match self.store.set(&record_key(id), &record, Some(cas)) {
+                Ok(()) => {
+                    self.reindex(id, &before.events, &after.events)?;
+                    self.bump_generation();
+                    return Ok(Ok(after));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
+            }
+        }
+        Err(RegistryError::Unavailable("too much contention".into()))
+    }
+
+    /// Deletes a subscription: no delivery starts for it afterwards.
+    pub fn delete(&self, id: &str) -> Result<Subscription, RegistryError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let (sub, cas) = self.get(id).ok_or(RegistryError::NotFound)?;
+            match self.store.set(&record_key(id), &[], Some(cas)) {
+                Ok(()) => {
+                    for filter in &sub.events {
+                        self.remove_line(&index_key(filter), filter, id);
+                    }
+                    self.remove_line(&consumer_key(&sub.consumer), &sub.consumer, id);
+                    self.bump_generation();
+                    return Ok(sub);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
+            }
+        }
+        Err(RegistryError::Unavailable("too much contention".into()))
+    }
+
+    /// Makes the registry hold exactly the configured static subscriptions: new ones are added,
+    /// changed ones rewritten (a changed url, filter or secret re-activates), removed ones deleted.
+    /// Idempotent, so every configure may run it.
+    pub fn sync_static(&self, statics: &[StaticSubscription], now_ms: u64) {
+        for wanted in statics {
+            let fresh = from_static(wanted, now_ms);
+            match self.get(&wanted.id) {
+                Some((have, _)) if have.is_static && same_static(&have, &fresh) => {}
+                Some(_) => {
+                    let _ = self.update(&wanted.id, |s| {
+                        *s = Subscription { created_at_ms: s.created_at_ms, version: s.version, ..fresh.clone() };
+                        Ok::<(), ()>(())
+                    });
+                }
+                None => {
+                    let _ = self.insert(&fresh, None);
+                }
+            }
+        }
+        let (listed, cas) = self.store.get(STATIC_KEY).unwrap_or_default();
+        for gone in std::str::from_utf8(&listed).unwrap_or_default().lines() {
+            if !statics.iter().any(|s| s.id == gone) {
+                let _ = self.delete(gone);
+            }
+        }
+        let ids: Vec<&str> = statics.iter().map(|s| s.id.as_str()).collect();
+        let _ = self.store.set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
+    }
+
+    fn reindex(&self, id: &str, before: &[String], after: &[String]) -> Result<(), RegistryError> {
+        for gone in before.iter().filter(|f| !after.contains(f)) {
+            self.remove_line(&index_key(gone), gone, id);
+        }
+        for new in after.iter().filter(|f| !before.contains(f)) {
+            self.add_line(&index_key(new), new, id)?;
+        }
+        Ok(())
+    }
+
+    fn add_line(&self, key: &str, name: &str, id: &str) -> Result<(), RegistryError> {
+        self.edit_bucket(key, |lines| {
+            add_line(lines, name, id);
+            Ok(())
+        })
+    }
+
+    /// Best effort: an id left behind in a bucket is harmless, readers skip missing records.
+    fn remove_line(&self, key: &str, name: &str, id: &str) {
+        let line = format!("{name} {id}");
+        let _ = self.edit_bucket(key, |lines| {
+            lines.retain(|l| *l != line);
+            Ok(())
+        });
+    }
+
+    /// Read-modify-write of one bucket with compare-and-swap, retried on conflict.
+    fn edit_bucket(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        for _ in 0..MAX_CAS_RETRIES {
+            let (value, cas) = self.store.get(key).unwrap_or_default();
+            let text = std::str::from_utf8(&value).unwrap_or_default();
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            edit(&mut lines)?;
+            let joined = lines.join("\n");
+            if joined == text {
+                return Ok(());
+            }
+            match self.store.set(key, joined.as_bytes(), Some(cas)) {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
+            }
+        }
+        Err(RegistryError::Unavailable("too much contention".into()))
+    }
+
+    fn bump_generation(&self) {
+        let _ = self.store.set(GEN_KEY, b"", None);
+    }
+}
+
+fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
+    Subscription {
+        id: s.id.clone(),
+        consumer: s.consumer.clone(),
+        url: s.url.clone(),
+        events: s.events.clone(),
+        description: s.description.clone(),
+        status: Status::Active,
+        disabled_reason: None,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        secrets: vec![SigningSecret { secret: s.secret.clone(), expires_at_ms: None }],
+        is_static: true,
+        version: 1,
+    }
+}
+
+/// Whether a stored static subscription still says what the configuration says (its status may
+/// differ: a receiver's 410 disables it until the configuration changes).
+fn same_static(have: &Subscription, want: &Subscription) -> bool {
+    (&have.consumer, &have.url, &have.events, &have.description, &have.secrets)
+        == (&want.consumer, &want.url, &want.events, &want.description, &want.secrets)
+}
+
+fn add_line(lines: &mut Vec<String>, name: &str, id: &str) {
+    let line = format!("{name} {id}");
+    if !lines.contains(&line) {
+        lines.push(line);
+    }
+}
+
+/// An in-memory [`KvStore`] with the same semantics as proxy-wasm shared data, for tests.
+#[derive(Default)]
+pub struct MemoryStore {
+    map: std::cell::RefCell<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl KvStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.map.borrow().get(key).cloned()
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        let mut map = self.map.borrow_mut();
+        let current = map.get(key).map_or(0, |(_, c)| *c);
+        if cas.is_some_and(|c| current != 0 && c != current) {
+            return Err(StoreError::Conflict);
+        }
+        map.insert(key.to_string(), (value.to_vec(), current + 1));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
+        Subscription {
+            id: id.into(),
+            consumer: consumer.into(),
+            url: "https://example.com/hook".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            description: String::new(),
+            status: Status::Active,
+            disabled_reason: None,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            secrets: vec![SigningSecret { secret: "whsec_AAAA".into(), expires_at_ms: None }],
+            is_static: false,
+            version: 1,
+        }
+    }
+
+    fn registry() -> Registry<MemoryStore> {
+        let r = Registry::new(MemoryStore::default());
+        r.prepare();
+        r
+    }
+
+    #[test]
+    fn lookup_filters_cover_every_prefix() {
+        assert_eq!(lookup_filters("a.b.c"), ["a.b.c", "a.b.*", "a.*", "*"]);
+        assert_eq!(lookup_filters("a"), ["a", "*"]);
+    }
+
+    #[test]
+    fn candidates_come_only_from_matching_indexes() {
+        let r = registry();
+        r.insert(&sub("s1", "c", &["order.created"]), None).unwrap();
+        r.insert(&sub("s2", "c", &["order.*", "user.*"]), None).unwrap();
+        r.insert(&sub("s3", "c", &["*"]), None).unwrap();
+        r.insert(&sub("s4", "c", &["user.deleted"]), None).unwrap();
+        assert_eq!(r.candidates("order.created"), ["s1", "s2", "s3"]);
+        assert_eq!(r.candidates("user.deleted"), ["s4", "s2", "s3"]);
+        assert_eq!(r.candidates("invoice.paid"), ["s3"]);
+    }
+
+    #[test]
+    fn update_reindexes_and_bumps_version_and_generation() {
+        let r = registry();
+        r.insert(&sub("s1", "c", &["order.created"]), None).unwrap();
+        let gen = r.generation();
+        let updated = r
+            .update("s1", |s| {
+                s.events = vec!["user.*".into()];
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(updated.version, 2);
+        assert!(r.candidates("order.created").is_empty());
+        assert_eq!(r.candidates("user.created"), ["s1"]);
+        assert_ne!(r.generation(), gen);
+    }
+
+    #[test]
+    fn refused_update_writes_nothing() {
+        let r = registry();
+        r.insert(&sub("s1", "c", &["a"]), None).unwrap();
+        let out = r.update("s1", |s| {
+            s.url = "changed".into();
+            Err("no")
+        });
+        assert_eq!(out, Ok(Err("no")));
+        assert_eq!(r.get("s1").unwrap().0.url, "https://example.com/hook");
+    }
+
+    #[test]
+    fn delete_removes_record_and_index_entries() {
+        let r = registry();
+        r.insert(&sub("s1", "c", &["a"]), None).unwrap();
+        r.delete("s1").unwrap();
+        assert!(r.get("s1").is_none());
+        assert!(r.candidates("a").is_empty());
+        assert!(r.list_for_consumer("c").is_empty());
+        assert_eq!(r.delete("s1"), Err(RegistryError::NotFound));
+    }
+
+    #[test]
+    fn consumer_limit_is_enforced() {
+        let r = registry();
+        r.insert(&sub("s1", "c", &["a"]), Some(2)).unwrap();
+        r.insert(&sub("s2", "c", &["a"]), Some(2)).unwrap();
+        assert_eq!(r.insert(&sub("s3", "c", &["a"]), Some(2)), Err(RegistryError::LimitReached(2)));
+        assert!(r.get("s3").is_none());
+        r.insert(&sub("s4", "other", &["a"]), Some(2)).unwrap();
+        assert_eq!(r.list_for_consumer("c").len(), 2);
+    }
+
+    fn static_sub(id: &str, url: &str) -> StaticSubscription {
+        StaticSubscription {
+            id: id.into(),
+            consumer: "ops".into(),
+            url: url.into(),
+            events: vec!["*".into()],
+            secret: "whsec_AAAA".into(),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn static_sync_adds_keeps_rewrites_and_removes() {
+        let r = registry();
+        r.sync_static(&[static_sub("a", "https://x/1"), static_sub("b", "https://x/2")], 5);
+        assert_eq!(r.candidates("any.thing"), ["a", "b"]);
+        r.update("a", |s| {
+            s.status = Status::Disabled;
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        // Unchanged configuration keeps the disabled state; a changed url re-activates.
+        r.sync_static(&[static_sub("a", "https://x/1"), static_sub("b", "https://x/2")], 6);
+        assert_eq!(r.get("a").unwrap().0.status, Status::Disabled);
+        r.sync_static(&[static_sub("a", "https://x/new")], 7);
+        let (a, _) = r.get("a").unwrap();
+        assert_eq!((a.status, a.url.as_str(), a.created_at_ms), (Status::Active, "https://x/new", 5));
+        assert!(r.get("b").is_none());
+        assert_eq!(r.candidates("any.thing"), ["a"]);
+    }
+
+    #[test]
+    fn expired_secrets_stop_signing() {
+        let mut s = sub("s1", "c", &["a"]);
+        s.secrets.push(SigningSecret { secret: "old".into(), expires_at_ms: Some(100) });
+        assert_eq!(s.signing_secrets(50).count(), 2);
+        assert_eq!(s.signing_secrets(100).collect::<Vec<_>>(), ["whsec_AAAA"]);
+    }
+}
