@@ -1,0 +1,536 @@
+//! The webhook body: the captured response object plus what was asked of the API.
+
+use crate::time::format_rfc3339_millis;
+use serde::de::IgnoredAny;
+use serde::Serialize;
+
+/// Copies a response body as it streams past, up to a limit, keeping it only if it may be JSON.
+///
+/// Capturing never holds the response back; once the body can no longer be used (not JSON, or
+/// over the limit) the buffer is released and `wants_more` tells the filter to stop reading.
+#[derive(Debug)]
+pub struct BodyCapture {
+    limit: usize,
+    state: CaptureState,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaptureState {
+    Capturing,
+    NotJson,
+    TooLarge,
+}
+
+/// What became of a response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapturedObject {
+    /// Validated JSON, kept verbatim apart from surrounding whitespace.
+    Json(Vec<u8>),
+    /// Not JSON: empty, invalid, a non-JSON content type, or content-encoded.
+    NotJson,
+    /// JSON content type, but larger than the limit.
+    TooLarge,
+}
+
+impl BodyCapture {
+    /// `content_type`/`content_encoding`/`content_length` are the response's headers if present.
+    /// Only bodies with no or a JSON content type and no (or `identity`) encoding are kept; a
+    /// declared length above `limit` is too large before a single byte is read.
+    pub fn new(
+        limit: usize,
+        content_type: Option<&[u8]>,
+        content_encoding: Option<&[u8]>,
+        content_length: Option<u64>,
+    ) -> BodyCapture {
+        let json = content_type.is_none_or(is_json_media_type);
+        let plain =
+            content_encoding.is_none_or(|e| e.trim_ascii().eq_ignore_ascii_case(b"identity"));
+        let declared = content_length.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let state = match declared {
+            _ if !(json && plain) => CaptureState::NotJson,
+            Some(n) if n > limit => CaptureState::TooLarge,
+            _ => CaptureState::Capturing,
+        };
+        let capacity = match state {
+            CaptureState::Capturing => declared.unwrap_or(0),
+            _ => 0,
+        };
+        BodyCapture {
+            limit,
+            state,
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Whether the filter still needs the body bytes.
+    pub fn wants_more(&self) -> bool {
+        self.state == CaptureState::Capturing
+    }
+
+    /// Appends a chunk; past the limit the buffer is dropped and the body marked too large.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if !self.wants_more() {
+            return;
+        }
+        if chunk.len() > self.limit.saturating_sub(self.buf.len()) {
+            self.state = CaptureState::TooLarge;
+            self.buf = Vec::new();
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The outcome once the response has ended.
+    pub fn finish(self) -> CapturedObject {
+        match self.state {
+            CaptureState::NotJson => CapturedObject::NotJson,
+            CaptureState::TooLarge => CapturedObject::TooLarge,
+            CaptureState::Capturing => validated_json(self.buf),
+        }
+    }
+}
+
+/// `buf` trimmed of surrounding whitespace, if it is one well-formed JSON value.
+fn validated_json(mut buf: Vec<u8>) -> CapturedObject {
+    if !is_json_text(buf.trim_ascii()) {
+        return CapturedObject::NotJson;
+    }
+    // Trim in place: moving the bytes down is cheaper than a second buffer.
+    let kept = buf.trim_ascii_end().len();
+    buf.truncate(kept);
+    let leading = buf.len() - buf.trim_ascii_start().len();
+    buf.drain(..leading);
+    CapturedObject::Json(buf)
+}
+
+/// One JSON value in UTF-8. The UTF-8 check comes first because serde_json, when it merely
+/// skips over strings, does not look inside them, and the bytes are embedded as they are.
+fn is_json_text(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => !text.is_empty() && serde_json::from_str::<IgnoredAny>(text).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// `application/json` or any `type/subtype+json`, ignoring parameters and case.
+fn is_json_media_type(value: &[u8]) -> bool {
+    let essence = value
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let Some(slash) = essence.iter().position(|&b| b == b'/') else {
+        return false;
+    };
+    let (kind, subtype) = essence.split_at(slash);
+    let subtype = subtype.get(1..).unwrap_or_default();
+    if kind.is_empty() || subtype.is_empty() {
+        return false;
+    }
+    essence.eq_ignore_ascii_case(b"application/json") || has_json_suffix(subtype)
+}
+
+/// Whether a media subtype is a structured `+json` one such as `problem+json`.
+fn has_json_suffix(subtype: &[u8]) -> bool {
+    const SUFFIX: &[u8] = b"+json";
+    subtype.len() > SUFFIX.len()
+        && subtype
+            .get(subtype.len() - SUFFIX.len()..)
+            .is_some_and(|end| end.eq_ignore_ascii_case(SUFFIX))
+}
+
+/// The API call an event came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    /// The path without its query string.
+    pub path: &'a str,
+    /// Parameters captured from the matched path template, in template order.
+    pub params: &'a [(String, String)],
+    pub status: u16,
+}
+
+/// The event body:
+/// `{"type":..,"timestamp":..,"data":{"object":..,"request":{"method","path","params","status"}}}`,
+/// with `"truncated":true` after `object` when the JSON body was too large to include.
+///
+/// The captured object is spliced in verbatim: it was validated, and re-serialising it would
+/// cost time and could change number formatting or key order.
+pub fn build_payload(
+    event_type: &str,
+    timestamp_ms: u64,
+    request: &RequestInfo<'_>,
+    object: CapturedObject,
+) -> Vec<u8> {
+    let params_len: usize = request
+        .params
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum();
+    let object_len = match &object {
+        CapturedObject::Json(bytes) => bytes.len(),
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(
+        160 + event_type.len()
+            + request.method.len()
+            + request.path.len()
+            + params_len
+            + object_len,
+    );
+    push_header(&mut out, event_type, timestamp_ms);
+    out.extend_from_slice(br#""object":"#);
+    match object {
+        CapturedObject::Json(bytes) => out.extend_from_slice(&bytes),
+        CapturedObject::NotJson => out.extend_from_slice(b"null"),
+        CapturedObject::TooLarge => out.extend_from_slice(br#"null,"truncated":true"#),
+    }
+    out.extend_from_slice(br#","request":{"method":"#);
+    push_json(&mut out, request.method);
+    out.extend_from_slice(br#","path":"#);
+    push_json(&mut out, request.path);
+    out.extend_from_slice(br#","params":{"#);
+    for (i, (name, value)) in request.params.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json(&mut out, name.as_str());
+        out.push(b':');
+        push_json(&mut out, value.as_str());
+    }
+    out.extend_from_slice(br#"},"status":"#);
+    push_json(&mut out, &request.status);
+    out.extend_from_slice(b"}}}");
+    out
+}
+
+/// The body of a `webhook.test` event sent to one subscription on request.
+pub fn build_test_payload(timestamp_ms: u64, subscription_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + subscription_id.len());
+    push_header(&mut out, "webhook.test", timestamp_ms);
+    out.extend_from_slice(br#""subscription_id":"#);
+    push_json(&mut out, subscription_id);
+    out.extend_from_slice(br#","message":"This is a test webhook from proxy-webhooks."}}"#);
+    out
+}
+
+/// `{"type":..,"timestamp":..,"data":{`, shared by every event.
+fn push_header(out: &mut Vec<u8>, event_type: &str, timestamp_ms: u64) {
+    out.extend_from_slice(br#"{"type":"#);
+    push_json(out, event_type);
+    out.extend_from_slice(br#","timestamp":""#);
+    out.extend_from_slice(format_rfc3339_millis(timestamp_ms).as_bytes());
+    out.extend_from_slice(br#"","data":{"#);
+}
+
+/// Appends `value` as JSON. Strings and integers cannot fail to serialise into a `Vec`, so the
+/// error arm is unreachable; it degrades to `null` rather than panicking.
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let mark = out.len();
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(mark);
+        out.extend_from_slice(b"null");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const JSON: Option<&[u8]> = Some(b"application/json");
+
+    fn capture(limit: usize, ct: Option<&[u8]>, chunks: &[&[u8]]) -> CapturedObject {
+        let mut c = BodyCapture::new(limit, ct, None, None);
+        for chunk in chunks {
+            c.push(chunk);
+        }
+        c.finish()
+    }
+
+    fn json_of(bytes: &[u8]) -> CapturedObject {
+        CapturedObject::Json(bytes.to_vec())
+    }
+
+    fn request<'a>(path: &'a str, params: &'a [(String, String)]) -> RequestInfo<'a> {
+        RequestInfo {
+            method: "POST",
+            path,
+            params,
+            status: 201,
+        }
+    }
+
+    fn parse(payload: &[u8]) -> Value {
+        serde_json::from_slice(payload).unwrap()
+    }
+
+    #[test]
+    fn keeps_json_verbatim() {
+        let body: &[u8] = br#"{"id": 42,  "total": 1.50, "z": 1, "a": 2}"#;
+        assert_eq!(
+            capture(100, JSON, &[&body[..10], &body[10..]]),
+            json_of(body)
+        );
+        assert_eq!(capture(100, JSON, &[b"[1, 2]"]), json_of(b"[1, 2]"));
+        assert_eq!(capture(100, JSON, &[b"\"hi\""]), json_of(b"\"hi\""));
+        assert_eq!(capture(100, JSON, &[b"7"]), json_of(b"7"));
+        assert_eq!(capture(100, JSON, &[b"null"]), json_of(b"null"));
+    }
+
+    #[test]
+    fn trims_surrounding_whitespace() {
+        assert_eq!(
+            capture(100, JSON, &[b" \r\n {\"a\":1}", b"\n\t "]),
+            json_of(b"{\"a\":1}")
+        );
+        assert_eq!(capture(100, JSON, &[b"  3"]), json_of(b"3"));
+    }
+
+    #[test]
+    fn invalid_or_empty_is_not_json() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"{\"a\":",
+            b"{\"a\":1} {}",
+            b"hello",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                capture(100, JSON, &[body]),
+                CapturedObject::NotJson,
+                "{body:?}"
+            );
+        }
+        assert_eq!(capture(100, JSON, &[]), CapturedObject::NotJson);
+    }
+
+    #[test]
+    fn invalid_utf8_inside_strings_is_not_json() {
+        assert_eq!(capture(100, JSON, &[b"\"\xff\""]), CapturedObject::NotJson);
+        assert_eq!(
+            capture(100, JSON, &[b"{\"a\xc3\":1}"]),
+            CapturedObject::NotJson
+        );
+    }
+
+    #[test]
+    fn absent_content_type_is_sniffed() {
+        assert_eq!(capture(100, None, &[b"{}"]), json_of(b"{}"));
+        assert_eq!(capture(100, None, &[b"<html>"]), CapturedObject::NotJson);
+    }
+
+    #[test]
+    fn content_types() {
+        for ct in [
+            &b"application/json"[..],
+            b"Application/JSON",
+            b"application/json; charset=utf-8",
+            b" application/json ;charset=UTF-8",
+            b"application/problem+json",
+            b"application/vnd.api+JSON",
+            b"text/x+json",
+        ] {
+            assert!(is_json_media_type(ct), "{ct:?}");
+        }
+        for ct in [
+            &b"text/plain"[..],
+            b"application/jsonx",
+            b"application/json-seq",
+            b"application/xml",
+            b"+json",
+            b"application/+json",
+            b"/+json",
+            b"json",
+            b"",
+        ] {
+            assert!(!is_json_media_type(ct), "{ct:?}");
+        }
+    }
+
+    #[test]
+    fn text_plain_is_not_captured() {
+        let c = BodyCapture::new(100, Some(b"text/plain"), None, None);
+        assert!(!c.wants_more());
+        assert_eq!(c.finish(), CapturedObject::NotJson);
+    }
+
+    #[test]
+    fn encoded_bodies_are_not_captured() {
+        let mut c = BodyCapture::new(100, JSON, Some(b"gzip"), Some(10));
+        assert!(!c.wants_more());
+        c.push(b"{}");
+        assert_eq!(c.finish(), CapturedObject::NotJson);
+        let c = BodyCapture::new(100, JSON, Some(b"Identity"), None);
+        assert!(c.wants_more());
+        // A non-JSON response over the limit is still just not JSON.
+        let c = BodyCapture::new(1, Some(b"text/html"), None, Some(10));
+        assert_eq!(c.finish(), CapturedObject::NotJson);
+    }
+
+    #[test]
+    fn declared_length_over_limit_is_too_large_up_front() {
+        let mut c = BodyCapture::new(10, JSON, None, Some(11));
+        assert!(!c.wants_more());
+        c.push(b"{}");
+        assert_eq!(c.finish(), CapturedObject::TooLarge);
+        let c = BodyCapture::new(10, JSON, None, Some(u64::MAX));
+        assert_eq!(c.finish(), CapturedObject::TooLarge);
+        let c = BodyCapture::new(10, JSON, None, Some(10));
+        assert!(c.wants_more());
+    }
+
+    #[test]
+    fn exactly_at_limit_is_kept() {
+        let body = br#"{"a":"12"}"#; // 10 bytes
+        assert_eq!(capture(10, JSON, &[&body[..4], &body[4..]]), json_of(body));
+        assert_eq!(capture(10, JSON, &[body]), json_of(body));
+    }
+
+    #[test]
+    fn one_past_limit_across_chunks_is_too_large() {
+        let body = br#"{"a":"123"}"#; // 11 bytes
+        let mut c = BodyCapture::new(10, JSON, None, None);
+        c.push(&body[..6]);
+        assert!(c.wants_more());
+        c.push(&body[6..10]);
+        assert!(c.wants_more());
+        c.push(&body[10..]);
+        assert!(!c.wants_more());
+        assert_eq!(c.buf.capacity(), 0);
+        c.push(b"more");
+        assert_eq!(c.finish(), CapturedObject::TooLarge);
+        assert_eq!(capture(0, JSON, &[b"1"]), CapturedObject::TooLarge);
+    }
+
+    #[test]
+    fn payload_with_object() {
+        let params = [("id".to_string(), "42".to_string())];
+        let payload = build_payload(
+            "order.created",
+            1_795_773_600_123,
+            &request("/orders/42", &params),
+            json_of(br#"{"id":42,"total":10}"#),
+        );
+        let expected = concat!(
+            r#"{"type":"order.created","timestamp":"2026-11-27T10:00:00.123Z","#,
+            r#""data":{"object":{"id":42,"total":10},"request":{"method":"POST","#,
+            r#""path":"/orders/42","params":{"id":"42"},"status":201}}}"#
+        );
+        assert_eq!(String::from_utf8(payload).unwrap(), expected);
+    }
+
+    #[test]
+    fn payload_embeds_the_object_verbatim() {
+        let object = br#"{"big":12345678901234567890123,"f":1.50}"#;
+        let payload = build_payload("a.b", 0, &request("/", &[]), json_of(object));
+        let text = String::from_utf8(payload.clone()).unwrap();
+        assert!(text.contains(std::str::from_utf8(object).unwrap()));
+        parse(&payload);
+    }
+
+    #[test]
+    fn payload_without_object() {
+        let v = parse(&build_payload(
+            "a.b",
+            0,
+            &request("/x", &[]),
+            CapturedObject::NotJson,
+        ));
+        assert_eq!(v["data"]["object"], Value::Null);
+        assert!(v["data"].get("truncated").is_none());
+        assert_eq!(v["data"]["request"]["params"], json!({}));
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn payload_marks_truncation_after_object() {
+        let payload = build_payload("a.b", 0, &request("/x", &[]), CapturedObject::TooLarge);
+        let text = String::from_utf8(payload.clone()).unwrap();
+        assert!(text.contains(r#""data":{"object":null,"truncated":true,"request":"#));
+        let v = parse(&payload);
+        assert_eq!(v["data"]["truncated"], true);
+    }
+
+    #[test]
+    fn payload_escapes_odd_strings() {
+        let odd = "/a\"b\\c\u{1}\n\t/é/日本/\u{7f}/😀";
+        let params = [
+            ("q\"k".to_string(), "v\\\u{0}".to_string()),
+            ("id".to_string(), "ü".to_string()),
+        ];
+        let info = RequestInfo {
+            method: "PATCH",
+            path: odd,
+            params: &params,
+            status: 200,
+        };
+        let payload = build_payload("odd.\"type\"", 1, &info, json_of(b"[]"));
+        let v = parse(&payload);
+        assert_eq!(v["type"], "odd.\"type\"");
+        assert_eq!(v["data"]["object"], json!([]));
+        assert_eq!(
+            v["data"]["request"],
+            json!({
+                "method": "PATCH",
+                "path": odd,
+                "params": {"q\"k": "v\\\u{0}", "id": "ü"},
+                "status": 200
+            })
+        );
+        let keys: Vec<_> = v["data"]["request"]["params"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(keys.len(), 2);
+    }
+
+    #[test]
+    fn payload_fields_for_every_capture_outcome() {
+        let params = [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "2".to_string()),
+        ];
+        for object in [
+            json_of(b"{\"k\":[1,{}]}"),
+            json_of(b"\"s\""),
+            CapturedObject::NotJson,
+            CapturedObject::TooLarge,
+        ] {
+            let v = parse(&build_payload(
+                "thing.deleted",
+                1_614_265_330_000,
+                &request("/t/1", &params),
+                object,
+            ));
+            assert_eq!(v["type"], "thing.deleted");
+            assert_eq!(v["timestamp"], "2021-02-25T15:02:10.000Z");
+            assert_eq!(v["data"]["request"]["method"], "POST");
+            assert_eq!(v["data"]["request"]["path"], "/t/1");
+            assert_eq!(v["data"]["request"]["params"], json!({"a": "1", "b": "2"}));
+            assert_eq!(v["data"]["request"]["status"], 201);
+            assert_eq!(v.as_object().unwrap().len(), 3);
+        }
+    }
+
+    #[test]
+    fn test_payload() {
+        let payload = build_test_payload(1_795_773_600_123, "sub_\"x");
+        let v = parse(&payload);
+        assert_eq!(
+            v,
+            json!({
+                "type": "webhook.test",
+                "timestamp": "2026-11-27T10:00:00.123Z",
+                "data": {
+                    "subscription_id": "sub_\"x",
+                    "message": "This is a test webhook from proxy-webhooks."
+                }
+            })
+        );
+        assert!(payload.starts_with(br#"{"type":"webhook.test","timestamp":"#));
+    }
+}

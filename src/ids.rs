@@ -1,0 +1,127 @@
+//! Random identifiers (`msg_…`, `sub_…`) drawn from an injected randomness source.
+
+/// Source of cryptographically random bytes (WASI `random_get` in Envoy; a seeded fake in tests).
+pub trait RandomSource {
+    fn fill(&mut self, buf: &mut [u8]);
+}
+
+/// Random bytes drawn per refill: enough for a 24-character id in one call most of the time.
+const BATCH: usize = 32;
+
+/// Bytes at or above this are rejected: 248 = 4 × 62, so `byte % 62` stays uniform.
+const REJECT_FROM: u8 = 248;
+
+/// `prefix` followed by `len` base62 characters (`0-9A-Za-z`), each uniformly distributed.
+///
+/// Uniformity comes from rejection sampling: a byte maps to a character only when it falls in
+/// the largest multiple of 62 that fits in a byte; other bytes are discarded and more drawn.
+pub fn random_id(rng: &mut dyn RandomSource, prefix: &str, len: usize) -> String {
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    let mut missing = len;
+    let mut buf = [0u8; BATCH];
+    while missing > 0 {
+        rng.fill(&mut buf);
+        for c in buf.iter().filter_map(|&b| base62_char(b)).take(missing) {
+            id.push(c);
+            missing -= 1;
+        }
+    }
+    id
+}
+
+/// The base62 character for an accepted byte, `None` for a rejected one.
+fn base62_char(byte: u8) -> Option<char> {
+    if byte >= REJECT_FROM {
+        return None;
+    }
+    let digit = byte % 62;
+    let ascii = match digit {
+        0..=9 => b'0' + digit,
+        10..=35 => b'A' + (digit - 10),
+        _ => b'a' + (digit - 36),
+    };
+    Some(char::from(ascii))
+}
+
+/// Deterministic randomness for tests: xorshift64* from a fixed seed.
+#[cfg(test)]
+pub(crate) struct TestRng(pub u64);
+
+#[cfg(test)]
+impl RandomSource for TestRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf.iter_mut() {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Replays a fixed byte sequence, cycling.
+    struct Replay(Vec<u8>, usize);
+
+    impl RandomSource for Replay {
+        fn fill(&mut self, buf: &mut [u8]) {
+            for b in buf.iter_mut() {
+                *b = self.0[self.1 % self.0.len()];
+                self.1 += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn has_prefix_and_length() {
+        let id = random_id(&mut TestRng(7), "msg_", 24);
+        assert!(id.starts_with("msg_"));
+        assert_eq!(id.len(), 28);
+        assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn maps_bytes_and_rejects_the_top_range() {
+        let mut rng = Replay(vec![255, 248, 0, 9, 10, 35, 36, 61, 62, 247], 0);
+        assert_eq!(random_id(&mut rng, "", 8), "09AZaz0z");
+    }
+
+    #[test]
+    fn zero_length_draws_nothing() {
+        let mut rng = Replay(vec![1], 0);
+        assert_eq!(random_id(&mut rng, "sub_", 0), "sub_");
+        assert_eq!(rng.1, 0);
+    }
+
+    #[test]
+    fn ids_longer_than_a_batch() {
+        let id = random_id(&mut TestRng(3), "", 100);
+        assert_eq!(id.len(), 100);
+    }
+
+    #[test]
+    fn ids_differ() {
+        let mut rng = TestRng(42);
+        let a = random_id(&mut rng, "msg_", 24);
+        let b = random_id(&mut rng, "msg_", 24);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn characters_are_roughly_uniform() {
+        let id = random_id(&mut TestRng(99), "", 62 * 1000);
+        let mut counts = std::collections::HashMap::new();
+        for c in id.chars() {
+            *counts.entry(c).or_insert(0u32) += 1;
+        }
+        assert_eq!(counts.len(), 62);
+        assert!(
+            counts.values().all(|&n| (850..=1150).contains(&n)),
+            "{counts:?}"
+        );
+    }
+}
