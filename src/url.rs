@@ -355,7 +355,10 @@ mod tests {
         assert_invalid("https://example..com/", name);
         assert_invalid("https://example.com./", name);
         assert_invalid("https://.example.com/", name);
-        assert_invalid("https://example.com\\@evil.com/", "url must not contain user-info");
+        assert_invalid(
+            "https://example.com\\@evil.com/",
+            "url must not contain user-info",
+        );
         assert_invalid("https://evil.com\\.example.com/", name);
         assert_invalid("https://2001:db8::1/", port);
         assert_invalid("https://[2001:db8::1/", "url host has an unclosed '['");
