@@ -3,7 +3,10 @@
 //! Parsing is strict (unknown fields are refused) and every error names the field, so that a
 //! platform engineer sees exactly what to fix in the single log line Envoy prints at start-up.
 
-use crate::rules::EventRule;
+use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
+use crate::signing::Secret;
+use crate::url::check_destination;
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// The whole validated configuration. Every field has a default.
@@ -90,3 +93,601 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Durations are capped so that time arithmetic on them can never overflow.
+pub const MAX_DURATION_MS: u64 = 365 * DAY_MS;
+/// `delivery.retry_schedule` entries at most.
+pub const MAX_RETRY_SCHEDULE: usize = 50;
+/// `subscriptions[].description` characters at most.
+pub const MAX_DESCRIPTION_CHARS: usize = 256;
+
+const SECOND_MS: u64 = 1000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+const DEFAULT_RETRY_SCHEDULE_MS: [u64; 10] = [
+    0,
+    5 * SECOND_MS,
+    5 * MINUTE_MS,
+    30 * MINUTE_MS,
+    2 * HOUR_MS,
+    5 * HOUR_MS,
+    10 * HOUR_MS,
+    14 * HOUR_MS,
+    20 * HOUR_MS,
+    24 * HOUR_MS,
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            events: Vec::new(),
+            infer_events: true,
+            api: ApiConfig::default(),
+            subscriptions: Vec::new(),
+            delivery: DeliveryConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            path_prefix: "/webhooks".to_string(),
+            keys: Vec::new(),
+            max_subscriptions_per_consumer: 100,
+            max_body_bytes: 65536,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout_ms: 15 * SECOND_MS,
+            retry_schedule_ms: DEFAULT_RETRY_SCHEDULE_MS.to_vec(),
+            jitter: 0.2,
+            disable_after_ms: 5 * DAY_MS,
+            max_queue: 10000,
+            max_payload_bytes: 65536,
+            cluster_http: "webhooks_egress_http".to_string(),
+            cluster_https: "webhooks_egress_https".to_string(),
+            allow_insecure_destinations: false,
+            max_in_flight: 256,
+        }
+    }
+}
+
+/// `"250ms"`, `"5s"`, `"30m"`, `"24h"`, `"5d"`: a whole number and a unit, nothing else.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a duration");
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let count: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" => SECOND_MS,
+        "m" => MINUTE_MS,
+        "h" => HOUR_MS,
+        "d" => DAY_MS,
+        _ => return Err(bad()),
+    };
+    match count.checked_mul(scale) {
+        Some(ms) if ms <= MAX_DURATION_MS => Ok(ms),
+        _ => Err(format!("{s:?} is too long (at most 365d)")),
+    }
+}
+
+/// Parses and validates the plugin configuration. Empty or whitespace-only input gives the
+/// defaults. A JSON `null` field counts as absent, so templated YAML can leave values empty.
+pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Config::default());
+    }
+    let value: Value =
+        serde_json::from_slice(json).map_err(|e| err("configuration", e.to_string()))?;
+    let top = Obj::new("", &value, TOP_FIELDS)?;
+    // `delivery` first: it decides how strictly subscription URLs are checked.
+    let delivery = parse_delivery(top.get("delivery"))?;
+    let events = parse_events(top.get("events"))?;
+    let infer_events = top.bool("infer_events")?.unwrap_or(events.is_empty());
+    let api = parse_api(top.get("api"))?;
+    let subscriptions = parse_subscriptions(
+        top.get("subscriptions"),
+        delivery.allow_insecure_destinations,
+    )?;
+    Ok(Config {
+        events,
+        infer_events,
+        api,
+        subscriptions,
+        delivery,
+    })
+}
+
+const TOP_FIELDS: &[&str] = &["events", "infer_events", "api", "subscriptions", "delivery"];
+const EVENT_FIELDS: &[&str] = &["type", "method", "path", "status"];
+const API_FIELDS: &[&str] = &[
+    "path_prefix",
+    "keys",
+    "max_subscriptions_per_consumer",
+    "max_body_bytes",
+];
+const KEY_FIELDS: &[&str] = &["consumer", "sha256"];
+const SUBSCRIPTION_FIELDS: &[&str] = &["id", "consumer", "url", "events", "secret", "description"];
+const DELIVERY_FIELDS: &[&str] = &[
+    "timeout",
+    "retry_schedule",
+    "jitter",
+    "disable_after",
+    "max_queue",
+    "max_payload_bytes",
+    "clusters",
+    "allow_insecure_destinations",
+    "max_in_flight",
+];
+const CLUSTER_FIELDS: &[&str] = &["http", "https"];
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn item(path: &str, index: usize) -> String {
+    format!("{path}[{index}]")
+}
+
+/// A JSON object whose fields have been checked against the known names; every accessor names
+/// the field in its error.
+struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn new(path: &str, value: &'a Value, known: &[&str]) -> Result<Obj<'a>, ConfigError> {
+        let Some(map) = value.as_object() else {
+            return Err(match path {
+                "" => err("configuration", "must be a JSON object"),
+                _ => err(path, "must be an object"),
+            });
+        };
+        if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(err(join(path, unknown), "unknown field"));
+        }
+        Ok(Obj {
+            path: path.to_string(),
+            map,
+        })
+    }
+
+    fn field(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, ConfigError> {
+        self.get(key)
+            .ok_or_else(|| err(self.field(key), "is required"))
+    }
+
+    fn required_str(&self, key: &str) -> Result<&'a str, ConfigError> {
+        as_str(&self.field(key), self.required(key)?)
+    }
+
+    fn str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        self.get(key)
+            .map(|v| as_str(&self.field(key), v))
+            .transpose()
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| err(self.field(key), "must be a boolean"))
+            })
+            .transpose()
+    }
+
+    fn array(&self, key: &str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
+        self.get(key)
+            .map(|v| as_array(&self.field(key), v))
+            .transpose()
+    }
+
+    /// An integer at least `min`, as a usize.
+    fn count(&self, key: &str, min: u64) -> Result<Option<usize>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        match v.as_u64().map(usize::try_from) {
+            Some(Ok(n)) if n as u64 >= min => Ok(Some(n)),
+            Some(Err(_)) => Err(err(self.field(key), "is too large")),
+            _ => Err(err(self.field(key), format!("must be an integer >= {min}"))),
+        }
+    }
+
+    fn duration(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        self.get(key)
+            .map(|v| as_duration(&self.field(key), v))
+            .transpose()
+    }
+
+    /// A duration that must be greater than zero.
+    fn positive_duration(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        match self.duration(key)? {
+            Some(0) => Err(err(self.field(key), "must be greater than 0")),
+            other => Ok(other),
+        }
+    }
+}
+
+fn as_str<'v>(field: &str, v: &'v Value) -> Result<&'v str, ConfigError> {
+    v.as_str().ok_or_else(|| err(field, "must be a string"))
+}
+
+fn as_array<'v>(field: &str, v: &'v Value) -> Result<&'v Vec<Value>, ConfigError> {
+    v.as_array().ok_or_else(|| err(field, "must be an array"))
+}
+
+fn as_duration(field: &str, v: &Value) -> Result<u64, ConfigError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| err(field, "must be a duration string like \"5s\""))?;
+    parse_duration(s).map_err(|problem| err(field, problem))
+}
+
+fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> {
+    let mut d = DeliveryConfig::default();
+    let Some(value) = value else {
+        return Ok(d);
+    };
+    let o = Obj::new("delivery", value, DELIVERY_FIELDS)?;
+    d.timeout_ms = o.positive_duration("timeout")?.unwrap_or(d.timeout_ms);
+    if let Some(list) = o.array("retry_schedule")? {
+        d.retry_schedule_ms = parse_schedule(&o.field("retry_schedule"), list)?;
+    }
+    if let Some(v) = o.get("jitter") {
+        d.jitter = parse_jitter(&o.field("jitter"), v)?;
+    }
+    d.disable_after_ms = o
+        .positive_duration("disable_after")?
+        .unwrap_or(d.disable_after_ms);
+    d.max_queue = o.count("max_queue", 1)?.unwrap_or(d.max_queue);
+    d.max_payload_bytes = o
+        .count("max_payload_bytes", 0)?
+        .unwrap_or(d.max_payload_bytes);
+    if let Some(v) = o.get("clusters") {
+        parse_clusters(&o.field("clusters"), v, &mut d)?;
+    }
+    d.allow_insecure_destinations = o
+        .bool("allow_insecure_destinations")?
+        .unwrap_or(d.allow_insecure_destinations);
+    d.max_in_flight = o.count("max_in_flight", 1)?.unwrap_or(d.max_in_flight);
+    Ok(d)
+}
+
+fn parse_schedule(field: &str, list: &[Value]) -> Result<Vec<u64>, ConfigError> {
+    if list.is_empty() {
+        return Err(err(field, "must not be empty"));
+    }
+    if list.len() > MAX_RETRY_SCHEDULE {
+        return Err(err(
+            field,
+            format!("must have at most {MAX_RETRY_SCHEDULE} entries"),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| as_duration(&item(field, i), v))
+        .collect()
+}
+
+fn parse_jitter(field: &str, v: &Value) -> Result<f64, ConfigError> {
+    match v.as_f64() {
+        Some(j) if (0.0..1.0).contains(&j) => Ok(j),
+        _ => Err(err(field, "must be a number in [0, 1)")),
+    }
+}
+
+fn parse_clusters(field: &str, v: &Value, d: &mut DeliveryConfig) -> Result<(), ConfigError> {
+    let o = Obj::new(field, v, CLUSTER_FIELDS)?;
+    for (key, slot) in [
+        ("http", &mut d.cluster_http),
+        ("https", &mut d.cluster_https),
+    ] {
+        match o.str(key)? {
+            Some("") => return Err(err(o.field(key), "must not be empty")),
+            Some(name) => *slot = name.to_string(),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn parse_events(value: Option<&Value>) -> Result<Vec<EventRule>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    as_array("events", value)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_rule(&item("events", i), v))
+        .collect()
+}
+
+fn parse_rule(path: &str, value: &Value) -> Result<EventRule, ConfigError> {
+    let o = Obj::new(path, value, EVENT_FIELDS)?;
+    let event_type = parse_event_type(&o.field("type"), o.required_str("type")?)?;
+    let methods = match o.get("method") {
+        Some(v) => parse_methods(&o.field("method"), v)?,
+        None => rules::MUTATING_METHODS.map(String::from).to_vec(),
+    };
+    let template = o.required_str("path")?;
+    let path = PathTemplate::parse(template).map_err(|problem| err(o.field("path"), problem))?;
+    let status = match o.get("status") {
+        Some(v) => parse_status(&o.field("status"), v)?,
+        None => StatusMatch::Class(2),
+    };
+    Ok(EventRule {
+        event_type,
+        methods,
+        path,
+        status,
+    })
+}
+
+fn parse_event_type(field: &str, s: &str) -> Result<String, ConfigError> {
+    if !rules::is_valid_event_type(s) {
+        return Err(err(
+            field,
+            format!("{s:?} is not an event type (dot-separated parts of letters, digits and '_', at most 128 characters)"),
+        ));
+    }
+    if s.starts_with("webhook.") {
+        return Err(err(field, "types starting with \"webhook.\" are reserved"));
+    }
+    Ok(s.to_string())
+}
+
+/// One method or a non-empty list; case-insensitive, stored uppercase, duplicates dropped.
+fn parse_methods(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    let shape = || err(field, "must be a method or a non-empty array of methods");
+    if let Some(one) = v.as_str() {
+        return Ok(vec![parse_method(field, one)?]);
+    }
+    let list = v.as_array().filter(|l| !l.is_empty()).ok_or_else(shape)?;
+    let mut methods: Vec<String> = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let field = item(field, i);
+        let method = parse_method(&field, as_str(&field, entry)?)?;
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    Ok(methods)
+}
+
+fn parse_method(field: &str, s: &str) -> Result<String, ConfigError> {
+    let upper = s.to_ascii_uppercase();
+    if rules::is_mutating(&upper) {
+        return Ok(upper);
+    }
+    let problem = match upper.as_str() {
+        "GET" | "HEAD" | "OPTIONS" => {
+            format!("{upper} never makes events; only POST, PUT, PATCH and DELETE do")
+        }
+        _ => format!("{s:?} is not one of POST, PUT, PATCH, DELETE"),
+    };
+    Err(err(field, problem))
+}
+
+/// A non-empty list of codes, or a class string `"1xx"`..`"5xx"`.
+fn parse_status(field: &str, v: &Value) -> Result<StatusMatch, ConfigError> {
+    let shape = || {
+        err(
+            field,
+            "must be a list of status codes or a class like \"2xx\"",
+        )
+    };
+    if let Some(class) = v.as_str() {
+        return parse_status_class(class).ok_or_else(shape);
+    }
+    let list = v.as_array().filter(|l| !l.is_empty()).ok_or_else(shape)?;
+    list.iter()
+        .enumerate()
+        .map(|(i, code)| match code.as_u64() {
+            Some(c @ 100..=599) => Ok(c as u16),
+            _ => Err(err(item(field, i), "must be a status code from 100 to 599")),
+        })
+        .collect::<Result<_, _>>()
+        .map(StatusMatch::Codes)
+}
+
+fn parse_status_class(s: &str) -> Option<StatusMatch> {
+    match s.to_ascii_lowercase().as_bytes() {
+        [d @ b'1'..=b'5', b'x', b'x'] => Some(StatusMatch::Class(u16::from(d - b'0'))),
+        _ => None,
+    }
+}
+
+fn parse_api(value: Option<&Value>) -> Result<ApiConfig, ConfigError> {
+    let mut api = ApiConfig::default();
+    let Some(value) = value else {
+        return Ok(api);
+    };
+    let o = Obj::new("api", value, API_FIELDS)?;
+    if let Some(prefix) = o.str("path_prefix")? {
+        api.path_prefix = parse_path_prefix(&o.field("path_prefix"), prefix)?;
+    }
+    if let Some(list) = o.array("keys")? {
+        api.keys = parse_keys(&o.field("keys"), list)?;
+    }
+    api.max_subscriptions_per_consumer = o
+        .count("max_subscriptions_per_consumer", 1)?
+        .unwrap_or(api.max_subscriptions_per_consumer);
+    api.max_body_bytes = o
+        .count("max_body_bytes", 1024)?
+        .unwrap_or(api.max_body_bytes);
+    Ok(api)
+}
+
+/// Trailing slashes are trimmed; the root itself is refused because the API would then shadow
+/// the upstream's own `/subscriptions`.
+fn parse_path_prefix(field: &str, s: &str) -> Result<String, ConfigError> {
+    if !s.starts_with('/') {
+        return Err(err(field, "must start with '/'"));
+    }
+    let forbidden = |c: char| "?#{}".contains(c) || c.is_whitespace() || c.is_control();
+    if s.contains(forbidden) {
+        return Err(err(
+            field,
+            "must not contain '?', '#', '{', '}' or whitespace",
+        ));
+    }
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err(err(field, "must not be the root '/'"));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn parse_keys(field: &str, list: &[Value]) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys: Vec<ApiKey> = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let o = Obj::new(&item(field, i), v, KEY_FIELDS)?;
+        let consumer = parse_consumer(&o.field("consumer"), o.required_str("consumer")?)?;
+        let sha256 = parse_sha256(o.required_str("sha256")?)
+            .ok_or_else(|| err(o.field("sha256"), "must be 64 hex digits"))?;
+        if keys.iter().any(|k| k.sha256 == sha256) {
+            return Err(err(o.field("sha256"), "the same key is configured twice"));
+        }
+        keys.push(ApiKey { consumer, sha256 });
+    }
+    Ok(keys)
+}
+
+fn parse_consumer(field: &str, s: &str) -> Result<String, ConfigError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    if s.is_empty() || s.len() > 64 || !s.chars().all(ok) {
+        return Err(err(
+            field,
+            "must be 1 to 64 letters, digits, '_', '.' or '-'",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let [hi, lo] = pair else {
+            return None;
+        };
+        *byte = hex_value(*hi)? << 4 | hex_value(*lo)?;
+    }
+    Some(out)
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
+}
+
+fn parse_subscriptions(
+    value: Option<&Value>,
+    allow_insecure: bool,
+) -> Result<Vec<StaticSubscription>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    let list = as_array("subscriptions", value)?;
+    let mut subs: Vec<StaticSubscription> = Vec::with_capacity(list.len());
+    for (i, v) in list.iter().enumerate() {
+        let path = item("subscriptions", i);
+        let sub = parse_subscription(&path, v, allow_insecure)?;
+        if subs.iter().any(|s| s.id == sub.id) {
+            return Err(err(join(&path, "id"), format!("duplicate id {:?}", sub.id)));
+        }
+        subs.push(sub);
+    }
+    Ok(subs)
+}
+
+fn parse_subscription(
+    path: &str,
+    value: &Value,
+    allow_insecure: bool,
+) -> Result<StaticSubscription, ConfigError> {
+    let o = Obj::new(path, value, SUBSCRIPTION_FIELDS)?;
+    let id = parse_subscription_id(&o.field("id"), o.required_str("id")?)?;
+    let consumer = parse_consumer(&o.field("consumer"), o.required_str("consumer")?)?;
+    let url = o.required_str("url")?;
+    check_destination(url, allow_insecure).map_err(|e| err(o.field("url"), e.message))?;
+    let events = parse_filters(&o.field("events"), o.required("events")?)?;
+    let secret = o.required_str("secret")?;
+    Secret::parse(secret).map_err(|problem| err(o.field("secret"), problem))?;
+    let description = o.str("description")?.unwrap_or_default();
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(err(
+            o.field("description"),
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
+    }
+    Ok(StaticSubscription {
+        id,
+        consumer,
+        url: url.to_string(),
+        events,
+        secret: secret.to_string(),
+        description: description.to_string(),
+    })
+}
+
+fn parse_subscription_id(field: &str, s: &str) -> Result<String, ConfigError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if s.is_empty() || s.len() > 64 || !s.chars().all(ok) {
+        return Err(err(field, "must be 1 to 64 letters, digits, '_' or '-'"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    let list = v
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| err(field, "must be a non-empty array of event filters"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let field = item(field, i);
+            let filter = as_str(&field, entry)?;
+            if !rules::is_valid_event_filter(filter) {
+                return Err(err(
+                    field,
+                    format!("{filter:?} is not an event type, a prefix.* wildcard or *"),
+                ));
+            }
+            Ok(filter.to_string())
+        })
+        .collect()
+}

@@ -1,5 +1,655 @@
-//! Placeholder so the crate compiles on this branch; the real rules module is written elsewhere.
+//! Event detection: which responses become events, and with which type.
+//!
+//! Runs on every response the filter sees, so `detect` returns early and allocates nothing unless
+//! an event is actually produced.
 
-/// Throwaway stand-in for the real event rule type.
+/// The methods that change state; only they ever produce events.
+pub const MUTATING_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+
+/// Event types are bounded so they fit comfortably in headers, logs and registry records.
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+
+/// One configured `events[]` entry.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventRule;
+pub struct EventRule {
+    pub event_type: String,
+    /// Uppercase methods; an empty list never matches.
+    pub methods: Vec<String>,
+    pub path: PathTemplate,
+    pub status: StatusMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+    Rest(String),
+}
+
+/// A path template such as `/orders/{id}` or `/files/{*rest}`.
+///
+/// Matching works on raw path segments: percent-encoding is neither decoded nor normalised, so
+/// `/a%2Fb` is one segment. One trailing `/` is ignored on both sides (`/orders/` matches
+/// `/orders`). Empty segments (`//`) never match a literal or a `{name}`, so a doubled slash does
+/// not silently match a template. A trailing `{*rest}` captures the remainder without its leading
+/// `/`, possibly empty: `/files/{*rest}` matches `/files` with `rest = ""`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    source: String,
+    segments: Vec<Segment>,
+}
+
+impl PathTemplate {
+    /// Parses and validates a template; the error text is meant for the configuration log line.
+    pub fn parse(template: &str) -> Result<PathTemplate, String> {
+        let body = template
+            .strip_prefix('/')
+            .ok_or_else(|| "path must start with '/'".to_string())?;
+        let body = trim_trailing_slash(body);
+        let mut segments = Vec::new();
+        if !body.is_empty() {
+            for raw in body.split('/') {
+                let segment = parse_segment(raw)?;
+                check_placement(&segments, &segment)?;
+                segments.push(segment);
+            }
+        }
+        Ok(PathTemplate {
+            source: template.to_string(),
+            segments,
+        })
+    }
+
+    /// The captured parameters, in template order, when `path` (without query string) matches.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        if !self.walk(path, &mut |_, _| {}) {
+            return None;
+        }
+        // Second pass only on success, so a miss never allocates.
+        let mut params = Vec::new();
+        self.walk(path, &mut |name, value| {
+            params.push((name.to_string(), value.to_string()))
+        });
+        Some(params)
+    }
+
+    /// The template as written in the configuration.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Walks `path` against the segments, reporting captures; true when the whole path matched.
+    fn walk(&self, path: &str, capture: &mut dyn FnMut(&str, &str)) -> bool {
+        let Some(body) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut rest = trim_trailing_slash(body);
+        let mut consumed_all = rest.is_empty();
+        for segment in &self.segments {
+            if let Segment::Rest(name) = segment {
+                capture(name, if consumed_all { "" } else { rest });
+                return true;
+            }
+            if consumed_all {
+                return false;
+            }
+            let (head, tail) = match rest.split_once('/') {
+                Some((head, tail)) => (head, Some(tail)),
+                None => (rest, None),
+            };
+            if !segment_matches(segment, head, capture) {
+                return false;
+            }
+            match tail {
+                Some(tail) => rest = tail,
+                None => consumed_all = true,
+            }
+        }
+        consumed_all
+    }
+}
+
+/// Drops one trailing '/', but not the only one left: `//` is a doubled slash, not the root.
+fn trim_trailing_slash(body: &str) -> &str {
+    match body.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => body,
+    }
+}
+
+fn segment_matches(segment: &Segment, value: &str, capture: &mut dyn FnMut(&str, &str)) -> bool {
+    match segment {
+        Segment::Literal(lit) => lit == value,
+        Segment::Param(name) if !value.is_empty() => {
+            capture(name, value);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn parse_segment(raw: &str) -> Result<Segment, String> {
+    if raw.is_empty() {
+        return Err("path must not contain empty segments (\"//\")".to_string());
+    }
+    if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+        let (name, rest) = match inner.strip_prefix('*') {
+            Some(name) => (name, true),
+            None => (inner, false),
+        };
+        if !is_valid_param_name(name) {
+            return Err(format!(
+                "invalid parameter {raw:?}: names are letters, digits and '_'"
+            ));
+        }
+        let name = name.to_string();
+        return Ok(if rest {
+            Segment::Rest(name)
+        } else {
+            Segment::Param(name)
+        });
+    }
+    if let Some(bad) = raw.chars().find(|c| !is_literal_char(*c)) {
+        return Err(format!("invalid character {bad:?} in path segment {raw:?}"));
+    }
+    Ok(Segment::Literal(raw.to_string()))
+}
+
+/// Refuses a segment after `{*rest}` and a parameter name used twice.
+fn check_placement(before: &[Segment], segment: &Segment) -> Result<(), String> {
+    if before.iter().any(|s| matches!(s, Segment::Rest(_))) {
+        return Err("a {*name} parameter must be the last segment".to_string());
+    }
+    let name = match segment {
+        Segment::Param(name) | Segment::Rest(name) => name,
+        Segment::Literal(_) => return Ok(()),
+    };
+    let duplicate = before
+        .iter()
+        .any(|s| matches!(s, Segment::Param(n) | Segment::Rest(n) if n == name));
+    if duplicate {
+        return Err(format!("parameter {name:?} is used twice"));
+    }
+    Ok(())
+}
+
+fn is_valid_param_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// RFC 3986 `pchar`: unreserved, sub-delims, ':', '@', and '%' for raw percent-encoding.
+fn is_literal_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@%".contains(c)
+}
+
+/// Which response statuses a rule accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusMatch {
+    Codes(Vec<u16>),
+    /// The hundreds digit: 2 means 2xx.
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            StatusMatch::Codes(codes) => codes.contains(&status),
+            StatusMatch::Class(class) => status / 100 == *class,
+        }
+    }
+}
+
+/// An event found in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    pub event_type: String,
+    pub params: Vec<(String, String)>,
+}
+
+/// POST, PUT, PATCH or DELETE, exactly as Envoy reports them (uppercase).
+pub fn is_mutating(method: &str) -> bool {
+    MUTATING_METHODS.contains(&method)
+}
+
+/// Explicit rules in order, first match wins; else inference when `infer` and status is 2xx.
+/// GET/HEAD/OPTIONS (anything not mutating) never make events. A query string or fragment
+/// left on `path` is ignored.
+pub fn detect(
+    rules: &[EventRule],
+    infer: bool,
+    method: &str,
+    path: &str,
+    status: u16,
+) -> Option<Detected> {
+    if !is_mutating(method) {
+        return None;
+    }
+    let path = strip_query(path);
+    for rule in rules {
+        if !rule.status.matches(status) || !rule.methods.iter().any(|m| m == method) {
+            continue;
+        }
+        if let Some(params) = rule.path.matches(path) {
+            return Some(Detected {
+                event_type: rule.event_type.clone(),
+                params,
+            });
+        }
+    }
+    if !infer || !(200..300).contains(&status) {
+        return None;
+    }
+    infer_event_type(method, path).map(|event_type| Detected {
+        event_type,
+        params: Vec::new(),
+    })
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// POST→created, PUT/PATCH→updated, DELETE→deleted; resource = the last path segment that is not
+/// id-like (an id-like segment contains a digit, or any char outside [A-Za-z_-], or is empty); '-'
+/// becomes '_'. `/orders`→orders.created, `PATCH /orders/42`→orders.updated,
+/// `DELETE /users/7/keys/3`→keys.deleted, `/api/v1/orders/42`→orders; `/` or `/42` → None.
+/// Also None when the result would not be a valid event type (e.g. longer than 128 chars).
+pub fn infer_event_type(method: &str, path: &str) -> Option<String> {
+    let verb = match method {
+        "POST" => "created",
+        "PUT" | "PATCH" => "updated",
+        "DELETE" => "deleted",
+        _ => return None,
+    };
+    let resource = strip_query(path)
+        .rsplit('/')
+        .find(|segment| !is_id_like(segment))?;
+    if resource.len() + 1 + verb.len() > MAX_EVENT_TYPE_LEN {
+        return None;
+    }
+    Some(format!("{}.{verb}", resource.replace('-', "_")))
+}
+
+fn is_id_like(segment: &str) -> bool {
+    segment.is_empty()
+        || segment
+            .chars()
+            .any(|c| !(c.is_ascii_alphabetic() || c == '_' || c == '-'))
+}
+
+/// `[a-zA-Z0-9_]+(\.[a-zA-Z0-9_]+)*`, at most 128 chars.
+pub fn is_valid_event_type(s: &str) -> bool {
+    s.len() <= MAX_EVENT_TYPE_LEN
+        && s.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+/// An exact valid type, `prefix.*` with a valid prefix, or `*`.
+pub fn is_valid_event_filter(f: &str) -> bool {
+    if f == "*" {
+        return true;
+    }
+    match f.strip_suffix(".*") {
+        Some(prefix) => is_valid_event_type(prefix),
+        None => is_valid_event_type(f),
+    }
+}
+
+/// `*` matches all; `order.*` matches `order.created` and `order.x.y` but neither `order` nor
+/// `orders.created`; anything else matches exactly.
+pub fn filter_matches(filter: &str, event_type: &str) -> bool {
+    if filter == "*" {
+        return true;
+    }
+    match filter.strip_suffix(".*") {
+        Some(prefix) => event_type
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|rest| !rest.is_empty()),
+        None => filter == event_type,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> PathTemplate {
+        PathTemplate::parse(s).unwrap()
+    }
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn rule(ty: &str, methods: &[&str], path: &str, status: StatusMatch) -> EventRule {
+        EventRule {
+            event_type: ty.to_string(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            path: t(path),
+            status,
+        }
+    }
+
+    #[test]
+    fn template_literals() {
+        let tpl = t("/orders");
+        assert_eq!(tpl.as_str(), "/orders");
+        assert_eq!(tpl.matches("/orders"), Some(vec![]));
+        assert_eq!(tpl.matches("/orders/"), Some(vec![]));
+        assert_eq!(tpl.matches("/orders/1"), None);
+        assert_eq!(tpl.matches("/Orders"), None);
+        assert_eq!(tpl.matches("/"), None);
+        assert_eq!(tpl.matches(""), None);
+        assert_eq!(tpl.matches("orders"), None);
+        assert_eq!(tpl.matches("/orders//"), None);
+    }
+
+    #[test]
+    fn template_trailing_slash_in_template() {
+        let tpl = t("/orders/");
+        assert_eq!(tpl.as_str(), "/orders/");
+        assert_eq!(tpl.matches("/orders"), Some(vec![]));
+        assert_eq!(tpl.matches("/orders/"), Some(vec![]));
+    }
+
+    #[test]
+    fn template_root() {
+        let tpl = t("/");
+        assert_eq!(tpl.matches("/"), Some(vec![]));
+        assert_eq!(tpl.matches("/a"), None);
+        assert_eq!(tpl.matches("//"), None);
+    }
+
+    #[test]
+    fn template_params() {
+        let tpl = t("/users/{user}/keys/{key_id}");
+        assert_eq!(
+            tpl.matches("/users/7/keys/3"),
+            Some(p(&[("user", "7"), ("key_id", "3")]))
+        );
+        assert_eq!(
+            tpl.matches("/users/7/keys/3/"),
+            Some(p(&[("user", "7"), ("key_id", "3")]))
+        );
+        assert_eq!(tpl.matches("/users/7/keys"), None);
+        assert_eq!(tpl.matches("/users/7/keys/3/x"), None);
+        assert_eq!(tpl.matches("/users//keys/3"), None);
+        assert_eq!(tpl.matches("/users/7/keys//"), None);
+    }
+
+    #[test]
+    fn template_percent_encoding_is_raw() {
+        let tpl = t("/files/{name}");
+        assert_eq!(tpl.matches("/files/a%2Fb"), Some(p(&[("name", "a%2Fb")])));
+        assert_eq!(t("/caf%C3%A9").matches("/caf%C3%A9"), Some(vec![]));
+        assert_eq!(t("/caf%C3%A9").matches("/caf%c3%a9"), None);
+    }
+
+    #[test]
+    fn template_rest() {
+        let tpl = t("/files/{*path}");
+        assert_eq!(tpl.matches("/files/a/b/c"), Some(p(&[("path", "a/b/c")])));
+        assert_eq!(tpl.matches("/files/a/b/"), Some(p(&[("path", "a/b")])));
+        assert_eq!(tpl.matches("/files/a//b"), Some(p(&[("path", "a//b")])));
+        assert_eq!(tpl.matches("/files"), Some(p(&[("path", "")])));
+        assert_eq!(tpl.matches("/files/"), Some(p(&[("path", "")])));
+        assert_eq!(tpl.matches("/filesx"), None);
+        assert_eq!(t("/{*all}").matches("/"), Some(p(&[("all", "")])));
+        assert_eq!(t("/{*all}").matches("/x/y"), Some(p(&[("all", "x/y")])));
+        assert_eq!(
+            t("/a/{id}/{*rest}").matches("/a/1/2/3"),
+            Some(p(&[("id", "1"), ("rest", "2/3")]))
+        );
+    }
+
+    #[test]
+    fn template_very_long_path() {
+        let long = "/x".repeat(100_000);
+        assert_eq!(t("/x/{id}").matches(&long), None);
+        let got = t("/x/{*rest}").matches(&long).unwrap();
+        assert_eq!(got[0].1.len(), long.len() - 3);
+        let seg = "a".repeat(1_000_000);
+        assert_eq!(
+            t("/{id}").matches(&format!("/{seg}")),
+            Some(p(&[("id", &seg)]))
+        );
+    }
+
+    #[test]
+    fn template_refusals() {
+        let err = |s: &str| PathTemplate::parse(s).unwrap_err();
+        assert_eq!(err(""), "path must start with '/'");
+        assert_eq!(err("orders"), "path must start with '/'");
+        assert_eq!(err("/a/{id}/{id}"), "parameter \"id\" is used twice");
+        assert_eq!(err("/a/{id}/{*id}"), "parameter \"id\" is used twice");
+        assert_eq!(
+            err("/a/{*rest}/b"),
+            "a {*name} parameter must be the last segment"
+        );
+        assert_eq!(
+            err("/a/{}"),
+            "invalid parameter \"{}\": names are letters, digits and '_'"
+        );
+        assert_eq!(
+            err("/a/{*}"),
+            "invalid parameter \"{*}\": names are letters, digits and '_'"
+        );
+        assert_eq!(
+            err("/a/{i-d}"),
+            "invalid parameter \"{i-d}\": names are letters, digits and '_'"
+        );
+        assert_eq!(
+            err("/a/x{id}"),
+            "invalid character '{' in path segment \"x{id}\""
+        );
+        assert_eq!(err("/a b"), "invalid character ' ' in path segment \"a b\"");
+        assert_eq!(
+            err("/a?x=1"),
+            "invalid character '?' in path segment \"a?x=1\""
+        );
+        assert_eq!(
+            err("/a//b"),
+            "path must not contain empty segments (\"//\")"
+        );
+        assert_eq!(err("//"), "path must not contain empty segments (\"//\")");
+    }
+
+    #[test]
+    fn status_match() {
+        let two = StatusMatch::Class(2);
+        assert!(two.matches(200) && two.matches(204) && two.matches(299));
+        assert!(!two.matches(199) && !two.matches(300) && !two.matches(0));
+        let codes = StatusMatch::Codes(vec![201, 202]);
+        assert!(codes.matches(201) && codes.matches(202) && !codes.matches(200));
+        assert!(!StatusMatch::Codes(vec![]).matches(200));
+    }
+
+    #[test]
+    fn mutating_methods() {
+        for m in ["POST", "PUT", "PATCH", "DELETE"] {
+            assert!(is_mutating(m));
+        }
+        for m in ["GET", "HEAD", "OPTIONS", "post", "TRACE", "CONNECT", ""] {
+            assert!(!is_mutating(m));
+        }
+    }
+
+    #[test]
+    fn detect_explicit_first_match_wins() {
+        let rules = vec![
+            rule(
+                "order.created",
+                &["POST"],
+                "/orders",
+                StatusMatch::Codes(vec![201]),
+            ),
+            rule(
+                "order.updated",
+                &["PUT", "PATCH"],
+                "/orders/{id}",
+                StatusMatch::Class(2),
+            ),
+            rule(
+                "order.touched",
+                &["PATCH"],
+                "/orders/{id}",
+                StatusMatch::Class(2),
+            ),
+        ];
+        let d = detect(&rules, false, "POST", "/orders", 201).unwrap();
+        assert_eq!(d.event_type, "order.created");
+        assert!(d.params.is_empty());
+        assert_eq!(detect(&rules, false, "POST", "/orders", 200), None);
+        let d = detect(&rules, false, "PATCH", "/orders/42?x=1", 200).unwrap();
+        assert_eq!(d.event_type, "order.updated");
+        assert_eq!(d.params, p(&[("id", "42")]));
+        assert_eq!(detect(&rules, false, "PATCH", "/orders/42", 404), None);
+    }
+
+    #[test]
+    fn detect_never_for_safe_methods() {
+        let rules = vec![rule("x.y", &["GET"], "/orders", StatusMatch::Class(2))];
+        for m in ["GET", "HEAD", "OPTIONS", "post"] {
+            assert_eq!(detect(&rules, true, m, "/orders", 200), None);
+        }
+    }
+
+    #[test]
+    fn detect_empty_methods_never_match() {
+        let rules = vec![rule("x.y", &[], "/orders", StatusMatch::Class(2))];
+        assert_eq!(detect(&rules, false, "POST", "/orders", 200), None);
+    }
+
+    #[test]
+    fn detect_falls_back_to_inference() {
+        let rules = vec![rule(
+            "order.created",
+            &["POST"],
+            "/orders",
+            StatusMatch::Class(2),
+        )];
+        let d = detect(&rules, true, "DELETE", "/users/7/keys/3", 204).unwrap();
+        assert_eq!(d.event_type, "keys.deleted");
+        assert!(d.params.is_empty());
+        assert_eq!(
+            detect(&rules, false, "DELETE", "/users/7/keys/3", 204),
+            None
+        );
+        assert_eq!(detect(&rules, true, "DELETE", "/users/7/keys/3", 302), None);
+        assert_eq!(detect(&rules, true, "DELETE", "/users/7/keys/3", 500), None);
+        assert_eq!(detect(&rules, true, "POST", "/", 201), None);
+        // An explicit non-2xx rule still applies where inference would not.
+        let rules = vec![rule(
+            "order.failed",
+            &["POST"],
+            "/orders",
+            StatusMatch::Class(4),
+        )];
+        assert_eq!(
+            detect(&rules, true, "POST", "/orders", 409)
+                .unwrap()
+                .event_type,
+            "order.failed"
+        );
+    }
+
+    #[test]
+    fn infer_types() {
+        let cases = [
+            ("POST", "/orders", Some("orders.created")),
+            ("PUT", "/orders/42", Some("orders.updated")),
+            ("PATCH", "/orders/42", Some("orders.updated")),
+            ("DELETE", "/users/7/keys/3", Some("keys.deleted")),
+            ("POST", "/api/v1/orders/42", Some("orders.created")),
+            ("POST", "/orders/", Some("orders.created")),
+            ("POST", "/line-items", Some("line_items.created")),
+            ("POST", "/order_lines/abc-123", Some("order_lines.created")),
+            ("POST", "/orders/42?expand=1", Some("orders.created")),
+            ("POST", "/orders//42", Some("orders.created")),
+            ("POST", "/orders/a%20b", Some("orders.created")),
+            ("POST", "/caf%C3%A9", None),
+            ("POST", "/", None),
+            ("POST", "", None),
+            ("POST", "/42", None),
+            ("POST", "/v1/42", None),
+            ("GET", "/orders", None),
+            ("HEAD", "/orders", None),
+            ("OPTIONS", "/orders", None),
+        ];
+        for (m, path, want) in cases {
+            assert_eq!(infer_event_type(m, path).as_deref(), want, "{m} {path}");
+        }
+    }
+
+    #[test]
+    fn infer_respects_length_limit() {
+        let ok = "a".repeat(MAX_EVENT_TYPE_LEN - ".created".len());
+        let got = infer_event_type("POST", &format!("/{ok}")).unwrap();
+        assert!(is_valid_event_type(&got));
+        let too_long = format!("/{ok}a");
+        assert_eq!(infer_event_type("POST", &too_long), None);
+        assert_eq!(
+            infer_event_type("POST", &"/x".repeat(100_000)).unwrap(),
+            "x.created"
+        );
+    }
+
+    #[test]
+    fn event_type_validity() {
+        for ok in ["order", "order.created", "a.b.c", "A_1.b2", "_"] {
+            assert!(is_valid_event_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "order.",
+            ".order",
+            "a..b",
+            "order-created",
+            "order.*",
+            "*",
+            "é",
+        ] {
+            assert!(!is_valid_event_type(bad), "{bad}");
+        }
+        assert!(is_valid_event_type(&"a".repeat(128)));
+        assert!(!is_valid_event_type(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn event_filter_validity() {
+        for ok in ["*", "order", "order.created", "order.*", "a.b.*"] {
+            assert!(is_valid_event_filter(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".*",
+            "*.created",
+            "order.**",
+            "order*",
+            "**",
+            "order.*.x",
+            " order",
+        ] {
+            assert!(!is_valid_event_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn filters() {
+        assert!(filter_matches("*", "anything.at.all"));
+        assert!(filter_matches("order.*", "order.created"));
+        assert!(filter_matches("order.*", "order.x.y"));
+        assert!(!filter_matches("order.*", "order"));
+        assert!(!filter_matches("order.*", "orders.created"));
+        assert!(!filter_matches("order.*", "order."));
+        assert!(filter_matches("order.created", "order.created"));
+        assert!(!filter_matches("order.created", "order.created.x"));
+        assert!(!filter_matches("order", "order.created"));
+    }
+}
