@@ -26,6 +26,8 @@ pub struct Message {
     pub attempts: u32,
     /// When the message was created (the event was seen).
     pub created_ms: u64,
+    /// Times the callout could not start yet because Envoy was still resolving the host.
+    pub host_waits: u32,
 }
 
 /// A handle on a message in the outbox.
@@ -121,6 +123,15 @@ impl Outbox {
         }
     }
 
+    /// Puts an attempt that could not start back in line without counting it as an attempt.
+    pub fn defer(&mut self, key: MessageKey, at: u64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(m) = self.messages.get_mut(&key) {
+            m.host_waits += 1;
+            self.due.push(Reverse((at, key)));
+        }
+    }
+
     pub fn get(&self, key: MessageKey) -> Option<&Message> {
         self.messages.get(&key)
     }
@@ -130,7 +141,10 @@ impl Outbox {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The receiver answered (or Envoy answered for it: 503 on connect failure, 504 on timeout).
-    Status { code: u16, retry_after_ms: Option<u64> },
+    Status {
+        code: u16,
+        retry_after_ms: Option<u64>,
+    },
     /// The callout could not even be started.
     NotSent(String),
 }
@@ -157,7 +171,9 @@ pub fn judge(
     jitter_unit: f64,
 ) -> Verdict {
     let retry_after = match response {
-        Response::Status { code: 200..=299, .. } => return Verdict::Delivered,
+        Response::Status {
+            code: 200..=299, ..
+        } => return Verdict::Delivered,
         Response::Status { code: 410, .. } => return Verdict::Gone,
         Response::Status { retry_after_ms, .. } => *retry_after_ms,
         Response::NotSent(_) => None,
@@ -196,14 +212,21 @@ pub fn build_request(
         timestamp_s,
         &message.payload,
     );
-    let cluster = if destination.https { &config.cluster_https } else { &config.cluster_http };
+    let cluster = if destination.https {
+        &config.cluster_https
+    } else {
+        &config.cluster_http
+    };
     Request {
         cluster: cluster.clone(),
         headers: vec![
             (":method", "POST".to_string()),
             (":path", destination.path_and_query.clone()),
             (":authority", destination.authority.clone()),
-            (":scheme", if destination.https { "https" } else { "http" }.to_string()),
+            (
+                ":scheme",
+                if destination.https { "https" } else { "http" }.to_string(),
+            ),
             ("content-type", "application/json".to_string()),
             ("user-agent", USER_AGENT.to_string()),
             ("webhook-id", message.webhook_id.clone()),
@@ -247,11 +270,15 @@ mod tests {
             payload: Rc::from(&b"{}"[..]),
             attempts,
             created_ms,
+            host_waits: 0,
         }
     }
 
     fn status(code: u16) -> Response {
-        Response::Status { code, retry_after_ms: None }
+        Response::Status {
+            code,
+            retry_after_ms: None,
+        }
     }
 
     #[test]
@@ -262,7 +289,10 @@ mod tests {
         assert_eq!(judge(&status(500), 1, 10, &c, 0.0), Verdict::RetryAt(110));
         assert_eq!(judge(&status(302), 2, 10, &c, 0.0), Verdict::RetryAt(1010));
         assert_eq!(judge(&status(500), 3, 10, &c, 0.0), Verdict::Exhausted);
-        assert_eq!(judge(&Response::NotSent("x".into()), 1, 0, &c, 0.0), Verdict::RetryAt(100));
+        assert_eq!(
+            judge(&Response::NotSent("x".into()), 1, 0, &c, 0.0),
+            Verdict::RetryAt(100)
+        );
     }
 
     #[test]
@@ -276,9 +306,15 @@ mod tests {
     #[test]
     fn retry_after_only_when_longer_than_schedule() {
         let c = config(&[0, 100]);
-        let slow = Response::Status { code: 429, retry_after_ms: Some(2000) };
+        let slow = Response::Status {
+            code: 429,
+            retry_after_ms: Some(2000),
+        };
         assert_eq!(judge(&slow, 1, 0, &c, 0.0), Verdict::RetryAt(2000));
-        let fast = Response::Status { code: 503, retry_after_ms: Some(10) };
+        let fast = Response::Status {
+            code: 503,
+            retry_after_ms: Some(10),
+        };
         assert_eq!(judge(&fast, 1, 0, &c, 0.0), Verdict::RetryAt(100));
     }
 
@@ -301,6 +337,18 @@ mod tests {
     }
 
     #[test]
+    fn deferred_attempts_do_not_count() {
+        let mut o = Outbox::default();
+        o.push(message("m", 0, 0), 0, 10);
+        let (key, _) = o.pop_due(0).unwrap();
+        o.defer(key, 100);
+        assert_eq!(o.in_flight(), 0);
+        assert!(o.pop_due(99).is_none());
+        let (_, m) = o.pop_due(100).unwrap();
+        assert_eq!((m.attempts, m.host_waits), (0, 1));
+    }
+
+    #[test]
     fn overflow_drops_oldest_waiting_retry_first() {
         let mut o = Outbox::default();
         o.push(message("new0", 0, 1), 0, 3);
@@ -317,7 +365,10 @@ mod tests {
 
     #[test]
     fn describes_envoy_local_replies() {
-        assert_eq!(describe(503, b"upstream connect error or disconnect"), "connection failed");
+        assert_eq!(
+            describe(503, b"upstream connect error or disconnect"),
+            "connection failed"
+        );
         assert_eq!(describe(504, b"upstream request timeout"), "timeout");
         assert_eq!(describe(503, b"busy"), "HTTP 503");
     }

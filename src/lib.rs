@@ -3,7 +3,15 @@
 //!
 //! Everything outside `host` is plain Rust with no host calls, so it is unit-tested natively;
 //! `host` is the thin proxy-wasm glue, compiled only for wasm32.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
 
 pub mod config;
 pub mod delivery;

@@ -9,9 +9,15 @@ pub const QUEUE_NAME: &str = "proxy_webhooks_events";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueMessage {
     /// A detected event, to be fanned out to every matching subscription.
-    Event { event_type: String, payload: Vec<u8> },
+    Event {
+        event_type: String,
+        payload: Vec<u8>,
+    },
     /// A `webhook.test` event for one subscription only.
-    Test { subscription_id: String, payload: Vec<u8> },
+    Test {
+        subscription_id: String,
+        payload: Vec<u8>,
+    },
     /// Send a failed or exhausted message again, with the same webhook-id.
     Replay { webhook_id: String },
 }
@@ -19,8 +25,14 @@ pub enum QueueMessage {
 impl QueueMessage {
     pub fn encode(&self) -> Vec<u8> {
         let (tag, name, payload): (&str, &str, &[u8]) = match self {
-            QueueMessage::Event { event_type, payload } => ("E", event_type, payload),
-            QueueMessage::Test { subscription_id, payload } => ("T", subscription_id, payload),
+            QueueMessage::Event {
+                event_type,
+                payload,
+            } => ("E", event_type, payload),
+            QueueMessage::Test {
+                subscription_id,
+                payload,
+            } => ("T", subscription_id, payload),
             QueueMessage::Replay { webhook_id } => ("R", webhook_id, &[]),
         };
         let mut out = Vec::with_capacity(tag.len() + name.len() + payload.len() + 2);
@@ -43,8 +55,14 @@ impl QueueMessage {
             .to_string();
         let payload = parts.next().unwrap_or_default().to_vec();
         match tag {
-            b"E" => Ok(QueueMessage::Event { event_type: name, payload }),
-            b"T" => Ok(QueueMessage::Test { subscription_id: name, payload }),
+            b"E" => Ok(QueueMessage::Event {
+                event_type: name,
+                payload,
+            }),
+            b"T" => Ok(QueueMessage::Test {
+                subscription_id: name,
+                payload,
+            }),
             b"R" => Ok(QueueMessage::Replay { webhook_id: name }),
             _ => Err("queue message with an unknown tag".to_string()),
         }
@@ -58,9 +76,17 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         let messages = [
-            QueueMessage::Event { event_type: "order.created".into(), payload: b"{\"a\":\n1}".to_vec() },
-            QueueMessage::Test { subscription_id: "sub_1".into(), payload: b"{}".to_vec() },
-            QueueMessage::Replay { webhook_id: "msg_1".into() },
+            QueueMessage::Event {
+                event_type: "order.created".into(),
+                payload: b"{\"a\":\n1}".to_vec(),
+            },
+            QueueMessage::Test {
+                subscription_id: "sub_1".into(),
+                payload: b"{}".to_vec(),
+            },
+            QueueMessage::Replay {
+                webhook_id: "msg_1".into(),
+            },
         ];
         for m in messages {
             assert_eq!(QueueMessage::decode(&m.encode()).unwrap(), m);

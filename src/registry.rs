@@ -100,6 +100,8 @@ impl Subscription {
 }
 
 const GEN_KEY: &str = "pwh:gen";
+/// How many subscriptions are active, kept by every writer (the `subscriptions_active` gauge).
+const ACTIVE_KEY: &str = "pwh:active";
 /// The ids of the static subscriptions last synced from the configuration.
 const STATIC_KEY: &str = "pwh:static";
 /// Bounded retries on compare-and-swap conflicts; contention is between a handful of threads.
@@ -114,9 +116,9 @@ const BUCKETS: u32 = 256;
 
 /// FNV-1a: stable across builds and replicas, unlike std's hasher.
 fn bucket(name: &str) -> u32 {
-    let hash = name
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
     hash % BUCKETS
 }
 
@@ -163,7 +165,7 @@ impl<S: KvStore> Registry<S> {
     /// Creates the bucket keys that do not exist yet. Run at start-up, before any request.
     pub fn prepare(&self) {
         let keys = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
-        for key in keys.chain([GEN_KEY.to_string()]) {
+        for key in keys.chain([GEN_KEY.to_string(), ACTIVE_KEY.to_string()]) {
             if self.store.get(&key).is_none() {
                 let _ = self.store.set(&key, b"", None);
             }
@@ -183,7 +185,9 @@ impl<S: KvStore> Registry<S> {
 
     /// The raw record bytes and version, for callers that cache parsed records by version.
     pub fn get_raw(&self, id: &str) -> Option<(Vec<u8>, u32)> {
-        self.store.get(&record_key(id)).filter(|(b, _)| !b.is_empty())
+        self.store
+            .get(&record_key(id))
+            .filter(|(b, _)| !b.is_empty())
     }
 
     /// Ids of subscriptions that may match `event_type` (deduplicated, index order).
@@ -221,7 +225,9 @@ impl<S: KvStore> Registry<S> {
     pub fn insert(&self, sub: &Subscription, limit: Option<usize>) -> Result<(), RegistryError> {
         let (id, consumer) = (sub.id.as_str(), sub.consumer.as_str());
         self.edit_bucket(&consumer_key(consumer), |lines| {
-            let owned = lines.iter().filter(|l| ids_under(l.as_bytes(), consumer).next().is_some());
+            let owned = lines
+                .iter()
+                .filter(|l| ids_under(l.as_bytes(), consumer).next().is_some());
             let count = owned.count();
             if limit.is_some_and(|max| count >= max) {
                 return Err(RegistryError::LimitReached(count));
@@ -238,8 +244,37 @@ impl<S: KvStore> Registry<S> {
         for filter in &sub.events {
             self.add_line(&index_key(filter), filter, id)?;
         }
+        self.count_active(None, Some(sub));
         self.bump_generation();
         Ok(())
+    }
+
+    /// How many subscriptions are active.
+    pub fn active_count(&self) -> u64 {
+        self.store
+            .get(ACTIVE_KEY)
+            .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Keeps the active count in step with a change from `before` to `after`.
+    fn count_active(&self, before: Option<&Subscription>, after: Option<&Subscription>) {
+        let active = |s: Option<&Subscription>| i64::from(s.is_some_and(Subscription::is_active));
+        let delta = active(after) - active(before);
+        if delta == 0 {
+            return;
+        }
+        for _ in 0..MAX_CAS_RETRIES {
+            let (value, cas) = self.store.get(ACTIVE_KEY).unwrap_or_default();
+            let count: i64 = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let next = (count + delta).max(0).to_string();
+            if self.store.set(ACTIVE_KEY, next.as_bytes(), Some(cas)) != Err(StoreError::Conflict) {
+                return;
+            }
+        }
     }
 
     /// Changes a subscription with `change`, retried on conflict; returns the stored result.
@@ -256,11 +291,12 @@ impl<S: KvStore> Registry<S> {
                 return Ok(Err(refused));
             }
             after.version = before.version.saturating_add(1);
-            let record =
-                serde_json::to_vec(&after).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            let record = serde_json::to_vec(&after)
+                .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             match self.store.set(&record_key(id), &record, Some(cas)) {
                 Ok(()) => {
                     self.reindex(id, &before.events, &after.events)?;
+                    self.count_active(Some(&before), Some(&after));
                     self.bump_generation();
                     return Ok(Ok(after));
                 }
@@ -281,6 +317,7 @@ impl<S: KvStore> Registry<S> {
                         self.remove_line(&index_key(filter), filter, id);
                     }
                     self.remove_line(&consumer_key(&sub.consumer), &sub.consumer, id);
+                    self.count_active(Some(&sub), None);
                     self.bump_generation();
                     return Ok(sub);
                 }
@@ -301,7 +338,11 @@ impl<S: KvStore> Registry<S> {
                 Some((have, _)) if have.is_static && same_static(&have, &fresh) => {}
                 Some(_) => {
                     let _ = self.update(&wanted.id, |s| {
-                        *s = Subscription { created_at_ms: s.created_at_ms, version: s.version, ..fresh.clone() };
+                        *s = Subscription {
+                            created_at_ms: s.created_at_ms,
+                            version: s.version,
+                            ..fresh.clone()
+                        };
                         Ok::<(), ()>(())
                     });
                 }
@@ -317,7 +358,9 @@ impl<S: KvStore> Registry<S> {
             }
         }
         let ids: Vec<&str> = statics.iter().map(|s| s.id.as_str()).collect();
-        let _ = self.store.set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
+        let _ = self
+            .store
+            .set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
     }
 
     fn reindex(&self, id: &str, before: &[String], after: &[String]) -> Result<(), RegistryError> {
@@ -386,7 +429,10 @@ fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
         disabled_reason: None,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
-        secrets: vec![SigningSecret { secret: s.secret.clone(), expires_at_ms: None }],
+        secrets: vec![SigningSecret {
+            secret: s.secret.clone(),
+            expires_at_ms: None,
+        }],
         is_static: true,
         version: 1,
     }
@@ -395,8 +441,19 @@ fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
 /// Whether a stored static subscription still says what the configuration says (its status may
 /// differ: a receiver's 410 disables it until the configuration changes).
 fn same_static(have: &Subscription, want: &Subscription) -> bool {
-    (&have.consumer, &have.url, &have.events, &have.description, &have.secrets)
-        == (&want.consumer, &want.url, &want.events, &want.description, &want.secrets)
+    (
+        &have.consumer,
+        &have.url,
+        &have.events,
+        &have.description,
+        &have.secrets,
+    ) == (
+        &want.consumer,
+        &want.url,
+        &want.events,
+        &want.description,
+        &want.secrets,
+    )
 }
 
 fn add_line(lines: &mut Vec<String>, name: &str, id: &str) {
@@ -443,7 +500,10 @@ mod tests {
             disabled_reason: None,
             created_at_ms: 1,
             updated_at_ms: 1,
-            secrets: vec![SigningSecret { secret: "whsec_AAAA".into(), expires_at_ms: None }],
+            secrets: vec![SigningSecret {
+                secret: "whsec_AAAA".into(),
+                expires_at_ms: None,
+            }],
             is_static: false,
             version: 1,
         }
@@ -465,7 +525,8 @@ mod tests {
     fn candidates_come_only_from_matching_indexes() {
         let r = registry();
         r.insert(&sub("s1", "c", &["order.created"]), None).unwrap();
-        r.insert(&sub("s2", "c", &["order.*", "user.*"]), None).unwrap();
+        r.insert(&sub("s2", "c", &["order.*", "user.*"]), None)
+            .unwrap();
         r.insert(&sub("s3", "c", &["*"]), None).unwrap();
         r.insert(&sub("s4", "c", &["user.deleted"]), None).unwrap();
         assert_eq!(r.candidates("order.created"), ["s1", "s2", "s3"]);
@@ -519,10 +580,14 @@ mod tests {
         let r = registry();
         r.insert(&sub("s1", "c", &["a"]), Some(2)).unwrap();
         r.insert(&sub("s2", "c", &["a"]), Some(2)).unwrap();
-        assert_eq!(r.insert(&sub("s3", "c", &["a"]), Some(2)), Err(RegistryError::LimitReached(2)));
+        assert_eq!(
+            r.insert(&sub("s3", "c", &["a"]), Some(2)),
+            Err(RegistryError::LimitReached(2))
+        );
         assert!(r.get("s3").is_none());
         r.insert(&sub("s4", "other", &["a"]), Some(2)).unwrap();
         assert_eq!(r.list_for_consumer("c").len(), 2);
+        assert_eq!(r.active_count(), 3);
     }
 
     fn static_sub(id: &str, url: &str) -> StaticSubscription {
@@ -539,7 +604,13 @@ mod tests {
     #[test]
     fn static_sync_adds_keeps_rewrites_and_removes() {
         let r = registry();
-        r.sync_static(&[static_sub("a", "https://x/1"), static_sub("b", "https://x/2")], 5);
+        r.sync_static(
+            &[
+                static_sub("a", "https://x/1"),
+                static_sub("b", "https://x/2"),
+            ],
+            5,
+        );
         assert_eq!(r.candidates("any.thing"), ["a", "b"]);
         r.update("a", |s| {
             s.status = Status::Disabled;
@@ -548,19 +619,32 @@ mod tests {
         .unwrap()
         .unwrap();
         // Unchanged configuration keeps the disabled state; a changed url re-activates.
-        r.sync_static(&[static_sub("a", "https://x/1"), static_sub("b", "https://x/2")], 6);
+        r.sync_static(
+            &[
+                static_sub("a", "https://x/1"),
+                static_sub("b", "https://x/2"),
+            ],
+            6,
+        );
         assert_eq!(r.get("a").unwrap().0.status, Status::Disabled);
         r.sync_static(&[static_sub("a", "https://x/new")], 7);
         let (a, _) = r.get("a").unwrap();
-        assert_eq!((a.status, a.url.as_str(), a.created_at_ms), (Status::Active, "https://x/new", 5));
+        assert_eq!(
+            (a.status, a.url.as_str(), a.created_at_ms),
+            (Status::Active, "https://x/new", 5)
+        );
         assert!(r.get("b").is_none());
         assert_eq!(r.candidates("any.thing"), ["a"]);
+        assert_eq!(r.active_count(), 1);
     }
 
     #[test]
     fn expired_secrets_stop_signing() {
         let mut s = sub("s1", "c", &["a"]);
-        s.secrets.push(SigningSecret { secret: "old".into(), expires_at_ms: Some(100) });
+        s.secrets.push(SigningSecret {
+            secret: "old".into(),
+            expires_at_ms: Some(100),
+        });
         assert_eq!(s.signing_secrets(50).count(), 2);
         assert_eq!(s.signing_secrets(100).collect::<Vec<_>>(), ["whsec_AAAA"]);
     }

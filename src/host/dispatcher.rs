@@ -12,13 +12,14 @@ use crate::signing::Secret;
 use crate::url::{self, Destination};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, Status};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 /// How often scheduled retries are looked at.
-const TICK: Duration = Duration::from_millis(100);
+const TICK_MS: u64 = 100;
+const TICK: Duration = Duration::from_millis(TICK_MS);
 /// How much of a receiver's response body is read (only to tell Envoy's own errors apart).
 const BODY_PEEK: usize = 64;
 
@@ -67,8 +68,14 @@ impl DispatcherRoot {
         let Some(queue) = self.queue else { return };
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue) {
             match QueueMessage::decode(&bytes) {
-                Ok(QueueMessage::Event { event_type, payload }) => self.fan_out(&event_type, payload),
-                Ok(QueueMessage::Test { subscription_id, payload }) => {
+                Ok(QueueMessage::Event {
+                    event_type,
+                    payload,
+                }) => self.fan_out(&event_type, payload),
+                Ok(QueueMessage::Test {
+                    subscription_id,
+                    payload,
+                }) => {
                     self.add_message(&subscription_id, "webhook.test".into(), payload.into());
                 }
                 Ok(QueueMessage::Replay { .. }) => {}
@@ -82,9 +89,14 @@ impl DispatcherRoot {
         let event_type: Rc<str> = Rc::from(event_type);
         let payload: Rc<[u8]> = payload.into();
         for id in self.candidates_for(&event_type).iter() {
-            let Some(resolved) = self.resolve(id) else { continue };
+            let Some(resolved) = self.resolve(id) else {
+                continue;
+            };
             let sub = &resolved.subscription;
-            let wanted = sub.events.iter().any(|f| crate::rules::filter_matches(f, &event_type));
+            let wanted = sub
+                .events
+                .iter()
+                .any(|f| crate::rules::filter_matches(f, &event_type));
             if sub.is_active() && wanted {
                 self.add_message(id, Rc::clone(&event_type), Rc::clone(&payload));
             }
@@ -100,7 +112,9 @@ impl DispatcherRoot {
             return Rc::clone(ids);
         }
         let ids: Rc<[String]> = self.registry.candidates(event_type).into();
-        self.candidates.1.insert(event_type.to_string(), Rc::clone(&ids));
+        self.candidates
+            .1
+            .insert(event_type.to_string(), Rc::clone(&ids));
         ids
     }
 
@@ -115,8 +129,13 @@ impl DispatcherRoot {
         }
         let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
         let destination = url::parse_destination(&subscription.url).ok();
-        let resolved = Rc::new(Resolved { version, subscription, destination });
-        self.subscriptions.insert(id.to_string(), Rc::clone(&resolved));
+        let resolved = Rc::new(Resolved {
+            version,
+            subscription,
+            destination,
+        });
+        self.subscriptions
+            .insert(id.to_string(), Rc::clone(&resolved));
         Some(resolved)
     }
 
@@ -129,9 +148,19 @@ impl DispatcherRoot {
             payload,
             attempts: 0,
             created_ms: now,
+            host_waits: 0,
         };
-        let first_delay = self.config.delivery.retry_schedule_ms.first().copied().unwrap_or(0);
-        if let Some(dropped) = self.outbox.push(message, now + first_delay, self.config.delivery.max_queue) {
+        let first_delay = self
+            .config
+            .delivery
+            .retry_schedule_ms
+            .first()
+            .copied()
+            .unwrap_or(0);
+        if let Some(dropped) =
+            self.outbox
+                .push(message, now + first_delay, self.config.delivery.max_queue)
+        {
             self.metrics.events_dropped.inc();
             log::warn!(
                 "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
@@ -146,7 +175,9 @@ impl DispatcherRoot {
     fn pump(&mut self) {
         let now = io::now_ms();
         while self.outbox.in_flight() < self.config.delivery.max_in_flight {
-            let Some((key, message)) = self.outbox.pop_due(now) else { break };
+            let Some((key, message)) = self.outbox.pop_due(now) else {
+                break;
+            };
             let message = message.clone();
             self.attempt(key, &message, now);
         }
@@ -161,7 +192,13 @@ impl DispatcherRoot {
             return;
         };
         let Some(destination) = &resolved.destination else {
-            self.conclude(key, message, now, now, Response::NotSent("invalid url".into()));
+            self.conclude(
+                key,
+                message,
+                now,
+                now,
+                Response::NotSent("invalid url".into()),
+            );
             return;
         };
         let secrets: Vec<Secret> = resolved
@@ -170,10 +207,18 @@ impl DispatcherRoot {
             .filter_map(|s| Secret::parse(s).ok())
             .collect();
         let secret_refs: Vec<&Secret> = secrets.iter().collect();
-        let request =
-            delivery::build_request(destination, &self.config.delivery, message, now / 1000, &secret_refs);
-        let headers: Vec<(&str, &str)> = request.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.metrics.delivery_attempts.inc();
+        let request = delivery::build_request(
+            destination,
+            &self.config.delivery,
+            message,
+            now / 1000,
+            &secret_refs,
+        );
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         match hostcalls::dispatch_http_call(
             &request.cluster,
             headers,
@@ -182,28 +227,60 @@ impl DispatcherRoot {
             Duration::from_millis(request.timeout_ms),
         ) {
             Ok(token) => {
-                self.in_flight.insert(token, InFlight { key, started_ms: now });
+                self.metrics.delivery_attempts.inc();
+                self.in_flight.insert(
+                    token,
+                    InFlight {
+                        key,
+                        started_ms: now,
+                    },
+                );
+            }
+            // A host the egress cluster has not resolved yet: Envoy refuses a callout with a body
+            // until its DNS cache has the host, and starts resolving it. Try again shortly; this
+            // is not an attempt (the receiver saw nothing), unless it lasts a whole timeout.
+            Err(Status::InternalFailure)
+                if u64::from(message.host_waits) * TICK_MS < request.timeout_ms =>
+            {
+                self.outbox.defer(key, now + TICK_MS);
             }
             Err(status) => {
-                let reason = format!("callout refused by Envoy ({status:?}); does cluster {} exist?", request.cluster);
+                self.metrics.delivery_attempts.inc();
+                let reason = format!(
+                    "callout refused by Envoy ({status:?}); does cluster {} exist?",
+                    request.cluster
+                );
                 self.conclude(key, message, now, now, Response::NotSent(reason));
             }
         }
     }
 
     /// Applies the verdict on an attempt: stats, log, and the message's next step.
-    fn conclude(&mut self, key: MessageKey, message: &Message, started_ms: u64, now: u64, response: Response) {
+    fn conclude(
+        &mut self,
+        key: MessageKey,
+        message: &Message,
+        started_ms: u64,
+        now: u64,
+        response: Response,
+    ) {
         let attempts = message.attempts + 1;
         let unit = self.jitter_unit();
         let verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
-        self.metrics.delivery_latency_ms.record(now.saturating_sub(started_ms));
+        self.metrics
+            .delivery_latency_ms
+            .record(now.saturating_sub(started_ms));
         let reschedule = match verdict {
             Verdict::Delivered => {
                 self.metrics.deliveries_succeeded.inc();
                 None
             }
             Verdict::RetryAt(at) => Some(at),
-            Verdict::Exhausted | Verdict::Gone => None,
+            Verdict::Exhausted => None,
+            Verdict::Gone => {
+                self.disable(&message.subscription_id, "gone", now);
+                None
+            }
         };
         if verdict != Verdict::Delivered {
             self.metrics.deliveries_failed.inc();
@@ -220,6 +297,23 @@ impl DispatcherRoot {
         self.outbox.finish(key, reschedule);
     }
 
+    /// Disables a subscription for good reason; only PATCH `status: active` turns it back on.
+    fn disable(&mut self, id: &str, reason: &str, now: u64) {
+        let changed = self.registry.update(id, |s| {
+            if !s.is_active() {
+                return Err(());
+            }
+            s.status = crate::registry::Status::Disabled;
+            s.disabled_reason = Some(reason.to_string());
+            s.updated_at_ms = now;
+            Ok(())
+        });
+        if matches!(changed, Ok(Ok(_))) {
+            self.metrics.subscriptions_disabled.inc();
+            log::warn!("proxy-webhooks: subscription {id} disabled: {reason}");
+        }
+    }
+
     fn jitter_unit(&mut self) -> f64 {
         let mut bytes = [0u8; 4];
         self.rng.fill(&mut bytes);
@@ -227,21 +321,34 @@ impl DispatcherRoot {
     }
 
     fn read_response(&self, body_size: usize) -> Response {
-        let header = |name| hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name).ok().flatten();
-        let code = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let retry_after_ms = header("retry-after")
-            .and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
+        let header = |name| {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let code = header(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let retry_after_ms =
+            header("retry-after").and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
         if code == 0 {
             return Response::NotSent("no status in the response".into());
         }
-        let peek = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(BODY_PEEK))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let peek = hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(BODY_PEEK),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         match delivery::describe(code, &peek).as_str() {
             "connection failed" => Response::NotSent("connection failed".into()),
             "timeout" => Response::NotSent("timeout".into()),
-            _ => Response::Status { code, retry_after_ms },
+            _ => Response::Status {
+                code,
+                retry_after_ms,
+            },
         }
     }
 }
@@ -254,8 +361,16 @@ fn describe_response(response: &Response) -> String {
 }
 
 impl Context for DispatcherRoot {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(InFlight { key, started_ms }) = self.in_flight.remove(&token) else { return };
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(InFlight { key, started_ms }) = self.in_flight.remove(&token) else {
+            return;
+        };
         let response = self.read_response(body_size);
         if let Some(message) = self.outbox.get(key).cloned() {
             self.conclude(key, &message, started_ms, io::now_ms(), response);
@@ -267,7 +382,8 @@ impl Context for DispatcherRoot {
 impl RootContext for DispatcherRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.registry.prepare();
-        self.registry.sync_static(&self.config.subscriptions, io::now_ms());
+        self.registry
+            .sync_static(&self.config.subscriptions, io::now_ms());
         self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
         if self.queue.is_none() {
             log::error!("proxy-webhooks: cannot register the shared queue {QUEUE_NAME}");
@@ -283,5 +399,8 @@ impl RootContext for DispatcherRoot {
 
     fn on_tick(&mut self) {
         self.pump();
+        self.metrics
+            .subscriptions_active
+            .record(self.registry.active_count());
     }
 }

@@ -25,7 +25,11 @@ impl Shared {
     /// this worker was configured.
     fn queue(&self) -> Option<u32> {
         if self.queue.get().is_none() {
-            self.queue.set(hostcalls::resolve_shared_queue("", QUEUE_NAME).ok().flatten());
+            self.queue.set(
+                hostcalls::resolve_shared_queue("", QUEUE_NAME)
+                    .ok()
+                    .flatten(),
+            );
         }
         self.queue.get()
     }
@@ -48,8 +52,14 @@ pub struct FilterRoot {
 
 impl FilterRoot {
     pub fn new(config: Rc<Config>) -> FilterRoot {
-        let shared = Shared { config, metrics: Metrics::define(), queue: Cell::new(None) };
-        FilterRoot { shared: Rc::new(shared) }
+        let shared = Shared {
+            config,
+            metrics: Metrics::define(),
+            queue: Cell::new(None),
+        };
+        FilterRoot {
+            shared: Rc::new(shared),
+        }
     }
 }
 
@@ -61,7 +71,10 @@ impl RootContext for FilterRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EventWatch { shared: Rc::clone(&self.shared), state: State::Idle }))
+        Some(Box::new(EventWatch {
+            shared: Rc::clone(&self.shared),
+            state: State::Idle,
+        }))
     }
 }
 
@@ -106,11 +119,15 @@ fn header_str(map: MapType, name: &str) -> Option<String> {
 
 impl EventWatch {
     fn on_request(&mut self) {
-        let Some(method) = header_str(MapType::HttpRequestHeaders, ":method") else { return };
+        let Some(method) = header_str(MapType::HttpRequestHeaders, ":method") else {
+            return;
+        };
         if !rules::is_mutating(&method) {
             return;
         }
-        let Some(mut path) = header_str(MapType::HttpRequestHeaders, ":path") else { return };
+        let Some(mut path) = header_str(MapType::HttpRequestHeaders, ":path") else {
+            return;
+        };
         if let Some(query) = path.find(['?', '#']) {
             path.truncate(query);
         }
@@ -118,7 +135,8 @@ impl EventWatch {
     }
 
     fn on_response(&mut self) {
-        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Done)
+        else {
             return;
         };
         let status = header_str(MapType::HttpResponseHeaders, ":status")
@@ -139,18 +157,23 @@ impl EventWatch {
             content_length,
         );
         let seen_ms = io::now_ms();
-        let pending = Pending { method, path, status, detected, seen_ms, capture };
+        let pending = Pending {
+            method,
+            path,
+            status,
+            detected,
+            seen_ms,
+            capture,
+        };
         self.state = State::Response(Box::new(pending));
     }
 
     fn on_body_chunk(&mut self, size: usize) {
         if let State::Response(pending) = &mut self.state {
             if pending.capture.wants_more() && size > 0 {
-                if let Ok(Some(chunk)) = hostcalls::get_buffer(
-                    proxy_wasm::types::BufferType::HttpResponseBody,
-                    0,
-                    size,
-                ) {
+                if let Ok(Some(chunk)) =
+                    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, size)
+                {
                     pending.capture.push(&chunk);
                 }
             }
@@ -162,13 +185,32 @@ impl EventWatch {
         let State::Response(pending) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
-        let Pending { method, path, status, detected, seen_ms, capture } = *pending;
+        let Pending {
+            method,
+            path,
+            status,
+            detected,
+            seen_ms,
+            capture,
+        } = *pending;
         // A response cut short has no trustworthy body, but the state change still happened.
-        let object = if complete { capture.finish() } else { CapturedObject::NotJson };
-        let request = RequestInfo { method: &method, path: &path, params: &detected.params, status };
+        let object = if complete {
+            capture.finish()
+        } else {
+            CapturedObject::NotJson
+        };
+        let request = RequestInfo {
+            method: &method,
+            path: &path,
+            params: &detected.params,
+            status,
+        };
         let payload = event::build_payload(&detected.event_type, seen_ms, &request, object);
         self.shared.metrics.events_detected.inc();
-        let message = QueueMessage::Event { event_type: detected.event_type, payload };
+        let message = QueueMessage::Event {
+            event_type: detected.event_type,
+            payload,
+        };
         self.shared.enqueue(&message);
     }
 }

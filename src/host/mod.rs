@@ -25,7 +25,10 @@ proxy_wasm::main! {{
 /// A panic must never go unnoticed: log it at critical level (Envoy then fails the VM open).
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
-        let _ = proxy_wasm::hostcalls::log(LogLevel::Critical, &format!("proxy-webhooks panicked: {info}"));
+        let _ = proxy_wasm::hostcalls::log(
+            LogLevel::Critical,
+            &format!("proxy-webhooks panicked: {info}"),
+        );
     }));
 }
 
@@ -69,7 +72,9 @@ impl RootContext for Root {
         };
         *self = match root_id.as_str() {
             FILTER_ROOT_ID => Root::Filter(filter::FilterRoot::new(config)),
-            DISPATCHER_ROOT_ID => Root::Dispatcher(Box::new(dispatcher::DispatcherRoot::new(config))),
+            DISPATCHER_ROOT_ID => {
+                Root::Dispatcher(Box::new(dispatcher::DispatcherRoot::new(config)))
+            }
             other => {
                 log::error!(
                     "proxy-webhooks: unknown root_id {other:?}: use {FILTER_ROOT_ID:?} for the HTTP filter or {DISPATCHER_ROOT_ID:?} for the bootstrap service"
