@@ -76,6 +76,10 @@ pub struct DeliveryConfig {
     pub allow_insecure_destinations: bool,
     /// `delivery.max_in_flight`: concurrent callouts at most, default 256, at least 1.
     pub max_in_flight: usize,
+    /// `delivery.max_replay`: failed or exhausted messages kept for replay, default 1000.
+    pub max_replay: usize,
+    /// `delivery.drain_timeout`: how long shutdown waits for pending deliveries, default 10 s.
+    pub drain_timeout_ms: u64,
 }
 
 /// A refused configuration: which field, and what is wrong with it.
@@ -155,6 +159,8 @@ impl Default for DeliveryConfig {
             cluster_https: "webhooks_egress_https".to_string(),
             allow_insecure_destinations: false,
             max_in_flight: 256,
+            max_replay: 1000,
+            drain_timeout_ms: 10_000,
         }
     }
 }
@@ -226,6 +232,8 @@ const DELIVERY_FIELDS: &[&str] = &[
     "clusters",
     "allow_insecure_destinations",
     "max_in_flight",
+    "max_replay",
+    "drain_timeout",
 ];
 const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 
@@ -379,6 +387,8 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
         .bool("allow_insecure_destinations")?
         .unwrap_or(d.allow_insecure_destinations);
     d.max_in_flight = o.count("max_in_flight", 1)?.unwrap_or(d.max_in_flight);
+    d.max_replay = o.count("max_replay", 0)?.unwrap_or(d.max_replay);
+    d.drain_timeout_ms = o.duration("drain_timeout")?.unwrap_or(d.drain_timeout_ms);
     Ok(d)
 }
 

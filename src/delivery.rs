@@ -137,6 +137,48 @@ impl Outbox {
     }
 }
 
+/// Failed, exhausted or dropped messages, kept so that a consumer can ask for them again.
+/// Bounded: the oldest is forgotten first.
+#[derive(Debug, Default)]
+pub struct ReplayStore {
+    messages: HashMap<String, Message>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl ReplayStore {
+    pub fn keep(&mut self, message: Message, capacity: usize) {
+        if capacity == 0 {
+            return;
+        }
+        let id = message.webhook_id.clone();
+        if self.messages.insert(id.clone(), message).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.messages.remove(&old);
+            }
+        }
+    }
+
+    /// Takes a message out for another round of attempts, counted from one again.
+    pub fn take(&mut self, webhook_id: &str) -> Option<Message> {
+        let mut message = self.messages.remove(webhook_id)?;
+        self.order.retain(|id| id != webhook_id);
+        message.attempts = 0;
+        message.host_waits = 0;
+        Some(message)
+    }
+
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+}
+
 /// What came back from one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -361,6 +403,19 @@ mod tests {
         let dropped = o.push(message("new3", 0, 6), 0, 3).unwrap();
         assert_eq!(dropped.webhook_id, "new0");
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn replay_store_is_bounded_and_resets_attempts() {
+        let mut store = ReplayStore::default();
+        for n in 0..5 {
+            store.keep(message(&format!("m{n}"), 3, n), 3);
+        }
+        assert_eq!(store.len(), 3);
+        assert!(store.take("m0").is_none());
+        let m = store.take("m4").unwrap();
+        assert_eq!((m.webhook_id.as_str(), m.attempts), ("m4", 0));
+        assert!(store.take("m4").is_none());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! Decisions (what to retry, when) live in `crate::delivery`; this file only carries them out.
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
+use crate::attempts::{self, Attempt, State};
 use crate::config::Config;
-use crate::delivery::{self, Message, MessageKey, Outbox, Response, Verdict};
+use crate::delivery::{self, Message, MessageKey, Outbox, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
 use crate::queue::{QueueMessage, QUEUE_NAME};
 use crate::registry::{Registry, Subscription};
@@ -47,6 +48,13 @@ pub struct DispatcherRoot {
     candidates: (u32, HashMap<String, Rc<[String]>>),
     queue: Option<u32>,
     rng: WasiRandom,
+    replayable: ReplayStore,
+    /// Attempts not yet written to the shared attempt log, per subscription (flushed per tick).
+    unlogged: HashMap<String, Vec<Attempt>>,
+    /// Since when each subscription has failed without a success in between.
+    failing_since: HashMap<String, u64>,
+    /// Set once Envoy asked to stop: the time after which we stop waiting.
+    drain_deadline: Option<u64>,
 }
 
 impl DispatcherRoot {
@@ -61,6 +69,10 @@ impl DispatcherRoot {
             candidates: (0, HashMap::new()),
             queue: None,
             rng: WasiRandom,
+            replayable: ReplayStore::default(),
+            unlogged: HashMap::new(),
+            failing_since: HashMap::new(),
+            drain_deadline: None,
         }
     }
 
@@ -78,7 +90,7 @@ impl DispatcherRoot {
                 }) => {
                     self.add_message(&subscription_id, "webhook.test".into(), payload.into());
                 }
-                Ok(QueueMessage::Replay { .. }) => {}
+                Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
                 Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
             }
         }
@@ -150,6 +162,11 @@ impl DispatcherRoot {
             created_ms: now,
             host_waits: 0,
         };
+        self.schedule(message, now);
+    }
+
+    /// Puts a message in the outbox for its first attempt, making room when it is full.
+    fn schedule(&mut self, message: Message, now: u64) {
         let first_delay = self
             .config
             .delivery
@@ -157,17 +174,35 @@ impl DispatcherRoot {
             .first()
             .copied()
             .unwrap_or(0);
-        if let Some(dropped) =
-            self.outbox
-                .push(message, now + first_delay, self.config.delivery.max_queue)
-        {
+        let max_queue = self.config.delivery.max_queue;
+        if let Some(dropped) = self.outbox.push(message, now + first_delay, max_queue) {
             self.metrics.events_dropped.inc();
             log::warn!(
-                "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
-                self.config.delivery.max_queue,
+                "proxy-webhooks: delivery dropped: queue full (max_queue {max_queue}), subscription {}, webhook-id {}",
                 dropped.subscription_id,
                 dropped.webhook_id
             );
+            let error = Some("dropped: queue full".to_string());
+            let entry = self.log_entry(&dropped, now, now, None, error, State::Dropped);
+            self.log(&dropped.subscription_id, entry);
+            self.replayable
+                .keep(dropped, self.config.delivery.max_replay);
+        }
+    }
+
+    /// Sends a kept message again with the same webhook-id and body.
+    fn replay(&mut self, webhook_id: &str) {
+        match self.replayable.take(webhook_id) {
+            Some(message) => {
+                log::info!(
+                    "proxy-webhooks: replaying webhook-id {webhook_id} for subscription {}",
+                    message.subscription_id
+                );
+                self.schedule(message, io::now_ms());
+            }
+            None => log::warn!(
+                "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay)"
+            ),
         }
     }
 
@@ -187,8 +222,23 @@ impl DispatcherRoot {
     fn attempt(&mut self, key: MessageKey, message: &Message, now: u64) {
         let resolved = self.resolve(&message.subscription_id);
         let Some(resolved) = resolved.filter(|r| r.subscription.is_active()) else {
-            // Deleted or disabled since the event: no delivery starts for it.
-            self.outbox.finish(key, None);
+            // Deleted or disabled since the event: no delivery starts for it. A disabled one's
+            // message is kept, so it can be replayed once the subscription is active again.
+            if let Some(message) = self.outbox.finish(key, None) {
+                if self.registry.get_raw(&message.subscription_id).is_some() {
+                    let entry = self.log_entry(
+                        &message,
+                        now,
+                        now,
+                        None,
+                        Some("subscription disabled".into()),
+                        State::Failed,
+                    );
+                    self.log(&message.subscription_id, entry);
+                    self.replayable
+                        .keep(message, self.config.delivery.max_replay);
+                }
+            }
             return;
         };
         let Some(destination) = &resolved.destination else {
@@ -255,7 +305,7 @@ impl DispatcherRoot {
         }
     }
 
-    /// Applies the verdict on an attempt: stats, log, and the message's next step.
+    /// Applies the verdict on an attempt: stats, logs, and the message's next step.
     fn conclude(
         &mut self,
         key: MessageKey,
@@ -266,35 +316,124 @@ impl DispatcherRoot {
     ) {
         let attempts = message.attempts + 1;
         let unit = self.jitter_unit();
-        let verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
+        let mut verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
+        if self.drain_deadline.is_some() && matches!(verdict, Verdict::RetryAt(_)) {
+            verdict = Verdict::Exhausted; // no later attempt will happen in this process
+        }
         self.metrics
             .delivery_latency_ms
             .record(now.saturating_sub(started_ms));
-        let reschedule = match verdict {
-            Verdict::Delivered => {
-                self.metrics.deliveries_succeeded.inc();
-                None
-            }
-            Verdict::RetryAt(at) => Some(at),
-            Verdict::Exhausted => None,
-            Verdict::Gone => {
-                self.disable(&message.subscription_id, "gone", now);
-                None
-            }
+        let (status, error) = match &response {
+            Response::Status { code, .. } => (Some(*code), None),
+            Response::NotSent(reason) => (None, Some(reason.clone())),
         };
-        if verdict != Verdict::Delivered {
-            self.metrics.deliveries_failed.inc();
-            log::warn!(
-                "proxy-webhooks: delivery failed: subscription {}, webhook-id {}, attempt {attempts}, {}",
-                message.subscription_id,
-                message.webhook_id,
-                describe_response(&response)
-            );
+        let (state, reschedule) = match verdict {
+            Verdict::Delivered => (State::Succeeded, None),
+            Verdict::RetryAt(at) => (State::Retrying, Some(at)),
+            Verdict::Exhausted => (State::Exhausted, None),
+            Verdict::Gone => (State::Failed, None),
+        };
+        let mut entry = self.log_entry(message, started_ms, now, status, error, state);
+        entry.attempt = attempts;
+        entry.next_retry_at = reschedule.map(crate::time::format_rfc3339_millis);
+        self.log(&message.subscription_id, entry);
+        self.count(verdict, message, attempts, &response, started_ms, now);
+        if let Some(done) = self.outbox.finish(key, reschedule) {
+            if state.replayable() {
+                self.replayable.keep(done, self.config.delivery.max_replay);
+            }
         }
-        if verdict == Verdict::Exhausted {
-            self.metrics.deliveries_exhausted.inc();
+    }
+
+    /// Stats, the failure log line, and the subscription's failure clock.
+    fn count(
+        &mut self,
+        verdict: Verdict,
+        message: &Message,
+        attempts: u32,
+        response: &Response,
+        started_ms: u64,
+        now: u64,
+    ) {
+        let id = &message.subscription_id;
+        if verdict == Verdict::Delivered {
+            self.metrics.deliveries_succeeded.inc();
+            self.failing_since.remove(id);
+            return;
         }
-        self.outbox.finish(key, reschedule);
+        self.metrics.deliveries_failed.inc();
+        log::warn!(
+            "proxy-webhooks: delivery failed: subscription {id}, webhook-id {}, attempt {attempts}, {}",
+            message.webhook_id,
+            describe_response(response)
+        );
+        match verdict {
+            Verdict::Exhausted => self.metrics.deliveries_exhausted.inc(),
+            Verdict::Gone => self.disable(id, "gone", now),
+            _ => {}
+        }
+        let since = *self.failing_since.entry(id.clone()).or_insert(started_ms);
+        if now.saturating_sub(since) >= self.config.delivery.disable_after_ms {
+            self.failing_since.remove(id);
+            self.disable(id, "failing", now);
+        }
+    }
+
+    fn log_entry(
+        &self,
+        message: &Message,
+        started_ms: u64,
+        now: u64,
+        status: Option<u16>,
+        error: Option<String>,
+        state: State,
+    ) -> Attempt {
+        Attempt {
+            webhook_id: message.webhook_id.clone(),
+            event_type: message.event_type.to_string(),
+            attempt: message.attempts,
+            timestamp: crate::time::format_rfc3339_millis(started_ms),
+            response_status: status,
+            error,
+            duration_ms: now.saturating_sub(started_ms),
+            next_retry_at: None,
+            state,
+        }
+    }
+
+    fn log(&mut self, subscription_id: &str, attempt: Attempt) {
+        self.unlogged
+            .entry(subscription_id.to_string())
+            .or_default()
+            .push(attempt);
+    }
+
+    /// Writes the attempts gathered since the last tick, one shared-data write per subscription.
+    fn flush_log(&mut self) {
+        for (id, entries) in self.unlogged.drain() {
+            if let Err(e) = attempts::record(self.registry.store(), &id, entries) {
+                log::warn!("proxy-webhooks: attempt log of subscription {id} not written: {e:?}");
+            }
+        }
+    }
+
+    /// During shutdown: tells Envoy it may stop once nothing is in flight or the time is up.
+    fn finish_drain_if_done(&mut self) {
+        let Some(deadline) = self.drain_deadline else {
+            return;
+        };
+        let idle = self.outbox.in_flight() == 0 && self.outbox.next_due().is_none();
+        if idle || io::now_ms() >= deadline {
+            self.flush_log();
+            if !idle {
+                log::warn!(
+                    "proxy-webhooks: shutting down with {} undelivered message(s) after delivery.drain_timeout",
+                    self.outbox.len()
+                );
+            }
+            self.drain_deadline = None;
+            let _ = hostcalls::done();
+        }
     }
 
     /// Disables a subscription for good reason; only PATCH `status: active` turns it back on.
@@ -376,6 +515,19 @@ impl Context for DispatcherRoot {
             self.conclude(key, &message, started_ms, io::now_ms(), response);
         }
         self.pump();
+        self.finish_drain_if_done();
+    }
+
+    fn on_done(&mut self) -> bool {
+        let pending = self.outbox.len();
+        if pending == 0 {
+            self.flush_log();
+            return true;
+        }
+        log::info!("proxy-webhooks: draining {pending} pending message(s) before shutdown");
+        self.drain_deadline = Some(io::now_ms() + self.config.delivery.drain_timeout_ms);
+        self.pump();
+        false
     }
 }
 
@@ -399,6 +551,8 @@ impl RootContext for DispatcherRoot {
 
     fn on_tick(&mut self) {
         self.pump();
+        self.flush_log();
+        self.finish_drain_if_done();
         self.metrics
             .subscriptions_active
             .record(self.registry.active_count());
