@@ -1,0 +1,28 @@
+//! Test harness and demo programs for proxy-webhooks.
+//!
+//! This crate is native (never wasm) and deliberately does not depend on the `proxy-webhooks`
+//! crate: the integration tests treat the plugin as a black box — a `.wasm` file loaded by a real
+//! Envoy — and check it only against the public contract (`SPEC.md`). Signatures are verified with
+//! the independent `standardwebhooks` crate, never with the plugin's own signer.
+//!
+//! Modules:
+//! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
+//! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
+//! - [`receiver`]: a recording, programmable webhook receiver;
+//! - [`orders`]: the in-memory demo "orders" API used by `make run`;
+//! - [`stack`]: upstream + receiver + Envoy with the plugin, started together;
+//! - [`util`]: free ports, deadlines, workspace paths, an HTTP client.
+
+pub mod envoy;
+pub mod orders;
+pub mod receiver;
+pub mod server;
+pub mod stack;
+pub mod upstream;
+pub mod util;
+
+pub use envoy::{Envoy, EnvoyConfig};
+pub use receiver::{Received, Receiver, Reply};
+pub use stack::{Sent, Stack};
+pub use upstream::Upstream;
+pub use util::{free_port, http_client, poll_until, workspace_root};

@@ -1,0 +1,238 @@
+//! A webhook receiver for tests: records every request and answers as programmed.
+//!
+//! Replies come from a queue (e.g. `500, 500, 200`), then the default reply (204 unless changed).
+//! A reply can carry `Retry-After`, `Location` and a delay before answering (to make the sender
+//! time out). Signatures are checked with the `standardwebhooks` crate: an implementation
+//! independent of the plugin's signer.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use axum::Router;
+
+use crate::server::Server;
+use crate::util::lock;
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// When it arrived (monotonic clock).
+    pub at: Instant,
+}
+
+impl Received {
+    /// A header as text, if present and valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body parsed as JSON (no signature check).
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .with_context(|| format!("body is not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Verifies the Standard Webhooks signature with `secret` (`whsec_…`) and returns the body.
+    pub fn verify(&self, secret: &str) -> Result<serde_json::Value> {
+        verify(&self.headers, &self.body, secret)?;
+        self.json()
+    }
+
+    /// The `type` of the event in the body, or "" when there is none.
+    pub fn event_type(&self) -> String {
+        self.json()
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// Checks a Standard Webhooks signature (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+pub fn verify(headers: &HeaderMap, body: &[u8], secret: &str) -> Result<()> {
+    let hook = standardwebhooks::Webhook::new(secret)
+        .map_err(|e| anyhow!("bad secret {secret:?}: {e}"))?;
+    hook.verify(body, headers)
+        .map_err(|e| anyhow!("signature check failed: {e}"))
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
+    /// Wait this long before answering.
+    pub delay: Option<Duration>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            retry_after: None,
+            location: None,
+            delay: None,
+        }
+    }
+
+    pub fn retry_after(mut self, value: &str) -> Reply {
+        self.retry_after = Some(value.to_string());
+        self
+    }
+
+    pub fn location(mut self, url: &str) -> Reply {
+        self.location = Some(url.to_string());
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Reply {
+        self.delay = Some(delay);
+        self
+    }
+
+    async fn into_response(self) -> Response {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mut builder = Response::builder().status(self.status);
+        if let Some(value) = &self.retry_after {
+            builder = builder.header("retry-after", value);
+        }
+        if let Some(url) = &self.location {
+            builder = builder.header("location", url);
+        }
+        builder
+            .body(Body::empty())
+            .unwrap_or_else(|_| Response::new(Body::empty()))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    received: Vec<Received>,
+    queued: VecDeque<Reply>,
+    default: Option<Reply>,
+}
+
+/// The running receiver. Stops when dropped.
+pub struct Receiver {
+    server: Server,
+    state: Arc<Mutex<State>>,
+}
+
+impl Receiver {
+    /// Starts on a free port of 127.0.0.1, answering 204 to everything until told otherwise.
+    pub async fn start() -> Result<Receiver> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let app = Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let shared = shared.clone();
+                async move {
+                    let reply = take_reply(&shared, method, uri, headers, body);
+                    reply.into_response().await
+                }
+            },
+        );
+        let server = Server::start(app, 0).await?;
+        Ok(Receiver { server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// `http://127.0.0.1:<port><path>`: use it as a subscription URL.
+    pub fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    /// Answers the next requests with these replies, in order, then with the default.
+    pub fn push_replies(&self, replies: impl IntoIterator<Item = Reply>) {
+        lock(&self.state).queued.extend(replies);
+    }
+
+    /// The reply for requests when the queue is empty (initially 204).
+    pub fn set_default(&self, reply: Reply) {
+        lock(&self.state).default = Some(reply);
+    }
+
+    /// A snapshot of everything received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state).received.clone()
+    }
+
+    /// Waits until at least `n` requests arrived; on timeout the error lists what did arrive.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return Ok(got);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "receiver got {} of {n} expected webhooks within {timeout:?}: {}",
+                    got.len(),
+                    describe(&got)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Verifies `req` with `secret`, returning its JSON body.
+    pub fn verify(&self, req: &Received, secret: &str) -> Result<serde_json::Value> {
+        req.verify(secret)
+    }
+}
+
+/// Records the request and picks the reply for it, under one lock so replies keep their order.
+fn take_reply(
+    state: &Mutex<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let mut state = lock(state);
+    state.received.push(Received {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        headers,
+        body,
+        at: Instant::now(),
+    });
+    state
+        .queued
+        .pop_front()
+        .or_else(|| state.default.clone())
+        .unwrap_or(Reply::status(204))
+}
+
+/// A one-line-per-request summary for error messages.
+pub fn describe(got: &[Received]) -> String {
+    if got.is_empty() {
+        return "nothing".to_string();
+    }
+    got.iter()
+        .map(|r| {
+            format!(
+                "\n  {} {} webhook-id={:?} body={}",
+                r.method,
+                r.path,
+                r.header("webhook-id").unwrap_or("-"),
+                String::from_utf8_lossy(&r.body)
+            )
+        })
+        .collect()
+}
