@@ -162,6 +162,11 @@ impl<S: KvStore> Registry<S> {
         Registry { store }
     }
 
+    /// The underlying store, for data kept beside the registry (the attempt log).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     /// Creates the bucket keys that do not exist yet. Run at start-up, before any request.
     pub fn prepare(&self) {
         let keys = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
