@@ -25,11 +25,16 @@ use sha2::{Digest, Sha256};
 /// An API request as the filter saw it. `path` is the full `:path`, query string included.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// `:method`, compared case-sensitively as HTTP requires.
     pub method: &'a str,
     pub path: &'a str,
+    /// The raw `authorization` header value.
     pub authorization: Option<&'a [u8]>,
+    /// The raw `x-api-key` header value.
     pub api_key: Option<&'a [u8]>,
+    /// The raw `content-type` header value.
     pub content_type: Option<&'a [u8]>,
+    /// The whole request body (empty when there is none).
     pub body: &'a [u8],
 }
 
@@ -190,6 +195,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outco
         return Err(too_large(config.api.max_body_bytes));
     }
     let caller = Caller { consumer };
+    // The method is one the route allows, so a catch-all arm is that route's remaining method.
     match (route, request.method) {
         (Route::Subscriptions, "GET") => list(cx, caller, query_of(request.path)),
         (Route::Subscriptions, _) => create(cx, caller, request),
