@@ -13,6 +13,7 @@
     )
 )]
 
+pub mod api;
 pub mod attempts;
 pub mod config;
 pub mod delivery;

@@ -162,6 +162,7 @@ impl<S: KvStore> Registry<S> {
         Registry { store }
     }
 
+    /// The underlying store, for data kept beside the registry (the attempt log).
     pub fn store(&self) -> &S {
         &self.store
     }
