@@ -17,7 +17,6 @@ fn config() -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the subscription API is not built yet: remove this line when it is"]
 async fn subscription_calls_never_reach_the_upstream() -> Result<()> {
     let stack = Stack::start(|_| config()).await?;
     let url = stack.receiver.url("/hook");

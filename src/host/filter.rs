@@ -1,15 +1,18 @@
 //! The HTTP filter on every worker: watches responses for events and hands them to the
-//! dispatcher through the shared queue. It only ever reads: every callback returns `Continue`,
-//! so the API's responses are never changed, delayed or failed.
+//! dispatcher through the shared queue, and answers the subscription API under its prefix.
+//! For the API's own traffic it only ever reads: those callbacks return `Continue`, so the API's
+//! responses are never changed, delayed or failed.
 
-use super::io::{self, Metrics};
+use super::io::{self, Metrics, SharedData, WasiRandom};
+use crate::api;
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::Registry;
 use crate::rules::{self, Detected};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -34,7 +37,8 @@ impl Shared {
         self.queue.get()
     }
 
-    fn enqueue(&self, message: &QueueMessage) {
+    /// Hands a message to the dispatcher; false (logged and counted) when it cannot.
+    fn enqueue(&self, message: &QueueMessage) -> bool {
         let sent = self
             .queue()
             .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok());
@@ -43,6 +47,7 @@ impl Shared {
             self.metrics.events_dropped.inc();
             log::warn!("proxy-webhooks: event dropped: the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)");
         }
+        sent
     }
 }
 
@@ -67,6 +72,7 @@ impl Context for FilterRoot {}
 
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
+        Registry::new(SharedData).prepare();
         true
     }
 
@@ -87,12 +93,22 @@ impl HttpContext for PassThrough {}
 enum State {
     /// Not a request that can make an event.
     Idle,
+    /// A subscription API call, waiting for its body; answered here, never sent upstream.
+    Api(Box<ApiCall>),
     /// A state-changing request; its method and path are needed once the status is known.
     Request { method: String, path: String },
     /// The response makes an event; its body is being read as it streams past.
     Response(Box<Pending>),
     /// The event was handed over (or there is none).
     Done,
+}
+
+struct ApiCall {
+    method: String,
+    path: String,
+    authorization: Option<Vec<u8>>,
+    api_key: Option<Vec<u8>>,
+    content_type: Option<Vec<u8>>,
 }
 
 struct Pending {
@@ -118,20 +134,69 @@ fn header_str(map: MapType, name: &str) -> Option<String> {
 }
 
 impl EventWatch {
-    fn on_request(&mut self) {
+    /// Remembers what the response phase needs; returns whether the request is the API's.
+    fn on_request(&mut self) -> bool {
         let Some(method) = header_str(MapType::HttpRequestHeaders, ":method") else {
-            return;
+            return false;
         };
-        if !rules::is_mutating(&method) {
-            return;
-        }
         let Some(mut path) = header_str(MapType::HttpRequestHeaders, ":path") else {
+            return false;
+        };
+        if api::is_api_path(&self.shared.config.api.path_prefix, &path) {
+            let call = ApiCall {
+                method,
+                path,
+                authorization: header(MapType::HttpRequestHeaders, "authorization"),
+                api_key: header(MapType::HttpRequestHeaders, "x-api-key"),
+                content_type: header(MapType::HttpRequestHeaders, "content-type"),
+            };
+            self.state = State::Api(Box::new(call));
+            return true;
+        }
+        if rules::is_mutating(&method) {
+            if let Some(query) = path.find(['?', '#']) {
+                path.truncate(query);
+            }
+            self.state = State::Request { method, path };
+        }
+        false
+    }
+
+    /// Answers a subscription API call with its whole body; the call never goes upstream.
+    fn answer_api(&mut self, body: &[u8]) {
+        let State::Api(call) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
-        if let Some(query) = path.find(['?', '#']) {
-            path.truncate(query);
+        let shared = Rc::clone(&self.shared);
+        let registry = Registry::new(SharedData);
+        let mut enqueue = |message: QueueMessage| shared.enqueue(&message);
+        let mut cx = api::Context {
+            config: &shared.config,
+            registry: &registry,
+            rng: &mut WasiRandom,
+            now_ms: io::now_ms(),
+            enqueue: &mut enqueue,
+        };
+        let request = api::Request {
+            method: &call.method,
+            path: &call.path,
+            authorization: call.authorization.as_deref(),
+            api_key: call.api_key.as_deref(),
+            content_type: call.content_type.as_deref(),
+            body,
+        };
+        send(api::handle(&request, &mut cx));
+    }
+
+    /// Whether an API request body has grown past the limit (then it was answered 413).
+    fn api_body_too_large(&mut self, size: usize) -> bool {
+        let limit = self.shared.config.api.max_body_bytes;
+        if size <= limit {
+            return false;
         }
-        self.state = State::Request { method, path };
+        self.state = State::Done;
+        send(api::too_large(limit));
+        true
     }
 
     fn on_response(&mut self) {
@@ -215,12 +280,49 @@ impl EventWatch {
     }
 }
 
+fn send(response: api::Response) {
+    let headers: Vec<(&str, &str)> = response
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    if let Err(e) =
+        hostcalls::send_http_response(u32::from(response.status), headers, Some(&response.body))
+    {
+        log::error!("proxy-webhooks: could not answer a subscription API call: {e:?}");
+    }
+}
+
 impl Context for EventWatch {}
 
 impl HttpContext for EventWatch {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        self.on_request();
-        Action::Continue
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        if !self.on_request() {
+            return Action::Continue;
+        }
+        let declared = header_str(MapType::HttpRequestHeaders, "content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if !self.api_body_too_large(declared) && end_of_stream {
+            self.answer_api(&[]);
+        }
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if !matches!(self.state, State::Api(_)) {
+            return Action::Continue;
+        }
+        // Envoy buffers the body while we pause; `size` is all of it so far.
+        if self.api_body_too_large(size) || !end_of_stream {
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.answer_api(&body);
+        Action::Pause
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
