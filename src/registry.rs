@@ -229,6 +229,8 @@ impl<S: KvStore> Registry<S> {
     /// Adds a new subscription. `limit` caps the consumer's subscriptions (checked atomically).
     pub fn insert(&self, sub: &Subscription, limit: Option<usize>) -> Result<(), RegistryError> {
         let (id, consumer) = (sub.id.as_str(), sub.consumer.as_str());
+        let record =
+            serde_json::to_vec(sub).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
         self.edit_bucket(&consumer_key(consumer), |lines| {
             let owned = lines
                 .iter()
@@ -240,14 +242,17 @@ impl<S: KvStore> Registry<S> {
             add_line(lines, consumer, id);
             Ok(())
         })?;
-        let record =
-            serde_json::to_vec(sub).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-        if let Err(e) = self.store.set(&record_key(id), &record, None) {
+        let written = self
+            .store
+            .set(&record_key(id), &record, None)
+            .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
+            .and_then(|()| self.reindex(id, &[], &sub.events));
+        if let Err(e) = written {
+            // Nothing half-written: take back every line and the record.
+            self.reindex_best_effort(id, &sub.events, &[]);
+            let _ = self.store.set(&record_key(id), b"", None);
             self.remove_line(&consumer_key(consumer), consumer, id);
-            return Err(RegistryError::Unavailable(format!("{e:?}")));
-        }
-        for filter in &sub.events {
-            self.add_line(&index_key(filter), filter, id)?;
+            return Err(e);
         }
         self.count_active(None, Some(sub));
         self.bump_generation();
@@ -300,7 +305,14 @@ impl<S: KvStore> Registry<S> {
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             match self.store.set(&record_key(id), &record, Some(cas)) {
                 Ok(()) => {
-                    self.reindex(id, &before.events, &after.events)?;
+                    if let Err(e) = self.reindex(id, &before.events, &after.events) {
+                        // Put the old record and index lines back rather than half-change.
+                        self.reindex_best_effort(id, &after.events, &before.events);
+                        if let Ok(old) = serde_json::to_vec(&before) {
+                            let _ = self.store.set(&record_key(id), &old, None);
+                        }
+                        return Err(e);
+                    }
                     self.count_active(Some(&before), Some(&after));
                     self.bump_generation();
                     return Ok(Ok(after));
@@ -376,6 +388,16 @@ impl<S: KvStore> Registry<S> {
             self.add_line(&index_key(new), new, id)?;
         }
         Ok(())
+    }
+
+    /// Moves index lines from `before` to `after`, ignoring failures (used to undo).
+    fn reindex_best_effort(&self, id: &str, before: &[String], after: &[String]) {
+        for gone in before.iter().filter(|f| !after.contains(f)) {
+            self.remove_line(&index_key(gone), gone, id);
+        }
+        for new in after.iter().filter(|f| !before.contains(f)) {
+            let _ = self.add_line(&index_key(new), new, id);
+        }
     }
 
     fn add_line(&self, key: &str, name: &str, id: &str) -> Result<(), RegistryError> {
@@ -641,6 +663,33 @@ mod tests {
         assert!(r.get("b").is_none());
         assert_eq!(r.candidates("any.thing"), ["a"]);
         assert_eq!(r.active_count(), 1);
+    }
+
+    /// A store whose writes to index buckets fail, to check that nothing is half-written.
+    struct FailingIndex(MemoryStore);
+
+    impl KvStore for FailingIndex {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.0.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            if key.starts_with("pwh:idx:") && !value.is_empty() {
+                return Err(StoreError::Failed("disk on fire".into()));
+            }
+            self.0.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_failed_insert_leaves_nothing_behind() {
+        let r = Registry::new(FailingIndex(MemoryStore::default()));
+        r.prepare();
+        let out = r.insert(&sub("s1", "c", &["a"]), None);
+        assert!(matches!(out, Err(RegistryError::Unavailable(_))));
+        assert!(r.get("s1").is_none());
+        assert!(r.ids_for_consumer("c").is_empty());
+        assert_eq!(r.active_count(), 0);
     }
 
     #[test]
