@@ -166,7 +166,13 @@ fn set_plugin(root: &mut Value, wasm: &Path, configuration: &str) -> Result<()> 
         .flat_map(|f| f.iter_mut())
         .filter(|f| f["name"] == HTTP_WASM_FILTER)
     {
-        apply(&mut filter["typed_config"]["config"]);
+        // The filter may be wrapped in an ExtensionWithMatcher (envoy.yaml skips it for reads).
+        let typed = &mut filter["typed_config"];
+        if typed.get("extension_config").is_some() {
+            apply(&mut typed["extension_config"]["typed_config"]["config"]);
+        } else {
+            apply(&mut typed["config"]);
+        }
     }
     if found != 2 {
         bail!(
@@ -432,6 +438,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The Envoy process id (benchmarks read its memory use from `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A counter or gauge by name; `name` may omit the `wasmcustom.` prefix of plugin stats.
     /// `None` when Envoy has no such stat (e.g. the plugin never defined it).
     pub async fn stat(&self, name: &str) -> Result<Option<u64>> {
@@ -492,6 +503,39 @@ impl Envoy {
         let log = self.log_contents();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Asks Envoy to stop as on `docker stop` or a Kubernetes pod termination (SIGTERM), and waits
+    /// for the process to exit; returns how it exited. Fails if it is still running after
+    /// `timeout` (it is then killed when dropped).
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "Envoy had already exited ({status}) before SIGTERM; log tail:\n{}",
+                self.log_tail(40)
+            );
+        }
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("running `kill -TERM`")?;
+        if !sent.success() {
+            bail!("`kill -TERM {pid}` failed ({sent})");
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "Envoy still running {timeout:?} after SIGTERM; log tail:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The directory with `envoy.json` and `envoy.log`.
