@@ -606,26 +606,32 @@ fn parse_page(query: &str) -> Result<Page<'_>, Response> {
     Ok(page)
 }
 
+/// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
+/// of subscriptions pays for the page it asks for, not for all of them.
 fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &str) -> Outcome {
     let page = parse_page(query)?;
-    let all = cx.registry.list_for_consumer(caller.consumer);
+    let ids = cx.registry.ids_for_consumer(caller.consumer);
     let start = match page.after {
         None => 0,
-        Some(after) => all
+        Some(after) => ids
             .iter()
-            .position(|s| s.id == after)
+            .position(|id| id == after)
             .map(|i| i + 1)
             .ok_or_else(|| invalid_field("after must be the id of one of your subscriptions"))?,
     };
-    let rest = all.get(start..).unwrap_or_default();
-    let data: Vec<SubscriptionView<'_>> = rest
+    // Ids whose record is gone (being created or deleted) are skipped, as everywhere.
+    let mut subs = ids
+        .get(start..)
+        .unwrap_or_default()
         .iter()
-        .take(page.limit)
-        .map(|s| view(s, None))
-        .collect();
+        .filter_map(|id| cx.registry.get(id).map(|(sub, _)| sub))
+        .filter(|sub| caller.owns(sub));
+    let found: Vec<Subscription> = subs.by_ref().take(page.limit).collect();
+    let has_more = subs.next().is_some();
+    let data: Vec<SubscriptionView<'_>> = found.iter().map(|s| view(s, None)).collect();
     Ok(json_response(
         200,
-        &json!({"data": data, "has_more": rest.len() > page.limit}),
+        &json!({"data": data, "has_more": has_more}),
     ))
 }
 

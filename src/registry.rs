@@ -198,10 +198,11 @@ impl<S: KvStore> Registry<S> {
     /// Ids of subscriptions that may match `event_type` (deduplicated, index order).
     pub fn candidates(&self, event_type: &str) -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for filter in lookup_filters(event_type) {
             if let Some((value, _)) = self.store.get(&index_key(&filter)) {
                 for id in ids_under(&value, &filter) {
-                    if !ids.iter().any(|known| known == id) {
+                    if seen.insert(id.to_string()) {
                         ids.push(id.to_string());
                     }
                 }
@@ -305,12 +306,18 @@ impl<S: KvStore> Registry<S> {
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             match self.store.set(&record_key(id), &record, Some(cas)) {
                 Ok(()) => {
-                    if let Err(e) = self.reindex(id, &before.events, &after.events) {
-                        // Put the old record and index lines back rather than half-change.
-                        self.reindex_best_effort(id, &after.events, &before.events);
+                    let changed: Vec<&String> = before
+                        .events
+                        .iter()
+                        .filter(|f| !after.events.contains(f))
+                        .chain(after.events.iter().filter(|f| !before.events.contains(f)))
+                        .collect();
+                    if let Err(e) = self.sync_index(id, &changed) {
+                        // Put the old record back, and its index lines, rather than half-change.
                         if let Ok(old) = serde_json::to_vec(&before) {
                             let _ = self.store.set(&record_key(id), &old, None);
                         }
+                        let _ = self.sync_index(id, &changed);
                         return Err(e);
                     }
                     self.count_active(Some(&before), Some(&after));
@@ -390,6 +397,35 @@ impl<S: KvStore> Registry<S> {
         Ok(())
     }
 
+    /// Makes the index line `<filter> <id>` of each of `filters` agree with the record as stored
+    /// now: present when the record lists the filter, absent otherwise (or when it is gone).
+    ///
+    /// Two workers may change one subscription at once, each fixing the index after its own
+    /// record write. Applying each writer's own before/after difference could leave the index
+    /// following the older record (W1 writes [a]→[b]; W2 writes [b]→[a] and indexes a; W1 then
+    /// removes a), and the subscription silently missed events it lists. Here the record is read
+    /// after the bucket, inside the bucket's compare-and-swap loop, and the bucket is written even
+    /// when unchanged: a decision made on a record that another writer changed before this one
+    /// wrote the bucket fails its swap and is made again, so the last write of every bucket
+    /// follows the newest record.
+    fn sync_index(&self, id: &str, filters: &[&String]) -> Result<(), RegistryError> {
+        for filter in filters {
+            self.edit_bucket_with(&index_key(filter), true, |lines| {
+                let listed = self
+                    .get(id)
+                    .is_some_and(|(sub, _)| sub.events.iter().any(|f| f == *filter));
+                if listed {
+                    add_line(lines, filter, id);
+                } else {
+                    let line = format!("{filter} {id}");
+                    lines.retain(|l| *l != line);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
     /// Moves index lines from `before` to `after`, ignoring failures (used to undo).
     fn reindex_best_effort(&self, id: &str, before: &[String], after: &[String]) {
         for gone in before.iter().filter(|f| !after.contains(f)) {
@@ -416,10 +452,22 @@ impl<S: KvStore> Registry<S> {
         });
     }
 
-    /// Read-modify-write of one bucket with compare-and-swap, retried on conflict.
+    /// Read-modify-write of one bucket with compare-and-swap, retried on conflict; an edit that
+    /// changes nothing writes nothing.
     fn edit_bucket(
         &self,
         key: &str,
+        edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        self.edit_bucket_with(key, false, edit)
+    }
+
+    /// [`Registry::edit_bucket`]; with `always_write` the bucket is written (its version moves)
+    /// even when the edit changed nothing.
+    fn edit_bucket_with(
+        &self,
+        key: &str,
+        always_write: bool,
         mut edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
         for _ in 0..MAX_CAS_RETRIES {
@@ -428,7 +476,7 @@ impl<S: KvStore> Registry<S> {
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
             edit(&mut lines)?;
             let joined = lines.join("\n");
-            if joined == text {
+            if joined == text && !always_write {
                 return Ok(());
             }
             match self.store.set(key, joined.as_bytes(), Some(cas)) {
@@ -540,6 +588,70 @@ mod tests {
         let r = Registry::new(MemoryStore::default());
         r.prepare();
         r
+    }
+
+    /// A store shared by several registries (as workers share Envoy's shared data) that runs
+    /// `after_set` once, right after the first write of `key`: another worker acting between
+    /// two steps of this one.
+    struct Interleaved {
+        inner: std::rc::Rc<MemoryStore>,
+        key: String,
+        after_set: std::cell::RefCell<Option<Box<dyn FnOnce()>>>,
+    }
+
+    impl KvStore for Interleaved {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)?;
+            if key == self.key {
+                let hook = self.after_set.borrow_mut().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn racing_updates_leave_the_index_following_the_newest_record() {
+        let shared = std::rc::Rc::new(MemoryStore::default());
+        let other = std::rc::Rc::clone(&shared);
+        let second = move || {
+            // Worker 2 changes the subscription back while worker 1 is between its record
+            // write and its index update.
+            let w2 = Registry::new(Interleaved {
+                inner: other,
+                key: String::new(),
+                after_set: std::cell::RefCell::new(None),
+            });
+            w2.update("s1", |s| {
+                s.events = vec!["a".into()];
+                Ok::<(), ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        };
+        let w1 = Registry::new(Interleaved {
+            inner: shared,
+            key: record_key("s1"),
+            after_set: std::cell::RefCell::new(None),
+        });
+        w1.prepare();
+        w1.insert(&sub("s1", "c", &["a"]), None).unwrap();
+        *w1.store().after_set.borrow_mut() = Some(Box::new(second));
+        w1.update("s1", |s| {
+            s.events = vec!["b".into()];
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(w1.get("s1").unwrap().0.events, ["a"]);
+        assert_eq!(w1.candidates("a"), ["s1"], "the stored record lists a");
+        assert!(w1.candidates("b").is_empty());
     }
 
     #[test]
