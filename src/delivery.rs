@@ -54,6 +54,11 @@ impl Outbox {
         self.messages.is_empty()
     }
 
+    /// Every held message, in no particular order.
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.messages.values()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -71,6 +76,22 @@ impl Outbox {
         self.next_key += 1;
         self.messages.insert(key, message);
         self.due.push(Reverse((due_ms, key)));
+        dropped
+    }
+
+    /// Drops waiting messages while more than `max_queue` are held, by the same rule as [`push`]
+    /// (oldest waiting retry first), and returns them. `push` cannot make room when every held
+    /// message is in flight; call this when an attempt ends and its message waits again.
+    ///
+    /// [`push`]: Outbox::push
+    pub fn trim(&mut self, max_queue: usize) -> Vec<Message> {
+        let mut dropped = Vec::new();
+        while self.messages.len() > max_queue {
+            let Some(message) = self.victim().and_then(|key| self.messages.remove(&key)) else {
+                break;
+            };
+            dropped.push(message);
+        }
         dropped
     }
 
@@ -403,6 +424,30 @@ mod tests {
         let dropped = o.push(message("new3", 0, 6), 0, 3).unwrap();
         assert_eq!(dropped.webhook_id, "new0");
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn overflow_while_all_in_flight_is_trimmed_when_attempts_end() {
+        let mut o = Outbox::default();
+        // Each goes out before the next comes: nothing is waiting, so nothing can be dropped.
+        let mut keys = Vec::new();
+        for n in 0..4 {
+            assert!(o.push(message(&format!("m{n}"), 0, n), 0, 2).is_none());
+            keys.extend(o.pop_due(0).map(|(k, _)| k));
+        }
+        assert_eq!((o.len(), o.in_flight()), (4, 4));
+        assert!(o.trim(2).is_empty(), "nothing waits yet");
+        // As attempts end and their messages wait for a retry, the excess goes, oldest first.
+        let mut dropped = Vec::new();
+        for key in keys {
+            o.finish(key, Some(100));
+            dropped.extend(o.trim(2).into_iter().map(|m| m.webhook_id));
+        }
+        assert_eq!(dropped, ["m0", "m1"]);
+        assert_eq!((o.len(), o.in_flight()), (2, 0));
+        let next: Vec<_> =
+            std::iter::from_fn(|| o.pop_due(100).map(|(_, m)| m.webhook_id.clone())).collect();
+        assert_eq!(next, ["m2", "m3"]);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Received {
     pub body: Bytes,
     /// When it arrived (monotonic clock).
     pub at: Instant,
+    /// The status the receiver answered it with (chosen on arrival; a delayed reply is sent later).
+    pub replied: u16,
 }
 
 impl Received {
@@ -205,18 +207,21 @@ fn take_reply(
     body: Bytes,
 ) -> Reply {
     let mut state = lock(state);
+    let at = Instant::now();
+    let reply = state
+        .queued
+        .pop_front()
+        .or_else(|| state.default.clone())
+        .unwrap_or(Reply::status(204));
     state.received.push(Received {
         method: method.to_string(),
         path: uri.path().to_string(),
         headers,
         body,
-        at: Instant::now(),
+        at,
+        replied: reply.status,
     });
-    state
-        .queued
-        .pop_front()
-        .or_else(|| state.default.clone())
-        .unwrap_or(Reply::status(204))
+    reply
 }
 
 /// A one-line-per-request summary for error messages.
@@ -227,10 +232,11 @@ pub fn describe(got: &[Received]) -> String {
     got.iter()
         .map(|r| {
             format!(
-                "\n  {} {} webhook-id={:?} body={}",
+                "\n  {} {} webhook-id={:?} replied={} body={}",
                 r.method,
                 r.path,
                 r.header("webhook-id").unwrap_or("-"),
+                r.replied,
                 String::from_utf8_lossy(&r.body)
             )
         })

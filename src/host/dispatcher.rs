@@ -21,6 +21,8 @@ use std::time::Duration;
 /// How often scheduled retries are looked at.
 const TICK_MS: u64 = 100;
 const TICK: Duration = Duration::from_millis(TICK_MS);
+/// Pending messages named one per log line at shutdown, at most.
+const SHUTDOWN_LOG_LINES: usize = 100;
 /// How much of a receiver's response body is read (only to tell Envoy's own errors apart).
 const BODY_PEEK: usize = 64;
 
@@ -176,18 +178,24 @@ impl DispatcherRoot {
             .unwrap_or(0);
         let max_queue = self.config.delivery.max_queue;
         if let Some(dropped) = self.outbox.push(message, now + first_delay, max_queue) {
-            self.metrics.events_dropped.inc();
-            log::warn!(
-                "proxy-webhooks: delivery dropped: queue full (max_queue {max_queue}), subscription {}, webhook-id {}",
-                dropped.subscription_id,
-                dropped.webhook_id
-            );
-            let error = Some("dropped: queue full".to_string());
-            let entry = self.log_entry(&dropped, now, now, None, error, State::Dropped);
-            self.log(&dropped.subscription_id, entry);
-            self.replayable
-                .keep(dropped, self.config.delivery.max_replay);
+            self.drop_message(dropped, now);
         }
+    }
+
+    /// Counts, logs and keeps (for replay) a message dropped from a full queue.
+    fn drop_message(&mut self, dropped: Message, now: u64) {
+        self.metrics.events_dropped.inc();
+        log::warn!(
+            "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
+            self.config.delivery.max_queue,
+            dropped.subscription_id,
+            dropped.webhook_id
+        );
+        let error = Some("dropped: queue full".to_string());
+        let entry = self.log_entry(&dropped, now, now, None, error, State::Dropped);
+        self.log(&dropped.subscription_id, entry);
+        self.replayable
+            .keep(dropped, self.config.delivery.max_replay);
     }
 
     /// Sends a kept message again with the same webhook-id and body.
@@ -342,6 +350,10 @@ impl DispatcherRoot {
             if state.replayable() {
                 self.replayable.keep(done, self.config.delivery.max_replay);
             }
+        }
+        // Events that came while every held message was in flight could not make room then.
+        for dropped in self.outbox.trim(self.config.delivery.max_queue) {
+            self.drop_message(dropped, now);
         }
     }
 
@@ -524,7 +536,19 @@ impl Context for DispatcherRoot {
             self.flush_log();
             return true;
         }
-        log::info!("proxy-webhooks: draining {pending} pending message(s) before shutdown");
+        // Envoy 1.40 does not wait for a singleton that returns false here (it tears the VM down
+        // at once on SIGTERM), so name every message that may be lost while it still can.
+        log::warn!(
+            "proxy-webhooks: shutting down with {pending} pending message(s); sending them now, but Envoy may stop first (drain listeners and wait for webhooks_queue_depth 0 before stopping Envoy)"
+        );
+        for message in self.outbox.messages().take(SHUTDOWN_LOG_LINES) {
+            log::warn!(
+                "proxy-webhooks: at shutdown, pending: subscription {}, webhook-id {}, attempts so far {}",
+                message.subscription_id,
+                message.webhook_id,
+                message.attempts
+            );
+        }
         self.drain_deadline = Some(io::now_ms() + self.config.delivery.drain_timeout_ms);
         self.pump();
         false
