@@ -4,7 +4,7 @@
 #   make run          the demo: orders API :8080, receiver :9000, Envoy :10000 (admin :9901)
 #   make wasm         the plugin: target/wasm32-wasip1/release/proxy_webhooks.wasm
 #   make integration  the integration tests (real Envoy, real .wasm)
-#   make bench        the benchmarks, side by side with plain Envoy (~4 min; see BENCHMARKS.md)
+#   make bench        the benchmarks, side by side with plain Envoy (~2 min; see BENCHMARKS.md)
 #   make bench-smoke  a few seconds of write load, checking every event is delivered
 #   make demo-tour    a scripted walk through the demo on free ports; fails if no webhook arrives
 #   make compose-check  validate docker-compose.yml (installs Debian's docker-compose if missing)

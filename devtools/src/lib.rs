@@ -9,14 +9,20 @@
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
+//! - [`files`]: the repository's YAML files as JSON, the plugin configuration inside envoy.yaml;
 //! - [`orders`]: the in-memory demo "orders" API used by `make run`;
+//! - [`show`]: how the demo prints a webhook;
 //! - [`stack`]: upstream + receiver + Envoy with the plugin, started together;
+//! - [`bench`]: the `make bench` load generator, lean servers and scenarios;
 //! - [`util`]: free ports, deadlines, workspace paths, an HTTP client.
 
+pub mod bench;
 pub mod envoy;
+pub mod files;
 pub mod orders;
 pub mod receiver;
 pub mod server;
+pub mod show;
 pub mod stack;
 pub mod upstream;
 pub mod util;

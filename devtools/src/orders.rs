@@ -47,6 +47,11 @@ pub async fn serve(port: u16) -> Result<Server> {
     Server::start(router(), port).await
 }
 
+/// Serves the orders API on `host:port`.
+pub async fn serve_on(host: &str, port: u16) -> Result<Server> {
+    Server::start_on(router(), host, port).await
+}
+
 async fn list(State(store): State<Shared>) -> Response {
     let orders: Vec<Value> = lock(&store)
         .orders

@@ -1,4 +1,4 @@
-//! A background axum server on 127.0.0.1 that stops when dropped.
+//! A background axum server (on 127.0.0.1 unless told otherwise) that stops when dropped.
 
 use std::net::SocketAddr;
 
@@ -16,9 +16,14 @@ pub struct Server {
 impl Server {
     /// Serves `app` on `127.0.0.1:port` (`0` picks a free port, kept by the server: no race).
     pub async fn start(app: Router, port: u16) -> Result<Server> {
-        let listener = TcpListener::bind(("127.0.0.1", port))
+        Server::start_on(app, "127.0.0.1", port).await
+    }
+
+    /// Serves `app` on `host:port`; `0.0.0.0` listens on every interface (e.g. in a container).
+    pub async fn start_on(app: Router, host: &str, port: u16) -> Result<Server> {
+        let listener = TcpListener::bind((host, port))
             .await
-            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+            .with_context(|| format!("binding {host}:{port}"))?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {

@@ -6,7 +6,10 @@ use clap::Parser;
 /// In-memory orders API: POST/GET /orders, GET/PUT/PATCH/DELETE /orders/{id}.
 #[derive(Parser)]
 struct Args {
-    /// Port on 127.0.0.1.
+    /// Address to listen on (`0.0.0.0` in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
     port: u16,
 }
@@ -14,8 +17,18 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let server = devtools::orders::serve(args.port).await?;
+    let server = devtools::orders::serve_on(&args.host, args.port).await?;
     println!("demo-orders: listening on {}", server.url(""));
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM as sent by `docker stop`.
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }

@@ -7,11 +7,15 @@ use axum::Router;
 use clap::Parser;
 use devtools::receiver::verify;
 use devtools::server::Server;
+use devtools::show::webhook_block;
 
 /// Prints one block per webhook; answers 204 when the signature verifies, 401 when not.
 #[derive(Parser)]
 struct Args {
-    /// Port on 127.0.0.1.
+    /// Address to listen on (`0.0.0.0` in a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
     #[arg(long, default_value_t = 9000)]
     port: u16,
     /// The subscription's signing secret (`whsec_…`).
@@ -30,45 +34,27 @@ async fn main() -> Result<()> {
         let secret = secret.clone();
         async move { handle(&uri, &headers, &body, &secret) }
     });
-    let server = Server::start(app, args.port).await?;
+    let server = Server::start_on(app, &args.host, args.port).await?;
     println!("demo-receiver: listening on {}", server.url(""));
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
     Ok(())
 }
 
 fn handle(uri: &Uri, headers: &HeaderMap, body: &[u8], secret: &str) -> StatusCode {
     let verified = verify(headers, body, secret);
-    print_block(uri, headers, body, &verified);
+    println!("{}", webhook_block(uri.path(), headers, body, &verified));
     match verified {
         Ok(()) => StatusCode::NO_CONTENT,
         Err(_) => StatusCode::UNAUTHORIZED,
     }
 }
 
-fn print_block(uri: &Uri, headers: &HeaderMap, body: &[u8], verified: &Result<()>) {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
-    };
-    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let event_type = json
-        .as_ref()
-        .and_then(|v| v["type"].as_str())
-        .unwrap_or("?");
-    let pretty = json
-        .as_ref()
-        .and_then(|v| serde_json::to_string_pretty(v).ok())
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
-    let check = match verified {
-        Ok(()) => "yes".to_string(),
-        Err(e) => format!("NO ({e})"),
-    };
-    println!("──── webhook {event_type} → {}", uri.path());
-    println!("webhook-id:         {}", header("webhook-id"));
-    println!("webhook-timestamp:  {}", header("webhook-timestamp"));
-    println!("signature verified: {check}");
-    println!("{pretty}\n");
+/// Ctrl-C, or SIGTERM as sent by `docker stop`.
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

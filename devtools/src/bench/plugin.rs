@@ -1,0 +1,87 @@
+//! Plugin configurations for the scenarios: one event rule, static subscriptions to the bench
+//! receiver (plain http on 127.0.0.1, hence `allow_insecure_destinations`).
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::load::Shape;
+use super::servers::Receiver;
+
+/// The only event the bench makes: `POST /orders` answered 201.
+pub const EVENT_TYPE: &str = "order.created";
+/// A valid signing secret (`whsec_` + base64); the lean receiver does not verify signatures.
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The plugin configuration with these subscriptions and `delivery` settings.
+fn config(subscriptions: Vec<Value>, delivery: Value) -> Value {
+    json!({
+        "events": [{"type": EVENT_TYPE, "method": "POST", "path": "/orders", "status": [201]}],
+        "subscriptions": subscriptions,
+        "delivery": delivery,
+    })
+}
+
+fn subscription(n: usize, url: String, event_type: &str) -> Value {
+    json!({
+        "id": format!("sub_bench_{n}"),
+        "consumer": "bench",
+        "url": url,
+        "events": [event_type],
+        "secret": SECRET,
+    })
+}
+
+fn delivery() -> Value {
+    json!({"timeout": "5s", "allow_insecure_destinations": true})
+}
+
+/// One subscriber to every event (scenarios 1, 2, 3 and the smoke run).
+pub fn one_subscriber(receiver: &Receiver) -> Value {
+    config(
+        vec![subscription(0, receiver.url("/hook"), EVENT_TYPE)],
+        delivery(),
+    )
+}
+
+/// `n` subscribers to the event, each at its own path `/hook/<i>` (scenario 4).
+pub fn fan_out(receiver: &Receiver, n: usize) -> Value {
+    let subs = (0..n)
+        .map(|i| subscription(i, receiver.url(&format!("/hook/{i}")), EVENT_TYPE))
+        .collect();
+    config(subs, delivery())
+}
+
+/// `n` subscriptions of which only the first wants the event; the others each want another
+/// type (scenario 5: does the size of the registry slow the hot path down?).
+pub fn registry(receiver: &Receiver, n: usize) -> Value {
+    let subs = (0..n)
+        .map(|i| match i {
+            0 => subscription(i, receiver.url("/hook"), EVENT_TYPE),
+            _ => subscription(i, receiver.url("/hook"), &format!("other{i}.created")),
+        })
+        .collect();
+    config(subs, delivery())
+}
+
+/// One subscriber whose failures are retried only after an hour, and room for `max_queue`
+/// pending messages (scenario 6: what holding a backlog costs in memory).
+pub fn backlog(receiver: &Receiver, max_queue: usize) -> Value {
+    let delivery = json!({
+        "timeout": "5s",
+        "allow_insecure_destinations": true,
+        "retry_schedule": ["0s", "1h"],
+        "max_queue": max_queue,
+    });
+    config(
+        vec![subscription(0, receiver.url("/hook"), EVENT_TYPE)],
+        delivery,
+    )
+}
+
+/// The request that makes one event: `POST /orders` with a small order (echoed back with 201).
+pub fn order_request() -> Shape {
+    Shape::Post(
+        "/orders",
+        Bytes::from_static(br#"{"id":42,"item":"widget","qty":1,"total":10}"#),
+    )
+}

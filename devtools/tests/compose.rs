@@ -1,0 +1,262 @@
+//! `docker compose up` cannot run here (no Docker engine), so these tests check what can go wrong
+//! without one: the compose Envoy configuration drifting from the root envoy.yaml, a mount of a
+//! file that does not exist, a port published that Envoy does not listen on, a build target the
+//! Dockerfile lacks. `make compose-check` validates the compose file's syntax with docker-compose.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use devtools::files::{load_yaml, plugin_config};
+use devtools::workspace_root;
+use serde_json::{json, Value};
+
+const COMPOSE_ENVOY: &str = "deploy/compose/envoy.yaml";
+
+/// The root envoy.yaml changed exactly as deploy/compose/envoy.yaml's header says.
+fn root_as_compose_should_be(root: &Value) -> Result<Value> {
+    let mut expected = root.clone();
+    expected["admin"]["address"]["socket_address"]["address"] = json!("0.0.0.0");
+    let upstream = clusters_mut(&mut expected)?
+        .iter_mut()
+        .find(|c| c["name"] == "api_upstream")
+        .context("no api_upstream cluster in envoy.yaml")?;
+    upstream["type"] = json!("STRICT_DNS");
+    upstream["dns_lookup_family"] = json!("V4_ONLY");
+    let address = upstream
+        .pointer_mut("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address")
+        .context("api_upstream has no endpoint address")?;
+    address["address"] = json!("orders");
+    let mut plugin = plugin_config(root)?;
+    plugin["subscriptions"][0]["url"] = json!("http://receiver:9000/webhooks");
+    set_plugin_configs(&mut expected, &plugin);
+    Ok(expected)
+}
+
+fn clusters_mut(envoy: &mut Value) -> Result<&mut Vec<Value>> {
+    envoy
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+        .context("no static_resources.clusters")
+}
+
+/// Replaces every plugin `configuration` string by the parsed document, so that two files
+/// compare equal whatever their JSON whitespace.
+fn set_plugin_configs(value: &mut Value, plugin: &Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/google.protobuf.StringValue")
+            {
+                map.insert("value".into(), plugin.clone());
+            }
+            map.values_mut().for_each(|v| set_plugin_configs(v, plugin));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| set_plugin_configs(v, plugin)),
+        _ => {}
+    }
+}
+
+/// The JSON pointers where `a` and `b` differ.
+fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for key in keys {
+                let (va, vb) = (x.get(key).unwrap_or(&Value::Null), y.get(key));
+                differences(va, vb.unwrap_or(&Value::Null), &format!("{at}/{key}"), out);
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                differences(va, vb, &format!("{at}/{i}"), out);
+            }
+        }
+        _ if a != b => out.push(format!("{at}: {a} vs {b}")),
+        _ => {}
+    }
+}
+
+#[test]
+fn compose_envoy_config_differs_from_the_root_one_only_where_containers_need_it() -> Result<()> {
+    let root_dir = workspace_root();
+    let root = load_yaml(&root_dir.join("envoy.yaml"))?;
+    let mut compose = load_yaml(&root_dir.join(COMPOSE_ENVOY))?;
+    let compose_plugin = plugin_config(&compose)?;
+    set_plugin_configs(&mut compose, &compose_plugin);
+    let expected = root_as_compose_should_be(&root)?;
+    let mut diff = Vec::new();
+    differences(&expected, &compose, "", &mut diff);
+    ensure!(
+        diff.is_empty(),
+        "{COMPOSE_ENVOY} drifted from envoy.yaml (bring the change over, or list it in the \
+         header of {COMPOSE_ENVOY} and in this test):\n  {}",
+        diff.join("\n  ")
+    );
+    Ok(())
+}
+
+/// A compose service by name.
+fn service<'c>(compose: &'c Value, name: &str) -> Result<&'c Value> {
+    compose["services"]
+        .get(name)
+        .with_context(|| format!("docker-compose.yml has no service {name:?}"))
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every bind mount's source exists; every named volume is declared.
+fn check_mounts(compose: &Value, root: &Path) -> Result<Vec<(String, String)>> {
+    let mut mounts = Vec::new();
+    let services = compose["services"].as_object().context("no services")?;
+    for (name, svc) in services {
+        for volume in strings(&svc["volumes"]) {
+            let mut parts = volume.split(':');
+            let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+                bail!("service {name}: volume {volume:?} is not source:target");
+            };
+            if source.starts_with('.') || source.starts_with('/') {
+                let path = root.join(source);
+                ensure!(
+                    path.exists(),
+                    "service {name} mounts {source}, which does not exist"
+                );
+            } else {
+                ensure!(
+                    compose["volumes"].get(source).is_some(),
+                    "service {name} mounts the undeclared volume {source:?}"
+                );
+            }
+            mounts.push((source.to_string(), target.to_string()));
+        }
+    }
+    Ok(mounts)
+}
+
+/// The port of `socket_address` at `pointer` in an Envoy configuration.
+fn port_at(envoy: &Value, pointer: &str) -> Result<u64> {
+    envoy
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .with_context(|| format!("no port at {pointer}"))
+}
+
+#[test]
+fn compose_mounts_exist_and_published_ports_are_envoys() -> Result<()> {
+    let root = workspace_root();
+    let compose = load_yaml(&root.join("docker-compose.yml"))?;
+    let mounts = check_mounts(&compose, &root)?;
+    let envoy_yaml = load_yaml(&root.join(COMPOSE_ENVOY))?;
+
+    let envoy = service(&compose, "envoy")?;
+    let command = strings(&envoy["command"]);
+    let config_arg = command
+        .iter()
+        .skip_while(|a| *a != "-c")
+        .nth(1)
+        .context("the envoy service has no `-c <config>`")?;
+    let config_source = format!("./{COMPOSE_ENVOY}");
+    ensure!(
+        mounts.contains(&(config_source.clone(), config_arg.clone())),
+        "Envoy reads {config_arg}, but {config_source} is not mounted there: {mounts:?}"
+    );
+
+    let wasm = envoy_yaml
+        .pointer("/bootstrap_extensions/0/typed_config/config/vm_config/code/local/filename")
+        .and_then(Value::as_str)
+        .context("no .wasm filename")?;
+    let workdir = envoy["working_dir"].as_str().unwrap_or("/");
+    let wasm_dir = Path::new(workdir).join(wasm);
+    let wasm_dir = wasm_dir
+        .parent()
+        .context("wasm path")?
+        .display()
+        .to_string();
+    ensure!(
+        mounts.iter().any(|(_, target)| *target == wasm_dir),
+        "the plugin must be mounted at {wasm_dir} (working_dir + envoy.yaml's filename): {mounts:?}"
+    );
+
+    let published: BTreeSet<u64> = strings(&envoy["ports"])
+        .iter()
+        .map(|p| container_port(p))
+        .collect::<Result<_>>()?;
+    let listener = port_at(
+        &envoy_yaml,
+        "/static_resources/listeners/0/address/socket_address/port_value",
+    )?;
+    let admin = port_at(&envoy_yaml, "/admin/address/socket_address/port_value")?;
+    ensure!(
+        published == BTreeSet::from([listener, admin]),
+        "envoy publishes {published:?}, but envoy.yaml listens on {listener} and admin {admin}"
+    );
+    Ok(())
+}
+
+/// "10000:10000" or "127.0.0.1:10000:10000" → the container port.
+fn container_port(mapping: &str) -> Result<u64> {
+    let port = mapping.rsplit(':').next().unwrap_or(mapping);
+    let port = port.split('/').next().unwrap_or(port);
+    port.parse()
+        .with_context(|| format!("port mapping {mapping:?}"))
+}
+
+/// The `--port` in the ENTRYPOINT of a Dockerfile stage.
+fn stage_port(dockerfile: &str, stage: &str) -> Result<u64> {
+    let start = dockerfile
+        .find(&format!(" AS {stage}\n"))
+        .with_context(|| format!("the Dockerfile has no stage {stage}"))?;
+    let rest = dockerfile.get(start..).unwrap_or_default();
+    let entrypoint = rest
+        .lines()
+        .find(|l| l.starts_with("ENTRYPOINT"))
+        .with_context(|| format!("stage {stage} has no ENTRYPOINT"))?;
+    let args: Vec<String> = serde_json::from_str(entrypoint.trim_start_matches("ENTRYPOINT"))?;
+    ensure!(
+        args.windows(2).any(|w| w == ["--host", "0.0.0.0"]),
+        "stage {stage} must listen on 0.0.0.0: {args:?}"
+    );
+    let port = args
+        .windows(2)
+        .find(|w| w[0] == "--port")
+        .map(|w| w[1].clone())
+        .with_context(|| format!("stage {stage} has no --port"))?;
+    Ok(port.parse()?)
+}
+
+#[test]
+fn compose_services_are_where_envoy_looks_for_them() -> Result<()> {
+    let root = workspace_root();
+    let compose = load_yaml(&root.join("docker-compose.yml"))?;
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))?;
+    for (name, svc) in compose["services"].as_object().context("no services")? {
+        if let Some(target) = svc.pointer("/build/target").and_then(Value::as_str) {
+            ensure!(
+                dockerfile.contains(&format!(" AS {target}\n")),
+                "service {name} builds target {target}, which the Dockerfile lacks"
+            );
+        }
+    }
+    let envoy_yaml = load_yaml(&root.join(COMPOSE_ENVOY))?;
+    let orders = port_at(
+        &envoy_yaml,
+        "/static_resources/clusters/0/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/port_value",
+    )?;
+    let target = service(&compose, "orders")?["build"]["target"].clone();
+    ensure!(stage_port(&dockerfile, target.as_str().unwrap_or_default())? == orders);
+    let url = plugin_config(&envoy_yaml)?["subscriptions"][0]["url"].clone();
+    let target = service(&compose, "receiver")?["build"]["target"].clone();
+    let receiver = stage_port(&dockerfile, target.as_str().unwrap_or_default())?;
+    ensure!(
+        url == json!(format!("http://receiver:{receiver}/webhooks")),
+        "the demo subscription {url} is not the receiver service on port {receiver}"
+    );
+    Ok(())
+}
