@@ -795,15 +795,11 @@ fn rotate(sub: &mut Subscription, secret: &str, now_ms: u64) {
         secret: secret.to_string(),
         expires_at_ms: None,
     }];
-    for old in &sub.secrets {
-        match old.expires_at_ms {
-            None => secrets.push(SigningSecret {
-                secret: old.secret.clone(),
-                expires_at_ms: Some(expires),
-            }),
-            Some(at) if at > now_ms => secrets.push(old.clone()),
-            Some(_) => {}
-        }
+    for old in sub.secrets.iter().filter(|s| s.signs_at(now_ms)) {
+        secrets.push(SigningSecret {
+            secret: old.secret.clone(),
+            expires_at_ms: Some(old.expires_at_ms.unwrap_or(expires)),
+        });
     }
     secrets.truncate(MAX_SECRETS);
     sub.secrets = secrets;

@@ -89,13 +89,12 @@ impl Subscription {
     pub fn is_active(&self) -> bool {
         self.status == Status::Active
     }
+}
 
-    /// Secrets that still sign at `now_ms`, current first.
-    pub fn signing_secrets(&self, now_ms: u64) -> impl Iterator<Item = &str> {
-        self.secrets
-            .iter()
-            .filter(move |s| s.expires_at_ms.is_none_or(|at| at > now_ms))
-            .map(|s| s.secret.as_str())
+impl SigningSecret {
+    /// Whether this secret still signs at `now_ms` (a rotated one stops at its expiry).
+    pub fn signs_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|at| at > now_ms)
     }
 }
 
@@ -806,12 +805,12 @@ mod tests {
 
     #[test]
     fn expired_secrets_stop_signing() {
-        let mut s = sub("s1", "c", &["a"]);
-        s.secrets.push(SigningSecret {
+        let old = SigningSecret {
             secret: "old".into(),
             expires_at_ms: Some(100),
-        });
-        assert_eq!(s.signing_secrets(50).count(), 2);
-        assert_eq!(s.signing_secrets(100).collect::<Vec<_>>(), ["whsec_AAAA"]);
+        };
+        assert!(old.signs_at(99));
+        assert!(!old.signs_at(100));
+        assert!(sub("s1", "c", &["a"]).secrets[0].signs_at(u64::MAX));
     }
 }

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::delivery::{self, Message, MessageKey, Outbox, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
 use crate::queue::{QueueMessage, QUEUE_NAME};
-use crate::registry::{Registry, Subscription};
+use crate::registry::{Registry, SigningSecret, Subscription};
 use crate::signing::Secret;
 use crate::url::{self, Destination};
 use proxy_wasm::hostcalls;
@@ -31,6 +31,8 @@ struct Resolved {
     version: u32,
     subscription: Subscription,
     destination: Option<Destination>,
+    /// The secrets, parsed, current first (a secret's HMAC key is set up once, not per attempt).
+    secrets: Vec<(Secret, SigningSecret)>,
 }
 
 /// An attempt waiting for its response.
@@ -143,10 +145,16 @@ impl DispatcherRoot {
         }
         let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
         let destination = url::parse_destination(&subscription.url).ok();
+        let secrets = subscription
+            .secrets
+            .iter()
+            .filter_map(|s| Some((Secret::parse(&s.secret).ok()?, s.clone())))
+            .collect();
         let resolved = Rc::new(Resolved {
             version,
             subscription,
             destination,
+            secrets,
         });
         self.subscriptions
             .insert(id.to_string(), Rc::clone(&resolved));
@@ -259,12 +267,12 @@ impl DispatcherRoot {
             );
             return;
         };
-        let secrets: Vec<Secret> = resolved
-            .subscription
-            .signing_secrets(now)
-            .filter_map(|s| Secret::parse(s).ok())
+        let secret_refs: Vec<&Secret> = resolved
+            .secrets
+            .iter()
+            .filter(|(_, stored)| stored.signs_at(now))
+            .map(|(secret, _)| secret)
             .collect();
-        let secret_refs: Vec<&Secret> = secrets.iter().collect();
         let request = delivery::build_request(
             destination,
             &self.config.delivery,
