@@ -21,6 +21,8 @@ use std::time::Duration;
 /// How often scheduled retries are looked at.
 const TICK_MS: u64 = 100;
 const TICK: Duration = Duration::from_millis(TICK_MS);
+/// Event types whose fan-out candidates are cached, at most.
+const MAX_CACHED_EVENT_TYPES: usize = 1024;
 /// Pending messages named one per log line at shutdown, at most.
 const SHUTDOWN_LOG_LINES: usize = 100;
 /// How much of a receiver's response body is read (only to tell Envoy's own errors apart).
@@ -121,7 +123,9 @@ impl DispatcherRoot {
 
     fn candidates_for(&mut self, event_type: &str) -> Rc<[String]> {
         let generation = self.registry.generation();
-        if self.candidates.0 != generation {
+        // Inferred event types come from request paths, so their number is unbounded: the
+        // cache starts over rather than grow past a bound.
+        if self.candidates.0 != generation || self.candidates.1.len() >= MAX_CACHED_EVENT_TYPES {
             self.candidates = (generation, HashMap::new());
         }
         if let Some(ids) = self.candidates.1.get(event_type) {
