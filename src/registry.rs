@@ -20,6 +20,7 @@
 
 use crate::config::StaticSubscription;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 /// A versioned key-value store with compare-and-swap (proxy-wasm shared data semantics).
 pub trait KvStore {
@@ -270,7 +271,10 @@ impl<S: KvStore> Registry<S> {
     /// Keeps the active count in step with a change from `before` to `after`.
     fn count_active(&self, before: Option<&Subscription>, after: Option<&Subscription>) {
         let active = |s: Option<&Subscription>| i64::from(s.is_some_and(Subscription::is_active));
-        let delta = active(after) - active(before);
+        self.adjust_active(active(after) - active(before));
+    }
+
+    fn adjust_active(&self, delta: i64) {
         if delta == 0 {
             return;
         }
@@ -355,6 +359,7 @@ impl<S: KvStore> Registry<S> {
     /// changed ones rewritten (a changed url, filter or secret re-activates), removed ones deleted.
     /// Idempotent, so every configure may run it.
     pub fn sync_static(&self, statics: &[StaticSubscription], now_ms: u64) {
+        let mut new = Vec::new();
         for wanted in statics {
             let fresh = from_static(wanted, now_ms);
             match self.get(&wanted.id) {
@@ -369,11 +374,10 @@ impl<S: KvStore> Registry<S> {
                         Ok::<(), ()>(())
                     });
                 }
-                None => {
-                    let _ = self.insert(&fresh, None);
-                }
+                None => new.push(fresh),
             }
         }
+        self.insert_batch(&new);
         let (listed, cas) = self.store.get(STATIC_KEY).unwrap_or_default();
         for gone in std::str::from_utf8(&listed).unwrap_or_default().lines() {
             if !statics.iter().any(|s| s.id == gone) {
@@ -384,6 +388,45 @@ impl<S: KvStore> Registry<S> {
         let _ = self
             .store
             .set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
+    }
+
+    /// Adds new subscriptions with one compare-and-swap edit per bucket rather than one per
+    /// subscription: 10,000 static subscriptions would otherwise rewrite the same consumer
+    /// bucket 10,000 times at start-up. Records are written before their index lines.
+    fn insert_batch(&self, subs: &[Subscription]) {
+        let mut lines: HashMap<String, Vec<String>> = HashMap::new();
+        let mut active = 0;
+        for sub in subs {
+            let Ok(record) = serde_json::to_vec(sub) else {
+                continue;
+            };
+            if self.store.set(&record_key(&sub.id), &record, None).is_err() {
+                continue;
+            }
+            let own = lines.entry(consumer_key(&sub.consumer)).or_default();
+            own.push(format!("{} {}", sub.consumer, sub.id));
+            for filter in &sub.events {
+                let bucket = lines.entry(index_key(filter)).or_default();
+                bucket.push(format!("{filter} {}", sub.id));
+            }
+            active += i64::from(sub.is_active());
+        }
+        for (key, new) in lines {
+            let added = self.edit_bucket(&key, |existing| {
+                let known: HashSet<&String> = existing.iter().collect();
+                let fresh: Vec<String> =
+                    new.iter().filter(|l| !known.contains(l)).cloned().collect();
+                existing.extend(fresh);
+                Ok(())
+            });
+            if let Err(e) = added {
+                log::error!(
+                    "proxy-webhooks: static subscriptions not fully indexed ({key}): {e:?}"
+                );
+            }
+        }
+        self.adjust_active(active);
+        self.bump_generation();
     }
 
     fn reindex(&self, id: &str, before: &[String], after: &[String]) -> Result<(), RegistryError> {
