@@ -272,7 +272,12 @@ impl<'a> Obj<'a> {
             });
         };
         if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(err(join(path, unknown), "unknown field"));
+            // An empty key would leave nothing to name (`: unknown field` at the top level).
+            return Err(match unknown.as_str() {
+                "" if path.is_empty() => err("configuration", "unknown field \"\""),
+                "" => err(path, "unknown field \"\""),
+                _ => err(join(path, unknown), "unknown field"),
+            });
         }
         Ok(Obj {
             path: path.to_string(),

@@ -305,7 +305,11 @@ pub fn build_request(
 pub fn describe(code: u16, body_start: &[u8]) -> String {
     let body = String::from_utf8_lossy(body_start);
     if code == 503 && body.starts_with("upstream connect error") {
-        "connection failed".to_string()
+        // Envoy says why a connection failed after this marker, e.g. a TLS certificate problem.
+        match body.split_once("transport failure reason: ") {
+            Some((_, reason)) => format!("connection failed: {}", reason.trim()),
+            None => "connection failed".to_string(),
+        }
     } else if code == 504 && body.starts_with("upstream request timeout") {
         "timeout".to_string()
     } else {
@@ -471,5 +475,10 @@ mod tests {
         );
         assert_eq!(describe(504, b"upstream request timeout"), "timeout");
         assert_eq!(describe(503, b"busy"), "HTTP 503");
+        let tls = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed";
+        assert_eq!(
+            describe(503, tls),
+            "connection failed: TLS_error:|CERTIFICATE_VERIFY_FAILED:verify cert failed"
+        );
     }
 }

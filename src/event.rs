@@ -4,6 +4,10 @@ use crate::time::format_rfc3339_millis;
 use serde::de::IgnoredAny;
 use serde::Serialize;
 
+/// Most bytes reserved up front from a declared `content-length`; larger bodies grow the buffer
+/// as they arrive.
+const MAX_RESERVE: usize = 1 << 20;
+
 /// Copies a response body as it streams past, up to a limit, keeping it only if it may be JSON.
 ///
 /// Capturing never holds the response back; once the body can no longer be used (not JSON, or
@@ -52,8 +56,11 @@ impl BodyCapture {
             Some(n) if n > limit => CaptureState::TooLarge,
             _ => CaptureState::Capturing,
         };
+        // The declared length only sizes the first allocation, and never beyond
+        // [`MAX_RESERVE`]: `limit` is the operator's (any integer) and the length the upstream's,
+        // so reserving it whole could ask for more than the VM has, which aborts.
         let capacity = match state {
-            CaptureState::Capturing => declared.unwrap_or(0),
+            CaptureState::Capturing => declared.unwrap_or(0).min(MAX_RESERVE),
             _ => 0,
         };
         BodyCapture {
@@ -106,11 +113,45 @@ fn validated_json(mut buf: Vec<u8>) -> CapturedObject {
 
 /// One JSON value in UTF-8. The UTF-8 check comes first because serde_json, when it merely
 /// skips over strings, does not look inside them, and the bytes are embedded as they are.
+/// Skipping does not check `\u` escapes either, so unpaired surrogates are looked for apart:
+/// a body holding one is refused by strict parsers (serde_json among them, and I-JSON forbids
+/// it), which would make the whole webhook unreadable.
 fn is_json_text(bytes: &[u8]) -> bool {
     match std::str::from_utf8(bytes) {
-        Ok(text) => !text.is_empty() && serde_json::from_str::<IgnoredAny>(text).is_ok(),
+        Ok(text) => {
+            !text.is_empty()
+                && serde_json::from_str::<IgnoredAny>(text).is_ok()
+                && surrogates_paired(bytes)
+        }
         Err(_) => false,
     }
+}
+
+/// In valid JSON text, whether every `\uD800`-`\uDBFF` escape is followed by a
+/// `\uDC00`-`\uDFFF` one and no low surrogate stands alone. Outside strings JSON has no
+/// backslashes, so a plain scan of escapes is enough.
+fn surrogates_paired(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| b == b'\\') {
+        let escape = rest.get(at..).unwrap_or_default();
+        let skip = match unicode_escape(escape) {
+            Some(0xD800..=0xDBFF) => match escape.get(6..).and_then(unicode_escape) {
+                Some(0xDC00..=0xDFFF) => 12,
+                _ => return false,
+            },
+            Some(0xDC00..=0xDFFF) => return false,
+            // Any other escape is a backslash and one character (`\uXXXX` adds plain hex).
+            _ => 2,
+        };
+        rest = escape.get(skip..).unwrap_or_default();
+    }
+    true
+}
+
+/// The code unit of a `\uXXXX` escape at the start of `bytes`.
+fn unicode_escape(bytes: &[u8]) -> Option<u32> {
+    let hex = bytes.strip_prefix(b"\\u")?.get(..4)?;
+    u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 /// `application/json` or any `type/subtype+json`, ignoring parameters and case.
@@ -314,6 +355,37 @@ mod tests {
             capture(100, JSON, &[b"{\"a\xc3\":1}"]),
             CapturedObject::NotJson
         );
+    }
+
+    #[test]
+    fn unpaired_surrogate_escapes_are_not_json() {
+        for body in [
+            &br#""\ud800""#[..],
+            br#""\udc00""#,
+            br#"["\udc00\ud800"]"#,
+            br#"{"a":"\uD83Dx"}"#,
+            br#""\\\ud800""#,
+        ] {
+            assert_eq!(
+                capture(100, JSON, &[body]),
+                CapturedObject::NotJson,
+                "{body:?}"
+            );
+        }
+        for body in [
+            &br#""\uD83D\uDE00""#[..],
+            br#""\\ud800""#,
+            br#"["\u00e9\n", "\ud7ff\ue000"]"#,
+        ] {
+            assert_eq!(capture(100, JSON, &[body]), json_of(body), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn a_huge_declared_length_within_a_huge_limit_reserves_little() {
+        let capture = BodyCapture::new(usize::MAX, None, None, Some(u64::MAX));
+        assert!(capture.wants_more());
+        assert!(capture.buf.capacity() <= MAX_RESERVE);
     }
 
     #[test]

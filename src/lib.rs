@@ -21,6 +21,8 @@ pub mod event;
 pub mod ids;
 pub mod queue;
 pub mod registry;
+#[cfg(test)]
+mod robustness;
 pub mod rules;
 pub mod signing;
 pub mod time;

@@ -284,7 +284,7 @@ impl<S: KvStore> Registry<S> {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            let next = (count + delta).max(0).to_string();
+            let next = count.saturating_add(delta).max(0).to_string();
             if self.store.set(ACTIVE_KEY, next.as_bytes(), Some(cas)) != Err(StoreError::Conflict) {
                 return;
             }
@@ -599,6 +599,14 @@ impl KvStore for MemoryStore {
         }
         map.insert(key.to_string(), (value.to_vec(), current + 1));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    /// Every key with its value and version, so a test can prove a call wrote nothing.
+    pub(crate) fn snapshot(&self) -> std::collections::HashMap<String, (Vec<u8>, u32)> {
+        self.map.borrow().clone()
     }
 }
 

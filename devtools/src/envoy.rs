@@ -23,6 +23,7 @@ const HTTP_WASM_FILTER: &str = "envoy.filters.http.wasm";
 const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const UPSTREAM_CLUSTER: &str = "api_upstream";
+const HTTPS_EGRESS_CLUSTER: &str = "webhooks_egress_https";
 
 /// The release build of the plugin, relative to the workspace root.
 pub const WASM_RELATIVE_PATH: &str = "target/wasm32-wasip1/release/proxy_webhooks.wasm";
@@ -50,6 +51,8 @@ pub struct EnvoyConfig {
     pub wasm_path: PathBuf,
     /// The Envoy configuration to start from; defaults to the workspace's `envoy.yaml`.
     pub base_config: PathBuf,
+    /// CA certificates (PEM) the https egress cluster trusts instead of the shipped bundle.
+    pub trusted_ca: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -68,6 +71,7 @@ impl EnvoyConfig {
             log_level: "info".to_string(),
             wasm_path: wasm_path(&root),
             base_config: root.join("envoy.yaml"),
+            trusted_ca: None,
         }
     }
 
@@ -94,6 +98,13 @@ impl EnvoyConfig {
         self
     }
 
+    /// Makes `webhooks_egress_https` trust the CA certificates in `pem` (e.g. a test CA) instead
+    /// of the system bundle.
+    pub fn trusted_ca(mut self, pem: &Path) -> EnvoyConfig {
+        self.trusted_ca = Some(pem.to_path_buf());
+        self
+    }
+
     /// The Envoy configuration as JSON (what is written to the `-c` file).
     pub fn render(&self) -> Result<Value> {
         let text = std::fs::read_to_string(&self.base_config)
@@ -110,6 +121,9 @@ impl EnvoyConfig {
             remove_plugin(&mut root)?;
         } else {
             set_plugin(&mut root, &self.wasm_path, &self.plugin_config)?;
+        }
+        if let Some(pem) = &self.trusted_ca {
+            set_trusted_ca(&mut root, pem)?;
         }
         add_clusters(&mut root, &self.extra_clusters)?;
         Ok(root)
@@ -144,6 +158,23 @@ fn set_upstream(root: &mut Value, port: u16) -> Result<()> {
         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address":
             {"address": "127.0.0.1", "port_value": port}}}}]}]
     });
+    Ok(())
+}
+
+/// Where the https egress cluster names its trusted CA bundle.
+const TRUSTED_CA_FILENAME: &str =
+    "/transport_socket/typed_config/common_tls_context/validation_context/trusted_ca/filename";
+
+fn set_trusted_ca(root: &mut Value, pem: &Path) -> Result<()> {
+    let clusters = array_at(root, "/static_resources/clusters")?;
+    let filename = clusters
+        .iter_mut()
+        .find(|c| c["name"] == HTTPS_EGRESS_CLUSTER)
+        .and_then(|c| c.pointer_mut(TRUSTED_CA_FILENAME))
+        .ok_or_else(|| {
+            anyhow!("envoy.yaml has no {TRUSTED_CA_FILENAME} in {HTTPS_EGRESS_CLUSTER}")
+        })?;
+    *filename = json!(pem.display().to_string());
     Ok(())
 }
 
@@ -193,7 +224,40 @@ fn remove_plugin(root: &mut Value) -> Result<()> {
     for filters in http_filters(root)? {
         filters.retain(|f| f["name"] != HTTP_WASM_FILTER);
     }
+    // Routes that switch the filter off name it; without the filter they must not.
+    for route in routes(root)? {
+        if let Some(per_filter) = route
+            .get_mut("typed_per_filter_config")
+            .and_then(Value::as_object_mut)
+        {
+            per_filter.remove(HTTP_WASM_FILTER);
+            if per_filter.is_empty() {
+                route
+                    .as_object_mut()
+                    .map(|r| r.remove("typed_per_filter_config"));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Every route of every virtual host of every listener's connection manager.
+fn routes(root: &mut Value) -> Result<Vec<&mut Value>> {
+    let mut out = Vec::new();
+    for listener in array_at(root, "/static_resources/listeners")? {
+        let chains = listener["filter_chains"]
+            .as_array_mut()
+            .into_iter()
+            .flatten();
+        let managers = chains.flat_map(|c| c["filters"].as_array_mut().into_iter().flatten());
+        for manager in managers {
+            let hosts = manager["typed_config"]["route_config"]["virtual_hosts"].as_array_mut();
+            for host in hosts.into_iter().flatten() {
+                out.extend(host["routes"].as_array_mut().into_iter().flatten());
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn add_clusters(root: &mut Value, extra: &[Value]) -> Result<()> {

@@ -4,6 +4,8 @@
 //! A reply can carry `Retry-After`, `Location` and a delay before answering (to make the sender
 //! time out). Signatures are checked with the `standardwebhooks` crate: an implementation
 //! independent of the plugin's signer.
+//!
+//! [`Receiver::start_tls`] serves HTTPS instead, with a certificate from a [`tls::TestCa`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -11,12 +13,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::ConnectInfo;
+use axum::http::{Extensions, HeaderMap, Method, Uri};
 use axum::response::Response;
 use axum::Router;
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::server::Server;
 use crate::util::lock;
+
+pub mod tls;
+use tls::{Handshake, TlsListener, TlsPeer};
 
 /// One request the receiver got.
 #[derive(Clone, Debug)]
@@ -29,6 +36,8 @@ pub struct Received {
     pub at: Instant,
     /// The status the receiver answered it with (chosen on arrival; a delayed reply is sent later).
     pub replied: u16,
+    /// The server name (SNI) the client sent in its TLS handshake; `None` over plain HTTP.
+    pub sni: Option<String>,
 }
 
 impl Received {
@@ -129,33 +138,62 @@ struct State {
 pub struct Receiver {
     server: Server,
     state: Arc<Mutex<State>>,
+    /// TLS handshakes (HTTPS receivers only).
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+    https: bool,
 }
 
 impl Receiver {
     /// Starts on a free port of 127.0.0.1, answering 204 to everything until told otherwise.
     pub async fn start() -> Result<Receiver> {
         let state = Arc::new(Mutex::new(State::default()));
-        let shared = state.clone();
-        let app = Router::new().fallback(
-            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                let shared = shared.clone();
-                async move {
-                    let reply = take_reply(&shared, method, uri, headers, body);
-                    reply.into_response().await
-                }
-            },
-        );
-        let server = Server::start(app, 0).await?;
-        Ok(Receiver { server, state })
+        let server = Server::start(app(state.clone()), 0).await?;
+        Ok(Receiver {
+            server,
+            state,
+            handshakes: Arc::default(),
+            https: false,
+        })
+    }
+
+    /// Like [`Receiver::start`], serving HTTPS with `tls` (see [`tls::TestCa::server_config`]).
+    pub async fn start_tls(tls: Arc<ServerConfig>) -> Result<Receiver> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let handshakes = Arc::default();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = tcp.local_addr()?;
+        let listener = TlsListener::new(tcp, tls, Arc::clone(&handshakes));
+        let service = app(state.clone()).into_make_service_with_connect_info::<TlsPeer>();
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, service).await {
+                eprintln!("HTTPS receiver on {addr} stopped: {err}");
+            }
+        });
+        Ok(Receiver {
+            server: Server::adopt(addr, task),
+            state,
+            handshakes,
+            https: true,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.server.port()
     }
 
-    /// `http://127.0.0.1:<port><path>`: use it as a subscription URL.
+    /// `http://127.0.0.1:<port><path>`, or for an HTTPS receiver `https://localhost:<port><path>`
+    /// (a name, as certificates are for names): use it as a subscription URL.
     pub fn url(&self, path: &str) -> String {
-        self.server.url(path)
+        if self.https {
+            format!("https://localhost:{}{}", self.port(), path)
+        } else {
+            self.server.url(path)
+        }
+    }
+
+    /// Every TLS handshake a client started so far, failed ones included (HTTPS receivers only).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        lock(&self.handshakes).clone()
     }
 
     /// Answers the next requests with these replies, in order, then with the default.
@@ -198,29 +236,42 @@ impl Receiver {
     }
 }
 
+/// The receiver's routes: everything goes to one handler that records and replies.
+fn app(state: Arc<Mutex<State>>) -> Router {
+    Router::new().fallback(
+        move |method: Method, uri: Uri, extensions: Extensions, headers: HeaderMap, body: Bytes| {
+            let state = state.clone();
+            async move {
+                let sni = extensions
+                    .get::<ConnectInfo<TlsPeer>>()
+                    .and_then(|peer| peer.0.sni.clone());
+                let request = Received {
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
+                    headers,
+                    body,
+                    at: Instant::now(),
+                    replied: 0,
+                    sni,
+                };
+                take_reply(&state, request).into_response().await
+            }
+        },
+    )
+}
+
 /// Records the request and picks the reply for it, under one lock so replies keep their order.
-fn take_reply(
-    state: &Mutex<State>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
+fn take_reply(state: &Mutex<State>, mut request: Received) -> Reply {
     let mut state = lock(state);
-    let at = Instant::now();
+    // Stamped under the lock, so arrival instants are in the order of `received`.
+    request.at = Instant::now();
     let reply = state
         .queued
         .pop_front()
         .or_else(|| state.default.clone())
         .unwrap_or(Reply::status(204));
-    state.received.push(Received {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        headers,
-        body,
-        at,
-        replied: reply.status,
-    });
+    request.replied = reply.status;
+    state.received.push(request);
     reply
 }
 

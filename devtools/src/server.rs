@@ -33,6 +33,11 @@ impl Server {
         Ok(Server { addr, task })
     }
 
+    /// A server already serving on `addr` in `task` (e.g. over TLS), stopped when dropped.
+    pub(crate) fn adopt(addr: SocketAddr, task: JoinHandle<()>) -> Server {
+        Server { addr, task }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -25,8 +25,9 @@ const TICK: Duration = Duration::from_millis(TICK_MS);
 const MAX_CACHED_EVENT_TYPES: usize = 1024;
 /// Pending messages named one per log line at shutdown, at most.
 const SHUTDOWN_LOG_LINES: usize = 100;
-/// How much of a receiver's response body is read (only to tell Envoy's own errors apart).
-const BODY_PEEK: usize = 64;
+/// How much of a receiver's response body is read (only to tell Envoy's own errors apart and
+/// keep the reason it gives, such as a TLS certificate problem).
+const BODY_PEEK: usize = 512;
 
 /// A subscription ready to sign for: parsed once per stored version.
 struct Resolved {
@@ -505,13 +506,14 @@ impl DispatcherRoot {
         .ok()
         .flatten()
         .unwrap_or_default();
-        match delivery::describe(code, &peek).as_str() {
-            "connection failed" => Response::NotSent("connection failed".into()),
-            "timeout" => Response::NotSent("timeout".into()),
-            _ => Response::Status {
+        let description = delivery::describe(code, &peek);
+        if description.starts_with("connection failed") || description == "timeout" {
+            Response::NotSent(description)
+        } else {
+            Response::Status {
                 code,
                 retry_after_ms,
-            },
+            }
         }
     }
 }
