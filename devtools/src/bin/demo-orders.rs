@@ -19,16 +19,6 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let server = devtools::orders::serve_on(&args.host, args.port).await?;
     println!("demo-orders: listening on {}", server.url(""));
-    shutdown_signal().await?;
-    Ok(())
-}
-
-/// Ctrl-C, or SIGTERM as sent by `docker stop`.
-async fn shutdown_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
+    devtools::util::shutdown_signal().await?;
     Ok(())
 }

@@ -36,7 +36,7 @@ async fn main() -> Result<()> {
     });
     let server = Server::start_on(app, &args.host, args.port).await?;
     println!("demo-receiver: listening on {}", server.url(""));
-    shutdown_signal().await?;
+    devtools::util::shutdown_signal().await?;
     Ok(())
 }
 
@@ -47,14 +47,4 @@ fn handle(uri: &Uri, headers: &HeaderMap, body: &[u8], secret: &str) -> StatusCo
         Ok(()) => StatusCode::NO_CONTENT,
         Err(_) => StatusCode::UNAUTHORIZED,
     }
-}
-
-/// Ctrl-C, or SIGTERM as sent by `docker stop`.
-async fn shutdown_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }
