@@ -122,9 +122,40 @@ fn is_json_text(bytes: &[u8]) -> bool {
             !text.is_empty()
                 && serde_json::from_str::<IgnoredAny>(text).is_ok()
                 && surrogates_paired(bytes)
+                && nesting_depth(bytes) <= MAX_OBJECT_DEPTH
         }
         Err(_) => false,
     }
+}
+
+/// Deepest nesting of a body kept as `data.object`. The envelope adds two levels, and common
+/// JSON parsers (serde_json among them) refuse documents nested deeper than 128.
+const MAX_OBJECT_DEPTH: usize = 100;
+
+/// In valid JSON text, how deeply arrays and objects nest (brackets inside strings don't count).
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// In valid JSON text, whether every `\uD800`-`\uDBFF` escape is followed by a
@@ -327,6 +358,22 @@ mod tests {
             json_of(b"{\"a\":1}")
         );
         assert_eq!(capture(100, JSON, &[b"  3"]), json_of(b"3"));
+    }
+
+    #[test]
+    fn nesting_is_bounded_so_receivers_can_parse_the_payload() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        let tricky = br#"{"a":["[{\"",{"b":1}]}"#;
+        assert!(serde_json::from_slice::<serde_json::Value>(tricky).is_ok());
+        assert_eq!(nesting_depth(tricky), 3);
+        assert_eq!(
+            capture(10_000, JSON, &[&nested(100)]),
+            json_of(&nested(100))
+        );
+        assert_eq!(
+            capture(10_000, JSON, &[&nested(101)]),
+            CapturedObject::NotJson
+        );
     }
 
     #[test]
