@@ -80,7 +80,7 @@ type Outcome = Result<Response, Response>;
 /// Whether `path` (query stripped) is `prefix` or under `prefix/`: these requests are answered
 /// by the filter and never reach the upstream.
 pub fn is_api_path(prefix: &str, path: &str) -> bool {
-    let path = strip_query(path);
+    let path = rules::strip_query(path);
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
@@ -135,10 +135,6 @@ impl Route<'_> {
     }
 }
 
-fn strip_query(path: &str) -> &str {
-    path.split(['?', '#']).next().unwrap_or(path)
-}
-
 fn query_of(path: &str) -> &str {
     let no_fragment = path.split('#').next().unwrap_or(path);
     no_fragment.split_once('?').map_or("", |(_, q)| q)
@@ -146,7 +142,9 @@ fn query_of(path: &str) -> &str {
 
 /// The route for a path under `prefix`, or None (404). One trailing `/` is tolerated.
 fn route<'p>(prefix: &str, path: &'p str) -> Option<Route<'p>> {
-    let rest = strip_query(path).strip_prefix(prefix)?.strip_prefix('/')?;
+    let rest = rules::strip_query(path)
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let mut parts = rest.split('/');
     let parts: [Option<&str>; 4] = [parts.next(), parts.next(), parts.next(), parts.next()];

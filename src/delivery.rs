@@ -8,7 +8,7 @@ use crate::config::DeliveryConfig;
 use crate::signing::Secret;
 use crate::url::Destination;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::rc::Rc;
 
 /// The `user-agent` of every delivery.
@@ -39,9 +39,17 @@ pub struct Outbox {
     messages: HashMap<MessageKey, Message>,
     /// (due time, key); stale entries of removed messages are skipped when popped.
     due: BinaryHeap<Reverse<(u64, MessageKey)>>,
+    /// Waiting messages (not in flight) in the order they are dropped on overflow: retries
+    /// (`false` sorts first) before first attempts, oldest first. Keeps overflow O(log n).
+    waiting: BTreeSet<(bool, u64, MessageKey)>,
     /// Keys of messages currently being attempted (not in `due`).
     in_flight: usize,
     next_key: MessageKey,
+}
+
+/// A waiting message's place in [`Outbox::waiting`].
+fn waiting_entry(key: MessageKey, message: &Message) -> (bool, u64, MessageKey) {
+    (message.attempts == 0, message.created_ms, key)
 }
 
 impl Outbox {
@@ -74,9 +82,21 @@ impl Outbox {
         };
         let key = self.next_key;
         self.next_key += 1;
+        self.waiting.insert(waiting_entry(key, &message));
         self.messages.insert(key, message);
         self.due.push(Reverse((due_ms, key)));
+        self.compact();
         dropped
+    }
+
+    /// Dropped messages leave their entry in `due` until its time comes (possibly days): rebuild
+    /// the heap when such entries outnumber the live ones, so memory follows `max_queue`.
+    fn compact(&mut self) {
+        if self.due.len() > 2 * self.messages.len() + 1024 {
+            let messages = &self.messages;
+            self.due
+                .retain(|Reverse((_, key))| messages.contains_key(key));
+        }
     }
 
     /// Drops waiting messages while more than `max_queue` are held, by the same rule as [`push`]
@@ -96,17 +116,8 @@ impl Outbox {
     }
 
     /// The message to drop on overflow: the oldest waiting retry, else the oldest waiting message.
-    fn victim(&self) -> Option<MessageKey> {
-        let waiting = self.due.iter().map(|Reverse((_, k))| *k);
-        let oldest = |retries_only: bool| {
-            waiting
-                .clone()
-                .filter_map(|k| self.messages.get(&k).map(|m| (k, m)))
-                .filter(|(_, m)| !retries_only || m.attempts > 0)
-                .min_by_key(|(k, m)| (m.created_ms, *k))
-                .map(|(k, _)| k)
-        };
-        oldest(true).or_else(|| oldest(false))
+    fn victim(&mut self) -> Option<MessageKey> {
+        self.waiting.pop_first().map(|(_, _, key)| key)
     }
 
     /// Takes the next message due at `now_ms` and marks it in flight.
@@ -117,14 +128,15 @@ impl Outbox {
                 return None;
             }
             self.due.pop();
-            if self.messages.contains_key(&key) {
+            if let Some(message) = self.messages.get(&key) {
+                self.waiting.remove(&waiting_entry(key, message));
                 self.in_flight += 1;
-                return self.messages.get(&key).map(|m| (key, m));
+                return Some((key, message));
             }
         }
     }
 
-    /// The earliest due time of a waiting message.
+    /// The earliest due time in line (it may belong to a message dropped meanwhile).
     pub fn next_due(&self) -> Option<u64> {
         self.due.peek().map(|Reverse((due, _))| *due)
     }
@@ -136,6 +148,9 @@ impl Outbox {
             Some(at) => {
                 if let Some(m) = self.messages.get_mut(&key) {
                     m.attempts += 1;
+                    // A later attempt may meet an unresolved host again: it gets its own wait.
+                    m.host_waits = 0;
+                    self.waiting.insert(waiting_entry(key, m));
                     self.due.push(Reverse((at, key)));
                 }
                 None
@@ -149,6 +164,7 @@ impl Outbox {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(m) = self.messages.get_mut(&key) {
             m.host_waits += 1;
+            self.waiting.insert(waiting_entry(key, m));
             self.due.push(Reverse((at, key)));
         }
     }
@@ -401,6 +417,19 @@ mod tests {
         assert_eq!((m.webhook_id.as_str(), m.attempts), ("early", 1));
         assert_eq!(o.finish(key, None).unwrap().webhook_id, "early");
         assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn sustained_overflow_keeps_memory_bounded() {
+        let mut o = Outbox::default();
+        for n in 0..20_000u64 {
+            o.push(message(&format!("m{n}"), 1, n), 1_000_000 + n, 100);
+        }
+        assert_eq!(o.len(), 100);
+        assert!(o.due.len() <= 2 * o.len() + 1024, "heap {}", o.due.len());
+        assert_eq!(o.waiting.len(), 100);
+        // The survivors are the newest ones, still in due order.
+        assert_eq!(o.pop_due(u64::MAX).unwrap().1.webhook_id, "m19900");
     }
 
     #[test]

@@ -245,7 +245,8 @@ pub fn detect(
     })
 }
 
-fn strip_query(path: &str) -> &str {
+/// The path without its query string or fragment.
+pub fn strip_query(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
 }
 

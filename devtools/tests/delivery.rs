@@ -609,7 +609,15 @@ async fn every_event_survives_a_receiver_outage() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     let produced_in = down_since.elapsed();
-    let detected = stack.envoy.counter("webhooks_events_detected").await?;
+    // Events are counted when their stream ends, a moment after the client has its response.
+    let detected = stack
+        .envoy
+        .wait_for_counter(
+            "webhooks_events_detected",
+            EVENTS as u64,
+            Duration::from_secs(10),
+        )
+        .await?;
     ensure!(detected == EVENTS as u64, "{detected} events detected");
 
     // The outage lasts DOWN from the first event, however fast they were produced.

@@ -4,6 +4,7 @@
 //! Kubernetes resources around them cannot be checked here: no cluster.)
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use devtools::envoy::{Envoy, EnvoyConfig};
@@ -131,9 +132,14 @@ async fn check(name: &str, pieces: Pieces) -> Result<()> {
         "{name}: POST /orders {}",
         created.status()
     );
+    // Events are built when the stream ends, a moment after the client has its response.
+    let detected = envoy
+        .wait_for_counter("webhooks_events_detected", 1, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("{name}: the filter did not detect the event"))?;
     ensure!(
-        envoy.counter("webhooks_events_detected").await? == 1,
-        "{name}: the filter did not detect the event"
+        detected == 1,
+        "{name}: {detected} events detected, expected 1"
     );
     // A body the filter must read: needs allow_on_headers_stop_iteration and the API key.
     let api = client

@@ -5,8 +5,8 @@
 //! X") is proven by sending X, then one positive event, waiting for the positive one, and then
 //! checking it is all that arrived and that `webhooks_events_detected` counts only it. The counter
 //! is the stronger half: deliveries may arrive out of order (the first call to a new destination
-//! waits for the egress cluster), but detection happens on the response path, so the counter is
-//! final by the time the client has read the response.
+//! waits for the egress cluster), but every request was sent before the positive one, and an event
+//! is counted when its stream ends, so once the positive webhook is in, the count is final.
 //!
 //! Without the built plugin every test fails with "build it with `make wasm`".
 

@@ -427,15 +427,24 @@ impl DispatcherRoot {
     }
 
     fn log(&mut self, subscription_id: &str, attempt: Attempt) {
-        self.unlogged
+        let entries = self
+            .unlogged
             .entry(subscription_id.to_string())
-            .or_default()
-            .push(attempt);
+            .or_default();
+        // The log keeps the newest MAX_ENTRIES only: gather no more than that per tick.
+        if entries.len() >= attempts::MAX_ENTRIES {
+            entries.remove(0);
+        }
+        entries.push(attempt);
     }
 
     /// Writes the attempts gathered since the last tick, one shared-data write per subscription.
     fn flush_log(&mut self) {
-        for (id, entries) in self.unlogged.drain() {
+        for (id, entries) in std::mem::take(&mut self.unlogged) {
+            // A subscription deleted meanwhile keeps no log (the API cleared it).
+            if self.registry.get_raw(&id).is_none() {
+                continue;
+            }
             if let Err(e) = attempts::record(self.registry.store(), &id, entries) {
                 log::warn!("proxy-webhooks: attempt log of subscription {id} not written: {e:?}");
             }
@@ -447,7 +456,7 @@ impl DispatcherRoot {
         let Some(deadline) = self.drain_deadline else {
             return;
         };
-        let idle = self.outbox.in_flight() == 0 && self.outbox.next_due().is_none();
+        let idle = self.outbox.is_empty();
         if idle || io::now_ms() >= deadline {
             self.flush_log();
             if !idle {
@@ -472,6 +481,9 @@ impl DispatcherRoot {
             s.updated_at_ms = now;
             Ok(())
         });
+        // A disabled subscription's failure clock starts again from its next failure once it is
+        // re-enabled.
+        self.failing_since.remove(id);
         if matches!(changed, Ok(Ok(_))) {
             self.metrics.subscriptions_disabled.inc();
             log::warn!("proxy-webhooks: subscription {id} disabled: {reason}");
@@ -485,10 +497,13 @@ impl DispatcherRoot {
     }
 
     fn read_response(&self, body_size: usize) -> Response {
+        // The bytes variant: the SDK's string getter panics on a non-UTF-8 value, and a receiver
+        // chooses its headers.
         let header = |name| {
-            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
                 .ok()
                 .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
         };
         let code = header(":status")
             .and_then(|s| s.parse::<u16>().ok())
@@ -496,7 +511,7 @@ impl DispatcherRoot {
         let retry_after_ms =
             header("retry-after").and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
         if code == 0 {
-            return Response::NotSent("no status in the response".into());
+            return Response::NotSent("the callout failed in Envoy (no response)".into());
         }
         let peek = hostcalls::get_buffer(
             BufferType::HttpCallResponseBody,

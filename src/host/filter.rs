@@ -21,6 +21,8 @@ pub struct Shared {
     config: Rc<Config>,
     metrics: Metrics,
     queue: Cell<Option<u32>>,
+    /// Events this worker could not hand over (for a rate-limited warning).
+    dropped: Cell<u64>,
 }
 
 impl Shared {
@@ -45,7 +47,12 @@ impl Shared {
         if !sent {
             self.queue.set(None);
             self.metrics.events_dropped.inc();
-            log::warn!("proxy-webhooks: event dropped: the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)");
+            // One line for the first drop and then one per thousand, not one per event.
+            let dropped = self.dropped.get();
+            self.dropped.set(dropped.wrapping_add(1));
+            if dropped % 1000 == 0 {
+                log::warn!("proxy-webhooks: event dropped ({} so far on this worker): the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)", dropped + 1);
+            }
         }
         sent
     }
@@ -61,6 +68,7 @@ impl FilterRoot {
             config,
             metrics: Metrics::define(),
             queue: Cell::new(None),
+            dropped: Cell::new(0),
         };
         FilterRoot {
             shared: Rc::new(shared),
@@ -112,6 +120,8 @@ struct ApiCall {
 }
 
 struct Pending {
+    /// Whether the response ended normally (its body can be trusted).
+    complete: bool,
     method: String,
     path: String,
     status: u16,
@@ -154,9 +164,7 @@ impl EventWatch {
             return true;
         }
         if rules::is_mutating(&method) {
-            if let Some(query) = path.find(['?', '#']) {
-                path.truncate(query);
-            }
+            path.truncate(rules::strip_query(&path).len());
             self.state = State::Request { method, path };
         }
         false
@@ -223,6 +231,7 @@ impl EventWatch {
         );
         let seen_ms = io::now_ms();
         let pending = Pending {
+            complete: false,
             method,
             path,
             status,
@@ -245,12 +254,21 @@ impl EventWatch {
         }
     }
 
+    /// The response has ended: its body is whole. The event is built later, in `on_log`, so
+    /// that none of that work delays the response's last bytes.
+    fn response_complete(&mut self) {
+        if let State::Response(pending) = &mut self.state {
+            pending.complete = true;
+        }
+    }
+
     /// Builds the event from what was seen and queues it for the dispatcher.
-    fn emit(&mut self, complete: bool) {
+    fn emit(&mut self) {
         let State::Response(pending) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
         let Pending {
+            complete,
             method,
             path,
             status,
@@ -325,10 +343,26 @@ impl HttpContext for EventWatch {
         Action::Pause
     }
 
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        if !matches!(self.state, State::Api(_)) {
+            return Action::Continue;
+        }
+        // A body that ends with trailers never reaches `on_http_request_body` with
+        // end_of_stream: answer here, or the call would go upstream.
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if !self.api_body_too_large(body.len()) {
+            self.answer_api(&body);
+        }
+        Action::Pause
+    }
+
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         self.on_response();
         if end_of_stream {
-            self.emit(true);
+            self.response_complete();
         }
         Action::Continue
     }
@@ -336,17 +370,18 @@ impl HttpContext for EventWatch {
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
         self.on_body_chunk(size);
         if end_of_stream {
-            self.emit(true);
+            self.response_complete();
         }
         Action::Continue
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        self.emit(true);
+        self.response_complete();
         Action::Continue
     }
 
+    /// Runs once the response has gone out (or the stream was cut short).
     fn on_log(&mut self) {
-        self.emit(false);
+        self.emit();
     }
 }

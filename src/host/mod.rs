@@ -22,7 +22,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::Undecided) });
 }}
 
-/// A panic must never go unnoticed: log it at critical level (Envoy then fails the VM open).
+/// A panic must never go unnoticed: log it at critical level. For the filter, `fail_open: true`
+/// then lets traffic pass without it; for the dispatcher, deliveries stop until Envoy restarts.
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let _ = proxy_wasm::hostcalls::log(

@@ -54,7 +54,21 @@ pub async fn run() -> Result<bool> {
 }
 
 async fn checks(site: &Site, outcome: &Outcome, drained: bool) -> Result<Vec<Check>> {
-    let events = site.envoy.counter("webhooks_events_detected").await?;
+    // Events are counted when their stream ends, a moment after the client has its response:
+    // wait for all of them (up to a deadline) before comparing.
+    let expected = outcome.ok;
+    let events = match site
+        .envoy
+        .wait_for_counter(
+            "webhooks_events_detected",
+            expected,
+            Duration::from_secs(10),
+        )
+        .await
+    {
+        Ok(n) => n,
+        Err(_) => site.envoy.counter("webhooks_events_detected").await?,
+    };
     let received = site.receiver.as_ref().map_or(0, |r| r.count());
     let succeeded = wait_for_succeeded(site, events).await?;
     let check = |name: String, ok: bool| Check { name, ok };
