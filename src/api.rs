@@ -861,11 +861,12 @@ fn retry<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, webhook_id: &s
         });
     let (id, state) = found.ok_or_else(|| error(404, "not_found", "delivery not found"))?;
     if !state.replayable() {
-        return Err(error(
-            409,
-            "not_replayable",
-            "only failed, exhausted or dropped messages can be retried",
-        ));
+        let message = if state == attempts::State::Expired {
+            "the message is no longer kept for replay (delivery.max_replay)"
+        } else {
+            "only failed, exhausted or dropped messages can be retried"
+        };
+        return Err(error(409, "not_replayable", message));
     }
     if !owned(cx, caller, &id)?.is_active() {
         return Err(subscription_disabled());
@@ -1943,6 +1944,8 @@ mod tests {
             attempt("msg_wait", 1, State::Retrying),
             attempt("msg_exh", 9, State::Exhausted),
             attempt("msg_gone", 1, State::Failed),
+            attempt("msg_old", 3, State::Exhausted),
+            attempt("msg_old", 3, State::Expired),
         ];
         attempts::record(api.registry.store(), &id, log).unwrap();
         attempts::record(
@@ -1956,6 +1959,7 @@ mod tests {
         let cases = [
             ("msg_ok", KEY_A, 409, Some("not_replayable")),
             ("msg_wait", KEY_A, 409, Some("not_replayable")),
+            ("msg_old", KEY_A, 409, Some("not_replayable")),
             ("msg_unknown", KEY_A, 404, Some("not_found")),
             ("msg_exh", KEY_B, 404, Some("not_found")),
             ("msg_exh", KEY_A, 202, None),

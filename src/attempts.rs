@@ -21,6 +21,8 @@ pub enum State {
     Failed,
     /// Dropped from a full queue before it could be retried.
     Dropped,
+    /// A failed message the dispatcher no longer keeps (`delivery.max_replay`): not replayable.
+    Expired,
 }
 
 impl State {

@@ -183,19 +183,26 @@ pub struct ReplayStore {
 }
 
 impl ReplayStore {
-    pub fn keep(&mut self, message: Message, capacity: usize) {
+    /// Keeps `message`; returns the ones forgotten to stay within `capacity` (the oldest).
+    pub fn keep(&mut self, message: Message, capacity: usize) -> Vec<Message> {
         if capacity == 0 {
-            return;
+            return vec![message];
         }
         let id = message.webhook_id.clone();
         if self.messages.insert(id.clone(), message).is_none() {
             self.order.push_back(id);
         }
+        let mut forgotten = Vec::new();
         while self.order.len() > capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.messages.remove(&old);
+            if let Some(old) = self
+                .order
+                .pop_front()
+                .and_then(|id| self.messages.remove(&id))
+            {
+                forgotten.push(old);
             }
         }
+        forgotten
     }
 
     /// Takes a message out for another round of attempts, counted from one again.
@@ -486,9 +493,11 @@ mod tests {
     #[test]
     fn replay_store_is_bounded_and_resets_attempts() {
         let mut store = ReplayStore::default();
-        for n in 0..5 {
-            store.keep(message(&format!("m{n}"), 3, n), 3);
-        }
+        let forgotten: Vec<String> = (0..5)
+            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3))
+            .map(|m| m.webhook_id)
+            .collect();
+        assert_eq!(forgotten, ["m0", "m1"]);
         assert_eq!(store.len(), 3);
         assert!(store.take("m0").is_none());
         let m = store.take("m4").unwrap();

@@ -207,8 +207,20 @@ impl DispatcherRoot {
         let error = Some("dropped: queue full".to_string());
         let entry = self.log_entry(&dropped, now, now, None, error, State::Dropped);
         self.log(&dropped.subscription_id, entry);
-        self.replayable
-            .keep(dropped, self.config.delivery.max_replay);
+        self.keep_for_replay(dropped, now);
+    }
+
+    /// Keeps a failed message for replay; the ones that no longer fit are marked `expired` in
+    /// the attempt log, so the API refuses to replay them instead of accepting in vain.
+    fn keep_for_replay(&mut self, message: Message, now: u64) {
+        for gone in self
+            .replayable
+            .keep(message, self.config.delivery.max_replay)
+        {
+            let reason = Some("no longer kept for replay (delivery.max_replay)".to_string());
+            let entry = self.log_entry(&gone, now, now, None, reason, State::Expired);
+            self.log(&gone.subscription_id, entry);
+        }
     }
 
     /// Sends a kept message again with the same webhook-id and body.
@@ -256,8 +268,7 @@ impl DispatcherRoot {
                         State::Failed,
                     );
                     self.log(&message.subscription_id, entry);
-                    self.replayable
-                        .keep(message, self.config.delivery.max_replay);
+                    self.keep_for_replay(message, now);
                 }
             }
             return;
@@ -361,7 +372,7 @@ impl DispatcherRoot {
         self.count(verdict, message, attempts, &response, started_ms, now);
         if let Some(done) = self.outbox.finish(key, reschedule) {
             if state.replayable() {
-                self.replayable.keep(done, self.config.delivery.max_replay);
+                self.keep_for_replay(done, now);
             }
         }
         // Events that came while every held message was in flight could not make room then.
