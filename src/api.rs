@@ -701,12 +701,13 @@ fn get<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome
     Ok(json_response(200, &view(&sub, None)))
 }
 
-/// Runs `change` on the caller's changeable subscription with compare-and-swap; ownership and
-/// the static flag are checked again on the record actually written.
+/// Runs `change` on the caller's subscription with compare-and-swap; ownership and (unless
+/// `static_allowed`) the static flag are checked again on the record actually written.
 fn update_owned<S: KvStore>(
     cx: &Context<'_, S>,
     caller: Caller<'_>,
     id: &str,
+    static_allowed: bool,
     mut change: impl FnMut(&mut Subscription),
 ) -> Result<Subscription, Response> {
     let now_ms = cx.now_ms;
@@ -714,7 +715,7 @@ fn update_owned<S: KvStore>(
         if !caller.owns(sub) {
             return Err(subscription_not_found());
         }
-        if sub.is_static {
+        if sub.is_static && !static_allowed {
             return Err(static_subscription());
         }
         change(sub);
@@ -731,11 +732,18 @@ fn patch<S: KvStore>(
     request: &Request<'_>,
 ) -> Outcome {
     let fields = parse_fields(cx.config, request, PATCH_FIELDS)?;
-    let current = changeable(cx, caller, id)?;
+    // A static subscription's definition belongs to the configuration, but its status is
+    // operational (a receiver's 410 or long failure disables it): its owner may switch it.
+    let status_only =
+        fields.url.is_none() && fields.events.is_none() && fields.description.is_none();
+    let current = owned(cx, caller, id)?;
+    if current.is_static && !status_only {
+        return Err(static_subscription());
+    }
     if fields.is_empty() {
         return Ok(json_response(200, &view(&current, None)));
     }
-    let updated = update_owned(cx, caller, id, |sub| apply(sub, &fields))?;
+    let updated = update_owned(cx, caller, id, status_only, |sub| apply(sub, &fields))?;
     Ok(json_response(200, &view(&updated, None)))
 }
 
@@ -781,7 +789,7 @@ fn rotate_secret<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, id: &s
     changeable(cx, caller, id)?;
     let secret = Secret::generate(cx.rng);
     let now_ms = cx.now_ms;
-    let updated = update_owned(cx, caller, id, |sub| rotate(sub, &secret, now_ms))?;
+    let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
     Ok(json_response(200, &view(&updated, Some(&secret))))
 }
 
@@ -1668,8 +1676,12 @@ mod tests {
         let writes = api.writes();
         let before = api.record("sub_static_1");
         for (method, tail, body) in [
-            ("PATCH", "", r#"{"status":"disabled"}"#),
-            ("PATCH", "", "{}"),
+            ("PATCH", "", r#"{"description":"mine now"}"#),
+            (
+                "PATCH",
+                "",
+                r#"{"status":"disabled","url":"https://x.example/"}"#,
+            ),
             ("DELETE", "", ""),
             ("POST", "/rotate-secret", ""),
         ] {
@@ -1685,6 +1697,20 @@ mod tests {
                 .contains("configuration"));
         }
         assert_eq!((api.writes(), api.record("sub_static_1")), (writes, before));
+        // Its status is operational, not configuration: the owner can switch it off and on.
+        let path = sub_path("sub_static_1", "");
+        let (status, value) = api.call("PATCH", &path, KEY_OPS, r#"{"status":"disabled"}"#);
+        assert_eq!(
+            (status, &value["status"]),
+            (200, &json!("disabled")),
+            "{value}"
+        );
+        let (status, value) = api.call("PATCH", &path, KEY_OPS, r#"{"status":"active"}"#);
+        assert_eq!(
+            (status, &value["disabled_reason"]),
+            (200, &json!(null)),
+            "{value}"
+        );
         let (status, _) = api.call("POST", &sub_path("sub_static_1", "/test"), KEY_OPS, "");
         assert_eq!(status, 202);
         assert_eq!(api.sent.len(), 1);
