@@ -14,6 +14,7 @@ use crate::url::{self, Destination};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, MapType, Status};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -32,6 +33,9 @@ const BODY_PEEK: usize = 512;
 /// A subscription ready to sign for: parsed once per stored version.
 struct Resolved {
     version: u32,
+    /// The registry generation at which this record was last known current: while the
+    /// generation stays, the record is used without reading it again.
+    checked_at: Cell<u32>,
     subscription: Subscription,
     destination: Option<Destination>,
     /// The secrets, parsed, current first (a secret's HMAC key is set up once, not per attempt).
@@ -51,6 +55,8 @@ pub struct DispatcherRoot {
     outbox: Outbox,
     in_flight: HashMap<u32, InFlight>,
     subscriptions: HashMap<String, Rc<Resolved>>,
+    /// The registry generation, read once per host callback.
+    generation: u32,
     /// Fan-out candidates per event type, valid while the registry generation is unchanged.
     candidates: (u32, HashMap<String, Rc<[String]>>),
     queue: Option<u32>,
@@ -73,6 +79,7 @@ impl DispatcherRoot {
             outbox: Outbox::default(),
             in_flight: HashMap::new(),
             subscriptions: HashMap::new(),
+            generation: 0,
             candidates: (0, HashMap::new()),
             queue: None,
             rng: WasiRandom,
@@ -122,8 +129,25 @@ impl DispatcherRoot {
         }
     }
 
-    fn candidates_for(&mut self, event_type: &str) -> Rc<[String]> {
+    /// Reads the registry generation (once per host callback); when it moved, caches of
+    /// records that may be gone are pruned so they stay bounded by the live registry.
+    fn refresh_generation(&mut self) {
         let generation = self.registry.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let live = usize::try_from(self.registry.active_count()).unwrap_or(usize::MAX);
+        if self.subscriptions.len() > live.saturating_mul(2).saturating_add(1024) {
+            self.subscriptions.clear();
+            let registry = &self.registry;
+            self.failing_since
+                .retain(|id, _| registry.get_raw(id).is_some());
+        }
+    }
+
+    fn candidates_for(&mut self, event_type: &str) -> Rc<[String]> {
+        let generation = self.generation;
         // Inferred event types come from request paths, so their number is unbounded: the
         // cache starts over rather than grow past a bound.
         if self.candidates.0 != generation || self.candidates.1.len() >= MAX_CACHED_EVENT_TYPES {
@@ -139,13 +163,20 @@ impl DispatcherRoot {
         ids
     }
 
-    /// The subscription as stored now, parsed again only when its version moved.
+    /// The subscription as stored now: read again only when the registry changed, and parsed
+    /// again only when its own version moved.
     fn resolve(&mut self, id: &str) -> Option<Rc<Resolved>> {
+        if let Some(cached) = self.subscriptions.get(id) {
+            if cached.checked_at.get() == self.generation {
+                return Some(Rc::clone(cached));
+            }
+        }
         let Some((bytes, version)) = self.registry.get_raw(id) else {
             self.subscriptions.remove(id);
             return None;
         };
         if let Some(cached) = self.subscriptions.get(id).filter(|r| r.version == version) {
+            cached.checked_at.set(self.generation);
             return Some(Rc::clone(cached));
         }
         let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
@@ -157,6 +188,7 @@ impl DispatcherRoot {
             .collect();
         let resolved = Rc::new(Resolved {
             version,
+            checked_at: Cell::new(self.generation),
             subscription,
             destination,
             secrets,
@@ -253,25 +285,23 @@ impl DispatcherRoot {
     }
 
     fn attempt(&mut self, key: MessageKey, message: &Message, now: u64) {
-        let resolved = self.resolve(&message.subscription_id);
-        let Some(resolved) = resolved.filter(|r| r.subscription.is_active()) else {
-            // Deleted or disabled since the event: no delivery starts for it. A disabled one's
-            // message is kept, so it can be replayed once the subscription is active again.
-            if let Some(message) = self.outbox.finish(key, None) {
-                if self.registry.get_raw(&message.subscription_id).is_some() {
-                    let entry = self.log_entry(
-                        &message,
-                        now,
-                        now,
-                        None,
-                        Some("subscription disabled".into()),
-                        State::Failed,
-                    );
+        // Deleted or disabled since the event: no delivery starts for it. A disabled one's
+        // message is kept, so it can be replayed once the subscription is active again.
+        let resolved = match self.resolve(&message.subscription_id) {
+            None => {
+                self.outbox.finish(key, None);
+                return;
+            }
+            Some(disabled) if !disabled.subscription.is_active() => {
+                if let Some(message) = self.outbox.finish(key, None) {
+                    let reason = Some("subscription disabled".to_string());
+                    let entry = self.log_entry(&message, now, now, None, reason, State::Failed);
                     self.log(&message.subscription_id, entry);
                     self.keep_for_replay(message, now);
                 }
+                return;
             }
-            return;
+            Some(active) => active,
         };
         let Some(destination) = &resolved.destination else {
             self.conclude(
@@ -493,8 +523,9 @@ impl DispatcherRoot {
             Ok(())
         });
         // A disabled subscription's failure clock starts again from its next failure once it is
-        // re-enabled.
+        // re-enabled; its cached record is stale now.
         self.failing_since.remove(id);
+        self.subscriptions.remove(id);
         if matches!(changed, Ok(Ok(_))) {
             self.metrics.subscriptions_disabled.inc();
             log::warn!("proxy-webhooks: subscription {id} disabled: {reason}");
@@ -562,6 +593,7 @@ impl Context for DispatcherRoot {
         let Some(InFlight { key, started_ms }) = self.in_flight.remove(&token) else {
             return;
         };
+        self.refresh_generation();
         let response = self.read_response(body_size);
         if let Some(message) = self.outbox.get(key).cloned() {
             self.conclude(key, &message, started_ms, io::now_ms(), response);
@@ -571,6 +603,7 @@ impl Context for DispatcherRoot {
     }
 
     fn on_done(&mut self) -> bool {
+        self.refresh_generation();
         let pending = self.outbox.len();
         if pending == 0 {
             self.flush_log();
@@ -609,11 +642,13 @@ impl RootContext for DispatcherRoot {
     }
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
+        self.refresh_generation();
         self.drain_queue();
         self.pump();
     }
 
     fn on_tick(&mut self) {
+        self.refresh_generation();
         self.pump();
         self.flush_log();
         self.finish_drain_if_done();
