@@ -23,6 +23,15 @@ pub struct Sent {
 }
 
 impl Sent {
+    /// Reads a whole response.
+    pub async fn read(response: reqwest::Response) -> Result<Sent> {
+        Ok(Sent {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: response.bytes().await?,
+        })
+    }
+
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
             .with_context(|| format!("not JSON: {}", String::from_utf8_lossy(&self.body)))
@@ -71,11 +80,7 @@ impl Stack {
             .send()
             .await
             .with_context(|| format!("{method} {path} through Envoy"))?;
-        Ok(Sent {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response.bytes().await?,
-        })
+        Sent::read(response).await
     }
 
     /// Waits for `n` webhooks; on timeout the error also shows the end of Envoy's log.

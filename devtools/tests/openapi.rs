@@ -217,12 +217,7 @@ impl Checker {
         if let Some(content_type) = call.content_type {
             request = request.header("content-type", content_type);
         }
-        let response = request.send().await?;
-        Ok(Sent {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response.bytes().await?,
-        })
+        Sent::read(request.send().await?).await
     }
 
     /// Sends `call`, checks the answer against the document and that its status and error code

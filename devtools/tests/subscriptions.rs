@@ -173,11 +173,7 @@ impl Api {
             .send()
             .await
             .with_context(|| format!("{method} /webhooks{path}"))?;
-        Ok(Sent {
-            status: response.status(),
-            headers: response.headers().clone(),
-            body: response.bytes().await?,
-        })
+        Sent::read(response).await
     }
 
     /// A call with an optional JSON body (sent as `application/json`).
