@@ -223,6 +223,47 @@ impl ReplayStore {
     }
 }
 
+/// Since when each subscription has failed without a success in between: decides when a
+/// subscription has failed continuously for `delivery.disable_after`.
+#[derive(Debug, Default)]
+pub struct FailureClock {
+    since: HashMap<String, u64>,
+}
+
+impl FailureClock {
+    /// A success: the subscription's clock stops.
+    pub fn succeeded(&mut self, id: &str) {
+        self.since.remove(id);
+    }
+
+    /// A failed attempt that started at `started_ms`. True when the subscription has now failed
+    /// continuously for `disable_after_ms`; its clock then stops (it is being disabled).
+    pub fn failed(
+        &mut self,
+        id: &str,
+        started_ms: u64,
+        now_ms: u64,
+        disable_after_ms: u64,
+    ) -> bool {
+        let since = *self.since.entry(id.to_string()).or_insert(started_ms);
+        let expired = now_ms.saturating_sub(since) >= disable_after_ms;
+        if expired {
+            self.since.remove(id);
+        }
+        expired
+    }
+
+    /// Stops a clock without a success (the subscription was disabled or deleted).
+    pub fn forget(&mut self, id: &str) {
+        self.since.remove(id);
+    }
+
+    /// Keeps the clocks of the subscriptions `keep` names (to drop deleted ones).
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.since.retain(|id, _| keep(id));
+    }
+}
+
 /// What came back from one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -503,6 +544,23 @@ mod tests {
         let m = store.take("m4").unwrap();
         assert_eq!((m.webhook_id.as_str(), m.attempts), ("m4", 0));
         assert!(store.take("m4").is_none());
+    }
+
+    #[test]
+    fn failure_clock_disables_only_after_continuous_failure() {
+        let mut clock = FailureClock::default();
+        assert!(!clock.failed("a", 0, 10, 100));
+        assert!(!clock.failed("a", 50, 99, 100));
+        clock.succeeded("a");
+        // A success restarts the clock: 150 is only 50 after the next failure began.
+        assert!(!clock.failed("a", 100, 150, 100));
+        assert!(clock.failed("a", 160, 200, 100));
+        // Once it fired, the clock starts over (a re-enabled subscription gets the full time).
+        assert!(!clock.failed("a", 300, 310, 100));
+        clock.forget("a");
+        assert!(!clock.failed("a", 1000, 1001, 100));
+        clock.retain(|id| id != "a");
+        assert!(!clock.failed("a", 5000, 5001, 100));
     }
 
     #[test]

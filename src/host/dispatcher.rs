@@ -5,7 +5,9 @@
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::attempts::{self, Attempt, State};
 use crate::config::Config;
-use crate::delivery::{self, Message, MessageKey, Outbox, ReplayStore, Response, Verdict};
+use crate::delivery::{
+    self, FailureClock, Message, MessageKey, Outbox, ReplayStore, Response, Verdict,
+};
 use crate::ids::{self, RandomSource};
 use crate::queue::{QueueMessage, QUEUE_NAME};
 use crate::registry::{Registry, SigningSecret, Subscription};
@@ -65,7 +67,7 @@ pub struct DispatcherRoot {
     /// Attempts not yet written to the shared attempt log, per subscription (flushed per tick).
     unlogged: HashMap<String, Vec<Attempt>>,
     /// Since when each subscription has failed without a success in between.
-    failing_since: HashMap<String, u64>,
+    failing: FailureClock,
     /// Set once Envoy asked to stop: the time after which we stop waiting.
     drain_deadline: Option<u64>,
 }
@@ -85,7 +87,7 @@ impl DispatcherRoot {
             rng: WasiRandom,
             replayable: ReplayStore::default(),
             unlogged: HashMap::new(),
-            failing_since: HashMap::new(),
+            failing: FailureClock::default(),
             drain_deadline: None,
         }
     }
@@ -141,8 +143,7 @@ impl DispatcherRoot {
         if self.subscriptions.len() > live.saturating_mul(2).saturating_add(1024) {
             self.subscriptions.clear();
             let registry = &self.registry;
-            self.failing_since
-                .retain(|id, _| registry.get_raw(id).is_some());
+            self.failing.retain(|id| registry.get_raw(id).is_some());
         }
     }
 
@@ -424,7 +425,7 @@ impl DispatcherRoot {
         let id = &message.subscription_id;
         if verdict == Verdict::Delivered {
             self.metrics.deliveries_succeeded.inc();
-            self.failing_since.remove(id);
+            self.failing.succeeded(id);
             return;
         }
         self.metrics.deliveries_failed.inc();
@@ -433,14 +434,15 @@ impl DispatcherRoot {
             message.webhook_id,
             describe_response(response)
         );
-        match verdict {
-            Verdict::Exhausted => self.metrics.deliveries_exhausted.inc(),
-            Verdict::Gone => self.disable(id, "gone", now),
-            _ => {}
+        if verdict == Verdict::Gone {
+            self.disable(id, "gone", now);
+            return;
         }
-        let since = *self.failing_since.entry(id.clone()).or_insert(started_ms);
-        if now.saturating_sub(since) >= self.config.delivery.disable_after_ms {
-            self.failing_since.remove(id);
+        if verdict == Verdict::Exhausted {
+            self.metrics.deliveries_exhausted.inc();
+        }
+        let disable_after = self.config.delivery.disable_after_ms;
+        if self.failing.failed(id, started_ms, now, disable_after) {
             self.disable(id, "failing", now);
         }
     }
@@ -524,7 +526,7 @@ impl DispatcherRoot {
         });
         // A disabled subscription's failure clock starts again from its next failure once it is
         // re-enabled; its cached record is stale now.
-        self.failing_since.remove(id);
+        self.failing.forget(id);
         self.subscriptions.remove(id);
         if matches!(changed, Ok(Ok(_))) {
             self.metrics.subscriptions_disabled.inc();
