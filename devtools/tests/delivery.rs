@@ -378,6 +378,59 @@ async fn a_gone_subscription_can_be_re_enabled() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
+    let failing = Receiver::start().await?;
+    failing.set_default(Reply::status(500));
+    let delivery = json!({
+        "disable_after": "1s",
+        "jitter": 0,
+        "retry_schedule": ["0s", "400ms", "400ms", "400ms", "400ms", "400ms", "400ms"]
+    });
+    let stack = Stack::start(|_| config(json!([]), delivery)).await?;
+    let create = json!({"url": failing.url("/hook"), "events": ["*"]});
+    let (status, created) = api(&stack, "POST", "/webhooks/subscriptions", Some(create)).await?;
+    ensure!(status == 201, "create answered {status}: {created}");
+    let path = format!(
+        "/webhooks/subscriptions/{}",
+        created["id"].as_str().context("id")?
+    );
+
+    produce(&stack, 1).await?;
+    stack
+        .envoy
+        .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
+        .await?;
+    let (_, body) = api(&stack, "GET", &path, None).await?;
+    ensure!(body["disabled_reason"] == "failing", "{body}");
+    let attempts = failing.received();
+    let span = attempts.last().context("no attempt")?.at - attempts[0].at;
+    // Disabled at the first failure that ends 1 s or more after the first attempt began: with
+    // attempts 400 ms apart (plus up to a 100 ms tick each) that is the third or the fourth.
+    ensure!(
+        (3..=4).contains(&attempts.len()) && span >= ms(900),
+        "disabled after {span:?}: {}",
+        describe(&attempts)
+    );
+
+    // Re-enabled, it gets the whole disable_after again: one more failure does not disable it.
+    let (status, body) = api(&stack, "PATCH", &path, Some(json!({"status": "active"}))).await?;
+    ensure!(
+        status == 200 && body["status"] == "active",
+        "{status}: {body}"
+    );
+    produce(&stack, 2).await?;
+    failing.wait_for(5, WAIT).await?;
+    // The dispatcher has judged that fifth attempt once it counted it as failed.
+    stack
+        .envoy
+        .wait_for_counter("webhooks_deliveries_failed", 5, WAIT)
+        .await?;
+    let (_, body) = api(&stack, "GET", &path, None).await?;
+    ensure!(body["status"] == "active", "disabled again at once: {body}");
+    Ok(())
+}
+
 // 3 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
