@@ -14,7 +14,8 @@
 //! Every read-modify-write uses compare-and-swap and retries on conflict, so concurrent writers on
 //! different workers never lose an update. Shared data has no create-if-absent, so two first
 //! writers of a key could overwrite each other: the bucket keys are therefore all created once at
-//! start-up ([`Registry::prepare`]) and afterwards only ever changed with compare-and-swap.
+//! start-up ([`Registry::prepare`], on Envoy's main thread, whose roots configure before any
+//! worker's: seen in Envoy 1.40's log) and afterwards only ever changed with compare-and-swap.
 //! Writes are ordered so that readers never see a half-made subscription: an id is listed in an
 //! index only while its record exists, and readers skip ids whose record is gone.
 
@@ -168,9 +169,15 @@ impl<S: KvStore> Registry<S> {
     }
 
     /// Creates the bucket keys that do not exist yet. Run at start-up, before any request.
+    /// `pwh:gen` is created last, so once it exists every bucket does: later callers (each
+    /// worker's configure) return at once and never write a bucket unconditionally while
+    /// someone else may be filling it.
     pub fn prepare(&self) {
+        if self.store.get(GEN_KEY).is_some() {
+            return;
+        }
         let keys = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
-        for key in keys.chain([GEN_KEY.to_string(), ACTIVE_KEY.to_string()]) {
+        for key in keys.chain([ACTIVE_KEY.to_string(), GEN_KEY.to_string()]) {
             if self.store.get(&key).is_none() {
                 let _ = self.store.set(&key, b"", None);
             }
