@@ -24,6 +24,11 @@ use std::time::Duration;
 /// How often scheduled retries are looked at.
 const TICK_MS: u64 = 100;
 const TICK: Duration = Duration::from_millis(TICK_MS);
+/// The tick while attempts wait for Envoy to resolve a new host (usually done within one turn of
+/// its event loop), so a first delivery is not held back a whole tick.
+const FAST_TICK_MS: u64 = 10;
+/// How long the fast tick lasts after the last such wait.
+const FAST_TICK_FOR_MS: u64 = 1000;
 /// Event types whose fan-out candidates are cached, at most.
 const MAX_CACHED_EVENT_TYPES: usize = 1024;
 /// Pending messages named one per log line at shutdown, at most.
@@ -70,6 +75,8 @@ pub struct DispatcherRoot {
     failing: FailureClock,
     /// Set once Envoy asked to stop: the time after which we stop waiting.
     drain_deadline: Option<u64>,
+    /// While set, the tick is fast (attempts wait for a host to be resolved).
+    fast_tick_until: Option<u64>,
 }
 
 impl DispatcherRoot {
@@ -89,6 +96,7 @@ impl DispatcherRoot {
             unlogged: HashMap::new(),
             failing: FailureClock::default(),
             drain_deadline: None,
+            fast_tick_until: None,
         }
     }
 
@@ -353,9 +361,10 @@ impl DispatcherRoot {
             // until its DNS cache has the host, and starts resolving it. Try again shortly; this
             // is not an attempt (the receiver saw nothing), unless it lasts a whole timeout.
             Err(Status::InternalFailure)
-                if u64::from(message.host_waits) * TICK_MS < request.timeout_ms =>
+                if u64::from(message.host_waits) * FAST_TICK_MS < request.timeout_ms =>
             {
-                self.outbox.defer(key, now + TICK_MS);
+                self.outbox.defer(key, now + FAST_TICK_MS);
+                self.tick_fast_until(now + FAST_TICK_FOR_MS);
             }
             Err(status) => {
                 self.metrics.delivery_attempts.inc();
@@ -513,6 +522,21 @@ impl DispatcherRoot {
         }
     }
 
+    /// Ticks every [`FAST_TICK_MS`] until `until`, then back to [`TICK`].
+    fn tick_fast_until(&mut self, until: u64) {
+        if self.fast_tick_until.is_none() {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(FAST_TICK_MS));
+        }
+        self.fast_tick_until = Some(until);
+    }
+
+    fn tick_slow_when_due(&mut self, now: u64) {
+        if self.fast_tick_until.is_some_and(|until| now >= until) {
+            let _ = hostcalls::set_tick_period(TICK);
+            self.fast_tick_until = None;
+        }
+    }
+
     /// Disables a subscription for good reason; only PATCH `status: active` turns it back on.
     fn disable(&mut self, id: &str, reason: &str, now: u64) {
         let changed = self.registry.update(id, |s| {
@@ -652,6 +676,7 @@ impl RootContext for DispatcherRoot {
     fn on_tick(&mut self) {
         self.refresh_generation();
         self.pump();
+        self.tick_slow_when_due(io::now_ms());
         self.flush_log();
         self.finish_drain_if_done();
         self.metrics
