@@ -5,7 +5,7 @@
 //!
 //! Every status and error code is provoked except the two 503s (`unavailable`: the shared store
 //! is contended; `queue_unavailable`: the dispatcher's queue is missing), which cannot be caused
-//! from outside a healthy Envoy; `src/api.rs`'s unit tests cover them.
+//! from outside a healthy Envoy; the unit tests in `src/api/tests.rs` cover them.
 
 use std::time::Duration;
 

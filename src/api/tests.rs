@@ -1,0 +1,1219 @@
+use super::*;
+use crate::attempts::{Attempt, State};
+use crate::config;
+use crate::ids::TestRng;
+use crate::registry::{MemoryStore, StoreError};
+use std::cell::Cell;
+
+/// A [`MemoryStore`] that counts writes (to prove refused calls write nothing) and can be
+/// made to fail them.
+#[derive(Default)]
+struct Store {
+    inner: MemoryStore,
+    writes: Cell<usize>,
+    failing: Cell<bool>,
+}
+
+impl KvStore for Store {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        if self.failing.get() {
+            return Err(StoreError::Failed("down".into()));
+        }
+        self.writes.set(self.writes.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+}
+
+const KEY_A: &str = "key-acme-0123456789";
+const KEY_B: &str = "key-beta-0123456789";
+const KEY_OPS: &str = "key-ops-0123456789";
+const NOW: u64 = 1_795_000_000_000;
+const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config_json(infer: bool, insecure: bool) -> String {
+    json!({
+        "events": [
+            {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"}
+        ],
+        "infer_events": infer,
+        "api": {
+            "keys": [
+                {"consumer": "acme", "sha256": hex(KEY_A)},
+                {"consumer": "beta", "sha256": hex(KEY_B)},
+                {"consumer": "ops", "sha256": hex(KEY_OPS)}
+            ],
+            "max_subscriptions_per_consumer": 3,
+            "max_body_bytes": 1024
+        },
+        "subscriptions": [{
+            "id": "sub_static_1", "consumer": "ops", "url": "https://hooks.example.com/in",
+            "events": ["order.*"], "secret": STATIC_SECRET
+        }],
+        "delivery": {"allow_insecure_destinations": insecure}
+    })
+    .to_string()
+}
+
+struct Api {
+    config: Config,
+    registry: Registry<Store>,
+    rng: TestRng,
+    sent: Vec<QueueMessage>,
+    queue_up: bool,
+    now_ms: u64,
+}
+
+impl Api {
+    fn new() -> Api {
+        Api::with(&config_json(true, false))
+    }
+
+    fn with(config_text: &str) -> Api {
+        let config = config::parse(config_text.as_bytes()).unwrap();
+        let registry = Registry::new(Store::default());
+        registry.prepare();
+        registry.sync_static(&config.subscriptions, NOW);
+        Api {
+            config,
+            registry,
+            rng: TestRng(42),
+            sent: Vec::new(),
+            queue_up: true,
+            now_ms: NOW,
+        }
+    }
+
+    fn writes(&self) -> usize {
+        self.registry.store().writes.get()
+    }
+
+    fn send(&mut self, request: &Request<'_>) -> Response {
+        let (sent, up) = (&mut self.sent, self.queue_up);
+        let mut enqueue = |m: QueueMessage| {
+            if up {
+                sent.push(m);
+            }
+            up
+        };
+        let mut cx = Context {
+            config: &self.config,
+            registry: &self.registry,
+            rng: &mut self.rng,
+            now_ms: self.now_ms,
+            enqueue: &mut enqueue,
+        };
+        handle(request, &mut cx)
+    }
+
+    /// A call with `Bearer <key>` and a JSON body (when not empty); the answer parsed.
+    fn call(&mut self, method: &str, path: &str, key: &str, body: &str) -> (u16, Value) {
+        let auth = format!("Bearer {key}");
+        let response = self.send(&Request {
+            method,
+            path,
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            content_type: Some(b"application/json"),
+            body: body.as_bytes(),
+        });
+        (response.status, parse(&response))
+    }
+
+    fn create(&mut self, key: &str, url: &str, events: &[&str]) -> Value {
+        let body = json!({"url": url, "events": events}).to_string();
+        let (status, value) = self.call("POST", "/webhooks/subscriptions", key, &body);
+        assert_eq!(status, 201, "{value}");
+        value
+    }
+
+    fn record(&self, id: &str) -> Subscription {
+        self.registry.get(id).unwrap().0
+    }
+}
+
+fn parse(response: &Response) -> Value {
+    if response.body.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+fn header<'r>(response: &'r Response, name: &str) -> Option<&'r str> {
+    response
+        .headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn code(value: &Value) -> &str {
+    value["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+fn sub_path(id: &str, tail: &str) -> String {
+    format!("/webhooks/subscriptions/{id}{tail}")
+}
+
+const URL: &str = "https://hooks.example.com/acme";
+
+#[test]
+fn round_trip_field_by_field() {
+    let mut api = Api::new();
+    let created = api.create(KEY_A, URL, &["order.created", "orders.*"]);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sub_") && id.len() == 28, "{id}");
+    assert!(is_valid_id(&id));
+    let stamp = format_rfc3339_millis(NOW);
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_") && secret.len() == 50);
+    assert!(Secret::parse(&secret).is_ok());
+    let expected = json!({
+        "id": id, "url": URL, "events": ["order.created", "orders.*"], "description": "",
+        "status": "active", "disabled_reason": null, "created_at": stamp,
+        "updated_at": stamp, "static": false, "secret": secret
+    });
+    assert_eq!(created, expected);
+
+    let (status, list) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
+    let mut shown = expected.clone();
+    shown.as_object_mut().unwrap().remove("secret");
+    assert_eq!(
+        (status, list),
+        (200, json!({"data": [shown], "has_more": false}))
+    );
+    let (status, got) = api.call("GET", &sub_path(&id, ""), KEY_A, "");
+    assert_eq!((status, &got), (200, &shown));
+
+    api.now_ms = NOW + 5_000;
+    let body =
+        r#"{"url":"https://other.example.com/x","events":["order.updated"],"description":"mine"}"#;
+    let (status, patched) = api.call("PATCH", &sub_path(&id, ""), KEY_A, body);
+    assert_eq!(status, 200, "{patched}");
+    let mut after = shown.clone();
+    after["url"] = json!("https://other.example.com/x");
+    after["events"] = json!(["order.updated"]);
+    after["description"] = json!("mine");
+    after["updated_at"] = json!(format_rfc3339_millis(NOW + 5_000));
+    assert_eq!(patched, after);
+    assert!(api.registry.candidates("order.updated").contains(&id));
+    assert!(!api.registry.candidates("order.created").contains(&id));
+
+    api.now_ms = NOW + 9_000;
+    let (status, rotated) = api.call("POST", &sub_path(&id, "/rotate-secret"), KEY_A, "");
+    assert_eq!(status, 200);
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    assert_eq!(
+        rotated["updated_at"],
+        json!(format_rfc3339_millis(NOW + 9_000))
+    );
+    assert_eq!(
+        api.record(&id).secrets,
+        [
+            SigningSecret {
+                secret: new_secret.to_string(),
+                expires_at_ms: None
+            },
+            SigningSecret {
+                secret,
+                expires_at_ms: Some(NOW + 9_000 + ROTATION_OVERLAP_MS)
+            },
+        ]
+    );
+
+    let response = api.send(&Request {
+        method: "DELETE",
+        path: &sub_path(&id, ""),
+        authorization: Some(format!("Bearer {KEY_A}").as_bytes()),
+        api_key: None,
+        content_type: None,
+        body: b"",
+    });
+    assert_eq!((response.status, response.body.as_slice()), (204, &b""[..]));
+    assert_eq!(header(&response, "content-type"), None);
+    assert_eq!(header(&response, "cache-control"), Some("no-store"));
+    let (status, value) = api.call("GET", &sub_path(&id, ""), KEY_A, "");
+    assert_eq!((status, code(&value)), (404, "not_found"));
+    let (_, list) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
+    assert_eq!(list["data"], json!([]));
+}
+
+#[test]
+fn create_answers_location_and_json_headers() {
+    let mut api = Api::new();
+    let auth = format!("Bearer {KEY_A}");
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    let response = api.send(&Request {
+        method: "POST",
+        path: "/webhooks/subscriptions?ignored=1",
+        authorization: Some(auth.as_bytes()),
+        api_key: None,
+        content_type: Some(b"Application/JSON; charset=utf-8"),
+        body: body.as_bytes(),
+    });
+    assert_eq!(response.status, 201);
+    let id = parse(&response)["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        header(&response, "location"),
+        Some(format!("/webhooks/subscriptions/{id}").as_str())
+    );
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    assert_eq!(header(&response, "cache-control"), Some("no-store"));
+}
+
+#[test]
+fn secret_is_shown_only_on_create_and_rotate() {
+    let mut api = Api::new();
+    let created = api.create(KEY_A, URL, &["*"]);
+    let id = created["id"].as_str().unwrap();
+    let secret = created["secret"].as_str().unwrap();
+    let calls = [
+        ("GET", "/webhooks/subscriptions".to_string(), ""),
+        ("GET", sub_path(id, ""), ""),
+        ("PATCH", sub_path(id, ""), r#"{"description":"x"}"#),
+        ("PATCH", sub_path(id, ""), "{}"),
+        ("GET", sub_path(id, "/deliveries"), ""),
+    ];
+    for (method, path, body) in calls {
+        let (status, value) = api.call(method, &path, KEY_A, body);
+        assert_eq!(status, 200, "{method} {path}");
+        let text = value.to_string();
+        assert!(!text.contains("secret") && !text.contains(secret), "{text}");
+    }
+}
+
+#[test]
+fn another_consumers_subscription_is_exactly_not_found() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (writes, before) = (api.writes(), api.record(&id));
+    let calls = [
+        ("GET", ""),
+        ("PATCH", ""),
+        ("DELETE", ""),
+        ("POST", "/rotate-secret"),
+        ("POST", "/test"),
+        ("GET", "/deliveries"),
+    ];
+    for (method, tail) in calls {
+        let body = if method == "PATCH" {
+            r#"{"description":"x"}"#
+        } else {
+            ""
+        };
+        let theirs = api.call(method, &sub_path(&id, tail), KEY_B, body);
+        let unknown = api.call(method, &sub_path("sub_unknown", tail), KEY_B, body);
+        assert_eq!(theirs.0, 404, "{method} {tail}");
+        assert_eq!(theirs, unknown, "{method} {tail}");
+    }
+    let (_, list) = api.call("GET", "/webhooks/subscriptions", KEY_B, "");
+    assert_eq!(list["data"], json!([]));
+    assert_eq!((api.writes(), api.record(&id)), (writes, before));
+    assert!(api.sent.is_empty());
+}
+
+/// Authorization, X-API-Key, expected status.
+type AuthCase<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, u16);
+
+fn long_events(n: usize) -> Value {
+    json!((0..n).map(|i| format!("t{i}.*")).collect::<Vec<_>>())
+}
+
+/// Posts `body` as a create with `content_type` and checks the refusal: status, error code,
+/// a word of the message, the JSON shape.
+fn assert_refused(api: &mut Api, content_type: Option<&[u8]>, body: &str, want: (u16, &str, &str)) {
+    let auth = format!("Bearer {KEY_A}");
+    let response = api.send(&Request {
+        method: "POST",
+        path: "/webhooks/subscriptions",
+        authorization: Some(auth.as_bytes()),
+        api_key: None,
+        content_type,
+        body: body.as_bytes(),
+    });
+    let value = parse(&response);
+    let (status, error_code, word) = want;
+    assert_eq!(
+        (response.status, code(&value)),
+        (status, error_code),
+        "{body}: {value}"
+    );
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.contains(word), "{body}: {message}");
+    assert_eq!(value["error"].as_object().unwrap().len(), 2);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+}
+
+fn body_with(field: &str, value: Value) -> String {
+    let mut body = json!({"url": URL, "events": ["order.created"]});
+    body[field] = value;
+    body.to_string()
+}
+
+/// Every refused create answers its status and code and writes nothing.
+#[test]
+fn refused_creates_write_nothing() {
+    let mut api = Api::new();
+    let writes = api.writes();
+    let ok = body_with("description", json!("fine"));
+    let media: [(Option<&[u8]>, &str); 3] = [
+        (None, "application/json"),
+        (Some(b"text/plain"), ""),
+        (Some(b"application/jsonx"), ""),
+    ];
+    for (content_type, word) in media {
+        assert_refused(
+            &mut api,
+            content_type,
+            &ok,
+            (415, "unsupported_media_type", word),
+        );
+    }
+    let json_cases: [(&str, u16, &str, &str); 7] = [
+        ("", 400, "invalid_json", ""),
+        ("{\"url\":", 400, "invalid_json", ""),
+        ("{} x", 400, "invalid_json", ""),
+        ("[]", 400, "invalid_request", "object"),
+        ("\"x\"", 400, "invalid_request", ""),
+        ("null", 400, "invalid_request", ""),
+        (r#"{"events":["*"]}"#, 422, "missing_field", "url"),
+    ];
+    for (body, status, error_code, word) in json_cases {
+        assert_refused(
+            &mut api,
+            Some(b"application/json"),
+            body,
+            (status, error_code, word),
+        );
+    }
+    let field_cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("secret", json!("whsec_x"), "unknown_field", "secret"),
+        ("status", json!("active"), "unknown_field", "status"),
+        ("url", json!(5), "invalid_field", "url"),
+        ("url", json!(["https://a.b"]), "invalid_field", "url"),
+        ("url", Value::Null, "missing_field", "url"),
+        ("events", Value::Null, "missing_field", "events"),
+        ("events", json!("order.created"), "invalid_field", "events"),
+        ("events", json!({}), "invalid_field", "events"),
+        ("events", json!([]), "invalid_events", "events"),
+        ("events", long_events(51), "invalid_events", "50"),
+        ("events", json!([5]), "invalid_events", "events[0]"),
+        (
+            "events",
+            json!(["*", "order..x"]),
+            "invalid_events",
+            "events[1]",
+        ),
+        ("events", json!(["order.**"]), "invalid_events", ""),
+        ("events", json!([""]), "invalid_events", ""),
+        (
+            "events",
+            json!(["invoice.paid"]),
+            "unknown_event_type",
+            "invoice.paid",
+        ),
+        (
+            "events",
+            json!(["orders1.created"]),
+            "unknown_event_type",
+            "orders1",
+        ),
+        (
+            "events",
+            json!(["orders.archived"]),
+            "unknown_event_type",
+            "",
+        ),
+        ("events", json!(["order"]), "unknown_event_type", ""),
+        ("description", json!(5), "invalid_field", "description"),
+        (
+            "description",
+            json!("x".repeat(257)),
+            "invalid_field",
+            "256",
+        ),
+    ];
+    for (field, value, error_code, word) in field_cases {
+        let body = body_with(field, value);
+        assert_refused(
+            &mut api,
+            Some(b"application/json"),
+            &body,
+            (422, error_code, word),
+        );
+    }
+    let url_cases = [
+        (
+            "http://hooks.example.com/x",
+            "insecure_url",
+            "url must be https",
+        ),
+        ("http://127.0.0.1/x", "insecure_url", "https"),
+        ("https://127.0.0.1/x", "insecure_url", "loopback"),
+        ("https://[::1]/x", "insecure_url", ""),
+        ("http://[::1]/x", "insecure_url", ""),
+        ("https://10.0.0.1/x", "insecure_url", "private"),
+        (
+            "https://169.254.169.254/latest",
+            "insecure_url",
+            "link-local",
+        ),
+        ("https://localhost/x", "insecure_url", "localhost"),
+        ("https://0.0.0.0/x", "insecure_url", ""),
+        ("ftp://hooks.example.com/x", "invalid_url", "scheme"),
+        ("hooks.example.com/x", "invalid_url", "absolute"),
+        ("", "invalid_url", ""),
+        ("https://user:pw@hooks.example.com/x", "invalid_url", ""),
+        (
+            "https://hooks.example.com/x#frag",
+            "invalid_url",
+            "fragment",
+        ),
+        ("https://hooks.example.com/a b", "invalid_url", ""),
+    ];
+    for (url, error_code, word) in url_cases {
+        let body = body_with("url", json!(url));
+        assert_refused(
+            &mut api,
+            Some(b"application/json"),
+            &body,
+            (422, error_code, word),
+        );
+    }
+    assert_eq!(api.writes(), writes);
+    assert!(api.registry.list_for_consumer("acme").is_empty());
+}
+
+#[test]
+fn accepted_creates_normalise_events() {
+    let mut api = Api::new();
+    let body = json!({
+        "url": "https://hooks.example.com:8443/in?x=1", "description": null,
+        "events": ["order.*", "orders.created", "order.*", "webhook.test", "*", "order.created"]
+    });
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body.to_string());
+    assert_eq!(status, 201, "{value}");
+    assert_eq!(
+        value["events"],
+        json!([
+            "order.*",
+            "orders.created",
+            "webhook.test",
+            "*",
+            "order.created"
+        ])
+    );
+    assert_eq!(value["description"], json!(""));
+    let body = json!({"url": URL, "events": long_events(50), "description": "é".repeat(256)});
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body.to_string());
+    assert_eq!(status, 201, "{value}");
+}
+
+#[test]
+fn inference_off_allows_only_configured_types() {
+    let mut api = Api::with(&config_json(false, false));
+    let body = json!({"url": URL, "events": ["orders.created"]}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!((status, code(&value)), (422, "unknown_event_type"));
+    api.create(KEY_A, URL, &["order.created", "webhook.test", "anything.*"]);
+}
+
+#[test]
+fn insecure_destinations_when_allowed() {
+    let mut api = Api::with(&config_json(true, true));
+    for url in [
+        "http://127.0.0.1:8080/in",
+        "http://[::1]/x",
+        "https://localhost/x",
+    ] {
+        api.create(KEY_A, url, &["*"]);
+    }
+    let body = json!({"url": "ftp://x.example/", "events": ["*"]}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_B, &body);
+    assert_eq!((status, code(&value)), (422, "invalid_url"));
+}
+
+fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Request<'a> {
+    Request {
+        method: "GET",
+        path: "/webhooks/subscriptions",
+        authorization,
+        api_key,
+        content_type: None,
+        body: b"",
+    }
+}
+
+#[test]
+fn authentication_variants() {
+    let mut api = Api::new();
+    let bearer = format!("Bearer {KEY_A}");
+    let lower = format!("bearer   {KEY_A} ");
+    let wrong = format!("Bearer {KEY_A}x");
+    let basic = format!("Basic {KEY_A}");
+    let glued = format!("Bearer{KEY_A}");
+    let cases: Vec<AuthCase> = vec![
+        (Some(bearer.as_bytes()), None, 200),
+        (Some(lower.as_bytes()), None, 200),
+        (None, Some(KEY_A.as_bytes()), 200),
+        (Some(basic.as_bytes()), Some(KEY_A.as_bytes()), 200),
+        (None, None, 401),
+        (Some(wrong.as_bytes()), None, 401),
+        (None, Some(b"nope"), 401),
+        (Some(b"Bearer"), None, 401),
+        (Some(b"Bearer "), None, 401),
+        (Some(basic.as_bytes()), None, 401),
+        (Some(glued.as_bytes()), None, 401),
+        (None, Some(b""), 401),
+        // The bearer token is the one presented; a second header does not rescue it.
+        (Some(wrong.as_bytes()), Some(KEY_A.as_bytes()), 401),
+    ];
+    for (authorization, api_key, status) in cases {
+        let response = api.send(&auth_request(authorization, api_key));
+        assert_eq!(response.status, status, "{authorization:?} {api_key:?}");
+        if status == 401 {
+            let value = parse(&response);
+            assert_eq!(code(&value), "unauthorized");
+            assert!(!value.to_string().contains(KEY_A));
+            assert_eq!(
+                header(&response, "www-authenticate"),
+                Some("Bearer realm=\"webhooks\"")
+            );
+        }
+    }
+}
+
+#[test]
+fn no_configured_keys_refuse_everything() {
+    let mut api = Api::with("{}");
+    let bearer = format!("Bearer {KEY_A}");
+    for path in ["/webhooks/subscriptions", "/webhooks/event-types"] {
+        let mut request = auth_request(Some(bearer.as_bytes()), None);
+        request.path = path;
+        assert_eq!(api.send(&request).status, 401);
+    }
+}
+
+#[test]
+fn unknown_paths_answer_404_before_auth_and_methods_405_after() {
+    let mut api = Api::new();
+    let long = format!("/webhooks/subscriptions/{}", "a".repeat(65));
+    for path in [
+        "/webhooks",
+        "/webhooks/",
+        "/webhooks/nope",
+        "/webhooks/subscriptions/a/b/c",
+        "/webhooks/subscriptions/a/rotate",
+        "/webhooks/subscriptions/sub.x",
+        "/webhooks/subscriptions/sub%20x",
+        "/webhooks/subscriptions//",
+        "/webhooks//subscriptions",
+        "/webhooks/deliveries/msg_1",
+        "/webhooks/event-types/x",
+        long.as_str(),
+    ] {
+        let response = api.send(&Request {
+            path,
+            ..auth_request(None, None)
+        });
+        let value = parse(&response);
+        assert_eq!(
+            (response.status, code(&value)),
+            (404, "not_found"),
+            "{path}"
+        );
+    }
+    // Known path without a key: 401 even for a wrong method.
+    let response = api.send(&Request {
+        method: "PUT",
+        ..auth_request(None, None)
+    });
+    assert_eq!(response.status, 401);
+    let cases = [
+        ("DELETE", "/webhooks/subscriptions", "GET, POST"),
+        ("PUT", "/webhooks/subscriptions/sub_1", "GET, PATCH, DELETE"),
+        (
+            "POST",
+            "/webhooks/subscriptions/sub_1/",
+            "GET, PATCH, DELETE",
+        ),
+        ("GET", "/webhooks/subscriptions/sub_1/test", "POST"),
+        ("GET", "/webhooks/subscriptions/sub_1/rotate-secret", "POST"),
+        ("POST", "/webhooks/subscriptions/sub_1/deliveries", "GET"),
+        ("GET", "/webhooks/deliveries/msg_1/retry", "POST"),
+        ("POST", "/webhooks/event-types", "GET"),
+        ("get", "/webhooks/event-types", "GET"),
+        ("HEAD", "/webhooks/event-types", "GET"),
+    ];
+    let bearer = format!("Bearer {KEY_A}");
+    for (method, path, allow) in cases {
+        let response = api.send(&Request {
+            method,
+            path,
+            ..auth_request(Some(bearer.as_bytes()), None)
+        });
+        let value = parse(&response);
+        assert_eq!(
+            (response.status, code(&value)),
+            (405, "method_not_allowed"),
+            "{method} {path}"
+        );
+        assert_eq!(header(&response, "allow"), Some(allow));
+    }
+}
+
+#[test]
+fn trailing_slash_and_query_are_tolerated() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in [
+        "/webhooks/subscriptions/".to_string(),
+        "/webhooks/subscriptions?x=1".to_string(),
+        format!("/webhooks/subscriptions/{id}/"),
+        format!("/webhooks/subscriptions/{id}?a=b#c"),
+        "/webhooks/event-types/?x".to_string(),
+    ] {
+        assert_eq!(api.call("GET", &path, KEY_A, "").0, 200, "{path}");
+    }
+}
+
+#[test]
+fn api_path_detection() {
+    let cases = [
+        ("/webhooks", true),
+        ("/webhooks/", true),
+        ("/webhooks?x=1", true),
+        ("/webhooks/subscriptions/x", true),
+        ("/webhooks#x", true),
+        ("/webhooksx", false),
+        ("/webhook", false),
+        ("/orders/webhooks", false),
+        ("/Webhooks", false),
+        ("", false),
+    ];
+    for (path, expected) in cases {
+        assert_eq!(is_api_path("/webhooks", path), expected, "{path}");
+    }
+    assert!(is_api_path("/api/hooks", "/api/hooks/event-types"));
+    assert!(!is_api_path("/api/hooks", "/api/hooksy"));
+}
+
+#[test]
+fn custom_prefix_routes() {
+    let mut config: Value = serde_json::from_str(&config_json(true, false)).unwrap();
+    config["api"]["path_prefix"] = json!("/api/hooks/");
+    let mut api = Api::with(&config.to_string());
+    let (status, _) = api.call("GET", "/api/hooks/event-types", KEY_A, "");
+    assert_eq!(status, 200);
+    let created = {
+        let body = json!({"url": URL, "events": ["*"]}).to_string();
+        let auth = format!("Bearer {KEY_A}");
+        api.send(&Request {
+            method: "POST",
+            path: "/api/hooks/subscriptions",
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            content_type: Some(b"application/json"),
+            body: body.as_bytes(),
+        })
+    };
+    let id = parse(&created)["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        header(&created, "location"),
+        Some(format!("/api/hooks/subscriptions/{id}").as_str())
+    );
+}
+
+#[test]
+fn static_subscriptions_are_visible_but_fixed() {
+    let mut api = Api::new();
+    let (status, list) = api.call("GET", "/webhooks/subscriptions", KEY_OPS, "");
+    assert_eq!(status, 200);
+    assert_eq!(list["data"][0]["id"], json!("sub_static_1"));
+    assert_eq!(list["data"][0]["static"], json!(true));
+    assert!(!list.to_string().contains(STATIC_SECRET));
+    let writes = api.writes();
+    let before = api.record("sub_static_1");
+    for (method, tail, body) in [
+        ("PATCH", "", r#"{"description":"mine now"}"#),
+        (
+            "PATCH",
+            "",
+            r#"{"status":"disabled","url":"https://x.example/"}"#,
+        ),
+        ("DELETE", "", ""),
+        ("POST", "/rotate-secret", ""),
+    ] {
+        let (status, value) = api.call(method, &sub_path("sub_static_1", tail), KEY_OPS, body);
+        assert_eq!(
+            (status, code(&value)),
+            (409, "static_subscription"),
+            "{method} {tail}"
+        );
+        assert!(value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("configuration"));
+    }
+    assert_eq!((api.writes(), api.record("sub_static_1")), (writes, before));
+    // Its status is operational, not configuration: the owner can switch it off and on.
+    let path = sub_path("sub_static_1", "");
+    let (status, value) = api.call("PATCH", &path, KEY_OPS, r#"{"status":"disabled"}"#);
+    assert_eq!(
+        (status, &value["status"]),
+        (200, &json!("disabled")),
+        "{value}"
+    );
+    let (status, value) = api.call("PATCH", &path, KEY_OPS, r#"{"status":"active"}"#);
+    assert_eq!(
+        (status, &value["disabled_reason"]),
+        (200, &json!(null)),
+        "{value}"
+    );
+    let (status, _) = api.call("POST", &sub_path("sub_static_1", "/test"), KEY_OPS, "");
+    assert_eq!(status, 202);
+    assert_eq!(api.sent.len(), 1);
+    // Another consumer cannot even see it.
+    let (status, _) = api.call("GET", &sub_path("sub_static_1", ""), KEY_A, "");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn per_consumer_limit() {
+    let mut api = Api::new();
+    for _ in 0..3 {
+        api.create(KEY_A, URL, &["*"]);
+    }
+    let writes = api.writes();
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!((status, code(&value)), (409, "limit_reached"));
+    assert!(value["error"]["message"].as_str().unwrap().contains('3'));
+    assert_eq!(api.writes(), writes);
+    assert_eq!(api.registry.list_for_consumer("acme").len(), 3);
+    api.create(KEY_B, URL, &["*"]);
+}
+
+#[test]
+fn store_failure_answers_503() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.registry.store().failing.set(true);
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for (method, path, body) in [
+        ("POST", "/webhooks/subscriptions".to_string(), body.as_str()),
+        ("PATCH", sub_path(&id, ""), r#"{"description":"x"}"#),
+        ("POST", sub_path(&id, "/rotate-secret"), ""),
+        ("DELETE", sub_path(&id, ""), ""),
+    ] {
+        let (status, value) = api.call(method, &path, KEY_A, body);
+        assert_eq!(
+            (status, code(&value)),
+            (503, "unavailable"),
+            "{method} {path}"
+        );
+    }
+    api.registry.store().failing.set(false);
+    assert_eq!(api.record(&id).description, "");
+}
+
+#[test]
+fn test_call_enqueues_one_test_message() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["order.created"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let writes = api.writes();
+    let (status, value) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
+    assert_eq!((status, value), (202, json!({"status": "queued"})));
+    assert_eq!(api.writes(), writes);
+    let [QueueMessage::Test {
+        subscription_id,
+        payload,
+    }] = api.sent.as_slice()
+    else {
+        panic!("expected one test message, got {:?}", api.sent);
+    };
+    assert_eq!(subscription_id, &id);
+    assert_eq!(payload, &event::build_test_payload(NOW, &id));
+    let payload: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(payload["type"], json!("webhook.test"));
+
+    api.queue_up = false;
+    let (status, value) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
+    assert_eq!((status, code(&value)), (503, "queue_unavailable"));
+    api.queue_up = true;
+    let (status, _) = api.call(
+        "PATCH",
+        &sub_path(&id, ""),
+        KEY_A,
+        r#"{"status":"disabled"}"#,
+    );
+    assert_eq!(status, 200);
+    let (status, value) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
+    assert_eq!((status, code(&value)), (409, "subscription_disabled"));
+    assert_eq!(api.sent.len(), 1);
+}
+
+#[test]
+fn patch_status_and_reasons() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = sub_path(&id, "");
+    let (_, v) = api.call("PATCH", &path, KEY_A, r#"{"status":"disabled"}"#);
+    assert_eq!(
+        (&v["status"], &v["disabled_reason"]),
+        (&json!("disabled"), &json!("manual"))
+    );
+    let (_, v) = api.call("PATCH", &path, KEY_A, r#"{"status":"active"}"#);
+    assert_eq!(
+        (&v["status"], &v["disabled_reason"]),
+        (&json!("active"), &Value::Null)
+    );
+    api.registry
+        .update(&id, |s| {
+            s.status = Status::Disabled;
+            s.disabled_reason = Some("gone".into());
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    let (_, v) = api.call(
+        "PATCH",
+        &path,
+        KEY_A,
+        r#"{"status":"disabled","description":"d"}"#,
+    );
+    assert_eq!(
+        (&v["disabled_reason"], &v["description"]),
+        (&json!("gone"), &json!("d"))
+    );
+    let (_, v) = api.call("PATCH", &path, KEY_A, r#"{"status":"active"}"#);
+    assert_eq!(
+        (&v["status"], &v["disabled_reason"]),
+        (&json!("active"), &Value::Null)
+    );
+    assert_eq!(api.registry.active_count(), 2);
+}
+
+#[test]
+fn refused_patches_write_nothing() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = sub_path(&id, "");
+    let writes = api.writes();
+    let before = api.record(&id);
+    let cases = [
+        (r#"{"status":"paused"}"#, 422, "invalid_status"),
+        (r#"{"status":true}"#, 422, "invalid_field"),
+        (r#"{"url":"http://x.example/"}"#, 422, "insecure_url"),
+        (r#"{"events":[]}"#, 422, "invalid_events"),
+        (r#"{"events":["nope.happened"]}"#, 422, "unknown_event_type"),
+        (r#"{"description":"ok","secret":"x"}"#, 422, "unknown_field"),
+        (r#"{"description":"ok","id":"sub_x"}"#, 422, "unknown_field"),
+        (
+            r#"{"description":"ok","status":"on"}"#,
+            422,
+            "invalid_status",
+        ),
+        ("[1]", 400, "invalid_request"),
+        ("{", 400, "invalid_json"),
+        ("", 400, "invalid_json"),
+    ];
+    for (body, status, error_code) in cases {
+        let (got, value) = api.call("PATCH", &path, KEY_A, body);
+        assert_eq!((got, code(&value)), (status, error_code), "{body}");
+    }
+    let (status, value) = api.call("PATCH", &path, KEY_A, "{}");
+    assert_eq!((status, &value["id"]), (200, &json!(id)));
+    assert_eq!((api.writes(), api.record(&id)), (writes, before));
+    let (status, _) = api.call("PATCH", &sub_path("sub_unknown", ""), KEY_A, "{}");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn rotation_drops_expired_and_caps_secrets() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.registry
+        .update(&id, |s| {
+            s.secrets.push(SigningSecret {
+                secret: "whsec_old".into(),
+                expires_at_ms: Some(NOW),
+            });
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    let path = sub_path(&id, "/rotate-secret");
+    let (status, value) = api.call("POST", &path, KEY_A, "");
+    assert_eq!(status, 200);
+    let secrets = api.record(&id).secrets;
+    assert_eq!(secrets.len(), 2);
+    assert_eq!(secrets[0].secret, value["secret"].as_str().unwrap());
+    assert!(secrets.iter().all(|s| s.secret != "whsec_old"));
+    for _ in 0..10 {
+        api.call("POST", &path, KEY_A, "");
+    }
+    let secrets = api.record(&id).secrets;
+    assert_eq!(secrets.len(), MAX_SECRETS);
+    assert_eq!(
+        secrets.iter().filter(|s| s.expires_at_ms.is_none()).count(),
+        1
+    );
+}
+
+fn attempt(webhook_id: &str, n: u32, state: State) -> Attempt {
+    Attempt {
+        webhook_id: webhook_id.into(),
+        event_type: "order.created".into(),
+        attempt: n,
+        timestamp: "2026-11-27T10:00:00.000Z".into(),
+        response_status: Some(500),
+        error: None,
+        duration_ms: 12,
+        next_retry_at: None,
+        state,
+    }
+}
+
+#[test]
+fn deliveries_show_the_attempt_log_and_delete_clears_it() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = vec![
+        attempt("msg_1", 1, State::Retrying),
+        attempt("msg_1", 2, State::Succeeded),
+    ];
+    attempts::record(api.registry.store(), &id, log).unwrap();
+    let (status, value) = api.call("GET", &sub_path(&id, "/deliveries"), KEY_A, "");
+    assert_eq!(status, 200);
+    let expected = attempts::read(api.registry.store(), &id);
+    assert_eq!(value, json!({"data": expected}));
+    assert_eq!(value["data"][0]["state"], json!("succeeded"));
+    assert_eq!(value["data"][0]["webhook_id"], json!("msg_1"));
+    api.call("DELETE", &sub_path(&id, ""), KEY_A, "");
+    assert!(attempts::read(api.registry.store(), &id).is_empty());
+}
+
+#[test]
+fn retry_follows_the_newest_state() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = api.create(KEY_A, URL, &["*"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = vec![
+        attempt("msg_ok", 1, State::Failed),
+        attempt("msg_ok", 2, State::Succeeded),
+        attempt("msg_wait", 1, State::Retrying),
+        attempt("msg_exh", 9, State::Exhausted),
+        attempt("msg_gone", 1, State::Failed),
+        attempt("msg_old", 3, State::Exhausted),
+        attempt("msg_old", 3, State::Expired),
+    ];
+    attempts::record(api.registry.store(), &id, log).unwrap();
+    attempts::record(
+        api.registry.store(),
+        &other,
+        vec![attempt("msg_drop", 3, State::Dropped)],
+    )
+    .unwrap();
+    let writes = api.writes();
+    let retry = |m: &str| format!("/webhooks/deliveries/{m}/retry");
+    let cases = [
+        ("msg_ok", KEY_A, 409, Some("not_replayable")),
+        ("msg_wait", KEY_A, 409, Some("not_replayable")),
+        ("msg_old", KEY_A, 409, Some("not_replayable")),
+        ("msg_unknown", KEY_A, 404, Some("not_found")),
+        ("msg_exh", KEY_B, 404, Some("not_found")),
+        ("msg_exh", KEY_A, 202, None),
+        ("msg_gone", KEY_A, 202, None),
+        ("msg_drop", KEY_A, 202, None),
+    ];
+    for (webhook_id, key, status, error_code) in cases {
+        let (got, value) = api.call("POST", &retry(webhook_id), key, "");
+        assert_eq!(got, status, "{webhook_id}: {value}");
+        if let Some(error_code) = error_code {
+            assert_eq!(code(&value), error_code);
+        }
+    }
+    let replayed: Vec<_> = api
+        .sent
+        .iter()
+        .map(|m| match m {
+            QueueMessage::Replay { webhook_id } => webhook_id.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(replayed, ["msg_exh", "msg_gone", "msg_drop"]);
+    assert_eq!(api.writes(), writes);
+
+    api.queue_up = false;
+    let (status, value) = api.call("POST", &retry("msg_exh"), KEY_A, "");
+    assert_eq!((status, code(&value)), (503, "queue_unavailable"));
+    api.queue_up = true;
+    api.call(
+        "PATCH",
+        &sub_path(&id, ""),
+        KEY_A,
+        r#"{"status":"disabled"}"#,
+    );
+    let (status, value) = api.call("POST", &retry("msg_exh"), KEY_A, "");
+    assert_eq!((status, code(&value)), (409, "subscription_disabled"));
+}
+
+#[test]
+fn event_types_list_rules_and_test() {
+    let mut api = Api::new();
+    let (status, value) = api.call("GET", "/webhooks/event-types", KEY_B, "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        value,
+        json!({"data": [
+            {"type": "order.created", "methods": ["POST"], "path": "/orders"},
+            {"type": "order.updated", "methods": ["PUT", "PATCH"], "path": "/orders/{id}"},
+            {"type": "webhook.test", "methods": [], "path": null}
+        ], "infer_events": true})
+    );
+}
+
+#[test]
+fn list_pagination() {
+    let mut api = Api::new();
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            api.create(KEY_A, URL, &["*"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let page = |api: &mut Api, query: &str| {
+        let (status, value) =
+            api.call("GET", &format!("/webhooks/subscriptions{query}"), KEY_A, "");
+        let got: Vec<String> = value["data"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .map(|s| s["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            status,
+            got,
+            value["has_more"].clone(),
+            code(&value).to_string(),
+        )
+    };
+    assert_eq!(
+        page(&mut api, ""),
+        (200, ids.clone(), json!(false), "<none>".into())
+    );
+    assert_eq!(
+        page(&mut api, "?limit=2"),
+        (200, ids[..2].to_vec(), json!(true), "<none>".into())
+    );
+    let after = format!("?limit=2&after={}", ids[1]);
+    assert_eq!(
+        page(&mut api, &after),
+        (200, ids[2..].to_vec(), json!(false), "<none>".into())
+    );
+    let last = format!("?after={}", ids[2]);
+    assert_eq!(page(&mut api, &last).1, Vec::<String>::new());
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?after=sub_unknown"] {
+        let (status, _, _, error_code) = page(&mut api, bad);
+        assert_eq!(
+            (status, error_code.as_str()),
+            (422, "invalid_field"),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn oversized_bodies_answer_413() {
+    let mut api = Api::new();
+    let body = json!({"url": URL, "events": ["*"], "description": "x".repeat(2000)}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!((status, code(&value)), (413, "payload_too_large"));
+    let response = too_large(65536);
+    assert_eq!(response.status, 413);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    assert!(parse(&response)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("65536"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut api = Api::new();
+    let bearer = format!("Bearer {KEY_A}");
+    let deep = "[".repeat(10_000);
+    let bodies: [&[u8]; 5] = [
+        b"\xff\xfe",
+        b"{\"url\":\"\xff\"}",
+        deep.as_bytes(),
+        b"1e999999",
+        b"{\"\\ud800\":1}",
+    ];
+    for path in [
+        "/webhooks/subscriptions",
+        "/webhooks/subscriptions/sub_1",
+        "/webhooks/\u{e9}",
+    ] {
+        for method in ["POST", "PATCH", ""] {
+            for body in bodies {
+                let response = api.send(&Request {
+                    method,
+                    path,
+                    authorization: Some(bearer.as_bytes()),
+                    api_key: Some(b"\xff"),
+                    content_type: Some(b"application/json; \xff"),
+                    body,
+                });
+                assert!(response.status >= 400, "{method} {path}");
+            }
+        }
+    }
+}
