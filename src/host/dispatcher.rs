@@ -387,8 +387,13 @@ impl DispatcherRoot {
         response: Response,
     ) {
         let attempts = message.attempts + 1;
-        let unit = self.jitter_unit();
-        let mut verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
+        let config = &self.config.delivery;
+        let mut verdict = delivery::judge(&response, attempts, now, config, 0.0);
+        if matches!(verdict, Verdict::RetryAt(_)) {
+            // Only a retry needs the random jitter (a host call): draw it then.
+            let unit = self.jitter_unit();
+            verdict = delivery::judge(&response, attempts, now, &self.config.delivery, unit);
+        }
         if self.drain_deadline.is_some() && matches!(verdict, Verdict::RetryAt(_)) {
             verdict = Verdict::Exhausted; // no later attempt will happen in this process
         }
@@ -581,14 +586,19 @@ impl DispatcherRoot {
         if code == 0 {
             return Response::NotSent("the callout failed in Envoy (no response)".into());
         }
-        let peek = hostcalls::get_buffer(
-            BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(BODY_PEEK),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        // Only Envoy's own 503/504 replies say something in their body that matters here.
+        let peek = if matches!(code, 503 | 504) {
+            hostcalls::get_buffer(
+                BufferType::HttpCallResponseBody,
+                0,
+                body_size.min(BODY_PEEK),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let description = delivery::describe(code, &peek);
         if description.starts_with("connection failed") || description == "timeout" {
             Response::NotSent(description)
