@@ -706,3 +706,564 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn spec_example() -> String {
+        format!(
+            r#"{{
+  "events": [
+    {{"type": "order.created", "method": "POST", "path": "/orders", "status": [201]}},
+    {{"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{{id}}", "status": "2xx"}},
+    {{"type": "order.deleted", "method": "DELETE", "path": "/orders/{{id}}"}}
+  ],
+  "infer_events": true,
+  "api": {{"path_prefix": "/webhooks", "keys": [{{"consumer": "acme", "sha256": "{SHA}"}}]}},
+  "subscriptions": [{{"id": "sub_static_1", "consumer": "ops", "url": "https://hooks.example.com/in",
+                     "events": ["order.*"], "secret": "{SECRET}"}}],
+  "delivery": {{
+    "timeout": "15s",
+    "retry_schedule": ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"],
+    "jitter": 0.2,
+    "disable_after": "5d",
+    "max_queue": 10000,
+    "max_payload_bytes": 65536,
+    "clusters": {{"http": "webhooks_egress_http", "https": "webhooks_egress_https"}},
+    "allow_insecure_destinations": false
+  }}
+}}"#
+        )
+    }
+
+    fn parse_str(s: &str) -> Result<Config, ConfigError> {
+        parse(s.as_bytes())
+    }
+
+    /// The Display text of the error `json` is refused with.
+    fn error(json: &str) -> String {
+        parse_str(json).unwrap_err().to_string()
+    }
+
+    fn sub(fields: &str) -> String {
+        format!(
+            r#"{{"subscriptions": [{{"id": "s1", "consumer": "ops", "url": "https://h.example.com/",
+                "events": ["*"], "secret": "{SECRET}"{fields}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let c = parse_str(&spec_example()).unwrap();
+        assert_eq!(c.events.len(), 3);
+        let created = &c.events[0];
+        assert_eq!(created.event_type, "order.created");
+        assert_eq!(created.methods, vec!["POST"]);
+        assert_eq!(created.path.as_str(), "/orders");
+        assert_eq!(created.status, StatusMatch::Codes(vec![201]));
+        assert_eq!(c.events[1].methods, vec!["PUT", "PATCH"]);
+        assert_eq!(c.events[1].status, StatusMatch::Class(2));
+        assert_eq!(c.events[2].status, StatusMatch::Class(2));
+        assert!(c.infer_events);
+        assert_eq!(c.api.path_prefix, "/webhooks");
+        assert_eq!(c.api.keys[0].consumer, "acme");
+        assert_eq!(c.api.keys[0].sha256[0], 0xc4);
+        assert_eq!(c.api.keys[0].sha256[31], 0x5c);
+        assert_eq!(
+            c.subscriptions,
+            vec![StaticSubscription {
+                id: "sub_static_1".into(),
+                consumer: "ops".into(),
+                url: "https://hooks.example.com/in".into(),
+                events: vec!["order.*".into()],
+                secret: SECRET.into(),
+                description: String::new(),
+            }]
+        );
+        assert_eq!(c.delivery, DeliveryConfig::default());
+    }
+
+    #[test]
+    fn shipped_demo_configuration_parses() {
+        let demo = format!(
+            r#"{{
+  "events": [
+    {{"type": "order.created", "method": "POST", "path": "/orders", "status": [201]}},
+    {{"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{{id}}"}},
+    {{"type": "order.deleted", "method": "DELETE", "path": "/orders/{{id}}"}}
+  ],
+  "api": {{"path_prefix": "/webhooks", "keys": [{{"consumer": "demo", "sha256": "{SHA}"}}]}},
+  "subscriptions": [
+    {{"id": "sub_demo_receiver", "consumer": "demo", "url": "http://127.0.0.1:9000/webhooks",
+     "events": ["*"], "secret": "{SECRET}", "description": "the bundled demo receiver"}}
+  ],
+  "delivery": {{"timeout": "5s", "allow_insecure_destinations": true}}
+}}"#
+        );
+        let c = parse_str(&demo).unwrap();
+        assert!(!c.infer_events);
+        assert_eq!(c.delivery.timeout_ms, 5000);
+        assert!(c.delivery.allow_insecure_destinations);
+        assert_eq!(c.subscriptions[0].description, "the bundled demo receiver");
+    }
+
+    #[test]
+    fn defaults() {
+        let d = Config::default();
+        for empty in ["", "  \n\t", "{}"] {
+            assert_eq!(parse_str(empty).unwrap(), d, "{empty:?}");
+        }
+        assert!(d.events.is_empty() && d.infer_events && d.subscriptions.is_empty());
+        assert_eq!(d.api.path_prefix, "/webhooks");
+        assert!(d.api.keys.is_empty());
+        assert_eq!(d.api.max_subscriptions_per_consumer, 100);
+        assert_eq!(d.api.max_body_bytes, 65536);
+        let dl = &d.delivery;
+        assert_eq!(dl.timeout_ms, 15_000);
+        assert_eq!(
+            dl.retry_schedule_ms,
+            vec![
+                0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 50_400_000,
+                72_000_000, 86_400_000
+            ]
+        );
+        assert_eq!(dl.jitter, 0.2);
+        assert_eq!(dl.disable_after_ms, 5 * 86_400_000);
+        assert_eq!((dl.max_queue, dl.max_payload_bytes), (10000, 65536));
+        assert_eq!(dl.cluster_http, "webhooks_egress_http");
+        assert_eq!(dl.cluster_https, "webhooks_egress_https");
+        assert!(!dl.allow_insecure_destinations);
+        assert_eq!(dl.max_in_flight, 256);
+    }
+
+    #[test]
+    fn null_fields_are_absent() {
+        let c = parse_str(r#"{"events": null, "delivery": {"timeout": null}}"#).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn rule_defaults_and_normalisation() {
+        let c = parse_str(
+            r#"{"events": [{"type": "a.b", "path": "/a"},
+                           {"type": "a.c", "method": ["patch", "PATCH", "Put"], "path": "/a/{id}",
+                            "status": "4XX"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.events[0].methods, vec!["POST", "PUT", "PATCH", "DELETE"]);
+        assert_eq!(c.events[0].status, StatusMatch::Class(2));
+        assert_eq!(c.events[1].methods, vec!["PATCH", "PUT"]);
+        assert_eq!(c.events[1].status, StatusMatch::Class(4));
+        assert!(!c.infer_events);
+        let c = parse_str(r#"{"events": [{"type": "a.b", "path": "/a"}], "infer_events": true}"#);
+        assert!(c.unwrap().infer_events);
+        assert!(
+            !parse_str(r#"{"infer_events": false}"#)
+                .unwrap()
+                .infer_events
+        );
+    }
+
+    #[test]
+    fn overrides() {
+        let c = parse_str(
+            r#"{"api": {"path_prefix": "/hooks/v1//", "max_subscriptions_per_consumer": 1,
+                        "max_body_bytes": 1024},
+                "delivery": {"timeout": "250ms", "retry_schedule": ["1s"], "jitter": 0,
+                             "disable_after": "1h", "max_queue": 1, "max_payload_bytes": 0,
+                             "clusters": {"https": "egress"}, "max_in_flight": 1}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.api.path_prefix, "/hooks/v1");
+        assert_eq!(c.api.max_subscriptions_per_consumer, 1);
+        assert_eq!(c.api.max_body_bytes, 1024);
+        let d = &c.delivery;
+        assert_eq!((d.timeout_ms, d.disable_after_ms), (250, 3_600_000));
+        assert_eq!(d.retry_schedule_ms, vec![1000]);
+        assert_eq!(d.jitter, 0.0);
+        assert_eq!(
+            (d.max_queue, d.max_payload_bytes, d.max_in_flight),
+            (1, 0, 1)
+        );
+        assert_eq!(d.cluster_http, "webhooks_egress_http");
+        assert_eq!(d.cluster_https, "egress");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        assert_eq!(parse_duration("5s"), Ok(5_000));
+        assert_eq!(parse_duration("30m"), Ok(1_800_000));
+        assert_eq!(parse_duration("24h"), Ok(86_400_000));
+        assert_eq!(parse_duration("5d"), Ok(432_000_000));
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION_MS));
+        for bad in [
+            "", "5", "s", "5 s", "1.5s", "-1s", "+1s", "5S", "5sec", " 5s", "5parsecs",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(format!("{bad:?} is not a duration"))
+            );
+        }
+        assert_eq!(
+            parse_duration("5 parsecs"),
+            Err("\"5 parsecs\" is not a duration".to_string())
+        );
+        assert_eq!(
+            parse_duration("366d"),
+            Err("\"366d\" is too long (at most 365d)".to_string())
+        );
+        assert_eq!(
+            parse_duration("99999999999999999999d"),
+            Err("\"99999999999999999999d\" is not a duration".to_string())
+        );
+        assert_eq!(
+            parse_duration("9999999999999999999d"),
+            Err("\"9999999999999999999d\" is too long (at most 365d)".to_string())
+        );
+    }
+
+    #[test]
+    fn invalid_json() {
+        let e = parse_str("{").unwrap_err();
+        assert_eq!(e.field, "configuration");
+        assert!(e.problem.contains("EOF"), "{}", e.problem);
+        assert_eq!(error("[]"), "configuration: must be a JSON object");
+        assert_eq!(error("null"), "configuration: must be a JSON object");
+    }
+
+    #[test]
+    fn unknown_fields() {
+        assert_eq!(error(r#"{"event": []}"#), "event: unknown field");
+        assert_eq!(
+            error(r#"{"delivery": {"retries": 3}}"#),
+            "delivery.retries: unknown field"
+        );
+        assert_eq!(
+            error(r#"{"delivery": {"clusters": {"tcp": "x"}}}"#),
+            "delivery.clusters.tcp: unknown field"
+        );
+        assert_eq!(
+            error(r#"{"events": [{"type": "a.b", "path": "/a", "when": 1}]}"#),
+            "events[0].when: unknown field"
+        );
+        assert_eq!(
+            error(r#"{"api": {"keys": [{"consumer": "a", "sha256": "x", "key": "k"}]}}"#),
+            "api.keys[0].key: unknown field"
+        );
+        assert_eq!(
+            error(&sub(r#", "status": "active""#)),
+            "subscriptions[0].status: unknown field"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            error(r#"{"infer_events": "yes"}"#),
+            "infer_events: must be a boolean"
+        );
+        assert_eq!(error(r#"{"events": {}}"#), "events: must be an array");
+        assert_eq!(error(r#"{"events": [1]}"#), "events[0]: must be an object");
+        assert_eq!(error(r#"{"api": []}"#), "api: must be an object");
+        assert_eq!(
+            error(r#"{"subscriptions": "x"}"#),
+            "subscriptions: must be an array"
+        );
+        assert_eq!(error(r#"{"delivery": 1}"#), "delivery: must be an object");
+        assert_eq!(
+            error(r#"{"delivery": {"allow_insecure_destinations": 1}}"#),
+            "delivery.allow_insecure_destinations: must be a boolean"
+        );
+        assert_eq!(
+            error(r#"{"delivery": {"timeout": 15}}"#),
+            "delivery.timeout: must be a duration string like \"5s\""
+        );
+        assert_eq!(
+            error(r#"{"api": {"path_prefix": 1}}"#),
+            "api.path_prefix: must be a string"
+        );
+    }
+
+    #[test]
+    fn delivery_errors() {
+        let d = |body: &str| error(&format!(r#"{{"delivery": {{{body}}}}}"#));
+        assert_eq!(
+            d(r#""timeout": "5 parsecs""#),
+            "delivery.timeout: \"5 parsecs\" is not a duration"
+        );
+        assert_eq!(
+            d(r#""timeout": "0s""#),
+            "delivery.timeout: must be greater than 0"
+        );
+        assert_eq!(
+            d(r#""disable_after": "0d""#),
+            "delivery.disable_after: must be greater than 0"
+        );
+        assert_eq!(
+            d(r#""retry_schedule": []"#),
+            "delivery.retry_schedule: must not be empty"
+        );
+        assert_eq!(
+            d(r#""retry_schedule": ["1s", "soon"]"#),
+            "delivery.retry_schedule[1]: \"soon\" is not a duration"
+        );
+        let many = vec!["\"1s\""; 51].join(",");
+        assert_eq!(
+            d(&format!(r#""retry_schedule": [{many}]"#)),
+            "delivery.retry_schedule: must have at most 50 entries"
+        );
+        let fifty = vec!["\"1s\""; 50].join(",");
+        let ok = parse_str(&format!(
+            r#"{{"delivery": {{"retry_schedule": [{fifty}]}}}}"#
+        ));
+        assert_eq!(ok.unwrap().delivery.retry_schedule_ms.len(), 50);
+        for jitter in ["1", "1.0", "-0.1", "\"0.2\"", "true"] {
+            assert_eq!(
+                d(&format!(r#""jitter": {jitter}"#)),
+                "delivery.jitter: must be a number in [0, 1)"
+            );
+        }
+        assert_eq!(
+            d(r#""max_queue": 0"#),
+            "delivery.max_queue: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""max_queue": -5"#),
+            "delivery.max_queue: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""max_queue": 1.5"#),
+            "delivery.max_queue: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""max_in_flight": 0"#),
+            "delivery.max_in_flight: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""max_payload_bytes": "64k""#),
+            "delivery.max_payload_bytes: must be an integer >= 0"
+        );
+        assert_eq!(
+            d(r#""clusters": {"http": ""}"#),
+            "delivery.clusters.http: must not be empty"
+        );
+        assert_eq!(
+            d(r#""clusters": {"https": 3}"#),
+            "delivery.clusters.https: must be a string"
+        );
+        assert_eq!(
+            d(r#""clusters": []"#),
+            "delivery.clusters: must be an object"
+        );
+    }
+
+    #[test]
+    fn event_errors() {
+        let ev = |body: &str| {
+            error(&format!(
+                r#"{{"events": [{{"type": "a.b", "path": "/a"}}, {{{body}}}]}}"#
+            ))
+        };
+        assert_eq!(ev(r#""path": "/a""#), "events[1].type: is required");
+        assert_eq!(ev(r#""type": "a.b""#), "events[1].path: is required");
+        assert_eq!(
+            ev(r#""type": "order created", "path": "/a""#),
+            "events[1].type: \"order created\" is not an event type (dot-separated parts of letters, digits and '_', at most 128 characters)"
+        );
+        assert_eq!(
+            ev(r#""type": "webhook.test", "path": "/a""#),
+            "events[1].type: types starting with \"webhook.\" are reserved"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "orders""#),
+            "events[1].path: path must start with '/'"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a/{id}/{id}""#),
+            "events[1].path: parameter \"id\" is used twice"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a", "method": "GET""#),
+            "events[1].method: GET never makes events; only POST, PUT, PATCH and DELETE do"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a", "method": ["POST", "options"]"#),
+            "events[1].method[1]: OPTIONS never makes events; only POST, PUT, PATCH and DELETE do"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a", "method": "FETCH""#),
+            "events[1].method: \"FETCH\" is not one of POST, PUT, PATCH, DELETE"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a", "method": []"#),
+            "events[1].method: must be a method or a non-empty array of methods"
+        );
+        assert_eq!(
+            ev(r#""type": "a.b", "path": "/a", "method": ["POST", 1]"#),
+            "events[1].method[1]: must be a string"
+        );
+        let shape = "events[1].status: must be a list of status codes or a class like \"2xx\"";
+        for status in [r#""6xx""#, r#""2XXX""#, r#""200""#, "[]", "200", "{}"] {
+            assert_eq!(
+                ev(&format!(
+                    r#""type": "a.b", "path": "/a", "status": {status}"#
+                )),
+                shape
+            );
+        }
+        for code in ["99", "600", "-1", "201.5", "\"201\""] {
+            assert_eq!(
+                ev(&format!(
+                    r#""type": "a.b", "path": "/a", "status": [200, {code}]"#
+                )),
+                "events[1].status[1]: must be a status code from 100 to 599"
+            );
+        }
+    }
+
+    #[test]
+    fn api_errors() {
+        let api = |body: &str| error(&format!(r#"{{"api": {{{body}}}}}"#));
+        assert_eq!(
+            api(r#""path_prefix": "hooks""#),
+            "api.path_prefix: must start with '/'"
+        );
+        assert_eq!(
+            api(r#""path_prefix": "/""#),
+            "api.path_prefix: must not be the root '/'"
+        );
+        for bad in ["/h?x", "/h#x", "/h/{id}", "/h x"] {
+            assert_eq!(
+                api(&format!(r#""path_prefix": "{bad}""#)),
+                "api.path_prefix: must not contain '?', '#', '{', '}' or whitespace"
+            );
+        }
+        assert_eq!(
+            api(r#""max_subscriptions_per_consumer": 0"#),
+            "api.max_subscriptions_per_consumer: must be an integer >= 1"
+        );
+        assert_eq!(
+            api(r#""max_body_bytes": 1023"#),
+            "api.max_body_bytes: must be an integer >= 1024"
+        );
+        let key = |consumer: &str, sha: &str| {
+            api(&format!(
+                r#""keys": [{{"consumer": {consumer}, "sha256": "{sha}"}}]"#
+            ))
+        };
+        let short = &SHA[..63];
+        assert_eq!(
+            key("\"a\"", short),
+            "api.keys[0].sha256: must be 64 hex digits"
+        );
+        let not_hex = format!("{}g", &SHA[..63]);
+        assert_eq!(
+            key("\"a\"", &not_hex),
+            "api.keys[0].sha256: must be 64 hex digits"
+        );
+        let consumer = "api.keys[0].consumer: must be 1 to 64 letters, digits, '_', '.' or '-'";
+        assert_eq!(key("\"\"", SHA), consumer);
+        assert_eq!(key("\"a b\"", SHA), consumer);
+        assert_eq!(key(&format!("\"{}\"", "a".repeat(65)), SHA), consumer);
+        assert_eq!(
+            api(&format!(r#""keys": [{{"sha256": "{SHA}"}}]"#)),
+            "api.keys[0].consumer: is required"
+        );
+        let dup = format!(
+            r#""keys": [{{"consumer": "a", "sha256": "{SHA}"}}, {{"consumer": "b", "sha256": "{}"}}]"#,
+            SHA.to_uppercase()
+        );
+        assert_eq!(
+            api(&dup),
+            "api.keys[1].sha256: the same key is configured twice"
+        );
+    }
+
+    #[test]
+    fn api_keys_parse_hex_case_insensitively() {
+        let json = format!(
+            r#"{{"api": {{"keys": [{{"consumer": "a.b-c_1", "sha256": "{}"}},
+                                  {{"consumer": "a.b-c_1", "sha256": "{}"}}]}}}}"#,
+            SHA.to_uppercase(),
+            "0".repeat(64)
+        );
+        let c = parse_str(&json).unwrap();
+        assert_eq!(c.api.keys[0].sha256, parse_sha256(SHA).unwrap());
+        assert_eq!(c.api.keys[1].sha256, [0; 32]);
+    }
+
+    #[test]
+    fn subscription_errors() {
+        assert_eq!(
+            error(&sub("").replace("https://h.example.com/", "http://h.example.com/")),
+            "subscriptions[0].url: url must be https"
+        );
+        assert_eq!(
+            error(&sub("").replace("https://h.example.com/", "https://10.0.0.1/")),
+            "subscriptions[0].url: url host must not be localhost or a loopback, private, link-local or unspecified address"
+        );
+        assert_eq!(
+            error(&sub("").replace("https://h.example.com/", "https://u@h/")),
+            "subscriptions[0].url: url must not contain user-info"
+        );
+        assert_eq!(
+            error(&sub("").replace("\"s1\"", "\"sub 1\"")),
+            "subscriptions[0].id: must be 1 to 64 letters, digits, '_' or '-'"
+        );
+        assert_eq!(
+            error(&sub("").replace("\"ops\"", "\"o/ps\"")),
+            "subscriptions[0].consumer: must be 1 to 64 letters, digits, '_', '.' or '-'"
+        );
+        assert_eq!(
+            error(&sub("").replace("[\"*\"]", "[]")),
+            "subscriptions[0].events: must be a non-empty array of event filters"
+        );
+        assert_eq!(
+            error(&sub("").replace("[\"*\"]", "[\"order.*\", \"*.created\"]")),
+            "subscriptions[0].events[1]: \"*.created\" is not an event type, a prefix.* wildcard or *"
+        );
+        assert_eq!(
+            error(&sub("").replace(SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
+            "subscriptions[0].secret: secret must be whsec_ followed by base64"
+        );
+        assert_eq!(
+            error(&sub(&format!(r#", "description": "{}""#, "é".repeat(257)))),
+            "subscriptions[0].description: must be at most 256 characters"
+        );
+        assert_eq!(
+            error(&sub("").replace(r#""id": "s1", "#, "")),
+            "subscriptions[0].id: is required"
+        );
+        let two = format!(
+            r#"{{"subscriptions": [{0}, {0}]}}"#,
+            format!(
+                r#"{{"id": "s1", "consumer": "ops", "url": "https://h.example.com/", "events": ["*"], "secret": "{SECRET}"}}"#
+            )
+        );
+        assert_eq!(error(&two), "subscriptions[1].id: duplicate id \"s1\"");
+    }
+
+    #[test]
+    fn subscriptions_honour_allow_insecure() {
+        let json = sub("").replace("https://h.example.com/", "http://localhost:9000/in");
+        assert!(parse_str(&json).is_err());
+        let json = json.replacen(
+            '{',
+            r#"{"delivery": {"allow_insecure_destinations": true}, "#,
+            1,
+        );
+        let c = parse_str(&json).unwrap();
+        assert_eq!(c.subscriptions[0].url, "http://localhost:9000/in");
+        let ok = parse_str(&sub(&format!(r#", "description": "{}""#, "é".repeat(256))));
+        assert_eq!(
+            ok.unwrap().subscriptions[0].description.chars().count(),
+            256
+        );
+    }
+}
