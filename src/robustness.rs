@@ -5,6 +5,7 @@
 //! The generator is a seeded splitmix64, so a failure is reproducible: the failing input is
 //! printed (escaped) together with the iteration number before the assertion fires.
 
+use crate::api::tests::{hex, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
 use crate::api::{self, Context, Request, Response};
 use crate::attempts::{self, Attempt, State};
 use crate::config::{self, Config};
@@ -18,7 +19,6 @@ use crate::signing::Secret;
 use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
 use crate::url::{check_destination, parse_destination};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::rc::Rc;
 
 // ---------------------------------------------------------------------------------------------
@@ -643,18 +643,7 @@ fn the_json_oracle_agrees_with_known_cases() {
 // ---------------------------------------------------------------------------------------------
 // config::parse
 
-const KEY_A: &str = "key-acme-0123456789";
-const KEY_B: &str = "key-beta-0123456789";
-const KEY_OPS: &str = "key-ops-0123456789";
-const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const NOW: u64 = 1_795_000_000_000;
-
-fn hex_sha256(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn full_config() -> Value {
     json!({
@@ -667,9 +656,9 @@ fn full_config() -> Value {
         "api": {
             "path_prefix": "/webhooks/",
             "keys": [
-                {"consumer": "acme", "sha256": hex_sha256(KEY_A)},
-                {"consumer": "beta", "sha256": hex_sha256(KEY_B)},
-                {"consumer": "ops", "sha256": hex_sha256(KEY_OPS)}
+                {"consumer": "acme", "sha256": hex(KEY_A)},
+                {"consumer": "beta", "sha256": hex(KEY_B)},
+                {"consumer": "ops", "sha256": hex(KEY_OPS)}
             ],
             "max_subscriptions_per_consumer": 20,
             "max_body_bytes": 4096

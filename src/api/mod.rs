@@ -916,4 +916,4 @@ fn event_types(config: &Config) -> Outcome {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -28,13 +28,14 @@ impl KvStore for Store {
     }
 }
 
-const KEY_A: &str = "key-acme-0123456789";
-const KEY_B: &str = "key-beta-0123456789";
-const KEY_OPS: &str = "key-ops-0123456789";
+pub(crate) const KEY_A: &str = "key-acme-0123456789";
+pub(crate) const KEY_B: &str = "key-beta-0123456789";
+pub(crate) const KEY_OPS: &str = "key-ops-0123456789";
 const NOW: u64 = 1_795_000_000_000;
-const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn hex(key: &str) -> String {
+/// The `api.keys[].sha256` value for an API key.
+pub(crate) fn hex(key: &str) -> String {
     Sha256::digest(key.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
