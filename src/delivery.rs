@@ -364,20 +364,46 @@ pub fn build_request(
     }
 }
 
-/// A short, secret-free description of a response for logs and the attempt log. Envoy answers
-/// for an unreachable or slow receiver itself; its body says which.
-pub fn describe(code: u16, body_start: &[u8]) -> String {
-    let body = String::from_utf8_lossy(body_start);
+/// Envoy answers for an unreachable or slow receiver itself (503, 504); its body says which.
+fn local_reply(code: u16, body: &str) -> Option<String> {
     if code == 503 && body.starts_with("upstream connect error") {
         // Envoy says why a connection failed after this marker, e.g. a TLS certificate problem.
-        match body.split_once("transport failure reason: ") {
+        Some(match body.split_once("transport failure reason: ") {
             Some((_, reason)) => format!("connection failed: {}", reason.trim()),
             None => "connection failed".to_string(),
-        }
+        })
     } else if code == 504 && body.starts_with("upstream request timeout") {
-        "timeout".to_string()
+        Some("timeout".to_string())
     } else {
-        format!("HTTP {code}")
+        None
+    }
+}
+
+/// A short, secret-free description of a response for logs and the attempt log.
+pub fn describe(code: u16, body_start: &[u8]) -> String {
+    local_reply(code, &String::from_utf8_lossy(body_start))
+        .unwrap_or_else(|| format!("HTTP {code}"))
+}
+
+/// What a callout's answer means: Envoy's own connect-failure or timeout reply is no answer
+/// from the receiver at all.
+pub fn classify(code: u16, retry_after_ms: Option<u64>, body_start: &[u8]) -> Response {
+    match local_reply(code, &String::from_utf8_lossy(body_start)) {
+        Some(reason) => Response::NotSent(reason),
+        None => Response::Status {
+            code,
+            retry_after_ms,
+        },
+    }
+}
+
+impl Response {
+    /// For logs: the receiver's status, or why there was none.
+    pub fn describe(&self) -> String {
+        match self {
+            Response::Status { code, .. } => format!("HTTP {code}"),
+            Response::NotSent(reason) => reason.clone(),
+        }
     }
 }
 

@@ -446,7 +446,7 @@ impl DispatcherRoot {
         log::warn!(
             "proxy-webhooks: delivery failed: subscription {id}, webhook-id {}, attempt {attempts}, {}",
             message.webhook_id,
-            describe_response(response)
+            response.describe()
         );
         if verdict == Verdict::Gone {
             self.disable(id, "gone", now);
@@ -599,22 +599,7 @@ impl DispatcherRoot {
         } else {
             Vec::new()
         };
-        let description = delivery::describe(code, &peek);
-        if description.starts_with("connection failed") || description == "timeout" {
-            Response::NotSent(description)
-        } else {
-            Response::Status {
-                code,
-                retry_after_ms,
-            }
-        }
-    }
-}
-
-fn describe_response(response: &Response) -> String {
-    match response {
-        Response::Status { code, .. } => format!("HTTP {code}"),
-        Response::NotSent(reason) => reason.clone(),
+        delivery::classify(code, retry_after_ms, &peek)
     }
 }
 
