@@ -271,6 +271,19 @@ pub fn infer_event_type(method: &str, path: &str) -> Option<String> {
     Some(format!("{}.{verb}", resource.replace('-', "_")))
 }
 
+/// Whether [`infer_event_type`] can produce `event_type`: `<resource>.created|updated|deleted`
+/// with a resource of letters and `_` (kept beside the inference so the two cannot drift apart).
+pub fn is_inferable_type(event_type: &str) -> bool {
+    let Some((resource, verb)) = event_type.split_once('.') else {
+        return false;
+    };
+    matches!(verb, "created" | "updated" | "deleted")
+        && !resource.is_empty()
+        && !is_id_like(resource)
+        && !resource.contains('-')
+        && event_type.len() <= MAX_EVENT_TYPE_LEN
+}
+
 fn is_id_like(segment: &str) -> bool {
     segment.is_empty()
         || segment
@@ -315,6 +328,28 @@ pub fn filter_matches(filter: &str, event_type: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inferable_types_are_exactly_what_inference_makes() {
+        for (method, path) in [
+            ("POST", "/orders"),
+            ("PATCH", "/a/b-c/9"),
+            ("DELETE", "/x_y/1"),
+        ] {
+            let made = infer_event_type(method, path).unwrap();
+            assert!(is_inferable_type(&made), "{made}");
+        }
+        for not in [
+            "orders",
+            "orders.moved",
+            "orders1.created",
+            "a-b.created",
+            ".created",
+            "a.b.created",
+        ] {
+            assert!(!is_inferable_type(not), "{not}");
+        }
+    }
 
     fn t(s: &str) -> PathTemplate {
         PathTemplate::parse(s).unwrap()

@@ -488,18 +488,7 @@ fn parse_filter<'v>(config: &Config, index: usize, entry: &'v Value) -> Result<&
 fn is_known_type(config: &Config, event_type: &str) -> bool {
     event_type == TEST_EVENT_TYPE
         || config.events.iter().any(|r| r.event_type == event_type)
-        || (config.infer_events && is_inferable(event_type))
-}
-
-fn is_inferable(event_type: &str) -> bool {
-    let Some((resource, verb)) = event_type.split_once('.') else {
-        return false;
-    };
-    matches!(verb, "created" | "updated" | "deleted")
-        && !resource.is_empty()
-        && resource
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'_')
+        || (config.infer_events && rules::is_inferable_type(event_type))
 }
 
 fn parse_description(map: &Map<String, Value>) -> Result<Option<String>, Response> {
