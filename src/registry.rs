@@ -254,10 +254,10 @@ impl<S: KvStore> Registry<S> {
             .store
             .set(&record_key(id), &record, None)
             .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
-            .and_then(|()| self.reindex(id, &[], &sub.events));
+            .and_then(|()| self.index(id, &sub.events));
         if let Err(e) = written {
             // Nothing half-written: take back every line and the record.
-            self.reindex_best_effort(id, &sub.events, &[]);
+            self.unindex(id, &sub.events);
             let _ = self.store.set(&record_key(id), b"", None);
             self.remove_line(&consumer_key(consumer), consumer, id);
             return Err(e);
@@ -436,14 +436,18 @@ impl<S: KvStore> Registry<S> {
         self.bump_generation();
     }
 
-    fn reindex(&self, id: &str, before: &[String], after: &[String]) -> Result<(), RegistryError> {
-        for gone in before.iter().filter(|f| !after.contains(f)) {
-            self.remove_line(&index_key(gone), gone, id);
+    /// Lists a new subscription under each of its filters.
+    fn index(&self, id: &str, filters: &[String]) -> Result<(), RegistryError> {
+        filters
+            .iter()
+            .try_for_each(|filter| self.add_line(&index_key(filter), filter, id))
+    }
+
+    /// Takes a subscription's index lines back (best effort, to undo a failed insert).
+    fn unindex(&self, id: &str, filters: &[String]) {
+        for filter in filters {
+            self.remove_line(&index_key(filter), filter, id);
         }
-        for new in after.iter().filter(|f| !before.contains(f)) {
-            self.add_line(&index_key(new), new, id)?;
-        }
-        Ok(())
     }
 
     /// Makes the index line `<filter> <id>` of each of `filters` agree with the record as stored
@@ -473,16 +477,6 @@ impl<S: KvStore> Registry<S> {
             })?;
         }
         Ok(())
-    }
-
-    /// Moves index lines from `before` to `after`, ignoring failures (used to undo).
-    fn reindex_best_effort(&self, id: &str, before: &[String], after: &[String]) {
-        for gone in before.iter().filter(|f| !after.contains(f)) {
-            self.remove_line(&index_key(gone), gone, id);
-        }
-        for new in after.iter().filter(|f| !before.contains(f)) {
-            let _ = self.add_line(&index_key(new), new, id);
-        }
     }
 
     fn add_line(&self, key: &str, name: &str, id: &str) -> Result<(), RegistryError> {
