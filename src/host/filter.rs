@@ -99,7 +99,7 @@ impl Context for PassThrough {}
 impl HttpContext for PassThrough {}
 
 enum State {
-    /// Not a request that can make an event.
+    /// Nothing (more) to do for this stream: no event, or it was handed over.
     Idle,
     /// A subscription API call, waiting for its body; answered here, never sent upstream.
     Api(Box<ApiCall>),
@@ -107,8 +107,6 @@ enum State {
     Request { method: String, path: String },
     /// The response makes an event; its body is being read as it streams past.
     Response(Box<Pending>),
-    /// The event was handed over (or there is none).
-    Done,
 }
 
 struct ApiCall {
@@ -172,7 +170,7 @@ impl EventWatch {
 
     /// Answers a subscription API call with its whole body; the call never goes upstream.
     fn answer_api(&mut self, body: &[u8]) {
-        let State::Api(call) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Api(call) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
         let shared = Rc::clone(&self.shared);
@@ -202,13 +200,13 @@ impl EventWatch {
         if size <= limit {
             return false;
         }
-        self.state = State::Done;
+        self.state = State::Idle;
         send(api::too_large(limit));
         true
     }
 
     fn on_response(&mut self) {
-        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Done)
+        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Idle)
         else {
             return;
         };
@@ -264,7 +262,7 @@ impl EventWatch {
 
     /// Builds the event from what was seen and queues it for the dispatcher.
     fn emit(&mut self) {
-        let State::Response(pending) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Response(pending) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
         let Pending {
