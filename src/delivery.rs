@@ -379,6 +379,20 @@ fn local_reply(code: u16, body: &str) -> Option<String> {
     }
 }
 
+/// Why a callout Envoy would not start failed the attempt. `InternalFailure` that outlasts the
+/// wait for DNS is the egress cluster finding no address it may use: the DNS cache's
+/// `resolved_address_filter` dropped every address (a private or special-purpose one), or the
+/// name does not resolve. Envoy tells the plugin nothing more precise than that.
+pub fn callout_refused(internal_failure: bool, cluster: &str) -> String {
+    if internal_failure {
+        "destination refused: the host resolves to a private or special-purpose address, \
+         or does not resolve"
+            .to_string()
+    } else {
+        format!("callout refused by Envoy; does cluster {cluster} exist?")
+    }
+}
+
 /// A short, secret-free description of a response for logs and the attempt log.
 pub fn describe(code: u16, body_start: &[u8]) -> String {
     local_reply(code, &String::from_utf8_lossy(body_start))
@@ -587,6 +601,18 @@ mod tests {
         assert!(!clock.failed("a", 1000, 1001, 100));
         clock.retain(|id| id != "a");
         assert!(!clock.failed("a", 5000, 5001, 100));
+    }
+
+    #[test]
+    fn refused_callouts_say_why() {
+        assert_eq!(
+            callout_refused(true, "webhooks_egress_http"),
+            "destination refused: the host resolves to a private or special-purpose address, or does not resolve"
+        );
+        assert_eq!(
+            callout_refused(false, "nope"),
+            "callout refused by Envoy; does cluster nope exist?"
+        );
     }
 
     #[test]

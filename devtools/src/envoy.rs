@@ -5,6 +5,11 @@
 //! 127.0.0.1, the listener and admin on ports Envoy picks itself, so parallel tests never clash),
 //! the upstream port, the absolute path of the `.wasm`, and the plugin configuration, in both
 //! places it appears (the HTTP filter and the bootstrap dispatcher).
+//!
+//! One more change is on by default, because test receivers live on 127.0.0.1: the egress
+//! clusters' `resolved_address_filter` loses its loopback block (everything else it refuses
+//! stays). Tests of egress safety turn that off with [`EnvoyConfig::shipped_egress`] and run the
+//! shipped clusters unchanged.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +58,9 @@ pub struct EnvoyConfig {
     pub base_config: PathBuf,
     /// CA certificates (PEM) the https egress cluster trusts instead of the shipped bundle.
     pub trusted_ca: Option<PathBuf>,
+    /// Lets the egress clusters reach 127.0.0.0/8 (where test receivers listen) by removing that
+    /// block from their `resolved_address_filter`. Default true; see [`EnvoyConfig::shipped_egress`].
+    pub loopback_egress: bool,
 }
 
 impl EnvoyConfig {
@@ -72,6 +80,7 @@ impl EnvoyConfig {
             wasm_path: wasm_path(&root),
             base_config: root.join("envoy.yaml"),
             trusted_ca: None,
+            loopback_egress: true,
         }
     }
 
@@ -105,6 +114,14 @@ impl EnvoyConfig {
         self
     }
 
+    /// Keeps the egress clusters' `resolved_address_filter` exactly as the base configuration has
+    /// it (the shipped one refuses loopback): for tests that check a delivery cannot reach inside,
+    /// and for the demo's configuration, which has its own.
+    pub fn shipped_egress(mut self) -> EnvoyConfig {
+        self.loopback_egress = false;
+        self
+    }
+
     /// The Envoy configuration as JSON (what is written to the `-c` file).
     pub fn render(&self) -> Result<Value> {
         let text = std::fs::read_to_string(&self.base_config)
@@ -124,6 +141,9 @@ impl EnvoyConfig {
         }
         if let Some(pem) = &self.trusted_ca {
             set_trusted_ca(&mut root, pem)?;
+        }
+        if self.loopback_egress {
+            allow_loopback_egress(&mut root)?;
         }
         add_clusters(&mut root, &self.extra_clusters)?;
         Ok(root)
@@ -175,6 +195,28 @@ fn set_trusted_ca(root: &mut Value, pem: &Path) -> Result<()> {
             anyhow!("envoy.yaml has no {TRUSTED_CA_FILENAME} in {HTTPS_EGRESS_CLUSTER}")
         })?;
     *filename = json!(pem.display().to_string());
+    Ok(())
+}
+
+/// The loopback block of a `resolved_address_filter`.
+const LOOPBACK_RANGE: (&str, u64) = ("127.0.0.0", 8);
+
+/// Removes 127.0.0.0/8 from every cluster's DNS cache `resolved_address_filter` (the egress
+/// clusters share one cache; a configuration without the filter is left as it is).
+fn allow_loopback_egress(root: &mut Value) -> Result<()> {
+    for cluster in array_at(root, "/static_resources/clusters")? {
+        let ranges = cluster
+            .pointer_mut(
+                "/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges",
+            )
+            .and_then(Value::as_array_mut);
+        if let Some(ranges) = ranges {
+            ranges.retain(|r| {
+                (r["address_prefix"].as_str(), r["prefix_len"].as_u64())
+                    != (Some(LOOPBACK_RANGE.0), Some(LOOPBACK_RANGE.1))
+            });
+        }
+    }
     Ok(())
 }
 

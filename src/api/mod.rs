@@ -433,7 +433,7 @@ fn string_field<'m>(map: &'m Map<String, Value>, field: &str) -> Result<Option<&
 }
 
 fn parse_url(config: &Config, url: &str) -> Result<String, Response> {
-    check_destination(url, config.delivery.allow_insecure_destinations)
+    check_destination(url, config.delivery.url_policy())
         .map_err(|e| error(422, e.code, e.message))?;
     Ok(url.to_string())
 }

@@ -368,10 +368,8 @@ impl DispatcherRoot {
             }
             Err(status) => {
                 self.metrics.delivery_attempts.inc();
-                let reason = format!(
-                    "callout refused by Envoy ({status:?}); does cluster {} exist?",
-                    request.cluster
-                );
+                let internal = status == Status::InternalFailure;
+                let reason = delivery::callout_refused(internal, &request.cluster);
                 self.conclude(key, message, now, now, Response::NotSent(reason));
             }
         }
