@@ -360,3 +360,64 @@ fn the_shipped_envoy_yaml_is_safe_for_production() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every literal of issue 10 is refused by the API in a real Envoy, with `allow_http` on and
+/// private destinations off, with the block it falls in; nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_special_purpose_literal_is_refused_with_422() -> Result<()> {
+    let stack = start(false).await?;
+    let cases = [
+        ("127.0.0.1:9901", "127.0.0.0/8 (loopback)"),
+        ("[::1]", "::/96 (unspecified, loopback, IPv4-compatible)"),
+        (
+            "[::127.0.0.1]",
+            "::/96 (unspecified, loopback, IPv4-compatible)",
+        ),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::/96 (NAT64)"),
+        ("[::ffff:0:7f00:1]", "::ffff:0:0:0/96 (IPv4-translated)"),
+        ("[::ffff:127.0.0.1]", "::ffff:0:0/96 (IPv4-mapped)"),
+        ("[2002:7f00:1::]", "2002::/16 (6to4)"),
+        ("[2001:0:4136:e378::1]", "2001::/32 (Teredo)"),
+        ("100.64.0.1", "100.64.0.0/10 (shared address space, CGNAT)"),
+        ("198.18.0.1", "198.18.0.0/15 (benchmarking)"),
+        ("192.0.0.1", "192.0.0.0/24 (IETF protocol assignments)"),
+        ("224.0.0.1", "224.0.0.0/4 (multicast)"),
+        ("240.0.0.1", "240.0.0.0/4 (reserved, broadcast)"),
+        ("192.0.2.1", "192.0.2.0/24 (documentation)"),
+        ("198.51.100.1", "198.51.100.0/24 (documentation)"),
+        ("203.0.113.1", "203.0.113.0/24 (documentation)"),
+        ("[2001:db8::1]", "2001:db8::/32 (documentation)"),
+        ("10.0.0.1", "10.0.0.0/8 (private)"),
+        ("172.16.0.1", "172.16.0.0/12 (private)"),
+        ("192.168.0.1", "192.168.0.0/16 (private)"),
+        ("169.254.169.254", "169.254.0.0/16 (link-local)"),
+        ("[fe80::1]", "fe80::/10 (link-local)"),
+        ("[fd00::1]", "fc00::/7 (unique local)"),
+        ("0.0.0.0", "0.0.0.0/8 (this network)"),
+        ("[ff02::1]", "ff00::/8 (multicast)"),
+    ];
+    for (host, block) in cases {
+        let url = format!("http://{host}/in");
+        let body = json!({"url": url, "events": ["*"]});
+        let (status, answer) = call(&stack, "POST", "/webhooks/subscriptions", Some(body)).await?;
+        let expected = format!("url host must not be in {block}");
+        ensure!(
+            status == 422
+                && answer["error"]["code"] == "insecure_url"
+                && answer["error"]["message"] == expected.as_str(),
+            "{url}: {status} {answer} (expected 422 insecure_url {expected:?})"
+        );
+    }
+    let body = json!({"url": "http://localhost:9901/quitquitquit", "events": ["*"]});
+    let (status, answer) = call(&stack, "POST", "/webhooks/subscriptions", Some(body)).await?;
+    ensure!(
+        status == 422 && answer["error"]["message"] == "url host must not be localhost",
+        "{status} {answer}"
+    );
+    let (_, listed) = call(&stack, "GET", "/webhooks/subscriptions", None).await?;
+    ensure!(
+        listed["data"] == json!([]),
+        "something was written: {listed}"
+    );
+    Ok(())
+}

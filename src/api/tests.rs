@@ -549,6 +549,55 @@ fn insecure_destinations_when_allowed() {
     assert_eq!((status, code(&value)), (422, "invalid_url"));
 }
 
+/// The literals of issue 10, with the block each one is refused as, under `allow_http` alone.
+#[test]
+fn every_special_purpose_literal_is_refused_even_with_http_allowed() {
+    let config = json!({
+        "api": {"keys": [{"consumer": "acme", "sha256": hex(KEY_A)}]},
+        "delivery": {"allow_http": true}
+    });
+    let mut api = Api::with(&config.to_string());
+    for (host, block) in [
+        ("127.0.0.1:9901", "127.0.0.0/8 (loopback)"),
+        (
+            "[::127.0.0.1]",
+            "::/96 (unspecified, loopback, IPv4-compatible)",
+        ),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::/96 (NAT64)"),
+        ("[::ffff:0:7f00:1]", "::ffff:0:0:0/96 (IPv4-translated)"),
+        ("[2002:7f00:1::]", "2002::/16 (6to4)"),
+        ("100.64.0.1", "100.64.0.0/10 (shared address space, CGNAT)"),
+        ("198.18.0.1", "198.18.0.0/15 (benchmarking)"),
+        ("192.0.0.1", "192.0.0.0/24 (IETF protocol assignments)"),
+        ("224.0.0.1", "224.0.0.0/4 (multicast)"),
+        ("240.0.0.1", "240.0.0.0/4 (reserved, broadcast)"),
+        ("192.0.2.1", "192.0.2.0/24 (documentation)"),
+        ("198.51.100.1", "198.51.100.0/24 (documentation)"),
+        ("203.0.113.1", "203.0.113.0/24 (documentation)"),
+        ("[2001:db8::1]", "2001:db8::/32 (documentation)"),
+    ] {
+        let body = json!({"url": format!("http://{host}/in"), "events": ["*"]}).to_string();
+        let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+        assert_eq!(
+            (status, code(&value), value["error"]["message"].as_str()),
+            (
+                422,
+                "insecure_url",
+                Some(format!("url host must not be in {block}").as_str())
+            ),
+            "{host}"
+        );
+    }
+    let body = json!({"url": "http://localhost/in", "events": ["*"]}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!(
+        (status, value["error"]["message"].as_str()),
+        (422, Some("url host must not be localhost"))
+    );
+    // A host name is the egress clusters' to check once it resolves.
+    api.create(KEY_A, "http://vm:8080/in", &["*"]);
+}
+
 fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Request<'a> {
     Request {
         method: "GET",
