@@ -1,6 +1,6 @@
 //! Standard Webhooks v1 signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")).
 
-use crate::ids::RandomSource;
+use crate::ids::{RandomSource, RandomUnavailable};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
@@ -70,14 +70,15 @@ impl Secret {
         Ok(Secret { mac })
     }
 
-    /// A fresh secret in its textual form: `whsec_` + base64 of 32 random bytes.
-    pub fn generate(rng: &mut dyn RandomSource) -> String {
+    /// A fresh secret in its textual form: `whsec_` + base64 of 32 random bytes; none without
+    /// randomness.
+    pub fn generate(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
         let mut key = [0u8; GENERATED_KEY_BYTES];
-        rng.fill(&mut key);
+        rng.fill(&mut key)?;
         let mut out = String::with_capacity(PREFIX.len() + 44);
         out.push_str(PREFIX);
         STANDARD.encode_string(key, &mut out);
-        out
+        Ok(out)
     }
 
     /// `v1,` + base64(HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")).
@@ -204,8 +205,8 @@ mod tests {
     #[test]
     fn generated_secrets_parse_and_differ() {
         let mut rng = TestRng(5);
-        let a = Secret::generate(&mut rng);
-        let b = Secret::generate(&mut rng);
+        let a = Secret::generate(&mut rng).unwrap();
+        let b = Secret::generate(&mut rng).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("whsec_"));
         assert_eq!(STANDARD.decode(&a[6..]).unwrap().len(), 32);

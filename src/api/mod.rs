@@ -11,7 +11,7 @@
 use crate::attempts;
 use crate::config::{ApiKey, Config, MAX_DESCRIPTION_CHARS};
 use crate::event;
-use crate::ids::{random_id, RandomSource};
+use crate::ids::{random_id, RandomSource, RandomUnavailable};
 use crate::queue::QueueMessage;
 use crate::registry::{KvStore, Registry, RegistryError, SigningSecret, Status, Subscription};
 use crate::rules;
@@ -280,6 +280,15 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+/// 503 when the host has no randomness: a secret or id from anything weaker would be guessable.
+fn no_randomness(_: RandomUnavailable) -> Response {
+    error(
+        503,
+        "random_unavailable",
+        "no secure randomness is available to create a secret; nothing was changed, try again later",
     )
 }
 
@@ -631,9 +640,9 @@ fn create<S: KvStore>(
     let fields = parse_fields(config, request, CREATE_FIELDS)?;
     let url = fields.url.ok_or_else(|| missing("url"))?;
     let events = fields.events.ok_or_else(|| missing("events"))?;
-    let secret = Secret::generate(cx.rng);
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
     let sub = Subscription {
-        id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN),
+        id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN).map_err(no_randomness)?,
         consumer: caller.consumer.to_string(),
         url,
         events,
@@ -776,7 +785,7 @@ fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outc
 
 fn rotate_secret<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
     changeable(cx, caller, id)?;
-    let secret = Secret::generate(cx.rng);
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
     let now_ms = cx.now_ms;
     let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
     Ok(json_response(200, &view(&updated, Some(&secret))))

@@ -1,7 +1,7 @@
 use super::*;
 use crate::attempts::{Attempt, State};
 use crate::config;
-use crate::ids::TestRng;
+use crate::ids::{NoRandom, TestRng};
 use crate::registry::{MemoryStore, StoreError};
 use std::cell::Cell;
 
@@ -71,6 +71,8 @@ struct Api {
     config: Config,
     registry: Registry<Store>,
     rng: TestRng,
+    /// False: the host's randomness fails (WASI `random_get` errors).
+    random_works: bool,
     sent: Vec<QueueMessage>,
     queue_up: bool,
     now_ms: u64,
@@ -90,6 +92,7 @@ impl Api {
             config,
             registry,
             rng: TestRng(42),
+            random_works: true,
             sent: Vec::new(),
             queue_up: true,
             now_ms: NOW,
@@ -108,10 +111,16 @@ impl Api {
             }
             up
         };
+        let mut broken = NoRandom;
+        let rng: &mut dyn RandomSource = if self.random_works {
+            &mut self.rng
+        } else {
+            &mut broken
+        };
         let mut cx = Context {
             config: &self.config,
             registry: &self.registry,
-            rng: &mut self.rng,
+            rng,
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
         };
@@ -596,6 +605,45 @@ fn every_special_purpose_literal_is_refused_even_with_http_allowed() {
     );
     // A host name is the egress clusters' to check once it resolves.
     api.create(KEY_A, "http://vm:8080/in", &["*"]);
+}
+
+/// Without randomness no secret and no id can be made: create and rotate answer 503 and change
+/// nothing; everything else still works.
+#[test]
+fn failing_randomness_refuses_new_secrets_with_503() {
+    let mut api = Api::new();
+    let sub = api.create(KEY_A, URL, &["*"]);
+    let id = sub["id"].as_str().unwrap().to_string();
+    let before = api.record(&id);
+    let writes = api.writes();
+    api.random_works = false;
+    let expected = (
+        503,
+        "random_unavailable".to_string(),
+        "no secure randomness is available to create a secret; nothing was changed, try again later"
+            .to_string(),
+    );
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for (method, path, body) in [
+        ("POST", "/webhooks/subscriptions".to_string(), body.as_str()),
+        (
+            "POST",
+            format!("/webhooks/subscriptions/{id}/rotate-secret"),
+            "",
+        ),
+    ] {
+        let (status, value) = api.call(method, &path, KEY_A, body);
+        let got = (
+            status,
+            code(&value).to_string(),
+            value["error"]["message"].as_str().unwrap_or("").to_string(),
+        );
+        assert_eq!(got, expected, "{method} {path}");
+    }
+    assert_eq!(api.writes(), writes);
+    assert_eq!(api.record(&id).secrets, before.secrets);
+    let (status, _) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
+    assert_eq!(status, 200);
 }
 
 fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Request<'a> {

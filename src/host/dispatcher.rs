@@ -210,7 +210,8 @@ impl DispatcherRoot {
     fn add_message(&mut self, subscription_id: &str, event_type: Rc<str>, payload: Rc<[u8]>) {
         let now = io::now_ms();
         let message = Message {
-            webhook_id: ids::random_id(&mut self.rng, "msg_", 24),
+            webhook_id: ids::random_id(&mut self.rng, "msg_", 24)
+                .unwrap_or_else(|_| ids::sequential_id("msg_", now)),
             subscription_id: subscription_id.to_string(),
             event_type,
             payload,
@@ -563,7 +564,9 @@ impl DispatcherRoot {
 
     fn jitter_unit(&mut self) -> f64 {
         let mut bytes = [0u8; 4];
-        self.rng.fill(&mut bytes);
+        if self.rng.fill(&mut bytes).is_err() {
+            return 0.0; // no jitter rather than a made-up one
+        }
         f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
     }
 
