@@ -181,18 +181,34 @@ fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {
-    let config = cx.config;
+/// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
+/// without a valid key, 405 for a method the path does not answer. The filter asks at request
+/// headers, so an unauthenticated client never gets a body buffered. `None`: read the body and
+/// [`handle`] the call (`request.body` is not looked at here).
+pub fn answer_before_body(request: &Request<'_>, config: &Config) -> Option<Response> {
+    check_headers(request, config).err()
+}
+
+/// The route and the caller of a call, from its headers alone.
+fn check_headers<'r, 'c>(
+    request: &Request<'r>,
+    config: &'c Config,
+) -> Result<(Route<'r>, Caller<'c>), Response> {
     let route = route(&config.api.path_prefix, request.path)
         .ok_or_else(|| error(404, "not_found", "no such path"))?;
     let consumer = authenticate(request, &config.api.keys).ok_or_else(unauthorized)?;
     if !route.allows(request.method) {
         return Err(method_not_allowed(route.allow()));
     }
+    Ok((route, Caller { consumer }))
+}
+
+fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {
+    let config = cx.config;
+    let (route, caller) = check_headers(request, config)?;
     if request.body.len() > config.api.max_body_bytes {
         return Err(too_large(config.api.max_body_bytes));
     }
-    let caller = Caller { consumer };
     // The method is one the route allows, so a catch-all arm is that route's remaining method.
     match (route, request.method) {
         (Route::Subscriptions, "GET") => list(cx, caller, query_of(request.path)),

@@ -646,6 +646,43 @@ fn failing_randomness_refuses_new_secrets_with_503() {
     assert_eq!(status, 200);
 }
 
+/// What headers alone decide is answered before any body is read; the rest waits for the body.
+#[test]
+fn headers_decide_401_404_and_405_before_the_body() {
+    let api = Api::new();
+    let answer = |method: &str, path: &str, key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let request = Request {
+            method,
+            path,
+            authorization: auth.as_deref().map(str::as_bytes),
+            api_key: None,
+            content_type: Some(b"application/json"),
+            body: b"",
+        };
+        answer_before_body(&request, &api.config).map(|r| (r.status, code(&parse(&r)).to_string()))
+    };
+    let refused = |status: u16, c: &str| Some((status, c.to_string()));
+    assert_eq!(
+        answer("POST", "/webhooks/subscriptions", None),
+        refused(401, "unauthorized")
+    );
+    assert_eq!(
+        answer("POST", "/webhooks/subscriptions", Some("wrong")),
+        refused(401, "unauthorized")
+    );
+    assert_eq!(
+        answer("POST", "/webhooks/nothing", Some(KEY_A)),
+        refused(404, "not_found")
+    );
+    assert_eq!(
+        answer("PUT", "/webhooks/subscriptions", Some(KEY_A)),
+        refused(405, "method_not_allowed")
+    );
+    assert_eq!(answer("POST", "/webhooks/subscriptions", Some(KEY_A)), None);
+    assert_eq!(answer("GET", "/webhooks/event-types", Some(KEY_B)), None);
+}
+
 fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Request<'a> {
     Request {
         method: "GET",
