@@ -301,11 +301,13 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
 
 /// 503 when the host has no randomness: a secret or id from anything weaker would be guessable.
 fn no_randomness(_: RandomUnavailable) -> Response {
-    error(
+    let mut response = error(
         503,
         "random_unavailable",
         "no secure randomness is available to create a secret; nothing was changed, try again later",
-    )
+    );
+    response.headers.push(("retry-after", "1".to_string()));
+    response
 }
 
 fn unauthorized() -> Response {
