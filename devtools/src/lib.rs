@@ -9,6 +9,7 @@
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
+//! - [`hostile`]: raw-socket receivers that misbehave (resets, garbage, short bodies, hangs);
 //! - [`files`]: the repository's YAML files as JSON, the plugin configuration inside envoy.yaml;
 //! - [`orders`]: the in-memory demo "orders" API used by `make run`;
 //! - [`show`]: how the demo prints a webhook;
@@ -19,6 +20,7 @@
 pub mod bench;
 pub mod envoy;
 pub mod files;
+pub mod hostile;
 pub mod orders;
 pub mod receiver;
 pub mod server;

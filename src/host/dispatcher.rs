@@ -569,33 +569,27 @@ impl DispatcherRoot {
         f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
     }
 
-    fn read_response(&self, body_size: usize) -> Response {
-        // The bytes variant: the SDK's string getter panics on a non-UTF-8 value, and a receiver
-        // chooses its headers.
+    /// What the receiver answered. `headers` is the response's header count: 0 when the callout
+    /// was reset after the receiver started answering (a short body, a closed connection).
+    fn read_response(&self, headers: usize, body_size: usize) -> Response {
+        if headers == 0 {
+            return Response::NotSent(
+                "connection reset: the receiver's answer was cut short".into(),
+            );
+        }
         let header = |name| {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
-                .ok()
-                .flatten()
+            io::map_value(MapType::HttpCallResponseHeaders, name)
                 .and_then(|v| String::from_utf8(v).ok())
         };
-        let code = header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let Some(code) = header(":status").and_then(|s| s.parse::<u16>().ok()) else {
+            return Response::NotSent("the receiver's answer has no valid status".into());
+        };
         let retry_after_ms =
             header("retry-after").and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
-        if code == 0 {
-            return Response::NotSent("the callout failed in Envoy (no response)".into());
-        }
         // Only Envoy's own 503/504 replies say something in their body that matters here.
-        let peek = if matches!(code, 503 | 504) {
-            hostcalls::get_buffer(
-                BufferType::HttpCallResponseBody,
-                0,
-                body_size.min(BODY_PEEK),
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        let peek = if matches!(code, 503 | 504) && body_size > 0 {
+            io::buffer(BufferType::HttpCallResponseBody, body_size.min(BODY_PEEK))
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -607,7 +601,7 @@ impl Context for DispatcherRoot {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -615,7 +609,7 @@ impl Context for DispatcherRoot {
             return;
         };
         self.refresh_generation();
-        let response = self.read_response(body_size);
+        let response = self.read_response(headers, body_size);
         if let Some(message) = self.outbox.get(key).cloned() {
             self.conclude(key, &message, started_ms, io::now_ms(), response);
         }

@@ -134,7 +134,7 @@ pub struct EventWatch {
 }
 
 fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+    io::map_value(map, name)
 }
 
 fn header_str(map: MapType, name: &str) -> Option<String> {
@@ -243,9 +243,7 @@ impl EventWatch {
     fn on_body_chunk(&mut self, size: usize) {
         if let State::Response(pending) = &mut self.state {
             if pending.capture.wants_more() && size > 0 {
-                if let Ok(Some(chunk)) =
-                    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, size)
-                {
+                if let Some(chunk) = io::buffer(BufferType::HttpResponseBody, size) {
                     pending.capture.push(&chunk);
                 }
             }
@@ -333,10 +331,7 @@ impl HttpContext for EventWatch {
         if self.api_body_too_large(size) || !end_of_stream {
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = io::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
         self.answer_api(&body);
         Action::Pause
     }
@@ -347,10 +342,7 @@ impl HttpContext for EventWatch {
         }
         // A body that ends with trailers never reaches `on_http_request_body` with
         // end_of_stream: answer here, or the call would go upstream.
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = io::buffer(BufferType::HttpRequestBody, usize::MAX).unwrap_or_default();
         if !self.api_body_too_large(body.len()) {
             self.answer_api(&body);
         }
