@@ -64,8 +64,11 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// Default 5 days.
     pub disable_after_ms: u64,
-    /// Pending messages held at most, default 10000, at least 1.
+    /// Pending messages held at most, default 100000, at least 1.
     pub max_queue: usize,
+    /// `delivery.max_queue_bytes`: bytes of pending messages held at most (payloads counted
+    /// once, plus a fixed overhead per message), default 128 MiB.
+    pub max_queue_bytes: usize,
     /// Largest response body copied into `data.object`, default 65536.
     pub max_payload_bytes: usize,
     /// `delivery.clusters.http`, default `webhooks_egress_http`.
@@ -76,6 +79,8 @@ pub struct DeliveryConfig {
     pub allow_insecure_destinations: bool,
     /// `delivery.max_in_flight`: concurrent callouts at most, default 256, at least 1.
     pub max_in_flight: usize,
+    /// `delivery.max_in_flight_per_subscription`: the largest pacing window, default 32.
+    pub max_in_flight_per_subscription: usize,
     /// `delivery.max_replay`: failed or exhausted messages kept for replay, default 1000.
     pub max_replay: usize,
     /// `delivery.drain_timeout`: how long shutdown waits for pending deliveries, default 10 s.
@@ -100,6 +105,9 @@ impl std::error::Error for ConfigError {}
 
 /// Durations are capped so that time arithmetic on them can never overflow.
 pub const MAX_DURATION_MS: u64 = 365 * DAY_MS;
+/// The longest callout timeout: Envoy keeps it in 32-bit milliseconds (2^31 ms is 24.8 days) and
+/// fails every callout past that.
+pub const MAX_TIMEOUT_MS: u64 = 24 * DAY_MS;
 /// `delivery.retry_schedule` entries at most.
 pub const MAX_RETRY_SCHEDULE: usize = 50;
 /// `subscriptions[].description` characters at most.
@@ -153,12 +161,14 @@ impl Default for DeliveryConfig {
             retry_schedule_ms: DEFAULT_RETRY_SCHEDULE_MS.to_vec(),
             jitter: 0.2,
             disable_after_ms: 5 * DAY_MS,
-            max_queue: 10000,
+            max_queue: 100_000,
+            max_queue_bytes: 128 * 1024 * 1024,
             max_payload_bytes: 65536,
             cluster_http: "webhooks_egress_http".to_string(),
             cluster_https: "webhooks_egress_https".to_string(),
             allow_insecure_destinations: false,
             max_in_flight: 256,
+            max_in_flight_per_subscription: 32,
             max_replay: 1000,
             drain_timeout_ms: 10_000,
         }
@@ -228,10 +238,12 @@ const DELIVERY_FIELDS: &[&str] = &[
     "jitter",
     "disable_after",
     "max_queue",
+    "max_queue_bytes",
     "max_payload_bytes",
     "clusters",
     "allow_insecure_destinations",
     "max_in_flight",
+    "max_in_flight_per_subscription",
     "max_replay",
     "drain_timeout",
 ];
@@ -372,6 +384,12 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     };
     let o = Obj::new("delivery", value, DELIVERY_FIELDS)?;
     d.timeout_ms = o.positive_duration("timeout")?.unwrap_or(d.timeout_ms);
+    if d.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(err(
+            o.field("timeout"),
+            "must be at most 24d (Envoy fails callouts with longer timeouts)",
+        ));
+    }
     if let Some(list) = o.array("retry_schedule")? {
         d.retry_schedule_ms = parse_schedule(&o.field("retry_schedule"), list)?;
     }
@@ -382,6 +400,9 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
         .positive_duration("disable_after")?
         .unwrap_or(d.disable_after_ms);
     d.max_queue = o.count("max_queue", 1)?.unwrap_or(d.max_queue);
+    d.max_queue_bytes = o
+        .count("max_queue_bytes", 1024)?
+        .unwrap_or(d.max_queue_bytes);
     d.max_payload_bytes = o
         .count("max_payload_bytes", 0)?
         .unwrap_or(d.max_payload_bytes);
@@ -392,6 +413,9 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
         .bool("allow_insecure_destinations")?
         .unwrap_or(d.allow_insecure_destinations);
     d.max_in_flight = o.count("max_in_flight", 1)?.unwrap_or(d.max_in_flight);
+    d.max_in_flight_per_subscription = o
+        .count("max_in_flight_per_subscription", 1)?
+        .unwrap_or(d.max_in_flight_per_subscription);
     d.max_replay = o.count("max_replay", 0)?.unwrap_or(d.max_replay);
     d.drain_timeout_ms = o.duration("drain_timeout")?.unwrap_or(d.drain_timeout_ms);
     Ok(d)
@@ -731,7 +755,10 @@ mod tests {
     "retry_schedule": ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"],
     "jitter": 0.2,
     "disable_after": "5d",
-    "max_queue": 10000,
+    "max_queue": 100000,
+    "max_queue_bytes": 134217728,
+    "max_in_flight": 256,
+    "max_in_flight_per_subscription": 32,
     "max_payload_bytes": 65536,
     "clusters": {{"http": "webhooks_egress_http", "https": "webhooks_egress_https"}},
     "allow_insecure_destinations": false
@@ -833,7 +860,9 @@ mod tests {
         );
         assert_eq!(dl.jitter, 0.2);
         assert_eq!(dl.disable_after_ms, 5 * 86_400_000);
-        assert_eq!((dl.max_queue, dl.max_payload_bytes), (10000, 65536));
+        assert_eq!((dl.max_queue, dl.max_payload_bytes), (100_000, 65536));
+        assert_eq!(dl.max_queue_bytes, 134_217_728);
+        assert_eq!(dl.max_in_flight_per_subscription, 32);
         assert_eq!(dl.cluster_http, "webhooks_egress_http");
         assert_eq!(dl.cluster_https, "webhooks_egress_https");
         assert!(!dl.allow_insecure_destinations);
@@ -1033,6 +1062,23 @@ mod tests {
             d(r#""max_queue": 0"#),
             "delivery.max_queue: must be an integer >= 1"
         );
+        assert_eq!(
+            d(r#""max_queue_bytes": 1000"#),
+            "delivery.max_queue_bytes: must be an integer >= 1024"
+        );
+        assert_eq!(
+            d(r#""max_in_flight_per_subscription": 0"#),
+            "delivery.max_in_flight_per_subscription: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""timeout": "25d""#),
+            "delivery.timeout: must be at most 24d (Envoy fails callouts with longer timeouts)"
+        );
+        assert!(parse_str(
+            r#"{"delivery": {"timeout": "24d", "max_queue_bytes": 1024,
+                               "max_in_flight_per_subscription": 1}}"#
+        )
+        .is_ok());
         assert_eq!(
             d(r#""max_queue": -5"#),
             "delivery.max_queue: must be an integer >= 1"

@@ -19,6 +19,8 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod ids;
+pub mod outbox;
+pub mod pacing;
 pub mod queue;
 pub mod registry;
 #[cfg(test)]

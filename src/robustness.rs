@@ -9,9 +9,11 @@ use crate::api::tests::{hex, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
 use crate::api::{self, Context, Request, Response};
 use crate::attempts::{self, Attempt, State};
 use crate::config::{self, Config};
-use crate::delivery::{self, Message, Outbox, Verdict};
+use crate::delivery::{self, Verdict};
 use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
 use crate::ids::TestRng;
+use crate::outbox::{Limits, Message, Outbox};
+use crate::pacing::Signal;
 use crate::queue::QueueMessage;
 use crate::registry::{KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
@@ -1736,46 +1738,71 @@ fn judge_and_outbox_never_panic() {
             other => panic!("{other:?}"),
         }
     }
-    // The outbox under a random mix of operations keeps its counts straight.
-    let mut outbox = Outbox::default();
+    // The outbox under a random mix of operations keeps its counts and bounds straight, and
+    // loses no message: once time passes and every attempt ends, all the rest get attempted.
+    let limits = Limits {
+        max_queue: 16,
+        max_queue_bytes: 16 * 1024,
+        max_in_flight: 6,
+        max_in_flight_per_subscription: 3,
+    };
+    let mut outbox = Outbox::new(limits);
     let mut in_flight: Vec<u64> = Vec::new();
     let mut now = 0u64;
-    let max_queue = 16;
+    let signals = [Signal::Answered, Signal::Overrun, Signal::Neutral];
     for i in 0..scaled(20_000) {
-        run("Outbox", i, &i, || match rng.below(6) {
+        run("Outbox", i, &i, || match rng.below(7) {
             0 | 1 => {
+                let sub = rng.below(5);
                 let message = Message {
                     webhook_id: format!("msg_{i}"),
-                    subscription_id: "s".into(),
+                    subscription_id: Rc::from(format!("s{sub}")),
                     event_type: Rc::from("a.b"),
-                    payload: Rc::from(&b"{}"[..]),
+                    payload: Rc::from(vec![b'x'; rng.below(2000)]),
                     attempts: 0,
                     created_ms: now,
                     host_waits: 0,
                 };
-                let _ = outbox.push(message, now + rng.below(100) as u64, max_queue);
+                let consumer = format!("c{}", sub % 2);
+                let _ = outbox.push(message, &consumer, now + rng.below(100) as u64);
             }
             2 => {
-                if let Some((key, _)) = outbox.pop_due(now) {
+                if let Some((key, _)) = outbox.next_attempt(now) {
                     in_flight.push(key);
                 }
             }
             3 if !in_flight.is_empty() => {
                 let key = in_flight.swap_remove(rng.below(in_flight.len()));
                 let again = rng.chance(2).then(|| now + rng.below(50) as u64);
-                let _ = outbox.finish(key, again);
-                let _ = outbox.trim(max_queue);
+                let signal = signals[rng.below(3)];
+                let _ = outbox.finish(key, again, signal, now.saturating_sub(5), now);
             }
             4 if !in_flight.is_empty() => {
                 let key = in_flight.swap_remove(rng.below(in_flight.len()));
                 outbox.defer(key, now + 1);
-                let _ = outbox.trim(max_queue);
             }
             _ => now += rng.below(20) as u64,
         });
         assert_eq!(outbox.in_flight(), in_flight.len(), "iteration {i}");
-        assert!(outbox.len() <= max_queue + in_flight.len(), "iteration {i}");
+        assert!(outbox.in_flight() <= limits.max_in_flight, "iteration {i}");
+        assert!(outbox.len() <= limits.max_queue, "iteration {i}");
+        assert!(outbox.bytes() <= limits.max_queue_bytes, "iteration {i}");
     }
+    for key in in_flight.drain(..) {
+        let _ = outbox.finish(key, Some(now), Signal::Neutral, now, now);
+    }
+    let mut left = outbox.len();
+    while left > 0 {
+        let key = outbox.next_attempt(u64::MAX).map(|(key, _)| key);
+        let Some(key) = key else {
+            panic!("{left} message(s) never attempted");
+        };
+        assert!(outbox
+            .finish(key, None, Signal::Answered, now, now)
+            .is_some());
+        left -= 1;
+    }
+    assert_eq!(outbox.bytes(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

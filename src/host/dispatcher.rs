@@ -5,10 +5,10 @@
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::attempts::{self, Attempt, State};
 use crate::config::Config;
-use crate::delivery::{
-    self, FailureClock, Message, MessageKey, Outbox, ReplayStore, Response, Verdict,
-};
+use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
+use crate::outbox::{Limits, Message, MessageKey, Outbox};
+use crate::pacing::Signal;
 use crate::queue::{QueueMessage, QUEUE_NAME};
 use crate::registry::{Registry, SigningSecret, Subscription};
 use crate::signing::Secret;
@@ -39,6 +39,8 @@ const BODY_PEEK: usize = 512;
 
 /// A subscription ready to sign for: parsed once per stored version.
 struct Resolved {
+    /// The id, shared by every message of the subscription.
+    id: Rc<str>,
     version: u32,
     /// The registry generation at which this record was last known current: while the
     /// generation stays, the record is used without reading it again.
@@ -82,10 +84,10 @@ pub struct DispatcherRoot {
 impl DispatcherRoot {
     pub fn new(config: Rc<Config>) -> DispatcherRoot {
         DispatcherRoot {
+            outbox: Outbox::new(limits(&config)),
             config,
             metrics: Metrics::define(),
             registry: Registry::new(SharedData),
-            outbox: Outbox::default(),
             in_flight: HashMap::new(),
             subscriptions: HashMap::new(),
             generation: 0,
@@ -112,7 +114,9 @@ impl DispatcherRoot {
                     subscription_id,
                     payload,
                 }) => {
-                    self.add_message(&subscription_id, "webhook.test".into(), payload.into());
+                    if let Some(resolved) = self.resolve(&subscription_id) {
+                        self.add_message(&resolved, "webhook.test".into(), payload.into());
+                    }
                 }
                 Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
                 Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
@@ -134,7 +138,7 @@ impl DispatcherRoot {
                 .iter()
                 .any(|f| crate::rules::filter_matches(f, &event_type));
             if sub.is_active() && wanted {
-                self.add_message(id, Rc::clone(&event_type), Rc::clone(&payload));
+                self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
             }
         }
     }
@@ -196,6 +200,7 @@ impl DispatcherRoot {
             .filter_map(|s| Some((Secret::parse(&s.secret).ok()?, s.clone())))
             .collect();
         let resolved = Rc::new(Resolved {
+            id: Rc::from(id),
             version,
             checked_at: Cell::new(self.generation),
             subscription,
@@ -207,22 +212,22 @@ impl DispatcherRoot {
         Some(resolved)
     }
 
-    fn add_message(&mut self, subscription_id: &str, event_type: Rc<str>, payload: Rc<[u8]>) {
+    fn add_message(&mut self, to: &Resolved, event_type: Rc<str>, payload: Rc<[u8]>) {
         let now = io::now_ms();
         let message = Message {
             webhook_id: ids::random_id(&mut self.rng, "msg_", 24),
-            subscription_id: subscription_id.to_string(),
+            subscription_id: Rc::clone(&to.id),
             event_type,
             payload,
             attempts: 0,
             created_ms: now,
             host_waits: 0,
         };
-        self.schedule(message, now);
+        self.schedule(message, &to.subscription.consumer, now);
     }
 
     /// Puts a message in the outbox for its first attempt, making room when it is full.
-    fn schedule(&mut self, message: Message, now: u64) {
+    fn schedule(&mut self, message: Message, consumer: &str, now: u64) {
         let first_delay = self
             .config
             .delivery
@@ -230,8 +235,7 @@ impl DispatcherRoot {
             .first()
             .copied()
             .unwrap_or(0);
-        let max_queue = self.config.delivery.max_queue;
-        if let Some(dropped) = self.outbox.push(message, now + first_delay, max_queue) {
+        for dropped in self.outbox.push(message, consumer, now + first_delay) {
             self.drop_message(dropped, now);
         }
     }
@@ -240,8 +244,9 @@ impl DispatcherRoot {
     fn drop_message(&mut self, dropped: Message, now: u64) {
         self.metrics.events_dropped.inc();
         log::warn!(
-            "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
+            "proxy-webhooks: delivery dropped: queue full (max_queue {} / max_queue_bytes {}), subscription {}, webhook-id {}",
             self.config.delivery.max_queue,
+            self.config.delivery.max_queue_bytes,
             dropped.subscription_id,
             dropped.webhook_id
         );
@@ -266,31 +271,36 @@ impl DispatcherRoot {
 
     /// Sends a kept message again with the same webhook-id and body.
     fn replay(&mut self, webhook_id: &str) {
-        match self.replayable.take(webhook_id) {
-            Some(message) => {
+        let taken = self.replayable.take(webhook_id);
+        let owner = taken
+            .as_ref()
+            .and_then(|m| self.resolve(&m.subscription_id));
+        match (taken, owner) {
+            (Some(message), Some(owner)) => {
                 log::info!(
                     "proxy-webhooks: replaying webhook-id {webhook_id} for subscription {}",
                     message.subscription_id
                 );
-                self.schedule(message, io::now_ms());
+                self.schedule(message, &owner.subscription.consumer, io::now_ms());
             }
-            None => log::warn!(
+            (Some(_), None) => log::warn!(
+                "proxy-webhooks: replay of webhook-id {webhook_id} asked, but its subscription is gone"
+            ),
+            (None, _) => log::warn!(
                 "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay)"
             ),
         }
     }
 
-    /// Starts every due attempt the in-flight limit allows.
+    /// Starts every due attempt that the limits and pacing windows allow.
     fn pump(&mut self) {
         let now = io::now_ms();
-        while self.outbox.in_flight() < self.config.delivery.max_in_flight {
-            let Some((key, message)) = self.outbox.pop_due(now) else {
-                break;
-            };
+        while let Some((key, message)) = self.outbox.next_attempt(now) {
             let message = message.clone();
             self.attempt(key, &message, now);
         }
         self.metrics.queue_depth.record(self.outbox.len() as u64);
+        self.metrics.queue_bytes.record(self.outbox.bytes() as u64);
     }
 
     fn attempt(&mut self, key: MessageKey, message: &Message, now: u64) {
@@ -298,11 +308,11 @@ impl DispatcherRoot {
         // message is kept, so it can be replayed once the subscription is active again.
         let resolved = match self.resolve(&message.subscription_id) {
             None => {
-                self.outbox.finish(key, None);
+                self.outbox.finish(key, None, Signal::Neutral, now, now);
                 return;
             }
             Some(disabled) if !disabled.subscription.is_active() => {
-                if let Some(message) = self.outbox.finish(key, None) {
+                if let Some(message) = self.outbox.finish(key, None, Signal::Neutral, now, now) {
                     let reason = Some("subscription disabled".to_string());
                     let entry = self.log_entry(&message, now, now, None, reason, State::Failed);
                     self.log(&message.subscription_id, entry);
@@ -368,10 +378,8 @@ impl DispatcherRoot {
             }
             Err(status) => {
                 self.metrics.delivery_attempts.inc();
-                let reason = format!(
-                    "callout refused by Envoy ({status:?}); does cluster {} exist?",
-                    request.cluster
-                );
+                let unresolved = status == Status::InternalFailure;
+                let reason = delivery::refused_callout(unresolved, &request.cluster);
                 self.conclude(key, message, now, now, Response::NotSent(reason));
             }
         }
@@ -415,14 +423,13 @@ impl DispatcherRoot {
         entry.next_retry_at = reschedule.map(crate::time::format_rfc3339_millis);
         self.log(&message.subscription_id, entry);
         self.count(verdict, message, attempts, &response, started_ms, now);
-        if let Some(done) = self.outbox.finish(key, reschedule) {
+        if let Some(done) = self
+            .outbox
+            .finish(key, reschedule, response.signal(), started_ms, now)
+        {
             if state.replayable() {
                 self.keep_for_replay(done, now);
             }
-        }
-        // Events that came while every held message was in flight could not make room then.
-        for dropped in self.outbox.trim(self.config.delivery.max_queue) {
-            self.drop_message(dropped, now);
         }
     }
 
@@ -573,9 +580,7 @@ impl DispatcherRoot {
     /// was reset after the receiver started answering (a short body, a closed connection).
     fn read_response(&self, headers: usize, body_size: usize) -> Response {
         if headers == 0 {
-            return Response::NotSent(
-                "connection reset: the receiver's answer was cut short".into(),
-            );
+            return Response::NotSent(delivery::RESET.into());
         }
         let header = |name| {
             io::map_value(MapType::HttpCallResponseHeaders, name)
@@ -594,6 +599,17 @@ impl DispatcherRoot {
             Vec::new()
         };
         delivery::classify(code, retry_after_ms, &peek)
+    }
+}
+
+/// The outbox's bounds from `delivery`.
+fn limits(config: &Config) -> Limits {
+    let d = &config.delivery;
+    Limits {
+        max_queue: d.max_queue,
+        max_queue_bytes: d.max_queue_bytes,
+        max_in_flight: d.max_in_flight,
+        max_in_flight_per_subscription: d.max_in_flight_per_subscription,
     }
 }
 

@@ -128,6 +128,7 @@ pub struct Metrics {
     pub deliveries_exhausted: Metric,
     pub subscriptions_disabled: Metric,
     pub queue_depth: Metric,
+    pub queue_bytes: Metric,
     pub subscriptions_active: Metric,
     pub delivery_latency_ms: Metric,
 }
@@ -143,6 +144,7 @@ impl Metrics {
             deliveries_exhausted: Metric::counter("webhooks_deliveries_exhausted"),
             subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
             queue_depth: Metric::gauge("webhooks_queue_depth"),
+            queue_bytes: Metric::gauge("webhooks_queue_bytes"),
             subscriptions_active: Metric::gauge("webhooks_subscriptions_active"),
             delivery_latency_ms: Metric::histogram("webhooks_delivery_latency_ms"),
         }
