@@ -15,30 +15,41 @@ use std::collections::HashMap;
 pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// Failed, exhausted or dropped messages, kept so that a consumer can ask for them again.
-/// Bounded: the oldest is forgotten first.
+/// Bounded in messages and bytes: the oldest is forgotten first.
 #[derive(Debug, Default)]
 pub struct ReplayStore {
     messages: HashMap<String, Message>,
     order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// What a kept message costs: its payload (not shared with the outbox's accounting) and ids.
+fn replay_bytes(message: &Message) -> usize {
+    message.payload.len() + crate::outbox::MESSAGE_OVERHEAD
 }
 
 impl ReplayStore {
-    /// Keeps `message`; returns the ones forgotten to stay within `capacity` (the oldest).
-    pub fn keep(&mut self, message: Message, capacity: usize) -> Vec<Message> {
-        if capacity == 0 {
-            return vec![message];
-        }
+    /// Keeps `message`; returns the ones forgotten (the oldest) to stay within `max_messages`
+    /// and `max_bytes`.
+    pub fn keep(
+        &mut self,
+        message: Message,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Vec<Message> {
         let id = message.webhook_id.clone();
-        if self.messages.insert(id.clone(), message).is_none() {
-            self.order.push_back(id);
+        self.bytes += replay_bytes(&message);
+        match self.messages.insert(id.clone(), message) {
+            Some(old) => self.bytes = self.bytes.saturating_sub(replay_bytes(&old)),
+            None => self.order.push_back(id),
         }
         let mut forgotten = Vec::new();
-        while self.order.len() > capacity {
-            if let Some(old) = self
-                .order
-                .pop_front()
-                .and_then(|id| self.messages.remove(&id))
-            {
+        while self.order.len() > max_messages || self.bytes > max_bytes {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.messages.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(replay_bytes(&old));
                 forgotten.push(old);
             }
         }
@@ -49,6 +60,7 @@ impl ReplayStore {
     pub fn take(&mut self, webhook_id: &str) -> Option<Message> {
         let mut message = self.messages.remove(webhook_id)?;
         self.order.retain(|id| id != webhook_id);
+        self.bytes = self.bytes.saturating_sub(replay_bytes(&message));
         message.attempts = 0;
         message.host_waits = 0;
         Some(message)
@@ -357,7 +369,7 @@ mod tests {
     fn replay_store_is_bounded_and_resets_attempts() {
         let mut store = ReplayStore::default();
         let forgotten: Vec<String> = (0..5)
-            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3))
+            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3, usize::MAX))
             .map(|m| m.webhook_id)
             .collect();
         assert_eq!(forgotten, ["m0", "m1"]);
@@ -366,6 +378,21 @@ mod tests {
         let m = store.take("m4").unwrap();
         assert_eq!((m.webhook_id.as_str(), m.attempts), ("m4", 0));
         assert!(store.take("m4").is_none());
+    }
+
+    #[test]
+    fn replay_store_is_bounded_in_bytes() {
+        let mut store = ReplayStore::default();
+        let cost = 2 + crate::outbox::MESSAGE_OVERHEAD;
+        let forgotten: Vec<String> = (0..5)
+            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 100, 2 * cost))
+            .map(|m| m.webhook_id)
+            .collect();
+        assert_eq!(forgotten, ["m0", "m1", "m2"]);
+        assert!(store.take("m3").is_some());
+        assert_eq!(store.bytes, cost);
+        assert_eq!(store.keep(message("big", 0, 9), 100, 10).len(), 2);
+        assert!(store.is_empty() && store.bytes == 0);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`receiver`]: a recording, programmable webhook receiver;
 //! - [`hostile`]: raw-socket receivers that misbehave (resets, garbage, short bodies, hangs);
 //! - [`files`]: the repository's YAML files as JSON, the plugin configuration inside envoy.yaml;
+//! - [`paced`]: a healthy but slow receiver (a rate, a small backlog, a connection limit);
 //! - [`orders`]: the in-memory demo "orders" API used by `make run`;
 //! - [`show`]: how the demo prints a webhook;
 //! - [`stack`]: upstream + receiver + Envoy with the plugin, started together;
@@ -22,6 +23,7 @@ pub mod envoy;
 pub mod files;
 pub mod hostile;
 pub mod orders;
+pub mod paced;
 pub mod receiver;
 pub mod server;
 pub mod show;

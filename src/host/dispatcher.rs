@@ -259,10 +259,11 @@ impl DispatcherRoot {
     /// Keeps a failed message for replay; the ones that no longer fit are marked `expired` in
     /// the attempt log, so the API refuses to replay them instead of accepting in vain.
     fn keep_for_replay(&mut self, message: Message, now: u64) {
-        for gone in self
-            .replayable
-            .keep(message, self.config.delivery.max_replay)
-        {
+        for gone in self.replayable.keep(
+            message,
+            self.config.delivery.max_replay,
+            replay_bytes(&self.config),
+        ) {
             let reason = Some("no longer kept for replay (delivery.max_replay)".to_string());
             let entry = self.log_entry(&gone, now, now, None, reason, State::Expired);
             self.log(&gone.subscription_id, entry);
@@ -600,6 +601,11 @@ impl DispatcherRoot {
         };
         delivery::classify(code, retry_after_ms, &peek)
     }
+}
+
+/// Bytes of failed messages kept for replay: a quarter of what the queue may hold.
+fn replay_bytes(config: &Config) -> usize {
+    config.delivery.max_queue_bytes / 4
 }
 
 /// The outbox's bounds from `delivery`.
