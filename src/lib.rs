@@ -29,6 +29,7 @@ pub mod rules;
 pub mod signing;
 pub mod time;
 pub mod url;
+pub mod watchdog;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

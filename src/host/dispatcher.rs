@@ -10,9 +10,11 @@ use crate::ids::{self, RandomSource};
 use crate::outbox::{Limits, Message, MessageKey, Outbox};
 use crate::pacing::Signal;
 use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::KvStore;
 use crate::registry::{Registry, SigningSecret, Subscription};
 use crate::signing::Secret;
 use crate::url::{self, Destination};
+use crate::watchdog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -79,6 +81,8 @@ pub struct DispatcherRoot {
     drain_deadline: Option<u64>,
     /// While set, the tick is fast (attempts wait for a host to be resolved).
     fast_tick_until: Option<u64>,
+    /// When the heartbeat was last written (see `crate::watchdog`).
+    beat_at: u64,
 }
 
 impl DispatcherRoot {
@@ -99,6 +103,7 @@ impl DispatcherRoot {
             failing: FailureClock::default(),
             drain_deadline: None,
             fast_tick_until: None,
+            beat_at: 0,
         }
     }
 
@@ -535,6 +540,15 @@ impl DispatcherRoot {
         }
     }
 
+    /// Tells the workers' watchdogs that the dispatcher runs.
+    fn beat(&mut self) {
+        let now = io::now_ms();
+        if now.saturating_sub(self.beat_at) >= watchdog::BEAT_EVERY_MS {
+            let _ = SharedData.set(watchdog::HEARTBEAT_KEY, &watchdog::beat(now), None);
+            self.beat_at = now;
+        }
+    }
+
     /// Ticks every [`FAST_TICK_MS`] until `until`, then back to [`TICK`].
     fn tick_fast_until(&mut self, until: u64) {
         if self.fast_tick_until.is_none() {
@@ -668,6 +682,7 @@ impl Context for DispatcherRoot {
 impl RootContext for DispatcherRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.registry.prepare();
+        self.beat();
         self.registry
             .sync_static(&self.config.subscriptions, io::now_ms());
         self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
@@ -685,6 +700,7 @@ impl RootContext for DispatcherRoot {
     }
 
     fn on_tick(&mut self) {
+        self.beat();
         self.refresh_generation();
         self.pump();
         self.tick_slow_when_due(io::now_ms());

@@ -8,13 +8,16 @@ use crate::api;
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::KvStore;
 use crate::registry::Registry;
 use crate::rules::{self, Detected};
+use crate::watchdog::{self, Change, Watchdog};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// What every HTTP context of a worker shares.
 pub struct Shared {
@@ -23,6 +26,8 @@ pub struct Shared {
     queue: Cell<Option<u32>>,
     /// Events this worker could not hand over (for a rate-limited warning).
     dropped: Cell<u64>,
+    /// Whether the dispatcher's heartbeat is recent (see `crate::watchdog`).
+    dispatcher_alive: Cell<bool>,
 }
 
 impl Shared {
@@ -39,11 +44,13 @@ impl Shared {
         self.queue.get()
     }
 
-    /// Hands a message to the dispatcher; false (logged and counted) when it cannot.
+    /// Hands a message to the dispatcher; false (logged and counted) when it cannot, or when
+    /// the dispatcher is gone and nothing would ever read it.
     fn enqueue(&self, message: &QueueMessage) -> bool {
-        let sent = self
-            .queue()
-            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok());
+        let sent = self.dispatcher_alive.get()
+            && self.queue().is_some_and(|q| {
+                hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok()
+            });
         if !sent {
             self.queue.set(None);
             self.metrics.events_dropped.inc();
@@ -51,7 +58,15 @@ impl Shared {
             let dropped = self.dropped.get();
             self.dropped.set(dropped.wrapping_add(1));
             if dropped % 1000 == 0 {
-                log::warn!("proxy-webhooks: event dropped ({} so far on this worker): the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)", dropped + 1);
+                let why = if self.dispatcher_alive.get() {
+                    "the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)"
+                } else {
+                    "the dispatcher is not running (restart Envoy)"
+                };
+                log::warn!(
+                    "proxy-webhooks: event dropped ({} so far on this worker): {why}",
+                    dropped + 1
+                );
             }
         }
         sent
@@ -60,6 +75,7 @@ impl Shared {
 
 pub struct FilterRoot {
     shared: Rc<Shared>,
+    watchdog: Watchdog,
 }
 
 impl FilterRoot {
@@ -69,9 +85,11 @@ impl FilterRoot {
             metrics: Metrics::define(),
             queue: Cell::new(None),
             dropped: Cell::new(0),
+            dispatcher_alive: Cell::new(true),
         };
         FilterRoot {
             shared: Rc::new(shared),
+            watchdog: Watchdog::default(),
         }
     }
 }
@@ -81,7 +99,28 @@ impl Context for FilterRoot {}
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         Registry::new(SharedData).prepare();
+        let _ = hostcalls::set_tick_period(Duration::from_millis(watchdog::CHECK_EVERY_MS));
         true
+    }
+
+    /// Checks the dispatcher's heartbeat.
+    fn on_tick(&mut self) {
+        let heartbeat = SharedData
+            .get(watchdog::HEARTBEAT_KEY)
+            .map(|(bytes, _)| bytes);
+        match self.watchdog.check(heartbeat.as_deref(), io::now_ms()) {
+            Some(Change::Died { silent_ms }) => log::error!(
+                "proxy-webhooks: the dispatcher has not run for {silent_ms} ms: its VM failed, and Envoy does not restart it; no webhook is delivered and new events are dropped until Envoy restarts"
+            ),
+            Some(Change::Revived) => log::warn!("proxy-webhooks: the dispatcher runs again"),
+            None => {}
+        }
+        let alive = self.watchdog.alive();
+        self.shared.dispatcher_alive.set(alive);
+        self.shared
+            .metrics
+            .dispatcher_alive
+            .record(u64::from(alive));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

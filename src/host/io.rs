@@ -129,6 +129,7 @@ pub struct Metrics {
     pub subscriptions_disabled: Metric,
     pub queue_depth: Metric,
     pub queue_bytes: Metric,
+    pub dispatcher_alive: Metric,
     pub subscriptions_active: Metric,
     pub delivery_latency_ms: Metric,
 }
@@ -145,6 +146,7 @@ impl Metrics {
             subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
             queue_depth: Metric::gauge("webhooks_queue_depth"),
             queue_bytes: Metric::gauge("webhooks_queue_bytes"),
+            dispatcher_alive: Metric::gauge("webhooks_dispatcher_alive"),
             subscriptions_active: Metric::gauge("webhooks_subscriptions_active"),
             delivery_latency_ms: Metric::histogram("webhooks_delivery_latency_ms"),
         }
