@@ -83,6 +83,9 @@ pub struct Subscription {
     /// Defined in the plugin configuration; not changeable through the API.
     #[serde(default)]
     pub is_static: bool,
+    /// A static subscription that receives events whatever their audience (never API-made).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
     #[serde(default)]
     pub version: u64,
 }
@@ -552,6 +555,7 @@ fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: true,
+        privileged: s.privileged,
         version: 1,
     }
 }
@@ -565,12 +569,14 @@ fn same_static(have: &Subscription, want: &Subscription) -> bool {
         &have.events,
         &have.description,
         &have.secrets,
+        have.privileged,
     ) == (
         &want.consumer,
         &want.url,
         &want.events,
         &want.description,
         &want.secrets,
+        want.privileged,
     )
 }
 
@@ -631,6 +637,7 @@ mod tests {
                 expires_at_ms: None,
             }],
             is_static: false,
+            privileged: false,
             version: 1,
         }
     }
@@ -788,6 +795,7 @@ mod tests {
             events: vec!["*".into()],
             secret: "whsec_AAAA".into(),
             description: String::new(),
+            privileged: false,
         }
     }
 

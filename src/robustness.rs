@@ -796,6 +796,7 @@ impl ApiHarness {
             path: "/webhooks/subscriptions",
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         });
@@ -962,6 +963,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             path: &path,
             authorization: authorization.as_deref(),
             api_key: api_key.as_deref(),
+            consumer_header: None,
             content_type: content_type.as_deref(),
             body: &body,
         };
@@ -1043,6 +1045,11 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
             0 => QueueMessage::Event {
                 event_type: name,
                 payload,
+                audience: match rng.below(3) {
+                    0 => crate::audience::Target::All,
+                    1 => crate::audience::Target::Nobody,
+                    _ => crate::audience::Target::Consumer(format!("c{}", rng.below(1000))),
+                },
             },
             1 => QueueMessage::Test {
                 subscription_id: name,
@@ -1221,6 +1228,8 @@ fn templates_never_panic_and_match_only_what_they_declare() {
                 methods: vec!["POST".into()],
                 path: t.clone(),
                 status: StatusMatch::Class(2),
+                audience: crate::audience::Audience::All,
+                include_object: true,
             };
             let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);
             let status = rng.below(700) as u16;
@@ -1565,6 +1574,7 @@ fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        privileged: false,
         version: 1,
     }
 }

@@ -3,6 +3,7 @@ use crate::attempts::{Attempt, State};
 use crate::config;
 use crate::ids::TestRng;
 use crate::registry::{MemoryStore, StoreError};
+use sha2::{Digest, Sha256};
 use std::cell::Cell;
 
 /// A [`MemoryStore`] that counts writes (to prove refused calls write nothing) and can be
@@ -126,6 +127,7 @@ impl Api {
             path,
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         });
@@ -239,6 +241,7 @@ fn round_trip_field_by_field() {
         path: &sub_path(&id, ""),
         authorization: Some(format!("Bearer {KEY_A}").as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type: None,
         body: b"",
     });
@@ -261,6 +264,7 @@ fn create_answers_location_and_json_headers() {
         path: "/webhooks/subscriptions?ignored=1",
         authorization: Some(auth.as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type: Some(b"Application/JSON; charset=utf-8"),
         body: body.as_bytes(),
     });
@@ -344,6 +348,7 @@ fn assert_refused(api: &mut Api, content_type: Option<&[u8]>, body: &str, want: 
         path: "/webhooks/subscriptions",
         authorization: Some(auth.as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type,
         body: body.as_bytes(),
     });
@@ -555,6 +560,7 @@ fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) 
         path: "/webhooks/subscriptions",
         authorization,
         api_key,
+        consumer_header: None,
         content_type: None,
         body: b"",
     }
@@ -732,6 +738,7 @@ fn custom_prefix_routes() {
             path: "/api/hooks/subscriptions",
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         })
@@ -1210,6 +1217,7 @@ fn garbage_never_panics() {
                     path,
                     authorization: Some(bearer.as_bytes()),
                     api_key: Some(b"\xff"),
+                    consumer_header: None,
                     content_type: Some(b"application/json; \xff"),
                     body,
                 });

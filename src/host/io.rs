@@ -127,6 +127,8 @@ pub struct Metrics {
     pub delivery_attempts: Metric,
     pub deliveries_exhausted: Metric,
     pub subscriptions_disabled: Metric,
+    /// Events whose audience named no consumer (only privileged subscriptions got them).
+    pub events_unaddressed: Metric,
     pub queue_depth: Metric,
     pub subscriptions_active: Metric,
     pub delivery_latency_ms: Metric,
@@ -142,6 +144,7 @@ impl Metrics {
             delivery_attempts: Metric::counter("webhooks_delivery_attempts"),
             deliveries_exhausted: Metric::counter("webhooks_deliveries_exhausted"),
             subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
+            events_unaddressed: Metric::counter("webhooks_events_unaddressed"),
             queue_depth: Metric::gauge("webhooks_queue_depth"),
             subscriptions_active: Metric::gauge("webhooks_subscriptions_active"),
             delivery_latency_ms: Metric::histogram("webhooks_delivery_latency_ms"),
