@@ -103,6 +103,8 @@ fn keys() -> Value {
 /// 127.0.0.1 allowed when `insecure`.
 fn config(insecure: bool) -> Value {
     json!({
+        // Events from key-less writes go to every subscription; the audience tests set their own.
+        "audience": "all",
         "api": {"keys": keys(), "max_subscriptions_per_consumer": 2000, "max_body_bytes": MAX_BODY},
         "delivery": {
             "timeout": "2s",
