@@ -836,6 +836,26 @@ mod tests {
         assert_eq!(r.active_count(), 1);
     }
 
+    #[test]
+    fn static_sync_follows_privileged() {
+        let r = registry();
+        r.sync_static(&[static_sub("a", "https://x/1")], 5);
+        assert!(!r.get("a").unwrap().0.privileged);
+        let privileged = StaticSubscription {
+            privileged: true,
+            ..static_sub("a", "https://x/1")
+        };
+        r.sync_static(std::slice::from_ref(&privileged), 6);
+        assert!(r.get("a").unwrap().0.privileged);
+        // Records from before the field read as not privileged.
+        let (bytes, _) = r.get_raw("a").unwrap();
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace(",\"privileged\":true", "");
+        let old: Subscription = serde_json::from_str(&text).unwrap();
+        assert!(!old.privileged);
+    }
+
     /// A store whose writes to index buckets fail, to check that nothing is half-written.
     struct FailingIndex(MemoryStore);
 

@@ -617,6 +617,51 @@ fn no_configured_keys_refuse_everything() {
 }
 
 #[test]
+fn consumer_header_identifies_the_caller_instead_of_keys() {
+    let mut api = Api::with(r#"{"api": {"consumer_header": "x-consumer"}}"#);
+    let as_consumer = |name: &'static [u8]| Request {
+        consumer_header: Some(name),
+        content_type: Some(b"application/json"),
+        ..auth_request(None, None)
+    };
+    let body = br#"{"url": "https://hooks.example.com/a", "events": ["*"]}"#;
+    let created = api.send(&Request {
+        method: "POST",
+        body,
+        ..as_consumer(b"auth0|alpha")
+    });
+    assert_eq!(created.status, 201);
+    let id = parse(&created)["id"].as_str().unwrap().to_string();
+    let path = format!("/webhooks/subscriptions/{id}");
+    let mine = api.send(&Request {
+        path: &path,
+        ..as_consumer(b" auth0|alpha ")
+    });
+    assert_eq!(mine.status, 200);
+    // Another consumer's header: not found, exactly as an unknown id.
+    let theirs = api.send(&Request {
+        path: &path,
+        ..as_consumer(b"beta")
+    });
+    assert_eq!(theirs.status, 404);
+    // No header, or one that is no consumer name: 401 naming the header; a key is no substitute.
+    let bearer = format!("Bearer {KEY_A}");
+    for request in [
+        auth_request(None, None),
+        auth_request(Some(bearer.as_bytes()), None),
+        as_consumer(b""),
+        as_consumer(b"a b"),
+    ] {
+        let response = api.send(&request);
+        assert_eq!(response.status, 401);
+        assert_eq!(
+            parse(&response)["error"]["message"],
+            "authentication is required (no valid x-consumer header was set)"
+        );
+    }
+}
+
+#[test]
 fn unknown_paths_answer_404_before_auth_and_methods_405_after() {
     let mut api = Api::new();
     let long = format!("/webhooks/subscriptions/{}", "a".repeat(65));
