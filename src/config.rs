@@ -534,41 +534,37 @@ fn parse_audience(
             "must be \"requester\", \"all\", or an object with one of param, header, response_header, json",
         )
     };
-    match v.as_str() {
-        Some("requester") => return Ok(Audience::Requester),
-        Some("all") => return Ok(Audience::All),
-        Some(_) => return Err(shape()),
-        None => {}
+    if let Some(name) = v.as_str() {
+        return match name {
+            "requester" => Ok(Audience::Requester),
+            "all" => Ok(Audience::All),
+            _ => Err(shape()),
+        };
     }
-    if !v.is_object() {
-        return Err(shape());
-    }
-    let o = Obj::new(field, v, AUDIENCE_FIELDS)?;
-    let [(kind, value)] = o.map.iter().collect::<Vec<_>>()[..] else {
+    let o = Obj::new(field, v, AUDIENCE_FIELDS).map_err(|e| match v.is_object() {
+        true => e,
+        false => shape(),
+    })?;
+    let mut entries = o.map.iter();
+    let (Some((kind, value)), None) = (entries.next(), entries.next()) else {
         return Err(shape());
     };
     let field = o.field(kind);
     let value = as_str(&field, value)?;
-    match kind.as_str() {
+    let problem = match kind.as_str() {
+        "header" => return parse_header_name(&field, value).map(Audience::Header),
+        "response_header" => return parse_header_name(&field, value).map(Audience::ResponseHeader),
+        "param" if template.is_some_and(|t| t.has_param(value)) => {
+            return Ok(Audience::Param(value.to_string()))
+        }
         "param" => match template {
-            Some(t) if t.has_param(value) => Ok(Audience::Param(value.to_string())),
-            Some(t) => Err(err(
-                field,
-                format!("{value:?} is not a capture of the path {:?}", t.as_str()),
-            )),
-            None => Err(err(
-                field,
-                "is only valid on an event rule (inferred events have no path template)",
-            )),
+            Some(t) => format!("{value:?} is not a capture of the path {:?}", t.as_str()),
+            None => "is only valid on an event rule (inferred events have no path template)".into(),
         },
-        "header" => Ok(Audience::Header(parse_header_name(&field, value)?)),
-        "response_header" => Ok(Audience::ResponseHeader(parse_header_name(&field, value)?)),
-        _ if audience::is_json_pointer(value) => Ok(Audience::Json(value.to_string())),
-        _ => Err(err(
-            field,
-            format!("{value:?} is not a JSON pointer (like \"/customer_id\")"),
-        )),
-    }
+        _ if audience::is_json_pointer(value) => return Ok(Audience::Json(value.to_string())),
+        _ => format!("{value:?} is not a JSON pointer (like \"/customer_id\")"),
+    };
+    Err(err(field, problem))
 }
 
 /// An HTTP field name (RFC 9110 token), stored lowercase as Envoy hands headers over.
