@@ -649,10 +649,13 @@ fn full_config() -> Value {
     json!({
         "events": [
             {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
-            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"},
-            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx"}
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}",
+             "audience": {"param": "id"}},
+            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx",
+             "audience": {"json": "/owner"}, "include_object": false}
         ],
         "infer_events": true,
+        "audience": "requester",
         "api": {
             "path_prefix": "/webhooks/",
             "keys": [
@@ -665,7 +668,8 @@ fn full_config() -> Value {
         },
         "subscriptions": [{
             "id": "sub_static_1", "consumer": "ops", "url": "https://hooks.example.com/in",
-            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static"
+            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static",
+            "privileged": true
         }],
         "delivery": {
             "timeout": "10s",
@@ -689,6 +693,7 @@ fn config_corpus() -> Vec<Vec<u8>> {
         serde_json::to_vec_pretty(&full_config()).unwrap(),
         b"{}".to_vec(),
         b"  \n".to_vec(),
+        br#"{"infer_events":["/orders","/a/b/"],"audience":{"header":"x-tenant"},"events":[{"type":"a.b","path":"/a","audience":{"response_header":"x-owner"}}],"api":{"consumer_header":"x-consumer"}}"#.to_vec(),
         br#"{"events":[{"type":"a.b","path":"/a/{x}/b"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
         br#"{"subscriptions":[{"id":"s1","consumer":"c","url":"http://[fe80::1]:8080/x?y","events":["*"],"secret":"whsec_AAAA"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
     ]
