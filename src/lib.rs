@@ -15,9 +15,11 @@
 
 pub mod api;
 pub mod attempts;
+pub mod audience;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod identity;
 pub mod ids;
 pub mod outbox;
 pub mod pacing;

@@ -651,10 +651,13 @@ fn full_config() -> Value {
     json!({
         "events": [
             {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
-            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"},
-            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx"}
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}",
+             "audience": {"param": "id"}},
+            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx",
+             "audience": {"json": "/owner"}, "include_object": false}
         ],
         "infer_events": true,
+        "audience": "requester",
         "api": {
             "path_prefix": "/webhooks/",
             "keys": [
@@ -667,7 +670,8 @@ fn full_config() -> Value {
         },
         "subscriptions": [{
             "id": "sub_static_1", "consumer": "ops", "url": "https://hooks.example.com/in",
-            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static"
+            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static",
+            "privileged": true
         }],
         "delivery": {
             "timeout": "10s",
@@ -691,6 +695,7 @@ fn config_corpus() -> Vec<Vec<u8>> {
         serde_json::to_vec_pretty(&full_config()).unwrap(),
         b"{}".to_vec(),
         b"  \n".to_vec(),
+        br#"{"infer_events":["/orders","/a/b/"],"audience":{"header":"x-tenant"},"events":[{"type":"a.b","path":"/a","audience":{"response_header":"x-owner"}}],"api":{"consumer_header":"x-consumer"}}"#.to_vec(),
         br#"{"events":[{"type":"a.b","path":"/a/{x}/b"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
         br#"{"subscriptions":[{"id":"s1","consumer":"c","url":"http://[fe80::1]:8080/x?y","events":["*"],"secret":"whsec_AAAA"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
     ]
@@ -798,6 +803,7 @@ impl ApiHarness {
             path: "/webhooks/subscriptions",
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         });
@@ -964,6 +970,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             path: &path,
             authorization: authorization.as_deref(),
             api_key: api_key.as_deref(),
+            consumer_header: None,
             content_type: content_type.as_deref(),
             body: &body,
         };
@@ -1045,6 +1052,11 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
             0 => QueueMessage::Event {
                 event_type: name,
                 payload,
+                audience: match rng.below(3) {
+                    0 => crate::audience::Target::All,
+                    1 => crate::audience::Target::Nobody,
+                    _ => crate::audience::Target::Consumer(format!("c{}", rng.below(1000))),
+                },
             },
             1 => QueueMessage::Test {
                 subscription_id: name,
@@ -1074,6 +1086,66 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
                 "{}",
                 shown(&garbage)
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audience::resolve
+
+const AUDIENCE_ITERATIONS: usize = 5000;
+
+#[test]
+fn audiences_resolve_any_body_and_value_to_a_valid_consumer_or_nobody() {
+    use crate::audience::{resolve, Audience, Facts, Target};
+    let mut rng = seeded(0xa0d1e);
+    let api = config::ApiConfig::default();
+    let seed = br#"{"owner": {"id": 42, "name": "acme", "list": ["x", -1, 1.5e3]}}"#;
+    for i in 0..scaled(AUDIENCE_ITERATIONS) {
+        let body = match rng.below(3) {
+            0 => rng.bytes(80),
+            _ => mutate_bytes(&mut rng, seed),
+        };
+        let pointer = rng
+            .pick(&[
+                "",
+                "/owner",
+                "/owner/id",
+                "/owner/name",
+                "/owner/list/1",
+                "/~",
+                "/a~1b",
+            ])
+            .to_string();
+        let value = rng.bytes(20);
+        let params = [(
+            "p".to_string(),
+            String::from_utf8_lossy(&value).into_owned(),
+        )];
+        let headers = [("h".to_string(), value.clone())];
+        let facts = Facts {
+            api: &api,
+            credentials: crate::identity::Credentials::default(),
+            params: &params,
+            request_headers: &headers,
+            response_header: Some(&value),
+            body: Some(&body),
+        };
+        for audience in [
+            Audience::Json(pointer.clone()),
+            Audience::Param("p".into()),
+            Audience::Header("h".into()),
+            Audience::ResponseHeader("r".into()),
+        ] {
+            let target = run("audience::resolve", i, &Shown(&body), || {
+                resolve(&audience, &facts)
+            });
+            if let Target::Consumer(name) = &target {
+                assert_eq!(
+                    crate::identity::consumer_name(name.as_bytes()),
+                    Some(name.as_str())
+                );
+            }
         }
     }
 }
@@ -1223,6 +1295,8 @@ fn templates_never_panic_and_match_only_what_they_declare() {
                 methods: vec!["POST".into()],
                 path: t.clone(),
                 status: StatusMatch::Class(2),
+                audience: crate::audience::Audience::All,
+                include_object: true,
             };
             let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);
             let status = rng.below(700) as u16;
@@ -1567,6 +1641,7 @@ fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        privileged: false,
         version: 1,
     }
 }

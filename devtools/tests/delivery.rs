@@ -50,6 +50,8 @@ fn config(subscriptions: Value, delivery: Value) -> Value {
         base.extend(extra.clone());
     }
     json!({
+        // Events from key-less writes go to every subscription (audiences: subscriptions.rs).
+        "audience": "all",
         "api": {"keys": [{"consumer": "tests", "sha256": TEST_KEY_SHA256}]},
         "subscriptions": subscriptions,
         "delivery": settings

@@ -96,6 +96,7 @@ async fn misbehaving_receivers_fail_attempts_and_never_stop_delivery() -> Result
         let mut subs = hostile_subscriptions(&peers, rx.port());
         subs.push(subscription("sub_healthy", "healthy", &rx.url("/hook")));
         json!({
+            "audience": "all",
             "api": {"keys": [{"consumer": "hostile", "sha256": TEST_KEY_SHA256}]},
             "subscriptions": subs,
             "delivery": {"timeout": "1s", "retry_schedule": ["0s", "200ms"], "jitter": 0,

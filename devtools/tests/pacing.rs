@@ -25,7 +25,8 @@ fn config(subscriptions: Vec<Value>, delivery: Value) -> Value {
     if let (Some(base), Some(extra)) = (settings.as_object_mut(), delivery.as_object()) {
         base.extend(extra.clone());
     }
-    json!({"subscriptions": subscriptions, "delivery": settings})
+    // The API's writes carry no key: the events are for every consumer.
+    json!({"audience": "all", "subscriptions": subscriptions, "delivery": settings})
 }
 
 /// `POST /orders` with body `{"n": n, "pad": …}` of about `pad` more bytes.

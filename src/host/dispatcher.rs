@@ -4,6 +4,7 @@
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::attempts::{self, Attempt, State};
+use crate::audience::{self, Target};
 use crate::config::Config;
 use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
@@ -114,7 +115,8 @@ impl DispatcherRoot {
                 Ok(QueueMessage::Event {
                     event_type,
                     payload,
-                }) => self.fan_out(&event_type, payload),
+                    audience,
+                }) => self.fan_out(&event_type, payload, &audience),
                 Ok(QueueMessage::Test {
                     subscription_id,
                     payload,
@@ -129,8 +131,12 @@ impl DispatcherRoot {
         }
     }
 
-    /// One message per matching, active subscription; the payload is shared, not copied.
-    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>) {
+    /// One message per matching, active subscription the audience reaches; the payload is
+    /// shared, not copied.
+    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>, audience: &Target) {
+        if *audience == Target::Nobody {
+            self.metrics.events_unaddressed.inc();
+        }
         let event_type: Rc<str> = Rc::from(event_type);
         let payload: Rc<[u8]> = payload.into();
         for id in self.candidates_for(&event_type).iter() {
@@ -142,7 +148,8 @@ impl DispatcherRoot {
                 .events
                 .iter()
                 .any(|f| crate::rules::filter_matches(f, &event_type));
-            if sub.is_active() && wanted {
+            let reached = audience::reaches(audience, &sub.consumer, sub.privileged);
+            if sub.is_active() && wanted && reached {
                 self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
             }
         }

@@ -5,8 +5,10 @@
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::api;
+use crate::audience::{self, Audience, Facts};
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::identity::OwnedCredentials;
 use crate::queue::{QueueMessage, QUEUE_NAME};
 use crate::registry::KvStore;
 use crate::registry::Registry;
@@ -28,6 +30,10 @@ pub struct Shared {
     dropped: Cell<u64>,
     /// Whether the dispatcher's heartbeat is recent (see `crate::watchdog`).
     dispatcher_alive: Cell<bool>,
+    /// The request headers some audience names, read on every request that may make an event.
+    audience_headers: Vec<String>,
+    /// Whether some audience is the requester (then its credentials are read too).
+    needs_requester: bool,
 }
 
 impl Shared {
@@ -80,7 +86,18 @@ pub struct FilterRoot {
 
 impl FilterRoot {
     pub fn new(config: Rc<Config>) -> FilterRoot {
+        let audiences = || {
+            config
+                .events
+                .iter()
+                .map(|r| &r.audience)
+                .chain([&config.audience])
+        };
+        let audience_headers = audience::request_headers(audiences());
+        let needs_requester = audiences().any(|a| *a == Audience::Requester);
         let shared = Shared {
+            audience_headers,
+            needs_requester,
             config,
             metrics: Metrics::define(),
             queue: Cell::new(None),
@@ -142,8 +159,8 @@ enum State {
     Idle,
     /// A subscription API call, waiting for its body; answered here, never sent upstream.
     Api(Box<ApiCall>),
-    /// A state-changing request; its method and path are needed once the status is known.
-    Request { method: String, path: String },
+    /// A state-changing request; what the response phase needs of it.
+    Request(Box<Seen>),
     /// The response makes an event; its body is being read as it streams past.
     Response(Box<Pending>),
 }
@@ -151,16 +168,26 @@ enum State {
 struct ApiCall {
     method: String,
     path: String,
-    authorization: Option<Vec<u8>>,
-    api_key: Option<Vec<u8>>,
+    credentials: OwnedCredentials,
     content_type: Option<Vec<u8>>,
+}
+
+/// A state-changing request as the request phase saw it (request headers cannot be read later).
+struct Seen {
+    method: String,
+    path: String,
+    /// The caller's credentials, when some audience is the requester.
+    credentials: OwnedCredentials,
+    /// The request headers audiences name, where present.
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 struct Pending {
     /// Whether the response ended normally (its body can be trusted).
     complete: bool,
-    method: String,
-    path: String,
+    seen: Box<Seen>,
+    /// The response header the audience names, where present.
+    response_header: Option<Vec<u8>>,
     status: u16,
     detected: Detected,
     seen_ms: u64,
@@ -180,6 +207,23 @@ fn header_str(map: MapType, name: &str) -> Option<String> {
     header(map, name).and_then(|v| String::from_utf8(v).ok())
 }
 
+/// The request headers that can identify the caller: `api.consumer_header` when set, else the
+/// API key headers.
+fn credentials(config: &Config) -> OwnedCredentials {
+    let request = MapType::HttpRequestHeaders;
+    match &config.api.consumer_header {
+        Some(name) => OwnedCredentials {
+            consumer_header: header(request, name),
+            ..OwnedCredentials::default()
+        },
+        None => OwnedCredentials {
+            authorization: header(request, "authorization"),
+            api_key: header(request, "x-api-key"),
+            consumer_header: None,
+        },
+    }
+}
+
 impl EventWatch {
     /// Remembers what the response phase needs; returns whether the request is the API's.
     fn on_request(&mut self) -> bool {
@@ -193,8 +237,7 @@ impl EventWatch {
             let call = ApiCall {
                 method,
                 path,
-                authorization: header(MapType::HttpRequestHeaders, "authorization"),
-                api_key: header(MapType::HttpRequestHeaders, "x-api-key"),
+                credentials: credentials(&self.shared.config),
                 content_type: header(MapType::HttpRequestHeaders, "content-type"),
             };
             self.state = State::Api(Box::new(call));
@@ -202,7 +245,22 @@ impl EventWatch {
         }
         if rules::is_mutating(&method) {
             path.truncate(rules::strip_query(&path).len());
-            self.state = State::Request { method, path };
+            let shared = &self.shared;
+            let credentials = match shared.needs_requester {
+                true => credentials(&shared.config),
+                false => OwnedCredentials::default(),
+            };
+            let headers = shared
+                .audience_headers
+                .iter()
+                .filter_map(|name| Some((name.clone(), header(MapType::HttpRequestHeaders, name)?)))
+                .collect();
+            self.state = State::Request(Box::new(Seen {
+                method,
+                path,
+                credentials,
+                headers,
+            }));
         }
         false
     }
@@ -225,8 +283,9 @@ impl EventWatch {
         let request = api::Request {
             method: &call.method,
             path: &call.path,
-            authorization: call.authorization.as_deref(),
-            api_key: call.api_key.as_deref(),
+            authorization: call.credentials.authorization.as_deref(),
+            api_key: call.credentials.api_key.as_deref(),
+            consumer_header: call.credentials.consumer_header.as_deref(),
             content_type: call.content_type.as_deref(),
             body,
         };
@@ -245,32 +304,41 @@ impl EventWatch {
     }
 
     fn on_response(&mut self) {
-        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+        let State::Request(seen) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
         let status = header_str(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         let config = &self.shared.config;
-        let Some(detected) =
-            rules::detect(&config.events, config.infer_events, &method, &path, status)
+        let infer = config.infers(&seen.path);
+        let Some(detected) = rules::detect(&config.events, infer, &seen.method, &seen.path, status)
         else {
             return;
         };
-        let content_length = header_str(MapType::HttpResponseHeaders, "content-length")
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        let capture = BodyCapture::new(
-            config.delivery.max_payload_bytes,
-            header(MapType::HttpResponseHeaders, "content-type").as_deref(),
-            header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
-            content_length,
-        );
+        let audience = config.audience_of(detected.rule);
+        let response_header = match audience {
+            Audience::ResponseHeader(name) => header(MapType::HttpResponseHeaders, name),
+            _ => None,
+        };
+        // The body is read only when the event carries it or its audience is found in it.
+        let wants_body =
+            config.include_object(detected.rule) || matches!(audience, Audience::Json(_));
+        let capture = match wants_body {
+            true => BodyCapture::new(
+                config.delivery.max_payload_bytes,
+                header(MapType::HttpResponseHeaders, "content-type").as_deref(),
+                header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
+                header_str(MapType::HttpResponseHeaders, "content-length")
+                    .and_then(|s| s.trim().parse::<u64>().ok()),
+            ),
+            false => BodyCapture::skip(),
+        };
         let seen_ms = io::now_ms();
         let pending = Pending {
             complete: false,
-            method,
-            path,
+            seen,
+            response_header,
             status,
             detected,
             seen_ms,
@@ -304,8 +372,8 @@ impl EventWatch {
         };
         let Pending {
             complete,
-            method,
-            path,
+            seen,
+            response_header,
             status,
             detected,
             seen_ms,
@@ -317,9 +385,26 @@ impl EventWatch {
         } else {
             CapturedObject::NotJson
         };
+        let config = &self.shared.config;
+        let facts = Facts {
+            api: &config.api,
+            credentials: seen.credentials.borrow(),
+            params: &detected.params,
+            request_headers: &seen.headers,
+            response_header: response_header.as_deref(),
+            body: match &object {
+                CapturedObject::Json(body) => Some(body),
+                _ => None,
+            },
+        };
+        let target = audience::resolve(config.audience_of(detected.rule), &facts);
+        let object = match config.include_object(detected.rule) {
+            true => object,
+            false => CapturedObject::NotJson,
+        };
         let request = RequestInfo {
-            method: &method,
-            path: &path,
+            method: &seen.method,
+            path: &seen.path,
             params: &detected.params,
             status,
         };
@@ -328,6 +413,7 @@ impl EventWatch {
         let message = QueueMessage::Event {
             event_type: detected.event_type,
             payload,
+            audience: target,
         };
         self.shared.enqueue(&message);
     }

@@ -127,6 +127,8 @@ pub struct Metrics {
     pub delivery_attempts: Metric,
     pub deliveries_exhausted: Metric,
     pub subscriptions_disabled: Metric,
+    /// Events whose audience named no consumer (only privileged subscriptions got them).
+    pub events_unaddressed: Metric,
     pub queue_depth: Metric,
     pub queue_bytes: Metric,
     pub dispatcher_alive: Metric,
@@ -144,6 +146,7 @@ impl Metrics {
             delivery_attempts: Metric::counter("webhooks_delivery_attempts"),
             deliveries_exhausted: Metric::counter("webhooks_deliveries_exhausted"),
             subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
+            events_unaddressed: Metric::counter("webhooks_events_unaddressed"),
             queue_depth: Metric::gauge("webhooks_queue_depth"),
             queue_bytes: Metric::gauge("webhooks_queue_bytes"),
             dispatcher_alive: Metric::gauge("webhooks_dispatcher_alive"),
