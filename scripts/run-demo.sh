@@ -58,11 +58,12 @@ cat <<'TRY'
 proxy-webhooks demo is up: Envoy :10000 → orders API :8080; webhooks → receiver :9000 (printed below).
 Envoy's log: .tmp/envoy-demo.log   admin: http://127.0.0.1:9901/stats?filter=wasmcustom
 
-Try, in another terminal:
-  curl -i -X POST localhost:10000/orders -H 'content-type: application/json' -d '{"item":"book","total":12}'
-  curl -i -X PATCH localhost:10000/orders/1 -H 'content-type: application/json' -d '{"status":"paid"}'
-  curl -i -X DELETE localhost:10000/orders/1
+Try, in another terminal (as the consumer "demo": its writes' events go to its subscriptions):
+  curl -i -X POST localhost:10000/orders -H 'X-API-Key: demo-key' -H 'content-type: application/json' -d '{"item":"book","total":12}'
+  curl -i -X PATCH localhost:10000/orders/1 -H 'X-API-Key: demo-key' -H 'content-type: application/json' -d '{"status":"paid"}'
+  curl -i -X DELETE localhost:10000/orders/1 -H 'X-API-Key: demo-key'
   curl -i localhost:10000/orders
+Without the key a write names no consumer: no webhook (webhooks_events_unaddressed counts it).
 
 The subscription API (API key "demo-key"):
   curl -i localhost:10000/webhooks/subscriptions -H 'X-API-Key: demo-key'

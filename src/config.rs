@@ -3,6 +3,7 @@
 //! Parsing is strict (unknown fields are refused) and every error names the field, so that a
 //! platform engineer sees exactly what to fix in the single log line Envoy prints at start-up.
 
+use crate::audience::{self, Audience};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
 use crate::url::{check_destination, Policy};
@@ -15,8 +16,13 @@ pub struct Config {
     /// Explicit event rules, checked in order; the first match wins.
     pub events: Vec<EventRule>,
     /// Whether unmatched POST/PUT/PATCH/DELETE 2xx responses become `<resource>.<verb>` events.
-    /// Default: true when `events` is empty, else false.
+    /// Default: true when `events` is empty, else false; a list of prefixes turns it on.
     pub infer_events: bool,
+    /// `infer_events` as a list: inference only under these path prefixes (no trailing `/`;
+    /// `""` for `/`). Empty: everywhere.
+    pub infer_prefixes: Vec<String>,
+    /// The top-level `audience`: for rules without one and for inferred events.
+    pub audience: Audience,
     pub api: ApiConfig,
     pub subscriptions: Vec<StaticSubscription>,
     pub delivery: DeliveryConfig,
@@ -27,6 +33,9 @@ pub struct ApiConfig {
     /// Default `/webhooks`; must start with `/`, no trailing `/` (a trailing one is trimmed).
     pub path_prefix: String,
     pub keys: Vec<ApiKey>,
+    /// `api.consumer_header` (lowercase): a request header set by an authentication filter
+    /// earlier in the chain that names the consumer, instead of `keys`.
+    pub consumer_header: Option<String>,
     /// `api.max_subscriptions_per_consumer`, default 100.
     pub max_subscriptions_per_consumer: usize,
     /// `api.max_body_bytes`, default 65536: larger API request bodies answer 413.
@@ -51,6 +60,8 @@ pub struct StaticSubscription {
     /// `whsec_` + base64 secret, validated to decode.
     pub secret: String,
     pub description: String,
+    /// Receives every event its filters match, whatever the event's audience.
+    pub privileged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,8 +75,11 @@ pub struct DeliveryConfig {
     pub jitter: f64,
     /// Default 5 days.
     pub disable_after_ms: u64,
-    /// Pending messages held at most, default 10000, at least 1.
+    /// Pending messages held at most, default 100000, at least 1.
     pub max_queue: usize,
+    /// `delivery.max_queue_bytes`: bytes of pending messages held at most (payloads counted
+    /// once, plus a fixed overhead per message), default 128 MiB.
+    pub max_queue_bytes: usize,
     /// Largest response body copied into `data.object`, default 65536.
     pub max_payload_bytes: usize,
     /// `delivery.clusters.http`, default `webhooks_egress_http`.
@@ -79,6 +93,8 @@ pub struct DeliveryConfig {
     pub allow_private_destinations: bool,
     /// `delivery.max_in_flight`: concurrent callouts at most, default 256, at least 1.
     pub max_in_flight: usize,
+    /// `delivery.max_in_flight_per_subscription`: the largest pacing window, default 32.
+    pub max_in_flight_per_subscription: usize,
     /// `delivery.max_replay`: failed or exhausted messages kept for replay, default 1000.
     pub max_replay: usize,
     /// `delivery.drain_timeout`: how long shutdown waits for pending deliveries, default 10 s.
@@ -103,6 +119,9 @@ impl std::error::Error for ConfigError {}
 
 /// Durations are capped so that time arithmetic on them can never overflow.
 pub const MAX_DURATION_MS: u64 = 365 * DAY_MS;
+/// The longest callout timeout: Envoy keeps it in 32-bit milliseconds (2^31 ms is 24.8 days) and
+/// fails every callout past that.
+pub const MAX_TIMEOUT_MS: u64 = 24 * DAY_MS;
 /// `delivery.retry_schedule` entries at most.
 pub const MAX_RETRY_SCHEDULE: usize = 50;
 /// `subscriptions[].description` characters at most.
@@ -131,6 +150,8 @@ impl Default for Config {
         Config {
             events: Vec::new(),
             infer_events: true,
+            infer_prefixes: Vec::new(),
+            audience: Audience::Requester,
             api: ApiConfig::default(),
             subscriptions: Vec::new(),
             delivery: DeliveryConfig::default(),
@@ -143,6 +164,7 @@ impl Default for ApiConfig {
         ApiConfig {
             path_prefix: "/webhooks".to_string(),
             keys: Vec::new(),
+            consumer_header: None,
             max_subscriptions_per_consumer: 100,
             max_body_bytes: 65536,
         }
@@ -166,13 +188,15 @@ impl Default for DeliveryConfig {
             retry_schedule_ms: DEFAULT_RETRY_SCHEDULE_MS.to_vec(),
             jitter: 0.2,
             disable_after_ms: 5 * DAY_MS,
-            max_queue: 10000,
+            max_queue: 100_000,
+            max_queue_bytes: 128 * 1024 * 1024,
             max_payload_bytes: 65536,
             cluster_http: "webhooks_egress_http".to_string(),
             cluster_https: "webhooks_egress_https".to_string(),
             allow_http: false,
             allow_private_destinations: false,
             max_in_flight: 256,
+            max_in_flight_per_subscription: 32,
             max_replay: 1000,
             drain_timeout_ms: 10_000,
         }
@@ -210,41 +234,76 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
     let top = Obj::new("", &value, TOP_FIELDS)?;
     // `delivery` first: it decides how strictly subscription URLs are checked.
     let delivery = parse_delivery(top.get("delivery"))?;
-    let events = parse_events(top.get("events"))?;
-    let infer_events = top.bool("infer_events")?.unwrap_or(events.is_empty());
+    let audience = match top.get("audience") {
+        Some(v) => parse_audience("audience", v, None)?,
+        None => Audience::Requester,
+    };
+    let events = parse_events(top.get("events"), &audience)?;
+    let (infer_events, infer_prefixes) = match top.get("infer_events") {
+        Some(v) => parse_inference("infer_events", v)?,
+        None => (events.is_empty(), Vec::new()),
+    };
     let api = parse_api(top.get("api"))?;
     let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy())?;
     Ok(Config {
         events,
         infer_events,
+        infer_prefixes,
+        audience,
         api,
         subscriptions,
         delivery,
     })
 }
 
-const TOP_FIELDS: &[&str] = &["events", "infer_events", "api", "subscriptions", "delivery"];
-const EVENT_FIELDS: &[&str] = &["type", "method", "path", "status"];
+const TOP_FIELDS: &[&str] = &[
+    "events",
+    "infer_events",
+    "audience",
+    "api",
+    "subscriptions",
+    "delivery",
+];
+const EVENT_FIELDS: &[&str] = &[
+    "type",
+    "method",
+    "path",
+    "status",
+    "audience",
+    "include_object",
+];
+const AUDIENCE_FIELDS: &[&str] = &["param", "header", "response_header", "json"];
 const API_FIELDS: &[&str] = &[
     "path_prefix",
     "keys",
+    "consumer_header",
     "max_subscriptions_per_consumer",
     "max_body_bytes",
 ];
 const KEY_FIELDS: &[&str] = &["consumer", "sha256"];
-const SUBSCRIPTION_FIELDS: &[&str] = &["id", "consumer", "url", "events", "secret", "description"];
+const SUBSCRIPTION_FIELDS: &[&str] = &[
+    "id",
+    "consumer",
+    "url",
+    "events",
+    "secret",
+    "description",
+    "privileged",
+];
 const DELIVERY_FIELDS: &[&str] = &[
     "timeout",
     "retry_schedule",
     "jitter",
     "disable_after",
     "max_queue",
+    "max_queue_bytes",
     "max_payload_bytes",
     "clusters",
     "allow_http",
     "allow_private_destinations",
     "allow_insecure_destinations",
     "max_in_flight",
+    "max_in_flight_per_subscription",
     "max_replay",
     "drain_timeout",
 ];
@@ -385,6 +444,12 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     };
     let o = Obj::new("delivery", value, DELIVERY_FIELDS)?;
     d.timeout_ms = o.positive_duration("timeout")?.unwrap_or(d.timeout_ms);
+    if d.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(err(
+            o.field("timeout"),
+            "must be at most 24d (Envoy fails callouts with longer timeouts)",
+        ));
+    }
     if let Some(list) = o.array("retry_schedule")? {
         d.retry_schedule_ms = parse_schedule(&o.field("retry_schedule"), list)?;
     }
@@ -395,6 +460,9 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
         .positive_duration("disable_after")?
         .unwrap_or(d.disable_after_ms);
     d.max_queue = o.count("max_queue", 1)?.unwrap_or(d.max_queue);
+    d.max_queue_bytes = o
+        .count("max_queue_bytes", 1024)?
+        .unwrap_or(d.max_queue_bytes);
     d.max_payload_bytes = o
         .count("max_payload_bytes", 0)?
         .unwrap_or(d.max_payload_bytes);
@@ -406,6 +474,9 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     d.allow_http = o.bool("allow_http")?.unwrap_or(insecure);
     d.allow_private_destinations = o.bool("allow_private_destinations")?.unwrap_or(insecure);
     d.max_in_flight = o.count("max_in_flight", 1)?.unwrap_or(d.max_in_flight);
+    d.max_in_flight_per_subscription = o
+        .count("max_in_flight_per_subscription", 1)?
+        .unwrap_or(d.max_in_flight_per_subscription);
     d.max_replay = o.count("max_replay", 0)?.unwrap_or(d.max_replay);
     d.drain_timeout_ms = o.duration("drain_timeout")?.unwrap_or(d.drain_timeout_ms);
     Ok(d)
@@ -449,18 +520,18 @@ fn parse_clusters(field: &str, v: &Value, d: &mut DeliveryConfig) -> Result<(), 
     Ok(())
 }
 
-fn parse_events(value: Option<&Value>) -> Result<Vec<EventRule>, ConfigError> {
+fn parse_events(value: Option<&Value>, default: &Audience) -> Result<Vec<EventRule>, ConfigError> {
     let Some(value) = value else {
         return Ok(Vec::new());
     };
     as_array("events", value)?
         .iter()
         .enumerate()
-        .map(|(i, v)| parse_rule(&item("events", i), v))
+        .map(|(i, v)| parse_rule(&item("events", i), v, default))
         .collect()
 }
 
-fn parse_rule(path: &str, value: &Value) -> Result<EventRule, ConfigError> {
+fn parse_rule(path: &str, value: &Value, default: &Audience) -> Result<EventRule, ConfigError> {
     let o = Obj::new(path, value, EVENT_FIELDS)?;
     let event_type = parse_event_type(&o.field("type"), o.required_str("type")?)?;
     let methods = match o.get("method") {
@@ -473,12 +544,131 @@ fn parse_rule(path: &str, value: &Value) -> Result<EventRule, ConfigError> {
         Some(v) => parse_status(&o.field("status"), v)?,
         None => StatusMatch::Class(2),
     };
+    let audience = match o.get("audience") {
+        Some(v) => parse_audience(&o.field("audience"), v, Some(&path))?,
+        None => default.clone(),
+    };
     Ok(EventRule {
         event_type,
         methods,
         path,
         status,
+        audience,
+        include_object: o.bool("include_object")?.unwrap_or(true),
     })
+}
+
+/// `"requester"`, `"all"`, or one of `{"param"}`, `{"header"}`, `{"response_header"}`,
+/// `{"json"}`. `template` is the rule's path template; a param audience must name one of its
+/// captures, so the top-level default (which inferred events use too) cannot be one.
+fn parse_audience(
+    field: &str,
+    v: &Value,
+    template: Option<&PathTemplate>,
+) -> Result<Audience, ConfigError> {
+    let shape = || {
+        err(
+            field,
+            "must be \"requester\", \"all\", or an object with one of param, header, response_header, json",
+        )
+    };
+    if let Some(name) = v.as_str() {
+        return match name {
+            "requester" => Ok(Audience::Requester),
+            "all" => Ok(Audience::All),
+            _ => Err(shape()),
+        };
+    }
+    let o = Obj::new(field, v, AUDIENCE_FIELDS).map_err(|e| match v.is_object() {
+        true => e,
+        false => shape(),
+    })?;
+    let mut entries = o.map.iter();
+    let (Some((kind, value)), None) = (entries.next(), entries.next()) else {
+        return Err(shape());
+    };
+    let field = o.field(kind);
+    let value = as_str(&field, value)?;
+    let problem = match kind.as_str() {
+        "header" => return parse_header_name(&field, value).map(Audience::Header),
+        "response_header" => return parse_header_name(&field, value).map(Audience::ResponseHeader),
+        "param" if template.is_some_and(|t| t.has_param(value)) => {
+            return Ok(Audience::Param(value.to_string()))
+        }
+        "param" => match template {
+            Some(t) => format!("{value:?} is not a capture of the path {:?}", t.as_str()),
+            None => "is only valid on an event rule (inferred events have no path template)".into(),
+        },
+        _ if audience::is_json_pointer(value) => return Ok(Audience::Json(value.to_string())),
+        _ => format!("{value:?} is not a JSON pointer (like \"/customer_id\")"),
+    };
+    Err(err(field, problem))
+}
+
+/// An HTTP field name (RFC 9110 token), stored lowercase as Envoy hands headers over.
+fn parse_header_name(field: &str, s: &str) -> Result<String, ConfigError> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if s.is_empty() || !s.chars().all(token) {
+        return Err(err(field, format!("{s:?} is not a header name")));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// `true`, `false`, or a non-empty list of path prefixes inference is limited to.
+fn parse_inference(field: &str, v: &Value) -> Result<(bool, Vec<String>), ConfigError> {
+    if let Some(on) = v.as_bool() {
+        return Ok((on, Vec::new()));
+    }
+    let shape = || {
+        err(
+            field,
+            "must be a boolean or a non-empty array of path prefixes",
+        )
+    };
+    let list = v.as_array().filter(|l| !l.is_empty()).ok_or_else(shape)?;
+    let prefixes = list
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let field = item(field, i);
+            let s = as_str(&field, entry)?;
+            if !s.starts_with('/')
+                || s.contains(|c: char| "?#".contains(c) || c.is_whitespace() || c.is_control())
+            {
+                return Err(err(
+                    field,
+                    "must start with '/' and contain no '?', '#' or whitespace",
+                ));
+            }
+            Ok(s.trim_end_matches('/').to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((true, prefixes))
+}
+
+impl Config {
+    /// Whether inference applies to `path` (query stripped): on, and under one of the prefixes
+    /// if they are limited (`/orders` covers `/orders` and `/orders/7`, not `/ordersx`).
+    pub fn infers(&self, path: &str) -> bool {
+        self.infer_events
+            && (self.infer_prefixes.is_empty()
+                || self.infer_prefixes.iter().any(|p| {
+                    path.strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                }))
+    }
+
+    /// The audience of an event detected by rule `rule` (None: inferred).
+    pub fn audience_of(&self, rule: Option<usize>) -> &Audience {
+        rule.and_then(|i| self.events.get(i))
+            .map_or(&self.audience, |r| &r.audience)
+    }
+
+    /// Whether events of rule `rule` (None: inferred) carry the response body.
+    pub fn include_object(&self, rule: Option<usize>) -> bool {
+        rule.and_then(|i| self.events.get(i))
+            .is_none_or(|r| r.include_object)
+    }
 }
 
 fn parse_event_type(field: &str, s: &str) -> Result<String, ConfigError> {
@@ -566,6 +756,16 @@ fn parse_api(value: Option<&Value>) -> Result<ApiConfig, ConfigError> {
     }
     if let Some(list) = o.array("keys")? {
         api.keys = parse_keys(&o.field("keys"), list)?;
+    }
+    if let Some(name) = o.str("consumer_header")? {
+        let field = o.field("consumer_header");
+        api.consumer_header = Some(parse_header_name(&field, name)?);
+        if !api.keys.is_empty() {
+            return Err(err(
+                field,
+                "cannot be combined with api.keys: with a consumer header, it alone identifies consumers",
+            ));
+        }
     }
     api.max_subscriptions_per_consumer = o
         .count("max_subscriptions_per_consumer", 1)?
@@ -676,6 +876,7 @@ fn parse_subscription(
     let secret = o.required_str("secret")?;
     Secret::parse_chosen(secret).map_err(|problem| err(o.field("secret"), problem))?;
     let description = o.str("description")?.unwrap_or_default();
+    let privileged = o.bool("privileged")?.unwrap_or(false);
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(err(
             o.field("description"),
@@ -689,6 +890,7 @@ fn parse_subscription(
         events,
         secret: secret.to_string(),
         description: description.to_string(),
+        privileged,
     })
 }
 
@@ -746,7 +948,10 @@ mod tests {
     "retry_schedule": ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "14h", "20h", "24h"],
     "jitter": 0.2,
     "disable_after": "5d",
-    "max_queue": 10000,
+    "max_queue": 100000,
+    "max_queue_bytes": 134217728,
+    "max_in_flight": 256,
+    "max_in_flight_per_subscription": 32,
     "max_payload_bytes": 65536,
     "clusters": {{"http": "webhooks_egress_http", "https": "webhooks_egress_https"}},
     "allow_http": false,
@@ -798,6 +1003,7 @@ mod tests {
                 events: vec!["order.*".into()],
                 secret: SECRET.into(),
                 description: String::new(),
+                privileged: false,
             }]
         );
         assert_eq!(c.delivery, DeliveryConfig::default());
@@ -849,7 +1055,9 @@ mod tests {
         );
         assert_eq!(dl.jitter, 0.2);
         assert_eq!(dl.disable_after_ms, 5 * 86_400_000);
-        assert_eq!((dl.max_queue, dl.max_payload_bytes), (10000, 65536));
+        assert_eq!((dl.max_queue, dl.max_payload_bytes), (100_000, 65536));
+        assert_eq!(dl.max_queue_bytes, 134_217_728);
+        assert_eq!(dl.max_in_flight_per_subscription, 32);
         assert_eq!(dl.cluster_http, "webhooks_egress_http");
         assert_eq!(dl.cluster_https, "webhooks_egress_https");
         assert!(!dl.allow_http && !dl.allow_private_destinations);
@@ -983,7 +1191,7 @@ mod tests {
     fn wrong_types() {
         assert_eq!(
             error(r#"{"infer_events": "yes"}"#),
-            "infer_events: must be a boolean"
+            "infer_events: must be a boolean or a non-empty array of path prefixes"
         );
         assert_eq!(error(r#"{"events": {}}"#), "events: must be an array");
         assert_eq!(error(r#"{"events": [1]}"#), "events[0]: must be an object");
@@ -1058,6 +1266,23 @@ mod tests {
             d(r#""max_queue": 0"#),
             "delivery.max_queue: must be an integer >= 1"
         );
+        assert_eq!(
+            d(r#""max_queue_bytes": 1000"#),
+            "delivery.max_queue_bytes: must be an integer >= 1024"
+        );
+        assert_eq!(
+            d(r#""max_in_flight_per_subscription": 0"#),
+            "delivery.max_in_flight_per_subscription: must be an integer >= 1"
+        );
+        assert_eq!(
+            d(r#""timeout": "25d""#),
+            "delivery.timeout: must be at most 24d (Envoy fails callouts with longer timeouts)"
+        );
+        assert!(parse_str(
+            r#"{"delivery": {"timeout": "24d", "max_queue_bytes": 1024,
+                               "max_in_flight_per_subscription": 1}}"#
+        )
+        .is_ok());
         assert_eq!(
             d(r#""max_queue": -5"#),
             "delivery.max_queue: must be an integer >= 1"
@@ -1344,6 +1569,178 @@ mod tests {
         assert_eq!(
             ok.unwrap().subscriptions[0].description.chars().count(),
             256
+        );
+    }
+
+    #[test]
+    fn audiences_parse_with_the_default_applied() {
+        let c = parse_str(
+            r#"{"audience": "all", "events": [
+                {"type": "a.x", "path": "/a"},
+                {"type": "a.y", "path": "/t/{tenant}/a", "audience": {"param": "tenant"}},
+                {"type": "a.z", "path": "/f/{*rest}", "audience": {"param": "rest"}},
+                {"type": "b.x", "path": "/b", "audience": {"header": "X-Tenant-ID"}},
+                {"type": "b.y", "path": "/b", "audience": {"response_header": "X-Owner"}},
+                {"type": "c.x", "path": "/c", "audience": {"json": "/customer/id"}, "include_object": false},
+                {"type": "c.y", "path": "/c", "audience": "requester", "include_object": true}
+            ]}"#,
+        )
+        .unwrap();
+        let audiences: Vec<&Audience> = c.events.iter().map(|r| &r.audience).collect();
+        assert_eq!(
+            audiences,
+            [
+                &Audience::All,
+                &Audience::Param("tenant".into()),
+                &Audience::Param("rest".into()),
+                &Audience::Header("x-tenant-id".into()),
+                &Audience::ResponseHeader("x-owner".into()),
+                &Audience::Json("/customer/id".into()),
+                &Audience::Requester,
+            ]
+        );
+        let objects: Vec<bool> = c.events.iter().map(|r| r.include_object).collect();
+        assert_eq!(objects, [true, true, true, true, true, false, true]);
+        assert_eq!(c.audience, Audience::All);
+        assert_eq!(c.audience_of(Some(1)), &Audience::Param("tenant".into()));
+        assert_eq!(c.audience_of(None), &Audience::All);
+        assert_eq!(c.audience_of(Some(99)), &Audience::All);
+        assert!(!c.include_object(Some(5)) && c.include_object(None));
+        // Without a top-level audience the default is the requester.
+        let c = parse_str(r#"{"events": [{"type": "a.x", "path": "/a"}]}"#).unwrap();
+        assert_eq!(c.audience, Audience::Requester);
+        assert_eq!(c.events[0].audience, Audience::Requester);
+        assert_eq!(
+            parse_str(r#"{"audience": {"json": "/owner"}}"#)
+                .unwrap()
+                .audience,
+            Audience::Json("/owner".into())
+        );
+    }
+
+    #[test]
+    fn audience_errors() {
+        let rule = |audience: &str| {
+            error(&format!(
+                r#"{{"events": [{{"type": "a.b", "path": "/t/{{tenant}}/a", "audience": {audience}}}]}}"#
+            ))
+        };
+        let shape = "must be \"requester\", \"all\", or an object with one of param, header, response_header, json";
+        for bad in [
+            r#""everyone""#,
+            "1",
+            "[]",
+            "{}",
+            r#"{"param": "tenant", "header": "x"}"#,
+        ] {
+            assert_eq!(rule(bad), format!("events[0].audience: {shape}"), "{bad}");
+        }
+        assert_eq!(
+            error(r#"{"audience": "public"}"#),
+            format!("audience: {shape}")
+        );
+        assert_eq!(
+            rule(r#"{"claim": "sub"}"#),
+            "events[0].audience.claim: unknown field"
+        );
+        assert_eq!(
+            rule(r#"{"param": "id"}"#),
+            "events[0].audience.param: \"id\" is not a capture of the path \"/t/{tenant}/a\""
+        );
+        assert_eq!(
+            rule(r#"{"param": 1}"#),
+            "events[0].audience.param: must be a string"
+        );
+        assert_eq!(
+            error(r#"{"audience": {"param": "tenant"}}"#),
+            "audience.param: is only valid on an event rule (inferred events have no path template)"
+        );
+        for bad in ["", "x tenant", "x:y", ":authority", "é"] {
+            assert_eq!(
+                rule(&format!(r#"{{"header": "{bad}"}}"#)),
+                format!("events[0].audience.header: {bad:?} is not a header name")
+            );
+            assert_eq!(
+                rule(&format!(r#"{{"response_header": "{bad}"}}"#)),
+                format!("events[0].audience.response_header: {bad:?} is not a header name")
+            );
+        }
+        for bad in ["customer_id", "/a~2", "#/a"] {
+            assert_eq!(
+                rule(&format!(r#"{{"json": "{bad}"}}"#)),
+                format!("events[0].audience.json: {bad:?} is not a JSON pointer (like \"/customer_id\")")
+            );
+        }
+        assert_eq!(
+            error(r#"{"events": [{"type": "a.b", "path": "/a", "include_object": "no"}]}"#),
+            "events[0].include_object: must be a boolean"
+        );
+    }
+
+    #[test]
+    fn inference_prefixes() {
+        let c = parse_str(r#"{"infer_events": ["/orders/", "/api/v1/customers"]}"#).unwrap();
+        assert!(c.infer_events);
+        assert_eq!(c.infer_prefixes, vec!["/orders", "/api/v1/customers"]);
+        for yes in ["/orders", "/orders/7", "/api/v1/customers/3/notes"] {
+            assert!(c.infers(yes), "{yes}");
+        }
+        for no in ["/ordersx", "/auth/login", "/api/v1", "/"] {
+            assert!(!c.infers(no), "{no}");
+        }
+        let everywhere = parse_str(r#"{"infer_events": ["/"]}"#).unwrap();
+        assert!(everywhere.infers("/auth/login") && everywhere.infers("/"));
+        let off = parse_str(r#"{"infer_events": false}"#).unwrap();
+        assert!(!off.infers("/orders"));
+        assert!(Config::default().infers("/anything"));
+        // A list turns inference on even beside explicit rules.
+        let c = parse_str(r#"{"events": [{"type": "a.b", "path": "/a"}], "infer_events": ["/o"]}"#);
+        assert!(c.unwrap().infers("/o/1"));
+        let shape = "infer_events: must be a boolean or a non-empty array of path prefixes";
+        assert_eq!(error(r#"{"infer_events": []}"#), shape);
+        assert_eq!(error(r#"{"infer_events": "/orders"}"#), shape);
+        assert_eq!(
+            error(r#"{"infer_events": ["/a", 3]}"#),
+            "infer_events[1]: must be a string"
+        );
+        for bad in ["orders", "/a?b", "/a b", "/a#b"] {
+            assert_eq!(
+                error(&format!(r#"{{"infer_events": ["{bad}"]}}"#)),
+                "infer_events[0]: must start with '/' and contain no '?', '#' or whitespace"
+            );
+        }
+    }
+
+    #[test]
+    fn consumer_header() {
+        let c = parse_str(r#"{"api": {"consumer_header": "X-Consumer-ID"}}"#).unwrap();
+        assert_eq!(c.api.consumer_header.as_deref(), Some("x-consumer-id"));
+        assert_eq!(Config::default().api.consumer_header, None);
+        assert_eq!(
+            error(r#"{"api": {"consumer_header": "x consumer"}}"#),
+            "api.consumer_header: \"x consumer\" is not a header name"
+        );
+        assert_eq!(
+            error(r#"{"api": {"consumer_header": true}}"#),
+            "api.consumer_header: must be a string"
+        );
+        let both = format!(
+            r#"{{"api": {{"consumer_header": "x-consumer", "keys": [{{"consumer": "a", "sha256": "{SHA}"}}]}}}}"#
+        );
+        assert_eq!(
+            error(&both),
+            "api.consumer_header: cannot be combined with api.keys: with a consumer header, it alone identifies consumers"
+        );
+    }
+
+    #[test]
+    fn privileged_static_subscriptions() {
+        assert!(!parse_str(&sub("")).unwrap().subscriptions[0].privileged);
+        let c = parse_str(&sub(r#", "privileged": true"#)).unwrap();
+        assert!(c.subscriptions[0].privileged);
+        assert_eq!(
+            error(&sub(r#", "privileged": "yes""#)),
+            "subscriptions[0].privileged: must be a boolean"
         );
     }
 }

@@ -5,200 +5,51 @@
 //! returns. One message is one (event, subscription) pair; its webhook-id never changes.
 
 use crate::config::DeliveryConfig;
+pub use crate::outbox::Message;
+use crate::pacing::Signal;
 use crate::signing::Secret;
 use crate::url::Destination;
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
-use std::rc::Rc;
+use std::collections::HashMap;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));
 
-/// One webhook message for one subscription, waiting for its next attempt.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub webhook_id: String,
-    pub subscription_id: String,
-    pub event_type: Rc<str>,
-    /// The signed body, shared by every subscription the event fans out to.
-    pub payload: Rc<[u8]>,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// When the message was created (the event was seen).
-    pub created_ms: u64,
-    /// Times the callout could not start yet because Envoy was still resolving the host.
-    pub host_waits: u32,
-}
-
-/// A handle on a message in the outbox.
-pub type MessageKey = u64;
-
-/// Pending messages ordered by due time, bounded by `max_queue`.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    messages: HashMap<MessageKey, Message>,
-    /// (due time, key); stale entries of removed messages are skipped when popped.
-    due: BinaryHeap<Reverse<(u64, MessageKey)>>,
-    /// Waiting messages (not in flight) in the order they are dropped on overflow: retries
-    /// (`false` sorts first) before first attempts, oldest first. Keeps overflow O(log n).
-    waiting: BTreeSet<(bool, u64, MessageKey)>,
-    /// Keys of messages currently being attempted (not in `due`).
-    in_flight: usize,
-    next_key: MessageKey,
-}
-
-/// A waiting message's place in [`Outbox::waiting`].
-fn waiting_entry(key: MessageKey, message: &Message) -> (bool, u64, MessageKey) {
-    (message.attempts == 0, message.created_ms, key)
-}
-
-impl Outbox {
-    /// Messages held, in flight or waiting.
-    pub fn len(&self) -> usize {
-        self.messages.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
-    /// Every held message, in no particular order.
-    pub fn messages(&self) -> impl Iterator<Item = &Message> {
-        self.messages.values()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
-    /// Adds a message due at `due_ms`. When the outbox already holds `max_queue` messages, the
-    /// waiting retry created longest ago is dropped first (then the oldest waiting message);
-    /// the dropped one is returned.
-    pub fn push(&mut self, message: Message, due_ms: u64, max_queue: usize) -> Option<Message> {
-        let dropped = if self.messages.len() >= max_queue {
-            self.victim().and_then(|key| self.messages.remove(&key))
-        } else {
-            None
-        };
-        let key = self.next_key;
-        self.next_key += 1;
-        self.waiting.insert(waiting_entry(key, &message));
-        self.messages.insert(key, message);
-        self.due.push(Reverse((due_ms, key)));
-        self.compact();
-        dropped
-    }
-
-    /// Dropped messages leave their entry in `due` until its time comes (possibly days): rebuild
-    /// the heap when such entries outnumber the live ones, so memory follows `max_queue`.
-    fn compact(&mut self) {
-        if self.due.len() > 2 * self.messages.len() + 1024 {
-            let messages = &self.messages;
-            self.due
-                .retain(|Reverse((_, key))| messages.contains_key(key));
-        }
-    }
-
-    /// Drops waiting messages while more than `max_queue` are held, by the same rule as [`push`]
-    /// (oldest waiting retry first), and returns them. `push` cannot make room when every held
-    /// message is in flight; call this when an attempt ends and its message waits again.
-    ///
-    /// [`push`]: Outbox::push
-    pub fn trim(&mut self, max_queue: usize) -> Vec<Message> {
-        let mut dropped = Vec::new();
-        while self.messages.len() > max_queue {
-            let Some(message) = self.victim().and_then(|key| self.messages.remove(&key)) else {
-                break;
-            };
-            dropped.push(message);
-        }
-        dropped
-    }
-
-    /// The message to drop on overflow: the oldest waiting retry, else the oldest waiting message.
-    fn victim(&mut self) -> Option<MessageKey> {
-        self.waiting.pop_first().map(|(_, _, key)| key)
-    }
-
-    /// Takes the next message due at `now_ms` and marks it in flight.
-    pub fn pop_due(&mut self, now_ms: u64) -> Option<(MessageKey, &Message)> {
-        loop {
-            let Reverse((due, key)) = *self.due.peek()?;
-            if due > now_ms {
-                return None;
-            }
-            self.due.pop();
-            if let Some(message) = self.messages.get(&key) {
-                self.waiting.remove(&waiting_entry(key, message));
-                self.in_flight += 1;
-                return Some((key, message));
-            }
-        }
-    }
-
-    /// The earliest due time in line (it may belong to a message dropped meanwhile).
-    pub fn next_due(&self) -> Option<u64> {
-        self.due.peek().map(|Reverse((due, _))| *due)
-    }
-
-    /// Ends an attempt: the message is either rescheduled or removed (and returned).
-    pub fn finish(&mut self, key: MessageKey, reschedule_at: Option<u64>) -> Option<Message> {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        match reschedule_at {
-            Some(at) => {
-                if let Some(m) = self.messages.get_mut(&key) {
-                    m.attempts += 1;
-                    // A later attempt may meet an unresolved host again: it gets its own wait.
-                    m.host_waits = 0;
-                    self.waiting.insert(waiting_entry(key, m));
-                    self.due.push(Reverse((at, key)));
-                }
-                None
-            }
-            None => self.messages.remove(&key),
-        }
-    }
-
-    /// Puts an attempt that could not start back in line without counting it as an attempt.
-    pub fn defer(&mut self, key: MessageKey, at: u64) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(m) = self.messages.get_mut(&key) {
-            m.host_waits += 1;
-            self.waiting.insert(waiting_entry(key, m));
-            self.due.push(Reverse((at, key)));
-        }
-    }
-
-    pub fn get(&self, key: MessageKey) -> Option<&Message> {
-        self.messages.get(&key)
-    }
-}
-
 /// Failed, exhausted or dropped messages, kept so that a consumer can ask for them again.
-/// Bounded: the oldest is forgotten first.
+/// Bounded in messages and bytes: the oldest is forgotten first.
 #[derive(Debug, Default)]
 pub struct ReplayStore {
     messages: HashMap<String, Message>,
     order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// What a kept message costs: its payload (not shared with the outbox's accounting) and ids.
+fn replay_bytes(message: &Message) -> usize {
+    message.payload.len() + crate::outbox::MESSAGE_OVERHEAD
 }
 
 impl ReplayStore {
-    /// Keeps `message`; returns the ones forgotten to stay within `capacity` (the oldest).
-    pub fn keep(&mut self, message: Message, capacity: usize) -> Vec<Message> {
-        if capacity == 0 {
-            return vec![message];
-        }
+    /// Keeps `message`; returns the ones forgotten (the oldest) to stay within `max_messages`
+    /// and `max_bytes`.
+    pub fn keep(
+        &mut self,
+        message: Message,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Vec<Message> {
         let id = message.webhook_id.clone();
-        if self.messages.insert(id.clone(), message).is_none() {
-            self.order.push_back(id);
+        self.bytes += replay_bytes(&message);
+        match self.messages.insert(id.clone(), message) {
+            Some(old) => self.bytes = self.bytes.saturating_sub(replay_bytes(&old)),
+            None => self.order.push_back(id),
         }
         let mut forgotten = Vec::new();
-        while self.order.len() > capacity {
-            if let Some(old) = self
-                .order
-                .pop_front()
-                .and_then(|id| self.messages.remove(&id))
-            {
+        while self.order.len() > max_messages || self.bytes > max_bytes {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.messages.remove(&id) {
+                self.bytes = self.bytes.saturating_sub(replay_bytes(&old));
                 forgotten.push(old);
             }
         }
@@ -209,6 +60,7 @@ impl ReplayStore {
     pub fn take(&mut self, webhook_id: &str) -> Option<Message> {
         let mut message = self.messages.remove(webhook_id)?;
         self.order.retain(|id| id != webhook_id);
+        self.bytes = self.bytes.saturating_sub(replay_bytes(&message));
         message.attempts = 0;
         message.host_waits = 0;
         Some(message)
@@ -364,32 +216,40 @@ pub fn build_request(
     }
 }
 
+/// Why an attempt got no answer: the receiver cut its answer short (Envoy gives such a
+/// callout no headers at all).
+pub const RESET: &str = "connection reset: the receiver's answer was cut short";
+const TIMEOUT: &str = "timeout";
+const CONNECTION_FAILED: &str = "connection failed";
+
+/// Why Envoy refused to start a callout. It refuses one with a body while the egress cluster
+/// has no address for the host, which lasts when the name does not resolve or resolves only to
+/// addresses its `resolved_address_filter` refuses; any other refusal is a configuration error.
+pub fn refused_callout(unresolved: bool, cluster: &str) -> String {
+    if unresolved {
+        "destination unreachable: the host does not resolve, or resolves only to addresses the egress cluster refuses (private or special-purpose ranges)".to_string()
+    } else {
+        format!("callout refused by Envoy; does cluster {cluster} exist?")
+    }
+}
+
+/// Reasons that mean the receiver is overrun or unreachable: its window shrinks.
+fn is_overrun(reason: &str) -> bool {
+    reason == TIMEOUT || reason.starts_with(CONNECTION_FAILED) || reason == RESET
+}
+
 /// Envoy answers for an unreachable or slow receiver itself (503, 504); its body says which.
 fn local_reply(code: u16, body: &str) -> Option<String> {
     if code == 503 && body.starts_with("upstream connect error") {
         // Envoy says why a connection failed after this marker, e.g. a TLS certificate problem.
         Some(match body.split_once("transport failure reason: ") {
-            Some((_, reason)) => format!("connection failed: {}", reason.trim()),
-            None => "connection failed".to_string(),
+            Some((_, reason)) => format!("{CONNECTION_FAILED}: {}", reason.trim()),
+            None => CONNECTION_FAILED.to_string(),
         })
     } else if code == 504 && body.starts_with("upstream request timeout") {
-        Some("timeout".to_string())
+        Some(TIMEOUT.to_string())
     } else {
         None
-    }
-}
-
-/// Why a callout Envoy would not start failed the attempt. `InternalFailure` that outlasts the
-/// wait for DNS is the egress cluster finding no address it may use: the DNS cache's
-/// `resolved_address_filter` dropped every address (a private or special-purpose one), or the
-/// name does not resolve. Envoy tells the plugin nothing more precise than that.
-pub fn callout_refused(internal_failure: bool, cluster: &str) -> String {
-    if internal_failure {
-        "destination refused: the host resolves to a private or special-purpose address, \
-         or does not resolve"
-            .to_string()
-    } else {
-        format!("callout refused by Envoy; does cluster {cluster} exist?")
     }
 }
 
@@ -412,6 +272,21 @@ pub fn classify(code: u16, retry_after_ms: Option<u64>, body_start: &[u8]) -> Re
 }
 
 impl Response {
+    /// What the answer says about the receiver's capacity, for its pacing window.
+    pub fn signal(&self) -> Signal {
+        match self {
+            Response::Status {
+                code: 200..=299, ..
+            } => Signal::Answered,
+            Response::Status {
+                code: 429 | 503, ..
+            } => Signal::Overrun,
+            Response::Status { .. } => Signal::Neutral,
+            Response::NotSent(reason) if is_overrun(reason) => Signal::Overrun,
+            Response::NotSent(_) => Signal::Neutral,
+        }
+    }
+
     /// For logs: the receiver's status, or why there was none.
     pub fn describe(&self) -> String {
         match self {
@@ -425,6 +300,7 @@ impl Response {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use std::rc::Rc;
 
     fn config(schedule: &[u64]) -> DeliveryConfig {
         let mut c = Config::default().delivery;
@@ -490,92 +366,10 @@ mod tests {
     }
 
     #[test]
-    fn outbox_pops_in_due_order_and_reschedules() {
-        let mut o = Outbox::default();
-        o.push(message("late", 0, 0), 50, 10);
-        o.push(message("early", 0, 0), 10, 10);
-        assert!(o.pop_due(5).is_none());
-        let (key, m) = o.pop_due(60).unwrap();
-        assert_eq!(m.webhook_id, "early");
-        assert_eq!(o.in_flight(), 1);
-        o.finish(key, Some(100));
-        assert_eq!(o.pop_due(60).unwrap().1.webhook_id, "late");
-        assert_eq!(o.next_due(), Some(100));
-        let (key, m) = o.pop_due(100).unwrap();
-        assert_eq!((m.webhook_id.as_str(), m.attempts), ("early", 1));
-        assert_eq!(o.finish(key, None).unwrap().webhook_id, "early");
-        assert_eq!(o.len(), 1);
-    }
-
-    #[test]
-    fn sustained_overflow_keeps_memory_bounded() {
-        let mut o = Outbox::default();
-        for n in 0..20_000u64 {
-            o.push(message(&format!("m{n}"), 1, n), 1_000_000 + n, 100);
-        }
-        assert_eq!(o.len(), 100);
-        assert!(o.due.len() <= 2 * o.len() + 1024, "heap {}", o.due.len());
-        assert_eq!(o.waiting.len(), 100);
-        // The survivors are the newest ones, still in due order.
-        assert_eq!(o.pop_due(u64::MAX).unwrap().1.webhook_id, "m19900");
-    }
-
-    #[test]
-    fn deferred_attempts_do_not_count() {
-        let mut o = Outbox::default();
-        o.push(message("m", 0, 0), 0, 10);
-        let (key, _) = o.pop_due(0).unwrap();
-        o.defer(key, 100);
-        assert_eq!(o.in_flight(), 0);
-        assert!(o.pop_due(99).is_none());
-        let (_, m) = o.pop_due(100).unwrap();
-        assert_eq!((m.attempts, m.host_waits), (0, 1));
-    }
-
-    #[test]
-    fn overflow_drops_oldest_waiting_retry_first() {
-        let mut o = Outbox::default();
-        o.push(message("new0", 0, 1), 0, 3);
-        o.push(message("retry_old", 2, 2), 500, 3);
-        o.push(message("retry_newer", 1, 3), 400, 3);
-        let dropped = o.push(message("new1", 0, 4), 0, 3).unwrap();
-        assert_eq!(dropped.webhook_id, "retry_old");
-        let dropped = o.push(message("new2", 0, 5), 0, 3).unwrap();
-        assert_eq!(dropped.webhook_id, "retry_newer");
-        let dropped = o.push(message("new3", 0, 6), 0, 3).unwrap();
-        assert_eq!(dropped.webhook_id, "new0");
-        assert_eq!(o.len(), 3);
-    }
-
-    #[test]
-    fn overflow_while_all_in_flight_is_trimmed_when_attempts_end() {
-        let mut o = Outbox::default();
-        // Each goes out before the next comes: nothing is waiting, so nothing can be dropped.
-        let mut keys = Vec::new();
-        for n in 0..4 {
-            assert!(o.push(message(&format!("m{n}"), 0, n), 0, 2).is_none());
-            keys.extend(o.pop_due(0).map(|(k, _)| k));
-        }
-        assert_eq!((o.len(), o.in_flight()), (4, 4));
-        assert!(o.trim(2).is_empty(), "nothing waits yet");
-        // As attempts end and their messages wait for a retry, the excess goes, oldest first.
-        let mut dropped = Vec::new();
-        for key in keys {
-            o.finish(key, Some(100));
-            dropped.extend(o.trim(2).into_iter().map(|m| m.webhook_id));
-        }
-        assert_eq!(dropped, ["m0", "m1"]);
-        assert_eq!((o.len(), o.in_flight()), (2, 0));
-        let next: Vec<_> =
-            std::iter::from_fn(|| o.pop_due(100).map(|(_, m)| m.webhook_id.clone())).collect();
-        assert_eq!(next, ["m2", "m3"]);
-    }
-
-    #[test]
     fn replay_store_is_bounded_and_resets_attempts() {
         let mut store = ReplayStore::default();
         let forgotten: Vec<String> = (0..5)
-            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3))
+            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3, usize::MAX))
             .map(|m| m.webhook_id)
             .collect();
         assert_eq!(forgotten, ["m0", "m1"]);
@@ -584,6 +378,21 @@ mod tests {
         let m = store.take("m4").unwrap();
         assert_eq!((m.webhook_id.as_str(), m.attempts), ("m4", 0));
         assert!(store.take("m4").is_none());
+    }
+
+    #[test]
+    fn replay_store_is_bounded_in_bytes() {
+        let mut store = ReplayStore::default();
+        let cost = 2 + crate::outbox::MESSAGE_OVERHEAD;
+        let forgotten: Vec<String> = (0..5)
+            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 100, 2 * cost))
+            .map(|m| m.webhook_id)
+            .collect();
+        assert_eq!(forgotten, ["m0", "m1", "m2"]);
+        assert!(store.take("m3").is_some());
+        assert_eq!(store.bytes, cost);
+        assert_eq!(store.keep(message("big", 0, 9), 100, 10).len(), 2);
+        assert!(store.is_empty() && store.bytes == 0);
     }
 
     #[test]
@@ -606,12 +415,39 @@ mod tests {
     #[test]
     fn refused_callouts_say_why() {
         assert_eq!(
-            callout_refused(true, "webhooks_egress_http"),
-            "destination refused: the host resolves to a private or special-purpose address, or does not resolve"
+            refused_callout(true, "webhooks_egress_http"),
+            "destination unreachable: the host does not resolve, or resolves only to addresses the egress cluster refuses (private or special-purpose ranges)"
         );
         assert_eq!(
-            callout_refused(false, "nope"),
+            refused_callout(false, "nope"),
             "callout refused by Envoy; does cluster nope exist?"
+        );
+    }
+
+    #[test]
+    fn overrun_answers_shrink_the_window() {
+        for code in [429, 503] {
+            assert_eq!(status(code).signal(), Signal::Overrun);
+        }
+        assert_eq!(status(204).signal(), Signal::Answered);
+        for code in [500, 404, 410, 302] {
+            assert_eq!(status(code).signal(), Signal::Neutral);
+        }
+        for body in [
+            &b"upstream connect error or disconnect/reset before headers"[..],
+            b"upstream request timeout",
+        ] {
+            let code = if body.starts_with(b"upstream connect") {
+                503
+            } else {
+                504
+            };
+            assert_eq!(classify(code, None, body).signal(), Signal::Overrun);
+        }
+        assert_eq!(Response::NotSent(RESET.into()).signal(), Signal::Overrun);
+        assert_eq!(
+            Response::NotSent("invalid url".into()).signal(),
+            Signal::Neutral
         );
     }
 

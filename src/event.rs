@@ -70,6 +70,15 @@ impl BodyCapture {
         }
     }
 
+    /// A capture that reads nothing: the event does not need the body.
+    pub fn skip() -> BodyCapture {
+        BodyCapture {
+            limit: 0,
+            state: CaptureState::NotJson,
+            buf: Vec::new(),
+        }
+    }
+
     /// Whether the filter still needs the body bytes.
     pub fn wants_more(&self) -> bool {
         self.state == CaptureState::Capturing
@@ -336,6 +345,14 @@ mod tests {
 
     fn parse(payload: &[u8]) -> Value {
         serde_json::from_slice(payload).unwrap()
+    }
+
+    #[test]
+    fn skipped_capture_reads_nothing() {
+        let mut c = BodyCapture::skip();
+        assert!(!c.wants_more());
+        c.push(b"{}");
+        assert_eq!(c.finish(), CapturedObject::NotJson);
     }
 
     #[test]

@@ -15,10 +15,14 @@
 
 pub mod api;
 pub mod attempts;
+pub mod audience;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod identity;
 pub mod ids;
+pub mod outbox;
+pub mod pacing;
 pub mod queue;
 pub mod registry;
 #[cfg(test)]
@@ -27,6 +31,7 @@ pub mod rules;
 pub mod signing;
 pub mod time;
 pub mod url;
+pub mod watchdog;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

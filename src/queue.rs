@@ -2,6 +2,12 @@
 //!
 //! A tiny line-framed format instead of JSON: the payload is already JSON and is passed through
 //! untouched, so nothing is escaped or parsed twice on the way.
+//!
+//! `<tag>\n<name>\n<payload>`; an event addressed to one consumer or to nobody has one more
+//! line, `A\n<type>\n<audience>\n<payload>` with `@<consumer>` or `-`. An event for all
+//! consumers keeps the original `E` form, which (from before audiences) means exactly that.
+
+use crate::audience::Target;
 
 /// The name both sides use for the shared queue.
 pub const QUEUE_NAME: &str = "proxy_webhooks_events";
@@ -12,6 +18,8 @@ pub enum QueueMessage {
     Event {
         event_type: String,
         payload: Vec<u8>,
+        /// Whose subscriptions receive it (privileged ones always do).
+        audience: Target,
     },
     /// A `webhook.test` event for one subscription only.
     Test {
@@ -28,7 +36,13 @@ impl QueueMessage {
             QueueMessage::Event {
                 event_type,
                 payload,
+                audience: Target::All,
             } => ("E", event_type, payload),
+            QueueMessage::Event {
+                event_type,
+                payload,
+                audience,
+            } => return encode_addressed(event_type, audience, payload),
             QueueMessage::Test {
                 subscription_id,
                 payload,
@@ -53,11 +67,16 @@ impl QueueMessage {
             .filter(|n| !n.is_empty())
             .ok_or("queue message without a name")?
             .to_string();
-        let payload = parts.next().unwrap_or_default().to_vec();
+        let rest = parts.next().unwrap_or_default();
+        if tag == b"A" {
+            return decode_addressed(name, rest);
+        }
+        let payload = rest.to_vec();
         match tag {
             b"E" => Ok(QueueMessage::Event {
                 event_type: name,
                 payload,
+                audience: Target::All,
             }),
             b"T" => Ok(QueueMessage::Test {
                 subscription_id: name,
@@ -67,6 +86,41 @@ impl QueueMessage {
             _ => Err("queue message with an unknown tag".to_string()),
         }
     }
+}
+
+fn encode_addressed(event_type: &str, audience: &Target, payload: &[u8]) -> Vec<u8> {
+    let line = match audience {
+        Target::Consumer(name) => format!("@{name}"),
+        Target::All | Target::Nobody => "-".to_string(),
+    };
+    let mut out = Vec::with_capacity(event_type.len() + line.len() + payload.len() + 4);
+    for part in [b"A".as_slice(), event_type.as_bytes(), line.as_bytes()] {
+        out.extend_from_slice(part);
+        out.push(b'\n');
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// `<audience>\n<payload>` after `A\n<type>\n`.
+fn decode_addressed(event_type: String, rest: &[u8]) -> Result<QueueMessage, String> {
+    let mut parts = rest.splitn(2, |b| *b == b'\n');
+    let line = parts.next().unwrap_or_default();
+    let audience = match line {
+        b"-" => Target::Nobody,
+        _ => match line
+            .strip_prefix(b"@")
+            .and_then(crate::identity::consumer_name)
+        {
+            Some(name) => Target::Consumer(name.to_string()),
+            None => return Err("queue message with a malformed audience".to_string()),
+        },
+    };
+    Ok(QueueMessage::Event {
+        event_type,
+        payload: parts.next().unwrap_or_default().to_vec(),
+        audience,
+    })
 }
 
 #[cfg(test)]
@@ -79,6 +133,22 @@ mod tests {
             QueueMessage::Event {
                 event_type: "order.created".into(),
                 payload: b"{\"a\":\n1}".to_vec(),
+                audience: Target::All,
+            },
+            QueueMessage::Event {
+                event_type: "order.created".into(),
+                payload: b"{\"a\":\n1}".to_vec(),
+                audience: Target::Consumer("acme|7@x".into()),
+            },
+            QueueMessage::Event {
+                event_type: "order.created".into(),
+                payload: b"\n".to_vec(),
+                audience: Target::Nobody,
+            },
+            QueueMessage::Event {
+                event_type: "order.created".into(),
+                payload: Vec::new(),
+                audience: Target::Consumer("-".into()),
             },
             QueueMessage::Test {
                 subscription_id: "sub_1".into(),
@@ -90,6 +160,35 @@ mod tests {
         ];
         for m in messages {
             assert_eq!(QueueMessage::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn events_for_all_keep_the_original_form() {
+        let event = |audience: Target| QueueMessage::Event {
+            event_type: "a.b".into(),
+            payload: b"{}".to_vec(),
+            audience,
+        };
+        assert_eq!(event(Target::All).encode(), b"E\na.b\n{}");
+        assert_eq!(
+            event(Target::Consumer("acme".into())).encode(),
+            b"A\na.b\n@acme\n{}"
+        );
+        assert_eq!(event(Target::Nobody).encode(), b"A\na.b\n-\n{}");
+    }
+
+    #[test]
+    fn refuses_malformed_audiences() {
+        for bad in [
+            &b"A\na.b\n"[..],
+            b"A\na.b\nacme\n{}",
+            b"A\na.b\n@\n{}",
+            b"A\na.b\n@a b\n{}",
+            b"A\na.b\n*\n{}",
+            b"A\n\n@acme\n{}",
+        ] {
+            assert!(QueueMessage::decode(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -83,6 +83,9 @@ pub struct Subscription {
     /// Defined in the plugin configuration; not changeable through the API.
     #[serde(default)]
     pub is_static: bool,
+    /// A static subscription that receives events whatever their audience (never API-made).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
     #[serde(default)]
     pub version: u64,
 }
@@ -552,6 +555,7 @@ fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: true,
+        privileged: s.privileged,
         version: 1,
     }
 }
@@ -565,12 +569,14 @@ fn same_static(have: &Subscription, want: &Subscription) -> bool {
         &have.events,
         &have.description,
         &have.secrets,
+        have.privileged,
     ) == (
         &want.consumer,
         &want.url,
         &want.events,
         &want.description,
         &want.secrets,
+        want.privileged,
     )
 }
 
@@ -631,6 +637,7 @@ mod tests {
                 expires_at_ms: None,
             }],
             is_static: false,
+            privileged: false,
             version: 1,
         }
     }
@@ -788,6 +795,7 @@ mod tests {
             events: vec!["*".into()],
             secret: "whsec_AAAA".into(),
             description: String::new(),
+            privileged: false,
         }
     }
 
@@ -826,6 +834,26 @@ mod tests {
         assert!(r.get("b").is_none());
         assert_eq!(r.candidates("any.thing"), ["a"]);
         assert_eq!(r.active_count(), 1);
+    }
+
+    #[test]
+    fn static_sync_follows_privileged() {
+        let r = registry();
+        r.sync_static(&[static_sub("a", "https://x/1")], 5);
+        assert!(!r.get("a").unwrap().0.privileged);
+        let privileged = StaticSubscription {
+            privileged: true,
+            ..static_sub("a", "https://x/1")
+        };
+        r.sync_static(std::slice::from_ref(&privileged), 6);
+        assert!(r.get("a").unwrap().0.privileged);
+        // Records from before the field read as not privileged.
+        let (bytes, _) = r.get_raw("a").unwrap();
+        let text = String::from_utf8(bytes)
+            .unwrap()
+            .replace(",\"privileged\":true", "");
+        let old: Subscription = serde_json::from_str(&text).unwrap();
+        assert!(!old.privileged);
     }
 
     /// A store whose writes to index buckets fail, to check that nothing is half-written.

@@ -9,9 +9,11 @@ use crate::api::tests::{hex, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
 use crate::api::{self, Context, Request, Response};
 use crate::attempts::{self, Attempt, State};
 use crate::config::{self, Config};
-use crate::delivery::{self, Message, Outbox, Verdict};
+use crate::delivery::{self, Verdict};
 use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
 use crate::ids::TestRng;
+use crate::outbox::{Limits, Message, Outbox};
+use crate::pacing::Signal;
 use crate::queue::QueueMessage;
 use crate::registry::{KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
@@ -649,10 +651,13 @@ fn full_config() -> Value {
     json!({
         "events": [
             {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
-            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"},
-            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx"}
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}",
+             "audience": {"param": "id"}},
+            {"type": "file.stored", "path": "/files/{*rest}", "status": "2xx",
+             "audience": {"json": "/owner"}, "include_object": false}
         ],
         "infer_events": true,
+        "audience": "requester",
         "api": {
             "path_prefix": "/webhooks/",
             "keys": [
@@ -665,7 +670,8 @@ fn full_config() -> Value {
         },
         "subscriptions": [{
             "id": "sub_static_1", "consumer": "ops", "url": "https://hooks.example.com/in",
-            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static"
+            "events": ["order.*"], "secret": STATIC_SECRET, "description": "static",
+            "privileged": true
         }],
         "delivery": {
             "timeout": "10s",
@@ -689,6 +695,7 @@ fn config_corpus() -> Vec<Vec<u8>> {
         serde_json::to_vec_pretty(&full_config()).unwrap(),
         b"{}".to_vec(),
         b"  \n".to_vec(),
+        br#"{"infer_events":["/orders","/a/b/"],"audience":{"header":"x-tenant"},"events":[{"type":"a.b","path":"/a","audience":{"response_header":"x-owner"}}],"api":{"consumer_header":"x-consumer"}}"#.to_vec(),
         br#"{"events":[{"type":"a.b","path":"/a/{x}/b"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
         br#"{"subscriptions":[{"id":"s1","consumer":"c","url":"http://[fe80::1]:8080/x?y","events":["*"],"secret":"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
     ]
@@ -796,6 +803,7 @@ impl ApiHarness {
             path: "/webhooks/subscriptions",
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         });
@@ -962,6 +970,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             path: &path,
             authorization: authorization.as_deref(),
             api_key: api_key.as_deref(),
+            consumer_header: None,
             content_type: content_type.as_deref(),
             body: &body,
         };
@@ -1043,6 +1052,11 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
             0 => QueueMessage::Event {
                 event_type: name,
                 payload,
+                audience: match rng.below(3) {
+                    0 => crate::audience::Target::All,
+                    1 => crate::audience::Target::Nobody,
+                    _ => crate::audience::Target::Consumer(format!("c{}", rng.below(1000))),
+                },
             },
             1 => QueueMessage::Test {
                 subscription_id: name,
@@ -1072,6 +1086,66 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
                 "{}",
                 shown(&garbage)
             );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// audience::resolve
+
+const AUDIENCE_ITERATIONS: usize = 5000;
+
+#[test]
+fn audiences_resolve_any_body_and_value_to_a_valid_consumer_or_nobody() {
+    use crate::audience::{resolve, Audience, Facts, Target};
+    let mut rng = seeded(0xa0d1e);
+    let api = config::ApiConfig::default();
+    let seed = br#"{"owner": {"id": 42, "name": "acme", "list": ["x", -1, 1.5e3]}}"#;
+    for i in 0..scaled(AUDIENCE_ITERATIONS) {
+        let body = match rng.below(3) {
+            0 => rng.bytes(80),
+            _ => mutate_bytes(&mut rng, seed),
+        };
+        let pointer = rng
+            .pick(&[
+                "",
+                "/owner",
+                "/owner/id",
+                "/owner/name",
+                "/owner/list/1",
+                "/~",
+                "/a~1b",
+            ])
+            .to_string();
+        let value = rng.bytes(20);
+        let params = [(
+            "p".to_string(),
+            String::from_utf8_lossy(&value).into_owned(),
+        )];
+        let headers = [("h".to_string(), value.clone())];
+        let facts = Facts {
+            api: &api,
+            credentials: crate::identity::Credentials::default(),
+            params: &params,
+            request_headers: &headers,
+            response_header: Some(&value),
+            body: Some(&body),
+        };
+        for audience in [
+            Audience::Json(pointer.clone()),
+            Audience::Param("p".into()),
+            Audience::Header("h".into()),
+            Audience::ResponseHeader("r".into()),
+        ] {
+            let target = run("audience::resolve", i, &Shown(&body), || {
+                resolve(&audience, &facts)
+            });
+            if let Target::Consumer(name) = &target {
+                assert_eq!(
+                    crate::identity::consumer_name(name.as_bytes()),
+                    Some(name.as_str())
+                );
+            }
         }
     }
 }
@@ -1221,6 +1295,8 @@ fn templates_never_panic_and_match_only_what_they_declare() {
                 methods: vec!["POST".into()],
                 path: t.clone(),
                 status: StatusMatch::Class(2),
+                audience: crate::audience::Audience::All,
+                include_object: true,
             };
             let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);
             let status = rng.below(700) as u16;
@@ -1565,6 +1641,7 @@ fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        privileged: false,
         version: 1,
     }
 }
@@ -1736,46 +1813,71 @@ fn judge_and_outbox_never_panic() {
             other => panic!("{other:?}"),
         }
     }
-    // The outbox under a random mix of operations keeps its counts straight.
-    let mut outbox = Outbox::default();
+    // The outbox under a random mix of operations keeps its counts and bounds straight, and
+    // loses no message: once time passes and every attempt ends, all the rest get attempted.
+    let limits = Limits {
+        max_queue: 16,
+        max_queue_bytes: 16 * 1024,
+        max_in_flight: 6,
+        max_in_flight_per_subscription: 3,
+    };
+    let mut outbox = Outbox::new(limits);
     let mut in_flight: Vec<u64> = Vec::new();
     let mut now = 0u64;
-    let max_queue = 16;
+    let signals = [Signal::Answered, Signal::Overrun, Signal::Neutral];
     for i in 0..scaled(20_000) {
-        run("Outbox", i, &i, || match rng.below(6) {
+        run("Outbox", i, &i, || match rng.below(7) {
             0 | 1 => {
+                let sub = rng.below(5);
                 let message = Message {
                     webhook_id: format!("msg_{i}"),
-                    subscription_id: "s".into(),
+                    subscription_id: Rc::from(format!("s{sub}")),
                     event_type: Rc::from("a.b"),
-                    payload: Rc::from(&b"{}"[..]),
+                    payload: Rc::from(vec![b'x'; rng.below(2000)]),
                     attempts: 0,
                     created_ms: now,
                     host_waits: 0,
                 };
-                let _ = outbox.push(message, now + rng.below(100) as u64, max_queue);
+                let consumer = format!("c{}", sub % 2);
+                let _ = outbox.push(message, &consumer, now + rng.below(100) as u64);
             }
             2 => {
-                if let Some((key, _)) = outbox.pop_due(now) {
+                if let Some((key, _)) = outbox.next_attempt(now) {
                     in_flight.push(key);
                 }
             }
             3 if !in_flight.is_empty() => {
                 let key = in_flight.swap_remove(rng.below(in_flight.len()));
                 let again = rng.chance(2).then(|| now + rng.below(50) as u64);
-                let _ = outbox.finish(key, again);
-                let _ = outbox.trim(max_queue);
+                let signal = signals[rng.below(3)];
+                let _ = outbox.finish(key, again, signal, now.saturating_sub(5), now);
             }
             4 if !in_flight.is_empty() => {
                 let key = in_flight.swap_remove(rng.below(in_flight.len()));
                 outbox.defer(key, now + 1);
-                let _ = outbox.trim(max_queue);
             }
             _ => now += rng.below(20) as u64,
         });
         assert_eq!(outbox.in_flight(), in_flight.len(), "iteration {i}");
-        assert!(outbox.len() <= max_queue + in_flight.len(), "iteration {i}");
+        assert!(outbox.in_flight() <= limits.max_in_flight, "iteration {i}");
+        assert!(outbox.len() <= limits.max_queue, "iteration {i}");
+        assert!(outbox.bytes() <= limits.max_queue_bytes, "iteration {i}");
     }
+    for key in in_flight.drain(..) {
+        let _ = outbox.finish(key, Some(now), Signal::Neutral, now, now);
+    }
+    let mut left = outbox.len();
+    while left > 0 {
+        let key = outbox.next_attempt(u64::MAX).map(|(key, _)| key);
+        let Some(key) = key else {
+            panic!("{left} message(s) never attempted");
+        };
+        assert!(outbox
+            .finish(key, None, Signal::Answered, now, now)
+            .is_some());
+        left -= 1;
+    }
+    assert_eq!(outbox.bytes(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 //! Runs on every response the filter sees, so `detect` returns early and allocates nothing unless
 //! an event is actually produced.
 
+use crate::audience::Audience;
+
 /// The methods that change state; only they ever produce events.
 pub const MUTATING_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
@@ -17,6 +19,10 @@ pub struct EventRule {
     pub methods: Vec<String>,
     pub path: PathTemplate,
     pub status: StatusMatch,
+    /// The rule's own `audience`, else the top-level default.
+    pub audience: Audience,
+    /// `include_object` (default true): whether `data.object` carries the response body.
+    pub include_object: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +82,13 @@ impl PathTemplate {
     /// The template as written in the configuration.
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// Whether `{name}` or `{*name}` is one of the template's captures.
+    pub fn has_param(&self, name: &str) -> bool {
+        self.segments
+            .iter()
+            .any(|s| matches!(s, Segment::Param(n) | Segment::Rest(n) if n == name))
     }
 
     /// Walks `path` against the segments, reporting captures; true when the whole path matched.
@@ -204,6 +217,8 @@ impl StatusMatch {
 pub struct Detected {
     pub event_type: String,
     pub params: Vec<(String, String)>,
+    /// The index of the matching rule; None for an inferred event.
+    pub rule: Option<usize>,
 }
 
 /// POST, PUT, PATCH or DELETE, exactly as Envoy reports them (uppercase).
@@ -225,7 +240,7 @@ pub fn detect(
         return None;
     }
     let path = strip_query(path);
-    for rule in rules {
+    for (index, rule) in rules.iter().enumerate() {
         if !rule.status.matches(status) || !rule.methods.iter().any(|m| m == method) {
             continue;
         }
@@ -233,6 +248,7 @@ pub fn detect(
             return Some(Detected {
                 event_type: rule.event_type.clone(),
                 params,
+                rule: Some(index),
             });
         }
     }
@@ -242,6 +258,7 @@ pub fn detect(
     infer_event_type(method, path).map(|event_type| Detected {
         event_type,
         params: Vec::new(),
+        rule: None,
     })
 }
 
@@ -368,6 +385,8 @@ mod tests {
             methods: methods.iter().map(|m| m.to_string()).collect(),
             path: t(path),
             status,
+            audience: Audience::Requester,
+            include_object: true,
         }
     }
 
@@ -457,6 +476,13 @@ mod tests {
     }
 
     #[test]
+    fn template_captures() {
+        let tpl = t("/tenants/{tenant}/files/{*rest}");
+        assert!(tpl.has_param("tenant") && tpl.has_param("rest"));
+        assert!(!tpl.has_param("files") && !tpl.has_param("id") && !tpl.has_param(""));
+    }
+
+    #[test]
     fn template_refusals() {
         let err = |s: &str| PathTemplate::parse(s).unwrap_err();
         assert_eq!(err(""), "path must start with '/'");
@@ -541,8 +567,10 @@ mod tests {
         assert_eq!(d.event_type, "order.created");
         assert!(d.params.is_empty());
         assert_eq!(detect(&rules, false, "POST", "/orders", 200), None);
+        assert_eq!(d.rule, Some(0));
         let d = detect(&rules, false, "PATCH", "/orders/42?x=1", 200).unwrap();
         assert_eq!(d.event_type, "order.updated");
+        assert_eq!(d.rule, Some(1));
         assert_eq!(d.params, p(&[("id", "42")]));
         assert_eq!(detect(&rules, false, "PATCH", "/orders/42", 404), None);
     }
@@ -572,6 +600,7 @@ mod tests {
         let d = detect(&rules, true, "DELETE", "/users/7/keys/3", 204).unwrap();
         assert_eq!(d.event_type, "keys.deleted");
         assert!(d.params.is_empty());
+        assert_eq!(d.rule, None);
         assert_eq!(
             detect(&rules, false, "DELETE", "/users/7/keys/3", 204),
             None

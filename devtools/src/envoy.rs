@@ -50,6 +50,8 @@ pub struct EnvoyConfig {
     pub plain: bool,
     /// Clusters appended to `static_resources.clusters`.
     pub extra_clusters: Vec<Value>,
+    /// HTTP filters inserted, in order, just before the plugin's filter (e.g. authentication).
+    pub filters_before_plugin: Vec<Value>,
     /// `--log-level`.
     pub log_level: String,
     /// The `.wasm` file; defaults to [`wasm_path`].
@@ -76,6 +78,7 @@ impl EnvoyConfig {
             concurrency: 2,
             plain: false,
             extra_clusters: Vec::new(),
+            filters_before_plugin: Vec::new(),
             log_level: "info".to_string(),
             wasm_path: wasm_path(&root),
             base_config: root.join("envoy.yaml"),
@@ -104,6 +107,12 @@ impl EnvoyConfig {
 
     pub fn with_cluster(mut self, cluster: Value) -> EnvoyConfig {
         self.extra_clusters.push(cluster);
+        self
+    }
+
+    /// Runs `filter` (an `http_filters` entry) before the plugin's filter, after any added before.
+    pub fn with_filter_before_plugin(mut self, filter: Value) -> EnvoyConfig {
+        self.filters_before_plugin.push(filter);
         self
     }
 
@@ -146,6 +155,7 @@ impl EnvoyConfig {
             allow_loopback_egress(&mut root)?;
         }
         add_clusters(&mut root, &self.extra_clusters)?;
+        insert_filters(&mut root, &self.filters_before_plugin)?;
         Ok(root)
     }
 }
@@ -300,6 +310,24 @@ fn routes(root: &mut Value) -> Result<Vec<&mut Value>> {
         }
     }
     Ok(out)
+}
+
+/// Puts `filters` in front of the plugin's filter in every connection manager that has it.
+fn insert_filters(root: &mut Value, filters: &[Value]) -> Result<()> {
+    if filters.is_empty() {
+        return Ok(());
+    }
+    let mut inserted = false;
+    for list in http_filters(root)? {
+        if let Some(at) = list.iter().position(|f| f["name"] == HTTP_WASM_FILTER) {
+            list.splice(at..at, filters.iter().cloned());
+            inserted = true;
+        }
+    }
+    if !inserted {
+        bail!("envoy.yaml has no {HTTP_WASM_FILTER} filter to insert filters before");
+    }
+    Ok(())
 }
 
 fn add_clusters(root: &mut Value, extra: &[Value]) -> Result<()> {

@@ -9,7 +9,9 @@
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
+//! - [`hostile`]: raw-socket receivers that misbehave (resets, garbage, short bodies, hangs);
 //! - [`files`]: the repository's YAML files as JSON, the plugin configuration inside envoy.yaml;
+//! - [`paced`]: a healthy but slow receiver (a rate, a small backlog, a connection limit);
 //! - [`orders`]: the in-memory demo "orders" API used by `make run`;
 //! - [`show`]: how the demo prints a webhook;
 //! - [`stack`]: upstream + receiver + Envoy with the plugin, started together;
@@ -19,7 +21,9 @@
 pub mod bench;
 pub mod envoy;
 pub mod files;
+pub mod hostile;
 pub mod orders;
+pub mod paced;
 pub mod receiver;
 pub mod server;
 pub mod show;

@@ -6,6 +6,7 @@
 //! | `x-test-body` | literal response body |
 //! | `x-test-body-size: N` | a JSON body of about N bytes: `{"pad":"xxx…"}` |
 //! | `x-test-content-type` | content-type (default `application/json`) |
+//! | `x-test-response-header: name: value` | one more response header |
 //! | `x-test-chunks: N` | stream the body in N chunks (chunked encoding, each flushed) |
 //! | `x-test-chunk-delay-ms: D` | wait D ms before every chunk but the first |
 //!
@@ -117,9 +118,16 @@ fn respond(method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
             _ => Body::from(full),
         }
     };
-    Response::builder()
+    let mut response = Response::builder()
         .status(status)
-        .header("content-type", content_type)
+        .header("content-type", content_type);
+    if let Some((name, value)) = header(headers, "x-test-response-header")
+        .as_deref()
+        .and_then(|h| h.split_once(':'))
+    {
+        response = response.header(name.trim(), value.trim());
+    }
+    response
         .body(body)
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }

@@ -21,8 +21,8 @@ const KEY: &str = "test-key";
 /// A name of the reserved `.test` domain that this test maps to 127.0.0.1 in /etc/hosts.
 const LOOPBACK_NAME: &str = "proxy-webhooks-ssrf.test";
 /// What the delivery log says when Envoy refused every address the host resolved to.
-const REFUSED: &str = "destination refused: the host resolves to a private or special-purpose \
-                       address, or does not resolve";
+const REFUSED: &str = "destination unreachable: the host does not resolve, or resolves only to \
+                       addresses the egress cluster refuses (private or special-purpose ranges)";
 /// Envoy's counter of resolved addresses the DNS cache's `resolved_address_filter` dropped.
 const FILTERED_OUT: &str = "dns_cache.webhooks_dns.dns_address_filter_out";
 

@@ -32,7 +32,7 @@ fn load_example(name: &str) -> Result<Value> {
 /// The example plus a subscription to everything at the receiver.
 fn with_receiver(mut config: Value, receiver: &Receiver) -> Value {
     let sub = json!({"id": "sub_examples_test", "consumer": "tests", "url": receiver.url("/hook"),
-                     "events": ["*"], "secret": SECRET});
+                     "events": ["*"], "secret": SECRET, "privileged": true});
     match config["subscriptions"].as_array_mut() {
         Some(list) => list.push(sub),
         None => config["subscriptions"] = json!([sub]),

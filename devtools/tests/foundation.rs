@@ -48,6 +48,8 @@ fn config(events: Value, receiver: &Receiver) -> Value {
 
 fn config_with_subscriptions(events: Value, subscriptions: Value) -> Value {
     let mut config = json!({
+        // Events from key-less writes go to every subscription (audiences: subscriptions.rs).
+        "audience": "all",
         "subscriptions": subscriptions,
         "delivery": {
             "timeout": "2s",

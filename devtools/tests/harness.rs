@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use devtools::{http_client, Envoy, EnvoyConfig, Receiver, Reply, Upstream};
 use serde_json::{json, Value};
 
@@ -229,6 +229,26 @@ fn rendered_egress_lets_loopback_through_unless_shipped_egress() -> Result<()> {
             .collect();
         ensure!(*test == expected, "{test:?}");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rendered_config_inserts_filters_before_the_plugin() -> Result<()> {
+    let config = EnvoyConfig::new("{}", 1234)
+        .with_filter_before_plugin(json!({"name": "first"}))
+        .with_filter_before_plugin(json!({"name": "second"}))
+        .render()?;
+    let filters = config
+        .pointer(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters",
+        )
+        .and_then(Value::as_array)
+        .context("no http_filters")?;
+    let names: Vec<&str> = filters.iter().filter_map(|f| f["name"].as_str()).collect();
+    ensure!(
+        names.starts_with(&["first", "second", "envoy.filters.http.wasm"]),
+        "{names:?}"
+    );
     Ok(())
 }
 

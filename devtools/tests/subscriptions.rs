@@ -103,6 +103,8 @@ fn keys() -> Value {
 /// 127.0.0.1 allowed when `insecure`.
 fn config(insecure: bool) -> Value {
     json!({
+        // Events from key-less writes go to every subscription; the audience tests set their own.
+        "audience": "all",
         "api": {"keys": keys(), "max_subscriptions_per_consumer": 2000, "max_body_bytes": MAX_BODY},
         "delivery": {
             "timeout": "2s",
@@ -418,8 +420,10 @@ async fn subscription_calls_never_reach_the_upstream() -> Result<()> {
         .status
         .is_client_error());
 
-    // A created subscription receives events.
-    stack.send("POST", "/orders", &[]).await?;
+    // A created subscription receives the events of its consumer's writes (default audience).
+    stack
+        .send("POST", "/orders", &[("x-api-key", "test-key")])
+        .await?;
     let hooks = stack.webhooks(1, Duration::from_secs(10)).await?;
     ensure!(hooks[0].verify(secret)?["type"] == "orders.created");
     ensure!(stack

@@ -28,7 +28,8 @@ const ORDER: &str = r#"{"id":7,"total":10}"#;
 fn plugin_config(url: &str) -> Value {
     json!({
         "subscriptions": [
-            {"id": "sub_tls", "consumer": "tests", "url": url, "events": ["*"], "secret": SECRET}
+            {"id": "sub_tls", "consumer": "tests", "url": url, "events": ["*"], "secret": SECRET,
+             "privileged": true}
         ],
         "delivery": {
             "timeout": "2s",

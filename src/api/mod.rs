@@ -9,8 +9,9 @@
 //! Every check runs before any write, so a refused request changes nothing.
 
 use crate::attempts;
-use crate::config::{ApiKey, Config, MAX_DESCRIPTION_CHARS};
+use crate::config::{Config, MAX_DESCRIPTION_CHARS};
 use crate::event;
+use crate::identity::{self, Credentials};
 use crate::ids::{random_id, RandomSource, RandomUnavailable};
 use crate::queue::QueueMessage;
 use crate::registry::{KvStore, Registry, RegistryError, SigningSecret, Status, Subscription};
@@ -20,7 +21,6 @@ use crate::time::format_rfc3339_millis;
 use crate::url::check_destination;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 /// An API request as the filter saw it. `path` is the full `:path`, query string included.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,8 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The raw `x-api-key` header value.
     pub api_key: Option<&'a [u8]>,
+    /// The raw value of the `api.consumer_header` header (None when not configured).
+    pub consumer_header: Option<&'a [u8]>,
     /// The raw `content-type` header value.
     pub content_type: Option<&'a [u8]>,
     /// The whole request body (empty when there is none).
@@ -190,13 +192,13 @@ pub fn answer_before_body(request: &Request<'_>, config: &Config) -> Option<Resp
 }
 
 /// The route and the caller of a call, from its headers alone.
-fn check_headers<'r, 'c>(
-    request: &Request<'r>,
-    config: &'c Config,
-) -> Result<(Route<'r>, Caller<'c>), Response> {
+fn check_headers<'a>(
+    request: &Request<'a>,
+    config: &'a Config,
+) -> Result<(Route<'a>, Caller<'a>), Response> {
     let route = route(&config.api.path_prefix, request.path)
         .ok_or_else(|| error(404, "not_found", "no such path"))?;
-    let consumer = authenticate(request, &config.api.keys).ok_or_else(unauthorized)?;
+    let consumer = authenticate(request, config).ok_or_else(|| unauthorized(config))?;
     if !route.allows(request.method) {
         return Err(method_not_allowed(route.allow()));
     }
@@ -239,38 +241,14 @@ impl Caller<'_> {
     }
 }
 
-/// The consumer whose key was presented. Every configured key is compared, in constant time and
-/// without stopping at a match, so timing tells nothing about which key (if any) came close.
-fn authenticate<'k>(request: &Request<'_>, keys: &'k [ApiKey]) -> Option<&'k str> {
-    let presented = presented_key(request)?;
-    let digest: [u8; 32] = Sha256::digest(presented).into();
-    let mut found = None;
-    for key in keys {
-        let diff = key
-            .sha256
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
-            found = Some(key.consumer.as_str());
-        }
-    }
-    found
-}
-
-/// `Authorization: Bearer <key>` (scheme case-insensitive), else `X-API-Key: <key>`.
-fn presented_key<'r>(request: &Request<'r>) -> Option<&'r [u8]> {
-    let bearer = request.authorization.and_then(|value| {
-        let value = value.trim_ascii();
-        let scheme = value.get(..6)?;
-        let rest = value.get(6..)?;
-        let token = rest.trim_ascii_start();
-        let separated = token.len() < rest.len();
-        (scheme.eq_ignore_ascii_case(b"Bearer") && separated).then_some(token)
-    });
-    bearer
-        .or_else(|| request.api_key.map(<[u8]>::trim_ascii))
-        .filter(|key| !key.is_empty())
+/// The consumer the request's credentials name (see [`identity::identify`]).
+fn authenticate<'a>(request: &Request<'a>, config: &'a Config) -> Option<&'a str> {
+    let credentials = Credentials {
+        authorization: request.authorization,
+        api_key: request.api_key,
+        consumer_header: request.consumer_header,
+    };
+    identity::identify(&config.api, &credentials)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,12 +288,14 @@ fn no_randomness(_: RandomUnavailable) -> Response {
     response
 }
 
-fn unauthorized() -> Response {
-    let mut response = error(
-        401,
-        "unauthorized",
-        "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)",
-    );
+fn unauthorized(config: &Config) -> Response {
+    let message = match &config.api.consumer_header {
+        Some(header) => format!("authentication is required (no valid {header} header was set)"),
+        None => {
+            "a valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)".into()
+        }
+    };
+    let mut response = error(401, "unauthorized", message);
     response
         .headers
         .push(("www-authenticate", "Bearer realm=\"webhooks\"".to_string()));
@@ -674,6 +654,7 @@ fn create<S: KvStore>(
             expires_at_ms: None,
         }],
         is_static: false,
+        privileged: false,
         version: 1,
     };
     let limit = Some(config.api.max_subscriptions_per_consumer);

@@ -3,6 +3,7 @@ use crate::attempts::{Attempt, State};
 use crate::config;
 use crate::ids::{NoRandom, TestRng};
 use crate::registry::{MemoryStore, StoreError};
+use sha2::{Digest, Sha256};
 use std::cell::Cell;
 
 /// A [`MemoryStore`] that counts writes (to prove refused calls write nothing) and can be
@@ -135,6 +136,7 @@ impl Api {
             path,
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         });
@@ -248,6 +250,7 @@ fn round_trip_field_by_field() {
         path: &sub_path(&id, ""),
         authorization: Some(format!("Bearer {KEY_A}").as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type: None,
         body: b"",
     });
@@ -270,6 +273,7 @@ fn create_answers_location_and_json_headers() {
         path: "/webhooks/subscriptions?ignored=1",
         authorization: Some(auth.as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type: Some(b"Application/JSON; charset=utf-8"),
         body: body.as_bytes(),
     });
@@ -353,6 +357,7 @@ fn assert_refused(api: &mut Api, content_type: Option<&[u8]>, body: &str, want: 
         path: "/webhooks/subscriptions",
         authorization: Some(auth.as_bytes()),
         api_key: None,
+        consumer_header: None,
         content_type,
         body: body.as_bytes(),
     });
@@ -657,6 +662,7 @@ fn headers_decide_401_404_and_405_before_the_body() {
             path,
             authorization: auth.as_deref().map(str::as_bytes),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: b"",
         };
@@ -689,6 +695,7 @@ fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) 
         path: "/webhooks/subscriptions",
         authorization,
         api_key,
+        consumer_header: None,
         content_type: None,
         body: b"",
     }
@@ -741,6 +748,51 @@ fn no_configured_keys_refuse_everything() {
         let mut request = auth_request(Some(bearer.as_bytes()), None);
         request.path = path;
         assert_eq!(api.send(&request).status, 401);
+    }
+}
+
+#[test]
+fn consumer_header_identifies_the_caller_instead_of_keys() {
+    let mut api = Api::with(r#"{"api": {"consumer_header": "x-consumer"}}"#);
+    let as_consumer = |name: &'static [u8]| Request {
+        consumer_header: Some(name),
+        content_type: Some(b"application/json"),
+        ..auth_request(None, None)
+    };
+    let body = br#"{"url": "https://hooks.example.com/a", "events": ["*"]}"#;
+    let created = api.send(&Request {
+        method: "POST",
+        body,
+        ..as_consumer(b"auth0|alpha")
+    });
+    assert_eq!(created.status, 201);
+    let id = parse(&created)["id"].as_str().unwrap().to_string();
+    let path = format!("/webhooks/subscriptions/{id}");
+    let mine = api.send(&Request {
+        path: &path,
+        ..as_consumer(b" auth0|alpha ")
+    });
+    assert_eq!(mine.status, 200);
+    // Another consumer's header: not found, exactly as an unknown id.
+    let theirs = api.send(&Request {
+        path: &path,
+        ..as_consumer(b"beta")
+    });
+    assert_eq!(theirs.status, 404);
+    // No header, or one that is no consumer name: 401 naming the header; a key is no substitute.
+    let bearer = format!("Bearer {KEY_A}");
+    for request in [
+        auth_request(None, None),
+        auth_request(Some(bearer.as_bytes()), None),
+        as_consumer(b""),
+        as_consumer(b"a b"),
+    ] {
+        let response = api.send(&request);
+        assert_eq!(response.status, 401);
+        assert_eq!(
+            parse(&response)["error"]["message"],
+            "authentication is required (no valid x-consumer header was set)"
+        );
     }
 }
 
@@ -866,6 +918,7 @@ fn custom_prefix_routes() {
             path: "/api/hooks/subscriptions",
             authorization: Some(auth.as_bytes()),
             api_key: None,
+            consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
         })
@@ -1344,6 +1397,7 @@ fn garbage_never_panics() {
                     path,
                     authorization: Some(bearer.as_bytes()),
                     api_key: Some(b"\xff"),
+                    consumer_header: None,
                     content_type: Some(b"application/json; \xff"),
                     body,
                 });

@@ -4,15 +4,18 @@
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::attempts::{self, Attempt, State};
+use crate::audience::{self, Target};
 use crate::config::Config;
-use crate::delivery::{
-    self, FailureClock, Message, MessageKey, Outbox, ReplayStore, Response, Verdict,
-};
+use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
+use crate::outbox::{Limits, Message, MessageKey, Outbox};
+use crate::pacing::Signal;
 use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::KvStore;
 use crate::registry::{Registry, SigningSecret, Subscription};
 use crate::signing::Secret;
 use crate::url::{self, Destination};
+use crate::watchdog;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -39,6 +42,8 @@ const BODY_PEEK: usize = 512;
 
 /// A subscription ready to sign for: parsed once per stored version.
 struct Resolved {
+    /// The id, shared by every message of the subscription.
+    id: Rc<str>,
     version: u32,
     /// The registry generation at which this record was last known current: while the
     /// generation stays, the record is used without reading it again.
@@ -77,15 +82,17 @@ pub struct DispatcherRoot {
     drain_deadline: Option<u64>,
     /// While set, the tick is fast (attempts wait for a host to be resolved).
     fast_tick_until: Option<u64>,
+    /// When the heartbeat was last written (see `crate::watchdog`).
+    beat_at: u64,
 }
 
 impl DispatcherRoot {
     pub fn new(config: Rc<Config>) -> DispatcherRoot {
         DispatcherRoot {
+            outbox: Outbox::new(limits(&config)),
             config,
             metrics: Metrics::define(),
             registry: Registry::new(SharedData),
-            outbox: Outbox::default(),
             in_flight: HashMap::new(),
             subscriptions: HashMap::new(),
             generation: 0,
@@ -97,6 +104,7 @@ impl DispatcherRoot {
             failing: FailureClock::default(),
             drain_deadline: None,
             fast_tick_until: None,
+            beat_at: 0,
         }
     }
 
@@ -107,12 +115,15 @@ impl DispatcherRoot {
                 Ok(QueueMessage::Event {
                     event_type,
                     payload,
-                }) => self.fan_out(&event_type, payload),
+                    audience,
+                }) => self.fan_out(&event_type, payload, &audience),
                 Ok(QueueMessage::Test {
                     subscription_id,
                     payload,
                 }) => {
-                    self.add_message(&subscription_id, "webhook.test".into(), payload.into());
+                    if let Some(resolved) = self.resolve(&subscription_id) {
+                        self.add_message(&resolved, "webhook.test".into(), payload.into());
+                    }
                 }
                 Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
                 Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
@@ -120,8 +131,12 @@ impl DispatcherRoot {
         }
     }
 
-    /// One message per matching, active subscription; the payload is shared, not copied.
-    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>) {
+    /// One message per matching, active subscription the audience reaches; the payload is
+    /// shared, not copied.
+    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>, audience: &Target) {
+        if *audience == Target::Nobody {
+            self.metrics.events_unaddressed.inc();
+        }
         let event_type: Rc<str> = Rc::from(event_type);
         let payload: Rc<[u8]> = payload.into();
         for id in self.candidates_for(&event_type).iter() {
@@ -133,8 +148,9 @@ impl DispatcherRoot {
                 .events
                 .iter()
                 .any(|f| crate::rules::filter_matches(f, &event_type));
-            if sub.is_active() && wanted {
-                self.add_message(id, Rc::clone(&event_type), Rc::clone(&payload));
+            let reached = audience::reaches(audience, &sub.consumer, sub.privileged);
+            if sub.is_active() && wanted && reached {
+                self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
             }
         }
     }
@@ -196,6 +212,7 @@ impl DispatcherRoot {
             .filter_map(|s| Some((Secret::parse(&s.secret).ok()?, s.clone())))
             .collect();
         let resolved = Rc::new(Resolved {
+            id: Rc::from(id),
             version,
             checked_at: Cell::new(self.generation),
             subscription,
@@ -207,23 +224,23 @@ impl DispatcherRoot {
         Some(resolved)
     }
 
-    fn add_message(&mut self, subscription_id: &str, event_type: Rc<str>, payload: Rc<[u8]>) {
+    fn add_message(&mut self, to: &Resolved, event_type: Rc<str>, payload: Rc<[u8]>) {
         let now = io::now_ms();
         let message = Message {
             webhook_id: ids::random_id(&mut self.rng, "msg_", 24)
                 .unwrap_or_else(|_| ids::sequential_id("msg_", now)),
-            subscription_id: subscription_id.to_string(),
+            subscription_id: Rc::clone(&to.id),
             event_type,
             payload,
             attempts: 0,
             created_ms: now,
             host_waits: 0,
         };
-        self.schedule(message, now);
+        self.schedule(message, &to.subscription.consumer, now);
     }
 
     /// Puts a message in the outbox for its first attempt, making room when it is full.
-    fn schedule(&mut self, message: Message, now: u64) {
+    fn schedule(&mut self, message: Message, consumer: &str, now: u64) {
         let first_delay = self
             .config
             .delivery
@@ -231,8 +248,7 @@ impl DispatcherRoot {
             .first()
             .copied()
             .unwrap_or(0);
-        let max_queue = self.config.delivery.max_queue;
-        if let Some(dropped) = self.outbox.push(message, now + first_delay, max_queue) {
+        for dropped in self.outbox.push(message, consumer, now + first_delay) {
             self.drop_message(dropped, now);
         }
     }
@@ -241,8 +257,9 @@ impl DispatcherRoot {
     fn drop_message(&mut self, dropped: Message, now: u64) {
         self.metrics.events_dropped.inc();
         log::warn!(
-            "proxy-webhooks: delivery dropped: queue full (max_queue {}), subscription {}, webhook-id {}",
+            "proxy-webhooks: delivery dropped: queue full (max_queue {} / max_queue_bytes {}), subscription {}, webhook-id {}",
             self.config.delivery.max_queue,
+            self.config.delivery.max_queue_bytes,
             dropped.subscription_id,
             dropped.webhook_id
         );
@@ -255,10 +272,11 @@ impl DispatcherRoot {
     /// Keeps a failed message for replay; the ones that no longer fit are marked `expired` in
     /// the attempt log, so the API refuses to replay them instead of accepting in vain.
     fn keep_for_replay(&mut self, message: Message, now: u64) {
-        for gone in self
-            .replayable
-            .keep(message, self.config.delivery.max_replay)
-        {
+        for gone in self.replayable.keep(
+            message,
+            self.config.delivery.max_replay,
+            replay_bytes(&self.config),
+        ) {
             let reason = Some("no longer kept for replay (delivery.max_replay)".to_string());
             let entry = self.log_entry(&gone, now, now, None, reason, State::Expired);
             self.log(&gone.subscription_id, entry);
@@ -267,31 +285,36 @@ impl DispatcherRoot {
 
     /// Sends a kept message again with the same webhook-id and body.
     fn replay(&mut self, webhook_id: &str) {
-        match self.replayable.take(webhook_id) {
-            Some(message) => {
+        let taken = self.replayable.take(webhook_id);
+        let owner = taken
+            .as_ref()
+            .and_then(|m| self.resolve(&m.subscription_id));
+        match (taken, owner) {
+            (Some(message), Some(owner)) => {
                 log::info!(
                     "proxy-webhooks: replaying webhook-id {webhook_id} for subscription {}",
                     message.subscription_id
                 );
-                self.schedule(message, io::now_ms());
+                self.schedule(message, &owner.subscription.consumer, io::now_ms());
             }
-            None => log::warn!(
+            (Some(_), None) => log::warn!(
+                "proxy-webhooks: replay of webhook-id {webhook_id} asked, but its subscription is gone"
+            ),
+            (None, _) => log::warn!(
                 "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay)"
             ),
         }
     }
 
-    /// Starts every due attempt the in-flight limit allows.
+    /// Starts every due attempt that the limits and pacing windows allow.
     fn pump(&mut self) {
         let now = io::now_ms();
-        while self.outbox.in_flight() < self.config.delivery.max_in_flight {
-            let Some((key, message)) = self.outbox.pop_due(now) else {
-                break;
-            };
+        while let Some((key, message)) = self.outbox.next_attempt(now) {
             let message = message.clone();
             self.attempt(key, &message, now);
         }
         self.metrics.queue_depth.record(self.outbox.len() as u64);
+        self.metrics.queue_bytes.record(self.outbox.bytes() as u64);
     }
 
     fn attempt(&mut self, key: MessageKey, message: &Message, now: u64) {
@@ -299,11 +322,11 @@ impl DispatcherRoot {
         // message is kept, so it can be replayed once the subscription is active again.
         let resolved = match self.resolve(&message.subscription_id) {
             None => {
-                self.outbox.finish(key, None);
+                self.outbox.finish(key, None, Signal::Neutral, now, now);
                 return;
             }
             Some(disabled) if !disabled.subscription.is_active() => {
-                if let Some(message) = self.outbox.finish(key, None) {
+                if let Some(message) = self.outbox.finish(key, None, Signal::Neutral, now, now) {
                     let reason = Some("subscription disabled".to_string());
                     let entry = self.log_entry(&message, now, now, None, reason, State::Failed);
                     self.log(&message.subscription_id, entry);
@@ -369,8 +392,8 @@ impl DispatcherRoot {
             }
             Err(status) => {
                 self.metrics.delivery_attempts.inc();
-                let internal = status == Status::InternalFailure;
-                let reason = delivery::callout_refused(internal, &request.cluster);
+                let unresolved = status == Status::InternalFailure;
+                let reason = delivery::refused_callout(unresolved, &request.cluster);
                 self.conclude(key, message, now, now, Response::NotSent(reason));
             }
         }
@@ -414,14 +437,13 @@ impl DispatcherRoot {
         entry.next_retry_at = reschedule.map(crate::time::format_rfc3339_millis);
         self.log(&message.subscription_id, entry);
         self.count(verdict, message, attempts, &response, started_ms, now);
-        if let Some(done) = self.outbox.finish(key, reschedule) {
+        if let Some(done) = self
+            .outbox
+            .finish(key, reschedule, response.signal(), started_ms, now)
+        {
             if state.replayable() {
                 self.keep_for_replay(done, now);
             }
-        }
-        // Events that came while every held message was in flight could not make room then.
-        for dropped in self.outbox.trim(self.config.delivery.max_queue) {
-            self.drop_message(dropped, now);
         }
     }
 
@@ -526,6 +548,15 @@ impl DispatcherRoot {
         }
     }
 
+    /// Tells the workers' watchdogs that the dispatcher runs.
+    fn beat(&mut self) {
+        let now = io::now_ms();
+        if now.saturating_sub(self.beat_at) >= watchdog::BEAT_EVERY_MS {
+            let _ = SharedData.set(watchdog::HEARTBEAT_KEY, &watchdog::beat(now), None);
+            self.beat_at = now;
+        }
+    }
+
     /// Ticks every [`FAST_TICK_MS`] until `until`, then back to [`TICK`].
     fn tick_fast_until(&mut self, until: u64) {
         if self.fast_tick_until.is_none() {
@@ -570,33 +601,25 @@ impl DispatcherRoot {
         f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
     }
 
-    fn read_response(&self, body_size: usize) -> Response {
-        // The bytes variant: the SDK's string getter panics on a non-UTF-8 value, and a receiver
-        // chooses its headers.
+    /// What the receiver answered. `headers` is the response's header count: 0 when the callout
+    /// was reset after the receiver started answering (a short body, a closed connection).
+    fn read_response(&self, headers: usize, body_size: usize) -> Response {
+        if headers == 0 {
+            return Response::NotSent(delivery::RESET.into());
+        }
         let header = |name| {
-            hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
-                .ok()
-                .flatten()
+            io::map_value(MapType::HttpCallResponseHeaders, name)
                 .and_then(|v| String::from_utf8(v).ok())
         };
-        let code = header(":status")
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
+        let Some(code) = header(":status").and_then(|s| s.parse::<u16>().ok()) else {
+            return Response::NotSent("the receiver's answer has no valid status".into());
+        };
         let retry_after_ms =
             header("retry-after").and_then(|v| crate::time::parse_retry_after(&v, io::now_ms()));
-        if code == 0 {
-            return Response::NotSent("the callout failed in Envoy (no response)".into());
-        }
         // Only Envoy's own 503/504 replies say something in their body that matters here.
-        let peek = if matches!(code, 503 | 504) {
-            hostcalls::get_buffer(
-                BufferType::HttpCallResponseBody,
-                0,
-                body_size.min(BODY_PEEK),
-            )
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        let peek = if matches!(code, 503 | 504) && body_size > 0 {
+            io::buffer(BufferType::HttpCallResponseBody, body_size.min(BODY_PEEK))
+                .unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -604,11 +627,27 @@ impl DispatcherRoot {
     }
 }
 
+/// Bytes of failed messages kept for replay: a quarter of what the queue may hold.
+fn replay_bytes(config: &Config) -> usize {
+    config.delivery.max_queue_bytes / 4
+}
+
+/// The outbox's bounds from `delivery`.
+fn limits(config: &Config) -> Limits {
+    let d = &config.delivery;
+    Limits {
+        max_queue: d.max_queue,
+        max_queue_bytes: d.max_queue_bytes,
+        max_in_flight: d.max_in_flight,
+        max_in_flight_per_subscription: d.max_in_flight_per_subscription,
+    }
+}
+
 impl Context for DispatcherRoot {
     fn on_http_call_response(
         &mut self,
         token: u32,
-        _headers: usize,
+        headers: usize,
         body_size: usize,
         _trailers: usize,
     ) {
@@ -616,7 +655,7 @@ impl Context for DispatcherRoot {
             return;
         };
         self.refresh_generation();
-        let response = self.read_response(body_size);
+        let response = self.read_response(headers, body_size);
         if let Some(message) = self.outbox.get(key).cloned() {
             self.conclude(key, &message, started_ms, io::now_ms(), response);
         }
@@ -653,6 +692,7 @@ impl Context for DispatcherRoot {
 impl RootContext for DispatcherRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.registry.prepare();
+        self.beat();
         self.registry
             .sync_static(&self.config.subscriptions, io::now_ms());
         self.queue = hostcalls::register_shared_queue(QUEUE_NAME).ok();
@@ -670,6 +710,7 @@ impl RootContext for DispatcherRoot {
     }
 
     fn on_tick(&mut self) {
+        self.beat();
         self.refresh_generation();
         self.pump();
         self.tick_slow_when_due(io::now_ms());

@@ -5,16 +5,21 @@
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::api;
+use crate::audience::{self, Audience, Facts};
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::identity::OwnedCredentials;
 use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::KvStore;
 use crate::registry::Registry;
 use crate::rules::{self, Detected};
+use crate::watchdog::{self, Change, Watchdog};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 /// What every HTTP context of a worker shares.
 pub struct Shared {
@@ -23,6 +28,12 @@ pub struct Shared {
     queue: Cell<Option<u32>>,
     /// Events this worker could not hand over (for a rate-limited warning).
     dropped: Cell<u64>,
+    /// Whether the dispatcher's heartbeat is recent (see `crate::watchdog`).
+    dispatcher_alive: Cell<bool>,
+    /// The request headers some audience names, read on every request that may make an event.
+    audience_headers: Vec<String>,
+    /// Whether some audience is the requester (then its credentials are read too).
+    needs_requester: bool,
 }
 
 impl Shared {
@@ -39,11 +50,13 @@ impl Shared {
         self.queue.get()
     }
 
-    /// Hands a message to the dispatcher; false (logged and counted) when it cannot.
+    /// Hands a message to the dispatcher; false (logged and counted) when it cannot, or when
+    /// the dispatcher is gone and nothing would ever read it.
     fn enqueue(&self, message: &QueueMessage) -> bool {
-        let sent = self
-            .queue()
-            .is_some_and(|q| hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok());
+        let sent = self.dispatcher_alive.get()
+            && self.queue().is_some_and(|q| {
+                hostcalls::enqueue_shared_queue(q, Some(&message.encode())).is_ok()
+            });
         if !sent {
             self.queue.set(None);
             self.metrics.events_dropped.inc();
@@ -51,7 +64,15 @@ impl Shared {
             let dropped = self.dropped.get();
             self.dropped.set(dropped.wrapping_add(1));
             if dropped % 1000 == 0 {
-                log::warn!("proxy-webhooks: event dropped ({} so far on this worker): the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)", dropped + 1);
+                let why = if self.dispatcher_alive.get() {
+                    "the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)"
+                } else {
+                    "the dispatcher is not running (restart Envoy)"
+                };
+                log::warn!(
+                    "proxy-webhooks: event dropped ({} so far on this worker): {why}",
+                    dropped + 1
+                );
             }
         }
         sent
@@ -60,18 +81,32 @@ impl Shared {
 
 pub struct FilterRoot {
     shared: Rc<Shared>,
+    watchdog: Watchdog,
 }
 
 impl FilterRoot {
     pub fn new(config: Rc<Config>) -> FilterRoot {
+        let audiences = || {
+            config
+                .events
+                .iter()
+                .map(|r| &r.audience)
+                .chain([&config.audience])
+        };
+        let audience_headers = audience::request_headers(audiences());
+        let needs_requester = audiences().any(|a| *a == Audience::Requester);
         let shared = Shared {
+            audience_headers,
+            needs_requester,
             config,
             metrics: Metrics::define(),
             queue: Cell::new(None),
             dropped: Cell::new(0),
+            dispatcher_alive: Cell::new(true),
         };
         FilterRoot {
             shared: Rc::new(shared),
+            watchdog: Watchdog::default(),
         }
     }
 }
@@ -81,7 +116,28 @@ impl Context for FilterRoot {}
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         Registry::new(SharedData).prepare();
+        let _ = hostcalls::set_tick_period(Duration::from_millis(watchdog::CHECK_EVERY_MS));
         true
+    }
+
+    /// Checks the dispatcher's heartbeat.
+    fn on_tick(&mut self) {
+        let heartbeat = SharedData
+            .get(watchdog::HEARTBEAT_KEY)
+            .map(|(bytes, _)| bytes);
+        match self.watchdog.check(heartbeat.as_deref(), io::now_ms()) {
+            Some(Change::Died { silent_ms }) => log::error!(
+                "proxy-webhooks: the dispatcher has not run for {silent_ms} ms: its VM failed, and Envoy does not restart it; no webhook is delivered and new events are dropped until Envoy restarts"
+            ),
+            Some(Change::Revived) => log::warn!("proxy-webhooks: the dispatcher runs again"),
+            None => {}
+        }
+        let alive = self.watchdog.alive();
+        self.shared.dispatcher_alive.set(alive);
+        self.shared
+            .metrics
+            .dispatcher_alive
+            .record(u64::from(alive));
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -103,8 +159,8 @@ enum State {
     Idle,
     /// A subscription API call, waiting for its body; answered here, never sent upstream.
     Api(Box<ApiCall>),
-    /// A state-changing request; its method and path are needed once the status is known.
-    Request { method: String, path: String },
+    /// A state-changing request; what the response phase needs of it.
+    Request(Box<Seen>),
     /// The response makes an event; its body is being read as it streams past.
     Response(Box<Pending>),
 }
@@ -112,16 +168,26 @@ enum State {
 struct ApiCall {
     method: String,
     path: String,
-    authorization: Option<Vec<u8>>,
-    api_key: Option<Vec<u8>>,
+    credentials: OwnedCredentials,
     content_type: Option<Vec<u8>>,
+}
+
+/// A state-changing request as the request phase saw it (request headers cannot be read later).
+struct Seen {
+    method: String,
+    path: String,
+    /// The caller's credentials, when some audience is the requester.
+    credentials: OwnedCredentials,
+    /// The request headers audiences name, where present.
+    headers: Vec<(String, Vec<u8>)>,
 }
 
 struct Pending {
     /// Whether the response ended normally (its body can be trusted).
     complete: bool,
-    method: String,
-    path: String,
+    seen: Box<Seen>,
+    /// The response header the audience names, where present.
+    response_header: Option<Vec<u8>>,
     status: u16,
     detected: Detected,
     seen_ms: u64,
@@ -134,11 +200,28 @@ pub struct EventWatch {
 }
 
 fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+    io::map_value(map, name)
 }
 
 fn header_str(map: MapType, name: &str) -> Option<String> {
     header(map, name).and_then(|v| String::from_utf8(v).ok())
+}
+
+/// The request headers that can identify the caller: `api.consumer_header` when set, else the
+/// API key headers.
+fn credentials(config: &Config) -> OwnedCredentials {
+    let request = MapType::HttpRequestHeaders;
+    match &config.api.consumer_header {
+        Some(name) => OwnedCredentials {
+            consumer_header: header(request, name),
+            ..OwnedCredentials::default()
+        },
+        None => OwnedCredentials {
+            authorization: header(request, "authorization"),
+            api_key: header(request, "x-api-key"),
+            consumer_header: None,
+        },
+    }
 }
 
 impl EventWatch {
@@ -154,8 +237,7 @@ impl EventWatch {
             let call = ApiCall {
                 method,
                 path,
-                authorization: header(MapType::HttpRequestHeaders, "authorization"),
-                api_key: header(MapType::HttpRequestHeaders, "x-api-key"),
+                credentials: credentials(&self.shared.config),
                 content_type: header(MapType::HttpRequestHeaders, "content-type"),
             };
             self.state = State::Api(Box::new(call));
@@ -163,7 +245,22 @@ impl EventWatch {
         }
         if rules::is_mutating(&method) {
             path.truncate(rules::strip_query(&path).len());
-            self.state = State::Request { method, path };
+            let shared = &self.shared;
+            let credentials = match shared.needs_requester {
+                true => credentials(&shared.config),
+                false => OwnedCredentials::default(),
+            };
+            let headers = shared
+                .audience_headers
+                .iter()
+                .filter_map(|name| Some((name.clone(), header(MapType::HttpRequestHeaders, name)?)))
+                .collect();
+            self.state = State::Request(Box::new(Seen {
+                method,
+                path,
+                credentials,
+                headers,
+            }));
         }
         false
     }
@@ -177,8 +274,9 @@ impl EventWatch {
         let request = api::Request {
             method: &call.method,
             path: &call.path,
-            authorization: call.authorization.as_deref(),
-            api_key: call.api_key.as_deref(),
+            authorization: call.credentials.authorization.as_deref(),
+            api_key: call.credentials.api_key.as_deref(),
+            consumer_header: call.credentials.consumer_header.as_deref(),
             content_type: call.content_type.as_deref(),
             body: &[],
         };
@@ -208,8 +306,9 @@ impl EventWatch {
         let request = api::Request {
             method: &call.method,
             path: &call.path,
-            authorization: call.authorization.as_deref(),
-            api_key: call.api_key.as_deref(),
+            authorization: call.credentials.authorization.as_deref(),
+            api_key: call.credentials.api_key.as_deref(),
+            consumer_header: call.credentials.consumer_header.as_deref(),
             content_type: call.content_type.as_deref(),
             body,
         };
@@ -228,32 +327,41 @@ impl EventWatch {
     }
 
     fn on_response(&mut self) {
-        let State::Request { method, path } = std::mem::replace(&mut self.state, State::Idle)
-        else {
+        let State::Request(seen) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
         let status = header_str(MapType::HttpResponseHeaders, ":status")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(0);
         let config = &self.shared.config;
-        let Some(detected) =
-            rules::detect(&config.events, config.infer_events, &method, &path, status)
+        let infer = config.infers(&seen.path);
+        let Some(detected) = rules::detect(&config.events, infer, &seen.method, &seen.path, status)
         else {
             return;
         };
-        let content_length = header_str(MapType::HttpResponseHeaders, "content-length")
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        let capture = BodyCapture::new(
-            config.delivery.max_payload_bytes,
-            header(MapType::HttpResponseHeaders, "content-type").as_deref(),
-            header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
-            content_length,
-        );
+        let audience = config.audience_of(detected.rule);
+        let response_header = match audience {
+            Audience::ResponseHeader(name) => header(MapType::HttpResponseHeaders, name),
+            _ => None,
+        };
+        // The body is read only when the event carries it or its audience is found in it.
+        let wants_body =
+            config.include_object(detected.rule) || matches!(audience, Audience::Json(_));
+        let capture = match wants_body {
+            true => BodyCapture::new(
+                config.delivery.max_payload_bytes,
+                header(MapType::HttpResponseHeaders, "content-type").as_deref(),
+                header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
+                header_str(MapType::HttpResponseHeaders, "content-length")
+                    .and_then(|s| s.trim().parse::<u64>().ok()),
+            ),
+            false => BodyCapture::skip(),
+        };
         let seen_ms = io::now_ms();
         let pending = Pending {
             complete: false,
-            method,
-            path,
+            seen,
+            response_header,
             status,
             detected,
             seen_ms,
@@ -265,9 +373,7 @@ impl EventWatch {
     fn on_body_chunk(&mut self, size: usize) {
         if let State::Response(pending) = &mut self.state {
             if pending.capture.wants_more() && size > 0 {
-                if let Ok(Some(chunk)) =
-                    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpResponseBody, 0, size)
-                {
+                if let Some(chunk) = io::buffer(BufferType::HttpResponseBody, size) {
                     pending.capture.push(&chunk);
                 }
             }
@@ -289,8 +395,8 @@ impl EventWatch {
         };
         let Pending {
             complete,
-            method,
-            path,
+            seen,
+            response_header,
             status,
             detected,
             seen_ms,
@@ -302,9 +408,26 @@ impl EventWatch {
         } else {
             CapturedObject::NotJson
         };
+        let config = &self.shared.config;
+        let facts = Facts {
+            api: &config.api,
+            credentials: seen.credentials.borrow(),
+            params: &detected.params,
+            request_headers: &seen.headers,
+            response_header: response_header.as_deref(),
+            body: match &object {
+                CapturedObject::Json(body) => Some(body),
+                _ => None,
+            },
+        };
+        let target = audience::resolve(config.audience_of(detected.rule), &facts);
+        let object = match config.include_object(detected.rule) {
+            true => object,
+            false => CapturedObject::NotJson,
+        };
         let request = RequestInfo {
-            method: &method,
-            path: &path,
+            method: &seen.method,
+            path: &seen.path,
             params: &detected.params,
             status,
         };
@@ -313,6 +436,7 @@ impl EventWatch {
         let message = QueueMessage::Event {
             event_type: detected.event_type,
             payload,
+            audience: target,
         };
         self.shared.enqueue(&message);
     }
@@ -358,10 +482,7 @@ impl HttpContext for EventWatch {
         if self.api_body_too_large(size) || !end_of_stream {
             return Action::Pause;
         }
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = io::buffer(BufferType::HttpRequestBody, size).unwrap_or_default();
         self.answer_api(&body);
         Action::Pause
     }
@@ -372,10 +493,7 @@ impl HttpContext for EventWatch {
         }
         // A body that ends with trailers never reaches `on_http_request_body` with
         // end_of_stream: answer here, or the call would go upstream.
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = io::buffer(BufferType::HttpRequestBody, usize::MAX).unwrap_or_default();
         if !self.api_body_too_large(body.len()) {
             self.answer_api(&body);
         }

@@ -5,7 +5,7 @@ use crate::config::{self, Config};
 use crate::ids::{RandomSource, RandomUnavailable};
 use crate::registry::{KvStore, StoreError};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MetricType, Status};
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -121,7 +121,11 @@ pub struct Metrics {
     pub delivery_attempts: Metric,
     pub deliveries_exhausted: Metric,
     pub subscriptions_disabled: Metric,
+    /// Events whose audience named no consumer (only privileged subscriptions got them).
+    pub events_unaddressed: Metric,
     pub queue_depth: Metric,
+    pub queue_bytes: Metric,
+    pub dispatcher_alive: Metric,
     pub subscriptions_active: Metric,
     pub delivery_latency_ms: Metric,
 }
@@ -136,9 +140,71 @@ impl Metrics {
             delivery_attempts: Metric::counter("webhooks_delivery_attempts"),
             deliveries_exhausted: Metric::counter("webhooks_deliveries_exhausted"),
             subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
+            events_unaddressed: Metric::counter("webhooks_events_unaddressed"),
             queue_depth: Metric::gauge("webhooks_queue_depth"),
+            queue_bytes: Metric::gauge("webhooks_queue_bytes"),
+            dispatcher_alive: Metric::gauge("webhooks_dispatcher_alive"),
             subscriptions_active: Metric::gauge("webhooks_subscriptions_active"),
             delivery_latency_ms: Metric::histogram("webhooks_delivery_latency_ms"),
         }
+    }
+}
+
+/// One header's value, or None when it is absent or the host refuses to read it. The SDK's own
+/// getter panics on any status but Ok and NotFound, and a peer can cause others: Envoy has no
+/// header map at all for a callout that was reset after the receiver started answering.
+pub fn map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer it allocated through the SDK's exported allocator (a
+    // boxed slice of `size` bytes) and its length; we take ownership only when it says Ok.
+    let status = unsafe {
+        abi::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    take_host_bytes(status, data, size)
+}
+
+/// The first `max` bytes of a body, or None when there is none or the host refuses (never a
+/// panic, whatever the peer sent).
+pub fn buffer(buffer: BufferType, max: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `map_value`.
+    let status =
+        unsafe { abi::proxy_get_buffer_bytes(buffer as u32, 0, max, &mut data, &mut size) };
+    take_host_bytes(status, data, size)
+}
+
+/// Owns what the host returned on success; any other status is "absent".
+fn take_host_bytes(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if status != abi::STATUS_OK || data.is_null() {
+        return None;
+    }
+    // SAFETY: on Ok the host handed over `size` bytes allocated by `proxy_on_memory_allocate`.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+/// The two host functions whose SDK wrappers panic on statuses a peer can cause, declared with
+/// plain integers so that any status the host returns is a value, not undefined behaviour.
+#[allow(clashing_extern_declarations)]
+mod abi {
+    pub const STATUS_OK: u32 = 0;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            max_size: usize,
+            return_buffer_data: *mut *mut u8,
+            return_buffer_size: *mut usize,
+        ) -> u32;
     }
 }

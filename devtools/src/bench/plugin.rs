@@ -15,6 +15,8 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// The plugin configuration with these subscriptions and `delivery` settings.
 fn config(subscriptions: Vec<Value>, delivery: Value) -> Value {
     json!({
+        // The load is key-less writes: every subscription gets them.
+        "audience": "all",
         "events": [{"type": EVENT_TYPE, "method": "POST", "path": "/orders", "status": [201]}],
         "subscriptions": subscriptions,
         "delivery": delivery,

@@ -1,0 +1,177 @@
+//! Receivers that misbehave (SPEC "Delivery": any receiver behaviour is one failed attempt of
+//! that message, nothing more), against a real Envoy with the real `.wasm`.
+//!
+//! One subscription per misbehaviour, all of consumer `hostile`, beside one healthy
+//! subscription of consumer `healthy`: the healthy one gets every event, each hostile one logs
+//! failed attempts with a reason, and the dispatcher never panics.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Result};
+use devtools::hostile::{HostilePeer, Misbehaviour};
+use devtools::receiver::describe;
+use devtools::{poll_until, Stack};
+use serde_json::{json, Value};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// An API key and its SHA-256 (`printf test-key | sha256sum`), for consumer `hostile`.
+const TEST_KEY: &str = "test-key";
+const TEST_KEY_SHA256: &str = "62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn subscription(id: &str, consumer: &str, url: &str) -> Value {
+    json!({"id": id, "consumer": consumer, "url": url, "events": ["*"], "secret": SECRET})
+}
+
+/// The hostile subscriptions: one per raw-socket misbehaviour, plus a TLS failure (https to a
+/// plain-HTTP port) and a DNS failure (a name that cannot resolve).
+fn hostile_subscriptions(peers: &[(Misbehaviour, HostilePeer)], plain_port: u16) -> Vec<Value> {
+    let mut subs: Vec<Value> = peers
+        .iter()
+        .map(|(m, peer)| subscription(&format!("sub_{}", m.name()), "hostile", &peer.url("/hook")))
+        .collect();
+    subs.push(subscription(
+        "sub_tls_failure",
+        "hostile",
+        &format!("https://127.0.0.1:{plain_port}/hook"),
+    ));
+    subs.push(subscription(
+        "sub_dns_failure",
+        "hostile",
+        "http://no-such-host.invalid/hook",
+    ));
+    subs
+}
+
+async fn produce(stack: &Stack, n: usize) -> Result<()> {
+    let body = json!({ "n": n }).to_string();
+    let sent = stack
+        .send("POST", "/orders", &[("x-test-body", body.as_str())])
+        .await?;
+    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
+    Ok(())
+}
+
+/// The attempt log of a hostile subscription, through the API.
+async fn attempt_log(stack: &Stack, id: &str) -> Result<Vec<Value>> {
+    let response = stack
+        .client
+        .get(
+            stack
+                .envoy
+                .url(&format!("/webhooks/subscriptions/{id}/deliveries")),
+        )
+        .header("x-api-key", TEST_KEY)
+        .send()
+        .await?;
+    ensure!(
+        response.status() == 200,
+        "deliveries of {id}: {}",
+        response.status()
+    );
+    let body: Value = response.json().await?;
+    Ok(body["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// A failed attempt with a reason: an error, or a receiver status that is no success.
+fn failed_with_reason(entry: &Value) -> bool {
+    let state_failed = matches!(
+        entry["state"].as_str(),
+        Some("retrying" | "failed" | "exhausted")
+    );
+    let error = entry["error"].as_str().is_some_and(|e| !e.is_empty());
+    let status = entry["response_status"]
+        .as_u64()
+        .is_some_and(|s| !(200..300).contains(&s));
+    state_failed && (error || status)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_receivers_fail_attempts_and_never_stop_delivery() -> Result<()> {
+    let mut peers = Vec::new();
+    for m in Misbehaviour::ALL {
+        peers.push((m, HostilePeer::start(m).await?));
+    }
+    let stack = Stack::start(|rx| {
+        let mut subs = hostile_subscriptions(&peers, rx.port());
+        subs.push(subscription("sub_healthy", "healthy", &rx.url("/hook")));
+        json!({
+            "audience": "all",
+            "api": {"keys": [{"consumer": "hostile", "sha256": TEST_KEY_SHA256}]},
+            "subscriptions": subs,
+            "delivery": {"timeout": "1s", "retry_schedule": ["0s", "200ms"], "jitter": 0,
+                         "allow_insecure_destinations": true}
+        })
+    })
+    .await?;
+
+    const EVENTS: usize = 5;
+    for n in 0..EVENTS {
+        produce(&stack, n).await?;
+    }
+    let hooks = stack.webhooks(EVENTS, WAIT).await?;
+    for hook in &hooks {
+        hook.verify(SECRET)?;
+    }
+
+    // Every hostile subscription logs failed attempts, each with a reason.
+    let mut ids: Vec<String> = peers
+        .iter()
+        .map(|(m, _)| format!("sub_{}", m.name()))
+        .collect();
+    ids.extend(["sub_tls_failure".to_string(), "sub_dns_failure".to_string()]);
+    let deadline = Instant::now() + WAIT;
+    for id in &ids {
+        loop {
+            let log = attempt_log(&stack, id).await?;
+            if log.iter().any(failed_with_reason) {
+                eprintln!("{id}: {}", log.first().cloned().unwrap_or_default());
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("{id} has no failed attempt with a reason: {log:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (m, peer) in &peers {
+        ensure!(peer.requests() >= 1, "{} saw no request", m.name());
+    }
+
+    // Still delivering once every hostile attempt has been answered or timed out.
+    stack
+        .envoy
+        .wait_for_counter(
+            "webhooks_deliveries_exhausted",
+            (EVENTS * ids.len()) as u64,
+            WAIT,
+        )
+        .await?;
+    produce(&stack, EVENTS).await?;
+    let hooks = stack.webhooks(EVENTS + 1, WAIT).await?;
+    ensure!(
+        hooks.len() == EVENTS + 1,
+        "healthy got {}",
+        describe(&hooks)
+    );
+    // The workers' watchdogs see the dispatcher's heartbeat (they look once a second).
+    poll_until(WAIT, "webhooks_dispatcher_alive 1", async || {
+        stack.envoy.gauge("webhooks_dispatcher_alive").await.ok() == Some(1)
+    })
+    .await?;
+    let log = stack.envoy.log_contents();
+    ensure!(
+        !log.contains("panicked") && !log.contains("the dispatcher has not run"),
+        "the plugin panicked:\n{}",
+        stack.envoy.log_tail(40)
+    );
+    ensure!(
+        stack.envoy.counter("webhooks_events_detected").await? == EVENTS as u64 + 1,
+        "events detected"
+    );
+    ensure!(
+        stack.envoy.counter("webhooks_events_dropped").await? == 0,
+        "events dropped"
+    );
+    Ok(())
+}

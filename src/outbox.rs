@@ -1,0 +1,808 @@
+//! The dispatcher's pending messages, and which one to attempt next.
+//!
+//! Messages wait in one lane per subscription. An attempt starts only when the message is due
+//! and three limits allow it: the global `max_in_flight`, the consumer's share of it, and the
+//! lane's own pacing window ([`crate::pacing`]), itself capped by the lane's share of its
+//! consumer's. Lanes take turns (round-robin), so a subscription with thousands of due
+//! messages does not delay another's first one. A consumer's share is `max_in_flight` split
+//! evenly between the consumers with pending work, and never more than 7/8 of it, so a consumer
+//! whose receivers all hang leaves room for the next one to arrive.
+//!
+//! Memory is bounded by `max_queue` messages and `max_queue_bytes`: a payload fanned out to
+//! many subscriptions is counted once, plus a fixed overhead per message. Past either bound
+//! the subscription with the most waiting messages sheds first: its oldest waiting retry, else
+//! its oldest waiting message (possibly the newcomer). Messages in flight are never shed.
+
+use crate::pacing::{Signal, Window};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::rc::Rc;
+
+/// Bytes counted per message besides its payload: the message, its ids and its index entries.
+pub const MESSAGE_OVERHEAD: usize = 256;
+
+/// One webhook message for one subscription, waiting for its next attempt.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub webhook_id: String,
+    pub subscription_id: Rc<str>,
+    pub event_type: Rc<str>,
+    /// The signed body, shared by every subscription the event fans out to.
+    pub payload: Rc<[u8]>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the message was created (the event was seen).
+    pub created_ms: u64,
+    /// Times the callout could not start yet because Envoy was still resolving the host.
+    pub host_waits: u32,
+}
+
+/// A handle on a message in the outbox.
+pub type MessageKey = u64;
+type LaneId = u64;
+
+/// The outbox's bounds, from `delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_queue: usize,
+    pub max_queue_bytes: usize,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_subscription: usize,
+}
+
+#[derive(Debug)]
+struct Held {
+    message: Message,
+    lane: LaneId,
+    /// Due time while waiting; None while in flight.
+    due_ms: Option<u64>,
+}
+
+/// Every ordered index here has this one element type, so the wasm carries one B-tree.
+type Order = (u64, u64, u64);
+
+/// A waiting message's place in its lane's drop order: retries (0 sorts first) before first
+/// attempts, oldest first.
+fn drop_order(key: MessageKey, message: &Message) -> Order {
+    (u64::from(message.attempts == 0), message.created_ms, key)
+}
+
+/// A waiting message's place in its lane's due order.
+fn due_order(due_ms: u64, key: MessageKey) -> Order {
+    (due_ms, key, 0)
+}
+
+/// A lane's place in the shedding order: most waiting last.
+fn waiting_order(waiting: usize, lane: LaneId) -> Order {
+    (waiting as u64, lane, 0)
+}
+
+#[derive(Debug)]
+struct Lane {
+    subscription: Rc<str>,
+    consumer: Rc<str>,
+    /// Waiting messages by due time.
+    due: BTreeSet<Order>,
+    /// Waiting messages in drop order.
+    waiting: BTreeSet<Order>,
+    in_flight: usize,
+    window: Window,
+    /// In the ready ring (or in its consumer's blocked list): not to be queued twice.
+    queued: bool,
+}
+
+impl Lane {
+    fn next_due(&self) -> Option<u64> {
+        self.due.first().map(|(due, _, _)| *due)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.due.is_empty() && self.in_flight == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct Consumer {
+    lanes: usize,
+    in_flight: usize,
+    /// Lanes with due work that waited for this consumer's share.
+    blocked: Vec<LaneId>,
+}
+
+/// Pending messages in per-subscription lanes; see the module doc.
+#[derive(Debug)]
+pub struct Outbox {
+    limits: Limits,
+    messages: HashMap<MessageKey, Held>,
+    lanes: HashMap<LaneId, Lane>,
+    lane_of: HashMap<Rc<str>, LaneId>,
+    consumers: HashMap<Rc<str>, Consumer>,
+    /// Lanes with due work and room, in turn order.
+    ready: VecDeque<LaneId>,
+    /// (earliest due time, lane) of lanes waiting for time to pass; entries may be stale.
+    timers: BinaryHeap<Reverse<(u64, LaneId)>>,
+    /// (waiting count, lane): who sheds first.
+    by_waiting: BTreeSet<Order>,
+    /// Payload address → (length, messages holding it): each payload counts once.
+    payloads: HashMap<usize, (usize, usize)>,
+    bytes: usize,
+    in_flight: usize,
+    next_key: MessageKey,
+    next_lane: LaneId,
+}
+
+impl Outbox {
+    pub fn new(limits: Limits) -> Outbox {
+        Outbox {
+            limits,
+            messages: HashMap::new(),
+            lanes: HashMap::new(),
+            lane_of: HashMap::new(),
+            consumers: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            by_waiting: BTreeSet::new(),
+            payloads: HashMap::new(),
+            bytes: 0,
+            in_flight: 0,
+            next_key: 0,
+            next_lane: 0,
+        }
+    }
+
+    /// Messages held, in flight or waiting.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Bytes held, as counted against `max_queue_bytes`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Every held message, in no particular order.
+    pub fn messages(&self) -> impl Iterator<Item = &Message> {
+        self.messages.values().map(|held| &held.message)
+    }
+
+    pub fn get(&self, key: MessageKey) -> Option<&Message> {
+        self.messages.get(&key).map(|held| &held.message)
+    }
+
+    /// The pacing window of a subscription with pending work.
+    pub fn window(&self, subscription_id: &str) -> Option<usize> {
+        let lane = self.lane_of.get(subscription_id)?;
+        self.lanes.get(lane).map(|lane| lane.window.limit())
+    }
+
+    /// Adds a message of `consumer`'s, due at `due_ms`; returns the messages shed to make room.
+    pub fn push(&mut self, message: Message, consumer: &str, due_ms: u64) -> Vec<Message> {
+        let lane_id = self.lane_for(&message.subscription_id, consumer);
+        let key = self.next_key;
+        self.next_key += 1;
+        self.count_payload(&message.payload, true);
+        if let Some(lane) = self.lanes.get_mut(&lane_id) {
+            self.by_waiting
+                .remove(&waiting_order(lane.waiting.len(), lane_id));
+            lane.waiting.insert(drop_order(key, &message));
+            lane.due.insert(due_order(due_ms, key));
+            self.by_waiting
+                .insert(waiting_order(lane.waiting.len(), lane_id));
+        }
+        self.messages.insert(
+            key,
+            Held {
+                message,
+                lane: lane_id,
+                due_ms: Some(due_ms),
+            },
+        );
+        self.wake(lane_id, due_ms);
+        self.shed_excess()
+    }
+
+    /// Sheds waiting messages while a bound is exceeded (see the module doc) and returns them.
+    /// Only a push adds to what is held, so the bounds hold at all times.
+    fn shed_excess(&mut self) -> Vec<Message> {
+        let mut shed = Vec::new();
+        while self.messages.len() > self.limits.max_queue
+            || self.bytes > self.limits.max_queue_bytes
+        {
+            match self.shed_one() {
+                Some(message) => shed.push(message),
+                None => break,
+            }
+        }
+        shed
+    }
+
+    /// The next attempt to start at `now_ms`, marked in flight; None when nothing is due or
+    /// every due lane is at one of its limits.
+    pub fn next_attempt(&mut self, now_ms: u64) -> Option<(MessageKey, &Message)> {
+        self.fire_timers(now_ms);
+        while self.in_flight < self.limits.max_in_flight {
+            let lane_id = self.ready.pop_front()?;
+            if let Some(key) = self.take_from(lane_id, now_ms) {
+                return self.messages.get(&key).map(|held| (key, &held.message));
+            }
+        }
+        None
+    }
+
+    /// Ends an attempt: the lane's window learns from `signal`, and the message is either
+    /// rescheduled (`Some(at)`) or removed and returned.
+    pub fn finish(
+        &mut self,
+        key: MessageKey,
+        reschedule_at: Option<u64>,
+        signal: Signal,
+        started_ms: u64,
+        now_ms: u64,
+    ) -> Option<Message> {
+        let lane_id = self.end_attempt(key)?;
+        if let Some(lane) = self.lanes.get_mut(&lane_id) {
+            lane.window.observe(signal, started_ms, now_ms);
+        }
+        let done = match reschedule_at {
+            Some(at) => {
+                if let Some(held) = self.messages.get_mut(&key) {
+                    held.message.attempts += 1;
+                    // A later attempt may meet an unresolved host again: it gets its own wait.
+                    held.message.host_waits = 0;
+                }
+                self.requeue(key, at);
+                None
+            }
+            None => self.remove(key),
+        };
+        self.after_attempt(lane_id);
+        done
+    }
+
+    /// Puts an attempt that could not start back in line without counting it as an attempt.
+    pub fn defer(&mut self, key: MessageKey, at: u64) {
+        let Some(lane_id) = self.end_attempt(key) else {
+            return;
+        };
+        if let Some(held) = self.messages.get_mut(&key) {
+            held.message.host_waits += 1;
+        }
+        self.requeue(key, at);
+        self.after_attempt(lane_id);
+    }
+
+    /// The lane of a subscription, created (with its consumer's entry) when it has none.
+    fn lane_for(&mut self, subscription: &Rc<str>, consumer: &str) -> LaneId {
+        if let Some(id) = self.lane_of.get(subscription) {
+            return *id;
+        }
+        let id = self.next_lane;
+        self.next_lane += 1;
+        let consumer: Rc<str> = match self.consumers.get_key_value(consumer) {
+            Some((name, _)) => Rc::clone(name),
+            None => Rc::from(consumer),
+        };
+        self.consumers
+            .entry(Rc::clone(&consumer))
+            .or_default()
+            .lanes += 1;
+        self.lanes.insert(
+            id,
+            Lane {
+                subscription: Rc::clone(subscription),
+                consumer,
+                due: BTreeSet::new(),
+                waiting: BTreeSet::new(),
+                in_flight: 0,
+                window: Window::new(self.limits.max_in_flight_per_subscription),
+                queued: false,
+            },
+        );
+        self.lane_of.insert(Rc::clone(subscription), id);
+        self.by_waiting.insert(waiting_order(0, id));
+        id
+    }
+
+    /// Makes sure a lane whose earliest message is due at `due_ms` will be looked at then.
+    fn wake(&mut self, lane_id: LaneId, due_ms: u64) {
+        let Some(lane) = self.lanes.get(&lane_id) else {
+            return;
+        };
+        if !lane.queued && lane.next_due() == Some(due_ms) {
+            self.timers.push(Reverse((due_ms, lane_id)));
+        }
+        // Stale timer entries of busy lanes pile up: rebuild when they outnumber the lanes.
+        if self.timers.len() > 2 * self.lanes.len() + 1024 {
+            let lanes = &self.lanes;
+            self.timers.retain(|Reverse((due, id))| {
+                lanes.get(id).is_some_and(|l| l.next_due() == Some(*due))
+            });
+        }
+    }
+
+    /// Moves lanes whose earliest message is due by `now_ms` into the ready ring.
+    fn fire_timers(&mut self, now_ms: u64) {
+        while let Some(Reverse((due, lane_id))) = self.timers.peek().copied() {
+            if due > now_ms {
+                break;
+            }
+            self.timers.pop();
+            let Some(lane) = self.lanes.get_mut(&lane_id) else {
+                continue;
+            };
+            if !lane.queued && lane.next_due().is_some_and(|d| d <= now_ms) {
+                lane.queued = true;
+                self.ready.push_back(lane_id);
+            }
+        }
+    }
+
+    /// Starts the lane's earliest due message if its limits allow; requeues the lane as fits.
+    fn take_from(&mut self, lane_id: LaneId, now_ms: u64) -> Option<MessageKey> {
+        let cap = self.lane_cap(lane_id);
+        let consumer_cap = self.consumer_cap();
+        let lane = self.lanes.get_mut(&lane_id)?;
+        lane.queued = false;
+        let (due, key, _) = *lane.due.first()?;
+        if due > now_ms {
+            self.timers.push(Reverse((due, lane_id)));
+            return None;
+        }
+        let consumer = self.consumers.get_mut(&lane.consumer)?;
+        if consumer.in_flight >= consumer_cap {
+            lane.queued = true;
+            consumer.blocked.push(lane_id);
+            return None;
+        }
+        if lane.in_flight >= cap {
+            return None; // its own attempts ending bring it back
+        }
+        let held = self.messages.get_mut(&key)?;
+        lane.due.remove(&due_order(due, key));
+        self.by_waiting
+            .remove(&waiting_order(lane.waiting.len(), lane_id));
+        lane.waiting.remove(&drop_order(key, &held.message));
+        self.by_waiting
+            .insert(waiting_order(lane.waiting.len(), lane_id));
+        held.due_ms = None;
+        lane.in_flight += 1;
+        consumer.in_flight += 1;
+        self.in_flight += 1;
+        if lane.in_flight < cap && lane.next_due().is_some_and(|d| d <= now_ms) {
+            lane.queued = true;
+            self.ready.push_back(lane_id);
+        } else if let Some(next) = lane.next_due().filter(|_| lane.in_flight < cap) {
+            self.timers.push(Reverse((next, lane_id)));
+        }
+        Some(key)
+    }
+
+    /// A consumer's share of `max_in_flight`: an even split between the consumers with
+    /// pending work, at most 7/8 of the whole.
+    fn consumer_cap(&self) -> usize {
+        let max = self.limits.max_in_flight;
+        let split = max / self.consumers.len().max(1);
+        split.min(max - max / 8).max(1)
+    }
+
+    /// A lane's limit: its window, and its share of its consumer's.
+    fn lane_cap(&self, lane_id: LaneId) -> usize {
+        let Some(lane) = self.lanes.get(&lane_id) else {
+            return 0;
+        };
+        let lanes = self.consumers.get(&lane.consumer).map_or(1, |c| c.lanes);
+        let share = (self.consumer_cap() / lanes.max(1)).max(1);
+        lane.window.limit().min(share).max(1)
+    }
+
+    /// Marks a message no longer in flight; returns its lane.
+    fn end_attempt(&mut self, key: MessageKey) -> Option<LaneId> {
+        let held = self.messages.get(&key)?;
+        if held.due_ms.is_some() {
+            return None; // not in flight
+        }
+        let lane_id = held.lane;
+        let lane = self.lanes.get_mut(&lane_id)?;
+        lane.in_flight = lane.in_flight.saturating_sub(1);
+        if let Some(consumer) = self.consumers.get_mut(&lane.consumer) {
+            consumer.in_flight = consumer.in_flight.saturating_sub(1);
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        Some(lane_id)
+    }
+
+    /// Puts a message back among its lane's waiting ones, due at `at`.
+    fn requeue(&mut self, key: MessageKey, at: u64) {
+        let Some(held) = self.messages.get_mut(&key) else {
+            return;
+        };
+        held.due_ms = Some(at);
+        let lane_id = held.lane;
+        if let Some(lane) = self.lanes.get_mut(&lane_id) {
+            self.by_waiting
+                .remove(&waiting_order(lane.waiting.len(), lane_id));
+            lane.waiting.insert(drop_order(key, &held.message));
+            lane.due.insert(due_order(at, key));
+            self.by_waiting
+                .insert(waiting_order(lane.waiting.len(), lane_id));
+        }
+    }
+
+    /// After an attempt of `lane_id` ended: the lane and its consumer's blocked lanes get
+    /// another turn; an idle lane is removed.
+    fn after_attempt(&mut self, lane_id: LaneId) {
+        let Some(lane) = self.lanes.get(&lane_id) else {
+            return;
+        };
+        let consumer = Rc::clone(&lane.consumer);
+        if lane.is_idle() {
+            self.remove_lane(lane_id);
+        } else {
+            self.retime(lane_id);
+        }
+        let blocked = self
+            .consumers
+            .get_mut(&consumer)
+            .map(|c| std::mem::take(&mut c.blocked))
+            .unwrap_or_default();
+        for id in blocked {
+            if let Some(lane) = self.lanes.get_mut(&id) {
+                lane.queued = false;
+            }
+            self.retime(id);
+        }
+    }
+
+    /// Gives a lane that is in no queue a timer for its earliest waiting message.
+    fn retime(&mut self, lane_id: LaneId) {
+        if let Some(lane) = self.lanes.get(&lane_id) {
+            if let Some(due) = lane.next_due().filter(|_| !lane.queued) {
+                self.timers.push(Reverse((due, lane_id)));
+            }
+        }
+    }
+
+    /// Removes a held message (not in flight or just finished) and its accounting.
+    fn remove(&mut self, key: MessageKey) -> Option<Message> {
+        let held = self.messages.remove(&key)?;
+        if let Some(lane) = self.lanes.get_mut(&held.lane) {
+            if let Some(due) = held.due_ms {
+                lane.due.remove(&due_order(due, key));
+                self.by_waiting
+                    .remove(&waiting_order(lane.waiting.len(), held.lane));
+                lane.waiting.remove(&drop_order(key, &held.message));
+                self.by_waiting
+                    .insert(waiting_order(lane.waiting.len(), held.lane));
+            }
+        }
+        self.retime(held.lane);
+        self.count_payload(&held.message.payload, false);
+        Some(held.message)
+    }
+
+    /// Drops one waiting message of the lane with the most waiting ones.
+    fn shed_one(&mut self) -> Option<Message> {
+        let (waiting, lane_id, _) = *self.by_waiting.last()?;
+        if waiting == 0 {
+            return None;
+        }
+        let (_, _, key) = *self.lanes.get(&lane_id)?.waiting.first()?;
+        let message = self.remove(key);
+        if self.lanes.get(&lane_id).is_some_and(Lane::is_idle) {
+            self.remove_lane(lane_id);
+        }
+        message
+    }
+
+    fn remove_lane(&mut self, lane_id: LaneId) {
+        let Some(lane) = self.lanes.remove(&lane_id) else {
+            return;
+        };
+        self.lane_of.remove(&lane.subscription);
+        self.by_waiting
+            .remove(&waiting_order(lane.waiting.len(), lane_id));
+        if let Some(consumer) = self.consumers.get_mut(&lane.consumer) {
+            consumer.lanes = consumer.lanes.saturating_sub(1);
+            consumer.blocked.retain(|id| *id != lane_id);
+            if consumer.lanes == 0 {
+                self.consumers.remove(&lane.consumer);
+            }
+        }
+        // Its id may still stand in the ready ring or a timer: ids are never reused, and a
+        // missing lane is skipped there.
+    }
+
+    /// Counts a payload's bytes when the first message holding it arrives and uncounts them
+    /// when the last one leaves.
+    fn count_payload(&mut self, payload: &Rc<[u8]>, added: bool) {
+        let address = payload.as_ptr() as usize;
+        let entry = self.payloads.entry(address).or_insert((payload.len(), 0));
+        if added {
+            entry.1 += 1;
+            if entry.1 == 1 {
+                self.bytes += entry.0;
+            }
+            self.bytes += MESSAGE_OVERHEAD;
+        } else {
+            entry.1 = entry.1.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(MESSAGE_OVERHEAD);
+            if entry.1 == 0 {
+                self.bytes = self.bytes.saturating_sub(entry.0);
+                self.payloads.remove(&address);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_in_flight: usize, per_subscription: usize) -> Limits {
+        Limits {
+            max_queue: 100_000,
+            max_queue_bytes: usize::MAX,
+            max_in_flight,
+            max_in_flight_per_subscription: per_subscription,
+        }
+    }
+
+    fn message(id: &str, subscription: &str, attempts: u32, created_ms: u64) -> Message {
+        Message {
+            webhook_id: id.into(),
+            subscription_id: subscription.into(),
+            event_type: "a.b".into(),
+            payload: Rc::from(&b"{}"[..]),
+            attempts,
+            created_ms,
+            host_waits: 0,
+        }
+    }
+
+    /// Starts every attempt allowed at `now`; returns (key, webhook-id, subscription).
+    fn start_all(o: &mut Outbox, now: u64) -> Vec<(MessageKey, String, String)> {
+        std::iter::from_fn(|| {
+            o.next_attempt(now)
+                .map(|(k, m)| (k, m.webhook_id.clone(), m.subscription_id.to_string()))
+        })
+        .collect()
+    }
+
+    fn succeed(o: &mut Outbox, key: MessageKey, now: u64) -> Option<Message> {
+        o.finish(key, None, Signal::Answered, now, now)
+    }
+
+    #[test]
+    fn attempts_start_in_due_order_and_reschedule() {
+        let mut o = Outbox::new(limits(10, 32));
+        o.push(message("late", "s", 0, 0), "c", 50);
+        o.push(message("early", "s", 0, 0), "c", 10);
+        assert!(o.next_attempt(5).is_none());
+        let started = start_all(&mut o, 60);
+        let ids: Vec<_> = started.iter().map(|s| s.1.as_str()).collect();
+        assert_eq!(ids, ["early", "late"]);
+        assert_eq!(o.in_flight(), 2);
+        let (early, late) = (started[0].0, started[1].0);
+        assert!(o
+            .finish(early, Some(100), Signal::Neutral, 60, 70)
+            .is_none());
+        assert_eq!(succeed(&mut o, late, 70).unwrap().webhook_id, "late");
+        assert!(o.next_attempt(99).is_none());
+        let (_, m) = o.next_attempt(100).unwrap();
+        assert_eq!((m.webhook_id.as_str(), m.attempts), ("early", 1));
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn the_window_holds_attempts_back_without_counting_them() {
+        let mut o = Outbox::new(limits(256, 32));
+        for n in 0..10 {
+            o.push(message(&format!("m{n}"), "s", 0, n), "c", 0);
+        }
+        let first = start_all(&mut o, 0);
+        assert_eq!(first.len(), 4, "a fresh window allows 4");
+        // Each prompt answer frees a slot and grows the window by one (slow start).
+        for (key, ..) in &first {
+            succeed(&mut o, *key, 1);
+        }
+        let second = start_all(&mut o, 1);
+        assert_eq!(second.len(), 6, "the other 6, within a window of 8");
+        assert!(o.messages().all(|m| m.attempts == 0));
+        assert_eq!(o.window("s"), Some(8));
+    }
+
+    #[test]
+    fn overruns_shrink_the_window() {
+        let mut o = Outbox::new(limits(256, 32));
+        for n in 0..20 {
+            o.push(message(&format!("m{n}"), "s", 0, n), "c", 0);
+        }
+        let started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 4);
+        for (key, ..) in &started {
+            o.finish(*key, Some(1000), Signal::Overrun, 0, 10);
+        }
+        assert_eq!(o.window("s"), Some(2));
+        assert_eq!(start_all(&mut o, 10).len(), 2);
+    }
+
+    #[test]
+    fn subscriptions_take_turns() {
+        let mut o = Outbox::new(limits(256, 1));
+        for n in 0..3 {
+            o.push(message(&format!("a{n}"), "busy", 0, n), "c", 0);
+        }
+        o.push(message("b0", "quiet", 0, 9), "c", 0);
+        // One at a time each: the quiet subscription's one message goes out beside the busy
+        // one's first, not after all of them.
+        let subs: Vec<_> = start_all(&mut o, 0).into_iter().map(|s| s.2).collect();
+        assert_eq!(subs, ["busy", "quiet"]);
+    }
+
+    #[test]
+    fn a_hanging_consumer_cannot_take_every_slot() {
+        let mut o = Outbox::new(limits(16, 32));
+        // Consumer a: 20 subscriptions, 10 messages each, nothing ever answers.
+        for s in 0..20 {
+            for n in 0..10 {
+                o.push(
+                    message(&format!("a{s}_{n}"), &format!("a{s}"), 0, n),
+                    "a",
+                    0,
+                );
+            }
+        }
+        let hanging = start_all(&mut o, 0);
+        assert_eq!(hanging.len(), 14, "7/8 of 16 at most");
+        // Consumer b arrives while all of a's attempts hang: its message starts at once.
+        o.push(message("b", "b0", 0, 0), "b", 0);
+        let started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].2, "b0");
+    }
+
+    #[test]
+    fn consumers_split_the_global_limit() {
+        let mut o = Outbox::new(limits(8, 32));
+        for n in 0..20 {
+            o.push(message(&format!("a{n}"), "a0", 0, n), "a", 0);
+            o.push(message(&format!("b{n}"), "b0", 0, n), "b", 0);
+        }
+        let started = start_all(&mut o, 0);
+        let of = |c: &str| started.iter().filter(|s| s.2.starts_with(c)).count();
+        assert_eq!((of("a"), of("b")), (4, 4));
+    }
+
+    #[test]
+    fn a_blocked_lane_gets_its_turn_when_its_consumer_frees_a_slot() {
+        let mut o = Outbox::new(limits(8, 32));
+        // One consumer, whose share is 7 of 8, over ten subscriptions: 7 start, 3 wait.
+        for s in 0..10 {
+            o.push(message(&format!("m{s}"), &format!("s{s}"), 0, s), "c", 0);
+        }
+        let started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 7);
+        succeed(&mut o, started[0].0, 1);
+        let next = start_all(&mut o, 1);
+        assert_eq!(next.len(), 1);
+        assert!(!started.iter().any(|s| s.2 == next[0].2));
+    }
+
+    #[test]
+    fn overflow_sheds_the_subscription_with_most_waiting_first() {
+        let mut o = Outbox::new(Limits {
+            max_queue: 5,
+            ..limits(1, 1)
+        });
+        o.push(message("q0", "quiet", 0, 0), "c", 10);
+        o.push(message("b0", "busy", 0, 1), "c", 10);
+        o.push(message("b1", "busy", 1, 2), "c", 10);
+        o.push(message("b2", "busy", 0, 3), "c", 10);
+        o.push(message("b3", "busy", 0, 4), "c", 10);
+        // The busy subscription (4 waiting against 1) sheds: its waiting retry first…
+        let shed = o.push(message("q1", "quiet", 0, 5), "c", 10);
+        assert_eq!(shed[0].webhook_id, "b1");
+        // …then its oldest (3 against 2).
+        let shed = o.push(message("q2", "quiet", 0, 6), "c", 10);
+        assert_eq!(shed[0].webhook_id, "b0");
+        // Now quiet has the most waiting (4 with the newcomer against 2).
+        let shed = o.push(message("q3", "quiet", 0, 7), "c", 10);
+        assert_eq!(shed[0].webhook_id, "q0");
+        assert_eq!(o.len(), 5);
+    }
+
+    #[test]
+    fn bytes_count_a_shared_payload_once() {
+        let mut o = Outbox::new(limits(256, 32));
+        let payload: Rc<[u8]> = Rc::from(vec![b'x'; 1000]);
+        for s in 0..10 {
+            let mut m = message(&format!("m{s}"), &format!("s{s}"), 0, 0);
+            m.payload = Rc::clone(&payload);
+            o.push(m, "c", 0);
+        }
+        assert_eq!(o.bytes(), 1000 + 10 * MESSAGE_OVERHEAD);
+        for (key, ..) in start_all(&mut o, 0) {
+            succeed(&mut o, key, 1);
+        }
+        assert_eq!((o.bytes(), o.len()), (0, 0));
+        assert!(o.lanes.is_empty() && o.consumers.is_empty() && o.payloads.is_empty());
+    }
+
+    #[test]
+    fn the_byte_bound_sheds_like_the_count_bound() {
+        let mut o = Outbox::new(Limits {
+            max_queue_bytes: 3 * (MESSAGE_OVERHEAD + 100),
+            ..limits(1, 1)
+        });
+        let mut shed = Vec::new();
+        for n in 0..10 {
+            let mut m = message(&format!("m{n}"), "s", 0, n);
+            m.payload = Rc::from(vec![b'x'; 100]);
+            shed.extend(o.push(m, "c", 10));
+        }
+        assert_eq!(o.len(), 3);
+        assert!(o.bytes() <= 3 * (MESSAGE_OVERHEAD + 100));
+        let ids: Vec<_> = shed.iter().map(|m| m.webhook_id.as_str()).collect();
+        assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
+    }
+
+    #[test]
+    fn a_queue_full_of_attempts_in_flight_sheds_the_newcomer() {
+        let mut o = Outbox::new(Limits {
+            max_queue: 2,
+            ..limits(256, 32)
+        });
+        for n in 0..2 {
+            assert!(o
+                .push(message(&format!("m{n}"), "s", 0, n), "c", 0)
+                .is_empty());
+        }
+        let started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 2);
+        let shed = o.push(message("m2", "s", 0, 2), "c", 0);
+        assert_eq!(shed[0].webhook_id, "m2");
+        assert_eq!((o.len(), o.in_flight()), (2, 2));
+        // Once one waits for a retry, it is the one a newcomer displaces.
+        o.finish(started[0].0, Some(100), Signal::Neutral, 0, 1);
+        let shed = o.push(message("m3", "s", 0, 3), "c", 0);
+        assert_eq!(shed[0].webhook_id, "m0");
+    }
+
+    #[test]
+    fn deferred_attempts_do_not_count() {
+        let mut o = Outbox::new(limits(256, 32));
+        o.push(message("m", "s", 0, 0), "c", 0);
+        let (key, _) = o.next_attempt(0).unwrap();
+        o.defer(key, 100);
+        assert_eq!(o.in_flight(), 0);
+        assert!(o.next_attempt(99).is_none());
+        let (_, m) = o.next_attempt(100).unwrap();
+        assert_eq!((m.attempts, m.host_waits), (0, 1));
+    }
+
+    #[test]
+    fn sustained_overflow_keeps_memory_bounded() {
+        let mut o = Outbox::new(Limits {
+            max_queue: 100,
+            ..limits(256, 32)
+        });
+        for n in 0..20_000u64 {
+            o.push(message(&format!("m{n}"), "s", 1, n), "c", 1_000_000 + n);
+        }
+        assert_eq!(o.len(), 100);
+        assert!(
+            o.timers.len() <= 2 * o.lanes.len() + 1024,
+            "{}",
+            o.timers.len()
+        );
+        assert_eq!(o.next_attempt(u64::MAX).unwrap().1.webhook_id, "m19900");
+    }
+}
