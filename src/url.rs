@@ -112,40 +112,40 @@ pub fn check_destination(url: &str, policy: Policy) -> Result<Destination, UrlEr
 }
 
 /// Special-purpose address blocks (IANA registries, RFC 6890 and successors) that a delivery
-/// must never reach unless private destinations are allowed, with what each one is. IPv6 blocks
+/// must never reach unless private destinations are allowed, each as `addr/len (what it is)`. IPv6 blocks
 /// that embed an IPv4 address are refused whole: which IPv4 address they reach depends on
 /// translators the plugin cannot see. The shipped envoy.yaml's `resolved_address_filter` lists
 /// the same blocks (a devtools test keeps them in step).
-pub const SPECIAL_PURPOSE: &[(&str, &str)] = &[
-    ("0.0.0.0/8", "this network"),
-    ("10.0.0.0/8", "private"),
-    ("100.64.0.0/10", "shared address space, CGNAT"),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local"),
-    ("172.16.0.0/12", "private"),
-    ("192.0.0.0/24", "IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation"),
-    ("192.88.99.0/24", "6to4 relay anycast"),
-    ("192.168.0.0/16", "private"),
-    ("198.18.0.0/15", "benchmarking"),
-    ("198.51.100.0/24", "documentation"),
-    ("203.0.113.0/24", "documentation"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved, broadcast"),
-    ("::/96", "unspecified, loopback, IPv4-compatible"),
-    ("::ffff:0:0/96", "IPv4-mapped"),
-    ("::ffff:0:0:0/96", "IPv4-translated"),
-    ("64:ff9b::/96", "NAT64"),
-    ("64:ff9b:1::/48", "NAT64, local use"),
-    ("100::/64", "discard-only"),
-    ("2001::/32", "Teredo"),
-    ("2001:2::/48", "benchmarking"),
-    ("2001:db8::/32", "documentation"),
-    ("2002::/16", "6to4"),
-    ("fc00::/7", "unique local"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "site-local"),
-    ("ff00::/8", "multicast"),
+pub const SPECIAL_PURPOSE: &[&str] = &[
+    "0.0.0.0/8 (this network)",
+    "10.0.0.0/8 (private)",
+    "100.64.0.0/10 (shared address space, CGNAT)",
+    "127.0.0.0/8 (loopback)",
+    "169.254.0.0/16 (link-local)",
+    "172.16.0.0/12 (private)",
+    "192.0.0.0/24 (IETF protocol assignments)",
+    "192.0.2.0/24 (documentation)",
+    "192.88.99.0/24 (6to4 relay anycast)",
+    "192.168.0.0/16 (private)",
+    "198.18.0.0/15 (benchmarking)",
+    "198.51.100.0/24 (documentation)",
+    "203.0.113.0/24 (documentation)",
+    "224.0.0.0/4 (multicast)",
+    "240.0.0.0/4 (reserved, broadcast)",
+    "::/96 (unspecified, loopback, IPv4-compatible)",
+    "::ffff:0:0/96 (IPv4-mapped)",
+    "::ffff:0:0:0/96 (IPv4-translated)",
+    "64:ff9b::/96 (NAT64)",
+    "64:ff9b:1::/48 (NAT64, local use)",
+    "100::/64 (discard-only)",
+    "2001::/32 (Teredo)",
+    "2001:2::/48 (benchmarking)",
+    "2001:db8::/32 (documentation)",
+    "2002::/16 (6to4)",
+    "fc00::/7 (unique local)",
+    "fe80::/10 (link-local)",
+    "fec0::/10 (site-local)",
+    "ff00::/8 (multicast)",
 ];
 
 fn check_public_host(host: &str) -> Result<(), UrlError> {
@@ -156,9 +156,9 @@ fn check_public_host(host: &str) -> Result<(), UrlError> {
         return Ok(());
     };
     match special_purpose_block(ip) {
-        Some((cidr, what)) => Err(UrlError {
+        Some(block) => Err(UrlError {
             code: "insecure_url",
-            message: format!("url host must not be in {cidr} ({what})"),
+            message: format!("url host must not be in {block}"),
         }),
         None => Ok(()),
     }
@@ -172,15 +172,16 @@ fn parse_ip_literal(host: &str) -> Option<IpAddr> {
 }
 
 /// The first [`SPECIAL_PURPOSE`] block that holds `ip`.
-pub fn special_purpose_block(ip: IpAddr) -> Option<(&'static str, &'static str)> {
+pub fn special_purpose_block(ip: IpAddr) -> Option<&'static str> {
     SPECIAL_PURPOSE
         .iter()
         .copied()
-        .find(|(cidr, _)| cidr_contains(cidr, ip))
+        .find(|block| block_contains(block, ip))
 }
 
-/// Whether `cidr` (`addr/len`, same family as `ip`) holds `ip`; a malformed entry holds nothing.
-fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
+/// Whether `block` (`addr/len (…)`, same family as `ip`) holds `ip`; a malformed one holds nothing.
+fn block_contains(block: &str, ip: IpAddr) -> bool {
+    let cidr = block.split(' ').next().unwrap_or_default();
     let Some((net, len)) = cidr.split_once('/') else {
         return false;
     };
@@ -194,10 +195,8 @@ fn cidr_contains(cidr: &str, ip: IpAddr) -> bool {
         (Some(IpAddr::V6(n)), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
         _ => return false,
     };
-    if len == 0 {
-        return true;
-    }
     match bits.checked_sub(len) {
+        Some(128) => true,
         Some(shift) => (net >> shift) == (ip >> shift),
         None => false,
     }
@@ -641,13 +640,17 @@ mod tests {
 
     #[test]
     fn special_purpose_table_is_well_formed() {
-        for (cidr, what) in SPECIAL_PURPOSE {
+        for block in SPECIAL_PURPOSE {
+            let (cidr, what) = block.split_once(' ').unwrap();
+            assert!(
+                what.starts_with('(') && what.ends_with(')') && what.len() > 2,
+                "{block}"
+            );
             let (net, len) = cidr.split_once('/').unwrap();
             let ip = parse_ip_literal(net).unwrap();
             let bits = if ip.is_ipv4() { 32 } else { 128 };
             let len: u32 = len.parse().unwrap();
             assert!((1..=bits).contains(&len), "{cidr}");
-            assert!(!what.is_empty());
             // The network address is the block's first address: no host bits set.
             let raw = match ip {
                 IpAddr::V4(v4) => u128::from(u32::from(v4)),
