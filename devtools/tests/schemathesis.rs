@@ -17,6 +17,25 @@ const MAX_EXAMPLES: &str = "40";
 /// A fixed seed, so a failure can be reproduced with the same command.
 const SEED: &str = "20261202";
 
+/// The cluster every delivery of this test goes through: the test receiver, nothing else.
+const SINK_CLUSTER: &str = "schemathesis_sink";
+
+fn plugin_config(receiver_url: &str) -> serde_json::Value {
+    json!({
+        "events": [
+            {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"}
+        ],
+        "api": {"keys": [{"consumer": "tests", "sha256": TEST_KEY_SHA256},
+                         {"consumer": "others", "sha256": OTHER_KEY_SHA256}]},
+        "subscriptions": [{"id": "sub_static_1", "consumer": "tests", "url": receiver_url,
+                           "events": ["order.*"], "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}],
+        "delivery": {"timeout": "2s", "retry_schedule": ["0s"], "allow_http": true,
+                     "allow_private_destinations": true,
+                     "clusters": {"http": SINK_CLUSTER, "https": SINK_CLUSTER}}
+    })
+}
+
 fn schemathesis_bin() -> Result<PathBuf> {
     let bin = workspace_root().join(".venv/bin/schemathesis");
     if !bin.exists() {
@@ -31,21 +50,24 @@ fn schemathesis_bin() -> Result<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn schemathesis_finds_no_mismatch_between_openapi_yaml_and_the_live_api() -> Result<()> {
     let bin = schemathesis_bin()?;
-    let stack = Stack::start(|receiver| {
-        json!({
-            "events": [
-                {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
-                {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"}
-            ],
-            "api": {"keys": [{"consumer": "tests", "sha256": TEST_KEY_SHA256},
-                             {"consumer": "others", "sha256": OTHER_KEY_SHA256}]},
-            "subscriptions": [{"id": "sub_static_1", "consumer": "tests",
-                               "url": receiver.url("/hook"), "events": ["order.*"],
-                               "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}],
-            "delivery": {"timeout": "2s", "retry_schedule": ["0s"], "allow_http": true,
-                         "allow_private_destinations": true}
-        })
-    })
+    // Every delivery goes to the test receiver through a static cluster, whatever URL the fuzzer
+    // registered: the run reaches nothing beyond 127.0.0.1 (no DNS, no connection elsewhere).
+    let receiver_port = std::cell::Cell::new(0);
+    let stack = Stack::start_with(
+        |receiver| {
+            receiver_port.set(receiver.port());
+            plugin_config(&receiver.url("/hook"))
+        },
+        |cfg| {
+            let sink = json!({
+                "name": SINK_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": SINK_CLUSTER, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address":
+                        {"address": "127.0.0.1", "port_value": receiver_port.get()}}}}]}]}
+            });
+            cfg.with_cluster(sink)
+        },
+    )
     .await?;
     // Run in a scratch directory: schemathesis keeps a cache in its working directory.
     let scratch = tempfile::tempdir()?;
