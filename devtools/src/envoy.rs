@@ -6,10 +6,11 @@
 //! the upstream port, the absolute path of the `.wasm`, and the plugin configuration, in both
 //! places it appears (the HTTP filter and the bootstrap dispatcher).
 //!
-//! One more change is on by default, because test receivers live on 127.0.0.1: the egress
-//! clusters' `resolved_address_filter` loses its loopback block (everything else it refuses
-//! stays). Tests of egress safety turn that off with [`EnvoyConfig::shipped_egress`] and run the
-//! shipped clusters unchanged.
+//! One more change is on by default, because test receivers live on 127.0.0.1 and tests must
+//! reach nothing else: the egress clusters' `resolved_address_filter` refuses every address but
+//! 127.0.0.0/8 (so a test's `https://hooks.example.com` subscription is never delivered to for
+//! real). Tests of egress safety turn that off with [`EnvoyConfig::shipped_egress`] and run the
+//! egress clusters exactly as the base configuration has them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -60,8 +61,9 @@ pub struct EnvoyConfig {
     pub base_config: PathBuf,
     /// CA certificates (PEM) the https egress cluster trusts instead of the shipped bundle.
     pub trusted_ca: Option<PathBuf>,
-    /// Lets the egress clusters reach 127.0.0.0/8 (where test receivers listen) by removing that
-    /// block from their `resolved_address_filter`. Default true; see [`EnvoyConfig::shipped_egress`].
+    /// Lets the egress clusters reach 127.0.0.0/8 (where test receivers listen) and nothing else:
+    /// their `resolved_address_filter` refuses every other address. Default true; see
+    /// [`EnvoyConfig::shipped_egress`].
     pub loopback_egress: bool,
 }
 
@@ -208,23 +210,29 @@ fn set_trusted_ca(root: &mut Value, pem: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The loopback block of a `resolved_address_filter`.
-const LOOPBACK_RANGE: (&str, u64) = ("127.0.0.0", 8);
+/// Every address but 127.0.0.0/8, as `resolved_address_filter` ranges (prefix, length).
+pub const ALL_BUT_LOOPBACK: &[(&str, u64)] = &[
+    ("0.0.0.0", 2),
+    ("64.0.0.0", 3),
+    ("96.0.0.0", 4),
+    ("112.0.0.0", 5),
+    ("120.0.0.0", 6),
+    ("124.0.0.0", 7),
+    ("126.0.0.0", 8),
+    ("128.0.0.0", 1),
+    ("::", 1),
+    ("8000::", 1),
+];
 
-/// Removes 127.0.0.0/8 from every cluster's DNS cache `resolved_address_filter` (the egress
-/// clusters share one cache; a configuration without the filter is left as it is).
+/// Makes every dynamic-forward-proxy cluster's DNS cache refuse all addresses but loopback.
 fn allow_loopback_egress(root: &mut Value) -> Result<()> {
+    let ranges: Vec<Value> = ALL_BUT_LOOPBACK
+        .iter()
+        .map(|(prefix, len)| json!({"address_prefix": prefix, "prefix_len": len}))
+        .collect();
     for cluster in array_at(root, "/static_resources/clusters")? {
-        let ranges = cluster
-            .pointer_mut(
-                "/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges",
-            )
-            .and_then(Value::as_array_mut);
-        if let Some(ranges) = ranges {
-            ranges.retain(|r| {
-                (r["address_prefix"].as_str(), r["prefix_len"].as_u64())
-                    != (Some(LOOPBACK_RANGE.0), Some(LOOPBACK_RANGE.1))
-            });
+        if let Some(cache) = cluster.pointer_mut("/cluster_type/typed_config/dns_cache_config") {
+            cache["resolved_address_filter"] = json!({"ranges": ranges});
         }
     }
     Ok(())
