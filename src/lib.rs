@@ -24,6 +24,7 @@ pub mod ids;
 pub mod outbox;
 pub mod pacing;
 pub mod queue;
+pub mod ratelimit;
 pub mod registry;
 #[cfg(test)]
 mod robustness;
