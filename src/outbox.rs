@@ -14,12 +14,42 @@
 //! its oldest waiting message (possibly the newcomer). Messages in flight are never shed.
 
 use crate::pacing::{Signal, Window};
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 /// Bytes counted per message besides its payload: the message, its ids and its index entries.
 pub const MESSAGE_OVERHEAD: usize = 256;
+
+/// An event's body, shared by every message it fans out to; it knows how many of them the
+/// outbox holds, so that its bytes count once.
+#[derive(Debug, Default)]
+pub struct Payload {
+    bytes: Box<[u8]>,
+    held: Cell<usize>,
+}
+
+impl Payload {
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Rc<Payload> {
+        Rc::new(Payload {
+            bytes: bytes.into(),
+            held: Cell::new(0),
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
 
 /// One webhook message for one subscription, waiting for its next attempt.
 #[derive(Debug, Clone)]
@@ -28,7 +58,7 @@ pub struct Message {
     pub subscription_id: Rc<str>,
     pub event_type: Rc<str>,
     /// The signed body, shared by every subscription the event fans out to.
-    pub payload: Rc<[u8]>,
+    pub payload: Rc<Payload>,
     /// Attempts made so far.
     pub attempts: u32,
     /// When the message was created (the event was seen).
@@ -123,8 +153,6 @@ pub struct Outbox {
     timers: BinaryHeap<Reverse<(u64, LaneId)>>,
     /// (waiting count, lane): who sheds first.
     by_waiting: BTreeSet<Order>,
-    /// Payload address → (length, messages holding it): each payload counts once.
-    payloads: HashMap<usize, (usize, usize)>,
     bytes: usize,
     in_flight: usize,
     next_key: MessageKey,
@@ -142,7 +170,6 @@ impl Outbox {
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             by_waiting: BTreeSet::new(),
-            payloads: HashMap::new(),
             bytes: 0,
             in_flight: 0,
             next_key: 0,
@@ -522,22 +549,15 @@ impl Outbox {
 
     /// Counts a payload's bytes when the first message holding it arrives and uncounts them
     /// when the last one leaves.
-    fn count_payload(&mut self, payload: &Rc<[u8]>, added: bool) {
-        let address = payload.as_ptr() as usize;
-        let entry = self.payloads.entry(address).or_insert((payload.len(), 0));
+    fn count_payload(&mut self, payload: &Payload, added: bool) {
+        let held = payload.held.get();
         if added {
-            entry.1 += 1;
-            if entry.1 == 1 {
-                self.bytes += entry.0;
-            }
-            self.bytes += MESSAGE_OVERHEAD;
+            payload.held.set(held + 1);
+            self.bytes += MESSAGE_OVERHEAD + if held == 0 { payload.len() } else { 0 };
         } else {
-            entry.1 = entry.1.saturating_sub(1);
-            self.bytes = self.bytes.saturating_sub(MESSAGE_OVERHEAD);
-            if entry.1 == 0 {
-                self.bytes = self.bytes.saturating_sub(entry.0);
-                self.payloads.remove(&address);
-            }
+            payload.held.set(held.saturating_sub(1));
+            let freed = MESSAGE_OVERHEAD + if held == 1 { payload.len() } else { 0 };
+            self.bytes = self.bytes.saturating_sub(freed);
         }
     }
 }
@@ -560,7 +580,7 @@ mod tests {
             webhook_id: id.into(),
             subscription_id: subscription.into(),
             event_type: "a.b".into(),
-            payload: Rc::from(&b"{}"[..]),
+            payload: Payload::new(&b"{}"[..]),
             attempts,
             created_ms,
             host_waits: 0,
@@ -722,7 +742,7 @@ mod tests {
     #[test]
     fn bytes_count_a_shared_payload_once() {
         let mut o = Outbox::new(limits(256, 32));
-        let payload: Rc<[u8]> = Rc::from(vec![b'x'; 1000]);
+        let payload = Payload::new(vec![b'x'; 1000]);
         for s in 0..10 {
             let mut m = message(&format!("m{s}"), &format!("s{s}"), 0, 0);
             m.payload = Rc::clone(&payload);
@@ -733,7 +753,8 @@ mod tests {
             succeed(&mut o, key, 1);
         }
         assert_eq!((o.bytes(), o.len()), (0, 0));
-        assert!(o.lanes.is_empty() && o.consumers.is_empty() && o.payloads.is_empty());
+        assert!(o.lanes.is_empty() && o.consumers.is_empty());
+        assert_eq!(payload.held.get(), 0);
     }
 
     #[test]
@@ -745,7 +766,7 @@ mod tests {
         let mut shed = Vec::new();
         for n in 0..10 {
             let mut m = message(&format!("m{n}"), "s", 0, n);
-            m.payload = Rc::from(vec![b'x'; 100]);
+            m.payload = Payload::new(vec![b'x'; 100]);
             shed.extend(o.push(m, "c", 10));
         }
         assert_eq!(o.len(), 3);

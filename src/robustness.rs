@@ -12,7 +12,7 @@ use crate::config::{self, Config};
 use crate::delivery::{self, Verdict};
 use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
 use crate::ids::TestRng;
-use crate::outbox::{Limits, Message, Outbox};
+use crate::outbox::{Limits, Message, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::queue::QueueMessage;
 use crate::registry::{KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
@@ -1839,7 +1839,7 @@ fn judge_and_outbox_never_panic() {
                     webhook_id: format!("msg_{i}"),
                     subscription_id: Rc::from(format!("s{sub}")),
                     event_type: Rc::from("a.b"),
-                    payload: Rc::from(vec![b'x'; rng.below(2000)]),
+                    payload: Payload::new(vec![b'x'; rng.below(2000)]),
                     attempts: 0,
                     created_ms: now,
                     host_waits: 0,
