@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod attempts;
+mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod event;
