@@ -88,41 +88,29 @@ pub fn record<S: KvStore>(
     new: Vec<Attempt>,
 ) -> Result<(), StoreError> {
     let newest: Vec<Attempt> = new.into_iter().rev().take(MAX_ENTRIES).collect();
-    let log = |old: Option<&[u8]>, _| {
+    let mut log = |old: Option<&[u8]>, _| {
         if stored_record(store, subscription_id).is_none() {
             return Ok(Change::Remove);
         }
-        let mut entries = newest.clone();
-        if entries.len() < MAX_ENTRIES {
-            let old: Vec<Attempt> = old
-                .and_then(|b| serde_json::from_slice(b).ok())
-                .unwrap_or_default();
-            entries.extend(old);
-            entries.truncate(MAX_ENTRIES);
+        let old: Vec<Attempt> = match newest.len() < MAX_ENTRIES {
+            true => old.and_then(|b| serde_json::from_slice(b).ok()),
+            false => None,
         }
+        .unwrap_or_default();
+        let entries: Vec<&Attempt> = newest.iter().chain(&old).take(MAX_ENTRIES).collect();
         serde_json::to_vec(&entries)
             .map(Change::Put)
             .map_err(|e| StoreError::Failed(e.to_string()))
     };
-    buckets::edit(
-        store,
-        &key(subscription_id),
-        subscription_id,
-        MAX_CAS_RETRIES,
-        log,
-    )?
+    let key = key(subscription_id);
+    buckets::edit(store, &key, subscription_id, MAX_CAS_RETRIES, &mut log)
 }
 
 /// Forgets a deleted subscription's log.
 pub fn clear<S: KvStore>(store: &S, subscription_id: &str) {
-    let remove = |_: Option<&[u8]>, _| Ok::<_, StoreError>(Change::Remove);
-    let _ = buckets::edit(
-        store,
-        &key(subscription_id),
-        subscription_id,
-        MAX_CAS_RETRIES,
-        remove,
-    );
+    let key = key(subscription_id);
+    let mut remove = |_: Option<&[u8]>, _| Ok(Change::Remove);
+    let _ = buckets::edit(store, &key, subscription_id, MAX_CAS_RETRIES, &mut remove);
 }
 
 #[cfg(test)]

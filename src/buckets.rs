@@ -28,7 +28,7 @@ pub struct Bucket {
 
 impl Bucket {
     /// Reads `key` (an absent key reads as an empty bucket).
-    pub fn read<S: KvStore>(store: &S, key: &str) -> Bucket {
+    pub fn read<S: KvStore + ?Sized>(store: &S, key: &str) -> Bucket {
         let (bytes, cas) = store.get(key).unwrap_or_default();
         Bucket { bytes, cas }
     }
@@ -42,36 +42,25 @@ impl Bucket {
 
     /// Every line but `name`'s, with `value` as `name`'s new entry when given.
     pub fn with(&self, name: &str, value: Option<&[u8]>) -> Vec<u8> {
-        self.with_all(&[(name, value)])
-    }
-
-    /// [`Bucket::with`] for several entries at once.
-    pub fn with_all(&self, entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
-        let added: usize = entries
-            .iter()
-            .map(|(n, v)| n.len() + v.map_or(0, <[u8]>::len) + 2)
-            .sum();
+        let added = value.map_or(0, |v| name.len() + v.len() + 2);
         let mut out = Vec::with_capacity(self.bytes.len() + added);
-        let replaced = |line: &[u8]| entries.iter().any(|(n, _)| value_of(line, n).is_some());
         for line in self.bytes.split(|b| *b == b'\n') {
-            if !line.is_empty() && !replaced(line) {
+            if !line.is_empty() && value_of(line, name).is_none() {
                 out.extend_from_slice(line);
                 out.push(b'\n');
             }
         }
-        for (name, value) in entries.iter().filter(|(n, _)| valid(n)) {
-            if let Some(value) = value {
-                out.extend_from_slice(name.as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(value);
-                out.push(b'\n');
-            }
+        if let Some(value) = value.filter(|_| valid(name)) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(value);
+            out.push(b'\n');
         }
         out
     }
 
     /// Writes `bytes` in place of what was read, unless someone wrote the bucket since.
-    pub fn replace<S: KvStore>(
+    pub fn replace<S: KvStore + ?Sized>(
         &self,
         store: &S,
         key: &str,
@@ -101,30 +90,31 @@ pub enum Change {
     Remove,
 }
 
+/// An edit of one entry: its current value and the bucket's version in, the change out.
+pub type Edit<'a> = dyn FnMut(Option<&[u8]>, u32) -> Result<Change, StoreError> + 'a;
+
 /// Read-modify-write of `name`'s entry in the bucket `key` with compare-and-swap, retried on
 /// conflict up to `retries` times. `edit` sees the entry's current value and the bucket's version
-/// (each successful write starts from a different one) and may stop with its own error, in which
-/// case nothing is written. Removing writes the bucket even when the entry is absent: a writer
-/// that read the bucket before fails its swap and looks again (see [`crate::attempts::record`]).
-pub fn edit<S: KvStore, E>(
-    store: &S,
+/// (each successful write starts from a different one) and may fail, in which case nothing is
+/// written. Removing writes the bucket even when the entry is absent: a writer that read the
+/// bucket before fails its swap and looks again (see [`crate::attempts::record`]).
+pub fn edit(
+    store: &dyn KvStore,
     key: &str,
     name: &str,
     retries: usize,
-    mut edit: impl FnMut(Option<&[u8]>, u32) -> Result<Change, E>,
-) -> Result<Result<(), E>, StoreError> {
+    edit: &mut Edit<'_>,
+) -> Result<(), StoreError> {
     for _ in 0..retries {
         let bucket = Bucket::read(store, key);
         let current = bucket.get(name);
-        let bytes = match edit(current, bucket.cas) {
-            Err(stop) => return Ok(Err(stop)),
-            Ok(Change::Remove) => bucket.with(name, None),
-            Ok(Change::Put(value)) => bucket.with(name, Some(&value)),
+        let bytes = match edit(current, bucket.cas)? {
+            Change::Remove => bucket.with(name, None),
+            Change::Put(value) => bucket.with(name, Some(&value)),
         };
         match bucket.replace(store, key, &bytes) {
-            Ok(()) => return Ok(Ok(())),
             Err(StoreError::Conflict) => continue,
-            Err(e) => return Err(e),
+            done => return done,
         }
     }
     Err(StoreError::Failed("too much contention".into()))
@@ -155,23 +145,25 @@ mod tests {
     fn edits_retry_on_conflict_and_stop_when_told() {
         let store = MemoryStore::default();
         let mut calls = 0;
-        let out = edit(&store, "k", "n", 5, |current, _| {
+        let out = edit(&store, "k", "n", 5, &mut |current, _| {
             calls += 1;
             if calls == 1 {
                 // Another writer gets in between this edit's read and its write.
                 store.set("k", b"other 1\n", None).unwrap();
             }
             assert_eq!(current, None);
-            Ok::<_, ()>(Change::Put(b"v".to_vec()))
+            Ok(Change::Put(b"v".to_vec()))
         });
-        assert_eq!(out, Ok(Ok(())));
+        assert_eq!(out, Ok(()));
         assert_eq!(calls, 2);
         assert_eq!(store.get("k").unwrap().0, b"other 1\nn v\n");
         let before = store.get("k");
-        assert_eq!(edit(&store, "k", "n", 5, |_, _| Err("no")), Ok(Err("no")));
+        let no = StoreError::Failed("no".into());
+        let refused = edit(&store, "k", "n", 5, &mut |_, _| Err(no.clone()));
+        assert_eq!(refused, Err(no));
         assert_eq!(store.get("k"), before, "nothing written");
-        let gone = edit(&store, "k", "absent", 5, |_, _| Ok::<_, ()>(Change::Remove));
-        assert_eq!(gone, Ok(Ok(())));
+        let gone = edit(&store, "k", "absent", 5, &mut |_, _| Ok(Change::Remove));
+        assert_eq!(gone, Ok(()));
         let (value, version) = store.get("k").unwrap();
         assert_eq!(value, before.as_ref().unwrap().0, "same entries");
         assert_ne!(version, before.unwrap().1, "but written");

@@ -218,18 +218,24 @@ impl<S: KvStore> Registry<S> {
         if self.store.get(GEN_KEY).is_some() {
             return;
         }
-        let lists = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
-        let entries = (0..RECORD_BUCKETS).flat_map(|n| {
-            [
-                format!("{RECORD_PREFIX}:{n}"),
-                format!("{}:{n}", attempts::PREFIX),
-            ]
-        });
-        let last = [ACTIVE_KEY.to_string(), GEN_KEY.to_string()];
-        for key in lists.chain(entries).chain(last) {
-            if self.store.get(&key).is_none() {
-                let _ = self.store.set(&key, b"", None);
+        let kinds = [
+            ("pwh:idx", BUCKETS),
+            ("pwh:own", BUCKETS),
+            (RECORD_PREFIX, RECORD_BUCKETS),
+            (attempts::PREFIX, RECORD_BUCKETS),
+        ];
+        for (prefix, count) in kinds {
+            for n in 0..count {
+                self.create_if_absent(&format!("{prefix}:{n}"));
             }
+        }
+        self.create_if_absent(ACTIVE_KEY);
+        self.create_if_absent(GEN_KEY);
+    }
+
+    fn create_if_absent(&self, key: &str) {
+        if self.store.get(key).is_none() {
+            let _ = self.store.set(key, b"", None);
         }
     }
 
@@ -448,29 +454,24 @@ impl<S: KvStore> Registry<S> {
             .set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
     }
 
-    /// Adds new subscriptions with one compare-and-swap edit per bucket rather than one per
+    /// Adds new subscriptions with one compare-and-swap edit per list bucket rather than one per
     /// subscription: 10,000 static subscriptions would otherwise rewrite the same consumer
-    /// bucket 10,000 times at start-up. Records are written before their index lines.
+    /// bucket 10,000 times at start-up (record buckets stay small: one edit per record).
+    /// Records are written before their index lines.
     fn insert_batch(&self, subs: &[Subscription]) {
-        let mut records: HashMap<String, Vec<(&Subscription, Vec<u8>)>> = HashMap::new();
-        for sub in subs {
-            if let Ok(record) = serde_json::to_vec(sub) {
-                let group = records.entry(record_key(&sub.id)).or_default();
-                group.push((sub, record));
-            }
-        }
-        let mut stored = HashSet::new();
-        for (key, group) in records {
-            match self.put_records(&key, &group) {
-                Ok(()) => stored.extend(group.iter().map(|(sub, _)| sub.id.as_str())),
-                Err(e) => {
-                    log::error!("proxy-webhooks: static subscriptions not stored ({key}): {e:?}")
-                }
-            }
-        }
         let mut lines: HashMap<String, Vec<String>> = HashMap::new();
         let mut active = 0;
-        for sub in subs.iter().filter(|s| stored.contains(s.id.as_str())) {
+        for sub in subs {
+            let Ok(record) = serde_json::to_vec(sub) else {
+                continue;
+            };
+            if let Err(e) = self.put_record(&sub.id, &record) {
+                log::error!(
+                    "proxy-webhooks: static subscription {} not stored: {e:?}",
+                    sub.id
+                );
+                continue;
+            }
             let own = lines.entry(consumer_key(&sub.consumer)).or_default();
             own.push(format!("{} {}", sub.consumer, sub.id));
             for filter in &sub.events {
@@ -499,38 +500,21 @@ impl<S: KvStore> Registry<S> {
 
     /// Writes the record of `id` (JSON) into its bucket.
     fn put_record(&self, id: &str, json: &[u8]) -> Result<(), RegistryError> {
-        let put = |_: Option<&[u8]>, cas| Ok::<_, ()>(Change::Put(record_entry(cas, json)));
-        match buckets::edit(&self.store, &record_key(id), id, MAX_CAS_RETRIES, put) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(RegistryError::Unavailable(format!("{e:?}"))),
-        }
-    }
-
-    /// Writes several records that share the bucket `key` with one compare-and-swap.
-    fn put_records(&self, key: &str, group: &[(&Subscription, Vec<u8>)]) -> Result<(), StoreError> {
-        for _ in 0..MAX_CAS_RETRIES {
-            let bucket = Bucket::read(&self.store, key);
-            let entries: Vec<Vec<u8>> = group
-                .iter()
-                .map(|(_, json)| record_entry(bucket.cas, json))
-                .collect();
-            let changes: Vec<(&str, Option<&[u8]>)> = group
-                .iter()
-                .zip(&entries)
-                .map(|((sub, _), entry)| (sub.id.as_str(), Some(entry.as_slice())))
-                .collect();
-            match bucket.replace(&self.store, key, &bucket.with_all(&changes)) {
-                Err(StoreError::Conflict) => continue,
-                done => return done,
-            }
-        }
-        Err(StoreError::Failed("too much contention".into()))
+        let mut put = |_: Option<&[u8]>, cas| Ok(Change::Put(record_entry(cas, json)));
+        buckets::edit(&self.store, &record_key(id), id, MAX_CAS_RETRIES, &mut put)
+            .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
     }
 
     /// Takes a record back (best effort, to undo a failed insert).
     fn remove_record(&self, id: &str) {
-        let remove = |_: Option<&[u8]>, _| Ok::<_, ()>(Change::Remove);
-        let _ = buckets::edit(&self.store, &record_key(id), id, MAX_CAS_RETRIES, remove);
+        let mut remove = |_: Option<&[u8]>, _| Ok(Change::Remove);
+        let _ = buckets::edit(
+            &self.store,
+            &record_key(id),
+            id,
+            MAX_CAS_RETRIES,
+            &mut remove,
+        );
     }
 
     /// Lists a new subscription under each of its filters.

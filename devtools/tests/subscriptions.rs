@@ -1615,8 +1615,15 @@ async fn create_delete_churn_leaves_shared_data_flat() -> Result<()> {
     for (_, key, _) in BULK {
         ensure!(Api::new(&stack, key).list().await?.is_empty(), "{key}");
     }
-    let gauge = stack.envoy.gauge("webhooks_subscriptions_active").await?;
-    ensure!(gauge == 0, "subscriptions_active {gauge}");
+    poll_until(DELIVERY, "subscriptions_active = 0", async || {
+        stack
+            .envoy
+            .gauge("webhooks_subscriptions_active")
+            .await
+            .ok()
+            == Some(0)
+    })
+    .await?;
     let api = Api::new(&stack, ALPHA.1);
     let matching = api
         .create(&stack.receiver.url("/match"), &["orders.created"])
