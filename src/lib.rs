@@ -16,6 +16,7 @@
 pub mod api;
 pub mod attempts;
 pub mod audience;
+mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod event;

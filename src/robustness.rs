@@ -15,7 +15,7 @@ use crate::ids::TestRng;
 use crate::outbox::{Limits, Message, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::queue::QueueMessage;
-use crate::registry::{KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
+use crate::registry::{self, KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
 use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
@@ -868,7 +868,6 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             .collect();
         attempts::record(api.registry.store(), id, log).unwrap();
     }
-    let valid_log = serde_json::to_vec(&attempts::read(api.registry.store(), &ids[0])).unwrap();
 
     let bodies: Vec<Vec<u8>> = vec![
         create_body.to_string().into_bytes(),
@@ -883,14 +882,14 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
         api.queue_up = !rng.chance(5);
         api.now_ms = NOW + i as u64 * 1000;
         if rng.chance(40) {
-            // Corrupt something other writers own: an attempt log or a record.
+            // Corrupt something other writers own: the bucket of an attempt log or a record.
             let id = rng.pick(&ids).clone();
-            let (key, seed) = if rng.chance(2) {
-                (format!("pwh:log:{id}"), valid_log.clone())
+            let key = if rng.chance(2) {
+                attempts::key(&id)
             } else {
-                let record = api.registry.get_raw(&id).map(|(b, _)| b);
-                (format!("pwh:sub:{id}"), record.unwrap_or_default())
+                registry::record_key(&id)
             };
+            let seed = api.registry.store().get(&key).unwrap_or_default().0;
             let bytes = fuzz_input(&mut rng, &[seed], true);
             api.registry.store().set(&key, &bytes, None).unwrap();
         }
@@ -1670,7 +1669,7 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
         }
         if corrupted && rng.chance(3) {
             let key = match rng.below(5) {
-                0 => format!("pwh:sub:{id}"),
+                0 => registry::record_key(id),
                 1 => format!("pwh:idx:{}", rng.below(256)),
                 2 => format!("pwh:own:{}", rng.below(256)),
                 3 => "pwh:active".to_string(),
@@ -1720,12 +1719,10 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
                     .map(|n| attempt(&format!("msg_{n}"), State::Failed))
                     .collect();
                 if rng.chance(2) {
-                    let seed = serde_json::to_vec(&attempts::read(registry.store(), id)).unwrap();
+                    let key = attempts::key(id);
+                    let seed = registry.store().get(&key).unwrap_or_default().0;
                     let bytes = fuzz_input(&mut rng, &[seed], true);
-                    registry
-                        .store()
-                        .set(&format!("pwh:log:{id}"), &bytes, None)
-                        .unwrap();
+                    registry.store().set(&key, &bytes, None).unwrap();
                 }
                 let _ = attempts::read(registry.store(), id);
                 attempts::record(registry.store(), id, log).unwrap();

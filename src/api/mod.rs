@@ -748,7 +748,6 @@ fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outc
     cx.registry
         .delete(id)
         .map_err(|e| registry_error(e, cx.config))?;
-    attempts::clear(cx.registry.store(), id);
     Ok(Response {
         status: 204,
         headers: base_headers(),
