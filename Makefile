@@ -57,15 +57,15 @@ $(SCHEMATHESIS): $(ENVOY)
 	$(SCHEMATHESIS) --version
 
 # wasm-opt (Debian's binaryen) shrinks cargo's build by a fifth. Its result is cached by the hash
-# of cargo's output, because cargo puts its unoptimised file back on every build.
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+# of cargo's output and the flags, because cargo puts its unoptimised file back on every build.
+WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals
 CARGO_WASM := target/$(WASM_TARGET)/release/deps/proxy_webhooks.wasm
 
 wasm: wasm-target wasm-opt
 	cargo build --release --target $(WASM_TARGET) -p proxy-webhooks
 	@mkdir -p target/wasm-opt; \
-	  opt=target/wasm-opt/$$(sha256sum < $(CARGO_WASM) | cut -c1-16).wasm; \
+	  opt=target/wasm-opt/$$({ cat $(CARGO_WASM); echo '$(WASM_OPT_FLAGS)'; } | sha256sum | cut -c1-16).wasm; \
 	  [ -f $$opt ] || wasm-opt $(WASM_OPT_FLAGS) $(CARGO_WASM) -o $$opt; \
 	  rm -f $(WASM) && cp $$opt $(WASM)
 	@echo "$(WASM): $$(wc -c < $(WASM)) bytes"

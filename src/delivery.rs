@@ -189,7 +189,7 @@ pub fn build_request(
         secrets,
         &message.webhook_id,
         timestamp_s,
-        &message.payload,
+        message.payload.bytes(),
     );
     let cluster = if destination.https {
         &config.cluster_https
@@ -300,7 +300,6 @@ impl Response {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use std::rc::Rc;
 
     fn config(schedule: &[u64]) -> DeliveryConfig {
         let mut c = Config::default().delivery;
@@ -314,7 +313,7 @@ mod tests {
             webhook_id: id.into(),
             subscription_id: "sub_1".into(),
             event_type: "a.b".into(),
-            payload: Rc::from(&b"{}"[..]),
+            payload: crate::outbox::Payload::new(&b"{}"[..]),
             attempts,
             created_ms,
             host_waits: 0,

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod attempts;
 pub mod audience;
+mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod event;
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod outbox;
 pub mod pacing;
 pub mod queue;
+pub mod ratelimit;
 pub mod registry;
 #[cfg(test)]
 mod robustness;

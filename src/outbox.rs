@@ -14,12 +14,42 @@
 //! its oldest waiting message (possibly the newcomer). Messages in flight are never shed.
 
 use crate::pacing::{Signal, Window};
+use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
 /// Bytes counted per message besides its payload: the message, its ids and its index entries.
 pub const MESSAGE_OVERHEAD: usize = 256;
+
+/// An event's body, shared by every message it fans out to; it knows how many of them the
+/// outbox holds, so that its bytes count once.
+#[derive(Debug, Default)]
+pub struct Payload {
+    bytes: Box<[u8]>,
+    held: Cell<usize>,
+}
+
+impl Payload {
+    pub fn new(bytes: impl Into<Box<[u8]>>) -> Rc<Payload> {
+        Rc::new(Payload {
+            bytes: bytes.into(),
+            held: Cell::new(0),
+        })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
 
 /// One webhook message for one subscription, waiting for its next attempt.
 #[derive(Debug, Clone)]
@@ -28,7 +58,7 @@ pub struct Message {
     pub subscription_id: Rc<str>,
     pub event_type: Rc<str>,
     /// The signed body, shared by every subscription the event fans out to.
-    pub payload: Rc<[u8]>,
+    pub payload: Rc<Payload>,
     /// Attempts made so far.
     pub attempts: u32,
     /// When the message was created (the event was seen).
@@ -58,8 +88,11 @@ struct Held {
     due_ms: Option<u64>,
 }
 
-/// Every ordered index here has this one element type, so the wasm carries one B-tree.
+/// The element of every index here: the wasm then carries one binary heap, not several
+/// ordered collections. Indexes are lazy: an entry that no longer matches its message or lane
+/// is skipped when it comes up, and indexes are rebuilt when such entries outnumber the live.
 type Order = (u64, u64, u64);
+type MinHeap = BinaryHeap<Reverse<Order>>;
 
 /// A waiting message's place in its lane's drop order: retries (0 sorts first) before first
 /// attempts, oldest first.
@@ -67,24 +100,20 @@ fn drop_order(key: MessageKey, message: &Message) -> Order {
     (u64::from(message.attempts == 0), message.created_ms, key)
 }
 
-/// A waiting message's place in its lane's due order.
-fn due_order(due_ms: u64, key: MessageKey) -> Order {
-    (due_ms, key, 0)
-}
-
-/// A lane's place in the shedding order: most waiting last.
-fn waiting_order(waiting: usize, lane: LaneId) -> Order {
-    (waiting as u64, lane, 0)
+/// Stale index entries tolerated besides `live` ones before a rebuild.
+fn too_stale(entries: usize, live: usize) -> bool {
+    entries > 2 * live + 64
 }
 
 #[derive(Debug)]
 struct Lane {
     subscription: Rc<str>,
     consumer: Rc<str>,
-    /// Waiting messages by due time.
-    due: BTreeSet<Order>,
-    /// Waiting messages in drop order.
-    waiting: BTreeSet<Order>,
+    /// (due time, key, 0) of waiting messages.
+    due: MinHeap,
+    /// Drop order of waiting messages.
+    drops: MinHeap,
+    waiting: usize,
     in_flight: usize,
     window: Window,
     /// In the ready ring (or in its consumer's blocked list): not to be queued twice.
@@ -92,12 +121,8 @@ struct Lane {
 }
 
 impl Lane {
-    fn next_due(&self) -> Option<u64> {
-        self.due.first().map(|(due, _, _)| *due)
-    }
-
     fn is_idle(&self) -> bool {
-        self.due.is_empty() && self.in_flight == 0
+        self.waiting == 0 && self.in_flight == 0
     }
 }
 
@@ -119,12 +144,10 @@ pub struct Outbox {
     consumers: HashMap<Rc<str>, Consumer>,
     /// Lanes with due work and room, in turn order.
     ready: VecDeque<LaneId>,
-    /// (earliest due time, lane) of lanes waiting for time to pass; entries may be stale.
-    timers: BinaryHeap<Reverse<(u64, LaneId)>>,
-    /// (waiting count, lane): who sheds first.
-    by_waiting: BTreeSet<Order>,
-    /// Payload address → (length, messages holding it): each payload counts once.
-    payloads: HashMap<usize, (usize, usize)>,
+    /// (earliest due time, lane, 0) of lanes waiting for time to pass.
+    timers: MinHeap,
+    /// (waiting count, lane, 0): who sheds first (the largest).
+    by_waiting: BinaryHeap<Order>,
     bytes: usize,
     in_flight: usize,
     next_key: MessageKey,
@@ -141,8 +164,7 @@ impl Outbox {
             consumers: HashMap::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
-            by_waiting: BTreeSet::new(),
-            payloads: HashMap::new(),
+            by_waiting: BinaryHeap::new(),
             bytes: 0,
             in_flight: 0,
             next_key: 0,
@@ -189,23 +211,15 @@ impl Outbox {
         let key = self.next_key;
         self.next_key += 1;
         self.count_payload(&message.payload, true);
-        if let Some(lane) = self.lanes.get_mut(&lane_id) {
-            self.by_waiting
-                .remove(&waiting_order(lane.waiting.len(), lane_id));
-            lane.waiting.insert(drop_order(key, &message));
-            lane.due.insert(due_order(due_ms, key));
-            self.by_waiting
-                .insert(waiting_order(lane.waiting.len(), lane_id));
-        }
         self.messages.insert(
             key,
             Held {
                 message,
                 lane: lane_id,
-                due_ms: Some(due_ms),
+                due_ms: None,
             },
         );
-        self.wake(lane_id, due_ms);
+        self.requeue(key, due_ms);
         self.shed_excess()
     }
 
@@ -299,46 +313,95 @@ impl Outbox {
             Lane {
                 subscription: Rc::clone(subscription),
                 consumer,
-                due: BTreeSet::new(),
-                waiting: BTreeSet::new(),
+                due: BinaryHeap::new(),
+                drops: BinaryHeap::new(),
+                waiting: 0,
                 in_flight: 0,
                 window: Window::new(self.limits.max_in_flight_per_subscription),
                 queued: false,
             },
         );
         self.lane_of.insert(Rc::clone(subscription), id);
-        self.by_waiting.insert(waiting_order(0, id));
         id
     }
 
-    /// Makes sure a lane whose earliest message is due at `due_ms` will be looked at then.
-    fn wake(&mut self, lane_id: LaneId, due_ms: u64) {
+    /// The lane's earliest waiting message, skipping stale entries.
+    fn head(&mut self, lane_id: LaneId) -> Option<(u64, MessageKey)> {
+        let lane = self.lanes.get_mut(&lane_id)?;
+        while let Some(Reverse((due, key, _))) = lane.due.peek().copied() {
+            if self
+                .messages
+                .get(&key)
+                .is_some_and(|h| h.due_ms == Some(due))
+            {
+                return Some((due, key));
+            }
+            lane.due.pop();
+        }
+        None
+    }
+
+    /// The lane's next message to shed, skipping stale entries.
+    fn victim(&mut self, lane_id: LaneId) -> Option<MessageKey> {
+        let lane = self.lanes.get_mut(&lane_id)?;
+        while let Some(Reverse(order)) = lane.drops.pop() {
+            let key = order.2;
+            let waiting = self.messages.get(&key).filter(|h| h.due_ms.is_some());
+            if waiting.is_some_and(|h| drop_order(key, &h.message) == order) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Records a lane's waiting count for shedding.
+    fn note_waiting(&mut self, lane_id: LaneId) {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return;
         };
-        if !lane.queued && lane.next_due() == Some(due_ms) {
-            self.timers.push(Reverse((due_ms, lane_id)));
-        }
-        // Stale timer entries of busy lanes pile up: rebuild when they outnumber the lanes.
-        if self.timers.len() > 2 * self.lanes.len() + 1024 {
+        self.by_waiting.push((lane.waiting as u64, lane_id, 0));
+        if too_stale(self.by_waiting.len(), self.lanes.len()) {
             let lanes = &self.lanes;
-            self.timers.retain(|Reverse((due, id))| {
-                lanes.get(id).is_some_and(|l| l.next_due() == Some(*due))
-            });
+            self.by_waiting
+                .retain(|(n, id, _)| lanes.get(id).is_some_and(|l| l.waiting as u64 == *n));
+        }
+    }
+
+    /// Makes sure a lane that is in no queue will be looked at when its earliest message is due.
+    fn retime(&mut self, lane_id: LaneId) {
+        let queued = self.lanes.get(&lane_id).is_none_or(|lane| lane.queued);
+        if queued {
+            return;
+        }
+        if let Some((due, _)) = self.head(lane_id) {
+            self.timers.push(Reverse((due, lane_id, 0)));
+        }
+        if too_stale(self.timers.len(), self.lanes.len()) {
+            self.rebuild_timers();
+        }
+    }
+
+    /// Drops timer entries of lanes that are gone or queued, keeping one per waiting lane.
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        let ids: Vec<LaneId> = self.lanes.keys().copied().collect();
+        for id in ids {
+            let queued = self.lanes.get(&id).is_none_or(|lane| lane.queued);
+            if let Some((due, _)) = self.head(id).filter(|_| !queued) {
+                self.timers.push(Reverse((due, id, 0)));
+            }
         }
     }
 
     /// Moves lanes whose earliest message is due by `now_ms` into the ready ring.
     fn fire_timers(&mut self, now_ms: u64) {
-        while let Some(Reverse((due, lane_id))) = self.timers.peek().copied() {
+        while let Some(Reverse((due, lane_id, _))) = self.timers.peek().copied() {
             if due > now_ms {
                 break;
             }
             self.timers.pop();
-            let Some(lane) = self.lanes.get_mut(&lane_id) else {
-                continue;
-            };
-            if !lane.queued && lane.next_due().is_some_and(|d| d <= now_ms) {
+            let is_due = self.head(lane_id).is_some_and(|(d, _)| d <= now_ms);
+            if let Some(lane) = self.lanes.get_mut(&lane_id).filter(|l| !l.queued && is_due) {
                 lane.queued = true;
                 self.ready.push_back(lane_id);
             }
@@ -349,13 +412,13 @@ impl Outbox {
     fn take_from(&mut self, lane_id: LaneId, now_ms: u64) -> Option<MessageKey> {
         let cap = self.lane_cap(lane_id);
         let consumer_cap = self.consumer_cap();
-        let lane = self.lanes.get_mut(&lane_id)?;
-        lane.queued = false;
-        let (due, key, _) = *lane.due.first()?;
+        self.lanes.get_mut(&lane_id)?.queued = false;
+        let (due, key) = self.head(lane_id)?;
         if due > now_ms {
-            self.timers.push(Reverse((due, lane_id)));
+            self.retime(lane_id);
             return None;
         }
+        let lane = self.lanes.get_mut(&lane_id)?;
         let consumer = self.consumers.get_mut(&lane.consumer)?;
         if consumer.in_flight >= consumer_cap {
             lane.queued = true;
@@ -365,22 +428,26 @@ impl Outbox {
         if lane.in_flight >= cap {
             return None; // its own attempts ending bring it back
         }
-        let held = self.messages.get_mut(&key)?;
-        lane.due.remove(&due_order(due, key));
-        self.by_waiting
-            .remove(&waiting_order(lane.waiting.len(), lane_id));
-        lane.waiting.remove(&drop_order(key, &held.message));
-        self.by_waiting
-            .insert(waiting_order(lane.waiting.len(), lane_id));
-        held.due_ms = None;
+        lane.due.pop();
+        lane.waiting = lane.waiting.saturating_sub(1);
         lane.in_flight += 1;
         consumer.in_flight += 1;
         self.in_flight += 1;
-        if lane.in_flight < cap && lane.next_due().is_some_and(|d| d <= now_ms) {
-            lane.queued = true;
-            self.ready.push_back(lane_id);
-        } else if let Some(next) = lane.next_due().filter(|_| lane.in_flight < cap) {
-            self.timers.push(Reverse((next, lane_id)));
+        let room = lane.in_flight < cap;
+        if let Some(held) = self.messages.get_mut(&key) {
+            held.due_ms = None;
+        }
+        self.note_waiting(lane_id);
+        if room {
+            match self.head(lane_id) {
+                Some((next, _)) if next <= now_ms => {
+                    if let Some(lane) = self.lanes.get_mut(&lane_id) {
+                        lane.queued = true;
+                        self.ready.push_back(lane_id);
+                    }
+                }
+                _ => self.retime(lane_id),
+            }
         }
         Some(key)
     }
@@ -419,20 +486,41 @@ impl Outbox {
         Some(lane_id)
     }
 
-    /// Puts a message back among its lane's waiting ones, due at `at`.
+    /// Makes a held message (new, or back from an attempt) wait in its lane, due at `at`.
     fn requeue(&mut self, key: MessageKey, at: u64) {
         let Some(held) = self.messages.get_mut(&key) else {
             return;
         };
         held.due_ms = Some(at);
         let lane_id = held.lane;
+        let order = drop_order(key, &held.message);
         if let Some(lane) = self.lanes.get_mut(&lane_id) {
-            self.by_waiting
-                .remove(&waiting_order(lane.waiting.len(), lane_id));
-            lane.waiting.insert(drop_order(key, &held.message));
-            lane.due.insert(due_order(at, key));
-            self.by_waiting
-                .insert(waiting_order(lane.waiting.len(), lane_id));
+            lane.due.push(Reverse((at, key, 0)));
+            lane.drops.push(Reverse(order));
+            lane.waiting += 1;
+        }
+        self.note_waiting(lane_id);
+        self.compact_lane(lane_id);
+        self.retime(lane_id);
+    }
+
+    /// Rebuilds a lane's indexes once stale entries outnumber its waiting messages.
+    fn compact_lane(&mut self, lane_id: LaneId) {
+        let messages = &self.messages;
+        let Some(lane) = self.lanes.get_mut(&lane_id) else {
+            return;
+        };
+        if too_stale(lane.due.len(), lane.waiting) {
+            lane.due.retain(|Reverse((due, key, _))| {
+                messages.get(key).is_some_and(|h| h.due_ms == Some(*due))
+            });
+        }
+        if too_stale(lane.drops.len(), lane.waiting) {
+            lane.drops.retain(|Reverse(order)| {
+                messages.get(&order.2).is_some_and(|h| {
+                    h.due_ms.is_some() && drop_order(order.2, &h.message) == *order
+                })
+            });
         }
     }
 
@@ -461,40 +549,34 @@ impl Outbox {
         }
     }
 
-    /// Gives a lane that is in no queue a timer for its earliest waiting message.
-    fn retime(&mut self, lane_id: LaneId) {
-        if let Some(lane) = self.lanes.get(&lane_id) {
-            if let Some(due) = lane.next_due().filter(|_| !lane.queued) {
-                self.timers.push(Reverse((due, lane_id)));
-            }
-        }
-    }
-
-    /// Removes a held message (not in flight or just finished) and its accounting.
+    /// Removes a held message (waiting, or just back from an attempt) and its accounting.
     fn remove(&mut self, key: MessageKey) -> Option<Message> {
         let held = self.messages.remove(&key)?;
-        if let Some(lane) = self.lanes.get_mut(&held.lane) {
-            if let Some(due) = held.due_ms {
-                lane.due.remove(&due_order(due, key));
-                self.by_waiting
-                    .remove(&waiting_order(lane.waiting.len(), held.lane));
-                lane.waiting.remove(&drop_order(key, &held.message));
-                self.by_waiting
-                    .insert(waiting_order(lane.waiting.len(), held.lane));
+        if held.due_ms.is_some() {
+            if let Some(lane) = self.lanes.get_mut(&held.lane) {
+                lane.waiting = lane.waiting.saturating_sub(1);
             }
+            self.note_waiting(held.lane);
+            self.retime(held.lane);
         }
-        self.retime(held.lane);
         self.count_payload(&held.message.payload, false);
         Some(held.message)
     }
 
     /// Drops one waiting message of the lane with the most waiting ones.
     fn shed_one(&mut self) -> Option<Message> {
-        let (waiting, lane_id, _) = *self.by_waiting.last()?;
-        if waiting == 0 {
-            return None;
-        }
-        let (_, _, key) = *self.lanes.get(&lane_id)?.waiting.first()?;
+        let lane_id = loop {
+            let (waiting, lane_id, _) = *self.by_waiting.peek()?;
+            let current = self.lanes.get(&lane_id).map(|l| l.waiting as u64);
+            if current == Some(waiting) {
+                if waiting == 0 {
+                    return None;
+                }
+                break lane_id;
+            }
+            self.by_waiting.pop();
+        };
+        let key = self.victim(lane_id)?;
         let message = self.remove(key);
         if self.lanes.get(&lane_id).is_some_and(Lane::is_idle) {
             self.remove_lane(lane_id);
@@ -507,8 +589,6 @@ impl Outbox {
             return;
         };
         self.lane_of.remove(&lane.subscription);
-        self.by_waiting
-            .remove(&waiting_order(lane.waiting.len(), lane_id));
         if let Some(consumer) = self.consumers.get_mut(&lane.consumer) {
             consumer.lanes = consumer.lanes.saturating_sub(1);
             consumer.blocked.retain(|id| *id != lane_id);
@@ -516,28 +596,21 @@ impl Outbox {
                 self.consumers.remove(&lane.consumer);
             }
         }
-        // Its id may still stand in the ready ring or a timer: ids are never reused, and a
-        // missing lane is skipped there.
+        // Its id may still stand in the ready ring, a timer or the shedding order: ids are
+        // never reused, and a missing lane is skipped there.
     }
 
     /// Counts a payload's bytes when the first message holding it arrives and uncounts them
     /// when the last one leaves.
-    fn count_payload(&mut self, payload: &Rc<[u8]>, added: bool) {
-        let address = payload.as_ptr() as usize;
-        let entry = self.payloads.entry(address).or_insert((payload.len(), 0));
+    fn count_payload(&mut self, payload: &Payload, added: bool) {
+        let held = payload.held.get();
         if added {
-            entry.1 += 1;
-            if entry.1 == 1 {
-                self.bytes += entry.0;
-            }
-            self.bytes += MESSAGE_OVERHEAD;
+            payload.held.set(held + 1);
+            self.bytes += MESSAGE_OVERHEAD + if held == 0 { payload.len() } else { 0 };
         } else {
-            entry.1 = entry.1.saturating_sub(1);
-            self.bytes = self.bytes.saturating_sub(MESSAGE_OVERHEAD);
-            if entry.1 == 0 {
-                self.bytes = self.bytes.saturating_sub(entry.0);
-                self.payloads.remove(&address);
-            }
+            payload.held.set(held.saturating_sub(1));
+            let freed = MESSAGE_OVERHEAD + if held == 1 { payload.len() } else { 0 };
+            self.bytes = self.bytes.saturating_sub(freed);
         }
     }
 }
@@ -560,7 +633,7 @@ mod tests {
             webhook_id: id.into(),
             subscription_id: subscription.into(),
             event_type: "a.b".into(),
-            payload: Rc::from(&b"{}"[..]),
+            payload: Payload::new(&b"{}"[..]),
             attempts,
             created_ms,
             host_waits: 0,
@@ -722,7 +795,7 @@ mod tests {
     #[test]
     fn bytes_count_a_shared_payload_once() {
         let mut o = Outbox::new(limits(256, 32));
-        let payload: Rc<[u8]> = Rc::from(vec![b'x'; 1000]);
+        let payload = Payload::new(vec![b'x'; 1000]);
         for s in 0..10 {
             let mut m = message(&format!("m{s}"), &format!("s{s}"), 0, 0);
             m.payload = Rc::clone(&payload);
@@ -733,7 +806,8 @@ mod tests {
             succeed(&mut o, key, 1);
         }
         assert_eq!((o.bytes(), o.len()), (0, 0));
-        assert!(o.lanes.is_empty() && o.consumers.is_empty() && o.payloads.is_empty());
+        assert!(o.lanes.is_empty() && o.consumers.is_empty());
+        assert_eq!(payload.held.get(), 0);
     }
 
     #[test]
@@ -745,7 +819,7 @@ mod tests {
         let mut shed = Vec::new();
         for n in 0..10 {
             let mut m = message(&format!("m{n}"), "s", 0, n);
-            m.payload = Rc::from(vec![b'x'; 100]);
+            m.payload = Payload::new(vec![b'x'; 100]);
             shed.extend(o.push(m, "c", 10));
         }
         assert_eq!(o.len(), 3);

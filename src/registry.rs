@@ -1,8 +1,16 @@
 //! The subscription registry, kept in a key-value store that every worker and the dispatcher see
 //! (proxy-wasm shared data in Envoy; an in-memory map in tests; etcd later).
 //!
-//! Layout (all keys start with `pwh:`):
-//! - `pwh:sub:<id>`: the subscription record as JSON; an empty value means "deleted".
+//! Layout (all keys start with `pwh:`). Shared data has no delete, so the set of keys is fixed
+//! at start-up and never grows: a key per subscription would leave one behind for every
+//! subscription ever deleted.
+//! - `pwh:sub:<n>` (n < [`RECORD_BUCKETS`], by a hash of the id): lines `<id> <stamp> <record
+//!   JSON>` for every subscription whose id hashes there (~2.4 records per bucket at 10,000).
+//!   The stamp is the bucket version the record's last write replaced, so it changes exactly
+//!   when that record is written (the version [`Registry::get_raw`] gives callers that cache
+//!   parsed records); deleting takes the line out.
+//! - `pwh:log:<n>` (n < [`attempts::LOG_BUCKETS`], same hash): the attempt logs, one line per
+//!   subscription ([`crate::attempts`]); a delete takes its subscription's line out.
 //! - `pwh:idx:<n>` (n < 256, chosen by a hash of the filter): lines `<filter> <id>` for every
 //!   subscription listing that event filter (`order.created`, `order.*` or `*`). Fan-out for
 //!   `a.b.c` reads only the buckets of `a.b.c`, `a.b.*`, `a.*` and `*`, so its cost does not grow
@@ -19,13 +27,16 @@
 //! Writes are ordered so that readers never see a half-made subscription: an id is listed in an
 //! index only while its record exists, and readers skip ids whose record is gone.
 
+use crate::attempts;
+use crate::buckets::{self, Bucket, Change};
 use crate::config::StaticSubscription;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
 /// A versioned key-value store with compare-and-swap (proxy-wasm shared data semantics).
 pub trait KvStore {
-    /// The value and its version, or None when the key was never written.
+    /// The value and its version, or None when the key was never written. Every write moves a
+    /// key's version to one it never had before (record stamps rely on it).
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Writes `value` if the key's version is still `cas` (or unconditionally when None).
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
@@ -111,19 +122,50 @@ const STATIC_KEY: &str = "pwh:static";
 /// Bounded retries on compare-and-swap conflicts; contention is between a handful of threads.
 const MAX_CAS_RETRIES: usize = 1000;
 
-fn record_key(id: &str) -> String {
-    format!("pwh:sub:{id}")
+/// Buckets for the records: a fixed set of keys however many subscriptions come and go, with
+/// ~2.4 records in a bucket at 10,000 (a read for fan-out copies ~1.5 KB instead of ~0.45).
+pub const RECORD_BUCKETS: u32 = 4096;
+
+const RECORD_PREFIX: &str = "pwh:sub";
+
+/// The bucket holding the record of `id`.
+pub(crate) fn record_key(id: &str) -> String {
+    buckets::key(RECORD_PREFIX, RECORD_BUCKETS, id)
 }
 
 /// Buckets per list kind: enough that a bucket stays small with 10,000 subscriptions.
 const BUCKETS: u32 = 256;
 
-/// FNV-1a: stable across builds and replicas, unlike std's hasher.
 fn bucket(name: &str) -> u32 {
-    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash % BUCKETS
+    buckets::hash(name) % BUCKETS
+}
+
+/// A record's entry in its bucket: `<stamp> <json>`, the stamp being the bucket version its
+/// write replaced. Each write of a bucket starts from a different version, so a record's stamp
+/// changes exactly when the record is written, and a record deleted and made again under the
+/// same id (a static subscription) never shows an old stamp.
+fn record_entry(stamp: u32, json: &[u8]) -> Vec<u8> {
+    let mut entry = format!("{stamp} ").into_bytes();
+    entry.extend_from_slice(json);
+    entry
+}
+
+/// The stamp and JSON of a record entry.
+fn parse_entry(entry: &[u8]) -> Option<(u32, &[u8])> {
+    let space = entry.iter().position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(entry.get(..space)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let json = entry.get(space + 1..)?;
+    (!json.is_empty()).then_some((stamp, json))
+}
+
+/// The raw record of `id` and its stamp, straight from the store.
+pub(crate) fn stored_record<S: KvStore>(store: &S, id: &str) -> Option<(Vec<u8>, u32)> {
+    let bucket = Bucket::read(store, &record_key(id));
+    let (stamp, json) = parse_entry(bucket.get(id)?)?;
+    Some((json.to_vec(), stamp))
 }
 
 fn index_key(filter: &str) -> String {
@@ -179,11 +221,24 @@ impl<S: KvStore> Registry<S> {
         if self.store.get(GEN_KEY).is_some() {
             return;
         }
-        let keys = (0..BUCKETS).flat_map(|n| [format!("pwh:idx:{n}"), format!("pwh:own:{n}")]);
-        for key in keys.chain([ACTIVE_KEY.to_string(), GEN_KEY.to_string()]) {
-            if self.store.get(&key).is_none() {
-                let _ = self.store.set(&key, b"", None);
+        let kinds = [
+            ("pwh:idx", BUCKETS),
+            ("pwh:own", BUCKETS),
+            (RECORD_PREFIX, RECORD_BUCKETS),
+            (attempts::PREFIX, attempts::LOG_BUCKETS),
+        ];
+        for (prefix, count) in kinds {
+            for n in 0..count {
+                self.create_if_absent(&format!("{prefix}:{n}"));
             }
+        }
+        self.create_if_absent(ACTIVE_KEY);
+        self.create_if_absent(GEN_KEY);
+    }
+
+    fn create_if_absent(&self, key: &str) {
+        if self.store.get(key).is_none() {
+            let _ = self.store.set(key, b"", None);
         }
     }
 
@@ -200,9 +255,7 @@ impl<S: KvStore> Registry<S> {
 
     /// The raw record bytes and version, for callers that cache parsed records by version.
     pub fn get_raw(&self, id: &str) -> Option<(Vec<u8>, u32)> {
-        self.store
-            .get(&record_key(id))
-            .filter(|(b, _)| !b.is_empty())
+        stored_record(&self.store, id)
     }
 
     /// Ids of subscriptions that may match `event_type` (deduplicated, index order).
@@ -254,14 +307,12 @@ impl<S: KvStore> Registry<S> {
             Ok(())
         })?;
         let written = self
-            .store
-            .set(&record_key(id), &record, None)
-            .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
+            .put_record(id, &record)
             .and_then(|()| self.index(id, &sub.events));
         if let Err(e) = written {
             // Nothing half-written: take back every line and the record.
             self.unindex(id, &sub.events);
-            let _ = self.store.set(&record_key(id), b"", None);
+            self.remove_record(id);
             self.remove_line(&consumer_key(consumer), consumer, id);
             return Err(e);
         }
@@ -308,8 +359,10 @@ impl<S: KvStore> Registry<S> {
         id: &str,
         mut change: impl FnMut(&mut Subscription) -> Result<(), E>,
     ) -> Result<Result<Subscription, E>, RegistryError> {
+        let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
-            let (before, cas) = self.get(id).ok_or(RegistryError::NotFound)?;
+            let bucket = Bucket::read(&self.store, &key);
+            let before = parsed_record(&bucket, id).ok_or(RegistryError::NotFound)?;
             let mut after = before.clone();
             if let Err(refused) = change(&mut after) {
                 return Ok(Err(refused));
@@ -317,7 +370,8 @@ impl<S: KvStore> Registry<S> {
             after.version = before.version.saturating_add(1);
             let record = serde_json::to_vec(&after)
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            match self.store.set(&record_key(id), &record, Some(cas)) {
+            let entry = record_entry(bucket.cas, &record);
+            match bucket.replace(&self.store, &key, &bucket.with(id, Some(&entry))) {
                 Ok(()) => {
                     let changed: Vec<&String> = before
                         .events
@@ -328,7 +382,7 @@ impl<S: KvStore> Registry<S> {
                     if let Err(e) = self.sync_index(id, &changed) {
                         // Put the old record back, and its index lines, rather than half-change.
                         if let Ok(old) = serde_json::to_vec(&before) {
-                            let _ = self.store.set(&record_key(id), &old, None);
+                            let _ = self.put_record(id, &old);
                         }
                         let _ = self.sync_index(id, &changed);
                         return Err(e);
@@ -346,14 +400,17 @@ impl<S: KvStore> Registry<S> {
 
     /// Deletes a subscription: no delivery starts for it afterwards.
     pub fn delete(&self, id: &str) -> Result<Subscription, RegistryError> {
+        let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
-            let (sub, cas) = self.get(id).ok_or(RegistryError::NotFound)?;
-            match self.store.set(&record_key(id), &[], Some(cas)) {
+            let bucket = Bucket::read(&self.store, &key);
+            let sub = parsed_record(&bucket, id).ok_or(RegistryError::NotFound)?;
+            match bucket.replace(&self.store, &key, &bucket.with(id, None)) {
                 Ok(()) => {
                     for filter in &sub.events {
                         self.remove_line(&index_key(filter), filter, id);
                     }
                     self.remove_line(&consumer_key(&sub.consumer), &sub.consumer, id);
+                    attempts::clear(&self.store, id);
                     self.count_active(Some(&sub), None);
                     self.bump_generation();
                     return Ok(sub);
@@ -400,9 +457,10 @@ impl<S: KvStore> Registry<S> {
             .set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
     }
 
-    /// Adds new subscriptions with one compare-and-swap edit per bucket rather than one per
+    /// Adds new subscriptions with one compare-and-swap edit per list bucket rather than one per
     /// subscription: 10,000 static subscriptions would otherwise rewrite the same consumer
-    /// bucket 10,000 times at start-up. Records are written before their index lines.
+    /// bucket 10,000 times at start-up (record buckets stay small: one edit per record).
+    /// Records are written before their index lines.
     fn insert_batch(&self, subs: &[Subscription]) {
         let mut lines: HashMap<String, Vec<String>> = HashMap::new();
         let mut active = 0;
@@ -410,7 +468,11 @@ impl<S: KvStore> Registry<S> {
             let Ok(record) = serde_json::to_vec(sub) else {
                 continue;
             };
-            if self.store.set(&record_key(&sub.id), &record, None).is_err() {
+            if let Err(e) = self.put_record(&sub.id, &record) {
+                log::error!(
+                    "proxy-webhooks: static subscription {} not stored: {e:?}",
+                    sub.id
+                );
                 continue;
             }
             let own = lines.entry(consumer_key(&sub.consumer)).or_default();
@@ -437,6 +499,25 @@ impl<S: KvStore> Registry<S> {
         }
         self.adjust_active(active);
         self.bump_generation();
+    }
+
+    /// Writes the record of `id` (JSON) into its bucket.
+    fn put_record(&self, id: &str, json: &[u8]) -> Result<(), RegistryError> {
+        let mut put = |_: Option<&[u8]>, cas| Ok(Change::Put(record_entry(cas, json)));
+        buckets::edit(&self.store, &record_key(id), id, MAX_CAS_RETRIES, &mut put)
+            .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
+    }
+
+    /// Takes a record back (best effort, to undo a failed insert).
+    fn remove_record(&self, id: &str) {
+        let mut remove = |_: Option<&[u8]>, _| Ok(Change::Remove);
+        let _ = buckets::edit(
+            &self.store,
+            &record_key(id),
+            id,
+            MAX_CAS_RETRIES,
+            &mut remove,
+        );
     }
 
     /// Lists a new subscription under each of its filters.
@@ -539,6 +620,12 @@ impl<S: KvStore> Registry<S> {
     }
 }
 
+/// The record of `id` in its bucket, parsed.
+fn parsed_record(bucket: &Bucket, id: &str) -> Option<Subscription> {
+    let (_, json) = parse_entry(bucket.get(id)?)?;
+    serde_json::from_slice(json).ok()
+}
+
 fn from_static(s: &StaticSubscription, now_ms: u64) -> Subscription {
     Subscription {
         id: s.id.clone(),
@@ -606,6 +693,17 @@ impl KvStore for MemoryStore {
         }
         map.insert(key.to_string(), (value.to_vec(), current + 1));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+impl KvStore for std::rc::Rc<MemoryStore> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        (**self).get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
     }
 }
 
@@ -881,6 +979,191 @@ mod tests {
         assert!(r.get("s1").is_none());
         assert!(r.ids_for_consumer("c").is_empty());
         assert_eq!(r.active_count(), 0);
+    }
+
+    /// Every key and the bytes of all values: what shared data holds.
+    fn footprint(store: &MemoryStore) -> (usize, usize) {
+        let all = store.snapshot();
+        (all.len(), all.values().map(|(v, _)| v.len()).sum())
+    }
+
+    #[test]
+    fn create_delete_churn_leaves_the_keys_as_they_were() {
+        let r = registry();
+        r.insert(&sub("keeper", "c", &["a.*"]), None).unwrap();
+        let attempt = |n: u32| crate::attempts::Attempt {
+            webhook_id: format!("msg_{n}"),
+            event_type: "a.b".into(),
+            attempt: 1,
+            timestamp: "2026-11-27T10:00:00.000Z".into(),
+            response_status: Some(200),
+            error: None,
+            duration_ms: 3,
+            next_retry_at: None,
+            state: crate::attempts::State::Succeeded,
+        };
+        crate::attempts::record(r.store(), "keeper", vec![attempt(0)]).unwrap();
+        let before = footprint(r.store());
+        let buckets = 2 * BUCKETS + RECORD_BUCKETS + crate::attempts::LOG_BUCKETS;
+        assert_eq!(before.0, buckets as usize + 2);
+        for n in 0..10_000 {
+            let id = format!("sub_{n:024}");
+            let consumer = format!("consumer{}", n % 7);
+            r.insert(&sub(&id, &consumer, &["a.b", "*"]), Some(3))
+                .unwrap();
+            crate::attempts::record(r.store(), &id, vec![attempt(n)]).unwrap();
+            assert_eq!(crate::attempts::read(r.store(), &id).len(), 1);
+            r.delete(&id).unwrap();
+            assert!(crate::attempts::read(r.store(), &id).is_empty());
+        }
+        assert_eq!(footprint(r.store()), before, "same keys, same bytes");
+        assert_eq!(r.candidates("a.b"), ["keeper"]);
+        assert_eq!(crate::attempts::read(r.store(), "keeper").len(), 1);
+        assert_eq!(r.active_count(), 1);
+    }
+
+    #[test]
+    fn a_records_version_moves_exactly_when_it_is_written() {
+        let r = registry();
+        // Two records that share a bucket.
+        let first = "s0".to_string();
+        let second = (1..)
+            .map(|n| format!("s{n}"))
+            .find(|id| record_key(id) == record_key(&first))
+            .unwrap();
+        r.insert(&sub(&first, "c", &["a"]), None).unwrap();
+        r.insert(&sub(&second, "c", &["a"]), None).unwrap();
+        let (bytes, version) = r.get_raw(&first).unwrap();
+        assert_eq!(
+            bytes,
+            serde_json::to_vec(&sub(&first, "c", &["a"])).unwrap()
+        );
+        r.update(&second, |s| {
+            s.url = "https://example.com/other".into();
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+        r.delete(&second).unwrap();
+        assert_eq!(r.get_raw(&first).unwrap().1, version, "neighbours' writes");
+        r.update(&first, |_| Ok::<(), ()>(())).unwrap().unwrap();
+        let updated = r.get_raw(&first).unwrap().1;
+        assert_ne!(updated, version);
+        // Deleted and made again with the same id and the same version field (a static
+        // subscription removed from the configuration and added back): a new version.
+        r.delete(&first).unwrap();
+        r.insert(&sub(&first, "c", &["a"]), None).unwrap();
+        assert!(![version, updated].contains(&r.get_raw(&first).unwrap().1));
+        assert_eq!(r.get(&first).unwrap().0.version, 1);
+    }
+
+    /// A shared store that runs `hook` once, right after the first read of `key`: another
+    /// worker writing between this one's read of a bucket and its compare-and-swap.
+    struct AfterRead {
+        inner: std::rc::Rc<MemoryStore>,
+        key: String,
+        hook: std::cell::RefCell<Option<Box<dyn FnOnce()>>>,
+    }
+
+    impl KvStore for AfterRead {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            let value = self.inner.get(key);
+            if key == self.key {
+                let hook = self.hook.borrow_mut().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }
+            value
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    /// An id other than `id` whose record shares `id`'s bucket.
+    fn neighbour_of(id: &str, prefix: &str) -> String {
+        (1..)
+            .map(|n| format!("{prefix}{n}"))
+            .find(|other| record_key(other) == record_key(id))
+            .unwrap()
+    }
+
+    #[test]
+    fn racing_writers_in_one_record_bucket_lose_nothing() {
+        let shared = std::rc::Rc::new(MemoryStore::default());
+        let plain = Registry::new(std::rc::Rc::clone(&shared));
+        plain.prepare();
+        plain.insert(&sub("s0", "c", &["a"]), None).unwrap();
+        let racing = |step: &dyn Fn(&Registry<AfterRead>), neighbour: String| {
+            let other = std::rc::Rc::clone(&shared);
+            let n = neighbour.clone();
+            let w1 = Registry::new(AfterRead {
+                inner: std::rc::Rc::clone(&shared),
+                key: record_key("s0"),
+                hook: std::cell::RefCell::new(Some(Box::new(move || {
+                    Registry::new(other)
+                        .insert(&sub(&n, "d", &["a"]), None)
+                        .unwrap();
+                }))),
+            });
+            step(&w1);
+            assert!(w1.store().hook.borrow().is_none(), "the race happened");
+            assert_eq!(plain.get(&neighbour).unwrap().0.consumer, "d");
+        };
+        racing(
+            &|w1| {
+                w1.update("s0", |s| {
+                    s.url = "https://example.com/new".into();
+                    Ok::<(), ()>(())
+                })
+                .unwrap()
+                .unwrap();
+            },
+            neighbour_of("s0", "n"),
+        );
+        assert_eq!(plain.get("s0").unwrap().0.url, "https://example.com/new");
+        racing(
+            &|w1| drop(w1.delete("s0").unwrap()),
+            neighbour_of("s0", "m"),
+        );
+        assert!(plain.get("s0").is_none());
+        let mut found = plain.candidates("a");
+        found.sort();
+        assert_eq!(found, [neighbour_of("s0", "m"), neighbour_of("s0", "n")]);
+    }
+
+    #[test]
+    fn a_delete_racing_a_log_write_leaves_no_log() {
+        let shared = std::rc::Rc::new(MemoryStore::default());
+        let api = Registry::new(std::rc::Rc::clone(&shared));
+        api.prepare();
+        api.insert(&sub("s0", "c", &["a"]), None).unwrap();
+        // The dispatcher has read the log bucket and found the record; the API deletes the
+        // subscription before the dispatcher writes the log.
+        let dispatcher = AfterRead {
+            inner: std::rc::Rc::clone(&shared),
+            key: record_key("s0"),
+            hook: std::cell::RefCell::new(Some(Box::new(move || {
+                api.delete("s0").unwrap();
+            }))),
+        };
+        let entry = crate::attempts::Attempt {
+            webhook_id: "msg_1".into(),
+            event_type: "a".into(),
+            attempt: 1,
+            timestamp: "2026-11-27T10:00:00.000Z".into(),
+            response_status: Some(200),
+            error: None,
+            duration_ms: 3,
+            next_retry_at: None,
+            state: crate::attempts::State::Succeeded,
+        };
+        crate::attempts::record(&dispatcher, "s0", vec![entry]).unwrap();
+        assert!(dispatcher.hook.borrow().is_none(), "the race happened");
+        assert!(crate::attempts::read(&*shared, "s0").is_empty());
+        assert_eq!(shared.get(&crate::attempts::key("s0")).unwrap().0, b"");
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::envoy::{Envoy, EnvoyConfig};
 use crate::receiver::{Received, Receiver};
@@ -81,6 +81,22 @@ impl Stack {
             .await
             .with_context(|| format!("{method} {path} through Envoy"))?;
         Sent::read(response).await
+    }
+
+    /// Produces one event: `POST /orders` answered 201 with `data.object` `{"n": n}`, so that
+    /// events can be told apart.
+    pub async fn produce(&self, n: usize) -> Result<()> {
+        self.produce_with(json!({ "n": n })).await
+    }
+
+    /// Produces one event whose `data.object` is `object`.
+    pub async fn produce_with(&self, object: Value) -> Result<()> {
+        let body = object.to_string();
+        let sent = self
+            .send("POST", "/orders", &[("x-test-body", body.as_str())])
+            .await?;
+        ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
+        Ok(())
     }
 
     /// Waits for `n` webhooks; on timeout the error also shows the end of Envoy's log.

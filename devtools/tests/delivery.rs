@@ -80,17 +80,7 @@ async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> Re
     Ok((status, value))
 }
 
-/// Produces one event whose `data.object` is `{"n": n}`, so events can be told apart.
-async fn produce(stack: &Stack, n: usize) -> Result<()> {
-    let body = json!({ "n": n }).to_string();
-    let sent = stack
-        .send("POST", "/orders", &[("x-test-body", body.as_str())])
-        .await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
-}
-
-/// The `n` of an event produced by [`produce`].
+/// The `n` of an event produced by `Stack::produce`.
 fn event_n(hook: &Received) -> Option<u64> {
     hook.json().ok()?["data"]["object"]["n"].as_u64()
 }
@@ -194,7 +184,7 @@ async fn failures_are_retried_on_schedule_as_one_message() -> Result<()> {
     stack
         .receiver
         .push_replies([Reply::status(500), Reply::status(500), Reply::status(200)]);
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
 
     stack
         .envoy
@@ -229,7 +219,7 @@ async fn the_attempt_log_lists_every_attempt() -> Result<()> {
     stack
         .receiver
         .push_replies([Reply::status(500), Reply::status(500), Reply::status(200)]);
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     let hooks = stack.webhooks(3, WAIT).await?;
     let id = webhook_id(&hooks[0]);
 
@@ -289,7 +279,7 @@ async fn gone_and_live() -> Result<(Receiver, Stack)> {
     })
     .await?;
     wait_for_gauge(&stack.envoy, "webhooks_subscriptions_active", 2).await?;
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
@@ -302,7 +292,7 @@ async fn gone_and_live() -> Result<(Receiver, Stack)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gone_disables_the_subscription_without_retrying() -> Result<()> {
     let (gone, stack) = gone_and_live().await?;
-    produce(&stack, 2).await?;
+    stack.produce(2).await?;
     let live = stack.webhooks(2, WAIT).await?;
     let mut ns: Vec<_> = live.iter().filter_map(event_n).collect();
     ns.sort();
@@ -352,7 +342,7 @@ async fn a_gone_subscription_can_be_re_enabled() -> Result<()> {
     let secret = created["secret"].as_str().context("no secret")?.to_string();
     let path = format!("/webhooks/subscriptions/{id}");
 
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
@@ -368,7 +358,7 @@ async fn a_gone_subscription_can_be_re_enabled() -> Result<()> {
     ensure!(status == 200, "PATCH answered {status}: {body}");
     ensure!(body["status"] == "active", "{body}");
 
-    produce(&stack, 2).await?;
+    stack.produce(2).await?;
     let got = gone.wait_for(2, WAIT).await?;
     ensure!(got.len() == 2, "{}", describe(&got));
     ensure!(
@@ -398,7 +388,7 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
         created["id"].as_str().context("id")?
     );
 
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
@@ -421,7 +411,7 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
         status == 200 && body["status"] == "active",
         "{status}: {body}"
     );
-    produce(&stack, 2).await?;
+    stack.produce(2).await?;
     failing.wait_for(5, WAIT).await?;
     // The dispatcher has judged that fifth attempt once it counted it as failed.
     stack
@@ -442,7 +432,7 @@ async fn retry_after_longer_than_the_schedule_is_honoured() -> Result<()> {
     stack
         .receiver
         .push_replies([Reply::status(429).retry_after("2")]);
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_deliveries_succeeded", 1, WAIT)
@@ -469,7 +459,7 @@ async fn a_hanging_receiver_times_out_and_is_retried() -> Result<()> {
     stack
         .receiver
         .push_replies([Reply::status(204).delay(HANG)]);
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     let first = stack.webhooks(1, WAIT).await?.remove(0);
 
     // While the receiver hangs, the API answers as fast as ever, events included.
@@ -477,7 +467,7 @@ async fn a_hanging_receiver_times_out_and_is_retried() -> Result<()> {
     let read = stack.send("GET", "/orders", &[]).await?;
     ensure!(read.status == 200);
     let get_took = started.elapsed();
-    produce(&stack, 2).await?;
+    stack.produce(2).await?;
     let both_took = started.elapsed();
     ensure!(
         first.at.elapsed() < ms(1000),
@@ -534,7 +524,7 @@ async fn redirects_are_failures_and_not_followed() -> Result<()> {
     stack
         .receiver
         .push_replies([Reply::status(302).location(&target.url("/moved"))]);
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_deliveries_succeeded", 1, WAIT)
@@ -574,7 +564,7 @@ async fn refused_connections_are_retried_until_exhausted() -> Result<()> {
         config(subs, json!({}))
     })
     .await?;
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack.webhooks(1, WAIT).await?;
     stack
         .envoy
@@ -612,7 +602,7 @@ async fn an_exhausted_message_is_replayed_unchanged() -> Result<()> {
     let schedule = json!({"retry_schedule": ["0s", "100ms"]});
     let stack = Stack::start(|rx| to_receiver(rx, schedule)).await?;
     stack.receiver.set_default(Reply::status(500));
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_deliveries_exhausted", 1, WAIT)
@@ -659,7 +649,7 @@ async fn every_event_survives_a_receiver_outage() -> Result<()> {
     let down_since = Instant::now();
 
     stream::iter(0..EVENTS)
-        .map(|n| produce(&stack, n))
+        .map(|n| stack.produce(n))
         .buffer_unordered(20)
         .try_collect::<Vec<()>>()
         .await?;
@@ -745,7 +735,7 @@ async fn a_full_queue_drops_old_retries_and_new_events_still_flow() -> Result<()
     let stack = Stack::start(|rx| to_receiver(rx, delivery)).await?;
     stack.receiver.set_default(Reply::status(500));
     for n in 0..10 {
-        produce(&stack, n).await?;
+        stack.produce(n).await?;
         // Attempted (and failed) before the next event comes.
         stack.webhooks(n + 1, WAIT).await?;
     }
@@ -766,7 +756,7 @@ async fn a_full_queue_drops_old_retries_and_new_events_still_flow() -> Result<()
     );
 
     stack.receiver.set_default(Reply::status(204));
-    produce(&stack, 10).await?;
+    stack.produce(10).await?;
     stack
         .envoy
         .wait_for_counter("webhooks_deliveries_succeeded", 1, WAIT)
@@ -797,7 +787,7 @@ async fn a_full_queue_stays_bounded_while_attempts_hang() -> Result<()> {
         .receiver
         .set_default(Reply::status(204).delay(ms(1500)));
     for n in 0..10 {
-        produce(&stack, n).await?;
+        stack.produce(n).await?;
     }
     let detected = stack
         .envoy
@@ -841,7 +831,7 @@ async fn after_rotation_both_secrets_sign() -> Result<()> {
         .to_string();
     ensure!(new != old && new.starts_with("whsec_"), "{rotated}");
 
-    produce(&stack, 1).await?;
+    stack.produce(1).await?;
     let hook = stack.webhooks(1, WAIT).await?.remove(0);
     let header = hook.header("webhook-signature").unwrap_or_default();
     let signatures: Vec<&str> = header.split(' ').collect();
@@ -896,7 +886,7 @@ async fn shutdown_delivers_pending_messages_first() -> Result<()> {
         .receiver
         .set_default(Reply::status(204).delay(ms(500)));
     for n in 0..EVENTS {
-        produce(&stack, n).await?;
+        stack.produce(n).await?;
     }
     // The dispatcher holds them all (the gauge is set when it takes events off the queue).
     wait_for_gauge(&stack.envoy, "webhooks_queue_depth", EVENTS as u64).await?;
@@ -951,7 +941,7 @@ async fn draining_before_sigterm_delivers_pending_messages() -> Result<()> {
         .receiver
         .push_replies([Reply::status(503), Reply::status(204).delay(ms(300))]);
     for n in 0..EVENTS {
-        produce(&stack, n).await?;
+        stack.produce(n).await?;
     }
     wait_for_gauge(&stack.envoy, "webhooks_queue_depth", EVENTS as u64).await?;
     ensure!(stack.receiver.received().is_empty(), "delivered too early");

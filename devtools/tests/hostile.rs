@@ -43,15 +43,6 @@ fn hostile_subscriptions(peers: &[(Misbehaviour, HostilePeer)], plain_port: u16)
     subs
 }
 
-async fn produce(stack: &Stack, n: usize) -> Result<()> {
-    let body = json!({ "n": n }).to_string();
-    let sent = stack
-        .send("POST", "/orders", &[("x-test-body", body.as_str())])
-        .await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
-}
-
 /// The attempt log of a hostile subscription, through the API.
 async fn attempt_log(stack: &Stack, id: &str) -> Result<Vec<Value>> {
     let response = stack
@@ -107,7 +98,7 @@ async fn misbehaving_receivers_fail_attempts_and_never_stop_delivery() -> Result
 
     const EVENTS: usize = 5;
     for n in 0..EVENTS {
-        produce(&stack, n).await?;
+        stack.produce(n).await?;
     }
     let hooks = stack.webhooks(EVENTS, WAIT).await?;
     for hook in &hooks {
@@ -147,7 +138,7 @@ async fn misbehaving_receivers_fail_attempts_and_never_stop_delivery() -> Result
             WAIT,
         )
         .await?;
-    produce(&stack, EVENTS).await?;
+    stack.produce(EVENTS).await?;
     let hooks = stack.webhooks(EVENTS + 1, WAIT).await?;
     ensure!(
         hooks.len() == EVENTS + 1,

@@ -29,16 +29,6 @@ fn config(subscriptions: Vec<Value>, delivery: Value) -> Value {
     json!({"audience": "all", "subscriptions": subscriptions, "delivery": settings})
 }
 
-/// `POST /orders` with body `{"n": n, "pad": …}` of about `pad` more bytes.
-async fn produce(stack: &Stack, n: usize, pad: usize) -> Result<()> {
-    let body = json!({ "n": n, "pad": "x".repeat(pad) }).to_string();
-    let sent = stack
-        .send("POST", "/orders", &[("x-test-body", body.as_str())])
-        .await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
-}
-
 /// Events `from..to`, `parallel` at a time.
 async fn produce_many(
     stack: &Stack,
@@ -48,7 +38,7 @@ async fn produce_many(
     pad: usize,
 ) -> Result<()> {
     stream::iter(from..to)
-        .map(|n| produce(stack, n, pad))
+        .map(|n| stack.produce_with(json!({ "n": n, "pad": "x".repeat(pad) })))
         .buffer_unordered(parallel)
         .try_collect::<Vec<()>>()
         .await?;
@@ -141,7 +131,7 @@ async fn a_consumer_whose_endpoints_hang_does_not_hold_back_another() -> Result<
     .await?;
 
     for n in 0..EVENTS {
-        produce(&stack, n, 0).await?;
+        stack.produce(n).await?;
     }
     let last_produced = Instant::now();
     let hooks = stack.webhooks(EVENTS, Duration::from_secs(3)).await?;

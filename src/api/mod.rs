@@ -14,6 +14,7 @@ use crate::event;
 use crate::identity::{self, Credentials};
 use crate::ids::{random_id, RandomSource, RandomUnavailable};
 use crate::queue::QueueMessage;
+use crate::ratelimit;
 use crate::registry::{KvStore, Registry, RegistryError, SigningSecret, Status, Subscription};
 use crate::rules;
 use crate::signing::Secret;
@@ -774,7 +775,6 @@ fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outc
     cx.registry
         .delete(id)
         .map_err(|e| registry_error(e, cx.config))?;
-    attempts::clear(cx.registry.store(), id);
     Ok(Response {
         status: 204,
         headers: base_headers(),
@@ -817,7 +817,7 @@ fn send_test<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, id: &str) 
         subscription_id: sub.id.clone(),
         payload: event::build_test_payload(cx.now_ms, &sub.id),
     };
-    enqueue(cx, message)
+    enqueue(cx, caller, message)
 }
 
 fn subscription_disabled() -> Response {
@@ -828,7 +828,24 @@ fn subscription_disabled() -> Response {
     )
 }
 
-fn enqueue<S: KvStore>(cx: &mut Context<'_, S>, message: QueueMessage) -> Outcome {
+/// Queues a delivery the caller asked for, within the caller's rate limit.
+fn enqueue<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    message: QueueMessage,
+) -> Outcome {
+    if let Err(wait_s) = ratelimit::take(cx.registry.store(), caller.consumer, cx.now_ms) {
+        let mut response = error(
+            429,
+            "rate_limited",
+            format!(
+                "at most {} test and retry calls at once, then one per second; try again later",
+                ratelimit::BURST
+            ),
+        );
+        response.headers.push(("retry-after", wait_s.to_string()));
+        return Err(response);
+    }
     if !(cx.enqueue)(message) {
         let mut response = error(
             503,
@@ -879,7 +896,7 @@ fn retry<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, webhook_id: &s
     let message = QueueMessage::Replay {
         webhook_id: webhook_id.to_string(),
     };
-    enqueue(cx, message)
+    enqueue(cx, caller, message)
 }
 
 #[derive(Serialize)]

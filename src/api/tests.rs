@@ -24,7 +24,10 @@ impl KvStore for Store {
         if self.failing.get() {
             return Err(StoreError::Failed("down".into()));
         }
-        self.writes.set(self.writes.get() + 1);
+        // The rate limiter's bookkeeping is no change of subscriptions or logs.
+        if !key.starts_with("pwh:rate:") {
+            self.writes.set(self.writes.get() + 1);
+        }
         self.inner.set(key, value, cas)
     }
 }
@@ -1024,6 +1027,28 @@ fn store_failure_answers_503() {
     }
     api.registry.store().failing.set(false);
     assert_eq!(api.record(&id).description, "");
+}
+
+#[test]
+fn test_and_retry_calls_are_rate_limited_per_consumer() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["order.created"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = api.create(KEY_B, URL, &["order.created"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..crate::ratelimit::BURST {
+        let (status, _) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
+        assert_eq!(status, 202);
+    }
+    let (status, value) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
+    assert_eq!((status, code(&value)), (429, "rate_limited"));
+    assert_eq!(api.sent.len(), crate::ratelimit::BURST as usize);
+    let (status, _) = api.call("POST", &sub_path(&other, "/test"), KEY_B, "");
+    assert_eq!(status, 202, "another consumer has its own budget");
 }
 
 #[test]

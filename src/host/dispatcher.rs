@@ -8,7 +8,7 @@ use crate::audience::{self, Target};
 use crate::config::Config;
 use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
 use crate::ids::{self, RandomSource};
-use crate::outbox::{Limits, Message, MessageKey, Outbox};
+use crate::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::queue::{QueueMessage, QUEUE_NAME};
 use crate::registry::KvStore;
@@ -122,7 +122,7 @@ impl DispatcherRoot {
                     payload,
                 }) => {
                     if let Some(resolved) = self.resolve(&subscription_id) {
-                        self.add_message(&resolved, "webhook.test".into(), payload.into());
+                        self.add_message(&resolved, "webhook.test".into(), Payload::new(payload));
                     }
                 }
                 Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
@@ -138,7 +138,7 @@ impl DispatcherRoot {
             self.metrics.events_unaddressed.inc();
         }
         let event_type: Rc<str> = Rc::from(event_type);
-        let payload: Rc<[u8]> = payload.into();
+        let payload = Payload::new(payload);
         for id in self.candidates_for(&event_type).iter() {
             let Some(resolved) = self.resolve(id) else {
                 continue;
@@ -224,7 +224,7 @@ impl DispatcherRoot {
         Some(resolved)
     }
 
-    fn add_message(&mut self, to: &Resolved, event_type: Rc<str>, payload: Rc<[u8]>) {
+    fn add_message(&mut self, to: &Resolved, event_type: Rc<str>, payload: Rc<Payload>) {
         let now = io::now_ms();
         let message = Message {
             webhook_id: ids::random_id(&mut self.rng, "msg_", 24)
@@ -367,7 +367,7 @@ impl DispatcherRoot {
         match hostcalls::dispatch_http_call(
             &request.cluster,
             headers,
-            Some(&message.payload),
+            Some(message.payload.bytes()),
             vec![],
             Duration::from_millis(request.timeout_ms),
         ) {
