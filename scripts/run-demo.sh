@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: the orders API on :8080, the receiver on :9000, Envoy (envoy.yaml) on :10000, admin
+# The demo: the orders API on :8080, the receiver on :9000, Envoy (deploy/demo/envoy.yaml) on :10000, admin
 # :9901. Ctrl-C stops all three. `make run` builds everything first and then runs this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ pids+=($!)
 target/debug/demo-receiver --port 9000 --secret "$SECRET" &
 pids+=($!)
 mkdir -p .tmp
-"$ENVOY_BIN" -c envoy.yaml --concurrency 2 --log-level info --disable-hot-restart >"$LOG" 2>&1 &
+"$ENVOY_BIN" -c deploy/demo/envoy.yaml --concurrency 2 --log-level info --disable-hot-restart >"$LOG" 2>&1 &
 pids+=($!)
 
 # Wait (20 s at most) for Envoy's admin /ready.

@@ -6,7 +6,7 @@
 use crate::audience::{self, Audience};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
-use crate::url::check_destination;
+use crate::url::{check_destination, Policy};
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -86,8 +86,11 @@ pub struct DeliveryConfig {
     pub cluster_http: String,
     /// `delivery.clusters.https`, default `webhooks_egress_https`.
     pub cluster_https: String,
-    /// Default false.
-    pub allow_insecure_destinations: bool,
+    /// `delivery.allow_http`: plain `http://` subscriber URLs. Default false.
+    pub allow_http: bool,
+    /// `delivery.allow_private_destinations`: `localhost` and special-purpose IP literals (for
+    /// internal receivers; the egress clusters must then not filter them either). Default false.
+    pub allow_private_destinations: bool,
     /// `delivery.max_in_flight`: concurrent callouts at most, default 256, at least 1.
     pub max_in_flight: usize,
     /// `delivery.max_in_flight_per_subscription`: the largest pacing window, default 32.
@@ -168,6 +171,16 @@ impl Default for ApiConfig {
     }
 }
 
+impl DeliveryConfig {
+    /// How strictly subscriber URLs are checked.
+    pub fn url_policy(&self) -> Policy {
+        Policy {
+            allow_http: self.allow_http,
+            allow_private: self.allow_private_destinations,
+        }
+    }
+}
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
@@ -180,7 +193,8 @@ impl Default for DeliveryConfig {
             max_payload_bytes: 65536,
             cluster_http: "webhooks_egress_http".to_string(),
             cluster_https: "webhooks_egress_https".to_string(),
-            allow_insecure_destinations: false,
+            allow_http: false,
+            allow_private_destinations: false,
             max_in_flight: 256,
             max_in_flight_per_subscription: 32,
             max_replay: 1000,
@@ -230,10 +244,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         None => (events.is_empty(), Vec::new()),
     };
     let api = parse_api(top.get("api"))?;
-    let subscriptions = parse_subscriptions(
-        top.get("subscriptions"),
-        delivery.allow_insecure_destinations,
-    )?;
+    let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy())?;
     Ok(Config {
         events,
         infer_events,
@@ -288,6 +299,8 @@ const DELIVERY_FIELDS: &[&str] = &[
     "max_queue_bytes",
     "max_payload_bytes",
     "clusters",
+    "allow_http",
+    "allow_private_destinations",
     "allow_insecure_destinations",
     "max_in_flight",
     "max_in_flight_per_subscription",
@@ -456,9 +469,10 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     if let Some(v) = o.get("clusters") {
         parse_clusters(&o.field("clusters"), v, &mut d)?;
     }
-    d.allow_insecure_destinations = o
-        .bool("allow_insecure_destinations")?
-        .unwrap_or(d.allow_insecure_destinations);
+    // The old single switch stays as shorthand for both; the new ones override it.
+    let insecure = o.bool("allow_insecure_destinations")?.unwrap_or(false);
+    d.allow_http = o.bool("allow_http")?.unwrap_or(insecure);
+    d.allow_private_destinations = o.bool("allow_private_destinations")?.unwrap_or(insecure);
     d.max_in_flight = o.count("max_in_flight", 1)?.unwrap_or(d.max_in_flight);
     d.max_in_flight_per_subscription = o
         .count("max_in_flight_per_subscription", 1)?
@@ -830,7 +844,7 @@ fn hex_value(b: u8) -> Option<u8> {
 
 fn parse_subscriptions(
     value: Option<&Value>,
-    allow_insecure: bool,
+    policy: Policy,
 ) -> Result<Vec<StaticSubscription>, ConfigError> {
     let Some(value) = value else {
         return Ok(Vec::new());
@@ -839,7 +853,7 @@ fn parse_subscriptions(
     let mut subs: Vec<StaticSubscription> = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let path = item("subscriptions", i);
-        let sub = parse_subscription(&path, v, allow_insecure)?;
+        let sub = parse_subscription(&path, v, policy)?;
         if subs.iter().any(|s| s.id == sub.id) {
             return Err(err(join(&path, "id"), format!("duplicate id {:?}", sub.id)));
         }
@@ -851,16 +865,16 @@ fn parse_subscriptions(
 fn parse_subscription(
     path: &str,
     value: &Value,
-    allow_insecure: bool,
+    policy: Policy,
 ) -> Result<StaticSubscription, ConfigError> {
     let o = Obj::new(path, value, SUBSCRIPTION_FIELDS)?;
     let id = parse_subscription_id(&o.field("id"), o.required_str("id")?)?;
     let consumer = parse_consumer(&o.field("consumer"), o.required_str("consumer")?)?;
     let url = o.required_str("url")?;
-    check_destination(url, allow_insecure).map_err(|e| err(o.field("url"), e.message))?;
+    check_destination(url, policy).map_err(|e| err(o.field("url"), e.message))?;
     let events = parse_filters(&o.field("events"), o.required("events")?)?;
     let secret = o.required_str("secret")?;
-    Secret::parse(secret).map_err(|problem| err(o.field("secret"), problem))?;
+    Secret::parse_chosen(secret).map_err(|problem| err(o.field("secret"), problem))?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
     if description.chars().count() > MAX_DESCRIPTION_CHARS {
@@ -912,6 +926,7 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     const SHA: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -939,7 +954,8 @@ mod tests {
     "max_in_flight_per_subscription": 32,
     "max_payload_bytes": 65536,
     "clusters": {{"http": "webhooks_egress_http", "https": "webhooks_egress_https"}},
-    "allow_insecure_destinations": false
+    "allow_http": false,
+    "allow_private_destinations": false
   }}
 }}"#
         )
@@ -1013,7 +1029,7 @@ mod tests {
         let c = parse_str(&demo).unwrap();
         assert!(!c.infer_events);
         assert_eq!(c.delivery.timeout_ms, 5000);
-        assert!(c.delivery.allow_insecure_destinations);
+        assert!(c.delivery.allow_http && c.delivery.allow_private_destinations);
         assert_eq!(c.subscriptions[0].description, "the bundled demo receiver");
     }
 
@@ -1044,7 +1060,8 @@ mod tests {
         assert_eq!(dl.max_in_flight_per_subscription, 32);
         assert_eq!(dl.cluster_http, "webhooks_egress_http");
         assert_eq!(dl.cluster_https, "webhooks_egress_https");
-        assert!(!dl.allow_insecure_destinations);
+        assert!(!dl.allow_http && !dl.allow_private_destinations);
+        assert_eq!(dl.url_policy(), crate::url::Policy::STRICT);
         assert_eq!(dl.max_in_flight, 256);
     }
 
@@ -1187,6 +1204,14 @@ mod tests {
         assert_eq!(
             error(r#"{"delivery": {"allow_insecure_destinations": 1}}"#),
             "delivery.allow_insecure_destinations: must be a boolean"
+        );
+        assert_eq!(
+            error(r#"{"delivery": {"allow_http": "yes"}}"#),
+            "delivery.allow_http: must be a boolean"
+        );
+        assert_eq!(
+            error(r#"{"delivery": {"allow_private_destinations": 0}}"#),
+            "delivery.allow_private_destinations: must be a boolean"
         );
         assert_eq!(
             error(r#"{"delivery": {"timeout": 15}}"#),
@@ -1431,7 +1456,7 @@ mod tests {
         );
         assert_eq!(
             error(&sub("").replace("https://h.example.com/", "https://10.0.0.1/")),
-            "subscriptions[0].url: url host must not be localhost or a loopback, private, link-local or unspecified address"
+            "subscriptions[0].url: url host must not be in 10.0.0.0/8 (private)"
         );
         assert_eq!(
             error(&sub("").replace("https://h.example.com/", "https://u@h/")),
@@ -1457,6 +1482,24 @@ mod tests {
             error(&sub("").replace(SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")),
             "subscriptions[0].secret: secret must be whsec_ followed by base64"
         );
+        // 23 bytes: too short; 24 and 64 bytes: the Standard Webhooks range; 65: too long.
+        let sized = |n: usize| {
+            let secret = format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+            );
+            sub("").replace(SECRET, &secret)
+        };
+        assert_eq!(
+            error(&sized(23)),
+            "subscriptions[0].secret: secret must decode to 24 to 64 bytes, not 23"
+        );
+        assert!(parse_str(&sized(24)).is_ok());
+        assert!(parse_str(&sized(64)).is_ok());
+        assert_eq!(
+            error(&sized(65)),
+            "subscriptions[0].secret: secret must decode to 24 to 64 bytes, not 65"
+        );
         assert_eq!(
             error(&sub(&format!(r#", "description": "{}""#, "é".repeat(257)))),
             "subscriptions[0].description: must be at most 256 characters"
@@ -1475,15 +1518,52 @@ mod tests {
     }
 
     #[test]
-    fn subscriptions_honour_allow_insecure() {
-        let json = sub("").replace("https://h.example.com/", "http://localhost:9000/in");
-        assert!(parse_str(&json).is_err());
-        let json = json.replacen(
-            '{',
-            r#"{"delivery": {"allow_insecure_destinations": true}, "#,
-            1,
+    fn egress_switches_and_their_shorthand() {
+        let policy = |delivery: &str| {
+            parse_str(&format!(r#"{{"delivery": {delivery}}}"#))
+                .unwrap()
+                .delivery
+                .url_policy()
+        };
+        let p = |allow_http, allow_private| crate::url::Policy {
+            allow_http,
+            allow_private,
+        };
+        assert_eq!(policy("{}"), p(false, false));
+        assert_eq!(policy(r#"{"allow_http": true}"#), p(true, false));
+        assert_eq!(
+            policy(r#"{"allow_private_destinations": true}"#),
+            p(false, true)
         );
-        let c = parse_str(&json).unwrap();
+        assert_eq!(
+            policy(r#"{"allow_insecure_destinations": true}"#),
+            p(true, true)
+        );
+        // The explicit switches win over the shorthand.
+        assert_eq!(
+            policy(r#"{"allow_insecure_destinations": true, "allow_private_destinations": false}"#),
+            p(true, false)
+        );
+    }
+
+    #[test]
+    fn subscriptions_honour_the_egress_switches() {
+        let json = sub("").replace("https://h.example.com/", "http://localhost:9000/in");
+        assert_eq!(error(&json), "subscriptions[0].url: url must be https");
+        let with =
+            |delivery: &str| json.replacen('{', &format!(r#"{{"delivery": {delivery}, "#), 1);
+        assert_eq!(
+            error(&with(r#"{"allow_http": true}"#)),
+            "subscriptions[0].url: url host must not be localhost"
+        );
+        assert_eq!(
+            error(&with(r#"{"allow_private_destinations": true}"#)),
+            "subscriptions[0].url: url must be https"
+        );
+        let both = r#"{"allow_http": true, "allow_private_destinations": true}"#;
+        let c = parse_str(&with(both)).unwrap();
+        assert_eq!(c.subscriptions[0].url, "http://localhost:9000/in");
+        let c = parse_str(&with(r#"{"allow_insecure_destinations": true}"#)).unwrap();
         assert_eq!(c.subscriptions[0].url, "http://localhost:9000/in");
         let ok = parse_str(&sub(&format!(r#", "description": "{}""#, "é".repeat(256))));
         assert_eq!(

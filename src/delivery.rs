@@ -412,6 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn refused_callouts_say_why() {
+        assert_eq!(
+            refused_callout(true, "webhooks_egress_http"),
+            "destination unreachable: the host does not resolve, or resolves only to addresses the egress cluster refuses (private or special-purpose ranges)"
+        );
+        assert_eq!(
+            refused_callout(false, "nope"),
+            "callout refused by Envoy; does cluster nope exist?"
+        );
+    }
+
+    #[test]
     fn overrun_answers_shrink_the_window() {
         for code in [429, 503] {
             assert_eq!(status(code).signal(), Signal::Overrun);

@@ -19,7 +19,7 @@ use crate::registry::{self, KvStore, MemoryStore, Registry, SigningSecret, Statu
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
 use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
-use crate::url::{check_destination, parse_destination};
+use crate::url::{check_destination, parse_destination, Policy};
 use serde_json::{json, Value};
 use std::rc::Rc;
 
@@ -697,7 +697,7 @@ fn config_corpus() -> Vec<Vec<u8>> {
         b"  \n".to_vec(),
         br#"{"infer_events":["/orders","/a/b/"],"audience":{"header":"x-tenant"},"events":[{"type":"a.b","path":"/a","audience":{"response_header":"x-owner"}}],"api":{"consumer_header":"x-consumer"}}"#.to_vec(),
         br#"{"events":[{"type":"a.b","path":"/a/{x}/b"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
-        br#"{"subscriptions":[{"id":"s1","consumer":"c","url":"http://[fe80::1]:8080/x?y","events":["*"],"secret":"whsec_AAAA"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
+        br#"{"subscriptions":[{"id":"s1","consumer":"c","url":"http://[fe80::1]:8080/x?y","events":["*"],"secret":"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"delivery":{"allow_insecure_destinations":true}}"#.to_vec(),
     ]
 }
 
@@ -755,8 +755,8 @@ fn check_config(c: &Config, input: &[u8]) {
                 && PathTemplate::parse(r.path.as_str()).as_ref() == Ok(&r.path)
         })
         && c.subscriptions.iter().all(|s| {
-            Secret::parse(&s.secret).is_ok()
-                && check_destination(&s.url, d.allow_insecure_destinations).is_ok()
+            Secret::parse_chosen(&s.secret).is_ok()
+                && check_destination(&s.url, d.url_policy()).is_ok()
                 && !s.events.is_empty()
                 && s.events.iter().all(|f| rules::is_valid_event_filter(f))
         });
@@ -1186,9 +1186,9 @@ fn urls_never_panic_and_accepted_ones_are_whole() {
             parse_destination(&url)
         });
         let strict = run("url::check_destination", i, &url, || {
-            check_destination(&url, false)
+            check_destination(&url, Policy::STRICT)
         });
-        let relaxed = check_destination(&url, true);
+        let relaxed = check_destination(&url, Policy::OPEN);
         assert_eq!(relaxed, parsed, "{url:?}");
         if let Ok(d) = &strict {
             assert!(d.https && Ok(d) == parsed.as_ref(), "{url:?}");

@@ -1,6 +1,6 @@
 //! Standard Webhooks v1 signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")).
 
-use crate::ids::RandomSource;
+use crate::ids::{RandomSource, RandomUnavailable};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
@@ -14,6 +14,8 @@ const PREFIX: &str = "whsec_";
 const PARSE_ERROR: &str = "secret must be whsec_ followed by base64";
 /// Longest secret accepted, in decoded bytes (the Standard Webhooks range).
 const MAX_KEY_BYTES: usize = 64;
+/// Shortest chosen secret accepted, in decoded bytes (the Standard Webhooks range).
+const MIN_CHOSEN_KEY_BYTES: usize = 24;
 /// Bytes of randomness in a generated secret.
 const GENERATED_KEY_BYTES: usize = 32;
 /// `v1,` + 44 base64 characters of a 32-byte tag.
@@ -41,25 +43,42 @@ impl fmt::Debug for Secret {
 impl Secret {
     /// Parses `whsec_` + standard base64 (padding optional) of 1 to 64 bytes.
     pub fn parse(s: &str) -> Result<Secret, String> {
+        Secret::parse_sized(s, 1)
+    }
+
+    /// [`Secret::parse`] for a secret someone chose (a static subscription's): the Standard
+    /// Webhooks range of 24 to 64 bytes, so that a short, guessable key is refused.
+    pub fn parse_chosen(s: &str) -> Result<Secret, String> {
+        Secret::parse_sized(s, MIN_CHOSEN_KEY_BYTES)
+    }
+
+    fn parse_sized(s: &str, min_bytes: usize) -> Result<Secret, String> {
         let encoded = s.strip_prefix(PREFIX).ok_or(PARSE_ERROR)?;
         let key = LENIENT_BASE64
             .decode(encoded)
             .map_err(|_| PARSE_ERROR.to_string())?;
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        if key.is_empty() {
             return Err(PARSE_ERROR.to_string());
+        }
+        if key.len() < min_bytes || key.len() > MAX_KEY_BYTES {
+            return Err(format!(
+                "secret must decode to {min_bytes} to {MAX_KEY_BYTES} bytes, not {}",
+                key.len()
+            ));
         }
         let mac = HmacSha256::new_from_slice(&key).map_err(|_| PARSE_ERROR.to_string())?;
         Ok(Secret { mac })
     }
 
-    /// A fresh secret in its textual form: `whsec_` + base64 of 32 random bytes.
-    pub fn generate(rng: &mut dyn RandomSource) -> String {
+    /// A fresh secret in its textual form: `whsec_` + base64 of 32 random bytes; none without
+    /// randomness.
+    pub fn generate(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
         let mut key = [0u8; GENERATED_KEY_BYTES];
-        rng.fill(&mut key);
+        rng.fill(&mut key)?;
         let mut out = String::with_capacity(PREFIX.len() + 44);
         out.push_str(PREFIX);
         STANDARD.encode_string(key, &mut out);
-        out
+        Ok(out)
     }
 
     /// `v1,` + base64(HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")).
@@ -160,12 +179,20 @@ mod tests {
             "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "whsec_!!!!",
             "whsec_a",
-            &too_long,
         ] {
             assert_eq!(Secret::parse(bad).unwrap_err(), PARSE_ERROR, "{bad}");
         }
+        let size = "secret must decode to 1 to 64 bytes, not 65";
+        assert_eq!(Secret::parse(&too_long).unwrap_err(), size);
         assert!(Secret::parse(&format!("whsec_{}", STANDARD.encode([1u8; 64]))).is_ok());
         assert!(Secret::parse("whsec_AQ==").is_ok());
+        let chosen =
+            |n: usize| Secret::parse_chosen(&format!("whsec_{}", STANDARD.encode(vec![1u8; n])));
+        assert_eq!(
+            chosen(23).unwrap_err(),
+            "secret must decode to 24 to 64 bytes, not 23"
+        );
+        assert!(chosen(24).is_ok() && chosen(64).is_ok());
     }
 
     #[test]
@@ -178,8 +205,8 @@ mod tests {
     #[test]
     fn generated_secrets_parse_and_differ() {
         let mut rng = TestRng(5);
-        let a = Secret::generate(&mut rng);
-        let b = Secret::generate(&mut rng);
+        let a = Secret::generate(&mut rng).unwrap();
+        let b = Secret::generate(&mut rng).unwrap();
         assert_ne!(a, b);
         assert!(a.starts_with("whsec_"));
         assert_eq!(STANDARD.decode(&a[6..]).unwrap().len(), 32);

@@ -5,7 +5,7 @@
 //! the host we checked, and a subscriber cannot point deliveries at the proxy's own network.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
@@ -74,22 +74,132 @@ pub fn parse_destination(url: &str) -> Result<Destination, UrlError> {
     })
 }
 
-/// `parse_destination` plus the security policy, relaxed when `allow_insecure`: https only, and
-/// no loopback, private, link-local or unspecified hosts.
-pub fn check_destination(url: &str, allow_insecure: bool) -> Result<Destination, UrlError> {
+/// What `check_destination` lets through beyond public `https` hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// `delivery.allow_http`: plain `http://` URLs.
+    pub allow_http: bool,
+    /// `delivery.allow_private_destinations`: `localhost` and special-purpose IP literals.
+    pub allow_private: bool,
+}
+
+impl Policy {
+    /// Public `https` destinations only (the default).
+    pub const STRICT: Policy = Policy {
+        allow_http: false,
+        allow_private: false,
+    };
+    /// Anything well-formed (`allow_insecure_destinations: true`).
+    pub const OPEN: Policy = Policy {
+        allow_http: true,
+        allow_private: true,
+    };
+}
+
+/// `parse_destination` plus the security policy: https only unless `allow_http`; no
+/// `localhost` and no special-purpose IP literal (see [`SPECIAL_PURPOSE`]) unless
+/// `allow_private`. Names that *resolve* to such addresses are the egress clusters' to refuse
+/// (Envoy's `resolved_address_filter`): only Envoy knows what it connects to.
+pub fn check_destination(url: &str, policy: Policy) -> Result<Destination, UrlError> {
     let dest = parse_destination(url)?;
-    if allow_insecure {
-        return Ok(dest);
-    }
-    if !dest.https {
+    if !dest.https && !policy.allow_http {
         return Err(insecure("url must be https"));
     }
-    if is_refused_host(&dest.host) {
-        return Err(insecure(
-            "url host must not be localhost or a loopback, private, link-local or unspecified address",
-        ));
+    if !policy.allow_private {
+        check_public_host(&dest.host)?;
     }
     Ok(dest)
+}
+
+/// Special-purpose address blocks (IANA registries, RFC 6890 and successors) that a delivery
+/// must never reach unless private destinations are allowed, each as `addr/len (what it is)`. IPv6 blocks
+/// that embed an IPv4 address are refused whole: which IPv4 address they reach depends on
+/// translators the plugin cannot see. The shipped envoy.yaml's `resolved_address_filter` lists
+/// the same blocks (a devtools test keeps them in step).
+pub const SPECIAL_PURPOSE: &[&str] = &[
+    "0.0.0.0/8 (this network)",
+    "10.0.0.0/8 (private)",
+    "100.64.0.0/10 (shared address space, CGNAT)",
+    "127.0.0.0/8 (loopback)",
+    "169.254.0.0/16 (link-local)",
+    "172.16.0.0/12 (private)",
+    "192.0.0.0/24 (IETF protocol assignments)",
+    "192.0.2.0/24 (documentation)",
+    "192.88.99.0/24 (6to4 relay anycast)",
+    "192.168.0.0/16 (private)",
+    "198.18.0.0/15 (benchmarking)",
+    "198.51.100.0/24 (documentation)",
+    "203.0.113.0/24 (documentation)",
+    "224.0.0.0/4 (multicast)",
+    "240.0.0.0/4 (reserved, broadcast)",
+    "::/96 (unspecified, loopback, IPv4-compatible)",
+    "::ffff:0:0/96 (IPv4-mapped)",
+    "::ffff:0:0:0/96 (IPv4-translated)",
+    "64:ff9b::/96 (NAT64)",
+    "64:ff9b:1::/48 (NAT64, local use)",
+    "100::/64 (discard-only)",
+    "2001::/32 (Teredo)",
+    "2001:2::/48 (benchmarking)",
+    "2001:db8::/32 (documentation)",
+    "2002::/16 (6to4)",
+    "fc00::/7 (unique local)",
+    "fe80::/10 (link-local)",
+    "fec0::/10 (site-local)",
+    "ff00::/8 (multicast)",
+];
+
+fn check_public_host(host: &str) -> Result<(), UrlError> {
+    if host == "localhost" || host.ends_with(".localhost") {
+        return Err(insecure("url host must not be localhost"));
+    }
+    let Some(ip) = parse_ip_literal(host) else {
+        return Ok(());
+    };
+    match special_purpose_block(ip) {
+        Some(block) => Err(UrlError {
+            code: "insecure_url",
+            message: format!("url host must not be in {block}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn parse_ip_literal(host: &str) -> Option<IpAddr> {
+    host.parse::<Ipv4Addr>()
+        .map(IpAddr::V4)
+        .or_else(|_| host.parse::<Ipv6Addr>().map(IpAddr::V6))
+        .ok()
+}
+
+/// The first [`SPECIAL_PURPOSE`] block that holds `ip`.
+pub fn special_purpose_block(ip: IpAddr) -> Option<&'static str> {
+    SPECIAL_PURPOSE
+        .iter()
+        .copied()
+        .find(|block| block_contains(block, ip))
+}
+
+/// Whether `block` (`addr/len (…)`, same family as `ip`) holds `ip`; a malformed one holds nothing.
+fn block_contains(block: &str, ip: IpAddr) -> bool {
+    let cidr = block.split(' ').next().unwrap_or_default();
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u32>() else {
+        return false;
+    };
+    let (net, ip, bits) = match (parse_ip_literal(net), ip) {
+        (Some(IpAddr::V4(n)), IpAddr::V4(a)) => {
+            (u128::from(u32::from(n)), u128::from(u32::from(a)), 32u32)
+        }
+        (Some(IpAddr::V6(n)), IpAddr::V6(a)) => (u128::from(n), u128::from(a), 128),
+        _ => return false,
+    };
+    match bits.checked_sub(len) {
+        Some(128) => true,
+        Some(shift) => (net >> shift) == (ip >> shift),
+        None => false,
+    }
 }
 
 fn check_characters(url: &str) -> Result<(), UrlError> {
@@ -208,56 +318,20 @@ fn normalise_path(path_and_query: &str) -> String {
     }
 }
 
-fn is_refused_host(host: &str) -> bool {
-    if host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    if let Ok(v4) = host.parse::<Ipv4Addr>() {
-        return is_refused_v4(v4);
-    }
-    match host.parse::<Ipv6Addr>() {
-        Ok(v6) => is_refused_v6(v6),
-        Err(_) => false,
-    }
-}
-
-fn is_refused_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, _, _] = ip.octets();
-    a == 127
-        || a == 10
-        || a == 0
-        || (a == 172 && (16..32).contains(&b))
-        || (a == 192 && b == 168)
-        || (a == 169 && b == 254)
-        || (a == 100 && (64..128).contains(&b))
-        || ip == Ipv4Addr::BROADCAST
-}
-
-fn is_refused_v6(ip: Ipv6Addr) -> bool {
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_refused_v4(v4);
-    }
-    let first = ip.segments().first().copied().unwrap_or(0);
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || (first & 0xffc0) == 0xfe80
-        || (first & 0xfe00) == 0xfc00
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ok(url: &str) -> Destination {
-        check_destination(url, false).unwrap()
+        check_destination(url, Policy::STRICT).unwrap()
     }
 
-    fn refused(url: &str, allow_insecure: bool) -> UrlError {
-        check_destination(url, allow_insecure).unwrap_err()
+    fn refused(url: &str, policy: Policy) -> UrlError {
+        check_destination(url, policy).unwrap_err()
     }
 
     fn assert_invalid(url: &str, message: &str) {
-        let err = refused(url, true);
+        let err = refused(url, Policy::OPEN);
         assert_eq!(
             (err.code, err.message.as_str()),
             ("invalid_url", message),
@@ -265,10 +339,20 @@ mod tests {
         );
     }
 
-    fn assert_insecure(url: &str) {
-        let err = refused(url, false);
-        assert_eq!(err.code, "insecure_url", "{url}");
-        assert!(check_destination(url, true).is_ok(), "{url}");
+    /// Refused as `insecure_url` with `message` under the strict policy, accepted once private
+    /// destinations are allowed (http still refused then).
+    fn assert_private(url: &str, message: &str) {
+        let err = refused(url, Policy::STRICT);
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            ("insecure_url", message),
+            "{url}"
+        );
+        let private_ok = Policy {
+            allow_http: false,
+            allow_private: true,
+        };
+        assert!(check_destination(url, private_ok).is_ok(), "{url}");
     }
 
     #[test]
@@ -293,7 +377,7 @@ mod tests {
         assert_eq!(d.path_and_query, "/");
         assert_eq!(ok("https://example.com?a=b").path_and_query, "/?a=b");
         assert_eq!(ok("https://example.com/").path_and_query, "/");
-        let d = check_destination("http://example.com/x", true).unwrap();
+        let d = check_destination("http://example.com/x", Policy::OPEN).unwrap();
         assert_eq!((d.https, d.port), (false, 80));
         assert_eq!(ok("https://a_b.example.com:65535/").port, 65535);
         assert_eq!(ok("https://93.184.216.34/").host, "93.184.216.34");
@@ -301,11 +385,11 @@ mod tests {
 
     #[test]
     fn parses_ipv6() {
-        let d = ok("https://[2001:DB8::1]:8443/p");
-        assert_eq!(d.host, "2001:db8::1");
-        assert_eq!(d.authority, "[2001:db8::1]:8443");
+        let d = ok("https://[2606:4700::1]:8443/p");
+        assert_eq!(d.host, "2606:4700::1");
+        assert_eq!(d.authority, "[2606:4700::1]:8443");
         assert_eq!(d.port, 8443);
-        assert_eq!(ok("https://[2001:db8::1]").port, 443);
+        assert_eq!(ok("https://[2606:4700::1]").port, 443);
     }
 
     #[test]
@@ -339,7 +423,7 @@ mod tests {
         assert_invalid(&long, "url must be at most 2048 characters");
         let edge = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN - 20));
         assert_eq!(edge.len(), MAX_URL_LEN);
-        assert!(check_destination(&edge, false).is_ok());
+        assert!(check_destination(&edge, Policy::STRICT).is_ok());
     }
 
     #[test]
@@ -389,17 +473,42 @@ mod tests {
             assert_invalid(&format!("http://{host}/"), msg);
         }
         // Hex-looking names that are not numbers stay ordinary host names.
-        assert!(check_destination("https://cafe.example/", false).is_ok());
-        assert!(check_destination("https://deadbeef/", false).is_ok());
-        assert!(check_destination("https://123.example.com/", false).is_ok());
+        assert!(check_destination("https://cafe.example/", Policy::STRICT).is_ok());
+        assert!(check_destination("https://deadbeef/", Policy::STRICT).is_ok());
+        assert!(check_destination("https://123.example.com/", Policy::STRICT).is_ok());
     }
 
     #[test]
     fn insecure_scheme() {
-        let err = refused("http://example.com/", false);
+        let err = refused("http://example.com/", Policy::STRICT);
         assert_eq!(err.code, "insecure_url");
         assert_eq!(err.message, "url must be https");
         assert_eq!(err.to_string(), "url must be https");
+    }
+
+    #[test]
+    fn http_and_private_are_separate_switches() {
+        let http_only = Policy {
+            allow_http: true,
+            allow_private: false,
+        };
+        assert!(check_destination("http://example.com/", http_only).is_ok());
+        let err = refused("http://127.0.0.1:9901/quitquitquit", http_only);
+        assert_eq!(
+            err.message,
+            "url host must not be in 127.0.0.0/8 (loopback)"
+        );
+        let err = refused("http://vm.localhost/", http_only);
+        assert_eq!(err.message, "url host must not be localhost");
+        let private_only = Policy {
+            allow_http: false,
+            allow_private: true,
+        };
+        assert_eq!(
+            refused("http://127.0.0.1/", private_only).message,
+            "url must be https"
+        );
+        assert!(check_destination("https://127.0.0.1/", private_only).is_ok());
     }
 
     #[test]
@@ -409,29 +518,46 @@ mod tests {
             "https://LOCALHOST:8443/",
             "https://api.localhost/",
         ] {
-            assert_insecure(url);
+            assert_private(url, "url host must not be localhost");
         }
-        assert!(check_destination("https://localhost.example.com/", false).is_ok());
-        assert!(check_destination("https://notlocalhost/", false).is_ok());
+        assert!(check_destination("https://localhost.example.com/", Policy::STRICT).is_ok());
+        assert!(check_destination("https://notlocalhost/", Policy::STRICT).is_ok());
     }
 
+    /// Every literal named in issue 10, and the edges of each block, with the block it is in.
     #[test]
-    fn refuses_private_ipv4() {
-        for host in [
-            "127.0.0.1",
-            "127.255.255.254",
-            "10.0.0.1",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "0.1.2.3",
-            "100.64.0.1",
-            "100.127.255.255",
-            "255.255.255.255",
+    fn refuses_special_purpose_ipv4() {
+        for (host, block) in [
+            ("127.0.0.1", "127.0.0.0/8 (loopback)"),
+            ("127.255.255.254", "127.0.0.0/8 (loopback)"),
+            ("10.0.0.1", "10.0.0.0/8 (private)"),
+            ("172.16.0.1", "172.16.0.0/12 (private)"),
+            ("172.31.255.255", "172.16.0.0/12 (private)"),
+            ("192.168.1.1", "192.168.0.0/16 (private)"),
+            ("169.254.169.254", "169.254.0.0/16 (link-local)"),
+            ("0.0.0.0", "0.0.0.0/8 (this network)"),
+            ("0.1.2.3", "0.0.0.0/8 (this network)"),
+            ("100.64.0.1", "100.64.0.0/10 (shared address space, CGNAT)"),
+            (
+                "100.127.255.255",
+                "100.64.0.0/10 (shared address space, CGNAT)",
+            ),
+            ("198.18.0.1", "198.18.0.0/15 (benchmarking)"),
+            ("198.19.255.255", "198.18.0.0/15 (benchmarking)"),
+            ("192.0.0.8", "192.0.0.0/24 (IETF protocol assignments)"),
+            ("192.0.2.1", "192.0.2.0/24 (documentation)"),
+            ("198.51.100.7", "198.51.100.0/24 (documentation)"),
+            ("203.0.113.9", "203.0.113.0/24 (documentation)"),
+            ("192.88.99.1", "192.88.99.0/24 (6to4 relay anycast)"),
+            ("224.0.0.1", "224.0.0.0/4 (multicast)"),
+            ("239.255.255.255", "224.0.0.0/4 (multicast)"),
+            ("240.0.0.1", "240.0.0.0/4 (reserved, broadcast)"),
+            ("255.255.255.255", "240.0.0.0/4 (reserved, broadcast)"),
         ] {
-            assert_insecure(&format!("https://{host}/"));
+            assert_private(
+                &format!("https://{host}/"),
+                &format!("url host must not be in {block}"),
+            );
         }
         for host in [
             "172.15.255.255",
@@ -439,45 +565,98 @@ mod tests {
             "192.169.0.1",
             "100.63.255.255",
             "100.128.0.1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "192.0.1.1",
+            "192.0.3.1",
+            "223.255.255.255",
             "8.8.8.8",
             "11.0.0.1",
-            "255.255.255.254",
+            "1.0.0.1",
         ] {
             assert!(
-                check_destination(&format!("https://{host}/"), false).is_ok(),
+                check_destination(&format!("https://{host}/"), Policy::STRICT).is_ok(),
                 "{host}"
             );
         }
     }
 
     #[test]
-    fn refuses_private_ipv6() {
-        for host in [
-            "::1",
-            "::",
-            "fe80::1",
-            "febf::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.1.2.3",
-            "::ffff:192.168.0.1",
-            "::ffff:169.254.169.254",
-            "::ffff:7f00:1",
+    fn refuses_special_purpose_ipv6() {
+        for (host, block) in [
+            ("::1", "::/96 (unspecified, loopback, IPv4-compatible)"),
+            ("::", "::/96 (unspecified, loopback, IPv4-compatible)"),
+            (
+                "::127.0.0.1",
+                "::/96 (unspecified, loopback, IPv4-compatible)",
+            ),
+            (
+                "::8.8.8.8",
+                "::/96 (unspecified, loopback, IPv4-compatible)",
+            ),
+            ("::ffff:127.0.0.1", "::ffff:0:0/96 (IPv4-mapped)"),
+            ("::ffff:10.1.2.3", "::ffff:0:0/96 (IPv4-mapped)"),
+            ("::ffff:169.254.169.254", "::ffff:0:0/96 (IPv4-mapped)"),
+            ("::ffff:7f00:1", "::ffff:0:0/96 (IPv4-mapped)"),
+            ("::ffff:8.8.8.8", "::ffff:0:0/96 (IPv4-mapped)"),
+            ("::ffff:0:7f00:1", "::ffff:0:0:0/96 (IPv4-translated)"),
+            ("64:ff9b::a9fe:a9fe", "64:ff9b::/96 (NAT64)"),
+            ("64:ff9b::7f00:1", "64:ff9b::/96 (NAT64)"),
+            ("64:ff9b:1::a9fe:a9fe", "64:ff9b:1::/48 (NAT64, local use)"),
+            ("100::1", "100::/64 (discard-only)"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::/32 (Teredo)"),
+            ("2001:2::1", "2001:2::/48 (benchmarking)"),
+            ("2001:db8::1", "2001:db8::/32 (documentation)"),
+            ("2002:7f00:1::", "2002::/16 (6to4)"),
+            ("2002:a9fe:a9fe::1", "2002::/16 (6to4)"),
+            ("fc00::1", "fc00::/7 (unique local)"),
+            ("fd12:3456::1", "fc00::/7 (unique local)"),
+            ("fe80::1", "fe80::/10 (link-local)"),
+            ("febf::1", "fe80::/10 (link-local)"),
+            ("fec0::1", "fec0::/10 (site-local)"),
+            ("ff02::1", "ff00::/8 (multicast)"),
+            ("ff0e::1", "ff00::/8 (multicast)"),
         ] {
-            assert_insecure(&format!("https://[{host}]/"));
+            assert_private(
+                &format!("https://[{host}]/"),
+                &format!("url host must not be in {block}"),
+            );
         }
         for host in [
-            "2001:db8::1",
-            "fec0::1",
-            "fe00::1",
-            "::ffff:8.8.8.8",
             "2606:4700::1111",
+            "2001:4860:4860::8888",
+            "2001:1::1",
+            "2003::1",
+            "64:ff9b:2::1",
+            "fe00::1",
+            "1::1",
         ] {
             assert!(
-                check_destination(&format!("https://[{host}]/"), false).is_ok(),
+                check_destination(&format!("https://[{host}]/"), Policy::STRICT).is_ok(),
                 "{host}"
             );
+        }
+    }
+
+    #[test]
+    fn special_purpose_table_is_well_formed() {
+        for block in SPECIAL_PURPOSE {
+            let (cidr, what) = block.split_once(' ').unwrap();
+            assert!(
+                what.starts_with('(') && what.ends_with(')') && what.len() > 2,
+                "{block}"
+            );
+            let (net, len) = cidr.split_once('/').unwrap();
+            let ip = parse_ip_literal(net).unwrap();
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            let len: u32 = len.parse().unwrap();
+            assert!((1..=bits).contains(&len), "{cidr}");
+            // The network address is the block's first address: no host bits set.
+            let raw = match ip {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                IpAddr::V6(v6) => u128::from(v6),
+            };
+            assert_eq!(raw & ((1u128 << (bits - len)) - 1), 0, "{cidr}");
         }
     }
 }

@@ -5,6 +5,12 @@
 //! 127.0.0.1, the listener and admin on ports Envoy picks itself, so parallel tests never clash),
 //! the upstream port, the absolute path of the `.wasm`, and the plugin configuration, in both
 //! places it appears (the HTTP filter and the bootstrap dispatcher).
+//!
+//! One more change is on by default, because test receivers live on 127.0.0.1 and tests must
+//! reach nothing else: the egress clusters' `resolved_address_filter` refuses every address but
+//! 127.0.0.0/8 (so a test's `https://hooks.example.com` subscription is never delivered to for
+//! real). Tests of egress safety turn that off with [`EnvoyConfig::shipped_egress`] and run the
+//! egress clusters exactly as the base configuration has them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -55,6 +61,10 @@ pub struct EnvoyConfig {
     pub base_config: PathBuf,
     /// CA certificates (PEM) the https egress cluster trusts instead of the shipped bundle.
     pub trusted_ca: Option<PathBuf>,
+    /// Lets the egress clusters reach 127.0.0.0/8 (where test receivers listen) and nothing else:
+    /// their `resolved_address_filter` refuses every other address. Default true; see
+    /// [`EnvoyConfig::shipped_egress`].
+    pub loopback_egress: bool,
 }
 
 impl EnvoyConfig {
@@ -75,6 +85,7 @@ impl EnvoyConfig {
             wasm_path: wasm_path(&root),
             base_config: root.join("envoy.yaml"),
             trusted_ca: None,
+            loopback_egress: true,
         }
     }
 
@@ -114,6 +125,14 @@ impl EnvoyConfig {
         self
     }
 
+    /// Keeps the egress clusters' `resolved_address_filter` exactly as the base configuration has
+    /// it (the shipped one refuses loopback): for tests that check a delivery cannot reach inside,
+    /// and for the demo's configuration, which has its own.
+    pub fn shipped_egress(mut self) -> EnvoyConfig {
+        self.loopback_egress = false;
+        self
+    }
+
     /// The Envoy configuration as JSON (what is written to the `-c` file).
     pub fn render(&self) -> Result<Value> {
         let text = std::fs::read_to_string(&self.base_config)
@@ -133,6 +152,9 @@ impl EnvoyConfig {
         }
         if let Some(pem) = &self.trusted_ca {
             set_trusted_ca(&mut root, pem)?;
+        }
+        if self.loopback_egress {
+            allow_loopback_egress(&mut root)?;
         }
         add_clusters(&mut root, &self.extra_clusters)?;
         insert_filters(&mut root, &self.filters_before_plugin)?;
@@ -185,6 +207,34 @@ fn set_trusted_ca(root: &mut Value, pem: &Path) -> Result<()> {
             anyhow!("envoy.yaml has no {TRUSTED_CA_FILENAME} in {HTTPS_EGRESS_CLUSTER}")
         })?;
     *filename = json!(pem.display().to_string());
+    Ok(())
+}
+
+/// Every address but 127.0.0.0/8, as `resolved_address_filter` ranges (prefix, length).
+pub const ALL_BUT_LOOPBACK: &[(&str, u64)] = &[
+    ("0.0.0.0", 2),
+    ("64.0.0.0", 3),
+    ("96.0.0.0", 4),
+    ("112.0.0.0", 5),
+    ("120.0.0.0", 6),
+    ("124.0.0.0", 7),
+    ("126.0.0.0", 8),
+    ("128.0.0.0", 1),
+    ("::", 1),
+    ("8000::", 1),
+];
+
+/// Makes every dynamic-forward-proxy cluster's DNS cache refuse all addresses but loopback.
+fn allow_loopback_egress(root: &mut Value) -> Result<()> {
+    let ranges: Vec<Value> = ALL_BUT_LOOPBACK
+        .iter()
+        .map(|(prefix, len)| json!({"address_prefix": prefix, "prefix_len": len}))
+        .collect();
+    for cluster in array_at(root, "/static_resources/clusters")? {
+        if let Some(cache) = cluster.pointer_mut("/cluster_type/typed_config/dns_cache_config") {
+            cache["resolved_address_filter"] = json!({"ranges": ranges});
+        }
+    }
     Ok(())
 }
 

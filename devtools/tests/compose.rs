@@ -12,11 +12,34 @@ use devtools::workspace_root;
 use serde_json::{json, Value};
 
 const COMPOSE_ENVOY: &str = "deploy/compose/envoy.yaml";
+const DEMO_ENVOY: &str = "deploy/demo/envoy.yaml";
 
-/// The root envoy.yaml changed exactly as deploy/compose/envoy.yaml's header says.
-fn root_as_compose_should_be(root: &Value) -> Result<Value> {
+/// The root envoy.yaml changed exactly as deploy/demo/envoy.yaml's header says.
+fn root_as_demo_should_be(root: &Value) -> Result<Value> {
     let mut expected = root.clone();
+    expected["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] =
+        json!("127.0.0.1");
+    let mut plugin = plugin_config(root)?;
+    plugin["api"]["keys"] = json!([{"consumer": "demo",
+        "sha256": "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"}]);
+    plugin["subscriptions"] = json!([{"id": "sub_demo_receiver", "consumer": "demo",
+        "url": "http://127.0.0.1:9000/webhooks", "events": ["*"],
+        "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "description": "the bundled demo receiver"}]);
+    plugin["delivery"]["allow_http"] = json!(true);
+    plugin["delivery"]["allow_private_destinations"] = json!(true);
+    set_plugin_configs(&mut expected, &plugin);
+    let refused = refused_ranges(root)?;
+    set_refused_ranges(&mut expected, without(&refused, &["127.0.0.0/8"]))?;
+    Ok(expected)
+}
+
+/// The demo's envoy.yaml changed exactly as deploy/compose/envoy.yaml's header says.
+fn demo_as_compose_should_be(demo: &Value, root: &Value) -> Result<Value> {
+    let mut expected = demo.clone();
     expected["admin"]["address"]["socket_address"]["address"] = json!("0.0.0.0");
+    expected["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] =
+        json!("0.0.0.0");
     let upstream = clusters_mut(&mut expected)?
         .iter_mut()
         .find(|c| c["name"] == "api_upstream")
@@ -27,10 +50,53 @@ fn root_as_compose_should_be(root: &Value) -> Result<Value> {
         .pointer_mut("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address")
         .context("api_upstream has no endpoint address")?;
     address["address"] = json!("orders");
-    let mut plugin = plugin_config(root)?;
+    let mut plugin = plugin_config(demo)?;
     plugin["subscriptions"][0]["url"] = json!("http://receiver:9000/webhooks");
     set_plugin_configs(&mut expected, &plugin);
+    let docker_networks = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"];
+    set_refused_ranges(
+        &mut expected,
+        without(&refused_ranges(root)?, &docker_networks),
+    )?;
     Ok(expected)
+}
+
+const RANGES: &str = "/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges";
+
+/// The egress DNS cache's `resolved_address_filter` ranges (the root envoy.yaml's).
+fn refused_ranges(envoy: &Value) -> Result<Vec<Value>> {
+    envoy["static_resources"]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.pointer(RANGES).and_then(Value::as_array))
+        .cloned()
+        .context("no resolved_address_filter in envoy.yaml")
+}
+
+fn without(ranges: &[Value], cidrs: &[&str]) -> Vec<Value> {
+    let cidr = |r: &Value| {
+        format!(
+            "{}/{}",
+            r["address_prefix"].as_str().unwrap_or(""),
+            r["prefix_len"]
+        )
+    };
+    ranges
+        .iter()
+        .filter(|r| !cidrs.contains(&cidr(r).as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Sets the ranges of every cluster that has a DNS cache filter (the egress clusters share one).
+fn set_refused_ranges(envoy: &mut Value, ranges: Vec<Value>) -> Result<()> {
+    for cluster in clusters_mut(envoy)? {
+        if let Some(r) = cluster.pointer_mut(RANGES) {
+            *r = json!(ranges);
+        }
+    }
+    Ok(())
 }
 
 fn clusters_mut(envoy: &mut Value) -> Result<&mut Vec<Value>> {
@@ -77,23 +143,33 @@ fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
-#[test]
-fn compose_envoy_config_differs_from_the_root_one_only_where_containers_need_it() -> Result<()> {
-    let root_dir = workspace_root();
-    let root = load_yaml(&root_dir.join("envoy.yaml"))?;
-    let mut compose = load_yaml(&root_dir.join(COMPOSE_ENVOY))?;
-    let compose_plugin = plugin_config(&compose)?;
-    set_plugin_configs(&mut compose, &compose_plugin);
-    let expected = root_as_compose_should_be(&root)?;
+/// The file at `derived_path` is exactly `expected` (plugin configurations compared as JSON).
+fn check_derived(derived_path: &str, expected: &Value) -> Result<()> {
+    let mut derived = load_yaml(&workspace_root().join(derived_path))?;
+    let plugin = plugin_config(&derived)?;
+    set_plugin_configs(&mut derived, &plugin);
     let mut diff = Vec::new();
-    differences(&expected, &compose, "", &mut diff);
+    differences(expected, &derived, "", &mut diff);
     ensure!(
         diff.is_empty(),
-        "{COMPOSE_ENVOY} drifted from envoy.yaml (bring the change over, or list it in the \
-         header of {COMPOSE_ENVOY} and in this test):\n  {}",
+        "{derived_path} drifted from the file it derives from (bring the change over, or list it \
+         in the header of {derived_path} and in this test):\n  {}",
         diff.join("\n  ")
     );
     Ok(())
+}
+
+#[test]
+fn demo_envoy_config_differs_from_the_root_one_only_in_the_demo_settings() -> Result<()> {
+    let root = load_yaml(&workspace_root().join("envoy.yaml"))?;
+    check_derived(DEMO_ENVOY, &root_as_demo_should_be(&root)?)
+}
+
+#[test]
+fn compose_envoy_config_differs_from_the_demo_one_only_where_containers_need_it() -> Result<()> {
+    let root = load_yaml(&workspace_root().join("envoy.yaml"))?;
+    let demo = load_yaml(&workspace_root().join(DEMO_ENVOY))?;
+    check_derived(COMPOSE_ENVOY, &demo_as_compose_should_be(&demo, &root)?)
 }
 
 /// A compose service by name.

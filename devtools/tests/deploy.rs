@@ -1,6 +1,8 @@
 //! The Envoy parts of the Istio and Envoy Gateway manifests in `deploy/` are real Envoy
 //! configuration: put into the shipped envoy.yaml in place of its own dispatcher, egress clusters
-//! and filter, they must start a real Envoy that detects events and serves the API. (The
+//! and filter (and without its read route: the manifests keep reads out of the filter with a
+//! matcher of their own), they must start a real Envoy that detects events and serves the API,
+//! reads included. Their egress clusters refuse the same addresses as the shipped ones. (The
 //! Kubernetes resources around them cannot be checked here: no cluster.)
 
 use std::path::PathBuf;
@@ -9,9 +11,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use devtools::envoy::{Envoy, EnvoyConfig};
 use devtools::files::load_yaml;
-use devtools::{http_client, workspace_root, Upstream};
+use devtools::{http_client, poll_until, workspace_root, Upstream};
 use serde_json::{json, Value};
 
+/// What Envoy's trace log shows when the filter sees a request's headers.
+const FILTER_CALLED: &str = "proxy_on_request_headers(";
 /// The API key whose SHA-256 the manifests configure.
 const MANIFEST_KEY: &str = "shop-example-key";
 
@@ -72,7 +76,9 @@ fn pieces(bootstrap: &Value, filter: &Value) -> Result<Pieces> {
 fn plugin_config(pieces: &Pieces) -> Result<String> {
     let at = "/typed_config/config/configuration/value";
     let dispatcher = pieces.bootstrap_extensions[0].pointer(at);
-    let filter = pieces.filter.pointer(at);
+    let filter = pieces
+        .filter
+        .pointer(&format!("/typed_config/extension_config{at}"));
     ensure!(
         dispatcher.map(|v| v.as_str().map(str::trim)) == filter.map(|v| v.as_str().map(str::trim)),
         "the dispatcher and the filter must have the same configuration:\n{dispatcher:?}\n{filter:?}"
@@ -109,10 +115,44 @@ fn compose(pieces: &Pieces) -> Result<Value> {
         .find(|f| f["name"] == "envoy.filters.http.wasm")
         .context("no wasm filter in envoy.yaml")?;
     *wasm = pieces.filter.clone();
+    // The manifests' own matcher must keep reads out: drop envoy.yaml's read route.
+    let routes = root
+        .pointer_mut(
+            "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes",
+        )
+        .and_then(Value::as_array_mut)
+        .context("no routes")?;
+    routes.retain(|r| r.get("typed_per_filter_config").is_none());
     Ok(root)
 }
 
+const RANGES: &str = "/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges";
+
+/// Both egress clusters of the manifests refuse exactly what the shipped envoy.yaml refuses.
+fn check_egress_filter(name: &str, pieces: &Pieces) -> Result<()> {
+    let root = load_yaml(&workspace_root().join("envoy.yaml"))?;
+    let shipped = root["static_resources"]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|c| c.pointer(RANGES))
+        .context("envoy.yaml has no resolved_address_filter")?;
+    for cluster in ["webhooks_egress_http", "webhooks_egress_https"] {
+        let ranges = pieces
+            .clusters
+            .iter()
+            .find(|c| c["name"] == cluster)
+            .and_then(|c| c.pointer(RANGES));
+        ensure!(
+            ranges == Some(shipped),
+            "{name}: {cluster} must refuse the same ranges as envoy.yaml: {ranges:?}"
+        );
+    }
+    Ok(())
+}
+
 async fn check(name: &str, pieces: Pieces) -> Result<()> {
+    check_egress_filter(name, &pieces)?;
     let config_text = plugin_config(&pieces)?;
     let dir = tempfile::Builder::new()
         .prefix("deploy-")
@@ -120,7 +160,9 @@ async fn check(name: &str, pieces: Pieces) -> Result<()> {
     let path = dir.path().join("envoy.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&compose(&pieces)?)?)?;
     let upstream = Upstream::start().await?;
-    let mut cfg = EnvoyConfig::new(config_text, upstream.port());
+    // Trace logs show each call into the filter (`proxy_on_request_headers`): how reads are seen
+    // to skip it.
+    let mut cfg = EnvoyConfig::new(config_text, upstream.port()).log_level("trace");
     cfg.base_config = path;
     let envoy = Envoy::start(cfg)
         .await
@@ -152,6 +194,42 @@ async fn check(name: &str, pieces: Pieces) -> Result<()> {
         api.status() == 201,
         "{name}: the API answered {}",
         api.status()
+    );
+    // The API's own reads get past the read matcher; other reads pass to the API untouched.
+    let listed = client
+        .get(envoy.url("/webhooks/subscriptions"))
+        .header("x-api-key", MANIFEST_KEY)
+        .send()
+        .await?;
+    ensure!(
+        listed.status() == 200,
+        "{name}: GET /webhooks/subscriptions {}",
+        listed.status()
+    );
+    let calls = || envoy.log_contents().matches(FILTER_CALLED).count();
+    let before = calls();
+    ensure!(
+        before >= 3,
+        "{name}: {before} filter calls for 3 writes and API calls"
+    );
+    let read = client.get(envoy.url("/orders/1")).send().await?;
+    ensure!(
+        read.status() == 200,
+        "{name}: GET /orders/1 {}",
+        read.status()
+    );
+    // A write after the read: once its call is in the log, the read's would be too.
+    let created = client.post(envoy.url("/orders")).send().await?;
+    ensure!(created.status() == 201);
+    poll_until(
+        Duration::from_secs(5),
+        "the write's filter call in the log",
+        async || calls() > before,
+    )
+    .await?;
+    ensure!(
+        calls() == before + 1,
+        "{name}: GET /orders/1 went through the filter (its matcher must skip reads)"
     );
     Ok(())
 }

@@ -177,9 +177,57 @@ async fn rendered_config_puts_the_plugin_config_in_both_places() -> Result<()> {
             .count()
             == 2
     );
-    ensure!(text.contains("1234") && !text.contains("0.0.0.0"));
+    ensure!(text.contains("1234"));
+    // Everything listens on 127.0.0.1 (the shipped listener binds 0.0.0.0).
+    for pointer in [
+        "/admin/address/socket_address/address",
+        "/static_resources/listeners/0/address/socket_address/address",
+    ] {
+        ensure!(
+            config.pointer(pointer) == Some(&json!("127.0.0.1")),
+            "{pointer}"
+        );
+    }
     let plain = EnvoyConfig::plain(1234).render()?.to_string();
     ensure!(!plain.contains("envoy.filters.http.wasm") && !plain.contains("envoy.bootstrap.wasm"));
+    Ok(())
+}
+
+/// Tests reach receivers on 127.0.0.1 and nothing else: the rendered egress filter refuses every
+/// address but loopback; `shipped_egress` keeps the shipped filter (loopback refused) whole.
+#[test]
+fn rendered_egress_reaches_only_loopback_unless_shipped_egress() -> Result<()> {
+    let ranges = |config: &EnvoyConfig| -> Result<Vec<Vec<String>>> {
+        let rendered = config.render()?;
+        let clusters = rendered["static_resources"]["clusters"].as_array().cloned();
+        Ok(clusters
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let ranges = c
+                    .pointer("/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges")?
+                    .as_array()?
+                    .iter()
+                    .map(|r| format!("{}/{}", r["address_prefix"].as_str().unwrap_or(""), r["prefix_len"]))
+                    .collect();
+                Some(ranges)
+            })
+            .collect())
+    };
+    let tests = ranges(&EnvoyConfig::new("{}", 1234))?;
+    let shipped = ranges(&EnvoyConfig::new("{}", 1234).shipped_egress())?;
+    ensure!(
+        tests.len() == 2 && shipped.len() == 2,
+        "both egress clusters filter"
+    );
+    let all_but_loopback: Vec<String> = devtools::envoy::ALL_BUT_LOOPBACK
+        .iter()
+        .map(|(prefix, len)| format!("{prefix}/{len}"))
+        .collect();
+    for (test, shipped) in tests.iter().zip(&shipped) {
+        ensure!(shipped.contains(&"127.0.0.0/8".to_string()), "{shipped:?}");
+        ensure!(*test == all_but_loopback, "{test:?}");
+    }
     Ok(())
 }
 

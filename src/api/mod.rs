@@ -12,7 +12,7 @@ use crate::attempts;
 use crate::config::{Config, MAX_DESCRIPTION_CHARS};
 use crate::event;
 use crate::identity::{self, Credentials};
-use crate::ids::{random_id, RandomSource};
+use crate::ids::{random_id, RandomSource, RandomUnavailable};
 use crate::queue::QueueMessage;
 use crate::ratelimit;
 use crate::registry::{KvStore, Registry, RegistryError, SigningSecret, Status, Subscription};
@@ -184,18 +184,34 @@ fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {
-    let config = cx.config;
+/// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
+/// without a valid key, 405 for a method the path does not answer. The filter asks at request
+/// headers, so an unauthenticated client never gets a body buffered. `None`: read the body and
+/// [`handle`] the call (`request.body` is not looked at here).
+pub fn answer_before_body(request: &Request<'_>, config: &Config) -> Option<Response> {
+    check_headers(request, config).err()
+}
+
+/// The route and the caller of a call, from its headers alone.
+fn check_headers<'a>(
+    request: &Request<'a>,
+    config: &'a Config,
+) -> Result<(Route<'a>, Caller<'a>), Response> {
     let route = route(&config.api.path_prefix, request.path)
         .ok_or_else(|| error(404, "not_found", "no such path"))?;
     let consumer = authenticate(request, config).ok_or_else(|| unauthorized(config))?;
     if !route.allows(request.method) {
         return Err(method_not_allowed(route.allow()));
     }
+    Ok((route, Caller { consumer }))
+}
+
+fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {
+    let config = cx.config;
+    let (route, caller) = check_headers(request, config)?;
     if request.body.len() > config.api.max_body_bytes {
         return Err(too_large(config.api.max_body_bytes));
     }
-    let caller = Caller { consumer };
     // The method is one the route allows, so a catch-all arm is that route's remaining method.
     match (route, request.method) {
         (Route::Subscriptions, "GET") => list(cx, caller, query_of(request.path)),
@@ -260,6 +276,17 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
         status,
         &json!({"error": {"code": code, "message": message}}),
     )
+}
+
+/// 503 when the host has no randomness: a secret or id from anything weaker would be guessable.
+fn no_randomness(_: RandomUnavailable) -> Response {
+    let mut response = error(
+        503,
+        "random_unavailable",
+        "no secure randomness is available to create a secret; nothing was changed, try again later",
+    );
+    response.headers.push(("retry-after", "1".to_string()));
+    response
 }
 
 fn unauthorized(config: &Config) -> Response {
@@ -414,7 +441,7 @@ fn string_field<'m>(map: &'m Map<String, Value>, field: &str) -> Result<Option<&
 }
 
 fn parse_url(config: &Config, url: &str) -> Result<String, Response> {
-    check_destination(url, config.delivery.allow_insecure_destinations)
+    check_destination(url, config.delivery.url_policy())
         .map_err(|e| error(422, e.code, e.message))?;
     Ok(url.to_string())
 }
@@ -612,9 +639,9 @@ fn create<S: KvStore>(
     let fields = parse_fields(config, request, CREATE_FIELDS)?;
     let url = fields.url.ok_or_else(|| missing("url"))?;
     let events = fields.events.ok_or_else(|| missing("events"))?;
-    let secret = Secret::generate(cx.rng);
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
     let sub = Subscription {
-        id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN),
+        id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN).map_err(no_randomness)?,
         consumer: caller.consumer.to_string(),
         url,
         events,
@@ -757,7 +784,7 @@ fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outc
 
 fn rotate_secret<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
     changeable(cx, caller, id)?;
-    let secret = Secret::generate(cx.rng);
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
     let now_ms = cx.now_ms;
     let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
     Ok(json_response(200, &view(&updated, Some(&secret))))

@@ -1,7 +1,7 @@
 use super::*;
 use crate::attempts::{Attempt, State};
 use crate::config;
-use crate::ids::TestRng;
+use crate::ids::{NoRandom, TestRng};
 use crate::registry::{MemoryStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
@@ -75,6 +75,8 @@ struct Api {
     config: Config,
     registry: Registry<Store>,
     rng: TestRng,
+    /// False: the host's randomness fails (WASI `random_get` errors).
+    random_works: bool,
     sent: Vec<QueueMessage>,
     queue_up: bool,
     now_ms: u64,
@@ -94,6 +96,7 @@ impl Api {
             config,
             registry,
             rng: TestRng(42),
+            random_works: true,
             sent: Vec::new(),
             queue_up: true,
             now_ms: NOW,
@@ -112,10 +115,16 @@ impl Api {
             }
             up
         };
+        let mut broken = NoRandom;
+        let rng: &mut dyn RandomSource = if self.random_works {
+            &mut self.rng
+        } else {
+            &mut broken
+        };
         let mut cx = Context {
             config: &self.config,
             registry: &self.registry,
-            rng: &mut self.rng,
+            rng,
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
         };
@@ -555,6 +564,132 @@ fn insecure_destinations_when_allowed() {
     let body = json!({"url": "ftp://x.example/", "events": ["*"]}).to_string();
     let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_B, &body);
     assert_eq!((status, code(&value)), (422, "invalid_url"));
+}
+
+/// The literals of issue 10, with the block each one is refused as, under `allow_http` alone.
+#[test]
+fn every_special_purpose_literal_is_refused_even_with_http_allowed() {
+    let config = json!({
+        "api": {"keys": [{"consumer": "acme", "sha256": hex(KEY_A)}]},
+        "delivery": {"allow_http": true}
+    });
+    let mut api = Api::with(&config.to_string());
+    for (host, block) in [
+        ("127.0.0.1:9901", "127.0.0.0/8 (loopback)"),
+        (
+            "[::127.0.0.1]",
+            "::/96 (unspecified, loopback, IPv4-compatible)",
+        ),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::/96 (NAT64)"),
+        ("[::ffff:0:7f00:1]", "::ffff:0:0:0/96 (IPv4-translated)"),
+        ("[2002:7f00:1::]", "2002::/16 (6to4)"),
+        ("100.64.0.1", "100.64.0.0/10 (shared address space, CGNAT)"),
+        ("198.18.0.1", "198.18.0.0/15 (benchmarking)"),
+        ("192.0.0.1", "192.0.0.0/24 (IETF protocol assignments)"),
+        ("224.0.0.1", "224.0.0.0/4 (multicast)"),
+        ("240.0.0.1", "240.0.0.0/4 (reserved, broadcast)"),
+        ("192.0.2.1", "192.0.2.0/24 (documentation)"),
+        ("198.51.100.1", "198.51.100.0/24 (documentation)"),
+        ("203.0.113.1", "203.0.113.0/24 (documentation)"),
+        ("[2001:db8::1]", "2001:db8::/32 (documentation)"),
+    ] {
+        let body = json!({"url": format!("http://{host}/in"), "events": ["*"]}).to_string();
+        let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+        assert_eq!(
+            (status, code(&value), value["error"]["message"].as_str()),
+            (
+                422,
+                "insecure_url",
+                Some(format!("url host must not be in {block}").as_str())
+            ),
+            "{host}"
+        );
+    }
+    let body = json!({"url": "http://localhost/in", "events": ["*"]}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!(
+        (status, value["error"]["message"].as_str()),
+        (422, Some("url host must not be localhost"))
+    );
+    // A host name is the egress clusters' to check once it resolves.
+    api.create(KEY_A, "http://vm:8080/in", &["*"]);
+}
+
+/// Without randomness no secret and no id can be made: create and rotate answer 503 and change
+/// nothing; everything else still works.
+#[test]
+fn failing_randomness_refuses_new_secrets_with_503() {
+    let mut api = Api::new();
+    let sub = api.create(KEY_A, URL, &["*"]);
+    let id = sub["id"].as_str().unwrap().to_string();
+    let before = api.record(&id);
+    let writes = api.writes();
+    api.random_works = false;
+    let expected = (
+        503,
+        "random_unavailable".to_string(),
+        "no secure randomness is available to create a secret; nothing was changed, try again later"
+            .to_string(),
+    );
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for (method, path, body) in [
+        ("POST", "/webhooks/subscriptions".to_string(), body.as_str()),
+        (
+            "POST",
+            format!("/webhooks/subscriptions/{id}/rotate-secret"),
+            "",
+        ),
+    ] {
+        let (status, value) = api.call(method, &path, KEY_A, body);
+        let got = (
+            status,
+            code(&value).to_string(),
+            value["error"]["message"].as_str().unwrap_or("").to_string(),
+        );
+        assert_eq!(got, expected, "{method} {path}");
+    }
+    assert_eq!(api.writes(), writes);
+    assert_eq!(api.record(&id).secrets, before.secrets);
+    let (status, _) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
+    assert_eq!(status, 200);
+}
+
+/// What headers alone decide is answered before any body is read; the rest waits for the body.
+#[test]
+fn headers_decide_401_404_and_405_before_the_body() {
+    let api = Api::new();
+    let answer = |method: &str, path: &str, key: Option<&str>| {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let request = Request {
+            method,
+            path,
+            authorization: auth.as_deref().map(str::as_bytes),
+            api_key: None,
+            consumer_header: None,
+            content_type: Some(b"application/json"),
+            body: b"",
+        };
+        answer_before_body(&request, &api.config).map(|r| (r.status, code(&parse(&r)).to_string()))
+    };
+    let refused = |status: u16, c: &str| Some((status, c.to_string()));
+    assert_eq!(
+        answer("POST", "/webhooks/subscriptions", None),
+        refused(401, "unauthorized")
+    );
+    assert_eq!(
+        answer("POST", "/webhooks/subscriptions", Some("wrong")),
+        refused(401, "unauthorized")
+    );
+    assert_eq!(
+        answer("POST", "/webhooks/nothing", Some(KEY_A)),
+        refused(404, "not_found")
+    );
+    assert_eq!(
+        answer("PUT", "/webhooks/subscriptions", Some(KEY_A)),
+        refused(405, "method_not_allowed")
+    );
+    assert_eq!(answer("POST", "/webhooks/subscriptions", Some(KEY_A)), None);
+    assert_eq!(answer("GET", "/webhooks/event-types", Some(KEY_B)), None);
 }
 
 fn auth_request<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Request<'a> {

@@ -227,7 +227,8 @@ impl DispatcherRoot {
     fn add_message(&mut self, to: &Resolved, event_type: Rc<str>, payload: Rc<Payload>) {
         let now = io::now_ms();
         let message = Message {
-            webhook_id: ids::random_id(&mut self.rng, "msg_", 24),
+            webhook_id: ids::random_id(&mut self.rng, "msg_", 24)
+                .unwrap_or_else(|_| ids::sequential_id("msg_", now)),
             subscription_id: Rc::clone(&to.id),
             event_type,
             payload,
@@ -594,7 +595,9 @@ impl DispatcherRoot {
 
     fn jitter_unit(&mut self) -> f64 {
         let mut bytes = [0u8; 4];
-        self.rng.fill(&mut bytes);
+        if self.rng.fill(&mut bytes).is_err() {
+            return 0.0; // no jitter rather than a made-up one
+        }
         f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
     }
 

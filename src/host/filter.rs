@@ -265,6 +265,29 @@ impl EventWatch {
         false
     }
 
+    /// Answers an API call at its headers when they decide it (401, 404, 405): no body is
+    /// buffered for a caller that is refused anyway. True when answered.
+    fn api_refused_at_headers(&mut self) -> bool {
+        let State::Api(call) = &self.state else {
+            return false;
+        };
+        let request = api::Request {
+            method: &call.method,
+            path: &call.path,
+            authorization: call.credentials.authorization.as_deref(),
+            api_key: call.credentials.api_key.as_deref(),
+            consumer_header: call.credentials.consumer_header.as_deref(),
+            content_type: call.content_type.as_deref(),
+            body: &[],
+        };
+        let Some(response) = api::answer_before_body(&request, &self.shared.config) else {
+            return false;
+        };
+        self.state = State::Idle;
+        send(response);
+        true
+    }
+
     /// Answers a subscription API call with its whole body; the call never goes upstream.
     fn answer_api(&mut self, body: &[u8]) {
         let State::Api(call) = std::mem::replace(&mut self.state, State::Idle) else {
@@ -438,6 +461,9 @@ impl HttpContext for EventWatch {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         if !self.on_request() {
             return Action::Continue;
+        }
+        if self.api_refused_at_headers() {
+            return Action::Pause;
         }
         let declared = header_str(MapType::HttpRequestHeaders, "content-length")
             .and_then(|v| v.trim().parse::<usize>().ok())

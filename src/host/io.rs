@@ -2,7 +2,7 @@
 //! configuration. Every host call's error is handled here; nothing in the glue unwraps.
 
 use crate::config::{self, Config};
-use crate::ids::RandomSource;
+use crate::ids::{RandomSource, RandomUnavailable};
 use crate::registry::{KvStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
@@ -39,22 +39,16 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// WASI `random_get`, which Envoy serves from its cryptographic generator.
+/// WASI `random_get`, which Envoy serves from its cryptographic generator. There is no fallback:
+/// whatever needs randomness and cannot have it is refused (the API answers 503).
 pub struct WasiRandom;
 
 impl RandomSource for WasiRandom {
-    fn fill(&mut self, buf: &mut [u8]) {
-        if let Err(e) = getrandom::fill(buf) {
-            // Never seen in Envoy; ids must still be unique, so fall back to the clock.
-            log::error!("proxy-webhooks: random_get failed ({e}); using a clock-derived fallback");
-            let mut x = now_ms() ^ 0x9e37_79b9_7f4a_7c15;
-            for b in buf.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x.to_le_bytes().first().copied().unwrap_or_default();
-            }
-        }
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), RandomUnavailable> {
+        getrandom::fill(buf).map_err(|e| {
+            log::error!("proxy-webhooks: random_get failed ({e})");
+            RandomUnavailable
+        })
     }
 }
 

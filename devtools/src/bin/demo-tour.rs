@@ -1,5 +1,5 @@
 //! `make demo-tour`: the demo, scripted. Starts the demo orders API, a receiver and Envoy with the
-//! shipped envoy.yaml on free ports, then walks through what an API consumer does:
+//! demo's deploy/demo/envoy.yaml (egress as written there) on free ports, then walks through what an API consumer does:
 //! register a subscription → change state → see the verified webhooks → read the delivery log.
 //! Exits non-zero when a step fails, e.g. when the webhooks never arrive.
 
@@ -13,7 +13,9 @@ use devtools::show::webhook_block;
 use devtools::{http_client, orders, poll_until, workspace_root};
 use serde_json::{json, Value};
 
-/// The demo API key (envoy.yaml holds its SHA-256).
+/// The demo's Envoy configuration, relative to the workspace root.
+const DEMO_ENVOY_YAML: &str = "deploy/demo/envoy.yaml";
+/// The demo API key (deploy/demo/envoy.yaml holds its SHA-256).
 const API_KEY: &str = "demo-key";
 /// How long the webhooks and their log entries may take.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -31,7 +33,9 @@ async fn main() -> Result<()> {
     let orders = orders::serve(0).await?;
     let receiver = Receiver::start().await?;
     let config = demo_plugin_config(&receiver)?;
-    let envoy = Envoy::start(EnvoyConfig::new(config, orders.port())).await?;
+    let mut envoy_config = EnvoyConfig::new(config, orders.port()).shipped_egress();
+    envoy_config.base_config = workspace_root().join(DEMO_ENVOY_YAML);
+    let envoy = Envoy::start(envoy_config).await?;
     println!(
         "demo stack: Envoy {} → orders API {}, receiver {}\n",
         envoy.url(""),
@@ -50,14 +54,14 @@ async fn main() -> Result<()> {
     result
 }
 
-/// The plugin configuration of the shipped envoy.yaml, with the demo subscription pointed at
+/// The plugin configuration of the demo's envoy.yaml, with the demo subscription pointed at
 /// this tour's receiver instead of the fixed port 9000.
 fn demo_plugin_config(receiver: &Receiver) -> Result<Value> {
-    let envoy_yaml = load_yaml(&workspace_root().join("envoy.yaml"))?;
+    let envoy_yaml = load_yaml(&workspace_root().join(DEMO_ENVOY_YAML))?;
     let mut config = plugin_config(&envoy_yaml)?;
     let subscriptions = config["subscriptions"]
         .as_array_mut()
-        .context("envoy.yaml's plugin configuration has no subscriptions")?;
+        .context("the demo's plugin configuration has no subscriptions")?;
     for sub in subscriptions {
         sub["url"] = json!(receiver.url("/webhooks"));
     }
