@@ -1,12 +1,14 @@
 //! The dispatcher's pending messages, and which one to attempt next.
 //!
 //! Messages wait in one lane per subscription. An attempt starts only when the message is due
-//! and three limits allow it: the global `max_in_flight`, the consumer's share of it, and the
-//! lane's own pacing window ([`crate::pacing`]), itself capped by the lane's share of its
-//! consumer's. Lanes take turns (round-robin), so a subscription with thousands of due
-//! messages does not delay another's first one. A consumer's share is `max_in_flight` split
-//! evenly between the consumers with pending work, and never more than 7/8 of it, so a consumer
-//! whose receivers all hang leaves room for the next one to arrive.
+//! and its limits allow it: the global `max_in_flight`, the consumer's share, and the lane's
+//! own pacing window ([`crate::pacing`]), itself capped by the lane's share of its consumer's.
+//! Lanes take turns (round-robin), so a subscription with thousands of due messages does not
+//! delay another's first one. Shares are split between the *active* consumers and lanes only
+//! (with due work or attempts in flight), so retries due in an hour cost nobody anything: a
+//! consumer's share is 7/8 of `max_in_flight` divided by the active consumers. The last eighth
+//! is a reserve for consumers with fewer than `max_in_flight / 64` attempts in flight, so
+//! consumers whose receivers all hang leave room for eight more to arrive and be served at once.
 //!
 //! Memory is bounded by `max_queue` messages and `max_queue_bytes`: a payload fanned out to
 //! many subscriptions is counted once, plus a fixed overhead per message. Past either bound
@@ -100,6 +102,25 @@ fn drop_order(key: MessageKey, message: &Message) -> Order {
     (u64::from(message.attempts == 0), message.created_ms, key)
 }
 
+/// Moves up to `n` ids of lanes that still exist off the front of a blocked list into `out`.
+fn release(
+    blocked: &mut VecDeque<LaneId>,
+    n: usize,
+    lanes: &HashMap<LaneId, Lane>,
+    out: &mut Vec<LaneId>,
+) {
+    let mut left = n;
+    while left > 0 {
+        let Some(id) = blocked.pop_front() else {
+            return;
+        };
+        if lanes.contains_key(&id) {
+            out.push(id);
+            left -= 1;
+        }
+    }
+}
+
 /// Stale index entries tolerated besides `live` ones before a rebuild.
 fn too_stale(entries: usize, live: usize) -> bool {
     entries > 2 * live + 64
@@ -116,8 +137,10 @@ struct Lane {
     waiting: usize,
     in_flight: usize,
     window: Window,
-    /// In the ready ring (or in its consumer's blocked list): not to be queued twice.
+    /// In the ready ring or a blocked list: not to be queued twice.
     queued: bool,
+    /// Counted among its consumer's active lanes: queued or with attempts in flight.
+    active: bool,
 }
 
 impl Lane {
@@ -129,9 +152,12 @@ impl Lane {
 #[derive(Debug, Default)]
 struct Consumer {
     lanes: usize,
+    /// Lanes with due work or attempts in flight: what shares are split between.
+    active_lanes: usize,
     in_flight: usize,
-    /// Lanes with due work that waited for this consumer's share.
-    blocked: Vec<LaneId>,
+    /// Lanes with due work that wait for this consumer's share (ids of removed lanes are
+    /// skipped when they come up).
+    blocked: VecDeque<LaneId>,
 }
 
 /// Pending messages in per-subscription lanes; see the module doc.
@@ -148,6 +174,10 @@ pub struct Outbox {
     timers: MinHeap,
     /// (waiting count, lane, 0): who sheds first (the largest).
     by_waiting: BinaryHeap<Order>,
+    /// Consumers with an active lane.
+    active_consumers: usize,
+    /// Lanes of consumers past the small allowance, waiting for the reserve to be free.
+    held_back: VecDeque<LaneId>,
     bytes: usize,
     in_flight: usize,
     next_key: MessageKey,
@@ -165,6 +195,8 @@ impl Outbox {
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             by_waiting: BinaryHeap::new(),
+            active_consumers: 0,
+            held_back: VecDeque::new(),
             bytes: 0,
             in_flight: 0,
             next_key: 0,
@@ -207,6 +239,10 @@ impl Outbox {
 
     /// Adds a message of `consumer`'s, due at `due_ms`; returns the messages shed to make room.
     pub fn push(&mut self, message: Message, consumer: &str, due_ms: u64) -> Vec<Message> {
+        // One that could never fit is shed at once, not after everyone else's.
+        if message.payload.len() + MESSAGE_OVERHEAD > self.limits.max_queue_bytes {
+            return vec![message];
+        }
         let lane_id = self.lane_for(&message.subscription_id, consumer);
         let key = self.next_key;
         self.next_key += 1;
@@ -319,6 +355,7 @@ impl Outbox {
                 in_flight: 0,
                 window: Window::new(self.limits.max_in_flight_per_subscription),
                 queued: false,
+                active: false,
             },
         );
         self.lane_of.insert(Rc::clone(subscription), id);
@@ -404,14 +441,23 @@ impl Outbox {
             if let Some(lane) = self.lanes.get_mut(&lane_id).filter(|l| !l.queued && is_due) {
                 lane.queued = true;
                 self.ready.push_back(lane_id);
+                self.update_active(lane_id);
             }
         }
     }
 
     /// Starts the lane's earliest due message if its limits allow; requeues the lane as fits.
     fn take_from(&mut self, lane_id: LaneId, now_ms: u64) -> Option<MessageKey> {
+        let key = self.try_take(lane_id, now_ms);
+        self.update_active(lane_id);
+        key
+    }
+
+    fn try_take(&mut self, lane_id: LaneId, now_ms: u64) -> Option<MessageKey> {
         let cap = self.lane_cap(lane_id);
         let consumer_cap = self.consumer_cap();
+        let reserve_free = self.in_flight < self.reserve_limit();
+        let small = self.small_allowance();
         self.lanes.get_mut(&lane_id)?.queued = false;
         let (due, key) = self.head(lane_id)?;
         if due > now_ms {
@@ -422,7 +468,12 @@ impl Outbox {
         let consumer = self.consumers.get_mut(&lane.consumer)?;
         if consumer.in_flight >= consumer_cap {
             lane.queued = true;
-            consumer.blocked.push(lane_id);
+            consumer.blocked.push_back(lane_id);
+            return None;
+        }
+        if consumer.in_flight >= small && !reserve_free {
+            lane.queued = true;
+            self.held_back.push_back(lane_id);
             return None;
         }
         if lane.in_flight >= cap {
@@ -452,22 +503,64 @@ impl Outbox {
         Some(key)
     }
 
-    /// A consumer's share of `max_in_flight`: an even split between the consumers with
-    /// pending work, at most 7/8 of the whole.
-    fn consumer_cap(&self) -> usize {
+    /// Attempts in flight past which only consumers within their small allowance may start
+    /// more: the last eighth of `max_in_flight` is kept for consumers that arrive while others'
+    /// attempts hang.
+    fn reserve_limit(&self) -> usize {
         let max = self.limits.max_in_flight;
-        let split = max / self.consumers.len().max(1);
-        split.min(max - max / 8).max(1)
+        max - max / 8
     }
 
-    /// A lane's limit: its window, and its share of its consumer's.
+    /// Attempts a consumer may always have in flight while the reserve has room: a reserve of
+    /// an eighth holds eight such consumers.
+    fn small_allowance(&self) -> usize {
+        (self.limits.max_in_flight / 64).max(1)
+    }
+
+    /// A consumer's share: the first seven eighths of `max_in_flight` split evenly between the
+    /// consumers with due work or attempts in flight.
+    fn consumer_cap(&self) -> usize {
+        (self.reserve_limit() / self.active_consumers.max(1)).max(1)
+    }
+
+    /// A lane's limit: its window, and its share of its consumer's (split between the
+    /// consumer's active lanes).
     fn lane_cap(&self, lane_id: LaneId) -> usize {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return 0;
         };
-        let lanes = self.consumers.get(&lane.consumer).map_or(1, |c| c.lanes);
+        let lanes = self
+            .consumers
+            .get(&lane.consumer)
+            .map_or(1, |c| c.active_lanes);
         let share = (self.consumer_cap() / lanes.max(1)).max(1);
         lane.window.limit().min(share).max(1)
+    }
+
+    /// Counts a lane as active (queued or in flight) or not, and its consumer with it.
+    fn update_active(&mut self, lane_id: LaneId) {
+        let Some(lane) = self.lanes.get_mut(&lane_id) else {
+            return;
+        };
+        let active = lane.queued || lane.in_flight > 0;
+        if active == lane.active {
+            return;
+        }
+        lane.active = active;
+        let Some(consumer) = self.consumers.get_mut(&lane.consumer) else {
+            return;
+        };
+        if active {
+            consumer.active_lanes += 1;
+            if consumer.active_lanes == 1 {
+                self.active_consumers += 1;
+            }
+        } else {
+            consumer.active_lanes = consumer.active_lanes.saturating_sub(1);
+            if consumer.active_lanes == 0 {
+                self.active_consumers = self.active_consumers.saturating_sub(1);
+            }
+        }
     }
 
     /// Marks a message no longer in flight; returns its lane.
@@ -524,8 +617,8 @@ impl Outbox {
         }
     }
 
-    /// After an attempt of `lane_id` ended: the lane and its consumer's blocked lanes get
-    /// another turn; an idle lane is removed.
+    /// After an attempt of `lane_id` ended: the lane gets another turn (an idle one is
+    /// removed), and as many blocked lanes as the freed slots allow get theirs.
     fn after_attempt(&mut self, lane_id: LaneId) {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return;
@@ -535,18 +628,25 @@ impl Outbox {
             self.remove_lane(lane_id);
         } else {
             self.retime(lane_id);
+            self.update_active(lane_id);
         }
-        let blocked = self
+        let cap = self.consumer_cap();
+        let room = self
             .consumers
-            .get_mut(&consumer)
-            .map(|c| std::mem::take(&mut c.blocked))
-            .unwrap_or_default();
-        for id in blocked {
-            if let Some(lane) = self.lanes.get_mut(&id) {
-                lane.queued = false;
-            }
-            self.retime(id);
+            .get(&consumer)
+            .map_or(0, |c| cap.saturating_sub(c.in_flight));
+        let reserve_room = self.reserve_limit().saturating_sub(self.in_flight);
+        let mut released = Vec::new();
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            release(&mut c.blocked, room, &self.lanes, &mut released);
         }
+        release(
+            &mut self.held_back,
+            reserve_room,
+            &self.lanes,
+            &mut released,
+        );
+        self.ready.extend(released);
     }
 
     /// Removes a held message (waiting, or just back from an attempt) and its accounting.
@@ -591,13 +691,18 @@ impl Outbox {
         self.lane_of.remove(&lane.subscription);
         if let Some(consumer) = self.consumers.get_mut(&lane.consumer) {
             consumer.lanes = consumer.lanes.saturating_sub(1);
-            consumer.blocked.retain(|id| *id != lane_id);
+            if lane.active {
+                consumer.active_lanes = consumer.active_lanes.saturating_sub(1);
+                if consumer.active_lanes == 0 {
+                    self.active_consumers = self.active_consumers.saturating_sub(1);
+                }
+            }
             if consumer.lanes == 0 {
                 self.consumers.remove(&lane.consumer);
             }
         }
-        // Its id may still stand in the ready ring, a timer or the shedding order: ids are
-        // never reused, and a missing lane is skipped there.
+        // Its id may still stand in the ready ring, a blocked list, a timer or the shedding
+        // order: ids are never reused, and a missing lane is skipped there.
     }
 
     /// Counts a payload's bytes when the first message holding it arrives and uncounts them
@@ -751,7 +856,108 @@ mod tests {
         }
         let started = start_all(&mut o, 0);
         let of = |c: &str| started.iter().filter(|s| s.2.starts_with(c)).count();
-        assert_eq!((of("a"), of("b")), (4, 4));
+        // 7 of 8 are shared (3 each); the last is kept for a consumer that arrives.
+        assert_eq!((of("a"), of("b")), (3, 3));
+        o.push(message("c", "c0", 0, 0), "c", 0);
+        assert_eq!(start_all(&mut o, 0).len(), 1);
+    }
+
+    #[test]
+    fn far_off_retries_of_others_do_not_shrink_a_busy_subscription_s_share() {
+        let mut o = Outbox::new(limits(256, 32));
+        for c in 0..255 {
+            o.push(
+                message(&format!("r{c}"), &format!("s{c}"), 1, 0),
+                &format!("c{c}"),
+                3_600_000,
+            );
+        }
+        for s in 0..99 {
+            o.push(
+                message(&format!("t{s}"), &format!("sib{s}"), 1, 0),
+                "h",
+                3_600_000,
+            );
+        }
+        for n in 0..1000 {
+            o.push(message(&format!("h{n}"), "healthy", 0, n), "h", 0);
+        }
+        let mut started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 4, "its whole window");
+        // Prompt answers grow its window to the maximum, and the share lets all of it run.
+        for round in 1..10 {
+            for (key, ..) in started {
+                succeed(&mut o, key, round);
+            }
+            started = start_all(&mut o, round);
+        }
+        assert_eq!(o.window("healthy"), Some(32));
+        assert_eq!(started.len(), 32);
+    }
+
+    #[test]
+    fn hanging_consumers_leave_the_reserve_to_newcomers() {
+        let mut o = Outbox::new(limits(256, 32));
+        // Seven consumers whose 40 endpoints each accept and never answer, one after another.
+        let mut hanging = Vec::new();
+        for c in 0..7 {
+            for s in 0..40 {
+                for n in 0..10 {
+                    let sub = format!("{c}_{s}");
+                    o.push(
+                        message(&format!("{sub}_{n}"), &sub, 0, n),
+                        &format!("c{c}"),
+                        0,
+                    );
+                }
+            }
+            hanging.push(start_all(&mut o, 0).len());
+        }
+        // The first two fill the shared seven eighths (the first's windows allow 40 × 4), each
+        // later one takes 4 of the reserve.
+        assert_eq!(hanging, [160, 64, 4, 4, 4, 4, 4]);
+        o.push(message("new", "new", 0, 0), "new", 0);
+        assert_eq!(
+            start_all(&mut o, 0).len(),
+            1,
+            "the eighth still starts at once"
+        );
+    }
+
+    #[test]
+    fn an_attempt_end_releases_only_as_many_blocked_lanes_as_it_frees() {
+        let mut o = Outbox::new(limits(16, 32));
+        for s in 0..500 {
+            o.push(message(&format!("m{s}"), &format!("s{s}"), 0, s), "c", 0);
+        }
+        let started = start_all(&mut o, 0);
+        assert_eq!(started.len(), 14);
+        succeed(&mut o, started[0].0, 1);
+        assert!(
+            o.ready.len() <= 2,
+            "{} lanes requeued for one free slot",
+            o.ready.len()
+        );
+        assert_eq!(start_all(&mut o, 1).len(), 1);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_byte_bound_is_shed_alone() {
+        let mut o = Outbox::new(Limits {
+            max_queue_bytes: 4 * (MESSAGE_OVERHEAD + 2),
+            ..limits(1, 1)
+        });
+        for n in 0..3 {
+            assert!(o
+                .push(message(&format!("a{n}"), "a", 0, n), "c", 10)
+                .is_empty());
+        }
+        let mut big = message("big", "b", 0, 9);
+        big.payload = Payload::new(vec![b'x'; 10_000]);
+        let shed = o.push(big, "c", 10);
+        assert_eq!(shed.len(), 1);
+        assert_eq!(shed[0].webhook_id, "big");
+        assert_eq!(o.len(), 3);
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! once, then one more every [`REFILL_MS`]. Buckets live in [`KEYS`] fixed keys (by a hash of
 //! the consumer), one line `<consumer> <tokens> <at_ms>` each, so churn never adds keys; a
 //! consumer whose bucket has refilled is dropped from its line set, so a key holds only the
-//! consumers active in the last `BURST × REFILL_MS`. Updates are compare-and-swap; the very
-//! first write of a key may race another worker's and lose one call's token, which only makes
-//! the limit a call more lenient once.
+//! consumers active in the last `BURST × REFILL_MS`. The keys are created at start-up
+//! ([`prepare`], on the main thread before any worker) and then only changed with
+//! compare-and-swap.
 
 use crate::registry::KvStore;
 
@@ -25,10 +25,26 @@ fn key(consumer: &str) -> String {
     format!("pwh:rate:{}", hash % KEYS)
 }
 
-/// Tokens of a bucket last left at `tokens` at `at_ms`, at `now_ms`.
-fn refilled(tokens: u64, at_ms: u64, now_ms: u64) -> u64 {
+/// Creates the keys that do not exist yet.
+pub fn prepare<S: KvStore>(store: &S) {
+    for n in 0..KEYS {
+        let key = format!("pwh:rate:{n}");
+        if store.get(&key).is_none() {
+            let _ = store.set(&key, b"", None);
+        }
+    }
+}
+
+/// A bucket that held `tokens` at `at_ms`, refilled up to `now_ms`: its tokens, and the instant
+/// its refill has counted up to (so that part of an interval is not lost).
+fn refilled(tokens: u64, at_ms: u64, now_ms: u64) -> (u64, u64) {
     let earned = now_ms.saturating_sub(at_ms) / REFILL_MS;
-    tokens.saturating_add(earned).min(BURST)
+    let tokens = tokens.saturating_add(earned);
+    if tokens >= BURST {
+        (BURST, now_ms)
+    } else {
+        (tokens, at_ms.saturating_add(earned * REFILL_MS))
+    }
 }
 
 /// Takes one call from `consumer`'s bucket; `Err(seconds)` to wait when it is empty.
@@ -40,12 +56,11 @@ pub fn take<S: KvStore>(store: &S, consumer: &str, now_ms: u64) -> Result<(), u6
             None => (Vec::new(), None),
         };
         let text = String::from_utf8_lossy(&value);
-        let (lines, tokens) = edit(&text, consumer, now_ms);
-        let Some(tokens) = tokens else {
+        let (mut lines, bucket) = edit(&text, consumer, now_ms);
+        let Some((tokens, at)) = bucket else {
             return Err(REFILL_MS.div_ceil(1000));
         };
-        let mut lines = lines;
-        lines.push(format!("{consumer} {tokens} {now_ms}"));
+        lines.push(format!("{consumer} {tokens} {at}"));
         if store.set(&key, lines.join("\n").as_bytes(), cas).is_ok() {
             return Ok(());
         }
@@ -54,10 +69,10 @@ pub fn take<S: KvStore>(store: &S, consumer: &str, now_ms: u64) -> Result<(), u6
     Ok(())
 }
 
-/// The other consumers' lines still worth keeping, and this consumer's tokens after the call
-/// (None when it has none left).
-fn edit(text: &str, consumer: &str, now_ms: u64) -> (Vec<String>, Option<u64>) {
-    let mut tokens = BURST;
+/// The other consumers' lines still worth keeping, and this consumer's bucket after the call:
+/// tokens and refill instant (None when it has no token left).
+fn edit(text: &str, consumer: &str, now_ms: u64) -> (Vec<String>, Option<(u64, u64)>) {
+    let mut bucket = (BURST, now_ms);
     let mut kept = Vec::new();
     for line in text.lines() {
         let mut parts = line.split(' ');
@@ -67,14 +82,15 @@ fn edit(text: &str, consumer: &str, now_ms: u64) -> (Vec<String>, Option<u64>) {
         let (Ok(t), Ok(at)) = (t.parse::<u64>(), at.parse::<u64>()) else {
             continue;
         };
-        let now_tokens = refilled(t, at, now_ms);
+        let now = refilled(t, at, now_ms);
         if name == consumer {
-            tokens = now_tokens;
-        } else if now_tokens < BURST {
+            bucket = now;
+        } else if now.0 < BURST {
             kept.push(line.to_string());
         }
     }
-    (kept, tokens.checked_sub(1))
+    let (tokens, at) = bucket;
+    (kept, tokens.checked_sub(1).map(|left| (left, at)))
 }
 
 #[cfg(test)]
@@ -122,11 +138,31 @@ mod tests {
     }
 
     #[test]
+    fn part_of_a_refill_interval_is_not_lost() {
+        let store = MemoryStore::default();
+        // One call every 900 ms for 179.1 s: the burst, then one per whole second of refill.
+        let passed = (0..200u64)
+            .filter(|n| take(&store, "acme", n * 900).is_ok())
+            .count();
+        assert_eq!(passed, 10 + 179);
+    }
+
+    #[test]
+    fn prepare_creates_every_key_once() {
+        let store = MemoryStore::default();
+        prepare(&store);
+        take(&store, "acme", 0).unwrap();
+        prepare(&store);
+        assert_eq!(store.snapshot().len(), KEYS as usize);
+        assert!(store.get(&key("acme")).is_some_and(|(v, _)| !v.is_empty()));
+    }
+
+    #[test]
     fn garbled_lines_are_ignored() {
-        let (kept, tokens) = edit("x\nacme notanumber 1\nbob 3 0\n", "acme", 0);
+        let (kept, bucket) = edit("x\nacme notanumber 1\nbob 3 0\n", "acme", 0);
         assert_eq!(
-            (kept, tokens),
-            (vec!["bob 3 0".to_string()], Some(BURST - 1))
+            (kept, bucket),
+            (vec!["bob 3 0".to_string()], Some((BURST - 1, 0)))
         );
     }
 }

@@ -692,6 +692,7 @@ impl Context for DispatcherRoot {
 impl RootContext for DispatcherRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         self.registry.prepare();
+        crate::ratelimit::prepare(&SharedData);
         self.beat();
         self.registry
             .sync_static(&self.config.subscriptions, io::now_ms());

@@ -116,6 +116,7 @@ impl Context for FilterRoot {}
 impl RootContext for FilterRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         Registry::new(SharedData).prepare();
+        crate::ratelimit::prepare(&SharedData);
         let _ = hostcalls::set_tick_period(Duration::from_millis(watchdog::CHECK_EVERY_MS));
         true
     }
