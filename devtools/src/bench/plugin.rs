@@ -97,8 +97,13 @@ pub fn slow_receiver(url: String) -> Value {
 
 /// Consumer `b` with one subscription at `receiver`, and, given the URL of an endpoint that
 /// never answers, consumer `a` with `hanging` subscriptions there (scenario 9). A 10 s timeout,
-/// so that the hanging attempts hold their slots for the whole measurement.
-pub fn fairness(receiver: &Receiver, hang: Option<(&str, usize)>) -> Value {
+/// so that the hanging attempts hold their slots for the whole measurement; `max_in_flight`
+/// when given (else the default).
+pub fn fairness(
+    receiver: &Receiver,
+    hang: Option<(&str, usize)>,
+    max_in_flight: Option<usize>,
+) -> Value {
     let mut subs = vec![subscription_of("b", 0, receiver.url("/hook"), EVENT_TYPE)];
     if let Some((base_url, hanging)) = hang {
         subs.extend(
@@ -106,11 +111,14 @@ pub fn fairness(receiver: &Receiver, hang: Option<(&str, usize)>) -> Value {
                 .map(|i| subscription_of("a", i, format!("{base_url}/hook/{i}"), EVENT_TYPE)),
         );
     }
-    let delivery = json!({
+    let mut delivery = json!({
         "timeout": "10s",
         "allow_insecure_destinations": true,
         "retry_schedule": ["0s", "10s"],
     });
+    if let Some(n) = max_in_flight {
+        delivery["max_in_flight"] = json!(n);
+    }
     config(subs, delivery)
 }
 

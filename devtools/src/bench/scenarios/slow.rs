@@ -58,10 +58,35 @@ pub async fn run(upstream: &Upstream, report: &mut Report) -> Result<()> {
     let receiver = SlowReceiver::start(PACE).await?;
     let config = plugin::slow_receiver(receiver.url("/hook"));
     let site = Site::plugin_with("slow receiver", upstream.port(), config).await?;
+    let cpu_before = site.cpu()?;
     let burst = burst(&site).await?;
     let settled = settle(&site, &receiver).await?;
+    let cpu = site.cpu()? - cpu_before;
     add_rows(report, alone, &receiver, &burst, &settled);
+    let (main, worker) = cpu.per(burst.sent);
+    let (fast_main, fast_worker) = fast_control(upstream).await?;
+    report.info(
+        SCENARIO,
+        "Envoy CPU per event (burst and deliveries)",
+        format!(
+            "worker {worker:.0} µs + main {main:.0} µs; the same burst to the lean (fast) \
+             receiver: worker {fast_worker:.0} µs + main {fast_main:.0} µs"
+        ),
+    );
     Ok(())
+}
+
+/// Envoy's CPU per event (main, worker) for the same burst to the lean receiver, which keeps
+/// up: what holding the slow receiver's backlog adds shows against it.
+async fn fast_control(upstream: &Upstream) -> Result<(f64, f64)> {
+    let site = Site::plugin("fast receiver", upstream.port(), |r| {
+        plugin::slow_receiver(r.url("/hook"))
+    })
+    .await?;
+    let before = site.cpu()?;
+    let burst = burst(&site).await?;
+    site.delivered_all(DRAIN_TIMEOUT).await?;
+    Ok((site.cpu()? - before).per(burst.sent))
 }
 
 /// Answers per second of a fresh receiver kept busy by the load generator alone.
