@@ -29,7 +29,7 @@ const RATE: f64 = 200.0;
 /// Unmeasured events at the same rate first: `b`'s connection opens, `a`'s attempts pile up.
 const WARMUP: Duration = Duration::from_secs(1);
 const P99_BUDGET_MS: f64 = 50.0;
-/// Fewer slots than `a`'s 20 pacing windows hold (4 each when nothing answers).
+/// Fewer slots than `a`'s 20 pacing windows would hold (4 each while nothing answers, today).
 const SMALL_MAX_IN_FLIGHT: usize = 32;
 
 /// One site's measurement, and the attempts left hanging at `a`'s endpoint by then.
@@ -45,8 +45,14 @@ pub async fn run(upstream: &Upstream, opts: &Options, report: &mut Report) -> Re
     })
     .await?;
     let baseline = measure(&alone, None, opts).await?;
-    let beside = contended(upstream, None, opts).await?;
-    let small = contended(upstream, Some(SMALL_MAX_IN_FLIGHT), opts).await?;
+    let beside = contended("b beside a", upstream, None, opts).await?;
+    let small = contended(
+        "b beside a, 32 slots",
+        upstream,
+        Some(SMALL_MAX_IN_FLIGHT),
+        opts,
+    )
+    .await?;
     report.info(
         SCENARIO,
         "load",
@@ -98,13 +104,14 @@ pub async fn run(upstream: &Upstream, opts: &Options, report: &mut Report) -> Re
 
 /// `b` beside `a`'s hanging subscriptions, on an Envoy and a hanging endpoint of their own.
 async fn contended(
+    name: &'static str,
     upstream: &Upstream,
     max_in_flight: Option<usize>,
     opts: &Options,
 ) -> Result<Measured> {
     let hang = HostilePeer::start(Misbehaviour::Hang).await?;
     let hang_url = hang.url("");
-    let site = Site::plugin("b beside a", upstream.port(), |r| {
+    let site = Site::plugin(name, upstream.port(), |r| {
         plugin::fairness(r, Some((&hang_url, HANGING)), max_in_flight)
     })
     .await?;
