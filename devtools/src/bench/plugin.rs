@@ -24,9 +24,13 @@ fn config(subscriptions: Vec<Value>, delivery: Value) -> Value {
 }
 
 fn subscription(n: usize, url: String, event_type: &str) -> Value {
+    subscription_of("bench", n, url, event_type)
+}
+
+fn subscription_of(consumer: &str, n: usize, url: String, event_type: &str) -> Value {
     json!({
-        "id": format!("sub_bench_{n}"),
-        "consumer": "bench",
+        "id": format!("sub_{consumer}_{n}"),
+        "consumer": consumer,
         "url": url,
         "events": [event_type],
         "secret": SECRET,
@@ -78,6 +82,44 @@ pub fn backlog(receiver: &Receiver, max_queue: usize) -> Value {
         vec![subscription(0, receiver.url("/hook"), EVENT_TYPE)],
         delivery,
     )
+}
+
+/// One subscriber at a slow receiver (scenario 8), with the default pacing settings and a short
+/// retry schedule, so that an attempt that fails is retried within the run.
+pub fn slow_receiver(url: String) -> Value {
+    let delivery = json!({
+        "timeout": "5s",
+        "allow_insecure_destinations": true,
+        "retry_schedule": ["0s", "1s", "2s", "5s", "10s", "30s"],
+    });
+    config(vec![subscription(0, url, EVENT_TYPE)], delivery)
+}
+
+/// Consumer `b` with one subscription at `receiver`, and, given the URL of an endpoint that
+/// never answers, consumer `a` with `hanging` subscriptions there (scenario 9). A 10 s timeout,
+/// so that the hanging attempts hold their slots for the whole measurement; `max_in_flight`
+/// when given (else the default).
+pub fn fairness(
+    receiver: &Receiver,
+    hang: Option<(&str, usize)>,
+    max_in_flight: Option<usize>,
+) -> Value {
+    let mut subs = vec![subscription_of("b", 0, receiver.url("/hook"), EVENT_TYPE)];
+    if let Some((base_url, hanging)) = hang {
+        subs.extend(
+            (0..hanging)
+                .map(|i| subscription_of("a", i, format!("{base_url}/hook/{i}"), EVENT_TYPE)),
+        );
+    }
+    let mut delivery = json!({
+        "timeout": "10s",
+        "allow_insecure_destinations": true,
+        "retry_schedule": ["0s", "10s"],
+    });
+    if let Some(n) = max_in_flight {
+        delivery["max_in_flight"] = json!(n);
+    }
+    config(subs, delivery)
 }
 
 /// The request that makes one event: `POST /orders` with a small order (echoed back with 201).

@@ -1,14 +1,16 @@
-//! Lean servers for the bench: an echo API and a counting webhook receiver.
+//! Lean servers for the bench: an echo API, a counting webhook receiver and a slow one.
 //!
 //! Written on hyper directly (no router, no request log, no signature check) because on a small
 //! machine every cycle they spend is taken from Envoy and would blur the comparison. The test
 //! harness's recording servers (`crate::upstream`, `crate::receiver`) are for correctness, these
 //! are for speed.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -18,10 +20,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
-use super::timeline::Timeline;
+use super::load::per_second;
+use super::timeline::{now_us, Timeline};
 
 /// The body of every GET: a small JSON document, like an API's read.
 const READ_BODY: &str = r#"{"id":1,"name":"bench","total":10}"#;
@@ -172,4 +175,152 @@ async fn receive(tally: &Tally, req: Request<Incoming>) -> Response<Full<Bytes>>
 fn event_seq(body: &[u8]) -> Option<u64> {
     let event: serde_json::Value = serde_json::from_slice(body).ok()?;
     event.pointer("/data/object/seq")?.as_u64()
+}
+
+/// How slow the [`SlowReceiver`] is: the settings of the test harness's `crate::paced::Pace`.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Requests answered per second at most.
+    pub rate: u32,
+    /// Connections held at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// The listen backlog.
+    pub backlog: u32,
+}
+
+/// What the slow receiver's connections share.
+#[derive(Default)]
+struct SlowBooks {
+    /// When the next request may be answered (µs on the [`now_us`] clock): one every 1/rate s.
+    next_slot_us: AtomicU64,
+    /// Requests answered 2xx.
+    answered: AtomicU64,
+    /// The first and the last answer's time (µs on the [`now_us`] clock; 0 before the first).
+    first_us: AtomicU64,
+    last_us: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    refused: AtomicU64,
+    /// Every `webhook-id` answered, to tell distinct messages from repeated ones.
+    ids: Mutex<HashSet<String>>,
+}
+
+/// A healthy but slow receiver (scenario 8): the same behaviour as the test harness's
+/// `crate::paced::PacedReceiver` (at most `rate` answers a second in arrival order, a small
+/// accept backlog, a connection cap), but its books are atomics plus the times of the first and
+/// last answer, so the bench can poll its count every millisecond and time the interval in which
+/// it was the bottleneck; `PacedReceiver` keeps neither times nor a count without a lock.
+pub struct SlowReceiver {
+    port: u16,
+    books: Arc<SlowBooks>,
+    task: JoinHandle<()>,
+}
+
+impl SlowReceiver {
+    pub async fn start(pace: Pace) -> Result<SlowReceiver> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(pace.backlog).context("listening")?;
+        let port = listener.local_addr()?.port();
+        let books = Arc::new(SlowBooks::default());
+        let open = Arc::new(AtomicUsize::new(0));
+        let interval_us = 1_000_000 / u64::from(pace.rate.max(1));
+        let shared = books.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                if open.load(Ordering::SeqCst) >= pace.max_connections {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                open.fetch_add(1, Ordering::SeqCst);
+                let (books, open) = (shared.clone(), open.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let books = books.clone();
+                        async move { Ok::<_, Infallible>(answer_slowly(&books, req, interval_us).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(SlowReceiver { port, books, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Requests answered 2xx so far.
+    pub fn answered(&self) -> u64 {
+        self.books.answered.load(Ordering::Relaxed)
+    }
+
+    /// Distinct `webhook-id`s answered so far.
+    pub fn distinct(&self) -> u64 {
+        self.books.ids.lock().map_or(0, |ids| ids.len() as u64)
+    }
+
+    /// Connections closed because `max_connections` were open.
+    pub fn refused_connections(&self) -> u64 {
+        self.books.refused.load(Ordering::Relaxed)
+    }
+
+    /// From the first answer to the last.
+    pub fn busy_span(&self) -> Duration {
+        let first = self.books.first_us.load(Ordering::Relaxed);
+        let last = self.books.last_us.load(Ordering::Relaxed);
+        Duration::from_micros(last.saturating_sub(first))
+    }
+
+    /// Answers per second from the first answer to the last (the n answers span n − 1 gaps).
+    pub fn busy_rate(&self) -> f64 {
+        per_second(self.answered().saturating_sub(1), self.busy_span())
+    }
+}
+
+impl Drop for SlowReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the request, waits for its slot, then answers 204 and books it.
+async fn answer_slowly(
+    books: &SlowBooks,
+    req: Request<Incoming>,
+    interval_us: u64,
+) -> Response<Full<Bytes>> {
+    let id = req
+        .headers()
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let _ = req.into_body().collect().await;
+    let now = now_us();
+    let slot = books
+        .next_slot_us
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+            Some(next.max(now) + interval_us)
+        })
+        .map_or(now, |next| next.max(now));
+    tokio::time::sleep(Duration::from_micros(slot.saturating_sub(now_us()))).await;
+    let answered_at = now_us();
+    let _ = books
+        .first_us
+        .compare_exchange(0, answered_at, Ordering::Relaxed, Ordering::Relaxed);
+    books.last_us.fetch_max(answered_at, Ordering::Relaxed);
+    if let Ok(mut ids) = books.ids.lock() {
+        ids.insert(id);
+    }
+    books.answered.fetch_add(1, Ordering::Relaxed);
+    reply(StatusCode::NO_CONTENT, Bytes::new())
 }

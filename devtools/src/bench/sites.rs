@@ -52,6 +52,22 @@ impl Site {
         })
     }
 
+    /// Envoy with the plugin configured by `config`, for a receiver the scenario keeps itself
+    /// (the site has none: waiting for deliveries is the scenario's business).
+    pub async fn plugin_with(
+        name: &'static str,
+        upstream_port: u16,
+        config: Value,
+    ) -> Result<Site> {
+        let (envoy, start_up) = start(EnvoyConfig::new(config, upstream_port)).await?;
+        Ok(Site {
+            name,
+            envoy,
+            receiver: None,
+            start_up,
+        })
+    }
+
     pub fn port(&self) -> u16 {
         self.envoy.listener_port()
     }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use hdrhistogram::Histogram;
 
 use crate::bench::load::{self, Load, Shape};
 use crate::bench::report::{thousands, Report};
@@ -18,23 +19,8 @@ const CONNECTIONS: usize = 8;
 /// Sends `rate` events per second for the run duration and measures, per event, receiver arrival
 /// minus the moment the client had the API's response.
 pub async fn run(site: &Site, rate: f64, opts: &Options, report: &mut Report) -> Result<()> {
-    let Some(receiver) = &site.receiver else {
-        bail!("the latency scenario needs a plugin site");
-    };
-    let expected = (rate * opts.duration.as_secs_f64()).ceil() as usize;
-    let timeline = Arc::new(Timeline::new(expected * 2 + 100));
-    receiver.set_timeline(Some(timeline.clone()));
-    let load = Load {
-        connections: CONNECTIONS,
-        duration: opts.duration,
-        budget: None,
-        rate: Some(rate),
-    };
-    let shape = Shape::Numbered("/orders", timeline.clone());
-    let outcome = load::run(site.port(), &shape, &load).await?;
-    site.delivered_all(Duration::from_secs(30)).await?;
-    receiver.set_timeline(None);
-    let (hist, pairs) = timeline.latencies();
+    let timed = timed_run(site, rate, opts.duration).await?;
+    let (hist, pairs) = (&timed.latencies, timed.pairs);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     report.info(
         SCENARIO,
@@ -43,11 +29,11 @@ pub async fn run(site: &Site, rate: f64, opts: &Options, report: &mut Report) ->
             "{} events/s (half of scenario 2's sustainable rate) for {} s: {} sent, {} timed",
             thousands(rate),
             opts.duration.as_secs(),
-            outcome.ok,
+            timed.sent,
             pairs
         ),
     );
-    let (from_request, _) = timeline.latencies_from_request();
+    let from_request = &timed.from_request;
     let ms_from = |q: f64| from_request.value_at_quantile(q) as f64 / 1000.0;
     report.info(
         SCENARIO,
@@ -69,4 +55,47 @@ pub async fn run(site: &Site, rate: f64, opts: &Options, report: &mut Report) ->
         ms(0.99) <= 25.0,
     );
     Ok(())
+}
+
+/// One open-loop run of numbered events, all delivered.
+pub(super) struct Timed {
+    /// Events the API answered 2xx.
+    pub sent: u64,
+    /// Receiver arrival minus the client's response, µs, per event seen on both sides.
+    pub latencies: Histogram<u64>,
+    /// How many events those were.
+    pub pairs: u64,
+    /// Receiver arrival minus the start of the API request, µs.
+    pub from_request: Histogram<u64>,
+}
+
+/// `rate` numbered events per second for `duration` over [`CONNECTIONS`] connections to `site`,
+/// then waits until its receiver had one delivery per detected event.
+pub(super) async fn timed_run(site: &Site, rate: f64, duration: Duration) -> Result<Timed> {
+    let Some(receiver) = &site.receiver else {
+        bail!("a latency run needs a plugin site with a receiver");
+    };
+    let expected = (rate * duration.as_secs_f64()).ceil() as usize;
+    let timeline = Arc::new(Timeline::new(expected * 2 + 100));
+    receiver.set_timeline(Some(timeline.clone()));
+    let load = Load {
+        connections: CONNECTIONS,
+        duration,
+        budget: None,
+        rate: Some(rate),
+    };
+    let shape = Shape::Numbered("/orders", timeline.clone());
+    let outcome = load::run(site.port(), &shape, &load).await;
+    let delivered = site.delivered_all(Duration::from_secs(30)).await;
+    receiver.set_timeline(None);
+    let outcome = outcome?;
+    delivered?;
+    let (latencies, pairs) = timeline.latencies();
+    let (from_request, _) = timeline.latencies_from_request();
+    Ok(Timed {
+        sent: outcome.ok,
+        latencies,
+        pairs,
+        from_request,
+    })
 }

@@ -18,6 +18,8 @@ const SCENARIO: &str = "6 memory (10,000 pending 1 KB messages)";
 const MESSAGES: u64 = 10_000;
 const BODY_BYTES: usize = 1024;
 const BUDGET_BYTES: f64 = 64.0 * 1_048_576.0;
+/// Issue 9's goal for what one pending 1 KB event costs Envoy (KB of 1,024 bytes).
+const PER_MESSAGE_BUDGET_KB: f64 = 1.5;
 
 pub async fn run(upstream: &Upstream, report: &mut Report) -> Result<()> {
     let site = Site::plugin("backlog", upstream.port(), |r| {
@@ -35,7 +37,9 @@ pub async fn run(upstream: &Upstream, report: &mut Report) -> Result<()> {
     wait_for_count(receiver, MESSAGES, Duration::from_secs(60)).await?;
     let depth = wait_for_queue_depth(&site, MESSAGES, Duration::from_secs(10)).await?;
     let loaded = site.rss_bytes()?;
+    let queue_bytes = site.envoy.gauge("webhooks_queue_bytes").await?;
     let added = loaded.saturating_sub(idle) as f64;
+    let kb_per_message = added / MESSAGES as f64 / 1024.0;
     report.info(
         SCENARIO,
         "Envoy RSS idle → loaded",
@@ -48,13 +52,25 @@ pub async fn run(upstream: &Upstream, report: &mut Report) -> Result<()> {
     report.check(
         SCENARIO,
         "RSS added",
-        format!(
-            "{} ({:.1} KB per message)",
-            megabytes(added),
-            added / MESSAGES as f64 / 1024.0
-        ),
+        format!("{} ({kb_per_message:.1} KB per message)", megabytes(added)),
         "≤ 64 MB",
         added <= BUDGET_BYTES,
+    );
+    report.check(
+        SCENARIO,
+        "RSS added per pending message",
+        format!("{kb_per_message:.2} KB"),
+        "≤ 1.5 KB per message for a 1 KB event",
+        kb_per_message <= PER_MESSAGE_BUDGET_KB,
+    );
+    report.info(
+        SCENARIO,
+        "`webhooks_queue_bytes`",
+        format!(
+            "{} ({:.2} KB per message: what the dispatcher counts against `max_queue_bytes`)",
+            megabytes(queue_bytes as f64),
+            queue_bytes as f64 / depth.max(1) as f64 / 1024.0
+        ),
     );
     Ok(())
 }

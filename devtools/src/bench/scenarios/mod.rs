@@ -1,10 +1,12 @@
 //! The scenarios of the benchmark issue, numbered as there. Each adds its rows to the report; one
 //! that fails adds an error row and the others still run.
 
+mod fairness;
 mod fanout;
 mod latency;
 mod memory;
 mod read;
+mod slow;
 mod write;
 
 use anyhow::Result;
@@ -19,13 +21,14 @@ use crate::util::workspace_root;
 /// The size budget of the release `.wasm`.
 const WASM_BUDGET_BYTES: u64 = 400 * 1024;
 
-/// Which scenarios to run, by the issue's numbers. 3 needs 2's throughput: asking for 3 runs 2.
+/// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
+/// pacing one). 3 needs 2's throughput: asking for 3 runs 2.
 #[derive(Clone, Debug)]
 pub struct Selection(pub Vec<u8>);
 
 impl Selection {
     pub fn all() -> Selection {
-        Selection((1..=7).collect())
+        Selection((1..=9).collect())
     }
 
     pub fn has(&self, n: u8) -> bool {
@@ -56,6 +59,14 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(7) {
         let result = wasm_size(&mut report);
         note_failure(&mut report, "7 size", result);
+    }
+    if selection.has(8) {
+        let result = slow::run(&upstream, &mut report).await;
+        note_failure(&mut report, "8 slow receiver", result);
+    }
+    if selection.has(9) {
+        let result = fairness::run(&upstream, opts, &mut report).await;
+        note_failure(&mut report, "9 fairness", result);
     }
     Ok(report)
 }
