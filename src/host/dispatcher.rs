@@ -49,7 +49,6 @@ impl RootContext for DispatcherRoot {
 pub struct WasmHost {
     metrics: Metrics,
     queue: Option<u32>,
-    store: SharedData,
 }
 
 impl WasmHost {
@@ -57,7 +56,6 @@ impl WasmHost {
         WasmHost {
             metrics: Metrics::define(),
             queue: None,
-            store: SharedData,
         }
     }
 
@@ -100,7 +98,7 @@ impl DispatchHost for WasmHost {
     }
 
     fn store(&self) -> &SharedData {
-        &self.store
+        &SharedData
     }
 
     fn add_metric(&self, metric: Metric, n: u64) {
