@@ -571,3 +571,42 @@ fn a_test_event_goes_to_its_subscription_only() {
     assert_eq!(sent(&d).len(), 1);
     assert_eq!(sent(&d)[0].header(":authority"), Some("b.example.com"));
 }
+
+#[test]
+fn a_ticks_attempt_log_holds_the_newest_max_entries_only() {
+    let mut d = dispatcher(r#""retry_schedule": ["0s", "1h"]"#);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    d.host_mut().refuse = Some(CalloutRefused { unresolved: false });
+    for n in 0..(attempts::MAX_ENTRIES + 10) {
+        enqueue(&mut d, &format!("order.n{n}"), "{}");
+    }
+    d.on_queue_ready();
+    assert_eq!(
+        d.unlogged["sub_a"].len(),
+        attempts::MAX_ENTRIES,
+        "gathered: bounded"
+    );
+    let log = log_of(&mut d, "sub_a");
+    assert_eq!(log.len(), attempts::MAX_ENTRIES);
+    assert_eq!(log[0].event_type, "order.n10", "the oldest ten gave way");
+    let newest = format!("order.n{}", attempts::MAX_ENTRIES + 9);
+    assert_eq!(log.last().unwrap().event_type, newest);
+}
+
+#[test]
+fn a_message_of_a_subscription_disabled_meanwhile_is_kept_for_replay() {
+    let mut d = dispatcher(r#""retry_schedule": ["1s", "5s"]"#);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    event(&mut d, "order.created");
+    let disabled = registry(&d).update("sub_a", |s| {
+        s.status = Status::Disabled;
+        Ok::<(), ()>(())
+    });
+    assert!(matches!(disabled, Ok(Ok(_))));
+    run_for(&mut d, 1_000, TICK_MS);
+    assert!(sent(&d).is_empty());
+    let log = log_of(&mut d, "sub_a");
+    assert_eq!(log[0].state, State::Failed);
+    assert_eq!(log[0].error.as_deref(), Some("subscription disabled"));
+    assert_eq!(d.replayable.len(), 1);
+}
