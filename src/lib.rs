@@ -2,7 +2,8 @@
 //! Standard Webhooks.
 //!
 //! Everything outside `host` is plain Rust with no host calls, so it is unit-tested natively;
-//! `host` is the thin proxy-wasm glue, compiled only for wasm32.
+//! what the roles ask of Envoy is the interface in `port` (the dispatcher is generic over it and
+//! tested against a fake host); `host` is the thin proxy-wasm glue, compiled only for wasm32.
 #![cfg_attr(
     test,
     allow(
@@ -19,11 +20,13 @@ pub mod audience;
 mod buckets;
 pub mod config;
 pub mod delivery;
+pub mod dispatcher;
 pub mod event;
 pub mod identity;
 pub mod ids;
 pub mod outbox;
 pub mod pacing;
+pub mod port;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;

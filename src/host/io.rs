@@ -53,6 +53,7 @@ impl RandomSource for WasiRandom {
 }
 
 /// proxy-wasm shared data: one map per vm_id, seen by every worker and the main thread.
+#[derive(Clone, Copy)]
 pub struct SharedData;
 
 impl KvStore for SharedData {

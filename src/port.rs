@@ -1,0 +1,103 @@
+//! The host interface: everything the roles ask of Envoy, as plain traits. The proxy-wasm glue
+//! in `host` implements them for wasm32; tests implement them with fakes (time advanced and
+//! callouts answered by the test), so every decision is tested natively.
+
+// ---- Shared basics (both roles) -------------------------------------------------------------
+
+/// Every metric of SPEC "Observability" (`webhooks_` + the name in snake case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    EventsDetected,
+    EventsDropped,
+    DeliveriesSucceeded,
+    DeliveriesFailed,
+    DeliveryAttempts,
+    DeliveriesExhausted,
+    SubscriptionsDisabled,
+    /// Events whose audience named no consumer (only privileged subscriptions got them).
+    EventsUnaddressed,
+    QueueDepth,
+    QueueBytes,
+    DispatcherAlive,
+    SubscriptionsActive,
+    DeliveryLatencyMs,
+}
+
+/// How Envoy keeps a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Metric {
+    /// How Envoy keeps it (the names are defined by the host).
+    pub fn kind(self) -> MetricKind {
+        match self {
+            Metric::QueueDepth
+            | Metric::QueueBytes
+            | Metric::DispatcherAlive
+            | Metric::SubscriptionsActive => MetricKind::Gauge,
+            Metric::DeliveryLatencyMs => MetricKind::Histogram,
+            _ => MetricKind::Counter,
+        }
+    }
+}
+
+// ---- The dispatcher's host ------------------------------------------------------------------
+
+/// Envoy refused to start a callout (`dispatch_http_call` returned an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalloutRefused {
+    /// Envoy's InternalFailure: for a callout with a body, the egress cluster has no address
+    /// for the host yet (its DNS cache is resolving it), or never will.
+    pub unresolved: bool,
+}
+
+/// What Envoy tells about a callout's answer in `on_http_call_response`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CalloutResponse {
+    /// The number of response headers: 0 when the callout was reset after the receiver started
+    /// answering (a short body, a closed connection).
+    pub headers: usize,
+    /// The `:status` header, as sent.
+    pub status: Option<String>,
+    /// The `retry-after` header, as sent.
+    pub retry_after: Option<String>,
+    /// The body's size; its start is read only when it matters (`DispatchHost::callout_body`).
+    pub body_size: usize,
+}
+
+/// What the dispatcher singleton asks of its host. Randomness (message ids, retry jitter) comes
+/// from the supertrait; logging goes through the `log` crate.
+pub trait DispatchHost: crate::ids::RandomSource {
+    /// The shared key-value store (subscriptions, attempt logs, the heartbeat).
+    type Store: crate::registry::KvStore + Clone;
+
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    fn store(&self) -> &Self::Store;
+    fn add_metric(&self, metric: Metric, n: u64);
+    /// Sets a gauge or records a histogram value.
+    fn record_metric(&self, metric: Metric, value: u64);
+
+    /// Starts an HTTP callout; its answer comes to `on_http_call_response` with the token.
+    fn dispatch(
+        &mut self,
+        request: &crate::delivery::Request,
+        body: &[u8],
+    ) -> Result<u32, CalloutRefused>;
+    /// The answer of the callout being reported (`headers`, `body_size` as Envoy gave them).
+    fn callout_response(&self, headers: usize, body_size: usize) -> CalloutResponse;
+    /// The first `max` bytes of that answer's body (empty when the host has none).
+    fn callout_body(&self, max: usize) -> Vec<u8>;
+
+    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool;
+    /// Registers the shared queue the filters write to; false when the host refuses.
+    fn register_queue(&mut self, name: &str) -> bool;
+    /// The next message of that queue, None when it is empty (or not registered).
+    fn dequeue(&mut self) -> Option<Vec<u8>>;
+    /// Tells Envoy a shutdown that waited for deliveries may go on.
+    fn done(&mut self);
+}
