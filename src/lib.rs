@@ -31,6 +31,8 @@ pub mod registry;
 mod robustness;
 pub mod rules;
 pub mod signing;
+pub mod store;
+pub mod subscription;
 pub mod time;
 pub mod url;
 pub mod watchdog;

@@ -15,9 +15,11 @@ use crate::ids::TestRng;
 use crate::outbox::{Limits, Message, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::queue::QueueMessage;
-use crate::registry::{self, KvStore, MemoryStore, Registry, SigningSecret, Status, Subscription};
+use crate::registry::Registry;
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
+use crate::store::{self, KvStore, MemoryStore};
+use crate::subscription::{self, SigningSecret, Status, Subscription};
 use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
 use crate::url::{check_destination, parse_destination, Policy};
 use serde_json::{json, Value};
@@ -772,7 +774,8 @@ fn check_config(c: &Config, input: &[u8]) {
 
 struct ApiHarness {
     config: Config,
-    registry: Registry<MemoryStore>,
+    store: Rc<MemoryStore>,
+    registry: Registry<Rc<MemoryStore>>,
     rng: TestRng,
     queue_up: bool,
     now_ms: u64,
@@ -788,6 +791,7 @@ impl ApiHarness {
         let mut cx = Context {
             config: &self.config,
             registry: &self.registry,
+            store: &self.store,
             rng: &mut self.rng,
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
@@ -832,11 +836,13 @@ const API_ITERATIONS: usize = 4000;
 fn api_handle_answers_json_and_refusals_write_nothing() {
     let mut rng = seeded(0xa91_5000);
     let config = config::parse(full_config().to_string().as_bytes()).unwrap();
-    let registry = Registry::new(MemoryStore::default());
+    let store = Rc::new(MemoryStore::default());
+    let registry = Registry::new(Rc::clone(&store));
     registry.prepare();
     registry.sync_static(&config.subscriptions, NOW);
     let mut api = ApiHarness {
         config,
+        store,
         registry,
         rng: TestRng(7),
         queue_up: true,
@@ -866,7 +872,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             .zip(&webhook_ids)
             .map(|(s, w)| attempt(w, *s))
             .collect();
-        attempts::record(api.registry.store(), id, log).unwrap();
+        attempts::record(&api.store, id, log).unwrap();
     }
 
     let bodies: Vec<Vec<u8>> = vec![
@@ -885,13 +891,13 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             // Corrupt something other writers own: the bucket of an attempt log or a record.
             let id = rng.pick(&ids).clone();
             let key = if rng.chance(2) {
-                attempts::key(&id)
+                store::log_key(&id)
             } else {
-                registry::record_key(&id)
+                store::record_key(&id)
             };
-            let seed = api.registry.store().get(&key).unwrap_or_default().0;
+            let seed = api.store.get(&key).unwrap_or_default().0;
             let bytes = fuzz_input(&mut rng, &[seed], true);
-            api.registry.store().set(&key, &bytes, None).unwrap();
+            api.store.set(&key, &bytes, None).unwrap();
         }
         if ids.len() < 8 && rng.chance(10) {
             let key = *rng.pick(&[KEY_A, KEY_B]);
@@ -975,7 +981,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
         };
         // The rate limiter's bookkeeping is no change of subscriptions or logs.
         let state = |api: &ApiHarness| {
-            let mut snapshot = api.registry.store().snapshot();
+            let mut snapshot = api.store.snapshot();
             snapshot.retain(|key, _| !key.starts_with("pwh:rate:"));
             snapshot
         };
@@ -1656,7 +1662,8 @@ const REGISTRY_ITERATIONS: usize = 1500;
 #[test]
 fn registry_follows_a_model_and_survives_corrupted_bytes() {
     let mut rng = seeded(0x4e91);
-    let registry = Registry::new(MemoryStore::default());
+    let store = MemoryStore::default();
+    let registry = Registry::new(&store);
     registry.prepare();
     let ids = ["s1", "s2", "s3", "s4", "s5", "s6"];
     let consumers = ["acme", "beta"];
@@ -1669,19 +1676,15 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
         }
         if corrupted && rng.chance(3) {
             let key = match rng.below(5) {
-                0 => registry::record_key(id),
+                0 => store::record_key(id),
                 1 => format!("pwh:idx:{}", rng.below(256)),
                 2 => format!("pwh:own:{}", rng.below(256)),
                 3 => "pwh:active".to_string(),
                 _ => "pwh:static".to_string(),
             };
-            let seed = registry
-                .store()
-                .get(&key)
-                .map(|(b, _)| b)
-                .unwrap_or_default();
+            let seed = store.get(&key).map(|(b, _)| b).unwrap_or_default();
             let bytes = fuzz_input(&mut rng, &[seed, b"acme s1\nbeta s2".to_vec()], true);
-            registry.store().set(&key, &bytes, None).unwrap();
+            store.set(&key, &bytes, None).unwrap();
         }
         run("registry", i, &id, || match rng.below(5) {
             0 => {
@@ -1719,14 +1722,14 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
                     .map(|n| attempt(&format!("msg_{n}"), State::Failed))
                     .collect();
                 if rng.chance(2) {
-                    let key = attempts::key(id);
-                    let seed = registry.store().get(&key).unwrap_or_default().0;
+                    let key = store::log_key(id);
+                    let seed = store.get(&key).unwrap_or_default().0;
                     let bytes = fuzz_input(&mut rng, &[seed], true);
-                    registry.store().set(&key, &bytes, None).unwrap();
+                    store.set(&key, &bytes, None).unwrap();
                 }
-                let _ = attempts::read(registry.store(), id);
-                attempts::record(registry.store(), id, log).unwrap();
-                assert!(attempts::read(registry.store(), id).len() <= attempts::MAX_ENTRIES);
+                let _ = attempts::read(&store, id);
+                attempts::record(&store, id, log).unwrap();
+                assert!(attempts::read(&store, id).len() <= attempts::MAX_ENTRIES);
             }
         });
         if !corrupted {
@@ -1756,7 +1759,11 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
             for event in ["order.created", "a.b.c", "x_y.z"] {
                 let found = registry.candidates(event);
                 for sub in model.values() {
-                    if sub.events.iter().any(|f| rules::filter_matches(f, event)) {
+                    if sub
+                        .events
+                        .iter()
+                        .any(|f| subscription::filter_matches(f, event))
+                    {
                         assert!(found.contains(&sub.id), "iteration {i}: {event} {sub:?}");
                     }
                 }
@@ -1903,9 +1910,9 @@ fn an_empty_unknown_key_is_still_named() {
 
 #[test]
 fn an_extreme_stored_active_count_does_not_overflow() {
-    let registry = Registry::new(MemoryStore::default());
+    let store = MemoryStore::default();
+    let registry = Registry::new(&store);
     registry.prepare();
-    let store = registry.store();
     store
         .set("pwh:active", b"9223372036854775807", None)
         .unwrap();
@@ -1937,16 +1944,16 @@ fn string_helpers_never_panic() {
         let text = String::from_utf8_lossy(&fuzz_input(&mut rng, &corpus, false)).into_owned();
         let other = String::from_utf8_lossy(&mutate_bytes(&mut rng, text.as_bytes())).into_owned();
         run("string helpers", i, &(&text, &other), || {
-            let filters = crate::registry::lookup_filters(&text);
+            let filters = subscription::lookup_filters(&text);
             assert_eq!(filters.first(), Some(&text));
             assert_eq!(filters.last().map(String::as_str), Some("*"));
             if rules::is_valid_event_type(&text) {
                 for f in &filters {
                     assert!(rules::is_valid_event_filter(f), "{f:?}");
-                    assert!(rules::filter_matches(f, &text), "{f:?} {text:?}");
+                    assert!(subscription::filter_matches(f, &text), "{f:?} {text:?}");
                 }
             }
-            let _ = rules::filter_matches(&text, &other);
+            let _ = subscription::filter_matches(&text, &other);
             let _ = rules::is_valid_event_filter(&text);
             let _ = api::is_api_path(&text, &other);
             if let Ok(ms) = config::parse_duration(&text) {

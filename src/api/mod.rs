@@ -9,15 +9,19 @@
 //! Every check runs before any write, so a refused request changes nothing.
 
 use crate::attempts;
-use crate::config::{Config, MAX_DESCRIPTION_CHARS};
+use crate::config::Config;
 use crate::event;
 use crate::identity::{self, Credentials};
 use crate::ids::{random_id, RandomSource, RandomUnavailable};
 use crate::queue::QueueMessage;
 use crate::ratelimit;
-use crate::registry::{KvStore, Registry, RegistryError, SigningSecret, Status, Subscription};
+use crate::registry::{Registry, RegistryError};
 use crate::rules;
 use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{
+    self, FilterError, SigningSecret, Status, Subscription, MAX_EVENTS, TEST_EVENT_TYPE,
+};
 use crate::time::format_rfc3339_millis;
 use crate::url::check_destination;
 use serde::Serialize;
@@ -53,14 +57,14 @@ pub struct Response {
 pub struct Context<'a, S: KvStore> {
     pub config: &'a Config,
     pub registry: &'a Registry<S>,
+    /// The store the registry is kept in, for what lives beside it (attempt logs, rate limits).
+    pub store: &'a S,
     pub rng: &'a mut dyn RandomSource,
     pub now_ms: u64,
     /// Hands a message to the dispatcher; false when the queue is unavailable.
     pub enqueue: &'a mut dyn FnMut(QueueMessage) -> bool,
 }
 
-/// Event filters per subscription at most: each one is an index entry.
-pub const MAX_EVENTS: usize = 50;
 /// Largest `?limit` on the subscription list.
 pub const MAX_PAGE: usize = 1000;
 /// Signing secrets kept per subscription (the current one and rotated ones still valid), so that
@@ -68,10 +72,7 @@ pub const MAX_PAGE: usize = 1000;
 pub const MAX_SECRETS: usize = 5;
 /// How long a rotated-out secret keeps signing.
 pub const ROTATION_OVERLAP_MS: u64 = 24 * 60 * 60 * 1000;
-/// The event type of `POST .../test`, always subscribable.
-pub const TEST_EVENT_TYPE: &str = "webhook.test";
 
-const ID_MAX_LEN: usize = 64;
 const SUBSCRIPTION_ID_LEN: usize = 24;
 const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
 const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status"];
@@ -161,7 +162,9 @@ fn route<'p>(prefix: &str, path: &'p str) -> Option<Route<'p>> {
         [Some("event-types"), None, ..] => Route::EventTypes,
         _ => return None,
     };
-    route_id(found).is_none_or(is_valid_id).then_some(found)
+    route_id(found)
+        .is_none_or(subscription::is_valid_id)
+        .then_some(found)
 }
 
 fn route_id(route: Route<'_>) -> Option<&str> {
@@ -173,15 +176,6 @@ fn route_id(route: Route<'_>) -> Option<&str> {
         | Route::Retry(id) => Some(id),
         Route::Subscriptions | Route::EventTypes => None,
     }
-}
-
-/// `[A-Za-z0-9_-]{1,64}`: what ids are made of, so anything else cannot name one.
-fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= ID_MAX_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
@@ -446,68 +440,41 @@ fn parse_url(config: &Config, url: &str) -> Result<String, Response> {
     Ok(url.to_string())
 }
 
-/// A non-empty list of at most [`MAX_EVENTS`] valid filters whose exact types are known;
-/// duplicates are dropped, order kept.
+/// The event filters of a subscription ([`subscription::check_filters`]): exact types must be
+/// ones this API knows.
 fn parse_events(config: &Config, value: &Value) -> Result<Vec<String>, Response> {
     let list = value
         .as_array()
         .ok_or_else(|| invalid_field("events must be an array of event filters"))?;
-    if list.is_empty() || list.len() > MAX_EVENTS {
-        return Err(error(
+    let known = |event_type: &str| config.knows_event_type(event_type);
+    subscription::check_filters(list.iter().map(Value::as_str), known).map_err(|e| match e {
+        FilterError::Count => error(
             422,
             "invalid_events",
             format!("events must list 1 to {MAX_EVENTS} event filters"),
-        ));
-    }
-    let mut events: Vec<String> = Vec::with_capacity(list.len());
-    for (i, entry) in list.iter().enumerate() {
-        let filter = parse_filter(config, i, entry)?;
-        if !events.iter().any(|e| *e == filter) {
-            events.push(filter.to_string());
-        }
-    }
-    Ok(events)
-}
-
-fn parse_filter<'v>(config: &Config, index: usize, entry: &'v Value) -> Result<&'v str, Response> {
-    let filter = entry
-        .as_str()
-        .filter(|f| rules::is_valid_event_filter(f))
-        .ok_or_else(|| {
+        ),
+        FilterError::NotAFilter(i) => error(
+            422,
+            "invalid_events",
+            format!("events[{i}] must be an event type, a prefix.* wildcard or *"),
+        ),
+        FilterError::Unknown(i) => {
+            let filter = list.get(i).and_then(Value::as_str).unwrap_or_default();
             error(
                 422,
-                "invalid_events",
-                format!("events[{index}] must be an event type, a prefix.* wildcard or *"),
+                "unknown_event_type",
+                format!("events[{i}]: {filter:?} is not an event type of this API (see GET event-types)"),
             )
-        })?;
-    let exact = filter != "*" && !filter.ends_with(".*");
-    if exact && !is_known_type(config, filter) {
-        return Err(error(
-            422,
-            "unknown_event_type",
-            format!("events[{index}]: {filter:?} is not an event type of this API (see GET event-types)"),
-        ));
-    }
-    Ok(filter)
-}
-
-/// A configured rule's type, `webhook.test`, or, with inference on, any type inference can
-/// produce: one resource segment of letters and '_' followed by created/updated/deleted.
-fn is_known_type(config: &Config, event_type: &str) -> bool {
-    event_type == TEST_EVENT_TYPE
-        || config.events.iter().any(|r| r.event_type == event_type)
-        || (config.infer_events && rules::is_inferable_type(event_type))
+        }
+    })
 }
 
 fn parse_description(map: &Map<String, Value>) -> Result<Option<String>, Response> {
     let Some(description) = string_field(map, "description")? else {
         return Ok(None);
     };
-    if description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(invalid_field(format!(
-            "description must be at most {MAX_DESCRIPTION_CHARS} characters"
-        )));
-    }
+    subscription::check_description(description)
+        .map_err(|problem| invalid_field(format!("description {problem}")))?;
     Ok(Some(description.to_string()))
 }
 
@@ -834,7 +801,7 @@ fn enqueue<S: KvStore>(
     caller: Caller<'_>,
     message: QueueMessage,
 ) -> Outcome {
-    if let Err(wait_s) = ratelimit::take(cx.registry.store(), caller.consumer, cx.now_ms) {
+    if let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) {
         let mut response = error(
             429,
             "rate_limited",
@@ -860,7 +827,7 @@ fn enqueue<S: KvStore>(
 
 fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
     let sub = owned(cx, caller, id)?;
-    let log = attempts::read(cx.registry.store(), &sub.id);
+    let log = attempts::read(cx.store, &sub.id);
     Ok(json_response(200, &json!({"data": log})))
 }
 
@@ -869,7 +836,7 @@ fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> 
 /// entries kept per log.
 fn retry<S: KvStore>(cx: &mut Context<'_, S>, caller: Caller<'_>, webhook_id: &str) -> Outcome {
     let bound = cx.config.api.max_subscriptions_per_consumer + cx.config.subscriptions.len();
-    let store = cx.registry.store();
+    let store = cx.store;
     let found = cx
         .registry
         .ids_for_consumer(caller.consumer)

@@ -2,9 +2,10 @@ use super::*;
 use crate::attempts::{Attempt, State};
 use crate::config;
 use crate::ids::{NoRandom, TestRng};
-use crate::registry::{MemoryStore, StoreError};
+use crate::store::{MemoryStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
+use std::rc::Rc;
 
 /// A [`MemoryStore`] that counts writes (to prove refused calls write nothing) and can be
 /// made to fail them.
@@ -73,7 +74,8 @@ fn config_json(infer: bool, insecure: bool) -> String {
 
 struct Api {
     config: Config,
-    registry: Registry<Store>,
+    store: Rc<Store>,
+    registry: Registry<Rc<Store>>,
     rng: TestRng,
     /// False: the host's randomness fails (WASI `random_get` errors).
     random_works: bool,
@@ -89,11 +91,13 @@ impl Api {
 
     fn with(config_text: &str) -> Api {
         let config = config::parse(config_text.as_bytes()).unwrap();
-        let registry = Registry::new(Store::default());
+        let store = Rc::new(Store::default());
+        let registry = Registry::new(Rc::clone(&store));
         registry.prepare();
         registry.sync_static(&config.subscriptions, NOW);
         Api {
             config,
+            store,
             registry,
             rng: TestRng(42),
             random_works: true,
@@ -104,7 +108,7 @@ impl Api {
     }
 
     fn writes(&self) -> usize {
-        self.registry.store().writes.get()
+        self.store.writes.get()
     }
 
     fn send(&mut self, request: &Request<'_>) -> Response {
@@ -124,6 +128,7 @@ impl Api {
         let mut cx = Context {
             config: &self.config,
             registry: &self.registry,
+            store: &self.store,
             rng,
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
@@ -189,7 +194,7 @@ fn round_trip_field_by_field() {
     let created = api.create(KEY_A, URL, &["order.created", "orders.*"]);
     let id = created["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sub_") && id.len() == 28, "{id}");
-    assert!(is_valid_id(&id));
+    assert!(subscription::is_valid_id(&id));
     let stamp = format_rfc3339_millis(NOW);
     let secret = created["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_") && secret.len() == 50);
@@ -1010,7 +1015,7 @@ fn store_failure_answers_503() {
         .as_str()
         .unwrap()
         .to_string();
-    api.registry.store().failing.set(true);
+    api.store.failing.set(true);
     let body = json!({"url": URL, "events": ["*"]}).to_string();
     for (method, path, body) in [
         ("POST", "/webhooks/subscriptions".to_string(), body.as_str()),
@@ -1025,7 +1030,7 @@ fn store_failure_answers_503() {
             "{method} {path}"
         );
     }
-    api.registry.store().failing.set(false);
+    api.store.failing.set(false);
     assert_eq!(api.record(&id).description, "");
 }
 
@@ -1232,15 +1237,15 @@ fn deliveries_show_the_attempt_log_and_delete_clears_it() {
         attempt("msg_1", 1, State::Retrying),
         attempt("msg_1", 2, State::Succeeded),
     ];
-    attempts::record(api.registry.store(), &id, log).unwrap();
+    attempts::record(&api.store, &id, log).unwrap();
     let (status, value) = api.call("GET", &sub_path(&id, "/deliveries"), KEY_A, "");
     assert_eq!(status, 200);
-    let expected = attempts::read(api.registry.store(), &id);
+    let expected = attempts::read(&api.store, &id);
     assert_eq!(value, json!({"data": expected}));
     assert_eq!(value["data"][0]["state"], json!("succeeded"));
     assert_eq!(value["data"][0]["webhook_id"], json!("msg_1"));
     api.call("DELETE", &sub_path(&id, ""), KEY_A, "");
-    assert!(attempts::read(api.registry.store(), &id).is_empty());
+    assert!(attempts::read(&api.store, &id).is_empty());
 }
 
 #[test]
@@ -1263,9 +1268,9 @@ fn retry_follows_the_newest_state() {
         attempt("msg_old", 3, State::Exhausted),
         attempt("msg_old", 3, State::Expired),
     ];
-    attempts::record(api.registry.store(), &id, log).unwrap();
+    attempts::record(&api.store, &id, log).unwrap();
     attempts::record(
-        api.registry.store(),
+        &api.store,
         &other,
         vec![attempt("msg_drop", 3, State::Dropped)],
     )

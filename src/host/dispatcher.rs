@@ -11,9 +11,10 @@ use crate::ids::{self, RandomSource};
 use crate::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::queue::{QueueMessage, QUEUE_NAME};
-use crate::registry::KvStore;
-use crate::registry::{Registry, SigningSecret, Subscription};
+use crate::registry::Registry;
 use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{SigningSecret, Subscription, TEST_EVENT_TYPE};
 use crate::url::{self, Destination};
 use crate::watchdog;
 use proxy_wasm::hostcalls;
@@ -122,7 +123,7 @@ impl DispatcherRoot {
                     payload,
                 }) => {
                     if let Some(resolved) = self.resolve(&subscription_id) {
-                        self.add_message(&resolved, "webhook.test".into(), Payload::new(payload));
+                        self.add_message(&resolved, TEST_EVENT_TYPE.into(), Payload::new(payload));
                     }
                 }
                 Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
@@ -147,7 +148,7 @@ impl DispatcherRoot {
             let wanted = sub
                 .events
                 .iter()
-                .any(|f| crate::rules::filter_matches(f, &event_type));
+                .any(|f| crate::subscription::filter_matches(f, &event_type));
             let reached = audience::reaches(audience, &sub.consumer, sub.privileged);
             if sub.is_active() && wanted && reached {
                 self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
@@ -523,7 +524,7 @@ impl DispatcherRoot {
             if self.registry.get_raw(&id).is_none() {
                 continue;
             }
-            if let Err(e) = attempts::record(self.registry.store(), &id, entries) {
+            if let Err(e) = attempts::record(&SharedData, &id, entries) {
                 log::warn!("proxy-webhooks: attempt log of subscription {id} not written: {e:?}");
             }
         }
@@ -578,7 +579,7 @@ impl DispatcherRoot {
             if !s.is_active() {
                 return Err(());
             }
-            s.status = crate::registry::Status::Disabled;
+            s.status = crate::subscription::Status::Disabled;
             s.disabled_reason = Some(reason.to_string());
             s.updated_at_ms = now;
             Ok(())
