@@ -195,8 +195,9 @@ fn unicode_escape(bytes: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
-/// `application/json` or any `type/subtype+json`, ignoring parameters and case.
-fn is_json_media_type(value: &[u8]) -> bool {
+/// `application/json` or any `type/subtype+json`, ignoring parameters and case: the one rule for
+/// what counts as JSON, for captured response bodies and API request bodies alike.
+pub fn is_json_media_type(value: &[u8]) -> bool {
     let essence = value
         .split(|&b| b == b';')
         .next()

@@ -149,8 +149,10 @@ impl<S: KvStore> Registry<S> {
             .unwrap_or_default()
     }
 
-    /// Every subscription of a consumer, oldest first, skipping ones being created or deleted.
-    pub fn list_for_consumer(&self, consumer: &str) -> Vec<Subscription> {
+    /// Every subscription of a consumer, oldest first, skipping ones being created or deleted
+    /// (the API reads pages of [`Registry::ids_for_consumer`] instead).
+    #[cfg(test)]
+    pub(crate) fn list_for_consumer(&self, consumer: &str) -> Vec<Subscription> {
         self.ids_for_consumer(consumer)
             .iter()
             .filter_map(|id| self.get(id).map(|(s, _)| s))

@@ -1959,8 +1959,13 @@ fn string_helpers_never_panic() {
             if let Ok(ms) = config::parse_duration(&text) {
                 assert!(ms <= config::MAX_DURATION_MS, "{text:?}");
             }
-            let _ = delivery::describe(rng.next() as u16, text.as_bytes());
-            let _ = delivery::describe(503, format!("upstream connect error{other}").as_bytes());
+            let _ = delivery::classify(rng.next() as u16, None, text.as_bytes()).describe();
+            let _ = delivery::classify(
+                503,
+                None,
+                format!("upstream connect error{other}").as_bytes(),
+            )
+            .describe();
         });
     }
 }

@@ -295,6 +295,26 @@ fn create_answers_location_and_json_headers() {
     assert_eq!(header(&response, "cache-control"), Some("no-store"));
 }
 
+/// The API takes what the event capture takes as JSON ([`event::is_json_media_type`]).
+#[test]
+fn json_bodies_may_come_under_any_json_media_type() {
+    let mut api = Api::new();
+    let auth = format!("Bearer {KEY_A}");
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for content_type in [&b"application/vnd.api+json"[..], b"text/x+JSON; q=1"] {
+        let response = api.send(&Request {
+            method: "POST",
+            path: "/webhooks/subscriptions",
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            consumer_header: None,
+            content_type: Some(content_type),
+            body: body.as_bytes(),
+        });
+        assert_eq!(response.status, 201, "{content_type:?}");
+    }
+}
+
 #[test]
 fn secret_is_shown_only_on_create_and_rotate() {
     let mut api = Api::new();
