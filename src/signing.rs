@@ -135,7 +135,7 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::TestRng;
+    use crate::tests::fixtures::Rng;
 
     const KAT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const KAT_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn generated_secrets_parse_and_differ() {
-        let mut rng = TestRng(5);
+        let mut rng = Rng(5);
         let a = Secret::generate(&mut rng).unwrap();
         let b = Secret::generate(&mut rng).unwrap();
         assert_ne!(a, b);

@@ -158,4 +158,4 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outco
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,9 +1,8 @@
 use super::*;
 use crate::attempts::{Attempt, State};
 use crate::config;
-use crate::ids::{NoRandom, TestRng};
 use crate::store::{MemoryStore, StoreError};
-use sha2::{Digest, Sha256};
+use crate::tests::fixtures::{hex, NoRandom, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -33,19 +32,7 @@ impl KvStore for Store {
     }
 }
 
-pub(crate) const KEY_A: &str = "key-acme-0123456789";
-pub(crate) const KEY_B: &str = "key-beta-0123456789";
-pub(crate) const KEY_OPS: &str = "key-ops-0123456789";
 const NOW: u64 = 1_795_000_000_000;
-pub(crate) const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// The `api.keys[].sha256` value for an API key.
-pub(crate) fn hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn config_json(infer: bool, insecure: bool) -> String {
     json!({
@@ -76,7 +63,7 @@ struct Api {
     config: Config,
     store: Rc<Store>,
     registry: Registry<Rc<Store>>,
-    rng: TestRng,
+    rng: Rng,
     /// False: the host's randomness fails (WASI `random_get` errors).
     random_works: bool,
     sent: Vec<QueueMessage>,
@@ -99,7 +86,7 @@ impl Api {
             config,
             store,
             registry,
-            rng: TestRng(42),
+            rng: Rng(42),
             random_works: true,
             sent: Vec::new(),
             queue_up: true,
