@@ -1,6 +1,11 @@
 //! Authentication: the consumer a call comes from.
 
-use super::*;
+use super::responses::error;
+use super::{Request, Response};
+use crate::config::Config;
+use crate::identity;
+use crate::identity::Credentials;
+use crate::subscription::Subscription;
 
 /// The authenticated consumer.
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,13 @@
 //! Request bodies and query strings: parsed and validated before anything is written.
 
-use super::*;
+use super::responses::{error, invalid_field};
+use super::{Request, Response, MAX_PAGE};
+use crate::config::Config;
+use crate::event;
+use crate::subscription;
+use crate::subscription::{FilterError, Status, MAX_EVENTS};
+use crate::url::check_destination;
+use serde_json::{Map, Value};
 
 /// Field names echoed in error messages are cut to this many characters.
 pub(super) const ECHO_MAX_CHARS: usize = 64;

@@ -1,6 +1,23 @@
 //! One handler per call, run after the route, the caller and the method are checked.
 
-use super::*;
+use super::auth::Caller;
+use super::fields::{missing, parse_fields, parse_page, Fields};
+use super::responses::{
+    base_headers, error, invalid_field, json_response, no_randomness, registry_error,
+    static_subscription, subscription_not_found, view, SubscriptionView,
+};
+use super::{Context, Outcome, Request, Response, MAX_SECRETS, ROTATION_OVERLAP_MS};
+use crate::attempts;
+use crate::config::Config;
+use crate::event;
+use crate::ids::random_id;
+use crate::queue::QueueMessage;
+use crate::ratelimit;
+use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
+use serde::Serialize;
+use serde_json::json;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
 pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];

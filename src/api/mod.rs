@@ -8,24 +8,24 @@
 //! media type (415) → JSON shape (400) → field validation (422) → ownership (404) → state (409).
 //! Every check runs before any write, so a refused request changes nothing.
 
-use crate::attempts;
+mod auth;
+mod fields;
+mod handlers;
+mod responses;
+mod routes;
+
 use crate::config::Config;
-use crate::event;
-use crate::identity::{self, Credentials};
-use crate::ids::{random_id, RandomSource, RandomUnavailable};
+use crate::ids::RandomSource;
 use crate::queue::QueueMessage;
-use crate::ratelimit;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::Registry;
 use crate::rules;
-use crate::signing::Secret;
 use crate::store::KvStore;
-use crate::subscription::{
-    self, FilterError, SigningSecret, Status, Subscription, MAX_EVENTS, TEST_EVENT_TYPE,
+use auth::{authenticate, unauthorized, Caller};
+use handlers::{
+    create, delete, deliveries, event_types, get, list, patch, retry, rotate_secret, send_test,
 };
-use crate::time::format_rfc3339_millis;
-use crate::url::check_destination;
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+use responses::{error, method_not_allowed};
+use routes::{query_of, route, Route};
 
 /// An API request as the filter saw it. `path` is the full `:path`, query string included.
 #[derive(Debug, Clone, Copy)]
@@ -101,18 +101,6 @@ pub fn too_large(limit: usize) -> Response {
         format!("request body must be at most {limit} bytes"),
     )
 }
-
-mod auth;
-mod fields;
-mod handlers;
-mod responses;
-mod routes;
-
-use auth::*;
-use fields::*;
-use handlers::*;
-use responses::*;
-use routes::*;
 
 /// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
 /// without a valid key, 405 for a method the path does not answer. The filter asks at request

@@ -1,6 +1,13 @@
 //! The answers: JSON bodies, error shapes and the public views of records.
 
-use super::*;
+use super::Response;
+use crate::config::Config;
+use crate::ids::RandomUnavailable;
+use crate::registry::RegistryError;
+use crate::subscription::{Status, Subscription};
+use crate::time::format_rfc3339_millis;
+use serde::Serialize;
+use serde_json::json;
 
 pub(super) fn base_headers() -> Vec<(&'static str, String)> {
     vec![("cache-control", "no-store".to_string())]

@@ -1,8 +1,14 @@
 use super::*;
+use crate::attempts;
 use crate::attempts::{Attempt, State};
 use crate::config;
+use crate::event;
+use crate::signing::Secret;
 use crate::store::{MemoryStore, StoreError};
+use crate::subscription::{self, SigningSecret, Status, Subscription};
 use crate::tests::fixtures::{hex, NoRandom, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
+use crate::time::format_rfc3339_millis;
+use serde_json::{json, Value};
 use std::cell::Cell;
 use std::rc::Rc;
 
