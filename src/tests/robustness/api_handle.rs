@@ -1,6 +1,15 @@
 //! Robustness of api::handle.
 
-use super::*;
+use super::{attempt, full_config, fuzz_input, mutate_bytes, run, shown, NOW};
+use crate::api::{self, Context, Request, Response};
+use crate::attempts::{self, State};
+use crate::config::{self, Config};
+use crate::queue::QueueMessage;
+use crate::registry::Registry;
+use crate::store::{self, KvStore, MemoryStore};
+use crate::tests::fixtures::{scaled, seeded, Rng, KEY_A, KEY_B, KEY_OPS};
+use serde_json::{json, Value};
+use std::rc::Rc;
 
 struct ApiHarness {
     config: Config,

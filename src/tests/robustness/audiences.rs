@@ -1,6 +1,8 @@
 //! Robustness of audience::resolve.
 
-use super::*;
+use super::{mutate_bytes, run, Shown};
+use crate::config;
+use crate::tests::fixtures::{scaled, seeded};
 
 const AUDIENCE_ITERATIONS: usize = 5000;
 

@@ -1,6 +1,11 @@
 //! Robustness of config::parse.
 
-use super::*;
+use super::{full_config, fuzz_input, run, shown, Shown};
+use crate::config::{self, Config};
+use crate::rules::{self, PathTemplate};
+use crate::signing::Secret;
+use crate::tests::fixtures::{scaled, seeded};
+use crate::url::check_destination;
 
 fn config_corpus() -> Vec<Vec<u8>> {
     vec![

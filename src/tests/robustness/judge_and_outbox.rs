@@ -1,6 +1,12 @@
 //! Robustness of delivery: judge and the Outbox.
 
-use super::*;
+use super::{full_config, run};
+use crate::config;
+use crate::delivery::{self, Verdict};
+use crate::outbox::{Limits, Message, Outbox, Payload};
+use crate::pacing::Signal;
+use crate::tests::fixtures::{scaled, seeded};
+use std::rc::Rc;
 
 #[test]
 fn judge_and_outbox_never_panic() {

@@ -21,26 +21,11 @@ mod strings;
 mod templates;
 mod urls;
 
-use crate::api::{self, Context, Request, Response};
-use crate::attempts::{self, Attempt, State};
-use crate::config::{self, Config};
-use crate::delivery::{self, Verdict};
-use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
-use crate::outbox::{Limits, Message, Outbox, Payload};
-use crate::pacing::Signal;
-use crate::queue::QueueMessage;
-use crate::registry::Registry;
-use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
-use crate::signing::Secret;
-use crate::store::{self, KvStore, MemoryStore};
+use crate::attempts::{Attempt, State};
 use crate::subscription::{self, SigningSecret, Status, Subscription};
-use crate::tests::fixtures::{
-    hex, is_strict_json, scaled, seeded, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET,
-};
-use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
-use crate::url::{check_destination, parse_destination, Policy};
+use crate::tests::fixtures::{hex, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
+use crate::time::format_rfc3339_millis;
 use serde_json::{json, Value};
-use std::rc::Rc;
 
 // ---------------------------------------------------------------------------------------------
 // Input generators

@@ -1,6 +1,9 @@
 //! Robustness of event: BodyCapture and build_payload.
 
-use super::*;
+use super::{fuzz_input, run, shown, Shown};
+use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
+use crate::tests::fixtures::{is_strict_json, scaled, seeded};
+use serde_json::{json, Value};
 
 const PAYLOAD_ITERATIONS: usize = 5000;
 

@@ -1,6 +1,8 @@
 //! Robustness of QueueMessage.
 
-use super::*;
+use super::{mutate_bytes, run, shown, Shown};
+use crate::queue::QueueMessage;
+use crate::tests::fixtures::{scaled, seeded};
 
 const QUEUE_ITERATIONS: usize = 20_000;
 

@@ -1,6 +1,11 @@
 //! Robustness of registry and attempts over a MemoryStore, with corrupted stored bytes.
 
-use super::*;
+use super::{attempt, fuzz_input, run, subscription};
+use crate::attempts::{self, State};
+use crate::registry::Registry;
+use crate::store::{self, KvStore, MemoryStore};
+use crate::subscription::{Status, Subscription};
+use crate::tests::fixtures::{scaled, seeded, Rng};
 
 const REGISTRY_ITERATIONS: usize = 1500;
 

@@ -1,6 +1,8 @@
 //! Robustness of signing.
 
-use super::*;
+use super::{fuzz_input, run};
+use crate::signing::Secret;
+use crate::tests::fixtures::{scaled, seeded, STATIC_SECRET};
 
 #[test]
 fn secrets_never_panic() {

@@ -1,6 +1,11 @@
 //! Robustness of Small helpers on untrusted strings.
 
-use super::*;
+use super::{fuzz_input, mutate_bytes, run, subscription};
+use crate::api;
+use crate::config;
+use crate::delivery;
+use crate::rules;
+use crate::tests::fixtures::{scaled, seeded};
 
 #[test]
 fn string_helpers_never_panic() {

@@ -1,6 +1,8 @@
 //! Robustness of rules: PathTemplate, detect, infer_event_type.
 
-use super::*;
+use super::{fuzz_input, run};
+use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
+use crate::tests::fixtures::{scaled, seeded, Rng};
 
 /// The parameter names a template string declares, in order (for a template that parsed).
 fn declared_params(template: &str) -> Vec<String> {

@@ -1,6 +1,8 @@
 //! Robustness of url.
 
-use super::*;
+use super::{fuzz_input, run};
+use crate::tests::fixtures::{scaled, seeded};
+use crate::url::{check_destination, parse_destination, Policy};
 
 const URL_ITERATIONS: usize = 20_000;
 
