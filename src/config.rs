@@ -6,7 +6,9 @@
 use crate::audience::{self, Audience};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
-use crate::subscription::{self, FilterError, StaticSubscription, MAX_EVENTS, TEST_EVENT_TYPE};
+use crate::subscription::{
+    self, FilterError, StaticSubscription, MAX_EVENTS, RESERVED_TYPE_PREFIX, TEST_EVENT_TYPE,
+};
 use crate::url::{check_destination, Policy};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -671,8 +673,11 @@ fn parse_event_type(field: &str, s: &str) -> Result<String, ConfigError> {
             format!("{s:?} is not an event type (dot-separated parts of letters, digits and '_', at most 128 characters)"),
         ));
     }
-    if s.starts_with("webhook.") {
-        return Err(err(field, "types starting with \"webhook.\" are reserved"));
+    if s.starts_with(RESERVED_TYPE_PREFIX) {
+        return Err(err(
+            field,
+            format!("types starting with {RESERVED_TYPE_PREFIX:?} are reserved"),
+        ));
     }
     Ok(s.to_string())
 }

@@ -5,7 +5,9 @@
 use crate::rules;
 use serde::{Deserialize, Serialize};
 
-/// The event type of `POST .../test`, always subscribable; `webhook.` types are reserved.
+/// Event types of the plugin's own, which configured rules may not use.
+pub const RESERVED_TYPE_PREFIX: &str = "webhook.";
+/// The event type of `POST .../test`, always subscribable (one of the reserved types).
 pub const TEST_EVENT_TYPE: &str = "webhook.test";
 /// Event filters per subscription at most: each one is an index entry.
 pub const MAX_EVENTS: usize = 50;
@@ -297,6 +299,12 @@ mod tests {
             Err(FilterError::Unknown(1))
         );
         assert_eq!(check(&[Some("nope.*")]), Ok(vec!["nope.*".into()]));
+    }
+
+    #[test]
+    fn the_test_event_type_is_reserved_and_valid() {
+        assert!(TEST_EVENT_TYPE.starts_with(RESERVED_TYPE_PREFIX));
+        assert!(rules::is_valid_event_type(TEST_EVENT_TYPE));
     }
 
     #[test]
