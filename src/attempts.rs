@@ -1,12 +1,13 @@
 //! The attempt log: the latest delivery attempts per subscription, written by the dispatcher
 //! (the only writer, on the main thread) and read by the subscription API on any worker.
-//! Kept in the shared store in [`LOG_BUCKETS`] hash buckets `pwh:log:<n>` (created by
+//! Kept in the shared store in [`crate::store::LOG_BUCKETS`] hash buckets `pwh:log:<n>` (created by
 //! [`crate::registry::Registry::prepare`]), one line `<subscription id> <JSON array>` per
 //! subscription, newest first, bounded: a deleted subscription's line goes with it, so the keys
 //! stay the same however many subscriptions come and go.
 
 use crate::buckets::{self, Bucket, Change};
-use crate::registry::{stored_record, KvStore, StoreError};
+use crate::registry::stored_record;
+use crate::store::{log_key, KvStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Attempts kept per subscription.
@@ -56,24 +57,12 @@ pub struct Attempt {
     pub state: State,
 }
 
-/// Log buckets: a fixed set of keys however many subscriptions come and go. A log write
-/// rewrites the whole bucket, and a full log is ~11 KB, so there are twice as many as record
-/// buckets: at 10,000 subscriptions a bucket holds the log written plus ~1.2 others (each
-/// neighbour's full log added 20–30% to a write, measured natively).
-pub const LOG_BUCKETS: u32 = 8192;
-/// The log buckets' keys are `<PREFIX>:<n>`.
-pub(crate) const PREFIX: &str = "pwh:log";
 /// Bounded retries on compare-and-swap conflicts (the API's deletes and the dispatcher's writes).
 const MAX_CAS_RETRIES: usize = 100;
 
-/// The bucket holding the log of a subscription.
-pub(crate) fn key(subscription_id: &str) -> String {
-    buckets::key(PREFIX, LOG_BUCKETS, subscription_id)
-}
-
 /// The logged attempts of a subscription, newest first.
 pub fn read<S: KvStore>(store: &S, subscription_id: &str) -> Vec<Attempt> {
-    let bucket = Bucket::read(store, &key(subscription_id));
+    let bucket = Bucket::read(store, &log_key(subscription_id));
     bucket
         .get(subscription_id)
         .and_then(|bytes| serde_json::from_slice(bytes).ok())
@@ -107,13 +96,13 @@ pub fn record<S: KvStore>(
             .map(Change::Put)
             .map_err(|e| StoreError::Failed(e.to_string()))
     };
-    let key = key(subscription_id);
+    let key = log_key(subscription_id);
     buckets::edit(store, &key, subscription_id, MAX_CAS_RETRIES, &mut log)
 }
 
 /// Forgets a deleted subscription's log.
 pub fn clear<S: KvStore>(store: &S, subscription_id: &str) {
-    let key = key(subscription_id);
+    let key = log_key(subscription_id);
     let mut remove = |_: Option<&[u8]>, _| Ok(Change::Remove);
     let _ = buckets::edit(store, &key, subscription_id, MAX_CAS_RETRIES, &mut remove);
 }
@@ -121,11 +110,13 @@ pub fn clear<S: KvStore>(store: &S, subscription_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{MemoryStore, Registry};
+    use crate::registry::Registry;
+    use crate::store::MemoryStore;
 
-    /// A registry holding one subscription `id`.
-    fn registry_with(id: &str) -> Registry<MemoryStore> {
-        let registry = Registry::new(MemoryStore::default());
+    /// A store whose registry holds one subscription `id`.
+    fn store_with(id: &str) -> MemoryStore {
+        let store = MemoryStore::default();
+        let registry = Registry::new(&store);
         registry.prepare();
         let sub = serde_json::from_value(serde_json::json!({
             "id": id, "consumer": "c", "url": "https://example.com/hook", "events": ["*"],
@@ -134,7 +125,7 @@ mod tests {
         }))
         .unwrap();
         registry.insert(&sub, None).unwrap();
-        registry
+        store
     }
 
     fn attempt(n: u32) -> Attempt {
@@ -153,8 +144,7 @@ mod tests {
 
     #[test]
     fn newest_first_and_bounded() {
-        let registry = registry_with("s");
-        let store = registry.store();
+        let store = &store_with("s");
         record(store, "s", vec![attempt(1), attempt(2)]).unwrap();
         for n in 3..=(MAX_ENTRIES as u32 + 5) {
             record(store, "s", vec![attempt(n)]).unwrap();
@@ -169,13 +159,12 @@ mod tests {
 
     #[test]
     fn no_log_without_a_subscription_and_none_after_delete() {
-        let registry = registry_with("s");
-        let store = registry.store();
+        let store = &store_with("s");
         record(store, "other", vec![attempt(1)]).unwrap();
         assert!(read(store, "other").is_empty());
         record(store, "s", vec![attempt(1)]).unwrap();
         assert_eq!(read(store, "s").len(), 1);
-        registry.delete("s").unwrap();
+        Registry::new(store).delete("s").unwrap();
         assert!(read(store, "s").is_empty(), "delete takes the log");
         record(store, "s", vec![attempt(2)]).unwrap();
         assert!(read(store, "s").is_empty(), "a late write adds nothing");

@@ -5,7 +5,7 @@
 //! A bucket's value is lines `<name> <value>`; a name has no space or newline, a value no
 //! newline. Lines that do not parse are kept as they are and never match a name.
 
-use crate::registry::{KvStore, StoreError};
+use crate::store::{KvStore, StoreError};
 
 /// FNV-1a: stable across builds and replicas, unlike std's hasher.
 pub fn hash(name: &str) -> u32 {
@@ -123,7 +123,7 @@ pub fn edit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MemoryStore;
+    use crate::store::MemoryStore;
 
     #[test]
     fn entries_are_found_by_their_whole_name() {

@@ -6,6 +6,9 @@
 use crate::audience::{self, Audience};
 use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::signing::Secret;
+use crate::subscription::{
+    self, FilterError, StaticSubscription, MAX_EVENTS, RESERVED_TYPE_PREFIX, TEST_EVENT_TYPE,
+};
 use crate::url::{check_destination, Policy};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -47,21 +50,6 @@ pub struct ApiKey {
     pub consumer: String,
     /// The SHA-256 of the key, from 64 hex digits.
     pub sha256: [u8; 32],
-}
-
-/// A subscription fixed in the configuration; it cannot be changed through the API.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StaticSubscription {
-    pub id: String,
-    pub consumer: String,
-    pub url: String,
-    /// Event filters: exact types, `prefix.*` or `*`.
-    pub events: Vec<String>,
-    /// `whsec_` + base64 secret, validated to decode.
-    pub secret: String,
-    pub description: String,
-    /// Receives every event its filters match, whatever the event's audience.
-    pub privileged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,8 +112,6 @@ pub const MAX_DURATION_MS: u64 = 365 * DAY_MS;
 pub const MAX_TIMEOUT_MS: u64 = 24 * DAY_MS;
 /// `delivery.retry_schedule` entries at most.
 pub const MAX_RETRY_SCHEDULE: usize = 50;
-/// `subscriptions[].description` characters at most.
-pub const MAX_DESCRIPTION_CHARS: usize = 256;
 
 const SECOND_MS: u64 = 1000;
 const MINUTE_MS: u64 = 60 * SECOND_MS;
@@ -647,6 +633,15 @@ fn parse_inference(field: &str, v: &Value) -> Result<(bool, Vec<String>), Config
 }
 
 impl Config {
+    /// Whether events of `event_type` can happen here: a configured rule's type, `webhook.test`,
+    /// or, with inference on, any type inference can produce (one resource segment of letters
+    /// and '_' followed by created/updated/deleted).
+    pub fn knows_event_type(&self, event_type: &str) -> bool {
+        event_type == TEST_EVENT_TYPE
+            || self.events.iter().any(|r| r.event_type == event_type)
+            || (self.infer_events && rules::is_inferable_type(event_type))
+    }
+
     /// Whether inference applies to `path` (query stripped): on, and under one of the prefixes
     /// if they are limited (`/orders` covers `/orders` and `/orders/7`, not `/ordersx`).
     pub fn infers(&self, path: &str) -> bool {
@@ -678,8 +673,11 @@ fn parse_event_type(field: &str, s: &str) -> Result<String, ConfigError> {
             format!("{s:?} is not an event type (dot-separated parts of letters, digits and '_', at most 128 characters)"),
         ));
     }
-    if s.starts_with("webhook.") {
-        return Err(err(field, "types starting with \"webhook.\" are reserved"));
+    if s.starts_with(RESERVED_TYPE_PREFIX) {
+        return Err(err(
+            field,
+            format!("types starting with {RESERVED_TYPE_PREFIX:?} are reserved"),
+        ));
     }
     Ok(s.to_string())
 }
@@ -877,12 +875,8 @@ fn parse_subscription(
     Secret::parse_chosen(secret).map_err(|problem| err(o.field("secret"), problem))?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
-    if description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(err(
-            o.field("description"),
-            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
-        ));
-    }
+    subscription::check_description(description)
+        .map_err(|problem| err(o.field("description"), problem))?;
     Ok(StaticSubscription {
         id,
         consumer,
@@ -895,32 +889,35 @@ fn parse_subscription(
 }
 
 fn parse_subscription_id(field: &str, s: &str) -> Result<String, ConfigError> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if s.is_empty() || s.len() > 64 || !s.chars().all(ok) {
-        return Err(err(field, "must be 1 to 64 letters, digits, '_' or '-'"));
+    if !subscription::is_valid_id(s) {
+        return Err(err(field, subscription::ID_RULE));
     }
     Ok(s.to_string())
 }
 
+/// The API's rules for event filters, except that a configured subscription may name exact
+/// types no rule produces (the operator's choice, not an API caller's guess).
 fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
     let list = v
         .as_array()
         .filter(|l| !l.is_empty())
         .ok_or_else(|| err(field, "must be a non-empty array of event filters"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, entry)| {
+    subscription::check_filters(list.iter().map(Value::as_str), |_| true).map_err(|e| match e {
+        FilterError::Count => err(
+            field,
+            format!("must list at most {MAX_EVENTS} event filters"),
+        ),
+        FilterError::NotAFilter(i) | FilterError::Unknown(i) => {
             let field = item(field, i);
-            let filter = as_str(&field, entry)?;
-            if !rules::is_valid_event_filter(filter) {
-                return Err(err(
+            match list.get(i).and_then(Value::as_str) {
+                Some(filter) => err(
                     field,
                     format!("{filter:?} is not an event type, a prefix.* wildcard or *"),
-                ));
+                ),
+                None => err(field, "must be a string"),
             }
-            Ok(filter.to_string())
-        })
-        .collect()
+        }
+    })
 }
 
 #[cfg(test)]

@@ -253,12 +253,6 @@ fn local_reply(code: u16, body: &str) -> Option<String> {
     }
 }
 
-/// A short, secret-free description of a response for logs and the attempt log.
-pub fn describe(code: u16, body_start: &[u8]) -> String {
-    local_reply(code, &String::from_utf8_lossy(body_start))
-        .unwrap_or_else(|| format!("HTTP {code}"))
-}
-
 /// What a callout's answer means: Envoy's own connect-failure or timeout reply is no answer
 /// from the receiver at all.
 pub fn classify(code: u16, retry_after_ms: Option<u64>, body_start: &[u8]) -> Response {
@@ -448,6 +442,10 @@ mod tests {
             Response::NotSent("invalid url".into()).signal(),
             Signal::Neutral
         );
+    }
+
+    fn describe(code: u16, body_start: &[u8]) -> String {
+        classify(code, None, body_start).describe()
     }
 
     #[test]

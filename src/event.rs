@@ -1,5 +1,6 @@
 //! The webhook body: the captured response object plus what was asked of the API.
 
+use crate::subscription::TEST_EVENT_TYPE;
 use crate::time::format_rfc3339_millis;
 use serde::de::IgnoredAny;
 use serde::Serialize;
@@ -194,8 +195,9 @@ fn unicode_escape(bytes: &[u8]) -> Option<u32> {
     u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
-/// `application/json` or any `type/subtype+json`, ignoring parameters and case.
-fn is_json_media_type(value: &[u8]) -> bool {
+/// `application/json` or any `type/subtype+json`, ignoring parameters and case: the one rule for
+/// what counts as JSON, for captured response bodies and API request bodies alike.
+pub fn is_json_media_type(value: &[u8]) -> bool {
     let essence = value
         .split(|&b| b == b';')
         .next()
@@ -289,7 +291,7 @@ pub fn build_payload(
 /// The body of a `webhook.test` event sent to one subscription on request.
 pub fn build_test_payload(timestamp_ms: u64, subscription_id: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + subscription_id.len());
-    push_header(&mut out, "webhook.test", timestamp_ms);
+    push_header(&mut out, TEST_EVENT_TYPE, timestamp_ms);
     out.extend_from_slice(br#""subscription_id":"#);
     push_json(&mut out, subscription_id);
     out.extend_from_slice(br#","message":"This is a test webhook from proxy-webhooks."}}"#);

@@ -73,37 +73,10 @@ fn base62_char(byte: u8) -> Option<char> {
     Some(char::from(ascii))
 }
 
-/// Deterministic randomness for tests: xorshift64* from a fixed seed.
-#[cfg(test)]
-pub(crate) struct TestRng(pub u64);
-
-#[cfg(test)]
-impl RandomSource for TestRng {
-    fn fill(&mut self, buf: &mut [u8]) -> Result<(), RandomUnavailable> {
-        for b in buf.iter_mut() {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            *b = (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8;
-        }
-        Ok(())
-    }
-}
-
-/// A source that always fails, as WASI `random_get` might.
-#[cfg(test)]
-pub(crate) struct NoRandom;
-
-#[cfg(test)]
-impl RandomSource for NoRandom {
-    fn fill(&mut self, _buf: &mut [u8]) -> Result<(), RandomUnavailable> {
-        Err(RandomUnavailable)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::fixtures::{NoRandom, Rng};
 
     /// Replays a fixed byte sequence, cycling.
     struct Replay(Vec<u8>, usize);
@@ -135,7 +108,7 @@ mod tests {
 
     #[test]
     fn has_prefix_and_length() {
-        let id = random_id(&mut TestRng(7), "msg_", 24).unwrap();
+        let id = random_id(&mut Rng(7), "msg_", 24).unwrap();
         assert!(id.starts_with("msg_"));
         assert_eq!(id.len(), 28);
         assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
@@ -156,13 +129,13 @@ mod tests {
 
     #[test]
     fn ids_longer_than_a_batch() {
-        let id = random_id(&mut TestRng(3), "", 100).unwrap();
+        let id = random_id(&mut Rng(3), "", 100).unwrap();
         assert_eq!(id.len(), 100);
     }
 
     #[test]
     fn ids_differ() {
-        let mut rng = TestRng(42);
+        let mut rng = Rng(42);
         let a = random_id(&mut rng, "msg_", 24).unwrap();
         let b = random_id(&mut rng, "msg_", 24).unwrap();
         assert_ne!(a, b);
@@ -170,7 +143,7 @@ mod tests {
 
     #[test]
     fn characters_are_roughly_uniform() {
-        let id = random_id(&mut TestRng(99), "", 62 * 1000).unwrap();
+        let id = random_id(&mut Rng(99), "", 62 * 1000).unwrap();
         let mut counts = std::collections::HashMap::new();
         for c in id.chars() {
             *counts.entry(c).or_insert(0u32) += 1;

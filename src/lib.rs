@@ -30,10 +30,12 @@ pub mod port;
 pub mod queue;
 pub mod ratelimit;
 pub mod registry;
-#[cfg(test)]
-mod robustness;
 pub mod rules;
 pub mod signing;
+pub mod store;
+pub mod subscription;
+#[cfg(test)]
+mod tests;
 pub mod time;
 pub mod url;
 pub mod watchdog;

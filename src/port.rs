@@ -73,7 +73,7 @@ pub struct CalloutResponse {
 /// from the supertrait; logging goes through the `log` crate.
 pub trait DispatchHost: crate::ids::RandomSource {
     /// The shared key-value store (subscriptions, attempt logs, the heartbeat).
-    type Store: crate::registry::KvStore + Clone;
+    type Store: crate::store::KvStore + Clone;
 
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;

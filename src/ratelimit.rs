@@ -9,7 +9,7 @@
 //! ([`prepare`], on the main thread before any worker) and then only changed with
 //! compare-and-swap.
 
-use crate::registry::KvStore;
+use crate::store::{KvStore, RATE_PREFIX};
 
 /// Calls a consumer may make at once.
 pub const BURST: u64 = 10;
@@ -22,7 +22,7 @@ fn key(consumer: &str) -> String {
     let hash = consumer.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    format!("pwh:rate:{}", hash % KEYS)
+    format!("{RATE_PREFIX}:{}", hash % KEYS)
 }
 
 /// Creates the keys that do not exist yet.
@@ -96,7 +96,7 @@ fn edit(text: &str, consumer: &str, now_ms: u64) -> (Vec<String>, Option<(u64, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::MemoryStore;
+    use crate::store::MemoryStore;
 
     #[test]
     fn a_burst_then_one_call_per_refill() {

@@ -327,21 +327,6 @@ pub fn is_valid_event_filter(f: &str) -> bool {
     }
 }
 
-/// `*` matches all; `order.*` matches `order.created` and `order.x.y` but neither `order` nor
-/// `orders.created`; anything else matches exactly.
-pub fn filter_matches(filter: &str, event_type: &str) -> bool {
-    if filter == "*" {
-        return true;
-    }
-    match filter.strip_suffix(".*") {
-        Some(prefix) => event_type
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .is_some_and(|rest| !rest.is_empty()),
-        None => filter == event_type,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,18 +688,5 @@ mod tests {
         ] {
             assert!(!is_valid_event_filter(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn filters() {
-        assert!(filter_matches("*", "anything.at.all"));
-        assert!(filter_matches("order.*", "order.created"));
-        assert!(filter_matches("order.*", "order.x.y"));
-        assert!(!filter_matches("order.*", "order"));
-        assert!(!filter_matches("order.*", "orders.created"));
-        assert!(!filter_matches("order.*", "order."));
-        assert!(filter_matches("order.created", "order.created"));
-        assert!(!filter_matches("order.created", "order.created.x"));
-        assert!(!filter_matches("order", "order.created"));
     }
 }

@@ -83,6 +83,8 @@ pub struct Policy {
     pub allow_private: bool,
 }
 
+/// Named policies, for tests (the configuration builds its own from its two switches).
+#[cfg(test)]
 impl Policy {
     /// Public `https` destinations only (the default).
     pub const STRICT: Policy = Policy {

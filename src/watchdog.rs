@@ -8,8 +8,7 @@
 //! `webhooks_dispatcher_alive` 0, and drops (and counts) events instead of queueing them where
 //! nothing reads them. Only restarting Envoy brings a dead dispatcher back.
 
-/// The shared-data key of the heartbeat: the dispatcher's clock in milliseconds, in decimal.
-pub const HEARTBEAT_KEY: &str = "pwh:heartbeat";
+pub use crate::store::HEARTBEAT_KEY;
 /// How often the dispatcher writes it.
 pub const BEAT_EVERY_MS: u64 = 1000;
 /// How often workers look at it.

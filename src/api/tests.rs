@@ -1,10 +1,16 @@
 use super::*;
+use crate::attempts;
 use crate::attempts::{Attempt, State};
 use crate::config;
-use crate::ids::{NoRandom, TestRng};
-use crate::registry::{MemoryStore, StoreError};
-use sha2::{Digest, Sha256};
+use crate::event;
+use crate::signing::Secret;
+use crate::store::{MemoryStore, StoreError};
+use crate::subscription::{self, SigningSecret, Status, Subscription};
+use crate::tests::fixtures::{hex, NoRandom, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
+use crate::time::format_rfc3339_millis;
+use serde_json::{json, Value};
 use std::cell::Cell;
+use std::rc::Rc;
 
 /// A [`MemoryStore`] that counts writes (to prove refused calls write nothing) and can be
 /// made to fail them.
@@ -32,19 +38,7 @@ impl KvStore for Store {
     }
 }
 
-pub(crate) const KEY_A: &str = "key-acme-0123456789";
-pub(crate) const KEY_B: &str = "key-beta-0123456789";
-pub(crate) const KEY_OPS: &str = "key-ops-0123456789";
 const NOW: u64 = 1_795_000_000_000;
-pub(crate) const STATIC_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-/// The `api.keys[].sha256` value for an API key.
-pub(crate) fn hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn config_json(infer: bool, insecure: bool) -> String {
     json!({
@@ -73,8 +67,9 @@ fn config_json(infer: bool, insecure: bool) -> String {
 
 struct Api {
     config: Config,
-    registry: Registry<Store>,
-    rng: TestRng,
+    store: Rc<Store>,
+    registry: Registry<Rc<Store>>,
+    rng: Rng,
     /// False: the host's randomness fails (WASI `random_get` errors).
     random_works: bool,
     sent: Vec<QueueMessage>,
@@ -89,13 +84,15 @@ impl Api {
 
     fn with(config_text: &str) -> Api {
         let config = config::parse(config_text.as_bytes()).unwrap();
-        let registry = Registry::new(Store::default());
+        let store = Rc::new(Store::default());
+        let registry = Registry::new(Rc::clone(&store));
         registry.prepare();
         registry.sync_static(&config.subscriptions, NOW);
         Api {
             config,
+            store,
             registry,
-            rng: TestRng(42),
+            rng: Rng(42),
             random_works: true,
             sent: Vec::new(),
             queue_up: true,
@@ -104,7 +101,7 @@ impl Api {
     }
 
     fn writes(&self) -> usize {
-        self.registry.store().writes.get()
+        self.store.writes.get()
     }
 
     fn send(&mut self, request: &Request<'_>) -> Response {
@@ -124,6 +121,7 @@ impl Api {
         let mut cx = Context {
             config: &self.config,
             registry: &self.registry,
+            store: &self.store,
             rng,
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
@@ -189,7 +187,7 @@ fn round_trip_field_by_field() {
     let created = api.create(KEY_A, URL, &["order.created", "orders.*"]);
     let id = created["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sub_") && id.len() == 28, "{id}");
-    assert!(is_valid_id(&id));
+    assert!(subscription::is_valid_id(&id));
     let stamp = format_rfc3339_millis(NOW);
     let secret = created["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_") && secret.len() == 50);
@@ -288,6 +286,26 @@ fn create_answers_location_and_json_headers() {
     );
     assert_eq!(header(&response, "content-type"), Some("application/json"));
     assert_eq!(header(&response, "cache-control"), Some("no-store"));
+}
+
+/// The API takes what the event capture takes as JSON ([`event::is_json_media_type`]).
+#[test]
+fn json_bodies_may_come_under_any_json_media_type() {
+    let mut api = Api::new();
+    let auth = format!("Bearer {KEY_A}");
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for content_type in [&b"application/vnd.api+json"[..], b"text/x+JSON; q=1"] {
+        let response = api.send(&Request {
+            method: "POST",
+            path: "/webhooks/subscriptions",
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            consumer_header: None,
+            content_type: Some(content_type),
+            body: body.as_bytes(),
+        });
+        assert_eq!(response.status, 201, "{content_type:?}");
+    }
 }
 
 #[test]
@@ -1010,7 +1028,7 @@ fn store_failure_answers_503() {
         .as_str()
         .unwrap()
         .to_string();
-    api.registry.store().failing.set(true);
+    api.store.failing.set(true);
     let body = json!({"url": URL, "events": ["*"]}).to_string();
     for (method, path, body) in [
         ("POST", "/webhooks/subscriptions".to_string(), body.as_str()),
@@ -1025,7 +1043,7 @@ fn store_failure_answers_503() {
             "{method} {path}"
         );
     }
-    api.registry.store().failing.set(false);
+    api.store.failing.set(false);
     assert_eq!(api.record(&id).description, "");
 }
 
@@ -1232,15 +1250,15 @@ fn deliveries_show_the_attempt_log_and_delete_clears_it() {
         attempt("msg_1", 1, State::Retrying),
         attempt("msg_1", 2, State::Succeeded),
     ];
-    attempts::record(api.registry.store(), &id, log).unwrap();
+    attempts::record(&api.store, &id, log).unwrap();
     let (status, value) = api.call("GET", &sub_path(&id, "/deliveries"), KEY_A, "");
     assert_eq!(status, 200);
-    let expected = attempts::read(api.registry.store(), &id);
+    let expected = attempts::read(&api.store, &id);
     assert_eq!(value, json!({"data": expected}));
     assert_eq!(value["data"][0]["state"], json!("succeeded"));
     assert_eq!(value["data"][0]["webhook_id"], json!("msg_1"));
     api.call("DELETE", &sub_path(&id, ""), KEY_A, "");
-    assert!(attempts::read(api.registry.store(), &id).is_empty());
+    assert!(attempts::read(&api.store, &id).is_empty());
 }
 
 #[test]
@@ -1263,9 +1281,9 @@ fn retry_follows_the_newest_state() {
         attempt("msg_old", 3, State::Exhausted),
         attempt("msg_old", 3, State::Expired),
     ];
-    attempts::record(api.registry.store(), &id, log).unwrap();
+    attempts::record(&api.store, &id, log).unwrap();
     attempts::record(
-        api.registry.store(),
+        &api.store,
         &other,
         vec![attempt("msg_drop", 3, State::Dropped)],
     )

@@ -2,9 +2,10 @@
 //! answers (or refuses) its callouts.
 
 use crate::delivery::Request;
-use crate::ids::{RandomSource, RandomUnavailable, TestRng};
+use crate::ids::{RandomSource, RandomUnavailable};
 use crate::port::{CalloutRefused, CalloutResponse, DispatchHost, Metric, MetricKind};
-use crate::registry::MemoryStore;
+use crate::store::MemoryStore;
+use crate::tests::fixtures::Rng as TestRng;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;

@@ -12,8 +12,10 @@ use crate::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::pacing::Signal;
 use crate::port::{CalloutRefused, DispatchHost, Metric};
 use crate::queue::{QueueMessage, QUEUE_NAME};
-use crate::registry::{KvStore, Registry, SigningSecret, Subscription};
+use crate::registry::Registry;
 use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{SigningSecret, Subscription};
 use crate::url::{self, Destination};
 use crate::watchdog;
 use std::cell::Cell;
@@ -216,7 +218,11 @@ impl<H: DispatchHost> Dispatcher<H> {
                     payload,
                 }) => {
                     if let Some(resolved) = self.resolve(&subscription_id) {
-                        self.add_message(&resolved, "webhook.test".into(), Payload::new(payload));
+                        self.add_message(
+                            &resolved,
+                            crate::subscription::TEST_EVENT_TYPE.into(),
+                            Payload::new(payload),
+                        );
                     }
                 }
                 Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
@@ -241,7 +247,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             let wanted = sub
                 .events
                 .iter()
-                .any(|f| crate::rules::filter_matches(f, &event_type));
+                .any(|f| crate::subscription::filter_matches(f, &event_type));
             let reached = audience::reaches(audience, &sub.consumer, sub.privileged);
             if sub.is_active() && wanted && reached {
                 self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
@@ -596,7 +602,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             if !s.is_active() {
                 return Err(());
             }
-            s.status = crate::registry::Status::Disabled;
+            s.status = crate::subscription::Status::Disabled;
             s.disabled_reason = Some(reason.to_string());
             s.updated_at_ms = now;
             Ok(())

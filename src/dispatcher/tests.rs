@@ -6,8 +6,10 @@ use crate::attempts::{self, Attempt, State};
 use crate::audience::Target;
 use crate::port::{CalloutRefused, CalloutResponse, Metric};
 use crate::queue::QueueMessage;
-use crate::registry::{KvStore, Registry, SigningSecret, Status, Subscription};
+use crate::registry::Registry;
 use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{SigningSecret, Status, Subscription};
 use crate::watchdog;
 use std::rc::Rc;
 
@@ -27,7 +29,7 @@ fn dispatcher_with(config: &str) -> Dispatcher<FakeHost> {
     d
 }
 
-fn registry(d: &Dispatcher<FakeHost>) -> Registry<Rc<crate::registry::MemoryStore>> {
+fn registry(d: &Dispatcher<FakeHost>) -> Registry<Rc<crate::store::MemoryStore>> {
     Registry::new(Rc::clone(&d.host().store))
 }
 

@@ -10,9 +10,9 @@ use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::identity::OwnedCredentials;
 use crate::queue::{QueueMessage, QUEUE_NAME};
-use crate::registry::KvStore;
 use crate::registry::Registry;
 use crate::rules::{self, Detected};
+use crate::store::KvStore;
 use crate::watchdog::{self, Change, Watchdog};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -300,6 +300,7 @@ impl EventWatch {
         let mut cx = api::Context {
             config: &shared.config,
             registry: &registry,
+            store: &SharedData,
             rng: &mut WasiRandom,
             now_ms: io::now_ms(),
             enqueue: &mut enqueue,

@@ -3,7 +3,7 @@
 
 use crate::config::{self, Config};
 use crate::ids::{RandomSource, RandomUnavailable};
-use crate::registry::{KvStore, StoreError};
+use crate::store::{KvStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 use std::rc::Rc;

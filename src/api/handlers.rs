@@ -1,0 +1,364 @@
+//! One handler per call, run after the route, the caller and the method are checked.
+
+use super::auth::Caller;
+use super::fields::{missing, parse_fields, parse_page, Fields};
+use super::responses::{
+    base_headers, error, invalid_field, json_response, no_randomness, registry_error,
+    static_subscription, subscription_not_found, view, SubscriptionView,
+};
+use super::{Context, Outcome, Request, Response, MAX_SECRETS, ROTATION_OVERLAP_MS};
+use crate::attempts;
+use crate::config::Config;
+use crate::event;
+use crate::ids::random_id;
+use crate::queue::QueueMessage;
+use crate::ratelimit;
+use crate::signing::Secret;
+use crate::store::KvStore;
+use crate::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
+use serde::Serialize;
+use serde_json::json;
+
+pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
+pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
+pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status"];
+
+/// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
+/// of subscriptions pays for the page it asks for, not for all of them.
+pub(super) fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &str) -> Outcome {
+    let page = parse_page(query)?;
+    let ids = cx.registry.ids_for_consumer(caller.consumer);
+    let start = match page.after {
+        None => 0,
+        Some(after) => ids
+            .iter()
+            .position(|id| id == after)
+            .map(|i| i + 1)
+            .ok_or_else(|| invalid_field("after must be the id of one of your subscriptions"))?,
+    };
+    // Ids whose record is gone (being created or deleted) are skipped, as everywhere.
+    let mut subs = ids
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|id| cx.registry.get(id).map(|(sub, _)| sub))
+        .filter(|sub| caller.owns(sub));
+    let found: Vec<Subscription> = subs.by_ref().take(page.limit).collect();
+    let has_more = subs.next().is_some();
+    let data: Vec<SubscriptionView<'_>> = found.iter().map(|s| view(s, None)).collect();
+    Ok(json_response(
+        200,
+        &json!({"data": data, "has_more": has_more}),
+    ))
+}
+
+pub(super) fn create<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    request: &Request<'_>,
+) -> Outcome {
+    let config = cx.config;
+    let fields = parse_fields(config, request, CREATE_FIELDS)?;
+    let url = fields.url.ok_or_else(|| missing("url"))?;
+    let events = fields.events.ok_or_else(|| missing("events"))?;
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
+    let sub = Subscription {
+        id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN).map_err(no_randomness)?,
+        consumer: caller.consumer.to_string(),
+        url,
+        events,
+        description: fields.description.unwrap_or_default(),
+        status: Status::Active,
+        disabled_reason: None,
+        created_at_ms: cx.now_ms,
+        updated_at_ms: cx.now_ms,
+        secrets: vec![SigningSecret {
+            secret: secret.clone(),
+            expires_at_ms: None,
+        }],
+        is_static: false,
+        privileged: false,
+        version: 1,
+    };
+    let limit = Some(config.api.max_subscriptions_per_consumer);
+    cx.registry
+        .insert(&sub, limit)
+        .map_err(|e| registry_error(e, config))?;
+    let mut response = json_response(201, &view(&sub, Some(&secret)));
+    let location = format!("{}/subscriptions/{}", config.api.path_prefix, sub.id);
+    response.headers.push(("location", location));
+    Ok(response)
+}
+
+/// The caller's subscription, or the same 404 as for an id that does not exist.
+pub(super) fn owned<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+) -> Result<Subscription, Response> {
+    cx.registry
+        .get(id)
+        .map(|(sub, _)| sub)
+        .filter(|sub| caller.owns(sub))
+        .ok_or_else(subscription_not_found)
+}
+
+/// The caller's subscription that the API may change (not static).
+pub(super) fn changeable<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+) -> Result<Subscription, Response> {
+    let sub = owned(cx, caller, id)?;
+    if sub.is_static {
+        return Err(static_subscription());
+    }
+    Ok(sub)
+}
+
+pub(super) fn get<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
+    let sub = owned(cx, caller, id)?;
+    Ok(json_response(200, &view(&sub, None)))
+}
+
+/// Runs `change` on the caller's subscription with compare-and-swap; ownership and (unless
+/// `static_allowed`) the static flag are checked again on the record actually written.
+pub(super) fn update_owned<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+    static_allowed: bool,
+    mut change: impl FnMut(&mut Subscription),
+) -> Result<Subscription, Response> {
+    let now_ms = cx.now_ms;
+    let outcome = cx.registry.update(id, |sub| {
+        if !caller.owns(sub) {
+            return Err(subscription_not_found());
+        }
+        if sub.is_static && !static_allowed {
+            return Err(static_subscription());
+        }
+        change(sub);
+        sub.updated_at_ms = now_ms;
+        Ok(())
+    });
+    outcome.map_err(|e| registry_error(e, cx.config))?
+}
+
+pub(super) fn patch<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+    request: &Request<'_>,
+) -> Outcome {
+    let fields = parse_fields(cx.config, request, PATCH_FIELDS)?;
+    // A static subscription's definition belongs to the configuration, but its status is
+    // operational (a receiver's 410 or long failure disables it): its owner may switch it.
+    let status_only =
+        fields.url.is_none() && fields.events.is_none() && fields.description.is_none();
+    let current = owned(cx, caller, id)?;
+    if current.is_static && !status_only {
+        return Err(static_subscription());
+    }
+    if fields.is_empty() {
+        return Ok(json_response(200, &view(&current, None)));
+    }
+    let updated = update_owned(cx, caller, id, status_only, |sub| apply(sub, &fields))?;
+    Ok(json_response(200, &view(&updated, None)))
+}
+
+/// Applies a patch. Enabling clears the reason; disabling an active subscription records
+/// "manual", while one already disabled keeps the reason it has ("gone", "failing").
+pub(super) fn apply(sub: &mut Subscription, fields: &Fields) {
+    if let Some(url) = &fields.url {
+        sub.url.clone_from(url);
+    }
+    if let Some(events) = &fields.events {
+        sub.events.clone_from(events);
+    }
+    if let Some(description) = &fields.description {
+        sub.description.clone_from(description);
+    }
+    match fields.status {
+        Some(Status::Active) => {
+            sub.status = Status::Active;
+            sub.disabled_reason = None;
+        }
+        Some(Status::Disabled) if sub.is_active() => {
+            sub.status = Status::Disabled;
+            sub.disabled_reason = Some("manual".to_string());
+        }
+        Some(Status::Disabled) | None => {}
+    }
+}
+
+pub(super) fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
+    changeable(cx, caller, id)?;
+    cx.registry
+        .delete(id)
+        .map_err(|e| registry_error(e, cx.config))?;
+    Ok(Response {
+        status: 204,
+        headers: base_headers(),
+        body: Vec::new(),
+    })
+}
+
+pub(super) fn rotate_secret<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+) -> Outcome {
+    changeable(cx, caller, id)?;
+    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
+    let now_ms = cx.now_ms;
+    let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
+    Ok(json_response(200, &view(&updated, Some(&secret))))
+}
+
+/// Puts `secret` first; the old current one signs beside it for [`ROTATION_OVERLAP_MS`], expired
+/// ones are dropped, and only the newest [`MAX_SECRETS`] are kept.
+pub(super) fn rotate(sub: &mut Subscription, secret: &str, now_ms: u64) {
+    let expires = now_ms.saturating_add(ROTATION_OVERLAP_MS);
+    let mut secrets = vec![SigningSecret {
+        secret: secret.to_string(),
+        expires_at_ms: None,
+    }];
+    for old in sub.secrets.iter().filter(|s| s.signs_at(now_ms)) {
+        secrets.push(SigningSecret {
+            secret: old.secret.clone(),
+            expires_at_ms: Some(old.expires_at_ms.unwrap_or(expires)),
+        });
+    }
+    secrets.truncate(MAX_SECRETS);
+    sub.secrets = secrets;
+}
+
+pub(super) fn send_test<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    id: &str,
+) -> Outcome {
+    let sub = owned(cx, caller, id)?;
+    if !sub.is_active() {
+        return Err(subscription_disabled());
+    }
+    let message = QueueMessage::Test {
+        subscription_id: sub.id.clone(),
+        payload: event::build_test_payload(cx.now_ms, &sub.id),
+    };
+    enqueue(cx, caller, message)
+}
+
+pub(super) fn subscription_disabled() -> Response {
+    error(
+        409,
+        "subscription_disabled",
+        "the subscription is disabled; PATCH it with {\"status\": \"active\"} first",
+    )
+}
+
+/// Queues a delivery the caller asked for, within the caller's rate limit.
+pub(super) fn enqueue<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    message: QueueMessage,
+) -> Outcome {
+    if let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) {
+        let mut response = error(
+            429,
+            "rate_limited",
+            format!(
+                "at most {} test and retry calls at once, then one per second; try again later",
+                ratelimit::BURST
+            ),
+        );
+        response.headers.push(("retry-after", wait_s.to_string()));
+        return Err(response);
+    }
+    if !(cx.enqueue)(message) {
+        let mut response = error(
+            503,
+            "queue_unavailable",
+            "the delivery queue is unavailable; try again",
+        );
+        response.headers.push(("retry-after", "1".to_string()));
+        return Err(response);
+    }
+    Ok(json_response(202, &json!({"status": "queued"})))
+}
+
+pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
+    let sub = owned(cx, caller, id)?;
+    let log = attempts::read(cx.store, &sub.id);
+    Ok(json_response(200, &json!({"data": log})))
+}
+
+/// Replays a message found in the attempt logs of the caller's own subscriptions. The search is
+/// bounded: the caller's subscriptions (the per-consumer limit plus static ones) times the
+/// entries kept per log.
+pub(super) fn retry<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    webhook_id: &str,
+) -> Outcome {
+    let bound = cx.config.api.max_subscriptions_per_consumer + cx.config.subscriptions.len();
+    let store = cx.store;
+    let found = cx
+        .registry
+        .ids_for_consumer(caller.consumer)
+        .into_iter()
+        .take(bound)
+        .find_map(|id| {
+            let newest = attempts::read(store, &id)
+                .into_iter()
+                .find(|a| a.webhook_id == webhook_id)?;
+            Some((id, newest.state))
+        });
+    let (id, state) = found.ok_or_else(|| error(404, "not_found", "delivery not found"))?;
+    if !state.replayable() {
+        let message = if state == attempts::State::Expired {
+            "the message is no longer kept for replay (delivery.max_replay)"
+        } else {
+            "only failed, exhausted or dropped messages can be retried"
+        };
+        return Err(error(409, "not_replayable", message));
+    }
+    if !owned(cx, caller, &id)?.is_active() {
+        return Err(subscription_disabled());
+    }
+    let message = QueueMessage::Replay {
+        webhook_id: webhook_id.to_string(),
+    };
+    enqueue(cx, caller, message)
+}
+
+#[derive(Serialize)]
+pub(super) struct EventTypeView<'c> {
+    #[serde(rename = "type")]
+    event_type: &'c str,
+    methods: &'c [String],
+    path: Option<&'c str>,
+}
+
+/// The configured rules in order, then `webhook.test` (no method or path: it is sent on request).
+pub(super) fn event_types(config: &Config) -> Outcome {
+    let mut data: Vec<EventTypeView<'_>> = config
+        .events
+        .iter()
+        .map(|rule| EventTypeView {
+            event_type: &rule.event_type,
+            methods: &rule.methods,
+            path: Some(rule.path.as_str()),
+        })
+        .collect();
+    data.push(EventTypeView {
+        event_type: TEST_EVENT_TYPE,
+        methods: &[],
+        path: None,
+    });
+    Ok(json_response(
+        200,
+        &json!({"data": data, "infer_events": config.infer_events}),
+    ))
+}

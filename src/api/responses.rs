@@ -1,0 +1,127 @@
+//! The answers: JSON bodies, error shapes and the public views of records.
+
+use super::Response;
+use crate::config::Config;
+use crate::ids::RandomUnavailable;
+use crate::registry::RegistryError;
+use crate::subscription::{Status, Subscription};
+use crate::time::format_rfc3339_millis;
+use serde::Serialize;
+use serde_json::json;
+
+pub(super) fn base_headers() -> Vec<(&'static str, String)> {
+    vec![("cache-control", "no-store".to_string())]
+}
+
+pub(super) fn json_response<T: Serialize + ?Sized>(status: u16, body: &T) -> Response {
+    let mut headers = base_headers();
+    headers.push(("content-type", "application/json".to_string()));
+    Response {
+        status,
+        headers,
+        // Serialising our own view types cannot fail; an empty object is the harmless fallback.
+        body: serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+    }
+}
+
+pub(super) fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
+    let message: String = message.into();
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+/// 503 when the host has no randomness: a secret or id from anything weaker would be guessable.
+pub(super) fn no_randomness(_: RandomUnavailable) -> Response {
+    let mut response = error(
+        503,
+        "random_unavailable",
+        "no secure randomness is available to create a secret; nothing was changed, try again later",
+    );
+    response.headers.push(("retry-after", "1".to_string()));
+    response
+}
+
+pub(super) fn method_not_allowed(allow: &'static str) -> Response {
+    let mut response = error(
+        405,
+        "method_not_allowed",
+        format!("this path answers only {allow}"),
+    );
+    response.headers.push(("allow", allow.to_string()));
+    response
+}
+
+/// One answer for an unknown id and for another consumer's id, so ids cannot be probed.
+pub(super) fn subscription_not_found() -> Response {
+    error(404, "not_found", "subscription not found")
+}
+
+/// A field of the wrong JSON type or out of range; the message names the field.
+pub(super) fn invalid_field(message: impl Into<String>) -> Response {
+    error(422, "invalid_field", message)
+}
+
+pub(super) fn static_subscription() -> Response {
+    error(
+        409,
+        "static_subscription",
+        "this subscription is defined in the plugin configuration; change the configuration to change it",
+    )
+}
+
+pub(super) fn registry_error(e: RegistryError, config: &Config) -> Response {
+    match e {
+        RegistryError::NotFound => subscription_not_found(),
+        RegistryError::LimitReached(_) => error(
+            409,
+            "limit_reached",
+            format!(
+                "at most {} subscriptions per consumer",
+                config.api.max_subscriptions_per_consumer
+            ),
+        ),
+        RegistryError::Unavailable(_) => {
+            let mut response = error(
+                503,
+                "unavailable",
+                "the subscription store is busy; try again",
+            );
+            response.headers.push(("retry-after", "1".to_string()));
+            response
+        }
+    }
+}
+
+/// The public shape of a subscription; `secret` only in the create and rotate answers.
+#[derive(Serialize)]
+pub(super) struct SubscriptionView<'s> {
+    id: &'s str,
+    url: &'s str,
+    events: &'s [String],
+    description: &'s str,
+    status: Status,
+    disabled_reason: Option<&'s str>,
+    created_at: String,
+    updated_at: String,
+    #[serde(rename = "static")]
+    is_static: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'s str>,
+}
+
+pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> SubscriptionView<'s> {
+    SubscriptionView {
+        id: &sub.id,
+        url: &sub.url,
+        events: &sub.events,
+        description: &sub.description,
+        status: sub.status,
+        disabled_reason: sub.disabled_reason.as_deref(),
+        created_at: format_rfc3339_millis(sub.created_at_ms),
+        updated_at: format_rfc3339_millis(sub.updated_at_ms),
+        is_static: sub.is_static,
+        secret,
+    }
+}

@@ -1,0 +1,4 @@
+//! The unit tests that span modules, and what tests share.
+
+pub(crate) mod fixtures;
+mod robustness;
