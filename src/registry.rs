@@ -228,13 +228,35 @@ impl<S: KvStore> Registry<S> {
         id: &str,
         mut change: impl FnMut(&mut Subscription) -> Result<(), E>,
     ) -> Result<Result<Subscription, E>, RegistryError> {
+        let mut refusal = None;
+        let stored = self.update_with(id, &mut |sub| match change(sub) {
+            Ok(()) => true,
+            Err(e) => {
+                refusal = Some(e);
+                false
+            }
+        })?;
+        Ok(match (stored, refusal) {
+            (_, Some(refused)) => Err(refused),
+            (Some(after), None) => Ok(after),
+            (None, None) => return Err(RegistryError::NotFound),
+        })
+    }
+
+    /// [`Registry::update`] without the generic closure, so the wasm carries it once:
+    /// `change` returns false to refuse, and then nothing is written (None).
+    fn update_with(
+        &self,
+        id: &str,
+        change: &mut dyn FnMut(&mut Subscription) -> bool,
+    ) -> Result<Option<Subscription>, RegistryError> {
         let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
             let bucket = Bucket::read(&self.store, &key);
             let before = parsed_record(&bucket, id).ok_or(RegistryError::NotFound)?;
             let mut after = before.clone();
-            if let Err(refused) = change(&mut after) {
-                return Ok(Err(refused));
+            if !change(&mut after) {
+                return Ok(None);
             }
             after.version = before.version.saturating_add(1);
             let record = serde_json::to_vec(&after)
@@ -258,7 +280,7 @@ impl<S: KvStore> Registry<S> {
                     }
                     self.count_active(Some(&before), Some(&after));
                     self.bump_generation();
-                    return Ok(Ok(after));
+                    return Ok(Some(after));
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
