@@ -2,7 +2,7 @@
 //! body buffered, ending in trailers, too large), events (headers, body chunks, `on_log`), a
 //! response cut short, requests that make nothing, and a dispatcher presumed dead.
 
-use super::fake::FakeStreamHost;
+use super::fake::{logged, FakeStreamHost};
 use super::*;
 use crate::audience::Target;
 use crate::config;
@@ -368,4 +368,49 @@ fn before_the_first_heartbeat_the_dispatcher_counts_as_starting() {
     assert_eq!(host(&f).alive_gauge.get(), Some(true));
     make_event(&f);
     assert_eq!(host(&f).queue.borrow().len(), 1);
+}
+
+#[test]
+fn a_dead_dispatcher_is_logged_once_and_drops_warn_once_per_thousand() {
+    let f = filter();
+    logged();
+    let now = host(&f).now_ms.get();
+    host(&f)
+        .store()
+        .set(watchdog::HEARTBEAT_KEY, &watchdog::beat(now), None)
+        .unwrap();
+    host(&f).now_ms.set(now + 60_000);
+    f.tick();
+    f.tick();
+    let lines = logged();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].0, log::Level::Error);
+    assert!(lines[0].1.contains("has not run for 60000 ms"), "{lines:?}");
+
+    for _ in 0..1001 {
+        make_event(&f);
+    }
+    assert_eq!(host(&f).dropped.get(), 1001);
+    let lines = logged();
+    let warnings: Vec<&str> = lines.iter().map(|(_, line)| line.as_str()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "proxy-webhooks: event dropped (1 so far on this worker): the dispatcher is not running (restart Envoy)",
+            "proxy-webhooks: event dropped (1001 so far on this worker): the dispatcher is not running (restart Envoy)",
+        ]
+    );
+
+    // A missing queue is a configuration mistake, and says so.
+    let f = filter();
+    host(&f).queue_exists.set(false);
+    make_event(&f);
+    let lines = logged();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].1.contains(
+            "is the webhooks_dispatcher bootstrap extension configured with the same vm_id?"
+        ),
+        "{lines:?}"
+    );
 }
