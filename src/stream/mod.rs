@@ -68,10 +68,6 @@ impl<H: StreamHost> Filter<H> {
         }
     }
 
-    pub fn host(&self) -> &H {
-        &self.host
-    }
-
     /// Readies shared data for the API (once per worker; idempotent).
     pub fn configure(&self) {
         Registry::new(self.host.store()).prepare();

@@ -33,7 +33,7 @@ fn filter() -> Rc<Filter<FakeStreamHost>> {
 }
 
 fn host(filter: &Filter<FakeStreamHost>) -> &FakeStreamHost {
-    filter.host()
+    &filter.host
 }
 
 /// The only local reply so far: its status and JSON body.
