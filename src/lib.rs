@@ -33,6 +33,7 @@ pub mod registry;
 pub mod rules;
 pub mod signing;
 pub mod store;
+pub mod stream;
 pub mod subscription;
 #[cfg(test)]
 mod tests;

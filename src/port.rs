@@ -101,3 +101,35 @@ pub trait DispatchHost: crate::ids::RandomSource {
     /// Tells Envoy a shutdown that waited for deliveries may go on.
     fn done(&mut self);
 }
+
+// ---- The filter's host: one HTTP stream on a worker (see `crate::stream`) -------------------
+
+/// What the filter needs of its host. Header and body reads concern the stream whose callback
+/// is running; they answer None when the value is absent or the host refuses to read it.
+pub trait StreamHost {
+    /// Shared data, seen by every worker and the dispatcher.
+    type Store: crate::store::KvStore;
+
+    /// One request header (lowercase name, or a pseudo-header such as `:path`).
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// One response header.
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// The first `max` bytes of the request body buffered so far.
+    fn request_body(&self, max: usize) -> Option<Vec<u8>>;
+    /// The first `max` bytes of the response body chunk being passed on.
+    fn response_body(&self, max: usize) -> Option<Vec<u8>>;
+    /// Answers the stream locally (it never goes upstream); a refusal is the host's to log.
+    fn send_response(&self, status: u16, headers: Vec<(&str, &str)>, body: &[u8]);
+    /// Hands an encoded message to the dispatcher's shared queue; false when the queue is not
+    /// (yet) there or refuses it.
+    fn enqueue(&self, message: &[u8]) -> bool;
+    /// The shared store (cheap: a handle).
+    fn store(&self) -> Self::Store;
+    /// Wall-clock milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Fills `buf` with cryptographic randomness, or says that there is none.
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), crate::ids::RandomUnavailable>;
+    fn add_metric(&self, metric: Metric, n: u64);
+    /// Sets a gauge (`webhooks_dispatcher_alive`).
+    fn record_metric(&self, metric: Metric, value: u64);
+}

@@ -59,25 +59,6 @@ impl WasmHost {
         }
     }
 
-    fn metric(&self, metric: Metric) -> io::Metric {
-        let m = &self.metrics;
-        match metric {
-            Metric::EventsDetected => m.events_detected,
-            Metric::EventsDropped => m.events_dropped,
-            Metric::DeliveriesSucceeded => m.deliveries_succeeded,
-            Metric::DeliveriesFailed => m.deliveries_failed,
-            Metric::DeliveryAttempts => m.delivery_attempts,
-            Metric::DeliveriesExhausted => m.deliveries_exhausted,
-            Metric::SubscriptionsDisabled => m.subscriptions_disabled,
-            Metric::EventsUnaddressed => m.events_unaddressed,
-            Metric::QueueDepth => m.queue_depth,
-            Metric::QueueBytes => m.queue_bytes,
-            Metric::DispatcherAlive => m.dispatcher_alive,
-            Metric::SubscriptionsActive => m.subscriptions_active,
-            Metric::DeliveryLatencyMs => m.delivery_latency_ms,
-        }
-    }
-
     fn header(name: &str) -> Option<String> {
         let value = io::map_value(MapType::HttpCallResponseHeaders, name)?;
         String::from_utf8(value).ok()
@@ -102,11 +83,11 @@ impl DispatchHost for WasmHost {
     }
 
     fn add_metric(&self, metric: Metric, n: u64) {
-        self.metric(metric).add(n);
+        self.metrics.get(metric).add(n);
     }
 
     fn record_metric(&self, metric: Metric, value: u64) {
-        self.metric(metric).record(value);
+        self.metrics.get(metric).record(value);
     }
 
     fn dispatch(&mut self, request: &Request, body: &[u8]) -> Result<u32, CalloutRefused> {

@@ -100,10 +100,6 @@ impl Metric {
         }
     }
 
-    pub fn inc(self) {
-        self.add(1);
-    }
-
     /// Sets a gauge or records a histogram value.
     pub fn record(self, value: u64) {
         if let Some(id) = self.0 {
@@ -132,6 +128,26 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The Envoy metric of one of the host interface's metrics.
+    pub fn get(&self, metric: crate::port::Metric) -> Metric {
+        use crate::port::Metric as M;
+        match metric {
+            M::EventsDetected => self.events_detected,
+            M::EventsDropped => self.events_dropped,
+            M::DeliveriesSucceeded => self.deliveries_succeeded,
+            M::DeliveriesFailed => self.deliveries_failed,
+            M::DeliveryAttempts => self.delivery_attempts,
+            M::DeliveriesExhausted => self.deliveries_exhausted,
+            M::SubscriptionsDisabled => self.subscriptions_disabled,
+            M::EventsUnaddressed => self.events_unaddressed,
+            M::QueueDepth => self.queue_depth,
+            M::QueueBytes => self.queue_bytes,
+            M::DispatcherAlive => self.dispatcher_alive,
+            M::SubscriptionsActive => self.subscriptions_active,
+            M::DeliveryLatencyMs => self.delivery_latency_ms,
+        }
+    }
+
     pub fn define() -> Metrics {
         Metrics {
             events_detected: Metric::counter("webhooks_events_detected"),

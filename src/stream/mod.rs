@@ -1,0 +1,522 @@
+//! The HTTP filter's decisions, host-free: per stream, whether it is a subscription API call
+//! (answered here, never sent upstream) or a state-changing request whose response makes an
+//! event (read as it streams past and handed to the dispatcher once the response is over); per
+//! worker, whether the dispatcher is alive and what was dropped. For the API's own traffic it
+//! only ever reads: those phases answer [`Flow::Continue`], so the API's responses are never
+//! changed, delayed or failed. `crate::host` forwards the proxy-wasm callbacks here.
+
+use crate::api;
+use crate::audience::{self, Audience, Facts};
+use crate::config::Config;
+use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::identity::OwnedCredentials;
+use crate::ids::{RandomSource, RandomUnavailable};
+use crate::port::{Metric, StreamHost};
+use crate::queue::QueueMessage;
+use crate::registry::Registry;
+use crate::rules::{self, Detected};
+use crate::store::KvStore;
+use crate::watchdog::{self, Change, Watchdog};
+use std::cell::Cell;
+use std::rc::Rc;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+/// Whether a stream goes on or waits (then the filter has answered it, or will).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+/// What every stream of a worker shares.
+pub struct Filter<H> {
+    host: H,
+    config: Rc<Config>,
+    /// Events this worker could not hand over (for a rate-limited warning).
+    dropped: Cell<u64>,
+    watchdog: Cell<Watchdog>,
+    /// Whether the dispatcher's heartbeat is recent (see `crate::watchdog`).
+    dispatcher_alive: Cell<bool>,
+    /// The request headers some audience names, read on every request that may make an event.
+    audience_headers: Vec<String>,
+    /// Whether some audience is the requester (then its credentials are read too).
+    needs_requester: bool,
+}
+
+impl<H: StreamHost> Filter<H> {
+    pub fn new(config: Rc<Config>, host: H) -> Filter<H> {
+        let audiences = || {
+            config
+                .events
+                .iter()
+                .map(|r| &r.audience)
+                .chain([&config.audience])
+        };
+        let audience_headers = audience::request_headers(audiences());
+        let needs_requester = audiences().any(|a| *a == Audience::Requester);
+        Filter {
+            audience_headers,
+            needs_requester,
+            config,
+            host,
+            dropped: Cell::new(0),
+            watchdog: Cell::new(Watchdog::default()),
+            dispatcher_alive: Cell::new(true),
+        }
+    }
+
+    /// Readies shared data for the API (once per worker; idempotent).
+    pub fn configure(&self) {
+        Registry::new(self.host.store()).prepare();
+    }
+
+    /// Checks the dispatcher's heartbeat (every `watchdog::CHECK_EVERY_MS`).
+    pub fn tick(&self) {
+        let heartbeat = self
+            .host
+            .store()
+            .get(watchdog::HEARTBEAT_KEY)
+            .map(|(bytes, _)| bytes);
+        let mut dog = self.watchdog.take();
+        let change = dog.check(heartbeat.as_deref(), self.host.now_ms());
+        let alive = dog.alive();
+        self.watchdog.set(dog);
+        match change {
+            Some(Change::Died { silent_ms }) => log::error!(
+                "proxy-webhooks: the dispatcher has not run for {silent_ms} ms: its VM failed, and Envoy does not restart it; no webhook is delivered and new events are dropped until Envoy restarts"
+            ),
+            Some(Change::Revived) => log::warn!("proxy-webhooks: the dispatcher runs again"),
+            None => {}
+        }
+        self.dispatcher_alive.set(alive);
+        self.host
+            .record_metric(Metric::DispatcherAlive, u64::from(alive));
+    }
+
+    /// Hands a message to the dispatcher; false (logged and counted) when it cannot, or when
+    /// the dispatcher is gone and nothing would ever read it.
+    fn enqueue(&self, message: &QueueMessage) -> bool {
+        let alive = self.dispatcher_alive.get();
+        let sent = alive && self.host.enqueue(&message.encode());
+        if !sent {
+            self.host.add_metric(Metric::EventsDropped, 1);
+            // One line for the first drop and then one per thousand, not one per event.
+            let dropped = self.dropped.get();
+            self.dropped.set(dropped.wrapping_add(1));
+            if dropped % 1000 == 0 {
+                let why = if alive {
+                    "the dispatcher's queue is not available (is the webhooks_dispatcher bootstrap extension configured with the same vm_id?)"
+                } else {
+                    "the dispatcher is not running (restart Envoy)"
+                };
+                log::warn!(
+                    "proxy-webhooks: event dropped ({} so far on this worker): {why}",
+                    dropped + 1
+                );
+            }
+        }
+        sent
+    }
+
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+
+    fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    fn response_header_str(&self, name: &str) -> Option<String> {
+        self.host
+            .response_header(name)
+            .and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// The request headers that can identify the caller: `api.consumer_header` when set, else
+    /// the API key headers.
+    fn credentials(&self) -> OwnedCredentials {
+        match &self.config.api.consumer_header {
+            Some(name) => OwnedCredentials {
+                consumer_header: self.header(name),
+                ..OwnedCredentials::default()
+            },
+            None => OwnedCredentials {
+                authorization: self.header("authorization"),
+                api_key: self.header("x-api-key"),
+                consumer_header: None,
+            },
+        }
+    }
+
+    /// Sends a local reply for an API call.
+    fn send(&self, response: api::Response) {
+        let headers: Vec<(&str, &str)> = response
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        self.host
+            .send_response(response.status, headers, &response.body);
+    }
+}
+
+/// The host's randomness as the API's [`RandomSource`].
+struct HostRandom<'a, H>(&'a H);
+
+impl<H: StreamHost> RandomSource for HostRandom<'_, H> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), RandomUnavailable> {
+        self.0.fill_random(buf)
+    }
+}
+
+enum State {
+    /// Nothing (more) to do for this stream: no event, or it was handed over.
+    Idle,
+    /// A subscription API call, waiting for its body; answered here, never sent upstream.
+    Api(Box<ApiCall>),
+    /// A state-changing request; what the response phase needs of it.
+    Request(Box<Seen>),
+    /// The response makes an event; its body is being read as it streams past.
+    Response(Box<Pending>),
+}
+
+struct ApiCall {
+    method: String,
+    path: String,
+    credentials: OwnedCredentials,
+    content_type: Option<Vec<u8>>,
+}
+
+impl ApiCall {
+    fn request<'a>(&'a self, body: &'a [u8]) -> api::Request<'a> {
+        api::Request {
+            method: &self.method,
+            path: &self.path,
+            authorization: self.credentials.authorization.as_deref(),
+            api_key: self.credentials.api_key.as_deref(),
+            consumer_header: self.credentials.consumer_header.as_deref(),
+            content_type: self.content_type.as_deref(),
+            body,
+        }
+    }
+}
+
+/// A state-changing request as the request phase saw it (request headers cannot be read later).
+struct Seen {
+    method: String,
+    path: String,
+    /// The caller's credentials, when some audience is the requester.
+    credentials: OwnedCredentials,
+    /// The request headers audiences name, where present.
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+struct Pending {
+    /// Whether the response ended normally (its body can be trusted).
+    complete: bool,
+    seen: Box<Seen>,
+    /// The response header the audience names, where present.
+    response_header: Option<Vec<u8>>,
+    status: u16,
+    detected: Detected,
+    seen_ms: u64,
+    capture: BodyCapture,
+}
+
+/// One HTTP stream, driven phase by phase by the host's callbacks.
+pub struct Stream<H> {
+    filter: Rc<Filter<H>>,
+    state: State,
+}
+
+impl<H: StreamHost> Stream<H> {
+    pub fn new(filter: Rc<Filter<H>>) -> Stream<H> {
+        Stream {
+            filter,
+            state: State::Idle,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Flow {
+        if !self.on_request() {
+            return Flow::Continue;
+        }
+        if self.api_refused_at_headers() {
+            return Flow::Pause;
+        }
+        let declared = self
+            .filter
+            .header_str("content-length")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if !self.api_body_too_large(declared) && end_of_stream {
+            self.answer_api(&[]);
+        }
+        Flow::Pause
+    }
+
+    /// `size` is all of the body so far: the host buffers it while the stream waits.
+    pub fn on_request_body(&mut self, size: usize, end_of_stream: bool) -> Flow {
+        if !matches!(self.state, State::Api(_)) {
+            return Flow::Continue;
+        }
+        if self.api_body_too_large(size) || !end_of_stream {
+            return Flow::Pause;
+        }
+        let body = self.filter.host.request_body(size).unwrap_or_default();
+        self.answer_api(&body);
+        Flow::Pause
+    }
+
+    pub fn on_request_trailers(&mut self) -> Flow {
+        if !matches!(self.state, State::Api(_)) {
+            return Flow::Continue;
+        }
+        // A body that ends with trailers never reaches `on_request_body` with end_of_stream:
+        // answer here, or the call would go upstream.
+        let body = self
+            .filter
+            .host
+            .request_body(usize::MAX)
+            .unwrap_or_default();
+        if !self.api_body_too_large(body.len()) {
+            self.answer_api(&body);
+        }
+        Flow::Pause
+    }
+
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> Flow {
+        self.on_response();
+        if end_of_stream {
+            self.response_complete();
+        }
+        Flow::Continue
+    }
+
+    /// `size` is this chunk's: the response streams past, it is never held back.
+    pub fn on_response_body(&mut self, size: usize, end_of_stream: bool) -> Flow {
+        self.on_body_chunk(size);
+        if end_of_stream {
+            self.response_complete();
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_trailers(&mut self) -> Flow {
+        self.response_complete();
+        Flow::Continue
+    }
+
+    /// Runs once the response has gone out (or the stream was cut short).
+    pub fn on_log(&mut self) {
+        self.emit();
+    }
+
+    /// Remembers what the response phase needs; returns whether the request is the API's.
+    fn on_request(&mut self) -> bool {
+        let filter = &self.filter;
+        let Some(method) = filter.header_str(":method") else {
+            return false;
+        };
+        let Some(mut path) = filter.header_str(":path") else {
+            return false;
+        };
+        if api::is_api_path(&filter.config.api.path_prefix, &path) {
+            let call = ApiCall {
+                method,
+                path,
+                credentials: filter.credentials(),
+                content_type: filter.header("content-type"),
+            };
+            self.state = State::Api(Box::new(call));
+            return true;
+        }
+        if rules::is_mutating(&method) {
+            path.truncate(rules::strip_query(&path).len());
+            let credentials = match filter.needs_requester {
+                true => filter.credentials(),
+                false => OwnedCredentials::default(),
+            };
+            let headers = filter
+                .audience_headers
+                .iter()
+                .filter_map(|name| Some((name.clone(), filter.header(name)?)))
+                .collect();
+            self.state = State::Request(Box::new(Seen {
+                method,
+                path,
+                credentials,
+                headers,
+            }));
+        }
+        false
+    }
+
+    /// Answers an API call at its headers when they decide it (401, 404, 405): no body is
+    /// buffered for a caller that is refused anyway. True when answered.
+    fn api_refused_at_headers(&mut self) -> bool {
+        let State::Api(call) = &self.state else {
+            return false;
+        };
+        let Some(response) = api::answer_before_body(&call.request(&[]), &self.filter.config)
+        else {
+            return false;
+        };
+        self.state = State::Idle;
+        self.filter.send(response);
+        true
+    }
+
+    /// Answers a subscription API call with its whole body; the call never goes upstream.
+    fn answer_api(&mut self, body: &[u8]) {
+        let State::Api(call) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let filter = &*self.filter;
+        let store = filter.host.store();
+        let registry = Registry::new(filter.host.store());
+        let mut enqueue = |message: QueueMessage| filter.enqueue(&message);
+        let mut cx = api::Context {
+            config: &filter.config,
+            registry: &registry,
+            store: &store,
+            rng: &mut HostRandom(&filter.host),
+            now_ms: filter.host.now_ms(),
+            enqueue: &mut enqueue,
+        };
+        filter.send(api::handle(&call.request(body), &mut cx));
+    }
+
+    /// Whether an API request body has grown past the limit (then it was answered 413).
+    fn api_body_too_large(&mut self, size: usize) -> bool {
+        let limit = self.filter.config.api.max_body_bytes;
+        if size <= limit {
+            return false;
+        }
+        self.state = State::Idle;
+        self.filter.send(api::too_large(limit));
+        true
+    }
+
+    fn on_response(&mut self) {
+        let State::Request(seen) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let filter = &self.filter;
+        let host = &filter.host;
+        let status = filter
+            .response_header_str(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        let config = &filter.config;
+        let infer = config.infers(&seen.path);
+        let Some(detected) = rules::detect(&config.events, infer, &seen.method, &seen.path, status)
+        else {
+            return;
+        };
+        let audience = config.audience_of(detected.rule);
+        let response_header = match audience {
+            Audience::ResponseHeader(name) => host.response_header(name),
+            _ => None,
+        };
+        // The body is read only when the event carries it or its audience is found in it.
+        let wants_body =
+            config.include_object(detected.rule) || matches!(audience, Audience::Json(_));
+        let capture = match wants_body {
+            true => BodyCapture::new(
+                config.delivery.max_payload_bytes,
+                host.response_header("content-type").as_deref(),
+                host.response_header("content-encoding").as_deref(),
+                filter
+                    .response_header_str("content-length")
+                    .and_then(|s| s.trim().parse::<u64>().ok()),
+            ),
+            false => BodyCapture::skip(),
+        };
+        let pending = Pending {
+            complete: false,
+            seen,
+            response_header,
+            status,
+            detected,
+            seen_ms: host.now_ms(),
+            capture,
+        };
+        self.state = State::Response(Box::new(pending));
+    }
+
+    fn on_body_chunk(&mut self, size: usize) {
+        if let State::Response(pending) = &mut self.state {
+            if pending.capture.wants_more() && size > 0 {
+                if let Some(chunk) = self.filter.host.response_body(size) {
+                    pending.capture.push(&chunk);
+                }
+            }
+        }
+    }
+
+    /// The response has ended: its body is whole. The event is built later, in `on_log`, so
+    /// that none of that work delays the response's last bytes.
+    fn response_complete(&mut self) {
+        if let State::Response(pending) = &mut self.state {
+            pending.complete = true;
+        }
+    }
+
+    /// Builds the event from what was seen and queues it for the dispatcher.
+    fn emit(&mut self) {
+        let State::Response(pending) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let Pending {
+            complete,
+            seen,
+            response_header,
+            status,
+            detected,
+            seen_ms,
+            capture,
+        } = *pending;
+        // A response cut short has no trustworthy body, but the state change still happened.
+        let object = if complete {
+            capture.finish()
+        } else {
+            CapturedObject::NotJson
+        };
+        let config = &self.filter.config;
+        let facts = Facts {
+            api: &config.api,
+            credentials: seen.credentials.borrow(),
+            params: &detected.params,
+            request_headers: &seen.headers,
+            response_header: response_header.as_deref(),
+            body: match &object {
+                CapturedObject::Json(body) => Some(body),
+                _ => None,
+            },
+        };
+        let target = audience::resolve(config.audience_of(detected.rule), &facts);
+        let object = match config.include_object(detected.rule) {
+            true => object,
+            false => CapturedObject::NotJson,
+        };
+        let request = RequestInfo {
+            method: &seen.method,
+            path: &seen.path,
+            params: &detected.params,
+            status,
+        };
+        let payload = event::build_payload(&detected.event_type, seen_ms, &request, object);
+        self.filter.host.add_metric(Metric::EventsDetected, 1);
+        let message = QueueMessage::Event {
+            event_type: detected.event_type,
+            payload,
+            audience: target,
+        };
+        self.filter.enqueue(&message);
+    }
+}
