@@ -177,16 +177,8 @@ fn event_seq(body: &[u8]) -> Option<u64> {
     event.pointer("/data/object/seq")?.as_u64()
 }
 
-/// How slow the [`SlowReceiver`] is: the settings of the test harness's `crate::paced::Pace`.
-#[derive(Clone, Copy, Debug)]
-pub struct Pace {
-    /// Requests answered per second at most.
-    pub rate: u32,
-    /// Connections held at once; more are closed as soon as they are accepted.
-    pub max_connections: usize,
-    /// The listen backlog.
-    pub backlog: u32,
-}
+/// How slow the [`SlowReceiver`] is: the same settings as the test harness's paced receiver.
+pub use crate::paced::Pace;
 
 /// What the slow receiver's connections share.
 #[derive(Default)]
