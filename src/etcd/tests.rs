@@ -545,3 +545,73 @@ fn field_errors_read_as_sentences() {
         "{e}"
     );
 }
+
+/// `devtools/tests/etcd_protocol.rs` sends these exact bodies to a real etcd; keep them equal.
+#[test]
+fn bodies_are_the_bytes_the_etcd_protocol_test_sends() {
+    let a = b"fleet/a";
+    let txn_mod = txn(
+        &[Compare {
+            key: a.to_vec(),
+            target: Target::Mod,
+            cmp: Cmp::Equal,
+            value: 2,
+        }],
+        &[Op::Put {
+            key: a.to_vec(),
+            value: b"hello".to_vec(),
+            lease: 0,
+        }],
+        &[Op::Range {
+            key: a.to_vec(),
+            prefix: false,
+            limit: 0,
+        }],
+    );
+    assert_eq!(
+        txn_mod.body,
+        r#"{"compare":[{"key":"ZmxlZXQvYQ==","mod_revision":"2","result":"EQUAL","target":"MOD"}],"failure":[{"request_range":{"key":"ZmxlZXQvYQ=="}}],"success":[{"request_put":{"key":"ZmxlZXQvYQ==","value":"aGVsbG8="}}]}"#
+    );
+    let b = b"fleet/b";
+    let create = txn(
+        &[Compare {
+            key: b.to_vec(),
+            target: Target::Create,
+            cmp: Cmp::Equal,
+            value: 0,
+        }],
+        &[
+            Op::Put {
+                key: b.to_vec(),
+                value: b"hello".to_vec(),
+                lease: 0,
+            },
+            Op::Delete {
+                key: a.to_vec(),
+                prefix: false,
+            },
+        ],
+        &[],
+    );
+    assert_eq!(
+        create.body,
+        r#"{"compare":[{"create_revision":"0","key":"ZmxlZXQvYg==","result":"EQUAL","target":"CREATE"}],"failure":[],"success":[{"request_put":{"key":"ZmxlZXQvYg==","value":"aGVsbG8="}},{"request_delete_range":{"key":"ZmxlZXQvYQ=="}}]}"#
+    );
+    assert_eq!(
+        range_prefix(b"fleet/", 1).body,
+        r#"{"key":"ZmxlZXQv","limit":"1","range_end":"ZmxlZXQw"}"#
+    );
+    assert_eq!(
+        put(a, b"hello", 1_640_333_040_672_878_342).body,
+        r#"{"key":"ZmxlZXQvYQ==","lease":"1640333040672878342","value":"aGVsbG8="}"#
+    );
+    assert_eq!(put(b, b"", 0).body, r#"{"key":"ZmxlZXQvYg==","value":""}"#);
+    assert_eq!(delete(a, false).body, r#"{"key":"ZmxlZXQvYQ=="}"#);
+    assert_eq!(lease_grant(30).body, r#"{"TTL":"30"}"#);
+    assert_eq!(lease_keepalive(7).body, r#"{"ID":"7"}"#);
+    assert_eq!(lease_revoke(7).body, r#"{"ID":"7"}"#);
+    assert_eq!(
+        txn(&[], &[], &[]).body,
+        r#"{"compare":[],"failure":[],"success":[]}"#
+    );
+}
