@@ -3,7 +3,8 @@
 #   make test         everything a fresh machine needs, then lint, unit and integration tests
 #   make run          the demo: orders API :8080, receiver :9000, Envoy :10000 (admin :9901)
 #   make wasm         the plugin: target/wasm32-wasip1/release/proxy_webhooks.wasm
-#   make integration  the integration tests (real Envoy, real .wasm)
+#   make integration  the integration tests (real Envoy, real .wasm, real etcd)
+#   make etcd         etcd for fleet mode (Debian's etcd-server), if missing
 #   make bench        the benchmarks, side by side with plain Envoy (~2 min; see BENCHMARKS.md)
 #   make bench-smoke  a few seconds of write load, checking every event is delivered
 #   make demo-tour    a scripted walk through the demo on free ports; fails if no webhook arrives
@@ -23,12 +24,12 @@ SCHEMATHESIS := $(VENV)/bin/schemathesis
 SCHEMATHESIS_VERSION := 4.32.5
 
 .PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit integration devtools clean-tmp \
-	bench bench-smoke compose-check demo-tour
+	bench bench-smoke compose-check demo-tour etcd
 
 help:
 	@sed -n '1,12p' Makefile
 
-test: wasm-target envoy schemathesis lint wasm unit compose-check integration demo-tour bench-smoke
+test: wasm-target envoy schemathesis etcd lint wasm unit compose-check integration demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -82,7 +83,13 @@ lint: rust-tools wasm-target
 unit:
 	cargo test -p proxy-webhooks --lib
 
-integration: wasm envoy schemathesis
+# Fleet mode's store: the integration tests start a one-member etcd per test (devtools/src/etcd.rs).
+etcd:
+	@command -v etcd >/dev/null || { echo "installing etcd (Debian's etcd-server)"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server; }
+	@etcd --version | sed -n 1p
+
+integration: wasm envoy schemathesis etcd
 	cargo test -p devtools
 
 devtools:

@@ -21,6 +21,7 @@ mod buckets;
 pub mod config;
 pub mod delivery;
 pub mod dispatcher;
+pub mod etcd;
 pub mod event;
 pub mod identity;
 pub mod ids;

@@ -6,6 +6,7 @@
 //! the independent `standardwebhooks` crate, never with the plugin's own signer.
 //!
 //! Modules:
+//! - [`etcd`]: a real one-member etcd on free ports (fleet mode's store);
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
@@ -20,6 +21,7 @@
 
 pub mod bench;
 pub mod envoy;
+pub mod etcd;
 pub mod files;
 pub mod hostile;
 pub mod orders;
@@ -32,6 +34,7 @@ pub mod upstream;
 pub mod util;
 
 pub use envoy::{Envoy, EnvoyConfig};
+pub use etcd::Etcd;
 pub use receiver::{Received, Receiver, Reply};
 pub use stack::{Sent, Stack};
 pub use upstream::Upstream;

@@ -12,6 +12,7 @@ mod api_handle;
 mod audiences;
 mod config_parse;
 mod dates;
+mod etcd_answers;
 mod judge_and_outbox;
 mod payloads;
 mod queue_messages;
