@@ -35,9 +35,18 @@ fn root_as_demo_should_be(root: &Value) -> Result<Value> {
 }
 
 /// The demo's envoy.yaml changed exactly as deploy/compose/envoy.yaml's header says.
-fn demo_as_compose_should_be(demo: &Value, root: &Value) -> Result<Value> {
+fn demo_as_compose_should_be(demo: &Value, root: &Value, compose: &Value) -> Result<Value> {
     let mut expected = demo.clone();
-    expected["admin"]["address"]["socket_address"]["address"] = json!("0.0.0.0");
+    // The read-only stats listener and its admin cluster (checked on their own below).
+    let stats = read_only_stats_listener(compose)?;
+    if let Some(listeners) = expected
+        .pointer_mut("/static_resources/listeners")
+        .and_then(Value::as_array_mut)
+    {
+        listeners.push(stats);
+    }
+    let admin_cluster = compose_cluster(compose, "envoy_admin")?;
+    clusters_mut(&mut expected)?.push(admin_cluster);
     expected["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] =
         json!("0.0.0.0");
     let upstream = clusters_mut(&mut expected)?
@@ -59,6 +68,46 @@ fn demo_as_compose_should_be(demo: &Value, root: &Value) -> Result<Value> {
         without(&refused_ranges(root)?, &docker_networks),
     )?;
     Ok(expected)
+}
+
+/// The compose file's `stats` listener, after checking that it passes only GET/HEAD of /stats…
+/// and /ready to admin: deliveries can reach this container's address in the compose demo, and
+/// must find nothing there that changes Envoy.
+fn read_only_stats_listener(compose: &Value) -> Result<Value> {
+    let listener = compose
+        .pointer("/static_resources/listeners")
+        .and_then(Value::as_array)
+        .and_then(|l| l.iter().find(|l| l["name"] == "stats"))
+        .context("no stats listener in the compose envoy.yaml")?;
+    let routes = listener
+        .pointer("/filter_chains/0/filters/0/typed_config/route_config/virtual_hosts/0/routes")
+        .and_then(Value::as_array)
+        .context("the stats listener has no routes")?;
+    for route in routes {
+        let by_prefix = route["match"]["prefix"] == "/stats";
+        let by_path = route["match"]["path"] == "/ready";
+        let method = route
+            .pointer("/match/headers/0/string_match/safe_regex/regex")
+            .and_then(Value::as_str);
+        ensure!(
+            (by_prefix || by_path) && method == Some("GET|HEAD"),
+            "the stats listener routes more than GET/HEAD /stats… and /ready: {route}"
+        );
+    }
+    ensure!(
+        compose["admin"]["address"]["socket_address"]["address"] == "127.0.0.1",
+        "admin must stay on the container's loopback"
+    );
+    Ok(listener.clone())
+}
+
+fn compose_cluster(compose: &Value, name: &str) -> Result<Value> {
+    compose
+        .pointer("/static_resources/clusters")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .cloned()
+        .with_context(|| format!("no {name} cluster in the compose envoy.yaml"))
 }
 
 const RANGES: &str = "/cluster_type/typed_config/dns_cache_config/resolved_address_filter/ranges";
@@ -169,7 +218,11 @@ fn demo_envoy_config_differs_from_the_root_one_only_in_the_demo_settings() -> Re
 fn compose_envoy_config_differs_from_the_demo_one_only_where_containers_need_it() -> Result<()> {
     let root = load_yaml(&workspace_root().join("envoy.yaml"))?;
     let demo = load_yaml(&workspace_root().join(DEMO_ENVOY))?;
-    check_derived(COMPOSE_ENVOY, &demo_as_compose_should_be(&demo, &root)?)
+    let compose = load_yaml(&workspace_root().join(COMPOSE_ENVOY))?;
+    check_derived(
+        COMPOSE_ENVOY,
+        &demo_as_compose_should_be(&demo, &root, &compose)?,
+    )
 }
 
 /// A compose service by name.
@@ -268,10 +321,14 @@ fn compose_mounts_exist_and_published_ports_are_envoys() -> Result<()> {
         &envoy_yaml,
         "/static_resources/listeners/0/address/socket_address/port_value",
     )?;
-    let admin = port_at(&envoy_yaml, "/admin/address/socket_address/port_value")?;
+    let stats = port_at(
+        &envoy_yaml,
+        "/static_resources/listeners/1/address/socket_address/port_value",
+    )?;
     ensure!(
-        published == BTreeSet::from([listener, admin]),
-        "envoy publishes {published:?}, but envoy.yaml listens on {listener} and admin {admin}"
+        published == BTreeSet::from([listener, stats]),
+        "envoy publishes {published:?}, but envoy.yaml listens on {listener} and {stats} (stats; \
+         admin itself is never published)"
     );
     Ok(())
 }
