@@ -11,11 +11,16 @@ use crate::subscription::Subscription;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Caller<'c> {
     pub(super) consumer: &'c str,
+    /// Whether static subscriptions are the caller's to see: not when identities come from
+    /// `api.consumer_header`. Those are an identity provider's subjects, which the operator
+    /// does not choose, so one could be named like a static subscription's consumer (an
+    /// audit trail's, say) and would otherwise read or switch it off.
+    pub(super) sees_static: bool,
 }
 
 impl Caller<'_> {
     pub(super) fn owns(self, sub: &Subscription) -> bool {
-        sub.consumer == self.consumer
+        sub.consumer == self.consumer && (self.sees_static || !sub.is_static)
     }
 }
 

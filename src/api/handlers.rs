@@ -309,6 +309,7 @@ pub(super) fn retry<S: KvStore>(
         .ids_for_consumer(caller.consumer)
         .into_iter()
         .take(bound)
+        .filter(|id| owned(cx, caller, id).is_ok())
         .find_map(|id| {
             let newest = attempts::read(store, &id)
                 .into_iter()

@@ -121,7 +121,14 @@ fn check_headers<'a>(
     if !route.allows(request.method) {
         return Err(method_not_allowed(route.allow()));
     }
-    Ok((route, Caller { consumer }))
+    let sees_static = config.api.consumer_header.is_none();
+    Ok((
+        route,
+        Caller {
+            consumer,
+            sees_static,
+        },
+    ))
 }
 
 fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {

@@ -1449,3 +1449,52 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn consumer_header_identities_never_reach_static_subscriptions() {
+    // An identity provider's subject named like the audit trail's consumer must neither read nor
+    // switch off that privileged static subscription.
+    let text = json!({
+        "events": [{"type": "order.created", "method": "POST", "path": "/orders"}],
+        "api": {"consumer_header": "x-consumer"},
+        "subscriptions": [{"id": "sub_audit", "consumer": "ops", "url": "https://audit.example.com/in",
+                           "events": ["*"], "secret": STATIC_SECRET, "privileged": true}]
+    })
+    .to_string();
+    let mut api = Api::with(&text);
+    let call = |api: &mut Api, method, path: &str, body: &'static [u8]| {
+        api.send(&Request {
+            method,
+            path,
+            authorization: None,
+            api_key: None,
+            consumer_header: Some(b"ops"),
+            content_type: Some(b"application/json"),
+            body,
+        })
+    };
+    let patched = call(
+        &mut api,
+        "PATCH",
+        "/webhooks/subscriptions/sub_audit",
+        br#"{"status": "disabled"}"#,
+    );
+    assert_eq!(patched.status, 404);
+    for path in [
+        "/webhooks/subscriptions/sub_audit",
+        "/webhooks/subscriptions/sub_audit/deliveries",
+    ] {
+        assert_eq!(call(&mut api, "GET", path, b"").status, 404, "{path}");
+    }
+    let test = call(
+        &mut api,
+        "POST",
+        "/webhooks/subscriptions/sub_audit/test",
+        b"",
+    );
+    assert_eq!(test.status, 404);
+    let list = call(&mut api, "GET", "/webhooks/subscriptions", b"");
+    let listed: Value = serde_json::from_slice(&list.body).unwrap();
+    assert_eq!(listed["data"], json!([]));
+    assert_eq!(api.record("sub_audit").status, Status::Active);
+}

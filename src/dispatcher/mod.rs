@@ -54,7 +54,10 @@ struct Resolved {
     /// generation stays, the record is used without reading it again.
     checked_at: Cell<u32>,
     subscription: Subscription,
-    destination: Option<Destination>,
+    /// Where to deliver, checked against today's egress policy (`delivery.allow_http`,
+    /// `allow_private_destinations`): a URL stored under a looser configuration is refused with
+    /// the reason, not delivered to.
+    destination: Result<Destination, String>,
     /// The secrets, parsed, current first (a secret's HMAC key is set up once, not per attempt).
     secrets: Vec<(Secret, SigningSecret)>,
 }
@@ -307,7 +310,9 @@ impl<H: DispatchHost> Dispatcher<H> {
             return Some(Rc::clone(cached));
         }
         let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
-        let destination = url::parse_destination(&subscription.url).ok();
+        let destination =
+            url::check_destination(&subscription.url, self.config.delivery.url_policy())
+                .map_err(|e| format!("url refused: {}", e.message));
         let secrets = subscription
             .secrets
             .iter()
@@ -445,10 +450,13 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
             Some(active) => active,
         };
-        let Some(destination) = &resolved.destination else {
-            let response = Response::NotSent("invalid url".into());
-            self.conclude(key, message, now, now, response);
-            return;
+        let destination = match &resolved.destination {
+            Ok(destination) => destination,
+            Err(reason) => {
+                let response = Response::NotSent(reason.clone());
+                self.conclude(key, message, now, now, response);
+                return;
+            }
         };
         let secret_refs: Vec<&Secret> = resolved
             .secrets

@@ -612,3 +612,15 @@ fn a_message_of_a_subscription_disabled_meanwhile_is_kept_for_replay() {
     assert_eq!(log[0].error.as_deref(), Some("subscription disabled"));
     assert_eq!(d.replayable.len(), 1);
 }
+
+#[test]
+fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
+    // Stored under a looser configuration (the store is shared data: a subscription created
+    // before the policy was tightened, or written by an older plugin).
+    let mut d = dispatcher(r#""allow_http": false, "allow_private_destinations": false"#);
+    subscribe(&d, "sub_old", "http://127.0.0.1:9901/quitquitquit", &["*"]);
+    event(&mut d, "order.created");
+    run_for(&mut d, 1000, 100);
+    assert!(sent(&d).is_empty(), "delivered to a refused URL");
+    assert_eq!(d.host().metric(Metric::DeliveriesFailed), 1);
+}
