@@ -93,13 +93,14 @@ struct Held {
 /// The element of every index here: the wasm then carries one binary heap, not several
 /// ordered collections. Indexes are lazy: an entry that no longer matches its message or lane
 /// is skipped when it comes up, and indexes are rebuilt when such entries outnumber the live.
-type Order = (u64, u64, u64);
+type Order = (u64, u64);
 type MinHeap = BinaryHeap<Reverse<Order>>;
 
-/// A waiting message's place in its lane's drop order: retries (0 sorts first) before first
+/// A waiting message's place in its lane's drop order: retries (top bit 0) before first
 /// attempts, oldest first.
 fn drop_order(key: MessageKey, message: &Message) -> Order {
-    (u64::from(message.attempts == 0), message.created_ms, key)
+    let first_attempt = u64::from(message.attempts == 0) << 63;
+    (first_attempt | (message.created_ms & !(1 << 63)), key)
 }
 
 /// Moves up to `n` ids of lanes that still exist off the front of a blocked list into `out`.
@@ -130,7 +131,7 @@ fn too_stale(entries: usize, live: usize) -> bool {
 struct Lane {
     subscription: Rc<str>,
     consumer: Rc<str>,
-    /// (due time, key, 0) of waiting messages.
+    /// (due time, key) of waiting messages.
     due: MinHeap,
     /// Drop order of waiting messages.
     drops: MinHeap,
@@ -170,9 +171,9 @@ pub struct Outbox {
     consumers: HashMap<Rc<str>, Consumer>,
     /// Lanes with due work and room, in turn order.
     ready: VecDeque<LaneId>,
-    /// (earliest due time, lane, 0) of lanes waiting for time to pass.
+    /// (earliest due time, lane) of lanes waiting for time to pass.
     timers: MinHeap,
-    /// (waiting count, lane, 0): who sheds first (the largest).
+    /// (waiting count, lane): who sheds first (the largest).
     by_waiting: BinaryHeap<Order>,
     /// Consumers with an active lane.
     active_consumers: usize,
@@ -365,7 +366,7 @@ impl Outbox {
     /// The lane's earliest waiting message, skipping stale entries.
     fn head(&mut self, lane_id: LaneId) -> Option<(u64, MessageKey)> {
         let lane = self.lanes.get_mut(&lane_id)?;
-        while let Some(Reverse((due, key, _))) = lane.due.peek().copied() {
+        while let Some(Reverse((due, key))) = lane.due.peek().copied() {
             if self
                 .messages
                 .get(&key)
@@ -382,7 +383,7 @@ impl Outbox {
     fn victim(&mut self, lane_id: LaneId) -> Option<MessageKey> {
         let lane = self.lanes.get_mut(&lane_id)?;
         while let Some(Reverse(order)) = lane.drops.pop() {
-            let key = order.2;
+            let key = order.1;
             let waiting = self.messages.get(&key).filter(|h| h.due_ms.is_some());
             if waiting.is_some_and(|h| drop_order(key, &h.message) == order) {
                 return Some(key);
@@ -396,11 +397,11 @@ impl Outbox {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return;
         };
-        self.by_waiting.push((lane.waiting as u64, lane_id, 0));
+        self.by_waiting.push((lane.waiting as u64, lane_id));
         if too_stale(self.by_waiting.len(), self.lanes.len()) {
             let lanes = &self.lanes;
             self.by_waiting
-                .retain(|(n, id, _)| lanes.get(id).is_some_and(|l| l.waiting as u64 == *n));
+                .retain(|(n, id)| lanes.get(id).is_some_and(|l| l.waiting as u64 == *n));
         }
     }
 
@@ -411,7 +412,7 @@ impl Outbox {
             return;
         }
         if let Some((due, _)) = self.head(lane_id) {
-            self.timers.push(Reverse((due, lane_id, 0)));
+            self.timers.push(Reverse((due, lane_id)));
         }
         if too_stale(self.timers.len(), self.lanes.len()) {
             self.rebuild_timers();
@@ -425,14 +426,14 @@ impl Outbox {
         for id in ids {
             let queued = self.lanes.get(&id).is_none_or(|lane| lane.queued);
             if let Some((due, _)) = self.head(id).filter(|_| !queued) {
-                self.timers.push(Reverse((due, id, 0)));
+                self.timers.push(Reverse((due, id)));
             }
         }
     }
 
     /// Moves lanes whose earliest message is due by `now_ms` into the ready ring.
     fn fire_timers(&mut self, now_ms: u64) {
-        while let Some(Reverse((due, lane_id, _))) = self.timers.peek().copied() {
+        while let Some(Reverse((due, lane_id))) = self.timers.peek().copied() {
             if due > now_ms {
                 break;
             }
@@ -588,7 +589,7 @@ impl Outbox {
         let lane_id = held.lane;
         let order = drop_order(key, &held.message);
         if let Some(lane) = self.lanes.get_mut(&lane_id) {
-            lane.due.push(Reverse((at, key, 0)));
+            lane.due.push(Reverse((at, key)));
             lane.drops.push(Reverse(order));
             lane.waiting += 1;
         }
@@ -604,14 +605,14 @@ impl Outbox {
             return;
         };
         if too_stale(lane.due.len(), lane.waiting) {
-            lane.due.retain(|Reverse((due, key, _))| {
+            lane.due.retain(|Reverse((due, key))| {
                 messages.get(key).is_some_and(|h| h.due_ms == Some(*due))
             });
         }
         if too_stale(lane.drops.len(), lane.waiting) {
             lane.drops.retain(|Reverse(order)| {
-                messages.get(&order.2).is_some_and(|h| {
-                    h.due_ms.is_some() && drop_order(order.2, &h.message) == *order
+                messages.get(&order.1).is_some_and(|h| {
+                    h.due_ms.is_some() && drop_order(order.1, &h.message) == *order
                 })
             });
         }
@@ -666,7 +667,7 @@ impl Outbox {
     /// Drops one waiting message of the lane with the most waiting ones.
     fn shed_one(&mut self) -> Option<Message> {
         let lane_id = loop {
-            let (waiting, lane_id, _) = *self.by_waiting.peek()?;
+            let (waiting, lane_id) = *self.by_waiting.peek()?;
             let current = self.lanes.get(&lane_id).map(|l| l.waiting as u64);
             if current == Some(waiting) {
                 if waiting == 0 {
