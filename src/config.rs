@@ -29,6 +29,29 @@ pub struct Config {
     pub api: ApiConfig,
     pub subscriptions: Vec<StaticSubscription>,
     pub delivery: DeliveryConfig,
+    /// `fleet`: several replicas sharing subscriptions and a durable outbox in etcd. None: one
+    /// process with shared data only.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet` (SPEC "Fleet mode").
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// `fleet.cluster`: the Envoy cluster of etcd v3 endpoints (HTTP/JSON gateway). Required.
+    pub cluster: String,
+    /// `fleet.prefix`: where every key lives in etcd, default `/proxy-webhooks` (no trailing `/`).
+    pub prefix: String,
+    /// `fleet.node_id`: this replica's name; default Envoy's node id, else a random one.
+    pub node_id: Option<String>,
+    /// `fleet.sync_interval`: how often the registry is read from etcd, default 500 ms.
+    pub sync_interval_ms: u64,
+    /// `fleet.lease_ttl`: how long a dead replica's messages wait before another claims them,
+    /// default 10 s, at least 2 s (etcd's minimum lease).
+    pub lease_ttl_ms: u64,
+}
+
+impl FleetConfig {
+    pub const DEFAULT_PREFIX: &'static str = "/proxy-webhooks";
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +164,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             subscriptions: Vec::new(),
             delivery: DeliveryConfig::default(),
+            fleet: None,
         }
     }
 }
@@ -231,6 +255,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
     };
     let api = parse_api(top.get("api"))?;
     let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy())?;
+    let fleet = top.get("fleet").map(parse_fleet).transpose()?;
     Ok(Config {
         events,
         infer_events,
@@ -239,6 +264,7 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         api,
         subscriptions,
         delivery,
+        fleet,
     })
 }
 
@@ -249,7 +275,9 @@ const TOP_FIELDS: &[&str] = &[
     "api",
     "subscriptions",
     "delivery",
+    "fleet",
 ];
+const FLEET_FIELDS: &[&str] = &["cluster", "prefix", "node_id", "sync_interval", "lease_ttl"];
 const EVENT_FIELDS: &[&str] = &[
     "type",
     "method",
@@ -466,6 +494,53 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     d.max_replay = o.count("max_replay", 0)?.unwrap_or(d.max_replay);
     d.drain_timeout_ms = o.duration("drain_timeout")?.unwrap_or(d.drain_timeout_ms);
     Ok(d)
+}
+
+fn parse_fleet(value: &Value) -> Result<FleetConfig, ConfigError> {
+    let o = Obj::new("fleet", value, FLEET_FIELDS)?;
+    let cluster = o.required_str("cluster")?;
+    if cluster.is_empty() {
+        return Err(err(o.field("cluster"), "must not be empty"));
+    }
+    let prefix = o.str("prefix")?.unwrap_or(FleetConfig::DEFAULT_PREFIX);
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    if !prefix.starts_with('/') || prefix.contains(char::is_whitespace) {
+        return Err(err(
+            o.field("prefix"),
+            "must start with / and contain no whitespace",
+        ));
+    }
+    let node_id = o.str("node_id")?.map(str::to_string);
+    if node_id
+        .as_deref()
+        .is_some_and(|n| n.is_empty() || n.contains(|c: char| c == '/' || c.is_whitespace()))
+    {
+        return Err(err(
+            o.field("node_id"),
+            "must be non-empty, without / or whitespace",
+        ));
+    }
+    let lease_ttl_ms = o.duration("lease_ttl")?.unwrap_or(10_000);
+    if !(2_000..=3_600_000).contains(&lease_ttl_ms) {
+        return Err(err(
+            o.field("lease_ttl"),
+            "must be between 2s (etcd's shortest lease) and 1h",
+        ));
+    }
+    let sync_interval_ms = o.duration("sync_interval")?.unwrap_or(500);
+    if !(10..=60_000).contains(&sync_interval_ms) {
+        return Err(err(
+            o.field("sync_interval"),
+            "must be between 10ms and 60s",
+        ));
+    }
+    Ok(FleetConfig {
+        cluster: cluster.to_string(),
+        prefix: prefix.to_string(),
+        node_id,
+        sync_interval_ms,
+        lease_ttl_ms,
+    })
 }
 
 fn parse_schedule(field: &str, list: &[Value]) -> Result<Vec<u64>, ConfigError> {
@@ -972,6 +1047,72 @@ mod tests {
             r#"{{"subscriptions": [{{"id": "s1", "consumer": "ops", "url": "https://h.example.com/",
                 "events": ["*"], "secret": "{SECRET}"{fields}}}]}}"#
         )
+    }
+
+    #[test]
+    fn fleet_defaults_and_every_field() {
+        let c = parse_str(r#"{"fleet": {"cluster": "etcd"}}"#).unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            (f.cluster.as_str(), f.prefix.as_str()),
+            ("etcd", "/proxy-webhooks")
+        );
+        assert_eq!(
+            (f.node_id, f.sync_interval_ms, f.lease_ttl_ms),
+            (None, 500, 10_000)
+        );
+        let c = parse_str(
+            r#"{"fleet": {"cluster": "e", "prefix": "/a/b/", "node_id": "n1",
+                "sync_interval": "250ms", "lease_ttl": "3s"}}"#,
+        )
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(
+            (f.prefix.as_str(), f.node_id.as_deref()),
+            ("/a/b", Some("n1"))
+        );
+        assert_eq!((f.sync_interval_ms, f.lease_ttl_ms), (250, 3000));
+        assert_eq!(parse_str("{}").unwrap().fleet, None);
+    }
+
+    #[test]
+    fn bad_fleet_fields_are_named() {
+        let cases = [
+            (r#"{"fleet": {}}"#, "fleet.cluster: is required"),
+            (
+                r#"{"fleet": {"cluster": ""}}"#,
+                "fleet.cluster: must not be empty",
+            ),
+            (r#"{"fleet": "etcd"}"#, "fleet: must be an object"),
+            (
+                r#"{"fleet": {"cluster": "e", "ttl": "5s"}}"#,
+                "fleet.ttl: unknown field",
+            ),
+            (
+                r#"{"fleet": {"cluster": "e", "prefix": "x"}}"#,
+                "fleet.prefix: must start with /",
+            ),
+            (
+                r#"{"fleet": {"cluster": "e", "node_id": "a/b"}}"#,
+                "fleet.node_id: must be non-empty",
+            ),
+            (
+                r#"{"fleet": {"cluster": "e", "lease_ttl": "1s"}}"#,
+                "fleet.lease_ttl: must be between 2s",
+            ),
+            (
+                r#"{"fleet": {"cluster": "e", "sync_interval": "0s"}}"#,
+                "fleet.sync_interval: must be between",
+            ),
+            (
+                r#"{"fleet": {"cluster": "e", "sync_interval": 5}}"#,
+                "fleet.sync_interval: must be a duration",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = error(json);
+            assert!(got.starts_with(want), "{json}: {got}");
+        }
     }
 
     #[test]

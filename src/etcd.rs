@@ -89,6 +89,40 @@ pub fn range_prefix(prefix: &[u8], limit: u64) -> Request {
     request(RANGE, range_body(prefix, true, limit))
 }
 
+/// A range with the options plain [`range_prefix`] leaves out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeQuery {
+    /// The key, or the prefix when `prefix`.
+    pub key: Vec<u8>,
+    pub prefix: bool,
+    /// At most this many keys (0: all).
+    pub limit: u64,
+    /// Only keys written at or after this revision (0: all). The answer's `count` still counts
+    /// every key of the range (etcd 3.4 filters after counting), so a reader can tell that keys
+    /// it knows were deleted.
+    pub min_mod_revision: i64,
+    /// Keys without values.
+    pub keys_only: bool,
+    /// Oldest first (by create revision) instead of key order.
+    pub oldest_first: bool,
+}
+
+/// Reads a range with every option of [`RangeQuery`].
+pub fn range_query(query: &RangeQuery) -> Request {
+    let mut body = range_body(&query.key, query.prefix, query.limit);
+    if query.min_mod_revision > 0 {
+        body.insert("min_mod_revision".into(), number(query.min_mod_revision));
+    }
+    if query.keys_only {
+        body.insert("keys_only".into(), Value::Bool(true));
+    }
+    if query.oldest_first {
+        body.insert("sort_target".into(), Value::String("CREATE".into()));
+        body.insert("sort_order".into(), Value::String("ASCEND".into()));
+    }
+    request(RANGE, body)
+}
+
 /// Writes one key, attached to `lease` (0: none).
 pub fn put(key: &[u8], value: &[u8], lease: i64) -> Request {
     request(PUT, put_body(key, value, lease))

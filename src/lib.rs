@@ -23,6 +23,7 @@ pub mod delivery;
 pub mod dispatcher;
 pub mod etcd;
 pub mod event;
+pub mod fleet;
 pub mod identity;
 pub mod ids;
 pub mod outbox;

@@ -21,6 +21,14 @@ pub enum Metric {
     DispatcherAlive,
     SubscriptionsActive,
     DeliveryLatencyMs,
+    /// Fleet mode: milliseconds since the registry was last read from etcd.
+    FleetSyncLagMs,
+    /// Fleet mode: messages this replica holds in etcd's outbox.
+    FleetOutboxSize,
+    /// Fleet mode: dead replicas' leases whose messages this replica took over.
+    FleetClaims,
+    /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer).
+    FleetEtcdErrors,
 }
 
 /// How Envoy keeps a metric.
@@ -32,13 +40,64 @@ pub enum MetricKind {
 }
 
 impl Metric {
+    /// Every metric, in the order of [`Metric::index`].
+    pub const ALL: [Metric; 17] = [
+        Metric::EventsDetected,
+        Metric::EventsDropped,
+        Metric::DeliveriesSucceeded,
+        Metric::DeliveriesFailed,
+        Metric::DeliveryAttempts,
+        Metric::DeliveriesExhausted,
+        Metric::SubscriptionsDisabled,
+        Metric::EventsUnaddressed,
+        Metric::QueueDepth,
+        Metric::QueueBytes,
+        Metric::DispatcherAlive,
+        Metric::SubscriptionsActive,
+        Metric::DeliveryLatencyMs,
+        Metric::FleetSyncLagMs,
+        Metric::FleetOutboxSize,
+        Metric::FleetClaims,
+        Metric::FleetEtcdErrors,
+    ];
+
+    /// The position in [`Metric::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The name Envoy shows (`wasmcustom.<name>` in `/stats`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::EventsDetected => "webhooks_events_detected",
+            Metric::EventsDropped => "webhooks_events_dropped",
+            Metric::DeliveriesSucceeded => "webhooks_deliveries_succeeded",
+            Metric::DeliveriesFailed => "webhooks_deliveries_failed",
+            Metric::DeliveryAttempts => "webhooks_delivery_attempts",
+            Metric::DeliveriesExhausted => "webhooks_deliveries_exhausted",
+            Metric::SubscriptionsDisabled => "webhooks_subscriptions_disabled",
+            Metric::EventsUnaddressed => "webhooks_events_unaddressed",
+            Metric::QueueDepth => "webhooks_queue_depth",
+            Metric::QueueBytes => "webhooks_queue_bytes",
+            Metric::DispatcherAlive => "webhooks_dispatcher_alive",
+            Metric::SubscriptionsActive => "webhooks_subscriptions_active",
+            Metric::DeliveryLatencyMs => "webhooks_delivery_latency_ms",
+            Metric::FleetSyncLagMs => "webhooks_fleet_sync_lag_ms",
+            Metric::FleetOutboxSize => "webhooks_fleet_outbox_size",
+            Metric::FleetClaims => "webhooks_fleet_claims",
+            Metric::FleetEtcdErrors => "webhooks_fleet_etcd_errors",
+        }
+    }
+
     /// How Envoy keeps it (the names are defined by the host).
     pub fn kind(self) -> MetricKind {
         match self {
             Metric::QueueDepth
             | Metric::QueueBytes
             | Metric::DispatcherAlive
-            | Metric::SubscriptionsActive => MetricKind::Gauge,
+            | Metric::SubscriptionsActive
+            | Metric::FleetSyncLagMs
+            | Metric::FleetOutboxSize => MetricKind::Gauge,
             Metric::DeliveryLatencyMs => MetricKind::Histogram,
             _ => MetricKind::Counter,
         }
@@ -100,7 +159,20 @@ pub trait DispatchHost: crate::ids::RandomSource {
     fn dequeue(&mut self) -> Option<Vec<u8>>;
     /// Tells Envoy a shutdown that waited for deliveries may go on.
     fn done(&mut self);
+
+    /// Starts a call to etcd's HTTP/JSON gateway on `cluster` (fleet mode); its answer comes to
+    /// `on_http_call_response` with the token and is read with `callout_response`/`callout_body`.
+    fn call_etcd(
+        &mut self,
+        request: &crate::etcd::Request,
+        cluster: &str,
+    ) -> Result<u32, CalloutRefused>;
+    /// Envoy's node id (`--service-node`), when it has one.
+    fn node_id(&self) -> Option<String>;
 }
+
+/// How long any etcd call may take before it counts as failed.
+pub const ETCD_TIMEOUT_MS: u64 = 2000;
 
 // ---- The filter's host: one HTTP stream on a worker (see `crate::stream`) -------------------
 
@@ -132,4 +204,22 @@ pub trait StreamHost {
     fn add_metric(&self, metric: Metric, n: u64);
     /// Sets a gauge (`webhooks_dispatcher_alive`).
     fn record_metric(&self, metric: Metric, value: u64);
+    /// Starts a call to etcd's gateway on `cluster` for this stream (fleet mode); its answer
+    /// comes to the stream's `on_etcd_answer`. None when Envoy refuses to start it.
+    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32>;
+    /// The answer of the etcd call being reported: its `:status` and body (as far as read).
+    fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metric;
+
+    #[test]
+    fn every_metric_is_listed_at_its_index_with_a_webhooks_name() {
+        for (i, m) in Metric::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i, "{m:?}");
+            assert!(m.name().starts_with("webhooks_"));
+        }
+    }
 }

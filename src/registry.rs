@@ -229,13 +229,14 @@ impl<S: KvStore> Registry<S> {
         mut change: impl FnMut(&mut Subscription) -> Result<(), E>,
     ) -> Result<Result<Subscription, E>, RegistryError> {
         let mut refusal = None;
-        let stored = self.update_with(id, &mut |sub| match change(sub) {
+        let mut refusing = |sub: &mut Subscription| match change(sub) {
             Ok(()) => true,
             Err(e) => {
                 refusal = Some(e);
                 false
             }
-        })?;
+        };
+        let stored = self.update_with(id, &mut refusing, true)?;
         Ok(match (stored, refusal) {
             (_, Some(refused)) => Err(refused),
             (Some(after), None) => Ok(after),
@@ -243,12 +244,29 @@ impl<S: KvStore> Registry<S> {
         })
     }
 
+    /// Makes the cache hold `sub` exactly as etcd has it (fleet mode): written over the record
+    /// of the same id (its version kept, not moved), or added without the per-consumer limit,
+    /// which etcd enforced. Unchanged records are not written.
+    pub fn apply_synced(&self, sub: &Subscription) -> Result<(), RegistryError> {
+        let mut same = |have: &mut Subscription| {
+            let differs = *have != *sub;
+            have.clone_from(sub);
+            differs
+        };
+        match self.update_with(&sub.id, &mut same, false) {
+            Err(RegistryError::NotFound) => self.insert(sub, None),
+            other => other.map(|_| ()),
+        }
+    }
+
     /// [`Registry::update`] without the generic closure, so the wasm carries it once:
-    /// `change` returns false to refuse, and then nothing is written (None).
+    /// `change` returns false to refuse, and then nothing is written (None). `bump` moves the
+    /// record's version.
     fn update_with(
         &self,
         id: &str,
         change: &mut dyn FnMut(&mut Subscription) -> bool,
+        bump: bool,
     ) -> Result<Option<Subscription>, RegistryError> {
         let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
@@ -258,7 +276,9 @@ impl<S: KvStore> Registry<S> {
             if !change(&mut after) {
                 return Ok(None);
             }
-            after.version = before.version.saturating_add(1);
+            if bump {
+                after.version = before.version.saturating_add(1);
+            }
             let record = serde_json::to_vec(&after)
                 .map_err(|e| RegistryError::Unavailable(e.to_string()))?;
             let entry = record_entry(bucket.cas, &record);
@@ -555,6 +575,37 @@ mod tests {
         let r = Registry::new(MemoryStore::default());
         r.prepare();
         r
+    }
+
+    #[test]
+    fn apply_synced_adds_replaces_keeps_the_version_and_skips_no_ops() {
+        let r = registry();
+        let mut s = sub("s1", "acme", &["a.*"]);
+        s.version = 7;
+        r.apply_synced(&s).unwrap();
+        assert_eq!(r.get("s1").unwrap().0, s);
+        assert_eq!(r.candidates("a.b"), vec!["s1".to_string()]);
+        // No per-consumer limit here: etcd enforced it.
+        for n in 0..3 {
+            r.apply_synced(&sub(&format!("x{n}"), "acme", &["z"]))
+                .unwrap();
+        }
+        assert_eq!(r.ids_for_consumer("acme").len(), 4);
+        let generation = r.generation();
+        r.apply_synced(&s).unwrap();
+        assert_eq!(
+            r.generation(),
+            generation,
+            "an unchanged record is not written"
+        );
+        s.events = vec!["b.c".into()];
+        s.status = Status::Disabled;
+        s.version = 8;
+        r.apply_synced(&s).unwrap();
+        assert_eq!(r.get("s1").unwrap().0.version, 8);
+        assert!(r.candidates("a.b").is_empty());
+        assert_eq!(r.candidates("b.c"), vec!["s1".to_string()]);
+        assert_eq!(r.active_count(), 3);
     }
 
     /// A store shared by several registries (as workers share Envoy's shared data) that runs

@@ -50,6 +50,12 @@ pub struct FakeHost {
     pub done_calls: usize,
     /// Draws of randomness (message ids, retry jitter).
     pub fills: usize,
+    /// Every etcd call started, in order: token, cluster, request.
+    pub etcd_sent: Vec<(u32, String, crate::etcd::Request)>,
+    /// When set, `call_etcd` refuses.
+    pub refuse_etcd: bool,
+    /// What `node_id` answers.
+    pub node: Option<String>,
     rng: TestRng,
     next_token: u32,
 }
@@ -72,6 +78,9 @@ impl FakeHost {
             answer_body: Vec::new(),
             done_calls: 0,
             fills: 0,
+            etcd_sent: Vec::new(),
+            refuse_etcd: false,
+            node: None,
             rng: TestRng(0x5eed),
             next_token: 1,
         }
@@ -174,5 +183,24 @@ impl DispatchHost for FakeHost {
 
     fn done(&mut self) {
         self.done_calls += 1;
+    }
+
+    fn call_etcd(
+        &mut self,
+        request: &crate::etcd::Request,
+        cluster: &str,
+    ) -> Result<u32, CalloutRefused> {
+        if self.refuse_etcd {
+            return Err(CalloutRefused { unresolved: false });
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.etcd_sent
+            .push((token, cluster.to_string(), request.clone()));
+        Ok(token)
+    }
+
+    fn node_id(&self) -> Option<String> {
+        self.node.clone()
     }
 }

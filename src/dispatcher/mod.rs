@@ -127,6 +127,12 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Prepares shared data, takes the static subscriptions in, registers the queue and starts
     /// the tick. False when the dispatcher cannot run.
     pub fn on_configure(&mut self) -> bool {
+        if let Some(fleet) = &self.config.fleet {
+            log::warn!(
+                "proxy-webhooks: fleet (cluster {}) is not acted on by this build yet: subscriptions and pending messages stay in this Envoy's shared data and memory",
+                fleet.cluster
+            );
+        }
         self.registry.prepare();
         crate::ratelimit::prepare(self.host.store());
         self.beat();

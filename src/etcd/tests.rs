@@ -615,3 +615,40 @@ fn bodies_are_the_bytes_the_etcd_protocol_test_sends() {
         r#"{"compare":[],"failure":[],"success":[]}"#
     );
 }
+
+#[test]
+fn range_query_sends_each_option_only_when_set() {
+    let all = RangeQuery {
+        key: b"fleet/".to_vec(),
+        prefix: true,
+        limit: 2,
+        min_mod_revision: 9,
+        keys_only: true,
+        oldest_first: true,
+    };
+    assert_eq!(
+        body(&range_query(&all)),
+        json!({"key": "ZmxlZXQv", "range_end": "ZmxlZXQw", "limit": "2",
+               "min_mod_revision": "9", "keys_only": true,
+               "sort_target": "CREATE", "sort_order": "ASCEND"})
+    );
+    let plain = RangeQuery {
+        key: b"fleet/a".to_vec(),
+        ..RangeQuery::default()
+    };
+    assert_eq!(range_query(&plain), range(b"fleet/a"));
+}
+
+#[test]
+fn a_range_since_a_revision_counts_the_whole_range() {
+    // etcd 3.4.23: three keys under /p/sub/ written at revisions 2, 3, 4; range with
+    // min_mod_revision 4 returns one key and counts three; with 9, no key and still three.
+    let since = recorded(
+        r#","kvs":[{"key":"L3Avc3ViL2M=","create_revision":"4","mod_revision":"4","version":"1","value":"dmM="}],"count":"3""#,
+    );
+    let a = parse_range(&since).unwrap();
+    assert_eq!((a.kvs.len(), a.count, a.more), (1, 3, false));
+    assert_eq!(a.kvs[0].key, b"/p/sub/c");
+    let none = parse_range(&recorded(r#","count":"3""#)).unwrap();
+    assert_eq!((none.kvs.len(), none.count), (0, 3));
+}

@@ -136,4 +136,19 @@ impl DispatchHost for WasmHost {
     fn done(&mut self) {
         let _ = hostcalls::done();
     }
+
+    fn call_etcd(
+        &mut self,
+        request: &crate::etcd::Request,
+        cluster: &str,
+    ) -> Result<u32, CalloutRefused> {
+        io::call_etcd(request, cluster).map_err(|status| CalloutRefused {
+            unresolved: status == Status::InternalFailure,
+        })
+    }
+
+    fn node_id(&self) -> Option<String> {
+        let id = hostcalls::get_property(vec!["node", "id"]).ok().flatten()?;
+        String::from_utf8(id).ok().filter(|id| !id.is_empty())
+    }
 }

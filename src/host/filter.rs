@@ -78,6 +78,17 @@ impl StreamHost for Envoy {
     fn record_metric(&self, metric: Metric, value: u64) {
         self.metrics.get(metric).record(value);
     }
+
+    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32> {
+        io::call_etcd(request, cluster).ok()
+    }
+
+    fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>) {
+        let status = io::map_value(MapType::HttpCallResponseHeaders, ":status")
+            .and_then(|v| String::from_utf8(v).ok());
+        let body = io::buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
+        (status, body)
+    }
 }
 
 pub struct FilterRoot(Rc<Filter<Envoy>>);
@@ -125,7 +136,17 @@ fn action(flow: Flow) -> Action {
     }
 }
 
-impl Context for EventWatch {}
+impl Context for EventWatch {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body: usize,
+        _trailers: usize,
+    ) {
+        self.0.on_etcd_answer(body);
+    }
+}
 
 impl HttpContext for EventWatch {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {

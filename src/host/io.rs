@@ -77,18 +77,6 @@ impl KvStore for SharedData {
 pub struct Metric(Option<u32>);
 
 impl Metric {
-    pub fn counter(name: &str) -> Metric {
-        Metric::define(MetricType::Counter, name)
-    }
-
-    pub fn gauge(name: &str) -> Metric {
-        Metric::define(MetricType::Gauge, name)
-    }
-
-    pub fn histogram(name: &str) -> Metric {
-        Metric::define(MetricType::Histogram, name)
-    }
-
     fn define(kind: MetricType, name: &str) -> Metric {
         Metric(hostcalls::define_metric(kind, name).ok())
     }
@@ -108,63 +96,45 @@ impl Metric {
     }
 }
 
-/// Every metric of SPEC "Observability".
+/// Every metric of SPEC "Observability", defined once per VM.
 #[derive(Clone, Copy)]
-pub struct Metrics {
-    pub events_detected: Metric,
-    pub events_dropped: Metric,
-    pub deliveries_succeeded: Metric,
-    pub deliveries_failed: Metric,
-    pub delivery_attempts: Metric,
-    pub deliveries_exhausted: Metric,
-    pub subscriptions_disabled: Metric,
-    /// Events whose audience named no consumer (only privileged subscriptions got them).
-    pub events_unaddressed: Metric,
-    pub queue_depth: Metric,
-    pub queue_bytes: Metric,
-    pub dispatcher_alive: Metric,
-    pub subscriptions_active: Metric,
-    pub delivery_latency_ms: Metric,
-}
+pub struct Metrics([Metric; crate::port::Metric::ALL.len()]);
 
 impl Metrics {
     /// The Envoy metric of one of the host interface's metrics.
     pub fn get(&self, metric: crate::port::Metric) -> Metric {
-        use crate::port::Metric as M;
-        match metric {
-            M::EventsDetected => self.events_detected,
-            M::EventsDropped => self.events_dropped,
-            M::DeliveriesSucceeded => self.deliveries_succeeded,
-            M::DeliveriesFailed => self.deliveries_failed,
-            M::DeliveryAttempts => self.delivery_attempts,
-            M::DeliveriesExhausted => self.deliveries_exhausted,
-            M::SubscriptionsDisabled => self.subscriptions_disabled,
-            M::EventsUnaddressed => self.events_unaddressed,
-            M::QueueDepth => self.queue_depth,
-            M::QueueBytes => self.queue_bytes,
-            M::DispatcherAlive => self.dispatcher_alive,
-            M::SubscriptionsActive => self.subscriptions_active,
-            M::DeliveryLatencyMs => self.delivery_latency_ms,
-        }
+        self.0.get(metric.index()).copied().unwrap_or(Metric(None))
     }
 
     pub fn define() -> Metrics {
-        Metrics {
-            events_detected: Metric::counter("webhooks_events_detected"),
-            events_dropped: Metric::counter("webhooks_events_dropped"),
-            deliveries_succeeded: Metric::counter("webhooks_deliveries_succeeded"),
-            deliveries_failed: Metric::counter("webhooks_deliveries_failed"),
-            delivery_attempts: Metric::counter("webhooks_delivery_attempts"),
-            deliveries_exhausted: Metric::counter("webhooks_deliveries_exhausted"),
-            subscriptions_disabled: Metric::counter("webhooks_subscriptions_disabled"),
-            events_unaddressed: Metric::counter("webhooks_events_unaddressed"),
-            queue_depth: Metric::gauge("webhooks_queue_depth"),
-            queue_bytes: Metric::gauge("webhooks_queue_bytes"),
-            dispatcher_alive: Metric::gauge("webhooks_dispatcher_alive"),
-            subscriptions_active: Metric::gauge("webhooks_subscriptions_active"),
-            delivery_latency_ms: Metric::histogram("webhooks_delivery_latency_ms"),
-        }
+        use crate::port::MetricKind;
+        Metrics(crate::port::Metric::ALL.map(|m| {
+            let kind = match m.kind() {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
+            };
+            Metric::define(kind, m.name())
+        }))
     }
+}
+
+/// POSTs an etcd gateway request on `cluster` (the cluster's name is also the authority).
+pub fn call_etcd(request: &crate::etcd::Request, cluster: &str) -> Result<u32, Status> {
+    let headers = vec![
+        (":method", "POST"),
+        (":path", request.path),
+        (":authority", cluster),
+        ("content-type", "application/json"),
+    ];
+    let timeout = std::time::Duration::from_millis(crate::port::ETCD_TIMEOUT_MS);
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        Some(request.body.as_bytes()),
+        vec![],
+        timeout,
+    )
 }
 
 /// One header's value, or None when it is absent or the host refuses to read it. The SDK's own

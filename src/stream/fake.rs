@@ -37,6 +37,12 @@ pub(crate) struct FakeStreamHost {
     pub dropped: Cell<u64>,
     /// The last `webhooks_dispatcher_alive` shown.
     pub alive_gauge: Cell<Option<bool>>,
+    /// Every etcd call started: token, cluster, request.
+    pub etcd_sent: RefCell<Vec<(u32, String, crate::etcd::Request)>>,
+    /// When set, `call_etcd` refuses.
+    pub refuse_etcd: Cell<bool>,
+    /// The etcd answer being reported: `:status` and body.
+    pub etcd_reply: RefCell<(Option<String>, Vec<u8>)>,
 }
 
 impl Default for FakeStreamHost {
@@ -56,6 +62,9 @@ impl Default for FakeStreamHost {
             detected: Cell::new(0),
             dropped: Cell::new(0),
             alive_gauge: Cell::new(None),
+            etcd_sent: RefCell::default(),
+            refuse_etcd: Cell::new(false),
+            etcd_reply: RefCell::default(),
         }
     }
 }
@@ -164,6 +173,21 @@ impl StreamHost for FakeStreamHost {
         if metric == Metric::DispatcherAlive {
             self.alive_gauge.set(Some(value == 1));
         }
+    }
+
+    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32> {
+        if self.refuse_etcd.get() {
+            return None;
+        }
+        let mut sent = self.etcd_sent.borrow_mut();
+        let token = u32::try_from(sent.len()).ok()? + 1;
+        sent.push((token, cluster.to_string(), request.clone()));
+        Some(token)
+    }
+
+    fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>) {
+        let (status, body) = self.etcd_reply.borrow().clone();
+        (status, body.into_iter().take(body_size).collect())
     }
 }
 

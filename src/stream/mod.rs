@@ -311,6 +311,9 @@ impl<H: StreamHost> Stream<H> {
         Flow::Continue
     }
 
+    /// An etcd call this stream started (fleet mode's API writes) has answered.
+    pub fn on_etcd_answer(&mut self, _body_size: usize) {}
+
     /// Runs once the response has gone out (or the stream was cut short).
     pub fn on_log(&mut self) {
         self.emit();

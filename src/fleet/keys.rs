@@ -1,0 +1,139 @@
+//! Every key fleet mode keeps in etcd, under `fleet.prefix` (P):
+//! - `P/sub/<id>`: a subscription record, the same JSON as in shared data.
+//! - `P/count/<consumer>`: how many API subscriptions the consumer has, in decimal (every create
+//!   and delete compares its revision, so the per-consumer limit holds across replicas).
+//! - `P/live/<lease>`: a replica's node id, attached to its lease (gone: the replica is dead).
+//! - `P/owner/<lease>`: the node id, without a lease: the lease has (or had) messages.
+//! - `P/claim/<lease>`: the lease of the replica that took a dead lease's messages over,
+//!   attached to that replica's lease.
+//! - `P/node/<node id>`: the node's current lease, so a restart finds its messages.
+//! - `P/msg/<lease>/<webhook-id>`: a pending delivery owned by that lease.
+//! - `P/dead/<webhook-id>`: an exhausted or dropped delivery kept for replay (bounded).
+//!
+//! Leases are written in lowercase hex, as etcdctl shows them.
+
+/// The keys of one fleet (one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` has no trailing `/` (the configuration trims it).
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn key(&self, kind: &str, name: &str) -> Vec<u8> {
+        format!("{}/{kind}/{name}", self.prefix).into_bytes()
+    }
+
+    /// The prefix of every key of `kind` (`P/<kind>/`).
+    pub fn all(&self, kind: &str) -> Vec<u8> {
+        self.key(kind, "")
+    }
+
+    pub fn subscription(&self, id: &str) -> Vec<u8> {
+        self.key(SUB, id)
+    }
+
+    pub fn count(&self, consumer: &str) -> Vec<u8> {
+        self.key(COUNT, consumer)
+    }
+
+    pub fn live(&self, lease: i64) -> Vec<u8> {
+        self.key(LIVE, &hex(lease))
+    }
+
+    pub fn owner(&self, lease: i64) -> Vec<u8> {
+        self.key(OWNER, &hex(lease))
+    }
+
+    pub fn claim(&self, lease: i64) -> Vec<u8> {
+        self.key(CLAIM, &hex(lease))
+    }
+
+    pub fn node(&self, node_id: &str) -> Vec<u8> {
+        self.key(NODE, node_id)
+    }
+
+    /// The prefix of every message owned by `lease`.
+    pub fn messages(&self, lease: i64) -> Vec<u8> {
+        self.key(MSG, &format!("{}/", hex(lease)))
+    }
+
+    pub fn message(&self, lease: i64, webhook_id: &str) -> Vec<u8> {
+        self.key(MSG, &format!("{}/{webhook_id}", hex(lease)))
+    }
+
+    pub fn dead(&self, webhook_id: &str) -> Vec<u8> {
+        self.key(DEAD, webhook_id)
+    }
+
+    /// The last segment of a key of `kind` (an id, a consumer, a lease in hex), when `key` is one.
+    pub fn name_in<'k>(&self, kind: &str, key: &'k [u8]) -> Option<&'k str> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
+        let name = rest.strip_prefix(kind)?.strip_prefix('/')?;
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+pub const SUB: &str = "sub";
+pub const COUNT: &str = "count";
+pub const LIVE: &str = "live";
+pub const OWNER: &str = "owner";
+pub const CLAIM: &str = "claim";
+pub const NODE: &str = "node";
+pub const MSG: &str = "msg";
+pub const DEAD: &str = "dead";
+
+/// A lease id as lowercase hex.
+pub fn hex(lease: i64) -> String {
+    format!("{lease:x}")
+}
+
+/// A lease id from its hex form.
+pub fn parse_hex(s: &str) -> Option<i64> {
+    i64::from_str_radix(s, 16).ok().filter(|n| *n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_layout() {
+        let k = Keys::new("/pw");
+        assert_eq!(k.subscription("sub_1"), b"/pw/sub/sub_1");
+        assert_eq!(k.count("acme"), b"/pw/count/acme");
+        assert_eq!(k.live(255), b"/pw/live/ff");
+        assert_eq!(k.owner(255), b"/pw/owner/ff");
+        assert_eq!(k.claim(255), b"/pw/claim/ff");
+        assert_eq!(k.node("n1"), b"/pw/node/n1");
+        assert_eq!(k.messages(255), b"/pw/msg/ff/");
+        assert_eq!(k.message(255, "msg_1"), b"/pw/msg/ff/msg_1");
+        assert_eq!(k.dead("msg_1"), b"/pw/dead/msg_1");
+        assert_eq!(k.all(SUB), b"/pw/sub/");
+    }
+
+    #[test]
+    fn names_are_read_back_only_from_keys_of_their_kind() {
+        let k = Keys::new("/pw");
+        assert_eq!(k.name_in(SUB, b"/pw/sub/sub_1"), Some("sub_1"));
+        assert_eq!(k.name_in(LIVE, b"/pw/live/ff"), Some("ff"));
+        assert_eq!(k.name_in(SUB, b"/pw/sub/"), None);
+        assert_eq!(k.name_in(SUB, b"/pw/count/acme"), None);
+        assert_eq!(k.name_in(SUB, b"/other/sub/x"), None);
+        assert_eq!(k.name_in(SUB, b"/pw/subx/y"), None);
+        assert_eq!(k.name_in(SUB, &[0xff, 0xfe]), None);
+        assert_eq!(parse_hex("ff"), Some(255));
+        assert_eq!(
+            (parse_hex("0"), parse_hex("zz"), parse_hex("")),
+            (None, None, None)
+        );
+        assert_eq!(parse_hex(&hex(i64::MAX)), Some(i64::MAX));
+    }
+}

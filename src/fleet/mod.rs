@@ -1,0 +1,5 @@
+//! Fleet mode (SPEC "Fleet mode"): several replicas share their subscriptions and a durable
+//! outbox in etcd. Pure logic over [`crate::etcd`]'s builders and parsers; the roles send the
+//! requests through their host interface and feed the answers back.
+
+pub mod keys;
