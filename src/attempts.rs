@@ -6,14 +6,20 @@
 //! stay the same however many subscriptions come and go.
 
 use crate::buckets::{self, Bucket, Change};
+use crate::record::{self, Fields};
 use crate::registry::stored_record;
 use crate::store::{log_key, KvStore, StoreError};
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::Value;
 
 /// Attempts kept per subscription.
 pub const MAX_ENTRIES: usize = 50;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Logs are read by [`parse_log`]; `Deserialize` is derived for tests only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// The receiver took it (2xx).
@@ -31,13 +37,31 @@ pub enum State {
 }
 
 impl State {
+    fn from_value(v: &Value) -> Option<State> {
+        use State::*;
+        let names = [
+            "succeeded",
+            "retrying",
+            "exhausted",
+            "failed",
+            "dropped",
+            "expired",
+        ];
+        record::variant(
+            v,
+            &names,
+            &[Succeeded, Retrying, Exhausted, Failed, Dropped, Expired],
+        )
+    }
+
     /// Whether `POST /deliveries/{id}/retry` may send the message again.
     pub fn replayable(self) -> bool {
         matches!(self, State::Exhausted | State::Failed | State::Dropped)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
 pub struct Attempt {
     pub webhook_id: String,
     pub event_type: String,
@@ -57,6 +81,32 @@ pub struct Attempt {
     pub state: State,
 }
 
+impl Attempt {
+    fn from_value(v: &Value) -> Option<Attempt> {
+        Attempt::from_fields(v.as_object()?)
+    }
+
+    fn from_fields(o: &Fields) -> Option<Attempt> {
+        Some(Attempt {
+            webhook_id: record::string(o, "webhook_id")?,
+            event_type: record::string(o, "event_type")?,
+            attempt: record::uint(o, "attempt")?,
+            timestamp: record::string(o, "timestamp")?,
+            response_status: record::optional(o, "response_status", record::as_uint)?,
+            error: record::optional(o, "error", record::as_string)?,
+            duration_ms: record::uint(o, "duration_ms")?,
+            next_retry_at: record::optional(o, "next_retry_at", record::as_string)?,
+            state: State::from_value(o.get("state")?)?,
+        })
+    }
+}
+
+/// A stored log line's JSON array, or None when it is not one.
+pub(crate) fn parse_log(json: &[u8]) -> Option<Vec<Attempt>> {
+    let value: Value = serde_json::from_slice(json).ok()?;
+    record::as_list(&value, Attempt::from_value)
+}
+
 /// Bounded retries on compare-and-swap conflicts (the API's deletes and the dispatcher's writes).
 const MAX_CAS_RETRIES: usize = 100;
 
@@ -65,7 +115,7 @@ pub fn read<S: KvStore>(store: &S, subscription_id: &str) -> Vec<Attempt> {
     let bucket = Bucket::read(store, &log_key(subscription_id));
     bucket
         .get(subscription_id)
-        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .and_then(parse_log)
         .unwrap_or_default()
 }
 
@@ -87,7 +137,7 @@ pub fn record<S: KvStore>(
             return Ok(Change::Remove);
         }
         let old: Vec<Attempt> = match newest.len() < MAX_ENTRIES {
-            true => old.and_then(|b| serde_json::from_slice(b).ok()),
+            true => old.and_then(parse_log),
             false => None,
         }
         .unwrap_or_default();

@@ -31,6 +31,7 @@ pub mod pacing;
 pub mod port;
 pub mod queue;
 pub mod ratelimit;
+mod record;
 pub mod registry;
 pub mod rules;
 pub mod signing;

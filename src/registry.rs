@@ -117,7 +117,7 @@ impl<S: KvStore> Registry<S> {
     /// The record and its store version, or None when absent or deleted.
     pub fn get(&self, id: &str) -> Option<(Subscription, u32)> {
         let (bytes, cas) = self.get_raw(id)?;
-        serde_json::from_slice(&bytes).ok().map(|s| (s, cas))
+        Subscription::from_json(&bytes).map(|s| (s, cas))
     }
 
     /// The raw record bytes and version, for callers that cache parsed records by version.
@@ -534,7 +534,7 @@ impl<S: KvStore> Registry<S> {
 /// The record of `id` in its bucket, parsed.
 fn parsed_record(bucket: &Bucket, id: &str) -> Option<Subscription> {
     let (_, json) = parse_entry(bucket.get(id)?)?;
-    serde_json::from_slice(json).ok()
+    Subscription::from_json(json)
 }
 
 fn add_line(lines: &mut Vec<String>, name: &str, id: &str) {

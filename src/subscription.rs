@@ -2,8 +2,12 @@
 //! configuration, the one set of rules its fields obey (used by both the configuration and the
 //! API), and how its event filters match event types (beside the index lookup that must agree).
 
+use crate::record::{self, Fields};
 use crate::rules;
-use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::Value;
 
 /// Event types of the plugin's own, which configured rules may not use.
 pub const RESERVED_TYPE_PREFIX: &str = "webhook.";
@@ -18,7 +22,9 @@ pub const ID_MAX_LEN: usize = 64;
 /// What [`is_valid_id`] asks, for error messages.
 pub const ID_RULE: &str = "must be 1 to 64 letters, digits, '_' or '-'";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored records are read by [`Subscription::from_json`]; `Deserialize` is derived for tests only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Active,
@@ -26,14 +32,33 @@ pub enum Status {
 }
 
 /// A signing secret; old ones keep signing beside the new one until they expire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
 pub struct SigningSecret {
     pub secret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
 }
 
+impl Status {
+    fn from_value(v: &Value) -> Option<Status> {
+        record::variant(
+            v,
+            &["active", "disabled"],
+            &[Status::Active, Status::Disabled],
+        )
+    }
+}
+
 impl SigningSecret {
+    fn from_value(v: &Value) -> Option<SigningSecret> {
+        let o = v.as_object()?;
+        Some(SigningSecret {
+            secret: record::string(o, "secret")?,
+            expires_at_ms: record::optional(o, "expires_at_ms", record::as_uint)?,
+        })
+    }
+
     /// Whether this secret still signs at `now_ms` (a rotated one stops at its expiry).
     pub fn signs_at(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_none_or(|at| at > now_ms)
@@ -42,7 +67,8 @@ impl SigningSecret {
 
 /// One registry record. `version` grows by one on every change (optimistic concurrency across
 /// backends that lack the store's own cas).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
 pub struct Subscription {
     pub id: String,
     pub consumer: String,
@@ -68,6 +94,29 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A stored record (JSON as serialized), or None when it is not one.
+    pub fn from_json(json: &[u8]) -> Option<Subscription> {
+        Subscription::from_fields(&record::parse_object(json)?)
+    }
+
+    fn from_fields(o: &Fields) -> Option<Subscription> {
+        Some(Subscription {
+            id: record::string(o, "id")?,
+            consumer: record::string(o, "consumer")?,
+            url: record::string(o, "url")?,
+            events: record::list(o, "events", record::as_string)?,
+            description: record::defaulted(o, "description", record::as_string)?,
+            status: Status::from_value(o.get("status")?)?,
+            disabled_reason: record::optional(o, "disabled_reason", record::as_string)?,
+            created_at_ms: record::uint(o, "created_at_ms")?,
+            updated_at_ms: record::uint(o, "updated_at_ms")?,
+            secrets: record::list(o, "secrets", SigningSecret::from_value)?,
+            is_static: record::defaulted(o, "is_static", Value::as_bool)?,
+            privileged: record::defaulted(o, "privileged", Value::as_bool)?,
+            version: record::defaulted(o, "version", record::as_uint)?,
+        })
+    }
+
     pub fn is_active(&self) -> bool {
         self.status == Status::Active
     }

@@ -315,7 +315,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             cached.checked_at.set(self.generation);
             return Some(Rc::clone(cached));
         }
-        let subscription: Subscription = serde_json::from_slice(&bytes).ok()?;
+        let subscription = Subscription::from_json(&bytes)?;
         let destination =
             url::check_destination(&subscription.url, self.config.delivery.url_policy())
                 .map_err(|e| format!("url refused: {}", e.message));
