@@ -22,6 +22,8 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+mod fleet;
+
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
@@ -90,6 +92,8 @@ pub struct Dispatcher<H: DispatchHost> {
     fast_tick_until: Option<u64>,
     /// When the heartbeat was last written (see `crate::watchdog`).
     beat_at: u64,
+    /// Fleet mode (`config.fleet`): the registry kept from etcd.
+    fleet: Option<fleet::Fleet>,
 }
 
 impl<H: DispatchHost> Dispatcher<H> {
@@ -109,6 +113,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             drain_deadline: None,
             fast_tick_until: None,
             beat_at: 0,
+            fleet: None,
         }
     }
 
@@ -128,10 +133,13 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// the tick. False when the dispatcher cannot run.
     pub fn on_configure(&mut self) -> bool {
         if let Some(fleet) = &self.config.fleet {
-            log::warn!(
-                "proxy-webhooks: fleet (cluster {}) is not acted on by this build yet: subscriptions and pending messages stay in this Envoy's shared data and memory",
-                fleet.cluster
+            log::info!(
+                "proxy-webhooks: fleet mode: subscriptions kept in etcd (cluster {}, prefix {}), read every {} ms; pending messages stay in memory (the durable outbox is not built yet)",
+                fleet.cluster,
+                fleet.prefix,
+                fleet.sync_interval_ms
             );
+            self.fleet = Some(fleet::Fleet::new(fleet, self.host.now_ms()));
         }
         self.registry.prepare();
         crate::ratelimit::prepare(self.host.store());
@@ -144,6 +152,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             log::error!("proxy-webhooks: cannot register the shared queue {QUEUE_NAME}");
             return false;
         }
+        self.fleet_tick();
         self.host.set_tick_period_ms(TICK_MS)
     }
 
@@ -156,6 +165,9 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     pub fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize) {
         self.beat();
+        if self.on_fleet_answer(token, headers, body_size) {
+            return;
+        }
         let Some(InFlight { key, started_ms }) = self.in_flight.remove(&token) else {
             return;
         };
@@ -171,6 +183,7 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     pub fn on_tick(&mut self) {
         self.beat();
+        self.fleet_tick();
         self.refresh_generation();
         self.drain_queue();
         self.pump();
@@ -212,6 +225,9 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// Takes at most [`MAX_DEQUEUE`] messages off the shared queue.
     fn drain_queue(&mut self) {
+        if self.awaiting_first_sync(self.host.now_ms()) {
+            return;
+        }
         for _ in 0..MAX_DEQUEUE {
             let Some(bytes) = self.host.dequeue() else {
                 return;

@@ -624,3 +624,116 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
     assert!(sent(&d).is_empty(), "delivered to a refused URL");
     assert_eq!(d.host().metric(Metric::DeliveriesFailed), 1);
 }
+
+// ---- Fleet mode: the registry is a cache of etcd's ----
+
+const FLEET: &str = r#""fleet": {"cluster": "etcd", "prefix": "/pw", "sync_interval": "500ms"}"#;
+
+fn fleet_dispatcher() -> Dispatcher<FakeHost> {
+    let config = format!(r#"{{"delivery": {{"allow_private_destinations": true}}, {FLEET}}}"#);
+    dispatcher_with(&config)
+}
+
+fn record_json(id: &str, status: &str, version: u64) -> serde_json::Value {
+    serde_json::json!({"id": id, "consumer": "acme", "url": "https://hooks.example.com/in",
+        "events": ["order.*"], "status": status, "created_at_ms": T0, "updated_at_ms": T0,
+        "secrets": [{"secret": SECRET}], "version": version})
+}
+
+/// Answers the latest etcd call with a range answer holding `records` (etcd 3.4's shape).
+fn answer_etcd(d: &mut Dispatcher<FakeHost>, records: &[serde_json::Value], count: usize) {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let kvs: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            let key = format!("/pw/sub/{}", r["id"].as_str().unwrap());
+            serde_json::json!({"key": b64(&key), "mod_revision": "7", "value": b64(&r.to_string())})
+        })
+        .collect();
+    let body =
+        serde_json::json!({"header": {"revision": "7"}, "kvs": kvs, "count": count.to_string()})
+            .to_string();
+    let token = d.host().etcd_sent.last().unwrap().0;
+    answer_with_body(d, token, 200, &[], body.as_bytes());
+}
+
+#[test]
+fn fleet_mode_reads_the_registry_at_start_and_holds_fan_out_until_then() {
+    let mut d = fleet_dispatcher();
+    let (_, cluster, first) = d.host().etcd_sent.last().cloned().unwrap();
+    assert_eq!((cluster.as_str(), first.path), ("etcd", crate::etcd::RANGE));
+    event(&mut d, "order.created");
+    assert!(sent(&d).is_empty(), "no fan-out before the first read");
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    d.on_tick();
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "the held event goes to the synced subscription"
+    );
+    assert_eq!(
+        d.host().etcd_sent.len(),
+        1,
+        "the next read waits for the interval"
+    );
+    d.host().advance(500);
+    d.on_tick();
+    assert_eq!(d.host().etcd_sent.len(), 2);
+}
+
+#[test]
+fn fleet_mode_applies_changes_and_deletes_from_etcd() {
+    let mut d = fleet_dispatcher();
+    answer_etcd(
+        &mut d,
+        &[
+            record_json("sub_a", "active", 1),
+            record_json("sub_b", "active", 1),
+        ],
+        2,
+    );
+    assert!(registry(&d).get("sub_b").is_some());
+    d.host().advance(500);
+    d.on_tick();
+    answer_etcd(&mut d, &[record_json("sub_a", "disabled", 2)], 1);
+    assert_eq!(
+        registry(&d).get("sub_a").unwrap().0.status,
+        Status::Disabled
+    );
+    // sub_b was deleted: the count says so, and a listing follows at once.
+    d.on_tick();
+    answer_etcd(&mut d, &[record_json("sub_a", "disabled", 2)], 1);
+    assert!(registry(&d).get("sub_b").is_none());
+    event(&mut d, "order.created");
+    assert!(
+        sent(&d).is_empty(),
+        "neither a disabled nor a deleted subscription gets it"
+    );
+}
+
+#[test]
+fn fleet_mode_without_etcd_serves_what_it_has_and_counts_the_errors() {
+    let mut d = fleet_dispatcher();
+    let token = d.host().etcd_sent.last().unwrap().0;
+    answer_with_body(&mut d, token, 503, &[], b"upstream connect error");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 1);
+    subscribe(
+        &d,
+        "static_like",
+        "https://hooks.example.com/in",
+        &["order.*"],
+    );
+    event(&mut d, "order.created");
+    assert!(sent(&d).is_empty(), "still waiting for a first read");
+    d.host().advance(5000);
+    d.host_mut().refuse_etcd = true;
+    d.on_tick();
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 2);
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "after the wait, fan-out goes on from the cache"
+    );
+    assert!(d.host().metric(Metric::FleetSyncLagMs) >= 5000);
+}

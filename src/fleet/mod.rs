@@ -3,3 +3,4 @@
 //! requests through their host interface and feed the answers back.
 
 pub mod keys;
+pub mod sync;

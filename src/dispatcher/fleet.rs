@@ -1,0 +1,131 @@
+//! The dispatcher's side of fleet mode: the registry read from etcd every `sync_interval` into
+//! the local cache, and fan-out held back until the first read (a restarted replica delivers to
+//! every subscription etcd has, not to none).
+
+use super::Dispatcher;
+use crate::fleet::keys::Keys;
+use crate::fleet::sync::{Apply, Sync};
+use crate::port::{DispatchHost, Metric};
+
+/// How long fan-out waits for the first read of the registry before it goes on with what it
+/// has (etcd unreachable at start).
+const FIRST_SYNC_WAIT_MS: u64 = 5000;
+/// etcd failures logged one line per this many.
+const LOG_EVERY: u64 = 100;
+
+/// Fleet mode's state in the dispatcher.
+pub(super) struct Fleet {
+    cluster: String,
+    sync: Sync,
+    /// The token of the registry read waiting for its answer.
+    reading: Option<u32>,
+    started_ms: u64,
+    errors: u64,
+}
+
+impl Fleet {
+    pub(super) fn new(config: &crate::config::FleetConfig, now: u64) -> Fleet {
+        Fleet {
+            cluster: config.cluster.clone(),
+            sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms),
+            reading: None,
+            started_ms: now,
+            errors: 0,
+        }
+    }
+}
+
+impl<H: DispatchHost> Dispatcher<H> {
+    /// Whether fan-out waits: fleet mode before the first registry read (at most
+    /// [`FIRST_SYNC_WAIT_MS`]).
+    pub(super) fn awaiting_first_sync(&self, now: u64) -> bool {
+        self.fleet.as_ref().is_some_and(|f| {
+            !f.sync.synced() && now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS)
+        })
+    }
+
+    /// Sends the registry read when it is due; records the sync lag.
+    pub(super) fn fleet_tick(&mut self) {
+        let now = self.host.now_ms();
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        self.host.record_metric(
+            Metric::FleetSyncLagMs,
+            fleet.sync.lag_ms(now, fleet.started_ms),
+        );
+        let Some(request) = fleet.sync.due(now) else {
+            return;
+        };
+        match self.host.call_etcd(&request, &fleet.cluster) {
+            Ok(token) => fleet.reading = Some(token),
+            Err(refused) => {
+                fleet.sync.on_failure(now);
+                let why = format!("Envoy refused the call ({refused:?}): is the cluster defined?");
+                self.fleet_error(&why);
+            }
+        }
+    }
+
+    /// Takes an etcd answer; false when `token` is not an etcd call (a delivery's).
+    pub(super) fn on_fleet_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return false;
+        };
+        if fleet.reading != Some(token) {
+            return false;
+        }
+        fleet.reading = None;
+        let now = self.host.now_ms();
+        let answer = self.host.callout_response(headers, body_size);
+        let body = self.host.callout_body(body_size);
+        let changes = match answer.headers {
+            0 => Err("the call failed (timeout or connection reset)".to_string()),
+            _ => fleet.sync.on_answer(answer.status.as_deref(), &body, now),
+        };
+        match changes {
+            Ok(changes) => self.apply_synced(changes),
+            Err(why) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    fleet.sync.on_failure(now);
+                }
+                self.fleet_error(&why);
+            }
+        }
+        true
+    }
+
+    /// Writes etcd's changes into the cache.
+    fn apply_synced(&mut self, changes: Vec<Apply>) {
+        for change in changes {
+            let (id, outcome) = match change {
+                Apply::Put(sub) => (sub.id.clone(), self.registry.apply_synced(&sub)),
+                Apply::Remove(id) => {
+                    let outcome = self.registry.delete(&id).map(|_| ());
+                    (id, outcome)
+                }
+            };
+            match outcome {
+                Ok(()) | Err(crate::registry::RegistryError::NotFound) => {}
+                Err(e) => log::warn!("proxy-webhooks: fleet: subscription {id} not cached: {e:?}"),
+            }
+            self.subscriptions.remove(&id);
+        }
+        self.refresh_generation();
+    }
+
+    /// Counts an etcd failure; logs the first and then one per [`LOG_EVERY`].
+    fn fleet_error(&mut self, why: &str) {
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
+        if let Some(fleet) = self.fleet.as_mut() {
+            if fleet.errors % LOG_EVERY == 0 {
+                log::warn!(
+                    "proxy-webhooks: fleet: etcd on cluster {}: {why} ({} failure(s) so far); serving the last synced registry",
+                    fleet.cluster,
+                    fleet.errors + 1
+                );
+            }
+            fleet.errors = fleet.errors.wrapping_add(1);
+        }
+    }
+}
