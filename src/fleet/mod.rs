@@ -2,5 +2,6 @@
 //! outbox in etcd. Pure logic over [`crate::etcd`]'s builders and parsers; the roles send the
 //! requests through their host interface and feed the answers back.
 
+pub mod commit;
 pub mod keys;
 pub mod sync;
