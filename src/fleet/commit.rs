@@ -209,8 +209,8 @@ impl Commit {
             return Ok(None);
         };
         let name = String::from_utf8_lossy(&self.sub_key);
-        let record: Subscription = serde_json::from_slice(&kv.value)
-            .map_err(|e| format!("`{name}` holds no subscription record: {e}"))?;
+        let record = Subscription::from_json(&kv.value)
+            .ok_or_else(|| format!("`{name}` holds no subscription record"))?;
         if kv.key != self.sub_key || record.id.as_bytes() != self.sub_key_id() {
             return Err(format!("`{name}` holds the record of `{}`", record.id));
         }

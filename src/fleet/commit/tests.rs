@@ -384,10 +384,7 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
     let (mut c, _) = replace(&sub("sub_1", 5), 4);
     let junk = kv(b"/pw/sub/sub_1", b"{\"id\":1}", 21);
     let reason = unavailable(&mut c, Some("200"), &failed(vec![range(vec![junk])]));
-    assert!(
-        reason.starts_with("`/pw/sub/sub_1` holds no subscription record: invalid type"),
-        "{reason}"
-    );
+    assert_eq!(reason, "`/pw/sub/sub_1` holds no subscription record");
     let other = kv(b"/pw/sub/sub_1", &record(&sub("sub_2", 4)), 21);
     assert_eq!(
         unavailable(&mut c, Some("200"), &failed(vec![range(vec![other])])),
