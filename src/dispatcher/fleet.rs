@@ -3,9 +3,12 @@
 //! every subscription etcd has, not to none).
 
 use super::Dispatcher;
+use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::keys::Keys;
 use crate::fleet::sync::{Apply, Sync};
 use crate::port::{DispatchHost, Metric};
+use crate::subscription::Subscription;
+use std::collections::HashMap;
 
 /// How long fan-out waits for the first read of the registry before it goes on with what it
 /// has (etcd unreachable at start).
@@ -16,9 +19,12 @@ const LOG_EVERY: u64 = 100;
 /// Fleet mode's state in the dispatcher.
 pub(super) struct Fleet {
     cluster: String,
+    keys: Keys,
     sync: Sync,
     /// The token of the registry read waiting for its answer.
     reading: Option<u32>,
+    /// Record changes the dispatcher made (a subscription disabled) on their way to etcd.
+    writes: HashMap<u32, Commit>,
     started_ms: u64,
     errors: u64,
 }
@@ -27,8 +33,10 @@ impl Fleet {
     pub(super) fn new(config: &crate::config::FleetConfig, now: u64) -> Fleet {
         Fleet {
             cluster: config.cluster.clone(),
+            keys: Keys::new(&config.prefix),
             sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms),
             reading: None,
+            writes: HashMap::new(),
             started_ms: now,
             errors: 0,
         }
@@ -72,13 +80,22 @@ impl<H: DispatchHost> Dispatcher<H> {
         let Some(fleet) = self.fleet.as_mut() else {
             return false;
         };
-        if fleet.reading != Some(token) {
+        let write = fleet.writes.remove(&token);
+        if fleet.reading != Some(token) && write.is_none() {
             return false;
         }
-        fleet.reading = None;
         let now = self.host.now_ms();
         let answer = self.host.callout_response(headers, body_size);
         let body = self.host.callout_body(body_size);
+        if let Some(commit) = write {
+            let status = answer.status.filter(|_| answer.headers > 0);
+            self.on_write_answer(commit, status.as_deref(), &body);
+            return true;
+        }
+        let Some(fleet) = self.fleet.as_mut() else {
+            return true;
+        };
+        fleet.reading = None;
         let changes = match answer.headers {
             0 => Err("the call failed (timeout or connection reset)".to_string()),
             _ => fleet.sync.on_answer(answer.status.as_deref(), &body, now),
@@ -93,6 +110,56 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
         }
         true
+    }
+
+    /// Sends a record change the dispatcher made (a disable) to etcd, so every replica has it.
+    pub(super) fn fleet_write(&mut self, after: Subscription, before_version: u64) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let write = Write::Replace {
+            after,
+            before_version,
+        };
+        let (commit, request) = Commit::start(write, &fleet.keys);
+        self.send_write(commit, &request);
+    }
+
+    fn send_write(&mut self, commit: Commit, request: &crate::etcd::Request) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match self.host.call_etcd(request, &fleet.cluster) {
+            Ok(token) => {
+                fleet.writes.insert(token, commit);
+            }
+            Err(refused) => {
+                let id = written_id(commit.write());
+                self.write_lost(&id, &format!("Envoy refused the call ({refused:?})"));
+            }
+        }
+    }
+
+    /// The next step of a record change on its way to etcd.
+    fn on_write_answer(&mut self, mut commit: Commit, status: Option<&str>, body: &[u8]) {
+        let id = written_id(commit.write());
+        match commit.on_answer(status, body) {
+            Step::Send(request) => self.send_write(commit, &request),
+            Step::Committed { .. } => {}
+            // Someone changed it meanwhile (a PATCH on another replica): etcd's record wins.
+            Step::Stale(fresh) => self.apply_synced(vec![Apply::Put(fresh)]),
+            Step::Gone => self.apply_synced(vec![Apply::Remove(id)]),
+            Step::LimitReached(_) => {}
+            Step::Unavailable(why) => self.write_lost(&id, &why),
+        }
+    }
+
+    /// A change etcd did not take: it holds on this replica only (until etcd's record changes).
+    fn write_lost(&mut self, id: &str, why: &str) {
+        log::warn!(
+            "proxy-webhooks: fleet: the change of subscription {id} was not written to etcd ({why}): other replicas do not see it"
+        );
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
     }
 
     /// Writes etcd's changes into the cache.
@@ -127,5 +194,13 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
             fleet.errors = fleet.errors.wrapping_add(1);
         }
+    }
+}
+
+/// The subscription a write concerns.
+fn written_id(write: &Write) -> String {
+    match write {
+        Write::Create { sub, .. } | Write::Replace { after: sub, .. } => sub.id.clone(),
+        Write::Delete { id, .. } => id.clone(),
     }
 }

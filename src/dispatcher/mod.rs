@@ -641,9 +641,13 @@ impl<H: DispatchHost> Dispatcher<H> {
         // re-enabled; its cached record is stale now.
         self.failing.forget(id);
         self.subscriptions.remove(id);
-        if matches!(changed, Ok(Ok(_))) {
+        if let Ok(Ok(after)) = changed {
             self.host.add_metric(Metric::SubscriptionsDisabled, 1);
             log::warn!("proxy-webhooks: subscription {id} disabled: {reason}");
+            if !after.is_static {
+                let before_version = after.version.saturating_sub(1);
+                self.fleet_write(after, before_version);
+            }
         }
     }
 

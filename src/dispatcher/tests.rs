@@ -737,3 +737,47 @@ fn fleet_mode_without_etcd_serves_what_it_has_and_counts_the_errors() {
     );
     assert!(d.host().metric(Metric::FleetSyncLagMs) >= 5000);
 }
+
+#[test]
+fn fleet_mode_writes_a_disable_to_etcd_comparing_the_record_it_replaced() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut d = fleet_dispatcher();
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    event(&mut d, "order.created");
+    answer_last(&mut d, 410, &[]);
+    assert_eq!(
+        registry(&d).get("sub_a").unwrap().0.status,
+        Status::Disabled
+    );
+    let (token, _, first) = d.host().etcd_sent.last().cloned().unwrap();
+    assert_eq!(first.path, crate::etcd::TXN);
+    // The first guess is "no revision": etcd's failure branch reads the record (version 1).
+    let kv = serde_json::json!({"key": b64("/pw/sub/sub_a"), "mod_revision": "7",
+        "value": b64(&record_json("sub_a", "active", 1).to_string())});
+    let failed = serde_json::json!({"header": {"revision": "7"},
+        "responses": [{"response_range": {"header": {"revision": "7"}, "kvs": [kv], "count": "1"}}]});
+    answer_with_body(&mut d, token, 200, &[], failed.to_string().as_bytes());
+    let (token, _, second) = d.host().etcd_sent.last().cloned().unwrap();
+    let body: serde_json::Value = serde_json::from_str(&second.body).unwrap();
+    assert_eq!(body["compare"][1]["mod_revision"], "7", "{body}");
+    let put = &body["success"][0]["request_put"];
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(put["value"].as_str().unwrap())
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(
+        (stored["status"].as_str(), stored["version"].as_u64()),
+        (Some("disabled"), Some(2))
+    );
+    let done = serde_json::json!({"header": {"revision": "8"}, "succeeded": true,
+        "responses": [{"response_put": {"header": {"revision": "8"}}}]});
+    let sent_before = d.host().etcd_sent.len();
+    answer_with_body(&mut d, token, 200, &[], done.to_string().as_bytes());
+    assert_eq!(
+        d.host().etcd_sent.len(),
+        sent_before,
+        "committed: nothing more to send"
+    );
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 0);
+}
