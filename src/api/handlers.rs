@@ -6,10 +6,13 @@ use super::responses::{
     base_headers, error, invalid_field, json_response, no_randomness, registry_error,
     static_subscription, subscription_not_found, view, SubscriptionView,
 };
-use super::{Context, Outcome, Request, Response, MAX_SECRETS, ROTATION_OVERLAP_MS};
+use super::{
+    Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
+};
 use crate::attempts;
 use crate::config::Config;
 use crate::event;
+use crate::fleet::commit::Write;
 use crate::ids::random_id;
 use crate::queue::QueueMessage;
 use crate::ratelimit;
@@ -56,7 +59,7 @@ pub(super) fn create<S: KvStore>(
     cx: &mut Context<'_, S>,
     caller: Caller<'_>,
     request: &Request<'_>,
-) -> Outcome {
+) -> Written {
     let config = cx.config;
     let fields = parse_fields(config, request, CREATE_FIELDS)?;
     let url = fields.url.ok_or_else(|| missing("url"))?;
@@ -80,14 +83,39 @@ pub(super) fn create<S: KvStore>(
         privileged: false,
         version: 1,
     };
-    let limit = Some(config.api.max_subscriptions_per_consumer);
-    cx.registry
-        .insert(&sub, limit)
-        .map_err(|e| registry_error(e, config))?;
     let mut response = json_response(201, &view(&sub, Some(&secret)));
     let location = format!("{}/subscriptions/{}", config.api.path_prefix, sub.id);
     response.headers.push(("location", location));
-    Ok(response)
+    let limit = config.api.max_subscriptions_per_consumer;
+    if config.fleet.is_some() {
+        let write = Write::Create { sub, limit };
+        return Ok(Answer::Commit {
+            write: Box::new(write),
+            response,
+        });
+    }
+    cx.registry
+        .insert(&sub, Some(limit))
+        .map_err(|e| registry_error(e, config))?;
+    Ok(Answer::Now(response))
+}
+
+/// Fleet mode: `current` as `change` leaves it, to be written to etcd (the cache gets it once
+/// etcd has it), with its version moved as [`crate::registry::Registry::update`] moves it.
+fn replace(
+    current: &Subscription,
+    now_ms: u64,
+    change: impl FnOnce(&mut Subscription),
+) -> (Write, Subscription) {
+    let mut after = current.clone();
+    change(&mut after);
+    after.updated_at_ms = now_ms;
+    after.version = current.version.saturating_add(1);
+    let write = Write::Replace {
+        after: after.clone(),
+        before_version: current.version,
+    };
+    (write, after)
 }
 
 /// The caller's subscription, or the same 404 as for an id that does not exist.
@@ -150,7 +178,7 @@ pub(super) fn patch<S: KvStore>(
     caller: Caller<'_>,
     id: &str,
     request: &Request<'_>,
-) -> Outcome {
+) -> Written {
     let fields = parse_fields(cx.config, request, PATCH_FIELDS)?;
     // A static subscription's definition belongs to the configuration, but its status is
     // operational (a receiver's 410 or long failure disables it): its owner may switch it.
@@ -161,10 +189,18 @@ pub(super) fn patch<S: KvStore>(
         return Err(static_subscription());
     }
     if fields.is_empty() {
-        return Ok(json_response(200, &view(&current, None)));
+        return Ok(Answer::Now(json_response(200, &view(&current, None))));
+    }
+    if cx.config.fleet.is_some() {
+        let (write, after) = replace(&current, cx.now_ms, |sub| apply(sub, &fields));
+        let response = json_response(200, &view(&after, None));
+        return Ok(Answer::Commit {
+            write: Box::new(write),
+            response,
+        });
     }
     let updated = update_owned(cx, caller, id, status_only, |sub| apply(sub, &fields))?;
-    Ok(json_response(200, &view(&updated, None)))
+    Ok(Answer::Now(json_response(200, &view(&updated, None))))
 }
 
 /// Applies a patch. Enabling clears the reason; disabling an active subscription records
@@ -192,28 +228,51 @@ pub(super) fn apply(sub: &mut Subscription, fields: &Fields) {
     }
 }
 
-pub(super) fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
-    changeable(cx, caller, id)?;
-    cx.registry
-        .delete(id)
-        .map_err(|e| registry_error(e, cx.config))?;
-    Ok(Response {
+pub(super) fn delete<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Written {
+    let current = changeable(cx, caller, id)?;
+    let response = Response {
         status: 204,
         headers: base_headers(),
         body: Vec::new(),
-    })
+    };
+    if cx.config.fleet.is_some() {
+        let write = Write::Delete {
+            id: current.id,
+            consumer: current.consumer,
+            before_version: current.version,
+        };
+        return Ok(Answer::Commit {
+            write: Box::new(write),
+            response,
+        });
+    }
+    cx.registry
+        .delete(id)
+        .map_err(|e| registry_error(e, cx.config))?;
+    Ok(Answer::Now(response))
 }
 
 pub(super) fn rotate_secret<S: KvStore>(
     cx: &mut Context<'_, S>,
     caller: Caller<'_>,
     id: &str,
-) -> Outcome {
-    changeable(cx, caller, id)?;
+) -> Written {
+    let current = changeable(cx, caller, id)?;
     let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
     let now_ms = cx.now_ms;
+    if cx.config.fleet.is_some() {
+        let (write, after) = replace(&current, now_ms, |sub| rotate(sub, &secret, now_ms));
+        let response = json_response(200, &view(&after, Some(&secret)));
+        return Ok(Answer::Commit {
+            write: Box::new(write),
+            response,
+        });
+    }
     let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
-    Ok(json_response(200, &view(&updated, Some(&secret))))
+    Ok(Answer::Now(json_response(
+        200,
+        &view(&updated, Some(&secret)),
+    )))
 }
 
 /// Puts `secret` first; the old current one signs beside it for [`ROTATION_OVERLAP_MS`], expired

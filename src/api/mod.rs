@@ -15,16 +15,18 @@ mod responses;
 mod routes;
 
 use crate::config::Config;
+use crate::fleet::commit::Write;
 use crate::ids::RandomSource;
 use crate::queue::QueueMessage;
 use crate::registry::Registry;
+use crate::registry::RegistryError;
 use crate::rules;
 use crate::store::KvStore;
 use auth::{authenticate, unauthorized, Caller};
 use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, rotate_secret, send_test,
 };
-use responses::{error, method_not_allowed};
+use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route};
 
 /// An API request as the filter saw it. `path` is the full `:path`, query string included.
@@ -53,6 +55,18 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// How a call is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Send this now.
+    Now(Response),
+    /// Fleet mode: the call is accepted once etcd has `write`; then send `response`.
+    Commit {
+        write: Box<Write>,
+        response: Response,
+    },
+}
+
 /// What a call may use besides the request.
 pub struct Context<'a, S: KvStore> {
     pub config: &'a Config,
@@ -74,6 +88,8 @@ pub const MAX_SECRETS: usize = 5;
 pub const ROTATION_OVERLAP_MS: u64 = 24 * 60 * 60 * 1000;
 
 type Outcome = Result<Response, Response>;
+/// A write's outcome: its answer, or a refusal.
+type Written = Result<Answer, Response>;
 
 /// Whether `path` (query stripped) is `prefix` or under `prefix/`: these requests are answered
 /// by the filter and never reach the upstream.
@@ -85,10 +101,13 @@ pub fn is_api_path(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Answers one API call. Never panics; every outcome is a JSON answer (204 has no body).
-pub fn handle<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Response {
+/// Answers one API call. Never panics; every outcome is a JSON answer (204 has no body). In
+/// fleet mode writes are checked against the cache but not made: they come back as
+/// [`Answer::Commit`].
+pub fn handle<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Answer {
     match dispatch(request, cx) {
-        Ok(response) | Err(response) => response,
+        Ok(answer) => answer,
+        Err(response) => Answer::Now(response),
     }
 }
 
@@ -100,6 +119,26 @@ pub fn too_large(limit: usize) -> Response {
         "payload_too_large",
         format!("request body must be at most {limit} bytes"),
     )
+}
+
+/// The answer to a create over the per-consumer limit (fleet mode: etcd's count says so), the
+/// same as without fleet mode.
+pub fn limit_reached(config: &Config, count: u64) -> Response {
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    registry_error(RegistryError::LimitReached(count), config)
+}
+
+/// The answer for a subscription that does not exist (fleet mode: etcd has none).
+pub fn not_found() -> Response {
+    subscription_not_found()
+}
+
+/// 503 for a write etcd did not confirm (nothing was written); `reason` says why.
+pub fn etcd_unavailable(reason: &str) -> Response {
+    let message = format!("etcd did not confirm the write, nothing was changed: {reason}");
+    let mut response = error(503, "unavailable", message);
+    response.headers.push(("retry-after", "1".to_string()));
+    response
 }
 
 /// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
@@ -131,25 +170,26 @@ fn check_headers<'a>(
     ))
 }
 
-fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Outcome {
+fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Written {
     let config = cx.config;
     let (route, caller) = check_headers(request, config)?;
     if request.body.len() > config.api.max_body_bytes {
         return Err(too_large(config.api.max_body_bytes));
     }
     // The method is one the route allows, so a catch-all arm is that route's remaining method.
-    match (route, request.method) {
+    let now = match (route, request.method) {
         (Route::Subscriptions, "GET") => list(cx, caller, query_of(request.path)),
-        (Route::Subscriptions, _) => create(cx, caller, request),
+        (Route::Subscriptions, _) => return create(cx, caller, request),
         (Route::Subscription(id), "GET") => get(cx, caller, id),
-        (Route::Subscription(id), "PATCH") => patch(cx, caller, id, request),
-        (Route::Subscription(id), _) => delete(cx, caller, id),
-        (Route::RotateSecret(id), _) => rotate_secret(cx, caller, id),
+        (Route::Subscription(id), "PATCH") => return patch(cx, caller, id, request),
+        (Route::Subscription(id), _) => return delete(cx, caller, id),
+        (Route::RotateSecret(id), _) => return rotate_secret(cx, caller, id),
         (Route::Test(id), _) => send_test(cx, caller, id),
         (Route::Deliveries(id), _) => deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => retry(cx, caller, webhook_id),
         (Route::EventTypes, _) => event_types(config),
-    }
+    };
+    now.map(Answer::Now)
 }
 
 #[cfg(test)]

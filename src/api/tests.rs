@@ -3,6 +3,7 @@ use crate::attempts;
 use crate::attempts::{Attempt, State};
 use crate::config;
 use crate::event;
+use crate::fleet::commit::Write;
 use crate::signing::Secret;
 use crate::store::{MemoryStore, StoreError};
 use crate::subscription::{self, SigningSecret, Status, Subscription};
@@ -105,6 +106,13 @@ impl Api {
     }
 
     fn send(&mut self, request: &Request<'_>) -> Response {
+        match self.answer(request) {
+            Answer::Now(response) => response,
+            other => panic!("single-process mode answers now: {other:?}"),
+        }
+    }
+
+    fn answer(&mut self, request: &Request<'_>) -> Answer {
         let (sent, up) = (&mut self.sent, self.queue_up);
         let mut enqueue = |m: QueueMessage| {
             if up {
@@ -1497,4 +1505,156 @@ fn consumer_header_identities_never_reach_static_subscriptions() {
     let listed: Value = serde_json::from_slice(&list.body).unwrap();
     assert_eq!(listed["data"], json!([]));
     assert_eq!(api.record("sub_audit").status, Status::Active);
+}
+
+/// The harness with `fleet` configured (a cache of etcd that the API only reads).
+fn fleet_api() -> Api {
+    let mut config: Value = serde_json::from_str(&config_json(true, false)).unwrap();
+    config["fleet"] = json!({"cluster": "webhooks_etcd", "prefix": "/pw"});
+    Api::with(&config.to_string())
+}
+
+impl Api {
+    /// A call with `Bearer <key>` as [`Api::call`] makes it, answered as it comes.
+    fn fleet_call(&mut self, method: &str, path: &str, key: &str, body: &str) -> Answer {
+        let auth = format!("Bearer {key}");
+        self.answer(&Request {
+            method,
+            path,
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            consumer_header: None,
+            content_type: Some(b"application/json"),
+            body: body.as_bytes(),
+        })
+    }
+
+    /// A record in the cache, as the fleet's sync would put it there.
+    fn synced(&self, id: &str, consumer: &str, version: u64) -> Subscription {
+        let mut sub = self.record("sub_static_1");
+        sub.id = id.to_string();
+        sub.consumer = consumer.to_string();
+        sub.is_static = false;
+        sub.version = version;
+        self.registry.apply_synced(&sub).unwrap();
+        sub
+    }
+}
+
+/// The write and the parsed response of a call that waits for etcd.
+fn commit(answer: Answer) -> (Write, u16, Value) {
+    match answer {
+        Answer::Commit { write, response } => (*write, response.status, parse(&response)),
+        Answer::Now(r) => panic!("answered now: {} {}", r.status, parse(&r)),
+    }
+}
+
+fn now(answer: Answer) -> (u16, Value) {
+    match answer {
+        Answer::Now(r) => (r.status, parse(&r)),
+        other => panic!("not answered now: {other:?}"),
+    }
+}
+
+const FLEET_SUB: &str = "sub_AAAAAAAAAAAAAAAAAAAAAAAA";
+
+#[test]
+fn fleet_create_is_checked_but_left_to_etcd() {
+    let mut api = fleet_api();
+    let writes = api.writes();
+    let body = json!({"url": URL, "events": ["order.*"]}).to_string();
+    let answer = api.fleet_call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    let Answer::Commit { write, response } = answer else {
+        panic!("not a commit: {answer:?}");
+    };
+    let Write::Create { sub, limit } = *write else {
+        panic!("not a create: {write:?}");
+    };
+    assert_eq!((limit, sub.version, sub.consumer.as_str()), (3, 1, "acme"));
+    assert_eq!(response.status, 201);
+    let shown = parse(&response);
+    assert_eq!(shown["id"], json!(sub.id));
+    assert_eq!(shown["secret"], json!(sub.secrets[0].secret));
+    let location = format!("/webhooks/subscriptions/{}", sub.id);
+    assert_eq!(header(&response, "location"), Some(location.as_str()));
+    assert_eq!(
+        api.writes(),
+        writes,
+        "the cache is written only once etcd has it"
+    );
+    assert!(api.registry.get(&sub.id).is_none());
+    // Checks still answer at once.
+    let (status, value) = now(api.fleet_call("POST", "/webhooks/subscriptions", KEY_A, "{}"));
+    assert_eq!((status, code(&value)), (422, "missing_field"), "{value}");
+}
+
+#[test]
+fn fleet_patch_and_rotate_replace_the_checked_version() {
+    let mut api = fleet_api();
+    let before = api.synced(FLEET_SUB, "acme", 4);
+    let writes = api.writes();
+    api.now_ms = NOW + 5_000;
+    let path = sub_path(FLEET_SUB, "");
+    let (write, status, shown) =
+        commit(api.fleet_call("PATCH", &path, KEY_A, r#"{"status":"disabled"}"#));
+    let mut after = before.clone();
+    after.status = Status::Disabled;
+    after.disabled_reason = Some("manual".into());
+    after.updated_at_ms = NOW + 5_000;
+    after.version = 5;
+    assert_eq!(
+        write,
+        Write::Replace {
+            after: after.clone(),
+            before_version: 4
+        }
+    );
+    assert_eq!((status, &shown["status"]), (200, &json!("disabled")));
+
+    let rotate = sub_path(FLEET_SUB, "/rotate-secret");
+    let (write, status, shown) = commit(api.fleet_call("POST", &rotate, KEY_A, ""));
+    let Write::Replace {
+        after,
+        before_version,
+    } = write
+    else {
+        panic!("not a replace: {write:?}");
+    };
+    assert_eq!((status, before_version, after.version), (200, 4, 5));
+    assert_eq!(shown["secret"], json!(after.secrets[0].secret));
+    assert_eq!(after.secrets[1].secret, before.secrets[0].secret);
+    assert_eq!(api.writes(), writes);
+    assert_eq!(api.record(FLEET_SUB), before, "the cache is unchanged");
+    // An empty patch writes nothing anywhere; another consumer's id is not found.
+    assert_eq!(now(api.fleet_call("PATCH", &path, KEY_A, "{}")).0, 200);
+    let (status, value) = now(api.fleet_call("PATCH", &path, KEY_B, r#"{"status":"active"}"#));
+    assert_eq!((status, code(&value)), (404, "not_found"));
+}
+
+#[test]
+fn fleet_delete_names_the_record_and_its_consumer() {
+    let mut api = fleet_api();
+    api.synced(FLEET_SUB, "acme", 4);
+    let writes = api.writes();
+    let (write, status, body) =
+        commit(api.fleet_call("DELETE", &sub_path(FLEET_SUB, ""), KEY_A, ""));
+    assert_eq!(
+        write,
+        Write::Delete {
+            id: FLEET_SUB.into(),
+            consumer: "acme".into(),
+            before_version: 4
+        }
+    );
+    assert_eq!((status, body), (204, Value::Null));
+    assert_eq!(api.writes(), writes);
+    assert!(api.registry.get(FLEET_SUB).is_some());
+    // Static subscriptions stay out of reach; reads answer from the cache.
+    let (status, value) = now(api.fleet_call("DELETE", &sub_path("sub_static_1", ""), KEY_OPS, ""));
+    assert_eq!((status, code(&value)), (409, "static_subscription"));
+    let (status, list) = now(api.fleet_call("GET", "/webhooks/subscriptions", KEY_A, ""));
+    assert_eq!(
+        (status, list["data"][0]["id"].clone()),
+        (200, json!(FLEET_SUB))
+    );
 }

@@ -28,6 +28,16 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The subscription written.
+    pub fn id(&self) -> &str {
+        match self {
+            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => &sub.id,
+            Write::Delete { id, .. } => id,
+        }
+    }
+}
+
 /// What to do after an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
@@ -72,11 +82,12 @@ impl Commit {
     /// The write and its first request. The first guess is "nothing there yet" (revision 0), so
     /// a replace or delete starts with a read.
     pub fn start(write: Write, keys: &Keys) -> (Commit, Request) {
-        let (id, consumer, record) = match &write {
+        let id = write.id();
+        let (consumer, record) = match &write {
             Write::Create { sub, .. } | Write::Replace { after: sub, .. } => {
-                (sub.id.as_str(), sub.consumer.as_str(), Some(sub))
+                (sub.consumer.as_str(), Some(sub))
             }
-            Write::Delete { id, consumer, .. } => (id.as_str(), consumer.as_str(), None),
+            Write::Delete { consumer, .. } => (consumer.as_str(), None),
         };
         let encoded = record.map(serde_json::to_vec).transpose();
         let (record, broken) = match encoded {
@@ -211,18 +222,10 @@ impl Commit {
         let name = String::from_utf8_lossy(&self.sub_key);
         let record = Subscription::from_json(&kv.value)
             .ok_or_else(|| format!("`{name}` holds no subscription record"))?;
-        if kv.key != self.sub_key || record.id.as_bytes() != self.sub_key_id() {
+        if kv.key != self.sub_key || record.id != self.write.id() {
             return Err(format!("`{name}` holds the record of `{}`", record.id));
         }
         Ok(Some((record, kv.mod_revision)))
-    }
-
-    fn sub_key_id(&self) -> &[u8] {
-        let id = match &self.write {
-            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => &sub.id,
-            Write::Delete { id, .. } => id,
-        };
-        id.as_bytes()
     }
 
     /// The consumer's count and its mod_revision ((0, 0) when there is none).

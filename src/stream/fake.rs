@@ -35,6 +35,8 @@ pub(crate) struct FakeStreamHost {
     pub rng: RefCell<TestRng>,
     pub detected: Cell<u64>,
     pub dropped: Cell<u64>,
+    /// `webhooks_fleet_etcd_errors`.
+    pub etcd_errors: Cell<u64>,
     /// The last `webhooks_dispatcher_alive` shown.
     pub alive_gauge: Cell<Option<bool>>,
     /// Every etcd call started: token, cluster, request.
@@ -61,6 +63,7 @@ impl Default for FakeStreamHost {
             rng: RefCell::new(TestRng(7)),
             detected: Cell::new(0),
             dropped: Cell::new(0),
+            etcd_errors: Cell::new(0),
             alive_gauge: Cell::new(None),
             etcd_sent: RefCell::default(),
             refuse_etcd: Cell::new(false),
@@ -164,6 +167,7 @@ impl StreamHost for FakeStreamHost {
         let cell = match metric {
             Metric::EventsDetected => &self.detected,
             Metric::EventsDropped => &self.dropped,
+            Metric::FleetEtcdErrors => &self.etcd_errors,
             _ => return,
         };
         cell.set(cell.get() + n);

@@ -9,6 +9,8 @@ use crate::api;
 use crate::audience::{self, Audience, Facts};
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::fleet::commit::{Commit, Step, Write};
+use crate::fleet::keys::Keys;
 use crate::identity::OwnedCredentials;
 use crate::ids::{RandomSource, RandomUnavailable};
 use crate::port::{Metric, StreamHost};
@@ -22,6 +24,8 @@ use std::rc::Rc;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -45,7 +49,12 @@ pub struct Filter<H> {
     audience_headers: Vec<String>,
     /// Whether some audience is the requester (then its credentials are read too).
     needs_requester: bool,
+    /// Fleet mode: where the API's writes go in etcd.
+    keys: Option<Keys>,
 }
+
+/// Times an API write is handled again because etcd had a newer record than the cache.
+const MAX_REHANDLES: u8 = 4;
 
 impl<H: StreamHost> Filter<H> {
     pub fn new(config: Rc<Config>, host: H) -> Filter<H> {
@@ -61,6 +70,7 @@ impl<H: StreamHost> Filter<H> {
         Filter {
             audience_headers,
             needs_requester,
+            keys: config.fleet.as_ref().map(|f| Keys::new(&f.prefix)),
             config,
             host,
             dropped: Cell::new(0),
@@ -152,6 +162,56 @@ impl<H: StreamHost> Filter<H> {
         }
     }
 
+    /// Runs an API call against the cache.
+    fn handle_api(&self, request: &api::Request<'_>) -> api::Answer {
+        let store = self.host.store();
+        let registry = Registry::new(self.host.store());
+        let mut enqueue = |message: QueueMessage| self.enqueue(&message);
+        let mut cx = api::Context {
+            config: &self.config,
+            registry: &registry,
+            store: &store,
+            rng: &mut HostRandom(&self.host),
+            now_ms: self.host.now_ms(),
+            enqueue: &mut enqueue,
+        };
+        api::handle(request, &mut cx)
+    }
+
+    /// Starts an etcd call on the fleet's cluster; false when there is none or Envoy refuses.
+    fn call_etcd(&self, request: &crate::etcd::Request) -> bool {
+        let Some(fleet) = &self.config.fleet else {
+            return false;
+        };
+        self.host.call_etcd(request, &fleet.cluster).is_some()
+    }
+
+    /// Makes the cache hold a write etcd has. A failure is only logged: the write is etcd's
+    /// now, and the next sync brings it.
+    fn apply(&self, write: &Write) {
+        let registry = Registry::new(self.host.store());
+        let outcome = match write {
+            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => {
+                registry.apply_synced(sub)
+            }
+            Write::Delete { id, .. } => registry.delete(id).map(|_| ()),
+        };
+        if let Err(e) = outcome {
+            log::warn!(
+                "proxy-webhooks: a write etcd has is not in this replica's cache yet: {e:?}"
+            );
+        }
+    }
+
+    /// Answers an API write etcd did not confirm: 503, counted and logged.
+    fn etcd_unavailable(&self, reason: &str) {
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
+        log::warn!(
+            "proxy-webhooks: a subscription write was refused, etcd did not confirm it: {reason}"
+        );
+        self.send(api::etcd_unavailable(reason));
+    }
+
     /// Sends a local reply for an API call.
     fn send(&self, response: api::Response) {
         let headers: Vec<(&str, &str)> = response
@@ -182,6 +242,20 @@ enum State {
     Request(Box<Seen>),
     /// The response makes an event; its body is being read as it streams past.
     Response(Box<Pending>),
+    /// Fleet mode: an API write waiting for etcd's answer.
+    Committing(Box<Committing>),
+}
+
+/// An API write in etcd's hands, with the call kept to handle it again if etcd has a newer
+/// record than the one checked.
+struct Committing {
+    call: Box<ApiCall>,
+    body: Vec<u8>,
+    commit: Commit,
+    /// What to send once etcd has the write.
+    response: api::Response,
+    /// Times the call was handled again.
+    rehandled: u8,
 }
 
 struct ApiCall {
@@ -312,7 +386,51 @@ impl<H: StreamHost> Stream<H> {
     }
 
     /// An etcd call this stream started (fleet mode's API writes) has answered.
-    pub fn on_etcd_answer(&mut self, _body_size: usize) {}
+    pub fn on_etcd_answer(&mut self, body_size: usize) {
+        let State::Committing(mut c) = std::mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        let filter = &*self.filter;
+        let (status, body) = filter.host.etcd_answer(body_size);
+        match c.commit.on_answer(status.as_deref(), &body) {
+            Step::Send(request) if filter.call_etcd(&request) => self.state = State::Committing(c),
+            Step::Send(_) => filter.etcd_unavailable("the call could not be started"),
+            Step::Committed { .. } => {
+                filter.apply(c.commit.write());
+                filter.send(c.response);
+            }
+            Step::LimitReached(count) => filter.send(api::limit_reached(&filter.config, count)),
+            Step::Stale(record) => self.rehandle(c, &record),
+            Step::Gone => {
+                // Absent from the cache already is as good.
+                let _ = Registry::new(filter.host.store()).delete(c.commit.write().id());
+                filter.send(api::not_found());
+            }
+            Step::Unavailable(reason) => filter.etcd_unavailable(&reason),
+        }
+    }
+
+    /// etcd has a newer record than the cache: the cache takes it and the call runs again, so
+    /// its checks see the current record.
+    fn rehandle(&mut self, c: Box<Committing>, record: &crate::subscription::Subscription) {
+        let filter = &*self.filter;
+        filter.apply(&Write::Replace {
+            after: record.clone(),
+            before_version: record.version,
+        });
+        if c.rehandled >= MAX_REHANDLES {
+            let reason = format!("the record kept changing ({MAX_REHANDLES} times) while written");
+            filter.etcd_unavailable(&reason);
+            return;
+        }
+        let Committing {
+            call,
+            body,
+            rehandled,
+            ..
+        } = *c;
+        self.run_api(call, &body, rehandled + 1);
+    }
 
     /// Runs once the response has gone out (or the stream was cut short).
     pub fn on_log(&mut self) {
@@ -379,19 +497,30 @@ impl<H: StreamHost> Stream<H> {
         let State::Api(call) = std::mem::replace(&mut self.state, State::Idle) else {
             return;
         };
+        self.run_api(call, body, 0);
+    }
+
+    /// Handles an API call; a write in fleet mode goes to etcd first (the stream waits).
+    fn run_api(&mut self, call: Box<ApiCall>, body: &[u8], rehandled: u8) {
         let filter = &*self.filter;
-        let store = filter.host.store();
-        let registry = Registry::new(filter.host.store());
-        let mut enqueue = |message: QueueMessage| filter.enqueue(&message);
-        let mut cx = api::Context {
-            config: &filter.config,
-            registry: &registry,
-            store: &store,
-            rng: &mut HostRandom(&filter.host),
-            now_ms: filter.host.now_ms(),
-            enqueue: &mut enqueue,
+        let (write, response) = match filter.handle_api(&call.request(body)) {
+            api::Answer::Now(response) => return filter.send(response),
+            api::Answer::Commit { write, response } => (write, response),
         };
-        filter.send(api::handle(&call.request(body), &mut cx));
+        let Some(keys) = &filter.keys else {
+            return filter.etcd_unavailable("fleet mode is not configured");
+        };
+        let (commit, request) = Commit::start(*write, keys);
+        if !filter.call_etcd(&request) {
+            return filter.etcd_unavailable("the call could not be started");
+        }
+        self.state = State::Committing(Box::new(Committing {
+            call,
+            body: body.to_vec(),
+            commit,
+            response,
+            rehandled,
+        }));
     }
 
     /// Whether an API request body has grown past the limit (then it was answered 413).

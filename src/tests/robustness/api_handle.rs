@@ -35,7 +35,10 @@ impl ApiHarness {
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
         };
-        api::handle(request, &mut cx)
+        match api::handle(request, &mut cx) {
+            api::Answer::Now(response) => response,
+            other => panic!("single-process mode answers now: {other:?}"),
+        }
     }
 
     fn create(&mut self, key: &str, body: &Value) -> Option<String> {

@@ -1,0 +1,387 @@
+//! Fleet mode's API writes against a fake host: answered only once etcd's txn says so, and
+//! every other outcome (refused call, bad answers, limit, stale record, gone) with the cache
+//! left as etcd has it.
+
+use super::fake::{logged, FakeStreamHost};
+use super::*;
+use crate::config;
+use crate::subscription::{Status, Subscription};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const KEY: &str = "key-acme-0123456789";
+const SUBSCRIPTIONS: &str = "/webhooks/subscriptions";
+const ID: &str = "sub_AAAAAAAAAAAAAAAAAAAAAAAA";
+
+fn fleet_filter() -> Rc<Filter<FakeStreamHost>> {
+    filter_with(true)
+}
+
+fn filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
+    let sha: String = Sha256::digest(KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut config = json!({
+        "events": [{"type": "order.created", "method": "POST", "path": "/orders"}],
+        "api": {"keys": [{"consumer": "acme", "sha256": sha}],
+                "max_subscriptions_per_consumer": 2}
+    });
+    if fleet {
+        config["fleet"] = json!({"cluster": "webhooks_etcd", "prefix": "/pw"});
+    }
+    let config = config::parse(config.to_string().as_bytes()).unwrap();
+    let filter = Rc::new(Filter::new(Rc::new(config), FakeStreamHost::default()));
+    filter.configure();
+    filter
+}
+
+fn host(f: &Filter<FakeStreamHost>) -> &FakeStreamHost {
+    &f.host
+}
+
+fn registry(f: &Filter<FakeStreamHost>) -> Registry<Rc<crate::store::MemoryStore>> {
+    Registry::new(host(f).store())
+}
+
+/// Sends an API call with its whole body; the stream it runs on.
+fn call(
+    f: &Rc<Filter<FakeStreamHost>>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Stream<FakeStreamHost> {
+    let length = body.len().to_string();
+    host(f).request(&[
+        (":method", method),
+        (":path", path),
+        ("x-api-key", KEY),
+        ("content-type", "application/json"),
+        ("content-length", &length),
+    ]);
+    let mut s = Stream::new(Rc::clone(f));
+    assert_eq!(s.on_request_headers(body.is_empty()), Flow::Pause);
+    if !body.is_empty() {
+        let size = host(f).request_data(body.as_bytes());
+        assert_eq!(s.on_request_body(size, true), Flow::Pause);
+    }
+    s
+}
+
+fn create(f: &Rc<Filter<FakeStreamHost>>) -> Stream<FakeStreamHost> {
+    let body = json!({"url": "https://hooks.example.com/in", "events": ["order.*"]});
+    call(f, "POST", SUBSCRIPTIONS, &body.to_string())
+}
+
+/// etcd answers the stream's call.
+fn answer(
+    f: &Filter<FakeStreamHost>,
+    s: &mut Stream<FakeStreamHost>,
+    status: Option<&str>,
+    body: &[u8],
+) {
+    *host(f).etcd_reply.borrow_mut() = (status.map(str::to_string), body.to_vec());
+    s.on_etcd_answer(body.len());
+}
+
+fn replies(f: &Filter<FakeStreamHost>) -> usize {
+    host(f).replies.borrow().len()
+}
+
+/// The last reply: status, JSON body, headers.
+fn reply(f: &Filter<FakeStreamHost>) -> (u16, Value, Vec<(String, String)>) {
+    let replies = host(f).replies.borrow();
+    let last = replies.last().expect("a reply");
+    let body = serde_json::from_slice(&last.body).unwrap_or(Value::Null);
+    (last.status, body, last.headers.clone())
+}
+
+/// The last etcd request's body.
+fn sent(f: &Filter<FakeStreamHost>) -> Value {
+    let sent = host(f).etcd_sent.borrow();
+    let (_, cluster, request) = sent.last().expect("an etcd call");
+    assert_eq!(
+        (cluster.as_str(), request.path),
+        ("webhooks_etcd", crate::etcd::TXN)
+    );
+    serde_json::from_str(&request.body).unwrap()
+}
+
+/// The record the last txn puts first.
+fn put_record(f: &Filter<FakeStreamHost>) -> Subscription {
+    let value = sent(f)["success"][0]["request_put"]["value"].clone();
+    serde_json::from_slice(&STANDARD.decode(value.as_str().unwrap()).unwrap()).unwrap()
+}
+
+fn header() -> Value {
+    json!({"cluster_id": "1", "member_id": "2", "revision": "40", "raft_term": "2"})
+}
+
+fn succeeded() -> Vec<u8> {
+    let put = json!({"response_put": {"header": header()}});
+    json!({"header": header(), "succeeded": true, "responses": [put.clone(), put]})
+        .to_string()
+        .into_bytes()
+}
+
+fn kv(key: &str, value: &[u8], mod_revision: i64) -> Value {
+    json!({"key": STANDARD.encode(key), "create_revision": "2",
+           "mod_revision": mod_revision.to_string(), "version": "1",
+           "value": STANDARD.encode(value)})
+}
+
+/// A failed txn whose ranges found `found` (None: an empty range).
+fn failed(found: &[Option<Value>]) -> Vec<u8> {
+    let ranges: Vec<Value> = found
+        .iter()
+        .map(|kv| {
+            let mut r = json!({"header": header()});
+            if let Some(kv) = kv {
+                r["kvs"] = json!([kv]);
+                r["count"] = json!("1");
+            }
+            json!({"response_range": r})
+        })
+        .collect();
+    json!({"header": header(), "responses": ranges})
+        .to_string()
+        .into_bytes()
+}
+
+/// A record of the consumer as the fleet's sync put it in the cache.
+fn synced(f: &Filter<FakeStreamHost>, version: u64) -> Subscription {
+    let sub = Subscription {
+        id: ID.into(),
+        consumer: "acme".into(),
+        url: "https://hooks.example.com/in".into(),
+        events: vec!["order.*".into()],
+        description: String::new(),
+        status: Status::Active,
+        disabled_reason: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        secrets: vec![crate::subscription::SigningSecret {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            expires_at_ms: None,
+        }],
+        is_static: false,
+        privileged: false,
+        version,
+    };
+    registry(f).apply_synced(&sub).unwrap();
+    sub
+}
+
+fn sub_path() -> String {
+    format!("{SUBSCRIPTIONS}/{ID}")
+}
+
+#[test]
+fn a_create_is_answered_201_only_once_etcd_has_it() {
+    let f = fleet_filter();
+    let mut s = create(&f);
+    assert_eq!(replies(&f), 0, "not before etcd's answer");
+    let record = put_record(&f);
+    assert!(
+        registry(&f).get(&record.id).is_none(),
+        "not in the cache yet"
+    );
+    answer(&f, &mut s, Some("200"), &succeeded());
+    let (status, body, headers) = reply(&f);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"], json!(record.id));
+    assert!(headers.contains(&("location".into(), format!("{SUBSCRIPTIONS}/{}", record.id))));
+    assert_eq!(registry(&f).get(&record.id).unwrap().0, record);
+    assert_eq!(host(&f).etcd_errors.get(), 0);
+    // A late or stray answer does nothing more.
+    answer(&f, &mut s, Some("200"), &succeeded());
+    assert_eq!(replies(&f), 1);
+}
+
+#[test]
+fn a_create_retries_with_etcd_s_count_then_stops_at_the_limit() {
+    let f = fleet_filter();
+    let mut s = create(&f);
+    let count = kv("/pw/count/acme", b"1", 7);
+    answer(&f, &mut s, Some("200"), &failed(&[Some(count)]));
+    assert_eq!((replies(&f), host(&f).etcd_sent.borrow().len()), (0, 2));
+    let next = sent(&f);
+    assert_eq!(next["compare"][1]["mod_revision"], json!("7"));
+    let count = kv("/pw/count/acme", b"2", 9);
+    answer(&f, &mut s, Some("200"), &failed(&[Some(count)]));
+    let (status, body, _) = reply(&f);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("limit_reached")),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["message"],
+        "at most 2 subscriptions per consumer"
+    );
+    assert_eq!(registry(&f).ids_for_consumer("acme").len(), 0);
+}
+
+fn assert_unavailable(f: &Filter<FakeStreamHost>, reason: &str) {
+    let (status, body, headers) = reply(f);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!("etcd did not confirm the write, nothing was changed: {reason}")
+    );
+    assert!(headers.contains(&("retry-after".into(), "1".into())));
+    let lines = logged();
+    assert!(
+        lines
+            .iter()
+            .any(|(level, line)| *level == log::Level::Warn && line.contains(reason)),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn a_refused_call_or_a_bad_answer_is_503_and_changes_nothing() {
+    logged();
+    let f = fleet_filter();
+    host(&f).refuse_etcd.set(true);
+    let _s = create(&f);
+    assert_unavailable(&f, "the call could not be started");
+    assert_eq!(host(&f).etcd_errors.get(), 1);
+
+    for (status, body, reason) in [
+        (
+            Some("503"),
+            &b"upstream connect error"[..],
+            "answered HTTP 503",
+        ),
+        (None, b"", "did not answer (timeout or reset)"),
+        (
+            Some("200"),
+            b"\x00garbage",
+            "etcd's answer is not JSON: expected value at line 1 column 1",
+        ),
+    ] {
+        let f = fleet_filter();
+        let mut s = create(&f);
+        answer(&f, &mut s, status, body);
+        assert_unavailable(&f, reason);
+        assert_eq!(host(&f).etcd_errors.get(), 1);
+        assert_eq!(
+            registry(&f).ids_for_consumer("acme").len(),
+            0,
+            "cache untouched"
+        );
+    }
+}
+
+#[test]
+fn a_patch_of_a_record_etcd_has_newer_is_handled_again_on_it() {
+    let f = fleet_filter();
+    synced(&f, 4);
+    let mut s = call(&f, "PATCH", &sub_path(), r#"{"status":"disabled"}"#);
+    // The first round reads: etcd has version 6, described since.
+    let mut newer = synced(&f, 4);
+    newer.version = 6;
+    newer.description = "changed elsewhere".into();
+    let held = kv(
+        &format!("/pw/sub/{ID}"),
+        &serde_json::to_vec(&newer).unwrap(),
+        30,
+    );
+    answer(&f, &mut s, Some("200"), &failed(&[Some(held)]));
+    assert_eq!(replies(&f), 0);
+    assert_eq!(
+        registry(&f).get(ID).unwrap().0,
+        newer,
+        "the cache took etcd's record"
+    );
+    assert_eq!(host(&f).etcd_sent.borrow().len(), 2, "the call ran again");
+    let held = kv(
+        &format!("/pw/sub/{ID}"),
+        &serde_json::to_vec(&newer).unwrap(),
+        30,
+    );
+    answer(&f, &mut s, Some("200"), &failed(&[Some(held)]));
+    assert_eq!(sent(&f)["compare"][1]["mod_revision"], json!("30"));
+    let written = put_record(&f);
+    assert_eq!((written.version, written.status), (7, Status::Disabled));
+    assert_eq!(written.description, "changed elsewhere");
+    answer(&f, &mut s, Some("200"), &succeeded());
+    let (status, body, _) = reply(&f);
+    assert_eq!(
+        (status, &body["description"]),
+        (200, &json!("changed elsewhere")),
+        "{body}"
+    );
+    assert_eq!(registry(&f).get(ID).unwrap().0, written);
+}
+
+#[test]
+fn a_record_that_keeps_changing_is_503_after_four_rehandles() {
+    logged();
+    let f = fleet_filter();
+    synced(&f, 4);
+    let mut s = call(&f, "PATCH", &sub_path(), r#"{"status":"disabled"}"#);
+    let mut newer = synced(&f, 4);
+    for version in 5..10 {
+        newer.version = version;
+        let held = kv(
+            &format!("/pw/sub/{ID}"),
+            &serde_json::to_vec(&newer).unwrap(),
+            30,
+        );
+        answer(&f, &mut s, Some("200"), &failed(&[Some(held)]));
+    }
+    assert_unavailable(&f, "the record kept changing (4 times) while written");
+    assert_eq!(host(&f).etcd_sent.borrow().len(), 5);
+}
+
+#[test]
+fn a_record_etcd_does_not_have_is_404_and_leaves_the_cache() {
+    let f = fleet_filter();
+    synced(&f, 4);
+    let mut s = call(&f, "POST", &format!("{}/rotate-secret", sub_path()), "");
+    answer(&f, &mut s, Some("200"), &failed(&[None]));
+    let (status, body, _) = reply(&f);
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
+    assert!(registry(&f).get(ID).is_none());
+}
+
+#[test]
+fn a_delete_is_answered_204_once_etcd_has_it() {
+    let f = fleet_filter();
+    let record = synced(&f, 4);
+    let mut s = call(&f, "DELETE", &sub_path(), "");
+    let held = kv(
+        &format!("/pw/sub/{ID}"),
+        &serde_json::to_vec(&record).unwrap(),
+        30,
+    );
+    let count = kv("/pw/count/acme", b"1", 31);
+    answer(&f, &mut s, Some("200"), &failed(&[Some(held), Some(count)]));
+    assert_eq!(replies(&f), 0);
+    assert!(registry(&f).get(ID).is_some());
+    answer(&f, &mut s, Some("200"), &succeeded());
+    assert_eq!(reply(&f).0, 204);
+    assert!(registry(&f).get(ID).is_none());
+}
+
+#[test]
+fn reads_and_single_process_writes_never_call_etcd() {
+    let f = fleet_filter();
+    synced(&f, 4);
+    let _s = call(&f, "GET", &sub_path(), "");
+    assert_eq!(reply(&f).0, 200);
+    assert!(host(&f).etcd_sent.borrow().is_empty());
+
+    let f = filter_with(false);
+    let _s = create(&f);
+    let (status, body, _) = reply(&f);
+    assert_eq!(status, 201, "answered at once");
+    assert!(registry(&f).get(body["id"].as_str().unwrap()).is_some());
+    assert!(host(&f).etcd_sent.borrow().is_empty());
+}
