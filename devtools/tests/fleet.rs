@@ -13,6 +13,9 @@ use devtools::{http_client, poll_until, Envoy, EnvoyConfig, Etcd, Reply, Sent, S
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// An API key and its SHA-256 (`printf test-key | sha256sum`).
+const TEST_KEY: &str = "test-key";
+const TEST_KEY_SHA256: &str = "62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef";
 const PREFIX: &str = "/pw-test";
 /// Generous against `sync_interval` (200 ms) on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(15);
@@ -21,6 +24,7 @@ const WAIT: Duration = Duration::from_secs(15);
 fn plugin(node: &str) -> Value {
     json!({
         "audience": "all",
+        "api": {"keys": [{"consumer": "tests", "sha256": TEST_KEY_SHA256}]},
         "delivery": {"timeout": "2s", "retry_schedule": ["0s", "300ms"],
                      "allow_http": true, "allow_private_destinations": true},
         "fleet": {"cluster": "webhooks_etcd", "prefix": PREFIX, "node_id": node,
@@ -209,4 +213,131 @@ fn count_at(stack: &Stack, path: &str) -> usize {
         .iter()
         .filter(|r| r.path == path)
         .count()
+}
+
+/// An API call through `envoy` with the test key: status and JSON body (Null when none).
+async fn api(envoy: &Envoy, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = http_client()
+        .request(method, envoy.url(path))
+        .header("x-api-key", TEST_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// How many subscription records etcd holds.
+async fn etcd_count(etcd: &Etcd) -> Result<i64> {
+    let key = STANDARD.encode(format!("{PREFIX}/sub/"));
+    let end = STANDARD.encode(format!("{PREFIX}/sub0"));
+    let answer = etcd_ok(
+        etcd,
+        "/v3/kv/range",
+        json!({"key": key, "range_end": end, "count_only": true}),
+    )
+    .await?;
+    Ok(answer["count"].as_str().unwrap_or("0").parse()?)
+}
+
+#[tokio::test]
+async fn created_through_one_replica_delivered_by_the_other_deleted_through_it_and_kept_across_a_restart(
+) -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let a = Stack::start_with(|_| plugin("a"), |cfg| cfg.with_cluster(etcd_cluster(&etcd))).await?;
+    let b_config =
+        || EnvoyConfig::new(plugin("b"), a.upstream.port()).with_cluster(etcd_cluster(&etcd));
+    let mut b = Envoy::start(b_config()).await?;
+    a.receiver.set_default(Reply::status(204));
+
+    let create = json!({"url": a.receiver.url("/api"), "events": ["*"]});
+    let (status, created) = api(&a.envoy, "POST", "/webhooks/subscriptions", Some(create)).await?;
+    ensure!(
+        status == 201,
+        "create through A answered {status}: {created}"
+    );
+    let id = created["id"].as_str().context("no id")?.to_string();
+    let secret = created["secret"].as_str().context("no secret")?.to_string();
+    ensure!(
+        stored(&etcd, &id).await?.is_some(),
+        "a 201 means etcd has it"
+    );
+    wait_active(&b, 1).await?;
+    let path = format!("/webhooks/subscriptions/{id}");
+    let (status, seen) = api(&b, "GET", &path, None).await?;
+    ensure!(
+        status == 200 && seen["id"] == id.as_str(),
+        "B serves it: {status} {seen}"
+    );
+    produce(&b, 1).await?;
+    a.webhooks(1, WAIT).await?[0].verify(&secret)?;
+
+    // Restarted with SIGTERM: B reads the registry from etcd again and delivers.
+    b.terminate(WAIT).await?;
+    let b = Envoy::start(b_config()).await?;
+    wait_active(&b, 1).await?;
+    produce(&b, 2).await?;
+    a.webhooks(2, WAIT).await?;
+
+    // Deleted through B: gone from etcd and from A.
+    let (status, _) = api(&b, "DELETE", &path, None).await?;
+    ensure!(status == 204, "delete through B answered {status}");
+    ensure!(
+        stored(&etcd, &id).await?.is_none(),
+        "a 204 means etcd no longer has it"
+    );
+    wait_active(&a.envoy, 0).await?;
+    let (status, _) = api(&a.envoy, "GET", &path, None).await?;
+    ensure!(status == 404, "A no longer serves it: {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_creates_over_replicas_keep_the_per_consumer_limit() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let limited = |node: &str| {
+        let mut p = plugin(node);
+        p["api"]["max_subscriptions_per_consumer"] = json!(40);
+        p
+    };
+    let a = Stack::start_with(
+        |_| limited("a"),
+        |cfg| cfg.with_cluster(etcd_cluster(&etcd)),
+    )
+    .await?;
+    let b = Envoy::start(
+        EnvoyConfig::new(limited("b"), a.upstream.port()).with_cluster(etcd_cluster(&etcd)),
+    )
+    .await?;
+    let url = a.receiver.url("/many");
+    let calls = (0..60).map(|n| {
+        let envoy = if n % 2 == 0 { &a.envoy } else { &b };
+        let body = json!({"url": url, "events": ["*"]});
+        async move { api(envoy, "POST", "/webhooks/subscriptions", Some(body)).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let mut created = 0;
+    for answer in answers {
+        let (status, body) = answer?;
+        match status {
+            201 => created += 1,
+            409 => ensure!(
+                body["error"]["code"] == "limit_reached",
+                "refused for the limit: {body}"
+            ),
+            other => anyhow::bail!("create answered {other}: {body}"),
+        }
+    }
+    ensure!(
+        created == 40,
+        "exactly the limit was created across replicas: {created}"
+    );
+    ensure!(etcd_count(&etcd).await? == 40, "etcd holds the limit");
+    Ok(())
 }
