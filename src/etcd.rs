@@ -105,11 +105,17 @@ pub struct RangeQuery {
     pub keys_only: bool,
     /// Oldest first (by create revision) instead of key order.
     pub oldest_first: bool,
+    /// When not empty (and not `prefix`): the keys from `key` up to this one, excluded (a page
+    /// of a prefix that starts after the last key read).
+    pub end: Vec<u8>,
 }
 
 /// Reads a range with every option of [`RangeQuery`].
 pub fn range_query(query: &RangeQuery) -> Request {
     let mut body = range_body(&query.key, query.prefix, query.limit);
+    if !query.prefix && !query.end.is_empty() {
+        body.insert("range_end".into(), b64(&query.end));
+    }
     if query.min_mod_revision > 0 {
         body.insert("min_mod_revision".into(), number(query.min_mod_revision));
     }

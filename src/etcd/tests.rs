@@ -625,6 +625,7 @@ fn range_query_sends_each_option_only_when_set() {
         min_mod_revision: 9,
         keys_only: true,
         oldest_first: true,
+        end: Vec::new(),
     };
     assert_eq!(
         body(&range_query(&all)),
@@ -637,6 +638,16 @@ fn range_query_sends_each_option_only_when_set() {
         ..RangeQuery::default()
     };
     assert_eq!(range_query(&plain), range(b"fleet/a"));
+    let page = RangeQuery {
+        key: b"fleet/a\0".to_vec(),
+        end: b"fleet0".to_vec(),
+        limit: 3,
+        ..RangeQuery::default()
+    };
+    assert_eq!(
+        body(&range_query(&page)),
+        json!({"key": "ZmxlZXQvYQA=", "range_end": "ZmxlZXQw", "limit": "3"})
+    );
 }
 
 #[test]

@@ -1,0 +1,469 @@
+//! The durable outbox's etcd side (fleet mode), pure: which calls to make and what their
+//! answers mean. The dispatcher sends [`Journal::calls`] through its host and feeds every answer
+//! to [`Journal::on_answer`]; the [`Event`]s say when a held message may have its first attempt.
+//!
+//! - **Lease.** At start the replica reads `P/node/<node id>`; a lease found there is its former
+//!   one (a restart): it is revoked, so its messages are claimable at once, and claimed like any
+//!   dead replica's (by this replica, usually). Then a new lease is granted and `P/live/<lease>`
+//!   (attached to it), `P/owner/<lease>` and `P/node/<node id>` are written. Keepalives every
+//!   third of the TTL; a lease found gone is replaced (its messages are claimed, possibly by
+//!   another replica: delivered twice at worst, never lost).
+//! - **Messages.** [`Journal::stage`] holds a message until its put commits (batched: up to
+//!   [`MAX_OPS`] per txn, [`MAX_BATCH_BYTES`], [`MAX_TXNS`] txns in flight); then it is
+//!   [`Event::Written`] and its first attempt may be pending. When etcd does not take it, it is
+//!   [`Event::Released`] (delivered from memory) and written again later. [`Journal::finished`]
+//!   deletes it (and keeps exhausted or dropped ones under `P/dead/`, trimmed to `max_dead`).
+//!   A delete is only sent after its put committed, so the two never race.
+//! - **Claims.** Every scan reads `P/live/`, `P/owner/` and `P/claim/`; an owner whose live key
+//!   and claim are both gone is claimed by a txn that compares both (one claimer wins), with
+//!   `P/claim/<dead>` attached to the claimer's lease (if the claimer dies too, the claim goes and
+//!   the messages are claimable again). Its messages are read a page at a time
+//!   ([`Event::Claimed`]); once every one is finished the dead lease's keys are removed.
+
+use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
+use super::stored::{self, Stored};
+
+use crate::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Operations per txn: etcd's default `--max-txn-ops`.
+pub const MAX_OPS: usize = 128;
+/// Raw value bytes per txn: base64 in JSON (4/3) stays under etcd's default request limit
+/// (1.5 MiB). A message larger than this alone stays in memory only.
+pub const MAX_BATCH_BYTES: usize = 768 * 1024;
+/// Message txns (puts, deletes) in flight at once.
+pub const MAX_TXNS: usize = 4;
+/// Messages held for their put at once; past it, messages go out from memory and are written
+/// later (etcd is slower than the events).
+pub const MAX_HELD: usize = 8192;
+/// Messages of a claimed lease read per page (and held in memory per claimed lease, at most).
+pub const PAGE: u64 = 500;
+/// Wait before a failed start step or write is tried again.
+pub const RETRY_MS: u64 = 1000;
+
+/// Identifies one call for the dispatcher (it maps Envoy's tokens to these).
+pub type CallId = u64;
+
+/// What an answer means for the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// These held messages are in etcd: their first attempt may be pending.
+    Written(Vec<String>),
+    /// These held messages are not in etcd (etcd did not take them): deliver them from memory;
+    /// they are written when etcd takes them.
+    Released(Vec<String>),
+    /// Messages of a dead replica, now this replica's to deliver.
+    Claimed(Vec<Stored>),
+}
+
+/// What [`Journal::on_answer`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub events: Vec<Event>,
+    /// What went wrong with etcd, to count and log.
+    pub error: Option<String>,
+    /// Leases claimed by this answer.
+    pub claims: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The start step `step` is due at `at`.
+    Starting {
+        at: u64,
+        step: Start,
+    },
+    /// A start step is in flight.
+    Waiting,
+    Ready {
+        lease: i64,
+    },
+}
+
+/// The steps to a registered lease, in order (a failed one starts over after [`RETRY_MS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    FindNode,
+    Revoke(i64),
+    Grant,
+    Register(i64),
+}
+
+/// One call in flight.
+#[derive(Debug)]
+enum Call {
+    Start(Start),
+    KeepAlive { lease: i64 },
+    Scan,
+    Claim { lease: i64 },
+    Page { lease: i64 },
+    Release { lease: i64 },
+    CountDead,
+    TrimDead,
+    Puts(Vec<String>),
+    Deletes(Vec<Removal>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for its put (first or again).
+    Queued,
+    Putting,
+    Durable,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// The lease whose key holds it (set when its put is sent).
+    lease: i64,
+    /// Its stored form, until it is in etcd.
+    value: Option<Vec<u8>>,
+    /// Its first attempt waits for the put.
+    held: bool,
+    /// Finished while its put was in flight: removed (kept as dead with this value) once the
+    /// put commits.
+    finished: Option<Option<Vec<u8>>>,
+}
+
+/// One key to delete, and the dead record to keep in the same txn.
+#[derive(Debug, Clone)]
+struct Removal {
+    key: Vec<u8>,
+    /// The lease whose message it is (a claimed lease is released once none remain).
+    lease: i64,
+    dead: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A dead replica's lease this one claimed.
+#[derive(Debug, Default)]
+struct Claimed {
+    /// Where the next page starts (the key after the last read); `None` once all are read.
+    next: Option<Vec<u8>>,
+    /// A page read or the release is in flight.
+    busy: bool,
+    retry_at: u64,
+    /// Its messages read and not yet deleted.
+    open: usize,
+}
+
+/// The durable outbox's state; see the module doc.
+#[derive(Debug)]
+pub struct Journal {
+    keys: Keys,
+    node_id: String,
+    ttl_ms: u64,
+    scan_every_ms: u64,
+    max_dead: usize,
+    max_unwritten_bytes: usize,
+    phase: Phase,
+    next_id: CallId,
+    calls: HashMap<CallId, Call>,
+    entries: HashMap<String, Entry>,
+    puts: VecDeque<String>,
+    /// When the put queue may be sent again after a failure.
+    puts_at: u64,
+    removals: VecDeque<Removal>,
+    removals_at: u64,
+    txns: usize,
+    keepalive_at: u64,
+    keepalive_waiting: bool,
+    scan_at: u64,
+    scanning: bool,
+    /// Dead leases found by the last scan, to claim.
+    claims_due: Vec<i64>,
+    count_dead_due: bool,
+    claimed: HashMap<i64, Claimed>,
+    /// The trim's read of the oldest dead messages, due.
+    trim_due: Option<Request>,
+    /// Stored bytes of messages not in etcd yet.
+    unwritten_bytes: usize,
+    held_count: usize,
+    durable_count: usize,
+}
+
+impl Journal {
+    /// `max_dead`: how many exhausted or dropped messages etcd keeps for replay;
+    /// `max_unwritten_bytes`: how many bytes of messages waiting for etcd are kept in memory
+    /// (beyond it, a message is delivered from memory but never written).
+    pub fn new(
+        keys: Keys,
+        node_id: &str,
+        ttl_ms: u64,
+        scan_every_ms: u64,
+        max_dead: usize,
+        max_unwritten_bytes: usize,
+    ) -> Journal {
+        Journal {
+            keys,
+            node_id: node_id.to_string(),
+            ttl_ms,
+            scan_every_ms,
+            max_dead,
+            max_unwritten_bytes,
+            phase: Phase::Starting {
+                at: 0,
+                step: Start::FindNode,
+            },
+            next_id: 1,
+            calls: HashMap::new(),
+            entries: HashMap::new(),
+            puts: VecDeque::new(),
+            puts_at: 0,
+            removals: VecDeque::new(),
+            removals_at: 0,
+            txns: 0,
+            keepalive_at: 0,
+            keepalive_waiting: false,
+            scan_at: 0,
+            scanning: false,
+            claims_due: Vec::new(),
+            count_dead_due: false,
+            claimed: HashMap::new(),
+            trim_due: None,
+            unwritten_bytes: 0,
+            held_count: 0,
+            durable_count: 0,
+        }
+    }
+
+    /// The lease new messages are written under, once registered.
+    pub fn lease(&self) -> Option<i64> {
+        match self.phase {
+            Phase::Ready { lease } => Some(lease),
+            _ => None,
+        }
+    }
+
+    /// Messages this replica owns in etcd (its own and claimed ones).
+    pub fn durable(&self) -> usize {
+        self.durable_count
+    }
+
+    /// Messages held for their put (first attempt not yet pending).
+    pub fn held(&self) -> usize {
+        self.held_count
+    }
+
+    /// Takes a new message. True: it is held until [`Event::Written`] or [`Event::Released`];
+    /// false: deliver it from memory now (no lease yet, too many held, too large, not
+    /// encodable); it is written later when it can be.
+    pub fn stage(&mut self, webhook_id: &str, value: Option<Vec<u8>>) -> bool {
+        let Some(value) = value.filter(|v| v.len() <= MAX_BATCH_BYTES) else {
+            return false;
+        };
+        if self.entries.contains_key(webhook_id) {
+            return false;
+        }
+        let hold = self.lease().is_some() && self.held_count < MAX_HELD;
+        if !hold && self.unwritten_bytes.saturating_add(value.len()) > self.max_unwritten_bytes {
+            return false;
+        }
+        self.unwritten_bytes += value.len();
+        self.held_count += usize::from(hold);
+        self.entries.insert(
+            webhook_id.to_string(),
+            Entry {
+                state: State::Queued,
+                lease: 0,
+                value: Some(value),
+                held: hold,
+                finished: None,
+            },
+        );
+        self.puts.push_back(webhook_id.to_string());
+        hold
+    }
+
+    /// A message left the outbox (delivered, exhausted, dropped, its subscription gone):
+    /// removed from etcd; `dead` is its stored form when it is kept for replay.
+    pub fn finished(&mut self, webhook_id: &str, dead: Option<Vec<u8>>) {
+        let Some(entry) = self.entries.get_mut(webhook_id) else {
+            return;
+        };
+        match entry.state {
+            State::Putting => entry.finished = Some(dead),
+            State::Queued => {
+                let size = entry.value.as_ref().map_or(0, Vec::len);
+                self.unwritten_bytes = self.unwritten_bytes.saturating_sub(size);
+                self.entries.remove(webhook_id);
+                if let Some(value) = dead {
+                    self.keep_dead(webhook_id, value);
+                }
+            }
+            State::Durable => {
+                let lease = entry.lease;
+                self.entries.remove(webhook_id);
+                self.durable_count = self.durable_count.saturating_sub(1);
+                self.removals.push_back(Removal {
+                    key: self.keys.message(lease, webhook_id),
+                    lease,
+                    dead: dead.map(|v| (self.keys.dead(webhook_id), v)),
+                });
+            }
+        }
+    }
+
+    /// A dead record for a message that never made it to etcd.
+    fn keep_dead(&mut self, webhook_id: &str, value: Vec<u8>) {
+        if self.lease().is_none() {
+            return;
+        }
+        self.removals.push_back(Removal {
+            key: Vec::new(),
+            lease: 0,
+            dead: Some((self.keys.dead(webhook_id), value)),
+        });
+    }
+
+    /// The calls to send now.
+    pub fn calls(&mut self, now: u64) -> Vec<(CallId, Request)> {
+        let mut out = Vec::new();
+        match self.phase {
+            Phase::Starting { at, step } if now >= at => {
+                self.phase = Phase::Waiting;
+                let request = self.start_request(step);
+                self.push(&mut out, Call::Start(step), request);
+            }
+            Phase::Ready { lease } => {
+                self.lease_calls(lease, now, &mut out);
+                self.message_calls(lease, now, &mut out);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn push(&mut self, out: &mut Vec<(CallId, Request)>, call: Call, request: Request) {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        self.calls.insert(id, call);
+        out.push((id, request));
+    }
+
+    /// Envoy refused the call: nothing was sent.
+    pub fn on_refused(&mut self, id: CallId, now: u64) -> Outcome {
+        self.on_answer(id, None, b"", now)
+    }
+
+    /// Takes the answer to call `id` (`status` none: the call failed).
+    pub fn on_answer(
+        &mut self,
+        id: CallId,
+        status: Option<&str>,
+        body: &[u8],
+        now: u64,
+    ) -> Outcome {
+        let Some(call) = self.calls.remove(&id) else {
+            return Outcome::default();
+        };
+        let mut outcome = Outcome::default();
+        let result = match status {
+            Some("200") => self.take(&call, body, now, &mut outcome),
+            Some(other) => Err(format!(
+                "etcd answered with status {other}: {}",
+                String::from_utf8_lossy(body.get(..200).unwrap_or(body))
+            )),
+            None => Err("no answer (timeout, reset or refused)".to_string()),
+        };
+        if let Err(why) = result {
+            // A revoke of a lease already gone is refused: either way it is gone now.
+            if let Call::Start(Start::Revoke(_)) = call {
+                if status.is_some() {
+                    self.next_step(Start::Grant, now);
+                    return outcome;
+                }
+            }
+            self.undo(&call, now, &mut outcome);
+            outcome.error = Some(format!("{}: {why}", call_name(&call)));
+        }
+        outcome
+    }
+
+    /// Reads a 200 answer; `Err` (before any change) says why it is not usable.
+    fn take(
+        &mut self,
+        call: &Call,
+        body: &[u8],
+        now: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        match call {
+            Call::Start(step) => self.on_start(*step, body, now),
+            Call::KeepAlive { lease } => self.on_keepalive(*lease, body, now),
+            Call::Scan => self.on_scan(body, now),
+            Call::Claim { lease } => self.on_claim(*lease, body, now, outcome),
+            Call::Page { lease } => self.on_page(*lease, body, outcome),
+            Call::Release { lease } => self.on_release(*lease, body),
+            Call::CountDead => self.on_count_dead(body),
+            Call::TrimDead => self.on_trim_dead(body),
+            Call::Puts(ids) => self.on_puts(ids, body, now, outcome),
+            Call::Deletes(removals) => self.on_deletes(removals, body),
+        }
+    }
+
+    /// A call that failed: what it was doing is undone, to be tried again.
+    fn undo(&mut self, call: &Call, now: u64, outcome: &mut Outcome) {
+        match call {
+            Call::Start(_) => {
+                self.phase = Phase::Starting {
+                    at: now + RETRY_MS,
+                    step: Start::FindNode,
+                }
+            }
+            Call::KeepAlive { .. } => {
+                self.keepalive_waiting = false;
+                self.keepalive_at = now + RETRY_MS.min(self.ttl_ms / 3);
+            }
+            Call::Scan => {
+                self.scanning = false;
+                self.scan_at = now + self.scan_every_ms;
+            }
+            Call::Claim { .. } | Call::CountDead | Call::TrimDead => {}
+            Call::Page { lease } | Call::Release { lease } => {
+                if let Some(claimed) = self.claimed.get_mut(lease) {
+                    claimed.busy = false;
+                    claimed.retry_at = now + RETRY_MS;
+                }
+            }
+            Call::Puts(ids) => self.puts_failed(ids, now, outcome),
+            Call::Deletes(removals) => self.deletes_failed(removals, now),
+        }
+    }
+}
+
+/// The call's name in error messages.
+fn call_name(call: &Call) -> &'static str {
+    match call {
+        Call::Start(Start::FindNode) => "the read of the node's former lease",
+        Call::Start(Start::Revoke(_)) => "the revoke of the node's former lease",
+        Call::Start(Start::Grant) => "the lease grant",
+        Call::Start(Start::Register(_)) => "the replica's registration",
+        Call::KeepAlive { .. } => "the lease keepalive",
+        Call::Scan => "the scan for dead replicas",
+        Call::Claim { .. } => "a claim of a dead replica's messages",
+        Call::Page { .. } => "a page of claimed messages",
+        Call::Release { .. } => "the release of a claimed lease",
+        Call::CountDead | Call::TrimDead => "the trim of dead messages",
+        Call::Puts(_) => "a batch of message writes",
+        Call::Deletes(_) => "a batch of message deletes",
+    }
+}
+
+/// etcd's lease TTL in whole seconds (at least 1; etcd raises it to its minimum).
+fn ttl_seconds(ttl_ms: u64) -> i64 {
+    i64::try_from(ttl_ms.div_ceil(1000))
+        .unwrap_or(i64::MAX)
+        .max(1)
+}
+
+fn check_txn(body: &[u8]) -> Result<etcd::TxnAnswer, String> {
+    etcd::parse_txn(body).map_err(|e| e.to_string())
+}
+
+mod lease;
+mod messages;
+
+#[cfg(test)]
+#[path = "journal_tests.rs"]
+mod tests;

@@ -1,0 +1,351 @@
+//! The journal's lease: start steps, keepalives, the scan for dead replicas, claims, pages of
+//! claimed messages, their release, and the trim of dead (replayable) messages.
+
+use super::*;
+
+/// Dead leases claimed per scan, at most (the next scan takes the rest).
+const CLAIMS_PER_SCAN: usize = 8;
+
+impl Journal {
+    pub(super) fn start_request(&self, step: Start) -> Request {
+        match step {
+            Start::FindNode => etcd::range(&self.keys.node(&self.node_id)),
+            Start::Revoke(lease) => etcd::lease_revoke(lease),
+            Start::Grant => etcd::lease_grant(ttl_seconds(self.ttl_ms)),
+            Start::Register(lease) => {
+                let node = self.node_id.as_bytes().to_vec();
+                let put = |key, value, lease| Op::Put { key, value, lease };
+                let success = [
+                    put(self.keys.live(lease), node.clone(), lease),
+                    put(self.keys.owner(lease), node, 0),
+                    put(
+                        self.keys.node(&self.node_id),
+                        keys::hex(lease).into_bytes(),
+                        0,
+                    ),
+                ];
+                etcd::txn(&[], &success, &[])
+            }
+        }
+    }
+
+    /// The next start step, due now.
+    pub(super) fn next_step(&mut self, step: Start, now: u64) {
+        self.phase = Phase::Starting { at: now, step };
+    }
+
+    pub(super) fn on_start(&mut self, step: Start, body: &[u8], now: u64) -> Result<(), String> {
+        match step {
+            Start::FindNode => {
+                let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+                let former = answer
+                    .kvs
+                    .first()
+                    .and_then(|kv| std::str::from_utf8(&kv.value).ok())
+                    .and_then(keys::parse_hex);
+                match former {
+                    Some(lease) => self.next_step(Start::Revoke(lease), now),
+                    None => self.next_step(Start::Grant, now),
+                }
+            }
+            Start::Revoke(_) => self.next_step(Start::Grant, now),
+            Start::Grant => {
+                let lease = etcd::parse_lease_grant(body).map_err(|e| e.to_string())?;
+                self.next_step(Start::Register(lease.id), now);
+            }
+            Start::Register(lease) => {
+                check_txn(body)?;
+                log::info!(
+                    "proxy-webhooks: fleet: node {} holds lease {}; pending messages are kept under it in etcd",
+                    self.node_id,
+                    keys::hex(lease)
+                );
+                self.phase = Phase::Ready { lease };
+                self.keepalive_at = now + self.ttl_ms / 3;
+                self.keepalive_waiting = false;
+                self.scan_at = now;
+                self.puts_at = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keepalive, scan, claims, pages, releases and the trim, as they are due.
+    pub(super) fn lease_calls(&mut self, lease: i64, now: u64, out: &mut Vec<(CallId, Request)>) {
+        if !self.keepalive_waiting && now >= self.keepalive_at {
+            self.keepalive_waiting = true;
+            let request = etcd::lease_keepalive(lease);
+            self.push(out, Call::KeepAlive { lease }, request);
+        }
+        if !self.scanning && now >= self.scan_at {
+            self.scanning = true;
+            let request = self.scan_request();
+            self.push(out, Call::Scan, request);
+        }
+        for dead in std::mem::take(&mut self.claims_due) {
+            let request = self.claim_request(dead, lease);
+            self.push(out, Call::Claim { lease: dead }, request);
+        }
+        if std::mem::take(&mut self.count_dead_due) {
+            let request = etcd::range_query(&RangeQuery {
+                key: self.keys.all(keys::DEAD),
+                prefix: true,
+                limit: 1,
+                keys_only: true,
+                ..RangeQuery::default()
+            });
+            self.push(out, Call::CountDead, request);
+        }
+        self.claimed_calls(now, out);
+    }
+
+    pub(super) fn on_keepalive(&mut self, lease: i64, body: &[u8], now: u64) -> Result<(), String> {
+        let alive = etcd::parse_lease_keepalive(body, lease).map_err(|e| e.to_string())?;
+        self.keepalive_waiting = false;
+        self.keepalive_at = now + self.ttl_ms / 3;
+        if self.lease() != Some(lease) {
+            return Ok(());
+        }
+        if alive == etcd::KeepAlive::Gone {
+            self.lease_lost(lease, now);
+        }
+        Ok(())
+    }
+
+    /// Our lease expired (etcd was out of reach longer than its TTL): another replica may
+    /// claim what it holds (delivered twice at worst); new messages go under a new lease.
+    pub(super) fn lease_lost(&mut self, lease: i64, now: u64) {
+        log::warn!(
+            "proxy-webhooks: fleet: lease {} of node {} expired; taking a new one (its messages may be claimed and delivered by another replica as well)",
+            keys::hex(lease),
+            self.node_id
+        );
+        self.next_step(Start::Grant, now);
+    }
+
+    /// One txn reading every live key, owner and claim.
+    fn scan_request(&self) -> Request {
+        let range = |kind| Op::Range {
+            key: self.keys.all(kind),
+            prefix: true,
+            limit: 0,
+        };
+        etcd::txn(&[], &[range(LIVE), range(OWNER), range(CLAIM)], &[])
+    }
+
+    pub(super) fn on_scan(&mut self, body: &[u8], now: u64) -> Result<(), String> {
+        let answer = check_txn(body)?;
+        let mut kinds = answer.responses.iter();
+        let live = leases_in(&self.keys, LIVE, kinds.next());
+        let owners = leases_in(&self.keys, OWNER, kinds.next());
+        let claims = leases_in(&self.keys, CLAIM, kinds.next());
+        self.scanning = false;
+        self.scan_at = now + self.scan_every_ms;
+        self.count_dead_due = true;
+        let mine = self.lease();
+        self.claims_due = owners
+            .into_iter()
+            .filter(|l| !live.contains(l) && !claims.contains(l) && Some(*l) != mine)
+            .filter(|l| !self.claimed.contains_key(l))
+            .take(CLAIMS_PER_SCAN)
+            .collect();
+        Ok(())
+    }
+
+    /// Takes `dead` over if its replica is still gone and nobody claimed it.
+    fn claim_request(&self, dead: i64, lease: i64) -> Request {
+        let absent = |key| Compare {
+            key,
+            target: Target::Create,
+            cmp: Cmp::Equal,
+            value: 0,
+        };
+        let compare = [
+            absent(self.keys.live(dead)),
+            absent(self.keys.claim(dead)),
+            Compare {
+                key: self.keys.owner(dead),
+                target: Target::Create,
+                cmp: Cmp::Greater,
+                value: 0,
+            },
+        ];
+        let claim = Op::Put {
+            key: self.keys.claim(dead),
+            value: keys::hex(lease).into_bytes(),
+            lease,
+        };
+        etcd::txn(&compare, &[claim], &[])
+    }
+
+    pub(super) fn on_claim(
+        &mut self,
+        dead: i64,
+        body: &[u8],
+        now: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        if !check_txn(body)?.succeeded {
+            return Ok(()); // another replica was first, or the replica is back
+        }
+        log::info!(
+            "proxy-webhooks: fleet: node {} claimed the messages of dead lease {}",
+            self.node_id,
+            keys::hex(dead)
+        );
+        outcome.claims += 1;
+        self.claimed.insert(
+            dead,
+            Claimed {
+                next: Some(self.keys.messages(dead)),
+                retry_at: now,
+                ..Claimed::default()
+            },
+        );
+        Ok(())
+    }
+
+    /// The next page of each claimed lease whose read messages are fewer than a page, and the
+    /// release of those all read and finished.
+    fn claimed_calls(&mut self, now: u64, out: &mut Vec<(CallId, Request)>) {
+        let mut due = Vec::new();
+        for (lease, claimed) in &mut self.claimed {
+            if claimed.busy || now < claimed.retry_at {
+                continue;
+            }
+            let call = match &claimed.next {
+                Some(from) if claimed.open < PAGE as usize => {
+                    let request = etcd::range_query(&RangeQuery {
+                        key: from.clone(),
+                        end: etcd::prefix_end(&self.keys.messages(*lease)),
+                        limit: PAGE,
+                        ..RangeQuery::default()
+                    });
+                    (Call::Page { lease: *lease }, request)
+                }
+                None if claimed.open == 0 => (
+                    Call::Release { lease: *lease },
+                    release_request(&self.keys, *lease),
+                ),
+                _ => continue,
+            };
+            claimed.busy = true;
+            due.push(call);
+        }
+        for (call, request) in due {
+            self.push(out, call, request);
+        }
+    }
+
+    pub(super) fn on_page(
+        &mut self,
+        dead: i64,
+        body: &[u8],
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+        let prefix = self.keys.messages(dead);
+        let mut found = Vec::new();
+        let mut open = 0;
+        for kv in &answer.kvs {
+            let id = kv.key.strip_prefix(prefix.as_slice()).unwrap_or_default();
+            let id = String::from_utf8_lossy(id).into_owned();
+            if let Some(known) = self.entries.get(&id) {
+                // Already here (our own former lease): counted, not delivered twice.
+                open += usize::from(known.lease == dead);
+                continue;
+            }
+            match stored::decode(&kv.value).filter(|m| m.webhook_id == id) {
+                Some(message) => {
+                    self.insert_durable(&id, dead);
+                    open += 1;
+                    found.push(message);
+                }
+                None => {
+                    log::warn!(
+                        "proxy-webhooks: fleet: etcd key {} is not a message; deleted",
+                        String::from_utf8_lossy(&kv.key)
+                    );
+                    self.removals.push_back(Removal {
+                        key: kv.key.clone(),
+                        lease: 0,
+                        dead: None,
+                    });
+                }
+            }
+        }
+        if let Some(claimed) = self.claimed.get_mut(&dead) {
+            claimed.busy = false;
+            claimed.open += open;
+            claimed.next = match answer.kvs.last() {
+                Some(last) if answer.more => Some([last.key.as_slice(), b"\0"].concat()),
+                _ => None,
+            };
+        }
+        if !found.is_empty() {
+            outcome.events.push(Event::Claimed(found));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_release(&mut self, dead: i64, body: &[u8]) -> Result<(), String> {
+        check_txn(body)?;
+        self.claimed.remove(&dead);
+        Ok(())
+    }
+
+    pub(super) fn on_count_dead(&mut self, body: &[u8]) -> Result<(), String> {
+        let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+        let count = usize::try_from(answer.count).unwrap_or(usize::MAX);
+        let excess = count.saturating_sub(self.max_dead).min(MAX_OPS);
+        if excess > 0 {
+            // Oldest first: the ones the trim removes.
+            let request = etcd::range_query(&RangeQuery {
+                key: self.keys.all(keys::DEAD),
+                prefix: true,
+                limit: excess as u64,
+                keys_only: true,
+                oldest_first: true,
+                ..RangeQuery::default()
+            });
+            self.trim_due = Some(request);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_trim_dead(&mut self, body: &[u8]) -> Result<(), String> {
+        let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+        for kv in answer.kvs {
+            self.removals.push_back(Removal {
+                key: kv.key,
+                lease: 0,
+                dead: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Removes a released lease's keys: its owner, the claim, and any message left under it.
+fn release_request(keys: &Keys, dead: i64) -> Request {
+    let delete = |key, prefix| Op::Delete { key, prefix };
+    let ops = [
+        delete(keys.owner(dead), false),
+        delete(keys.claim(dead), false),
+        delete(keys.messages(dead), true),
+    ];
+    etcd::txn(&[], &ops, &[])
+}
+
+/// Keys of `kind` found in a scan's range answer, as leases.
+fn leases_in(keys: &Keys, kind: &str, answer: Option<&OpAnswer>) -> HashSet<i64> {
+    let Some(OpAnswer::Range(range)) = answer else {
+        return HashSet::new();
+    };
+    range
+        .kvs
+        .iter()
+        .filter_map(|kv| keys.name_in(kind, &kv.key))
+        .filter_map(keys::parse_hex)
+        .collect()
+}

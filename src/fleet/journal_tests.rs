@@ -1,0 +1,490 @@
+use super::*;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const TTL_MS: u64 = 3000;
+const SCAN_MS: u64 = 500;
+const LEASE: i64 = 0xab;
+
+fn journal() -> Journal {
+    Journal::new(Keys::new("/p"), "n1", TTL_MS, SCAN_MS, 10, 1 << 20)
+}
+
+fn b64(s: &[u8]) -> String {
+    STANDARD.encode(s)
+}
+
+fn header() -> Value {
+    json!({"revision": "9"})
+}
+
+fn kv(key: &[u8], value: &[u8]) -> Value {
+    json!({"key": b64(key), "value": b64(value), "create_revision": "2",
+           "mod_revision": "2", "version": "1"})
+}
+
+fn range_body(kvs: Vec<Value>, more: bool) -> Value {
+    json!({"header": header(), "count": kvs.len().to_string(), "kvs": kvs, "more": more})
+}
+
+fn txn_body(succeeded: bool, responses: Vec<Value>) -> String {
+    json!({"header": header(), "succeeded": succeeded, "responses": responses}).to_string()
+}
+
+fn answer(j: &mut Journal, id: CallId, body: &str, now: u64) -> Outcome {
+    j.on_answer(id, Some("200"), body.as_bytes(), now)
+}
+
+/// The body of a request as JSON.
+fn body(request: &Request) -> Value {
+    serde_json::from_str(&request.body).unwrap()
+}
+
+/// Decoded keys of a txn's success branch, each with its op name.
+fn ops(request: &Request) -> Vec<(String, String)> {
+    body(request)["success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            let (name, inner) = op.as_object().unwrap().iter().next().unwrap();
+            let key = STANDARD.decode(inner["key"].as_str().unwrap()).unwrap();
+            (name.clone(), String::from_utf8(key).unwrap())
+        })
+        .collect()
+}
+
+/// The message txns among `calls` (puts and deletes under `/p/msg/` and `/p/dead/`).
+fn writes(calls: Vec<(CallId, Request)>) -> Vec<(CallId, Request)> {
+    calls
+        .into_iter()
+        .filter(|(_, r)| {
+            r.path == etcd::TXN
+                && ops(r)
+                    .first()
+                    .is_some_and(|(_, k)| k.starts_with("/p/msg/") || k.starts_with("/p/dead/"))
+        })
+        .collect()
+}
+
+fn one(calls: Vec<(CallId, Request)>) -> (CallId, Request) {
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    calls.into_iter().next().unwrap()
+}
+
+/// A journal registered under [`LEASE`], its first scan answered with nothing to claim.
+fn ready(now: u64) -> Journal {
+    let mut j = journal();
+    let (id, find) = one(j.calls(now));
+    assert_eq!(find, etcd::range(b"/p/node/n1"));
+    answer(&mut j, id, &range_body(vec![], false).to_string(), now);
+    let (id, grant) = one(j.calls(now));
+    assert_eq!(grant, etcd::lease_grant(3));
+    let granted = json!({"header": header(), "ID": LEASE.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), now);
+    let (id, register) = one(j.calls(now));
+    assert_eq!(
+        ops(&register),
+        [
+            ("request_put".to_string(), "/p/live/ab".to_string()),
+            ("request_put".into(), "/p/owner/ab".into()),
+            ("request_put".into(), "/p/node/n1".into()),
+        ]
+    );
+    assert_eq!(j.lease(), None);
+    answer(&mut j, id, &txn_body(true, vec![]), now);
+    assert_eq!(j.lease(), Some(LEASE));
+    let (id, scan) = one(j.calls(now));
+    assert_eq!(scan.path, etcd::TXN);
+    answer(&mut j, id, &scan_answer(&[], &[], &[]), now);
+    let (id, count) = one(j.calls(now));
+    answer(&mut j, id, &range_body(vec![], false).to_string(), now);
+    assert!(count.body.contains("keys_only"));
+    j
+}
+
+fn scan_answer(live: &[i64], owners: &[i64], claims: &[i64]) -> String {
+    let of = |kind: &str, leases: &[i64]| {
+        let kvs = leases
+            .iter()
+            .map(|l| kv(format!("/p/{kind}/{l:x}").as_bytes(), b"n"))
+            .collect();
+        json!({"response_range": range_body(kvs, false)})
+    };
+    txn_body(
+        true,
+        vec![of("live", live), of("owner", owners), of("claim", claims)],
+    )
+}
+
+fn value(id: &str) -> Vec<u8> {
+    stored::encode(id, "sub_1", "order.created", 5, b"{}").unwrap()
+}
+
+#[test]
+fn a_replica_without_a_former_lease_grants_one_and_registers() {
+    let j = ready(0);
+    assert_eq!((j.durable(), j.held()), (0, 0));
+}
+
+#[test]
+fn a_restart_revokes_the_former_lease_whatever_etcd_says_of_it() {
+    let mut j = journal();
+    let (id, _) = one(j.calls(0));
+    let former = range_body(vec![kv(b"/p/node/n1", b"aa")], false);
+    answer(&mut j, id, &former.to_string(), 0);
+    let (id, revoke) = one(j.calls(0));
+    assert_eq!(revoke, etcd::lease_revoke(0xaa));
+    // An expired lease: etcd refuses the revoke. It is gone either way.
+    let gone = r#"{"error":"etcdserver: requested lease not found","code":5}"#;
+    j.on_answer(id, Some("404"), gone.as_bytes(), 0);
+    let (_, grant) = one(j.calls(0));
+    assert_eq!(grant, etcd::lease_grant(3));
+}
+
+#[test]
+fn a_failed_start_step_starts_over_after_a_while() {
+    let mut j = journal();
+    let (id, _) = one(j.calls(0));
+    let outcome = j.on_answer(id, None, b"", 0);
+    assert!(outcome.error.unwrap().contains("former lease"));
+    assert!(j.calls(RETRY_MS - 1).is_empty());
+    let (id, find) = one(j.calls(RETRY_MS));
+    assert_eq!(find, etcd::range(b"/p/node/n1"));
+    let outcome = answer(&mut j, id, "not json", RETRY_MS);
+    assert!(outcome.error.is_some());
+    assert!(j.calls(RETRY_MS).is_empty());
+}
+
+#[test]
+fn a_held_message_is_released_for_its_first_attempt_once_its_put_commits() {
+    let mut j = ready(0);
+    assert!(j.stage("msg_1", Some(value("msg_1"))));
+    assert_eq!(j.held(), 1);
+    let (id, put) = one(j.calls(0));
+    assert_eq!(
+        ops(&put),
+        [("request_put".to_string(), "/p/msg/ab/msg_1".to_string())]
+    );
+    let compare = &body(&put)["compare"][0];
+    assert_eq!(compare["key"], b64(b"/p/live/ab"));
+    assert_eq!(compare["result"], "GREATER");
+    let outcome = answer(&mut j, id, &txn_body(true, vec![]), 0);
+    assert_eq!(outcome.events, [Event::Written(vec!["msg_1".into()])]);
+    assert_eq!((j.durable(), j.held()), (1, 0));
+
+    j.finished("msg_1", None);
+    assert_eq!(j.durable(), 0);
+    let (id, delete) = one(j.calls(0));
+    assert_eq!(
+        ops(&delete),
+        [(
+            "request_delete_range".to_string(),
+            "/p/msg/ab/msg_1".to_string()
+        )]
+    );
+    assert_eq!(
+        answer(&mut j, id, &txn_body(true, vec![]), 0),
+        Outcome::default()
+    );
+    assert!(j.calls(0).is_empty());
+}
+
+#[test]
+fn messages_etcd_does_not_take_go_out_from_memory_and_are_written_later() {
+    let mut j = ready(0);
+    assert!(j.stage("msg_1", Some(value("msg_1"))));
+    let (id, _) = one(j.calls(0));
+    let outcome = j.on_answer(id, None, b"", 0);
+    assert_eq!(outcome.events, [Event::Released(vec!["msg_1".into()])]);
+    assert!(outcome.error.unwrap().contains("message writes"));
+    assert_eq!(j.held(), 0);
+    assert!(writes(j.calls(RETRY_MS - 1)).is_empty());
+    let (id, put) = one(writes(j.calls(RETRY_MS)));
+    assert_eq!(ops(&put)[0].1, "/p/msg/ab/msg_1");
+    let outcome = answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
+    assert!(outcome.events.is_empty(), "already out: {outcome:?}");
+    assert_eq!(j.durable(), 1);
+}
+
+#[test]
+fn a_message_finished_before_etcd_took_it_is_never_written() {
+    let mut j = ready(0);
+    assert!(j.stage("msg_1", Some(value("msg_1"))));
+    let (id, _) = one(j.calls(0));
+    j.on_answer(id, Some("503"), b"unavailable", 0);
+    j.finished("msg_1", None);
+    assert!(writes(j.calls(RETRY_MS)).is_empty());
+    assert_eq!(j.durable(), 0);
+}
+
+#[test]
+fn a_message_finished_while_its_put_is_out_is_deleted_once_the_put_commits() {
+    let mut j = ready(0);
+    assert!(j.stage("msg_1", Some(value("msg_1"))));
+    let (id, _) = one(j.calls(0));
+    j.on_answer(id, None, b"", 0);
+    let (id, _) = one(writes(j.calls(RETRY_MS)));
+    j.finished("msg_1", Some(value("msg_1")));
+    answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
+    let (_, delete) = one(writes(j.calls(RETRY_MS)));
+    assert_eq!(
+        ops(&delete),
+        [
+            (
+                "request_delete_range".to_string(),
+                "/p/msg/ab/msg_1".to_string()
+            ),
+            ("request_put".into(), "/p/dead/msg_1".into()),
+        ]
+    );
+    assert_eq!(j.durable(), 0);
+}
+
+#[test]
+fn messages_are_batched_within_etcd_txn_limits() {
+    let mut j = ready(0);
+    for n in 0..600 {
+        let id = format!("msg_{n}");
+        j.stage(&id, Some(value(&id)));
+    }
+    let calls = j.calls(0);
+    let sizes: Vec<usize> = calls.iter().map(|(_, r)| ops(r).len()).collect();
+    assert_eq!(sizes, [MAX_OPS; MAX_TXNS]);
+    for (id, _) in calls {
+        answer(&mut j, id, &txn_body(true, vec![]), 0);
+    }
+    let rest: usize = j.calls(0).iter().map(|(_, r)| ops(r).len()).sum();
+    assert_eq!(rest, 600 - MAX_OPS * MAX_TXNS);
+
+    let mut big = ready(0);
+    let large = vec![b'x'; MAX_BATCH_BYTES / 2 + 1];
+    for id in ["a", "b"] {
+        let stored = stored::encode(id, "s", "t", 0, &large).unwrap();
+        assert!(big.stage(id, Some(stored)));
+    }
+    let sizes: Vec<usize> = big.calls(0).iter().map(|(_, r)| ops(r).len()).collect();
+    assert_eq!(sizes, [1, 1], "one large message per txn");
+    let too_large = vec![b'x'; MAX_BATCH_BYTES + 1];
+    assert!(!big.stage("c", Some(too_large)), "kept in memory only");
+    assert!(!big.stage("d", None), "not encodable");
+}
+
+#[test]
+fn a_put_refused_because_the_lease_is_gone_releases_and_takes_a_new_lease() {
+    let mut j = ready(0);
+    assert!(j.stage("msg_1", Some(value("msg_1"))));
+    let (id, _) = one(j.calls(0));
+    let outcome = answer(&mut j, id, &txn_body(false, vec![]), 0);
+    assert_eq!(outcome.events, [Event::Released(vec!["msg_1".into()])]);
+    assert_eq!(j.lease(), None);
+    let (_, grant) = one(j.calls(0));
+    assert_eq!(grant, etcd::lease_grant(3));
+}
+
+#[test]
+fn keepalives_renew_the_lease_and_a_gone_lease_is_replaced() {
+    let mut j = ready(0);
+    let early = j.calls(TTL_MS / 3 - 1);
+    assert!(early.iter().all(|(_, r)| r.path != etcd::LEASE_KEEPALIVE));
+    let calls = j.calls(TTL_MS / 3);
+    let (id, keepalive) = calls
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::LEASE_KEEPALIVE)
+        .unwrap();
+    assert_eq!(keepalive, etcd::lease_keepalive(LEASE));
+    let alive = json!({"result": {"header": header(), "ID": LEASE.to_string(), "TTL": "3"}});
+    answer(&mut j, id, &alive.to_string(), TTL_MS / 3);
+    assert_eq!(j.lease(), Some(LEASE));
+    let later = 2 * TTL_MS / 3;
+    let (id, _) = j
+        .calls(later)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::LEASE_KEEPALIVE)
+        .unwrap();
+    let gone = json!({"result": {"header": header(), "ID": LEASE.to_string()}});
+    answer(&mut j, id, &gone.to_string(), later);
+    assert_eq!(j.lease(), None);
+    assert_eq!(one(j.calls(later)).1, etcd::lease_grant(3));
+}
+
+#[test]
+fn messages_before_the_lease_go_out_from_memory_and_are_written_once_it_is_there() {
+    let mut j = journal();
+    assert!(!j.stage("msg_1", Some(value("msg_1"))));
+    let mut j2 = ready(0);
+    assert!(!j2.stage("x", None));
+    // The same journal once ready writes what it took before.
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &range_body(vec![], false).to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    let granted = json!({"header": header(), "ID": LEASE.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    let put = j
+        .calls(0)
+        .into_iter()
+        .find(|(_, r)| {
+            ops(r)
+                .first()
+                .is_some_and(|(_, k)| k.starts_with("/p/msg/"))
+        })
+        .unwrap();
+    assert_eq!(ops(&put.1)[0].1, "/p/msg/ab/msg_1");
+}
+
+/// A journal that claimed dead lease 0xd (scan, claim won), with its first page requested.
+fn claiming(now: u64) -> (Journal, CallId, Request) {
+    let mut j = ready(0);
+    let (id, _) = j
+        .calls(SCAN_MS)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::TXN)
+        .unwrap();
+    answer(
+        &mut j,
+        id,
+        &scan_answer(&[LEASE, 0xe], &[LEASE, 0xd, 0xe, 0xf], &[0xf]),
+        now,
+    );
+    let calls = j.calls(now);
+    let claims: Vec<_> = calls.iter().filter(|(_, r)| r.path == etcd::TXN).collect();
+    assert_eq!(claims.len(), 1, "only 0xd is dead and unclaimed: {calls:?}");
+    let (id, claim) = claims[0];
+    let compare = body(claim)["compare"].clone();
+    let keys: Vec<String> = compare
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| String::from_utf8(STANDARD.decode(c["key"].as_str().unwrap()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(keys, ["/p/live/d", "/p/claim/d", "/p/owner/d"]);
+    assert_eq!(
+        ops(claim),
+        [("request_put".to_string(), "/p/claim/d".to_string())]
+    );
+    assert_eq!(
+        body(claim)["success"][0]["request_put"]["lease"],
+        LEASE.to_string()
+    );
+    let outcome = answer(&mut j, *id, &txn_body(true, vec![]), now);
+    assert_eq!(outcome.claims, 1);
+    let (id, page) = j
+        .calls(now)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::RANGE)
+        .unwrap();
+    (j, id, page)
+}
+
+#[test]
+fn a_dead_replicas_messages_are_claimed_read_by_pages_and_released_once_finished() {
+    let (mut j, id, page) = claiming(SCAN_MS);
+    let request = body(&page);
+    assert_eq!(request["key"], b64(b"/p/msg/d/"));
+    assert_eq!(request["range_end"], b64(b"/p/msg/d0"));
+    assert_eq!(request["limit"], PAGE.to_string());
+    let first = range_body(
+        vec![
+            kv(b"/p/msg/d/m1", &value("m1")),
+            kv(b"/p/msg/d/broken", b"garbage"),
+        ],
+        true,
+    );
+    let outcome = answer(&mut j, id, &first.to_string(), SCAN_MS);
+    let Event::Claimed(found) = &outcome.events[0] else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(found[0].webhook_id, "m1");
+    assert_eq!(found[0].payload, b"{}");
+    assert_eq!(j.durable(), 1);
+    // The next page starts after the last key; the broken one is deleted.
+    let calls = j.calls(SCAN_MS);
+    let (id, next) = calls.iter().find(|(_, r)| r.path == etcd::RANGE).unwrap();
+    assert_eq!(body(next)["key"], b64(b"/p/msg/d/broken\0"));
+    let (del, broken) = calls.iter().find(|(_, r)| r.path == etcd::TXN).unwrap();
+    assert_eq!(ops(broken)[0].1, "/p/msg/d/broken");
+    answer(&mut j, *del, &txn_body(true, vec![]), SCAN_MS);
+    let last = range_body(vec![kv(b"/p/msg/d/m2", &value("m2"))], false);
+    answer(&mut j, *id, &last.to_string(), SCAN_MS);
+    assert_eq!(j.durable(), 2);
+    j.finished("m1", None);
+    let (id, delete) = one(j.calls(SCAN_MS));
+    assert_eq!(ops(&delete)[0].1, "/p/msg/d/m1");
+    answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+    assert!(j.calls(SCAN_MS).is_empty(), "m2 is still open");
+    j.finished("m2", None);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+    let (id, release) = one(j.calls(SCAN_MS));
+    assert_eq!(
+        ops(&release),
+        [
+            ("request_delete_range".to_string(), "/p/owner/d".to_string()),
+            ("request_delete_range".into(), "/p/claim/d".into()),
+            ("request_delete_range".into(), "/p/msg/d/".into()),
+        ]
+    );
+    answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+    assert!(j.calls(SCAN_MS).is_empty());
+}
+
+#[test]
+fn a_claim_another_replica_won_claims_nothing() {
+    let mut j = ready(0);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(
+        &mut j,
+        id,
+        &scan_answer(&[LEASE], &[LEASE, 0xd], &[]),
+        SCAN_MS,
+    );
+    let calls = j.calls(SCAN_MS);
+    let (id, _) = calls.iter().find(|(_, r)| r.path == etcd::TXN).unwrap();
+    let outcome = answer(&mut j, *id, &txn_body(false, vec![]), SCAN_MS);
+    assert_eq!(outcome.claims, 0);
+    assert!(j
+        .calls(SCAN_MS)
+        .iter()
+        .all(|(_, r)| r.path != etcd::RANGE || !r.body.contains(&b64(b"/p/msg/d/"))));
+}
+
+#[test]
+fn dead_messages_are_trimmed_oldest_first_to_the_bound() {
+    let mut j = ready(0);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(&mut j, id, &scan_answer(&[LEASE], &[LEASE], &[]), SCAN_MS);
+    let (id, _) = one(j.calls(SCAN_MS));
+    let mut counted = range_body(vec![kv(b"/p/dead/a", b"")], true);
+    counted["count"] = json!("12");
+    answer(&mut j, id, &counted.to_string(), SCAN_MS);
+    let (id, oldest) = one(j.calls(SCAN_MS));
+    let query = body(&oldest);
+    assert_eq!(
+        (query["limit"].clone(), query["sort_target"].clone()),
+        (json!("2"), json!("CREATE"))
+    );
+    let two = range_body(vec![kv(b"/p/dead/a", b""), kv(b"/p/dead/b", b"")], false);
+    answer(&mut j, id, &two.to_string(), SCAN_MS);
+    let (_, delete) = one(j.calls(SCAN_MS));
+    let deleted: Vec<String> = ops(&delete).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(deleted, ["/p/dead/a", "/p/dead/b"]);
+}
+
+#[test]
+fn unusable_answers_are_errors_and_undo_their_call() {
+    let mut j = ready(0);
+    j.stage("m", Some(value("m")));
+    let (id, _) = one(j.calls(0));
+    let outcome = answer(
+        &mut j,
+        id,
+        r#"{"header":{"revision":"1"},"responses":7}"#,
+        0,
+    );
+    assert!(outcome.error.unwrap().contains("responses"));
+    assert_eq!(outcome.events, [Event::Released(vec!["m".into()])]);
+    assert_eq!(j.on_answer(999, Some("200"), b"{}", 0), Outcome::default());
+}
