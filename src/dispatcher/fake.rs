@@ -7,7 +7,7 @@ use crate::port::{CalloutRefused, CalloutResponse, DispatchHost, Metric, MetricK
 use crate::store::MemoryStore;
 use crate::tests::fixtures::Rng as TestRng;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 /// One callout the dispatcher started.
@@ -54,6 +54,8 @@ pub struct FakeHost {
     pub etcd_sent: Vec<(u32, String, crate::etcd::Request)>,
     /// When set, `call_etcd` refuses.
     pub refuse_etcd: bool,
+    /// etcd calls a test answered already.
+    pub etcd_answered: HashSet<u32>,
     /// What `node_id` answers.
     pub node: Option<String>,
     rng: TestRng,
@@ -80,6 +82,7 @@ impl FakeHost {
             fills: 0,
             etcd_sent: Vec::new(),
             refuse_etcd: false,
+            etcd_answered: HashSet::new(),
             node: None,
             rng: TestRng(0x5eed),
             next_token: 1,

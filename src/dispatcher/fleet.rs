@@ -1,9 +1,13 @@
 //! The dispatcher's side of fleet mode: the registry read from etcd every `sync_interval` into
-//! the local cache, and fan-out held back until the first read (a restarted replica delivers to
-//! every subscription etcd has, not to none).
+//! the local cache, and fan-out held back until the first read and the lease of the durable
+//! outbox (a restarted replica delivers to every subscription etcd has, not to none, and keeps
+//! every message in etcd from the first).
 
+use super::journal::Durable;
 use super::Dispatcher;
+use crate::config::FleetConfig;
 use crate::fleet::commit::{Commit, Step, Write};
+use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
 use crate::fleet::sync::{Apply, Sync};
 use crate::port::{DispatchHost, Metric};
@@ -27,10 +31,26 @@ pub(super) struct Fleet {
     writes: HashMap<u32, Commit>,
     started_ms: u64,
     errors: u64,
+    /// The durable outbox.
+    pub(super) durable: Durable,
 }
 
 impl Fleet {
-    pub(super) fn new(config: &crate::config::FleetConfig, now: u64) -> Fleet {
+    pub(super) fn new(
+        config: &crate::config::Config,
+        fleet: &FleetConfig,
+        node_id: &str,
+        now: u64,
+    ) -> Fleet {
+        let journal = Journal::new(
+            Keys::new(&fleet.prefix),
+            node_id,
+            fleet.lease_ttl_ms,
+            fleet.sync_interval_ms,
+            config.delivery.max_replay,
+            config.delivery.max_queue_bytes / 4,
+        );
+        let config = fleet;
         Fleet {
             cluster: config.cluster.clone(),
             keys: Keys::new(&config.prefix),
@@ -39,16 +59,23 @@ impl Fleet {
             writes: HashMap::new(),
             started_ms: now,
             errors: 0,
+            durable: Durable::new(journal),
         }
+    }
+
+    pub(super) fn cluster(&self) -> &str {
+        &self.cluster
     }
 }
 
 impl<H: DispatchHost> Dispatcher<H> {
-    /// Whether fan-out waits: fleet mode before the first registry read (at most
-    /// [`FIRST_SYNC_WAIT_MS`]).
+    /// Whether fan-out waits: fleet mode before the first registry read and the outbox's
+    /// lease (at most [`FIRST_SYNC_WAIT_MS`]; then messages go out from memory, and are written
+    /// once the lease is there).
     pub(super) fn awaiting_first_sync(&self, now: u64) -> bool {
         self.fleet.as_ref().is_some_and(|f| {
-            !f.sync.synced() && now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS)
+            (!f.sync.synced() || f.durable.journal.lease().is_none())
+                && now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS)
         })
     }
 
@@ -77,6 +104,9 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// Takes an etcd answer; false when `token` is not an etcd call (a delivery's).
     pub(super) fn on_fleet_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
+        if self.on_journal_answer(token, headers, body_size) {
+            return true;
+        }
         let Some(fleet) = self.fleet.as_mut() else {
             return false;
         };
@@ -182,7 +212,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     }
 
     /// Counts an etcd failure; logs the first and then one per [`LOG_EVERY`].
-    fn fleet_error(&mut self, why: &str) {
+    pub(super) fn fleet_error(&mut self, why: &str) {
         self.host.add_metric(Metric::FleetEtcdErrors, 1);
         if let Some(fleet) = self.fleet.as_mut() {
             if fleet.errors % LOG_EVERY == 0 {

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 mod fleet;
+mod journal;
 
 #[cfg(test)]
 mod fake;
@@ -132,14 +133,18 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Prepares shared data, takes the static subscriptions in, registers the queue and starts
     /// the tick. False when the dispatcher cannot run.
     pub fn on_configure(&mut self) -> bool {
-        if let Some(fleet) = &self.config.fleet {
+        let config = Rc::clone(&self.config);
+        if let Some(fleet) = &config.fleet {
+            let node_id = self.node_id(fleet);
             log::info!(
-                "proxy-webhooks: fleet mode: subscriptions kept in etcd (cluster {}, prefix {}), read every {} ms; pending messages stay in memory (the durable outbox is not built yet)",
+                "proxy-webhooks: fleet mode: node {node_id}: subscriptions and pending messages kept in etcd (cluster {}, prefix {}), read every {} ms, lease TTL {} ms",
                 fleet.cluster,
                 fleet.prefix,
-                fleet.sync_interval_ms
+                fleet.sync_interval_ms,
+                fleet.lease_ttl_ms
             );
-            self.fleet = Some(fleet::Fleet::new(fleet, self.host.now_ms()));
+            let now = self.host.now_ms();
+            self.fleet = Some(fleet::Fleet::new(&config, fleet, &node_id, now));
         }
         self.registry.prepare();
         crate::ratelimit::prepare(self.host.store());
@@ -153,6 +158,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             return false;
         }
         self.fleet_tick();
+        self.journal_send();
         self.host.set_tick_period_ms(TICK_MS)
     }
 
@@ -160,6 +166,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.beat();
         self.refresh_generation();
         self.drain_queue();
+        self.journal_send();
         self.pump();
     }
 
@@ -186,6 +193,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.fleet_tick();
         self.refresh_generation();
         self.drain_queue();
+        self.journal_send();
         self.pump();
         self.tick_slow_when_due(self.host.now_ms());
         self.flush_log();
@@ -199,6 +207,9 @@ impl<H: DispatchHost> Dispatcher<H> {
     pub fn on_done(&mut self) -> bool {
         self.refresh_generation();
         let pending = self.outbox.len();
+        if self.fleet.is_some() {
+            return self.stop_in_fleet(pending);
+        }
         if pending == 0 {
             self.flush_log();
             return true;
@@ -219,6 +230,37 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.drain_deadline = Some(self.host.now_ms() + self.config.delivery.drain_timeout_ms);
         self.pump();
         false
+    }
+
+    /// In fleet mode pending messages are in etcd: the node restarted with its id, or another
+    /// replica once its lease expires, delivers them. Only those etcd does not have are lost.
+    fn stop_in_fleet(&mut self, pending: usize) -> bool {
+        self.flush_log();
+        let lost = self.not_durable();
+        if lost > 0 {
+            log::warn!(
+                "proxy-webhooks: shutting down with {lost} pending message(s) that etcd does not have (etcd unreachable or slower than the events): they are lost"
+            );
+        }
+        if pending > 0 {
+            log::info!(
+                "proxy-webhooks: shutting down; {pending} pending message(s) stay in etcd for this node's restart or another replica"
+            );
+        }
+        true
+    }
+
+    /// `fleet.node_id`, else Envoy's node id, else a random one (then a restart cannot resume
+    /// its own messages; another replica claims them once the lease expires).
+    fn node_id(&mut self, fleet: &crate::config::FleetConfig) -> String {
+        if let Some(id) = fleet.node_id.clone().or_else(|| self.host.node_id()) {
+            return id;
+        }
+        let now = self.host.now_ms();
+        let id = ids::random_id(&mut self.host, "node_", 16)
+            .unwrap_or_else(|_| ids::sequential_id("node_", now));
+        log::warn!("proxy-webhooks: fleet: no fleet.node_id and no Envoy node id: using {id}; a restart will not resume its own messages (another replica claims them once its lease expires)");
+        id
     }
 
     // ---- Intake ----
@@ -370,8 +412,15 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.schedule(message, &to.subscription.consumer, now);
     }
 
-    /// Puts a message in the outbox for its first attempt, making room when it is full.
+    /// Puts a message in the outbox for its first attempt, in fleet mode once etcd has it.
     fn schedule(&mut self, message: Message, consumer: &str, now: u64) {
+        if let Some(message) = self.hold_until_written(message, consumer) {
+            self.enqueue(message, consumer, now);
+        }
+    }
+
+    /// Puts a message in the outbox for its first attempt, making room when it is full.
+    fn enqueue(&mut self, message: Message, consumer: &str, now: u64) {
         let first_delay = self
             .config
             .delivery
@@ -403,6 +452,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Keeps a failed message for replay; the ones that no longer fit are marked `expired` in
     /// the attempt log, so the API refuses to replay them instead of accepting in vain.
     fn keep_for_replay(&mut self, message: Message, now: u64) {
+        self.unjournal(&message, true);
         for gone in self.replayable.keep(
             message,
             self.config.delivery.max_replay,
@@ -458,7 +508,9 @@ impl<H: DispatchHost> Dispatcher<H> {
         // message is kept, so it can be replayed once the subscription is active again.
         let resolved = match self.resolve(&message.subscription_id) {
             None => {
-                self.outbox.finish(key, None, Signal::Neutral, now, now);
+                if let Some(message) = self.outbox.finish(key, None, Signal::Neutral, now, now) {
+                    self.unjournal(&message, false);
+                }
                 return;
             }
             Some(disabled) if !disabled.subscription.is_active() => {
@@ -572,6 +624,8 @@ impl<H: DispatchHost> Dispatcher<H> {
         {
             if state.replayable() {
                 self.keep_for_replay(done, now);
+            } else {
+                self.unjournal(&done, false);
             }
         }
     }

@@ -24,7 +24,7 @@ use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
 use super::stored::{self, Stored};
 
 use crate::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Operations per txn: etcd's default `--max-txn-ops`.
 pub const MAX_OPS: usize = 128;
@@ -158,7 +158,8 @@ pub struct Journal {
     max_unwritten_bytes: usize,
     phase: Phase,
     next_id: CallId,
-    calls: HashMap<CallId, Call>,
+    /// Calls in flight (a few: a small list is smaller in the wasm than a map).
+    calls: Vec<(CallId, Call)>,
     entries: HashMap<String, Entry>,
     puts: VecDeque<String>,
     /// When the put queue may be sent again after a failure.
@@ -173,7 +174,7 @@ pub struct Journal {
     /// Dead leases found by the last scan, to claim.
     claims_due: Vec<i64>,
     count_dead_due: bool,
-    claimed: HashMap<i64, Claimed>,
+    claimed: Vec<(i64, Claimed)>,
     /// The trim's read of the oldest dead messages, due.
     trim_due: Option<Request>,
     /// Stored bytes of messages not in etcd yet.
@@ -206,7 +207,7 @@ impl Journal {
                 step: Start::FindNode,
             },
             next_id: 1,
-            calls: HashMap::new(),
+            calls: Vec::new(),
             entries: HashMap::new(),
             puts: VecDeque::new(),
             puts_at: 0,
@@ -219,7 +220,7 @@ impl Journal {
             scanning: false,
             claims_due: Vec::new(),
             count_dead_due: false,
-            claimed: HashMap::new(),
+            claimed: Vec::new(),
             trim_due: None,
             unwritten_bytes: 0,
             held_count: 0,
@@ -316,6 +317,13 @@ impl Journal {
         });
     }
 
+    fn claimed_mut(&mut self, lease: i64) -> Option<&mut Claimed> {
+        self.claimed
+            .iter_mut()
+            .find(|(l, _)| *l == lease)
+            .map(|(_, c)| c)
+    }
+
     /// The calls to send now.
     pub fn calls(&mut self, now: u64) -> Vec<(CallId, Request)> {
         let mut out = Vec::new();
@@ -337,7 +345,7 @@ impl Journal {
     fn push(&mut self, out: &mut Vec<(CallId, Request)>, call: Call, request: Request) {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        self.calls.insert(id, call);
+        self.calls.push((id, call));
         out.push((id, request));
     }
 
@@ -354,9 +362,10 @@ impl Journal {
         body: &[u8],
         now: u64,
     ) -> Outcome {
-        let Some(call) = self.calls.remove(&id) else {
+        let Some(at) = self.calls.iter().position(|(c, _)| *c == id) else {
             return Outcome::default();
         };
+        let (_, call) = self.calls.swap_remove(at);
         let mut outcome = Outcome::default();
         let result = match status {
             Some("200") => self.take(&call, body, now, &mut outcome),
@@ -421,7 +430,7 @@ impl Journal {
             }
             Call::Claim { .. } | Call::CountDead | Call::TrimDead => {}
             Call::Page { lease } | Call::Release { lease } => {
-                if let Some(claimed) = self.claimed.get_mut(lease) {
+                if let Some(claimed) = self.claimed_mut(*lease) {
                     claimed.busy = false;
                     claimed.retry_at = now + RETRY_MS;
                 }

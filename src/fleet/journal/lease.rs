@@ -146,7 +146,7 @@ impl Journal {
         self.claims_due = owners
             .into_iter()
             .filter(|l| !live.contains(l) && !claims.contains(l) && Some(*l) != mine)
-            .filter(|l| !self.claimed.contains_key(l))
+            .filter(|l| self.claimed.iter().all(|(c, _)| c != l))
             .take(CLAIMS_PER_SCAN)
             .collect();
         Ok(())
@@ -194,14 +194,12 @@ impl Journal {
             keys::hex(dead)
         );
         outcome.claims += 1;
-        self.claimed.insert(
-            dead,
-            Claimed {
-                next: Some(self.keys.messages(dead)),
-                retry_at: now,
-                ..Claimed::default()
-            },
-        );
+        let claimed = Claimed {
+            next: Some(self.keys.messages(dead)),
+            retry_at: now,
+            ..Claimed::default()
+        };
+        self.claimed.push((dead, claimed));
         Ok(())
     }
 
@@ -274,7 +272,7 @@ impl Journal {
                 }
             }
         }
-        if let Some(claimed) = self.claimed.get_mut(&dead) {
+        if let Some(claimed) = self.claimed_mut(dead) {
             claimed.busy = false;
             claimed.open += open;
             claimed.next = match answer.kvs.last() {
@@ -290,7 +288,7 @@ impl Journal {
 
     pub(super) fn on_release(&mut self, dead: i64, body: &[u8]) -> Result<(), String> {
         check_txn(body)?;
-        self.claimed.remove(&dead);
+        self.claimed.retain(|(l, _)| *l != dead);
         Ok(())
     }
 
@@ -338,9 +336,9 @@ fn release_request(keys: &Keys, dead: i64) -> Request {
 }
 
 /// Keys of `kind` found in a scan's range answer, as leases.
-fn leases_in(keys: &Keys, kind: &str, answer: Option<&OpAnswer>) -> HashSet<i64> {
+fn leases_in(keys: &Keys, kind: &str, answer: Option<&OpAnswer>) -> Vec<i64> {
     let Some(OpAnswer::Range(range)) = answer else {
-        return HashSet::new();
+        return Vec::new();
     };
     range
         .kvs

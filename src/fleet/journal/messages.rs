@@ -143,7 +143,7 @@ impl Journal {
     fn removal_batch(&mut self) -> Option<(Call, Request)> {
         let mut taken = Vec::new();
         let mut ops = Vec::new();
-        let mut keys_in = HashSet::new();
+        let mut keys_in: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0usize;
         while let Some(next) = self.removals.front() {
             let dead_size = next.dead.as_ref().map_or(0, |(_, v)| v.len());
@@ -160,14 +160,14 @@ impl Journal {
             };
             bytes += dead_size;
             if !removal.key.is_empty() {
-                keys_in.insert(removal.key.clone());
+                keys_in.push(removal.key.clone());
                 ops.push(Op::Delete {
                     key: removal.key.clone(),
                     prefix: false,
                 });
             }
             if let Some((key, value)) = &removal.dead {
-                keys_in.insert(key.clone());
+                keys_in.push(key.clone());
                 ops.push(Op::Put {
                     key: key.clone(),
                     value: value.clone(),
@@ -186,7 +186,7 @@ impl Journal {
         check_txn(body)?;
         self.txns = self.txns.saturating_sub(1);
         for removal in removals {
-            if let Some(claimed) = self.claimed.get_mut(&removal.lease) {
+            if let Some(claimed) = self.claimed_mut(removal.lease) {
                 claimed.open = claimed.open.saturating_sub(1);
             }
         }

@@ -1,0 +1,477 @@
+//! Fleet mode in the dispatcher: the registry kept from etcd, and the durable outbox. A small
+//! etcd stand-in answers the outbox's calls (`settle`); the tests answer the registry reads and
+//! record writes themselves.
+
+use super::*;
+use crate::etcd::Request;
+use crate::fleet::stored;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+const FLEET: &str = r#""fleet": {"cluster": "etcd", "prefix": "/pw", "node_id": "n1", "sync_interval": "500ms", "lease_ttl": "3s"}"#;
+/// The lease the stand-in grants (hex `ab`).
+const LEASE: i64 = 0xab;
+
+/// A fleet-mode dispatcher whose outbox lease is registered (the registry not read yet).
+fn fleet_dispatcher() -> Dispatcher<FakeHost> {
+    fleet_dispatcher_with("")
+}
+
+fn fleet_dispatcher_with(delivery: &str) -> Dispatcher<FakeHost> {
+    let config =
+        format!(r#"{{"delivery": {{"allow_private_destinations": true{delivery}}}, {FLEET}}}"#);
+    let mut d = dispatcher_with(&config);
+    settle(&mut d);
+    assert_eq!(
+        d.fleet.as_ref().unwrap().durable.journal.lease(),
+        Some(LEASE)
+    );
+    d
+}
+
+fn record_json(id: &str, status: &str, version: u64) -> Value {
+    json!({"id": id, "consumer": "acme", "url": "https://hooks.example.com/in",
+        "events": ["order.*"], "status": status, "created_at_ms": T0, "updated_at_ms": T0,
+        "secrets": [{"secret": SECRET}], "version": version})
+}
+
+fn b64(s: &[u8]) -> String {
+    STANDARD.encode(s)
+}
+
+fn key_of(request: &Request) -> Option<String> {
+    let body: Value = serde_json::from_str(&request.body).ok()?;
+    let key = body["key"].as_str()?;
+    String::from_utf8(STANDARD.decode(key).ok()?).ok()
+}
+
+/// Keys a txn's success branch touches.
+fn txn_keys(request: &Request) -> Vec<String> {
+    let body: Value = serde_json::from_str(&request.body).unwrap();
+    body["success"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|op| {
+            let inner = op.as_object()?.values().next()?;
+            let key = STANDARD.decode(inner["key"].as_str()?).ok()?;
+            String::from_utf8(key).ok()
+        })
+        .collect()
+}
+
+/// A registry read or a record write (answered by the tests), not an outbox call.
+fn is_registry_call(request: &Request) -> bool {
+    let registry = |k: &str| k.starts_with("/pw/sub/") || k.starts_with("/pw/count/");
+    match request.path {
+        crate::etcd::RANGE => key_of(request).is_some_and(|k| registry(&k)),
+        crate::etcd::TXN => txn_keys(request).iter().any(|k| registry(k)),
+        _ => false,
+    }
+}
+
+/// The outbox calls not answered yet.
+fn outbox_calls(d: &Dispatcher<FakeHost>) -> Vec<(u32, Request)> {
+    let host = d.host();
+    host.etcd_sent
+        .iter()
+        .filter(|(token, _, r)| !host.etcd_answered.contains(token) && !is_registry_call(r))
+        .map(|(token, _, r)| (*token, r.clone()))
+        .collect()
+}
+
+/// Answers `token` with a 200 and `body`.
+fn reply(d: &mut Dispatcher<FakeHost>, token: u32, body: &str) {
+    d.host_mut().etcd_answered.insert(token);
+    answer_with_body(d, token, 200, &[], body.as_bytes());
+}
+
+/// What an etcd that holds nothing but what the outbox writes answers.
+fn plain_answer(request: &Request) -> String {
+    let header = json!({"revision": "7"});
+    let lease = LEASE.to_string();
+    match request.path {
+        crate::etcd::LEASE_GRANT => json!({"header": header, "ID": lease, "TTL": "3"}),
+        crate::etcd::LEASE_KEEPALIVE => {
+            json!({"result": {"header": header, "ID": lease, "TTL": "3"}})
+        }
+        crate::etcd::TXN => json!({"header": header, "succeeded": true}),
+        _ => json!({"header": header}),
+    }
+    .to_string()
+}
+
+/// Answers every outbox call (and those its answers lead to) as a plain etcd would.
+fn settle(d: &mut Dispatcher<FakeHost>) {
+    for _ in 0..100 {
+        let calls = outbox_calls(d);
+        if calls.is_empty() {
+            return;
+        }
+        for (token, request) in calls {
+            reply(d, token, &plain_answer(&request));
+        }
+    }
+    panic!("the outbox keeps calling etcd");
+}
+
+/// Answers the latest registry read with `records` (etcd 3.4's shape).
+fn answer_etcd(d: &mut Dispatcher<FakeHost>, records: &[Value], count: usize) {
+    let kvs: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let key = format!("/pw/sub/{}", r["id"].as_str().unwrap());
+            json!({"key": b64(key.as_bytes()), "mod_revision": "7", "value": b64(r.to_string().as_bytes())})
+        })
+        .collect();
+    let body = json!({"header": {"revision": "7"}, "kvs": kvs, "count": count.to_string()});
+    let token = registry_reads(d).last().unwrap().0;
+    reply(d, token, &body.to_string());
+}
+
+fn registry_reads(d: &Dispatcher<FakeHost>) -> Vec<(u32, Request)> {
+    d.host()
+        .etcd_sent
+        .iter()
+        .filter(|(_, _, r)| r.path == crate::etcd::RANGE && is_registry_call(r))
+        .map(|(t, _, r)| (*t, r.clone()))
+        .collect()
+}
+
+/// The latest record write (a txn on `/pw/sub/`).
+fn last_record_write(d: &Dispatcher<FakeHost>) -> (u32, Request) {
+    let (token, _, request) = d
+        .host()
+        .etcd_sent
+        .iter()
+        .rev()
+        .find(|(_, _, r)| r.path == crate::etcd::TXN && is_registry_call(r))
+        .cloned()
+        .unwrap();
+    (token, request)
+}
+
+/// A dispatcher in fleet mode with `sub_a` synced from etcd.
+fn synced() -> Dispatcher<FakeHost> {
+    let mut d = fleet_dispatcher();
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    d
+}
+
+#[test]
+fn fleet_mode_reads_the_registry_at_start_and_holds_fan_out_until_then() {
+    let mut d = fleet_dispatcher();
+    assert!(d
+        .host()
+        .etcd_sent
+        .iter()
+        .all(|(_, cluster, _)| cluster == "etcd"));
+    assert_eq!(registry_reads(&d).len(), 1);
+    event(&mut d, "order.created");
+    assert!(sent(&d).is_empty(), "no fan-out before the first read");
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    d.on_tick();
+    settle(&mut d);
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "the held event goes to the synced subscription"
+    );
+    assert_eq!(
+        registry_reads(&d).len(),
+        1,
+        "the next read waits for the interval"
+    );
+    d.host().advance(500);
+    d.on_tick();
+    assert_eq!(registry_reads(&d).len(), 2);
+}
+
+#[test]
+fn fleet_mode_applies_changes_and_deletes_from_etcd() {
+    let mut d = fleet_dispatcher();
+    answer_etcd(
+        &mut d,
+        &[
+            record_json("sub_a", "active", 1),
+            record_json("sub_b", "active", 1),
+        ],
+        2,
+    );
+    assert!(registry(&d).get("sub_b").is_some());
+    d.host().advance(500);
+    d.on_tick();
+    answer_etcd(&mut d, &[record_json("sub_a", "disabled", 2)], 1);
+    assert_eq!(
+        registry(&d).get("sub_a").unwrap().0.status,
+        Status::Disabled
+    );
+    // sub_b was deleted: the count says so, and a listing follows at once.
+    d.on_tick();
+    answer_etcd(&mut d, &[record_json("sub_a", "disabled", 2)], 1);
+    assert!(registry(&d).get("sub_b").is_none());
+    event(&mut d, "order.created");
+    assert!(
+        sent(&d).is_empty(),
+        "neither a disabled nor a deleted subscription gets it"
+    );
+}
+
+#[test]
+fn fleet_mode_without_etcd_serves_what_it_has_and_counts_the_errors() {
+    let mut d = fleet_dispatcher();
+    let token = registry_reads(&d).last().unwrap().0;
+    answer_with_body(&mut d, token, 503, &[], b"upstream connect error");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 1);
+    subscribe(
+        &d,
+        "static_like",
+        "https://hooks.example.com/in",
+        &["order.*"],
+    );
+    event(&mut d, "order.created");
+    assert!(sent(&d).is_empty(), "still waiting for a first read");
+    d.host().advance(5000);
+    d.host_mut().refuse_etcd = true;
+    d.on_tick();
+    assert!(d.host().metric(Metric::FleetEtcdErrors) >= 2);
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "after the wait, fan-out goes on from the cache (and delivers from memory)"
+    );
+    assert!(d.host().metric(Metric::FleetSyncLagMs) >= 5000);
+}
+
+#[test]
+fn fleet_mode_writes_a_disable_to_etcd_comparing_the_record_it_replaced() {
+    let b64 = |s: &str| b64(s.as_bytes());
+    let mut d = synced();
+    event(&mut d, "order.created");
+    settle(&mut d);
+    answer_last(&mut d, 410, &[]);
+    assert_eq!(
+        registry(&d).get("sub_a").unwrap().0.status,
+        Status::Disabled
+    );
+    let (token, first) = last_record_write(&d);
+    assert_eq!(first.path, crate::etcd::TXN);
+    // The first guess is "no revision": etcd's failure branch reads the record (version 1).
+    let kv = serde_json::json!({"key": b64("/pw/sub/sub_a"), "mod_revision": "7",
+        "value": b64(&record_json("sub_a", "active", 1).to_string())});
+    let failed = serde_json::json!({"header": {"revision": "7"},
+        "responses": [{"response_range": {"header": {"revision": "7"}, "kvs": [kv], "count": "1"}}]});
+    answer_with_body(&mut d, token, 200, &[], failed.to_string().as_bytes());
+    let (token, second) = last_record_write(&d);
+    let body: serde_json::Value = serde_json::from_str(&second.body).unwrap();
+    assert_eq!(body["compare"][1]["mod_revision"], "7", "{body}");
+    let put = &body["success"][0]["request_put"];
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(put["value"].as_str().unwrap())
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(
+        (stored["status"].as_str(), stored["version"].as_u64()),
+        (Some("disabled"), Some(2))
+    );
+    let done = serde_json::json!({"header": {"revision": "8"}, "succeeded": true,
+        "responses": [{"response_put": {"header": {"revision": "8"}}}]});
+    let writes = |d: &Dispatcher<FakeHost>| {
+        let sent = &d.host().etcd_sent;
+        sent.iter().filter(|(_, _, r)| is_registry_call(r)).count()
+    };
+    let sent_before = writes(&d);
+    answer_with_body(&mut d, token, 200, &[], done.to_string().as_bytes());
+    assert_eq!(writes(&d), sent_before, "committed: nothing more to send");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 0);
+}
+
+// ---- The durable outbox ----
+
+/// The puts of messages among the outbox calls not answered yet.
+fn message_puts(d: &Dispatcher<FakeHost>) -> Vec<(u32, Vec<String>)> {
+    outbox_calls(d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .map(|(t, r)| (t, txn_keys(&r)))
+        .filter(|(_, keys)| keys.iter().any(|k| k.starts_with("/pw/msg/")))
+        .collect()
+}
+
+#[test]
+fn fleet_mode_attempts_a_message_only_once_etcd_has_it_and_deletes_it_once_delivered() {
+    let mut d = synced();
+    event(&mut d, "order.created");
+    assert!(sent(&d).is_empty(), "held until its put commits");
+    let puts = message_puts(&d);
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let (token, keys) = puts.into_iter().next().unwrap();
+    let (_, _, put) = d
+        .host()
+        .etcd_sent
+        .iter()
+        .find(|(t, _, _)| *t == token)
+        .cloned()
+        .unwrap();
+    let body: Value = serde_json::from_str(&put.body).unwrap();
+    let value = STANDARD
+        .decode(body["success"][0]["request_put"]["value"].as_str().unwrap())
+        .unwrap();
+    let kept = stored::decode(&value).unwrap();
+    assert_eq!(keys, [format!("/pw/msg/ab/{}", kept.webhook_id)]);
+    assert_eq!(
+        (kept.subscription_id.as_str(), kept.event_type.as_str()),
+        ("sub_a", "order.created")
+    );
+    assert_eq!(kept.payload, br#"{"id":1}"#);
+    reply(
+        &mut d,
+        token,
+        r#"{"header":{"revision":"8"},"succeeded":true}"#,
+    );
+    assert_eq!(sent(&d).len(), 1);
+    assert_eq!(
+        sent(&d)[0].header("webhook-id"),
+        Some(kept.webhook_id.as_str())
+    );
+    assert_eq!(d.host().metric(Metric::FleetOutboxSize), 1);
+    answer_last(&mut d, 200, &[]);
+    d.on_tick();
+    let deletes: Vec<Vec<String>> = outbox_calls(&d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .map(|(_, r)| txn_keys(&r))
+        .collect();
+    assert!(
+        deletes.contains(&vec![format!("/pw/msg/ab/{}", kept.webhook_id)]),
+        "{deletes:?}"
+    );
+    settle(&mut d);
+    assert_eq!(d.host().metric(Metric::FleetOutboxSize), 0);
+}
+
+#[test]
+fn fleet_mode_delivers_from_memory_when_etcd_does_not_take_a_message_and_writes_it_later() {
+    let mut d = synced();
+    event(&mut d, "order.created");
+    let (token, _) = message_puts(&d).into_iter().next().unwrap();
+    d.host_mut().etcd_answered.insert(token);
+    answer_with_body(&mut d, token, 503, &[], b"etcd unavailable");
+    assert_eq!(sent(&d).len(), 1, "delivered from memory");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 1);
+    assert!(
+        message_puts(&d).is_empty(),
+        "written again only after a while"
+    );
+    d.host().advance(1000);
+    d.on_tick();
+    assert_eq!(message_puts(&d).len(), 1, "written again");
+}
+
+#[test]
+fn fleet_mode_keeps_an_exhausted_message_under_dead_for_replay() {
+    let mut d = fleet_dispatcher_with(r#", "retry_schedule": ["0s"]"#);
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    event(&mut d, "order.created");
+    settle(&mut d);
+    let webhook_id = sent(&d)[0].header("webhook-id").unwrap().to_string();
+    answer_last(&mut d, 500, &[]);
+    d.on_tick();
+    let txns: Vec<Vec<String>> = outbox_calls(&d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .map(|(_, r)| txn_keys(&r))
+        .collect();
+    let expected = vec![
+        format!("/pw/msg/ab/{webhook_id}"),
+        format!("/pw/dead/{webhook_id}"),
+    ];
+    assert!(txns.contains(&expected), "{txns:?}");
+}
+
+#[test]
+fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webhook_ids() {
+    let mut d = synced();
+    d.host().advance(500);
+    d.on_tick();
+    let scan = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| r.path == crate::etcd::TXN && txn_keys(r).contains(&"/pw/live/".to_string()))
+        .unwrap();
+    let range = |kind: &str, leases: &[&str]| {
+        let kvs: Vec<Value> = leases
+            .iter()
+            .map(|l| json!({"key": b64(format!("/pw/{kind}/{l}").as_bytes()), "value": b64(b"n")}))
+            .collect();
+        json!({"response_range": {"header": {"revision": "7"}, "kvs": kvs, "count": kvs.len().to_string()}})
+    };
+    let found = json!({"header": {"revision": "7"}, "succeeded": true, "responses": [
+        range("live", &["ab"]), range("owner", &["ab", "d"]), range("claim", &[])]});
+    reply(&mut d, scan.0, &found.to_string());
+    let (claim, _) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| txn_keys(r) == ["/pw/claim/d"])
+        .unwrap();
+    reply(
+        &mut d,
+        claim,
+        r#"{"header":{"revision":"8"},"succeeded":true}"#,
+    );
+    assert_eq!(d.host().metric(Metric::FleetClaims), 1);
+    let (page, _) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| r.path == crate::etcd::RANGE && key_of(r).as_deref() == Some("/pw/msg/d/"))
+        .unwrap();
+    let message = stored::encode("msg_dead1", "sub_a", "order.created", T0, br#"{"n":1}"#).unwrap();
+    let gone = stored::encode("msg_dead2", "sub_gone", "order.created", T0, b"{}").unwrap();
+    let kvs = json!([
+        {"key": b64(b"/pw/msg/d/msg_dead1"), "value": b64(&message)},
+        {"key": b64(b"/pw/msg/d/msg_dead2"), "value": b64(&gone)}]);
+    let body = json!({"header": {"revision": "8"}, "kvs": kvs, "count": "2"});
+    reply(&mut d, page, &body.to_string());
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "the message of a deleted subscription is not delivered"
+    );
+    assert_eq!(sent(&d)[0].header("webhook-id"), Some("msg_dead1"));
+    assert_eq!(sent(&d)[0].body, br#"{"n":1}"#);
+    answer_last(&mut d, 204, &[]);
+    d.on_tick();
+    let deleted: Vec<String> = outbox_calls(&d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .flat_map(|(_, r)| txn_keys(&r))
+        .collect();
+    assert!(
+        deleted.contains(&"/pw/msg/d/msg_dead1".to_string()),
+        "{deleted:?}"
+    );
+    assert!(
+        deleted.contains(&"/pw/msg/d/msg_dead2".to_string()),
+        "{deleted:?}"
+    );
+}
+
+#[test]
+fn fleet_mode_stops_at_once_leaving_pending_messages_in_etcd() {
+    let mut d = synced();
+    event(&mut d, "order.created");
+    settle(&mut d);
+    assert_eq!(sent(&d).len(), 1);
+    assert!(d.on_done(), "nothing to drain: etcd has the message");
+    assert_eq!(d.host().done_calls, 0);
+}
+
+#[test]
+fn fleet_mode_restarts_resume_the_former_lease() {
+    let config = format!(r#"{{"delivery": {{"allow_private_destinations": true}}, {FLEET}}}"#);
+    let mut d = dispatcher_with(&config);
+    let (token, find) = outbox_calls(&d).into_iter().next().unwrap();
+    assert_eq!(key_of(&find).as_deref(), Some("/pw/node/n1"));
+    let former = json!({"header": {"revision": "7"}, "kvs": [{"key": b64(b"/pw/node/n1"), "value": b64(b"99")}], "count": "1"});
+    reply(&mut d, token, &former.to_string());
+    let (_, revoke) = outbox_calls(&d).into_iter().next().unwrap();
+    assert_eq!(revoke, crate::etcd::lease_revoke(0x99));
+}

@@ -1,0 +1,191 @@
+//! The dispatcher's side of the durable outbox (fleet mode): a new message is held until etcd
+//! has it (then its first attempt is pending), messages that leave the outbox leave etcd, and a
+//! dead replica's messages claimed from etcd join the outbox with their webhook-ids. The etcd
+//! conversation itself is [`crate::fleet::journal`]'s; this only carries its calls and events.
+
+use super::Dispatcher;
+use crate::fleet::journal::{CallId, Event, Journal, Outcome};
+use crate::fleet::stored::{self, Stored};
+use crate::outbox::{Message, Payload};
+use crate::port::{DispatchHost, Metric};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The durable outbox's state in the dispatcher.
+pub(super) struct Durable {
+    pub(super) journal: Journal,
+    /// Envoy's tokens of the journal's calls (a few at once).
+    calls: Vec<(u32, CallId)>,
+    /// Messages waiting for their put, with their consumers.
+    held: HashMap<String, (Message, String)>,
+}
+
+impl Durable {
+    pub(super) fn new(journal: Journal) -> Durable {
+        Durable {
+            journal,
+            calls: Vec::new(),
+            held: HashMap::new(),
+        }
+    }
+}
+
+/// A message's stored form.
+fn encode(message: &Message) -> Option<Vec<u8>> {
+    stored::encode(
+        &message.webhook_id,
+        &message.subscription_id,
+        &message.event_type,
+        message.created_ms,
+        message.payload.bytes(),
+    )
+}
+
+impl<H: DispatchHost> Dispatcher<H> {
+    /// Holds a new message until etcd has it; gives it back when it goes out from memory now.
+    pub(super) fn hold_until_written(
+        &mut self,
+        message: Message,
+        consumer: &str,
+    ) -> Option<Message> {
+        let Some(durable) = self.durable_mut() else {
+            return Some(message);
+        };
+        if !durable.journal.stage(&message.webhook_id, encode(&message)) {
+            return Some(message);
+        }
+        durable
+            .held
+            .insert(message.webhook_id.clone(), (message, consumer.to_string()));
+        None
+    }
+
+    /// A message left the outbox: it leaves etcd too (kept under `P/dead/` when `dead`).
+    pub(super) fn unjournal(&mut self, message: &Message, dead: bool) {
+        let Some(durable) = self.durable_mut() else {
+            return;
+        };
+        let value = if dead { encode(message) } else { None };
+        durable.journal.finished(&message.webhook_id, value);
+    }
+
+    /// Sends the journal's due calls.
+    pub(super) fn journal_send(&mut self) {
+        let now = self.host.now_ms();
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let cluster = fleet.cluster().to_string();
+        let calls = fleet.durable.journal.calls(now);
+        for (id, request) in calls {
+            match self.host.call_etcd(&request, &cluster) {
+                Ok(token) => {
+                    if let Some(durable) = self.durable_mut() {
+                        durable.calls.push((token, id));
+                    }
+                }
+                Err(refused) => {
+                    let outcome = match self.durable_mut() {
+                        Some(durable) => durable.journal.on_refused(id, now),
+                        None => Outcome::default(),
+                    };
+                    let why = format!("Envoy refused the call ({refused:?})");
+                    self.take_outcome(outcome, Some(why));
+                }
+            }
+        }
+        let size = self.durable_mut().map_or(0, |d| d.journal.durable());
+        self.host
+            .record_metric(Metric::FleetOutboxSize, size as u64);
+    }
+
+    /// Takes the answer to a journal call; false when `token` is not one.
+    pub(super) fn on_journal_answer(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+    ) -> bool {
+        let Some(id) = self.durable_mut().and_then(|d| {
+            let at = d.calls.iter().position(|(t, _)| *t == token)?;
+            Some(d.calls.swap_remove(at).1)
+        }) else {
+            return false;
+        };
+        let now = self.host.now_ms();
+        let answer = self.host.callout_response(headers, body_size);
+        let body = self.host.callout_body(body_size);
+        let status = answer.status.filter(|_| answer.headers > 0);
+        let outcome = match self.durable_mut() {
+            Some(durable) => durable.journal.on_answer(id, status.as_deref(), &body, now),
+            None => return true,
+        };
+        self.take_outcome(outcome, None);
+        self.journal_send();
+        self.pump();
+        true
+    }
+
+    fn take_outcome(&mut self, outcome: Outcome, refused: Option<String>) {
+        if let Some(why) = outcome.error.or(refused) {
+            self.fleet_error(&format!("durable outbox: {why}"));
+        }
+        if outcome.claims > 0 {
+            self.host.add_metric(Metric::FleetClaims, outcome.claims);
+        }
+        let now = self.host.now_ms();
+        for event in outcome.events {
+            match event {
+                Event::Written(ids) | Event::Released(ids) => self.release_held(&ids, now),
+                Event::Claimed(found) => self.take_claimed(found, now),
+            }
+        }
+    }
+
+    /// Held messages whose first attempt may be pending now.
+    fn release_held(&mut self, ids: &[String], now: u64) {
+        for id in ids {
+            let held = self.durable_mut().and_then(|d| d.held.remove(id));
+            if let Some((message, consumer)) = held {
+                self.enqueue(message, &consumer, now);
+            }
+        }
+    }
+
+    /// A dead replica's messages, delivered with their own webhook-ids and bodies.
+    fn take_claimed(&mut self, found: Vec<Stored>, now: u64) {
+        for stored in found {
+            let Some(owner) = self.resolve(&stored.subscription_id) else {
+                // Deleted since: nothing to deliver, nothing to keep.
+                if let Some(durable) = self.durable_mut() {
+                    durable.journal.finished(&stored.webhook_id, None);
+                }
+                continue;
+            };
+            let message = Message {
+                webhook_id: stored.webhook_id,
+                subscription_id: Rc::clone(&owner.id),
+                event_type: Rc::from(stored.event_type),
+                payload: Payload::new(stored.payload),
+                attempts: 0,
+                created_ms: stored.created_ms,
+                host_waits: 0,
+            };
+            self.enqueue(message, &owner.subscription.consumer, now);
+        }
+    }
+
+    /// Messages not (yet) in etcd: held for their put, or out from memory only.
+    pub(super) fn not_durable(&self) -> usize {
+        self.fleet.as_ref().map_or(0, |f| {
+            self.outbox
+                .len()
+                .saturating_add(f.durable.held.len())
+                .saturating_sub(f.durable.journal.durable())
+        })
+    }
+
+    fn durable_mut(&mut self) -> Option<&mut Durable> {
+        self.fleet.as_mut().map(|f| &mut f.durable)
+    }
+}
