@@ -239,6 +239,10 @@ async fn concurrent_creates_over_three_replicas_are_all_in_etcd_listed_by_every_
     const LIMIT: usize = 50;
     // 200 creates by consumers with room for them (each ends exactly at the limit), and a
     // greedy consumer's 70 at the same time, of which exactly the limit may be created.
+    // Why a limit of 50: a create gives up after 64 txn rounds lost to other creates of its
+    // consumer, answering 503 `unavailable` although etcd is up. Every lost round but the first
+    // is one more create of that consumer committed, so with at most 50 committed per consumer
+    // every create is decided within 51 rounds (one consumer's 100 at once are not: some 503).
     let roomy = ["alpha", "beta", "gamma", "delta"];
     let greedy = "greedy";
     const GREEDY_TRIES: usize = 70;
