@@ -24,6 +24,8 @@ use crate::util::{http_client, workspace_root};
 
 /// How long Envoy may take to become ready (or to fail, for bad configurations).
 const START_DEADLINE: Duration = Duration::from_secs(20);
+/// A SIGKILLed process is gone at once; this only bounds a wait that should never last.
+const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
 const HTTP_WASM_FILTER: &str = "envoy.filters.http.wasm";
 const BOOTSTRAP_WASM: &str = "envoy.bootstrap.wasm";
@@ -580,6 +582,11 @@ impl Envoy {
         self.admin_port
     }
 
+    /// The HTTP client the harness uses for this Envoy (its connections are reused).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The Envoy process id (benchmarks read its memory use from `/proc/<pid>/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -678,6 +685,34 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Kills Envoy with SIGKILL, as a crash or the OOM killer would (no shutdown code runs), and
+    /// waits until the process is gone; returns how it exited. Fails if it had already exited.
+    pub async fn kill(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "Envoy had already exited ({status}) before SIGKILL; log tail:\n{}",
+                self.log_tail(40)
+            );
+        }
+        // std's `Child::kill` sends SIGKILL on Unix.
+        self.child.kill().context("sending SIGKILL to Envoy")?;
+        let deadline = Instant::now() + KILL_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("Envoy still running {KILL_DEADLINE:?} after SIGKILL");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The directory with `envoy.json` and `envoy.log`.

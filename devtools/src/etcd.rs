@@ -1,12 +1,20 @@
 //! A real one-member etcd (Debian's `etcd-server`, installed by `make etcd`) on free 127.0.0.1
 //! ports with a fresh data directory, for the fleet-mode tests. Dropping it kills the process.
+//!
+//! [`Etcd::stop`] and [`Etcd::start_again`] take it down and bring the same cluster back (same
+//! ports, same data directory), for tests of an etcd outage. [`Etcd::put`], [`Etcd::get`],
+//! [`Etcd::delete`] and [`Etcd::count`] talk to its HTTP/JSON gateway with plain keys and values
+//! (base64 is done here).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
 
 use crate::util::{free_port, http_client, workspace_root};
 
@@ -14,6 +22,8 @@ use crate::util::{free_port, http_client, workspace_root};
 const START_DEADLINE: Duration = Duration::from_secs(20);
 /// A port taken between `free_port` and etcd's bind: try again on other ports.
 const START_ATTEMPTS: usize = 3;
+/// etcd stops within a second of SIGTERM; this is the limit on a loaded machine.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The etcd binary: `ETCD_BIN`, else `etcd` on the PATH.
 pub fn etcd_bin() -> PathBuf {
@@ -24,9 +34,14 @@ pub fn etcd_bin() -> PathBuf {
 
 pub struct Etcd {
     child: Child,
+    /// Whether `child` was stopped by [`Etcd::stop`] (and not started again).
+    stopped: bool,
+    bin: PathBuf,
     dir: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
     log_path: PathBuf,
     client_port: u16,
+    peer_port: u16,
     client: reqwest::Client,
 }
 
@@ -53,38 +68,75 @@ impl Etcd {
     fn spawn(bin: &Path) -> Result<Etcd> {
         let dir = work_dir()?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
-        let client_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
         let log_path = dir.path().join("etcd.log");
-        let log = File::create(&log_path)?;
-        let child = Command::new(bin)
-            .args(["--name", "default", "--logger", "zap"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("default={peer_url}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-                "etcd is not installed ({} not found): run `make etcd` (installs Debian's etcd-server)",
-                bin.display()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("starting {}", bin.display())),
-        };
+        let data_dir = dir.path().join("data");
+        let child = run(bin, &data_dir, &log_path, client_port, peer_port)?;
         Ok(Etcd {
             child,
+            stopped: false,
+            bin: bin.to_path_buf(),
             dir: Some(dir),
+            data_dir,
             log_path,
             client_port,
+            peer_port,
             client: http_client(),
         })
+    }
+
+    /// Stops etcd as an operator would (SIGTERM) and waits until the process is gone: from now
+    /// on nothing answers on its ports, until [`Etcd::start_again`].
+    pub async fn stop(&mut self) -> Result<()> {
+        ensure!(!self.stopped, "etcd is already stopped");
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "etcd had already exited ({status}); log tail:\n{}",
+                self.log_tail(20)
+            );
+        }
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("running `kill -TERM`")?;
+        ensure!(sent.success(), "`kill -TERM {pid}` failed ({sent})");
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() >= deadline {
+                bail!(
+                    "etcd still running {STOP_DEADLINE:?} after SIGTERM; log tail:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stopped = true;
+        Ok(())
+    }
+
+    /// Starts the stopped etcd again on the same ports with the same data directory (so the
+    /// same cluster, with everything it held, comes back) and waits until it is healthy.
+    pub async fn start_again(&mut self) -> Result<()> {
+        ensure!(self.stopped, "etcd is running: stop it first");
+        self.child = run(
+            &self.bin,
+            &self.data_dir,
+            &self.log_path,
+            self.client_port,
+            self.peer_port,
+        )?;
+        self.stopped = false;
+        self.wait_ready().await.with_context(|| {
+            format!(
+                "etcd restarted on its ports {} and {}",
+                self.client_port, self.peer_port
+            )
+        })
+    }
+
+    /// Whether the process runs (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        !self.stopped && matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Polls `GET /health` until etcd says `{"health":"true"}` (it has a leader and serves).
@@ -140,6 +192,62 @@ impl Etcd {
         Ok((status, resp.text().await?))
     }
 
+    /// POSTs `body` (JSON) to the gateway at `path`, expecting 200 and a JSON answer.
+    pub async fn call(&self, path: &str, body: &Value) -> Result<Value> {
+        let (status, text) = self.post(path, &body.to_string()).await?;
+        ensure!(status == 200, "etcd {path} answered {status}: {text}");
+        serde_json::from_str(&text).with_context(|| format!("etcd {path} answered {text}"))
+    }
+
+    /// Puts `value` at `key`.
+    pub async fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        let body = json!({"key": STANDARD.encode(key), "value": STANDARD.encode(value)});
+        self.call("/v3/kv/put", &body).await?;
+        Ok(())
+    }
+
+    /// The value at `key`, if any.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let answer = self
+            .call("/v3/kv/range", &json!({"key": STANDARD.encode(key)}))
+            .await?;
+        let Some(kv) = answer.pointer("/kvs/0") else {
+            return Ok(None);
+        };
+        // etcd leaves `value` out when it is empty.
+        let value = kv["value"].as_str().unwrap_or_default();
+        Ok(Some(STANDARD.decode(value).context("etcd value")?))
+    }
+
+    /// Deletes `key`; true when it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let answer = self
+            .call("/v3/kv/deleterange", &json!({"key": STANDARD.encode(key)}))
+            .await?;
+        Ok(number(&answer["deleted"])? > 0)
+    }
+
+    /// How many keys start with `prefix`.
+    pub async fn count(&self, prefix: &str) -> Result<u64> {
+        let body = json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(range_end(prefix)),
+                          "count_only": true});
+        let answer = self.call("/v3/kv/range", &body).await?;
+        number(&answer["count"])
+    }
+
+    /// Every key starting with `prefix` and its value, in key order.
+    pub async fn range(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let body = json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(range_end(prefix))});
+        let answer = self.call("/v3/kv/range", &body).await?;
+        let mut out = Vec::new();
+        for kv in answer["kvs"].as_array().into_iter().flatten() {
+            let key = STANDARD.decode(kv["key"].as_str().unwrap_or_default())?;
+            let value = STANDARD.decode(kv["value"].as_str().unwrap_or_default())?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), value));
+        }
+        Ok(out)
+    }
+
     pub fn log_contents(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -171,4 +279,66 @@ fn work_dir() -> Result<tempfile::TempDir> {
         .prefix("etcd-")
         .tempdir_in(&base)
         .context("creating etcd's work directory")
+}
+
+/// Starts the etcd process on these ports and this data directory, appending to the log.
+fn run(
+    bin: &Path,
+    data_dir: &Path,
+    log_path: &Path,
+    client_port: u16,
+    peer_port: u16,
+) -> Result<Child> {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let child = Command::new(bin)
+        .args(["--name", "default", "--logger", "zap"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("default={peer_url}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn();
+    match child {
+        Ok(child) => Ok(child),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "etcd is not installed ({} not found): run `make etcd` (installs Debian's etcd-server)",
+            bin.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("starting {}", bin.display())),
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (the prefix with its last byte plus one).
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every key: etcd's "\0" range end.
+    vec![0]
+}
+
+/// etcd's int64 fields arrive as strings, and are left out when 0.
+fn number(value: &Value) -> Result<u64> {
+    match value {
+        Value::Null => Ok(0),
+        Value::String(s) => s.parse().with_context(|| format!("not a number: {s}")),
+        other => other
+            .as_u64()
+            .with_context(|| format!("not a number: {other}")),
+    }
 }

@@ -6,7 +6,11 @@
 //! the independent `standardwebhooks` crate, never with the plugin's own signer.
 //!
 //! Modules:
-//! - [`etcd`]: a real one-member etcd on free ports (fleet mode's store);
+//! - [`etcd`]: a real one-member etcd on free ports (fleet mode's store), stopped and started
+//!   again on demand;
+//! - [`fleet`]: etcd and several Envoy replicas in fleet mode (node ids a, b, c...), restarted
+//!   with SIGTERM or SIGKILL;
+//! - [`api`]: calls to the subscription API through an Envoy with an API key;
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
@@ -19,10 +23,12 @@
 //! - [`bench`]: the `make bench` load generator, lean servers and scenarios;
 //! - [`util`]: free ports, deadlines, workspace paths, an HTTP client.
 
+pub mod api;
 pub mod bench;
 pub mod envoy;
 pub mod etcd;
 pub mod files;
+pub mod fleet;
 pub mod hostile;
 pub mod orders;
 pub mod paced;
@@ -33,8 +39,10 @@ pub mod stack;
 pub mod upstream;
 pub mod util;
 
+pub use api::{api, api_sent};
 pub use envoy::{Envoy, EnvoyConfig};
 pub use etcd::Etcd;
+pub use fleet::{Fleet, Stop};
 pub use receiver::{Received, Receiver, Reply};
 pub use stack::{Sent, Stack};
 pub use upstream::Upstream;

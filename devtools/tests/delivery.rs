@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use devtools::receiver::describe;
-use devtools::{free_port, Envoy, Received, Receiver, Reply, Stack};
+use devtools::{api, free_port, Envoy, Received, Receiver, Reply, Stack};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
@@ -61,23 +61,6 @@ fn config(subscriptions: Value, delivery: Value) -> Value {
 /// One subscription (`sub_rx`) at the stack's receiver.
 fn to_receiver(rx: &Receiver, delivery: Value) -> Value {
     config(json!([subscription("sub_rx", &rx.url("/hook"))]), delivery)
-}
-
-/// An API call through Envoy with the test key.
-async fn api(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-    let method = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut request = stack
-        .client
-        .request(method, stack.envoy.url(path))
-        .header("x-api-key", TEST_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await?;
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok((status, value))
 }
 
 /// The `n` of an event produced by `Stack::produce`.
@@ -154,7 +137,7 @@ async fn wait_for_logged_state(
     let path = format!("/webhooks/subscriptions/{subscription}/deliveries");
     let deadline = Instant::now() + WAIT;
     loop {
-        let (status, body) = api(stack, "GET", &path, None).await?;
+        let (status, body) = api(&stack.envoy, TEST_KEY, "GET", &path, None).await?;
         ensure!(status == 200, "{path} answered {status}: {body}");
         let latest = body["data"]
             .as_array()
@@ -227,7 +210,8 @@ async fn the_attempt_log_lists_every_attempt() -> Result<()> {
     let deadline = Instant::now() + WAIT;
     let entries = loop {
         let (status, body) = api(
-            &stack,
+            &stack.envoy,
+            TEST_KEY,
             "GET",
             "/webhooks/subscriptions/sub_rx/deliveries",
             None,
@@ -336,7 +320,14 @@ async fn a_gone_subscription_can_be_re_enabled() -> Result<()> {
     gone.set_default(Reply::status(410));
     let stack = Stack::start(|_| config(json!([]), json!({}))).await?;
     let create = json!({"url": gone.url("/hook"), "events": ["*"]});
-    let (status, created) = api(&stack, "POST", "/webhooks/subscriptions", Some(create)).await?;
+    let (status, created) = api(
+        &stack.envoy,
+        TEST_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(create),
+    )
+    .await?;
     ensure!(status == 201, "create answered {status}: {created}");
     let id = created["id"].as_str().context("no id")?.to_string();
     let secret = created["secret"].as_str().context("no secret")?.to_string();
@@ -347,14 +338,14 @@ async fn a_gone_subscription_can_be_re_enabled() -> Result<()> {
         .envoy
         .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
         .await?;
-    let (status, body) = api(&stack, "GET", &path, None).await?;
+    let (status, body) = api(&stack.envoy, TEST_KEY, "GET", &path, None).await?;
     ensure!(status == 200, "GET answered {status}: {body}");
     ensure!(body["status"] == "disabled", "{body}");
     ensure!(body["disabled_reason"] == "gone", "{body}");
 
     gone.set_default(Reply::status(204));
     let patch = json!({"status": "active"});
-    let (status, body) = api(&stack, "PATCH", &path, Some(patch)).await?;
+    let (status, body) = api(&stack.envoy, TEST_KEY, "PATCH", &path, Some(patch)).await?;
     ensure!(status == 200, "PATCH answered {status}: {body}");
     ensure!(body["status"] == "active", "{body}");
 
@@ -381,7 +372,14 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
     });
     let stack = Stack::start(|_| config(json!([]), delivery)).await?;
     let create = json!({"url": failing.url("/hook"), "events": ["*"]});
-    let (status, created) = api(&stack, "POST", "/webhooks/subscriptions", Some(create)).await?;
+    let (status, created) = api(
+        &stack.envoy,
+        TEST_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(create),
+    )
+    .await?;
     ensure!(status == 201, "create answered {status}: {created}");
     let path = format!(
         "/webhooks/subscriptions/{}",
@@ -393,7 +391,7 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
         .envoy
         .wait_for_counter("webhooks_subscriptions_disabled", 1, WAIT)
         .await?;
-    let (_, body) = api(&stack, "GET", &path, None).await?;
+    let (_, body) = api(&stack.envoy, TEST_KEY, "GET", &path, None).await?;
     ensure!(body["disabled_reason"] == "failing", "{body}");
     let attempts = failing.received();
     let span = attempts.last().context("no attempt")?.at - attempts[0].at;
@@ -406,7 +404,14 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
     );
 
     // Re-enabled, it gets the whole disable_after again: one more failure does not disable it.
-    let (status, body) = api(&stack, "PATCH", &path, Some(json!({"status": "active"}))).await?;
+    let (status, body) = api(
+        &stack.envoy,
+        TEST_KEY,
+        "PATCH",
+        &path,
+        Some(json!({"status": "active"})),
+    )
+    .await?;
     ensure!(
         status == 200 && body["status"] == "active",
         "{status}: {body}"
@@ -418,7 +423,7 @@ async fn a_subscription_failing_for_disable_after_is_disabled() -> Result<()> {
         .envoy
         .wait_for_counter("webhooks_deliveries_failed", 5, WAIT)
         .await?;
-    let (_, body) = api(&stack, "GET", &path, None).await?;
+    let (_, body) = api(&stack.envoy, TEST_KEY, "GET", &path, None).await?;
     ensure!(body["status"] == "active", "disabled again at once: {body}");
     Ok(())
 }
@@ -616,7 +621,8 @@ async fn an_exhausted_message_is_replayed_unchanged() -> Result<()> {
     wait_for_logged_state(&stack, "sub_rx", &id, "exhausted").await?;
     stack.receiver.set_default(Reply::status(204));
     let (status, body) = api(
-        &stack,
+        &stack.envoy,
+        TEST_KEY,
         "POST",
         &format!("/webhooks/deliveries/{id}/retry"),
         None,
@@ -818,12 +824,19 @@ async fn after_rotation_both_secrets_sign() -> Result<()> {
     let stack = Stack::start(|_| config(json!([]), json!({}))).await?;
     let url = stack.receiver.url("/hook");
     let create = json!({"url": url, "events": ["*"]});
-    let (status, created) = api(&stack, "POST", "/webhooks/subscriptions", Some(create)).await?;
+    let (status, created) = api(
+        &stack.envoy,
+        TEST_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(create),
+    )
+    .await?;
     ensure!(status == 201, "create answered {status}: {created}");
     let id = created["id"].as_str().context("no id")?.to_string();
     let old = created["secret"].as_str().context("no secret")?.to_string();
     let path = format!("/webhooks/subscriptions/{id}/rotate-secret");
-    let (status, rotated) = api(&stack, "POST", &path, None).await?;
+    let (status, rotated) = api(&stack.envoy, TEST_KEY, "POST", &path, None).await?;
     ensure!(status == 200, "rotate answered {status}: {rotated}");
     let new = rotated["secret"]
         .as_str()

@@ -51,6 +51,46 @@ async fn the_harness_names_make_etcd_when_etcd_is_missing() {
 }
 
 #[tokio::test]
+async fn the_harness_stops_etcd_and_starts_the_same_cluster_again() -> Result<()> {
+    let mut etcd = Etcd::start().await?;
+    etcd.put("fleet/a", b"hello").await?;
+    etcd.put("fleet/b", b"").await?;
+    etcd.put("fleet0", b"outside").await?;
+    assert_eq!(etcd.get("fleet/a").await?.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(etcd.get("fleet/b").await?.as_deref(), Some(&b""[..]));
+    assert_eq!(etcd.get("fleet/c").await?, None);
+    assert_eq!(etcd.count("fleet/").await?, 2);
+    let cluster = |answer: &Value| answer["header"]["cluster_id"].clone();
+    let before = cluster(&ok(&etcd, "/v3/kv/range", r#"{"key":"eA=="}"#).await?);
+
+    etcd.stop().await?;
+    assert!(!etcd.is_running());
+    assert!(
+        etcd.post("/v3/kv/range", "{}").await.is_err(),
+        "nothing answers"
+    );
+    assert!(etcd.stop().await.is_err(), "already stopped");
+
+    etcd.start_again().await?;
+    assert!(etcd.is_running());
+    let after = cluster(&ok(&etcd, "/v3/kv/range", r#"{"key":"eA=="}"#).await?);
+    assert_eq!(before, after, "the same cluster");
+    let range = etcd.range("fleet/").await?;
+    assert_eq!(
+        range,
+        vec![
+            ("fleet/a".to_string(), b"hello".to_vec()),
+            ("fleet/b".to_string(), Vec::new())
+        ],
+        "with what it held"
+    );
+    assert!(etcd.delete("fleet/a").await?);
+    assert!(!etcd.delete("fleet/a").await?);
+    assert_eq!(etcd.count("fleet/").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn keys_and_values_are_base64_and_64_bit_numbers_are_strings() -> Result<()> {
     let etcd = Etcd::start().await?;
     let wrote = put(&etcd, FLEET_A, HELLO).await?;

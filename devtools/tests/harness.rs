@@ -28,6 +28,23 @@ async fn plain_envoy_proxies_to_the_upstream() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn envoy_killed_with_sigkill_is_gone_at_once_and_answers_nothing() -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    let upstream = Upstream::start().await?;
+    let mut envoy = Envoy::start(EnvoyConfig::plain(upstream.port())).await?;
+    ensure!(envoy.is_running());
+    let status = envoy.kill().await?;
+    ensure!(status.signal() == Some(9), "killed by SIGKILL: {status}");
+    ensure!(!envoy.is_running());
+    ensure!(
+        http_client().get(envoy.url("/x")).send().await.is_err(),
+        "nothing listens any more"
+    );
+    ensure!(envoy.kill().await.is_err(), "a second kill is an error");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstream_streams_chunks_through_plain_envoy() -> Result<()> {
     let upstream = Upstream::start().await?;
     let envoy = Envoy::start(EnvoyConfig::plain(upstream.port())).await?;

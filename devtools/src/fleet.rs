@@ -1,0 +1,251 @@
+//! Several Envoy replicas in fleet mode (SPEC "Fleet mode") on one real etcd, all on 127.0.0.1:
+//! one test API (upstream) and one webhook receiver shared by every replica, replica `i` running
+//! the plugin with node id `a`, `b`, `c`, ... (see [`node_id`]).
+//!
+//! A replica can be stopped (SIGTERM as on `docker stop`, or SIGKILL as on a crash) and started
+//! again with the same configuration, so with the same node id; etcd itself can be stopped and
+//! started again through [`Fleet::etcd`] ([`Etcd::stop`], [`Etcd::start_again`]).
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use crate::envoy::{Envoy, EnvoyConfig};
+use crate::etcd::Etcd;
+use crate::receiver::Receiver;
+use crate::upstream::Upstream;
+use crate::util::poll_until;
+
+/// The name of the Envoy cluster of etcd that [`Fleet`] adds to every replica.
+pub const ETCD_CLUSTER: &str = "webhooks_etcd";
+
+/// How long a SIGTERMed Envoy may take to exit.
+const TERMINATE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What [`Fleet`] puts in the plugin's `fleet` section unless the test's configuration sets it:
+/// short intervals, so that tests wait little.
+pub fn default_fleet_section() -> Value {
+    json!({"cluster": ETCD_CLUSTER, "prefix": "/pw-test", "sync_interval": "200ms",
+           "lease_ttl": "3s"})
+}
+
+/// The node id of replica `i`: `a`, `b`, ... `z`, then `n26`, `n27`, ...
+pub fn node_id(i: usize) -> String {
+    match u8::try_from(i) {
+        Ok(n) if n < 26 => char::from(b'a' + n).to_string(),
+        _ => format!("n{i}"),
+    }
+}
+
+/// The Envoy cluster (named [`ETCD_CLUSTER`]) of `etcd`'s client port.
+pub fn etcd_cluster(etcd: &Etcd) -> Value {
+    json!({
+        "name": ETCD_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": ETCD_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address":
+                {"address": "127.0.0.1", "port_value": etcd.client_port()}}}}]}]}
+    })
+}
+
+/// How a replica is stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, as `docker stop` or a Kubernetes pod termination; waits for the exit.
+    Term,
+    /// SIGKILL, as a crash or the OOM killer: no shutdown code runs.
+    Kill,
+}
+
+/// etcd, the shared upstream and receiver, and the replicas. Field order is drop order: the
+/// replicas stop first, etcd last.
+pub struct Fleet {
+    /// Replica `i` has node id [`node_id`]`(i)`. A stopped one stays here (its log readable)
+    /// until [`Fleet::start_again`] replaces it.
+    pub replicas: Vec<Envoy>,
+    pub receiver: Receiver,
+    pub upstream: Upstream,
+    pub etcd: Etcd,
+    configs: Vec<EnvoyConfig>,
+    prefix: String,
+}
+
+impl Fleet {
+    /// Starts etcd, an upstream, a receiver and `n` replicas (at once), each with the plugin
+    /// configuration `plugin` gives (it gets the receiver, to name its URLs) plus the `fleet`
+    /// section: [`default_fleet_section`] under whatever `plugin`'s own `fleet` sets, and the
+    /// replica's `node_id`.
+    pub async fn start(n: usize, plugin: impl Fn(&Receiver) -> Value) -> Result<Fleet> {
+        Fleet::start_with(n, plugin, |cfg| cfg).await
+    }
+
+    /// Like [`Fleet::start`], with a last change to every replica's Envoy configuration.
+    pub async fn start_with(
+        n: usize,
+        plugin: impl Fn(&Receiver) -> Value,
+        tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Result<Fleet> {
+        ensure!(n > 0, "a fleet needs at least one replica");
+        let etcd = Etcd::start().await?;
+        let upstream = Upstream::start().await?;
+        let receiver = Receiver::start().await?;
+        let mut configs = Vec::with_capacity(n);
+        let mut prefix = String::new();
+        for i in 0..n {
+            let config = with_fleet_section(plugin(&receiver), &node_id(i))?;
+            prefix = config["fleet"]["prefix"]
+                .as_str()
+                .context("fleet.prefix must be a string")?
+                .to_string();
+            let envoy = EnvoyConfig::new(config, upstream.port()).with_cluster(etcd_cluster(&etcd));
+            configs.push(tweak(envoy));
+        }
+        let starts = configs.iter().cloned().map(Envoy::start);
+        let replicas = futures_util::future::try_join_all(starts).await?;
+        Ok(Fleet {
+            replicas,
+            receiver,
+            upstream,
+            etcd,
+            configs,
+            prefix,
+        })
+    }
+
+    /// Replica `i`.
+    pub fn replica(&self, i: usize) -> &Envoy {
+        &self.replicas[i]
+    }
+
+    /// The etcd key prefix of every replica (`fleet.prefix`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Envoy configuration replica `i` runs (and runs again when started again).
+    pub fn config(&self, i: usize) -> &EnvoyConfig {
+        &self.configs[i]
+    }
+
+    /// Stops replica `i` (`how`) and waits until the process is gone; returns how it exited.
+    pub async fn stop(&mut self, i: usize, how: Stop) -> Result<ExitStatus> {
+        let envoy = self
+            .replicas
+            .get_mut(i)
+            .with_context(|| format!("no replica {i}"))?;
+        match how {
+            Stop::Term => envoy.terminate(TERMINATE_DEADLINE).await,
+            Stop::Kill => envoy.kill().await,
+        }
+    }
+
+    /// Starts stopped replica `i` again with its configuration (same node id) and waits until
+    /// it is ready. Its ports are new ones: use [`Envoy::url`] of the new replica.
+    pub async fn start_again(&mut self, i: usize) -> Result<()> {
+        let config = self
+            .configs
+            .get(i)
+            .with_context(|| format!("no replica {i}"))?;
+        if self.replicas[i].is_running() {
+            bail!("replica {} is running: stop it first", node_id(i));
+        }
+        self.replicas[i] = Envoy::start(config.clone()).await?;
+        Ok(())
+    }
+
+    /// Stops replica `i` (`how`) and starts it again with the same node id.
+    pub async fn restart(&mut self, i: usize, how: Stop) -> Result<()> {
+        self.stop(i, how).await?;
+        self.start_again(i).await
+    }
+
+    /// The etcd key of subscription `id`'s record.
+    pub fn subscription_key(&self, id: &str) -> String {
+        format!("{}/sub/{id}", self.prefix)
+    }
+
+    /// The subscription record etcd holds for `id`, parsed.
+    pub async fn stored(&self, id: &str) -> Result<Option<Value>> {
+        let Some(bytes) = self.etcd.get(&self.subscription_key(id)).await? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the record of {id} in etcd is not JSON"))?;
+        Ok(Some(record))
+    }
+
+    /// Writes a subscription record straight into etcd (as another replica's API would).
+    pub async fn put_stored(&self, id: &str, record: &Value) -> Result<()> {
+        self.etcd
+            .put(&self.subscription_key(id), record.to_string().as_bytes())
+            .await
+    }
+
+    /// Deletes a subscription record straight from etcd; true when it existed.
+    pub async fn delete_stored(&self, id: &str) -> Result<bool> {
+        self.etcd.delete(&self.subscription_key(id)).await
+    }
+
+    /// How many subscription records etcd holds.
+    pub async fn stored_count(&self) -> Result<u64> {
+        self.etcd.count(&self.subscription_key("")).await
+    }
+
+    /// Waits until replica `i` counts `n` active subscriptions (`webhooks_subscriptions_active`,
+    /// its cache of etcd's registry).
+    pub async fn wait_active(&self, i: usize, n: u64, timeout: Duration) -> Result<()> {
+        let envoy = self.replica(i);
+        let what = format!(
+            "webhooks_subscriptions_active {n} on replica {}",
+            node_id(i)
+        );
+        poll_until(timeout, &what, async || {
+            envoy
+                .stat("webhooks_subscriptions_active")
+                .await
+                .ok()
+                .flatten()
+                == Some(n)
+        })
+        .await
+        .with_context(|| format!("log tail of {}:\n{}", node_id(i), envoy.log_tail(20)))
+    }
+
+    /// [`Fleet::wait_active`] on every replica.
+    pub async fn wait_all_active(&self, n: u64, timeout: Duration) -> Result<()> {
+        for i in 0..self.replicas.len() {
+            self.wait_active(i, n, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// The sum of counter `name` over every replica (each counts since it started).
+    pub async fn counter_sum(&self, name: &str) -> Result<u64> {
+        let mut sum = 0;
+        for envoy in &self.replicas {
+            sum += envoy.counter(name).await?;
+        }
+        Ok(sum)
+    }
+}
+
+/// `plugin` with its `fleet` section completed from [`default_fleet_section`] and `node_id` set.
+fn with_fleet_section(mut plugin: Value, node: &str) -> Result<Value> {
+    let Some(config) = plugin.as_object_mut() else {
+        bail!("the plugin configuration must be a JSON object: {plugin}");
+    };
+    let mut fleet = default_fleet_section();
+    match config.get("fleet") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(own)) => {
+            for (field, value) in own {
+                fleet[field] = value.clone();
+            }
+        }
+        Some(other) => bail!("the plugin's fleet section must be an object: {other}"),
+    }
+    fleet["node_id"] = json!(node);
+    config.insert("fleet".to_string(), fleet);
+    Ok(plugin)
+}
