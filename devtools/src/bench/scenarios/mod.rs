@@ -1,8 +1,10 @@
 //! The scenarios of the benchmark issue, numbered as there. Each adds its rows to the report; one
 //! that fails adds an error row and the others still run.
 
+mod etcd_transport;
 mod fairness;
 mod fanout;
+mod first_sync;
 mod latency;
 mod memory;
 mod propagation;
@@ -72,6 +74,14 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(10) {
         let result = propagation::run(&upstream, &mut report).await;
         note_failure(&mut report, "10 fleet propagation", result);
+    }
+    if selection.has(11) {
+        let result = etcd_transport::run(&mut report).await;
+        note_failure(&mut report, "11 etcd gateway vs gRPC", result);
+    }
+    if selection.has(12) {
+        let result = first_sync::run(&upstream, &mut report).await;
+        note_failure(&mut report, "12 fleet first sync", result);
     }
     Ok(report)
 }
