@@ -8,7 +8,7 @@
 #   make bench        the benchmarks, side by side with plain Envoy (~2 min; see BENCHMARKS.md)
 #   make bench-smoke  a few seconds of write load, checking every event is delivered
 #   make demo-tour    a scripted walk through the demo on free ports; fails if no webhook arrives
-#   make compose-check  validate docker-compose.yml (installs Debian's docker-compose if missing)
+#   make compose-check  validate docker-compose.yml and the fleet example (installs docker-compose if missing)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -99,12 +99,15 @@ devtools:
 run: wasm envoy devtools
 	scripts/run-demo.sh
 
-# No Docker engine is needed: docker-compose v1 (Debian) validates the file on its own.
+# No Docker engine is needed: docker-compose v1 (Debian) validates the files on their own
+# (devtools/tests/compose.rs checks what they refer to).
 compose-check:
 	@command -v docker-compose >/dev/null || { echo "installing docker-compose"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose; }
 	docker-compose -f docker-compose.yml config --quiet
 	@echo "docker-compose.yml: valid"
+	docker-compose -f deploy/compose-fleet/docker-compose.yml config --quiet
+	@echo "deploy/compose-fleet/docker-compose.yml: valid"
 
 # Register → change state → verified webhook → delivery log, against a real Envoy on free ports.
 demo-tour: wasm envoy

@@ -1,7 +1,10 @@
 //! `docker compose up` cannot run here (no Docker engine), so these tests check what can go wrong
 //! without one: the compose Envoy configuration drifting from the root envoy.yaml, a mount of a
 //! file that does not exist, a port published that Envoy does not listen on, a build target the
-//! Dockerfile lacks. `make compose-check` validates the compose file's syntax with docker-compose.
+//! Dockerfile lacks; the same for the fleet example (deploy/compose-fleet: two Envoys and etcd),
+//! and both compose Envoy configurations pass the real Envoy's `--mode validate` (which loads the
+//! plugin and its configuration). `make compose-check` validates the compose files' syntax with
+//! docker-compose.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -241,8 +244,9 @@ fn strings(value: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Every bind mount's source exists; every named volume is declared.
-fn check_mounts(compose: &Value, root: &Path) -> Result<Vec<(String, String)>> {
+/// Every bind mount's source exists (relative to `dir`, the compose file's directory); every named
+/// volume is declared.
+fn check_mounts(compose: &Value, dir: &Path) -> Result<Vec<(String, String)>> {
     let mut mounts = Vec::new();
     let services = compose["services"].as_object().context("no services")?;
     for (name, svc) in services {
@@ -252,7 +256,7 @@ fn check_mounts(compose: &Value, root: &Path) -> Result<Vec<(String, String)>> {
                 bail!("service {name}: volume {volume:?} is not source:target");
             };
             if source.starts_with('.') || source.starts_with('/') {
-                let path = root.join(source);
+                let path = dir.join(source);
                 ensure!(
                     path.exists(),
                     "service {name} mounts {source}, which does not exist"
@@ -391,5 +395,292 @@ fn compose_services_are_where_envoy_looks_for_them() -> Result<()> {
         url == json!(format!("http://receiver:{receiver}/webhooks")),
         "the demo subscription {url} is not the receiver service on port {receiver}"
     );
+    Ok(())
+}
+
+const FLEET_COMPOSE: &str = "deploy/compose-fleet/docker-compose.yml";
+const FLEET_ENVOY: &str = "deploy/compose-fleet/envoy.yaml";
+/// The Envoy replicas of the fleet example.
+const REPLICAS: [&str; 2] = ["envoy-a", "envoy-b"];
+const ETCD_CLUSTER: &str = "webhooks_etcd";
+
+/// The `fleet` section the example's header describes (no node_id: Envoy's node id is used).
+fn example_fleet_section() -> Value {
+    json!({"cluster": ETCD_CLUSTER, "prefix": "/proxy-webhooks", "sync_interval": "500ms",
+           "lease_ttl": "10s"})
+}
+
+/// The subnet of the fleet example's `store` network (etcd's), as address and prefix length.
+fn store_subnet(compose: &Value) -> Result<(String, u64)> {
+    let subnet = compose
+        .pointer("/networks/store/ipam/config/0/subnet")
+        .and_then(Value::as_str)
+        .context("the fleet compose file has no `store` network with a fixed subnet")?;
+    let (address, len) = subnet
+        .split_once('/')
+        .with_context(|| format!("subnet {subnet:?} is not address/length"))?;
+    Ok((address.to_string(), len.parse()?))
+}
+
+/// The single-Envoy compose configuration changed exactly as deploy/compose-fleet/envoy.yaml's
+/// header says.
+fn compose_as_fleet_should_be(
+    compose_envoy: &Value,
+    fleet: &Value,
+    fleet_compose: &Value,
+) -> Result<Value> {
+    let mut expected = compose_envoy.clone();
+    let mut plugin = plugin_config(compose_envoy)?;
+    plugin["fleet"] = example_fleet_section();
+    set_plugin_configs(&mut expected, &plugin);
+    // The etcd cluster itself is checked against the compose services below.
+    clusters_mut(&mut expected)?.push(compose_cluster(fleet, ETCD_CLUSTER)?);
+    let (address, len) = store_subnet(fleet_compose)?;
+    let mut ranges = vec![json!({"address_prefix": address, "prefix_len": len})];
+    ranges.extend(refused_ranges(compose_envoy)?);
+    set_refused_ranges(&mut expected, ranges)?;
+    Ok(expected)
+}
+
+#[test]
+fn compose_fleet_envoy_config_is_the_compose_one_plus_fleet_mode() -> Result<()> {
+    let root = workspace_root();
+    let compose_envoy = load_yaml(&root.join(COMPOSE_ENVOY))?;
+    let fleet = load_yaml(&root.join(FLEET_ENVOY))?;
+    let fleet_compose = load_yaml(&root.join(FLEET_COMPOSE))?;
+    check_derived(
+        FLEET_ENVOY,
+        &compose_as_fleet_should_be(&compose_envoy, &fleet, &fleet_compose)?,
+    )
+}
+
+/// The value of `--flag value` or `--flag=value` in a command.
+fn flag(command: &[String], name: &str) -> Option<String> {
+    let prefixed = format!("{name}=");
+    command.iter().enumerate().find_map(|(i, arg)| {
+        if arg == name {
+            command.get(i + 1).cloned()
+        } else {
+            arg.strip_prefix(&prefixed).map(str::to_string)
+        }
+    })
+}
+
+/// The networks a compose service is on (`default` when it names none).
+fn networks(svc: &Value) -> BTreeSet<String> {
+    match &svc["networks"] {
+        Value::Array(_) => strings(&svc["networks"]).into_iter().collect(),
+        Value::Object(map) => map.keys().cloned().collect(),
+        _ => BTreeSet::from(["default".to_string()]),
+    }
+}
+
+/// `vX.Y.Z` with X.Y at least 3.4 (what fleet mode needs), so the example is pinned and new
+/// enough.
+fn pinned_etcd_version(image: &str) -> Result<()> {
+    let (repository, tag) = image
+        .rsplit_once(':')
+        .with_context(|| format!("the etcd image {image:?} has no tag"))?;
+    ensure!(
+        ["gcr.io/etcd-development/etcd", "quay.io/coreos/etcd"].contains(&repository),
+        "the etcd service must run the official image, not {repository}"
+    );
+    let numbers: Vec<u64> = tag
+        .trim_start_matches('v')
+        .split('.')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the etcd image tag {tag:?} is not a pinned vX.Y.Z"))?;
+    ensure!(
+        numbers.len() == 3 && (numbers[0], numbers[1]) >= (3, 4),
+        "the etcd image tag {tag:?} must be a pinned v3.4.0 or later"
+    );
+    Ok(())
+}
+
+#[test]
+fn compose_fleet_replicas_are_distinct_nodes_on_one_etcd_that_keeps_its_data() -> Result<()> {
+    let root = workspace_root();
+    let compose_path = root.join(FLEET_COMPOSE);
+    let dir = compose_path.parent().context("compose dir")?.to_path_buf();
+    let compose = load_yaml(&compose_path)?;
+    let mounts = check_mounts(&compose, &dir)?;
+    let envoy_yaml = load_yaml(&root.join(FLEET_ENVOY))?;
+    let listener = port_at(
+        &envoy_yaml,
+        "/static_resources/listeners/0/address/socket_address/port_value",
+    )?;
+    let stats = port_at(
+        &envoy_yaml,
+        "/static_resources/listeners/1/address/socket_address/port_value",
+    )?;
+    let wasm = envoy_yaml
+        .pointer("/bootstrap_extensions/0/typed_config/config/vm_config/code/local/filename")
+        .and_then(Value::as_str)
+        .context("no .wasm filename")?;
+
+    // etcd: the official image, pinned; its data directory on a named volume; alone with the
+    // Envoys on the `store` network; healthy before the Envoys start.
+    let etcd = service(&compose, "etcd")?;
+    pinned_etcd_version(etcd["image"].as_str().unwrap_or_default())?;
+    let etcd_command = strings(&etcd["command"]);
+    let data_dir = flag(&etcd_command, "--data-dir").context("etcd has no --data-dir")?;
+    let volume = strings(&etcd["volumes"])
+        .into_iter()
+        .find(|v| v.split(':').nth(1) == Some(data_dir.as_str()))
+        .with_context(|| format!("etcd's --data-dir {data_dir} is not a mounted volume"))?;
+    let source = volume.split(':').next().unwrap_or_default();
+    ensure!(
+        compose["volumes"].get(source).is_some(),
+        "etcd's data must be on a named volume, not {source:?}"
+    );
+    ensure!(
+        networks(etcd) == BTreeSet::from(["store".to_string()]),
+        "etcd must be on the store network only: {:?}",
+        networks(etcd)
+    );
+    ensure!(
+        etcd["healthcheck"]["test"].is_array(),
+        "etcd needs a healthcheck for the Envoys to wait on"
+    );
+    let client_url =
+        flag(&etcd_command, "--listen-client-urls").context("etcd has no --listen-client-urls")?;
+    let client_port: u64 = client_url
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("etcd's client URL {client_url:?} has no port"))?;
+    ensure!(
+        compose.pointer("/services/etcd/ports").is_none(),
+        "etcd must not be published on the host"
+    );
+
+    // The Envoy cluster reaches the etcd service's client port, and the plugin uses it.
+    let cluster = compose_cluster(&envoy_yaml, ETCD_CLUSTER)?;
+    let address = cluster
+        .pointer("/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address")
+        .context("the etcd cluster has no endpoint")?;
+    ensure!(
+        address["address"] == "etcd" && address["port_value"] == client_port,
+        "{ETCD_CLUSTER} must point at etcd:{client_port}: {address}"
+    );
+    ensure!(
+        cluster["type"] == "STRICT_DNS",
+        "{ETCD_CLUSTER} finds etcd by name"
+    );
+    let plugin = plugin_config(&envoy_yaml)?;
+    ensure!(
+        plugin["fleet"]["cluster"] == ETCD_CLUSTER && plugin["fleet"].get("node_id").is_none(),
+        "the plugin must use {ETCD_CLUSTER} and take each Envoy's node id: {}",
+        plugin["fleet"]
+    );
+
+    let mut nodes = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    for name in REPLICAS {
+        let envoy = service(&compose, name)?;
+        let command = strings(&envoy["command"]);
+        let config_arg = flag(&command, "-c").with_context(|| format!("{name} has no -c"))?;
+        ensure!(
+            mounts.contains(&("./envoy.yaml".to_string(), config_arg.clone())),
+            "{name} reads {config_arg}, but ./envoy.yaml is not mounted there: {mounts:?}"
+        );
+        let workdir = envoy["working_dir"].as_str().unwrap_or("/");
+        let wasm_dir = Path::new(workdir).join(wasm);
+        let wasm_dir = wasm_dir
+            .parent()
+            .context("wasm path")?
+            .display()
+            .to_string();
+        ensure!(
+            strings(&envoy["volumes"])
+                .iter()
+                .any(|v| v.split(':').nth(1) == Some(wasm_dir.as_str())),
+            "{name} must mount the plugin at {wasm_dir}"
+        );
+        let node = flag(&command, "--service-node")
+            .with_context(|| format!("{name} has no --service-node (its fleet node id)"))?;
+        ensure!(
+            nodes.insert(node.clone()),
+            "two replicas share node id {node}"
+        );
+        ensure!(
+            networks(envoy) == BTreeSet::from(["default".to_string(), "store".to_string()]),
+            "{name} must be on the default network (API, receiver) and store (etcd)"
+        );
+        ensure!(
+            envoy.pointer("/depends_on/etcd/condition") == Some(&json!("service_healthy")),
+            "{name} must wait for etcd to be healthy"
+        );
+        let published = strings(&envoy["ports"]);
+        let container: BTreeSet<u64> = published
+            .iter()
+            .map(|p| container_port(p))
+            .collect::<Result<_>>()?;
+        ensure!(
+            container == BTreeSet::from([listener, stats]),
+            "{name} publishes {container:?}, but envoy.yaml listens on {listener} and {stats}"
+        );
+        for mapping in &published {
+            let host = mapping.split(':').next().unwrap_or_default().to_string();
+            ensure!(
+                host_ports.insert(host.clone()),
+                "host port {host} is published twice"
+            );
+        }
+    }
+
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))?;
+    for (name, svc) in compose["services"].as_object().context("no services")? {
+        if let Some(target) = svc.pointer("/build/target").and_then(Value::as_str) {
+            ensure!(
+                dockerfile.contains(&format!(" AS {target}\n")),
+                "service {name} builds target {target}, which the Dockerfile lacks"
+            );
+            ensure!(
+                dir.join(svc["build"]["context"].as_str().unwrap_or_default())
+                    .join("Dockerfile")
+                    .exists(),
+                "service {name}'s build context has no Dockerfile"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `envoy --mode validate`: Envoy builds every listener, cluster and filter of `config` without
+/// serving, which includes loading the plugin and its configuration (a bad one fails here).
+fn envoy_validates(config: &str, node: &str) -> Result<()> {
+    let root = workspace_root();
+    let wasm = root.join(devtools::envoy::WASM_RELATIVE_PATH);
+    ensure!(
+        wasm.exists(),
+        "{} is missing: build the plugin with `make wasm`",
+        wasm.display()
+    );
+    // The configuration names the .wasm relative to the working directory, as the workspace
+    // lays it out.
+    let output = std::process::Command::new(devtools::envoy::envoy_bin()?)
+        .current_dir(&root)
+        .args(["--mode", "validate", "--log-level", "error", "-c", config])
+        .args(["--service-node", node])
+        .output()
+        .context("running envoy --mode validate")?;
+    ensure!(
+        output.status.success(),
+        "Envoy refused {config}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn compose_envoy_configs_pass_envoys_own_validation_with_the_plugin() -> Result<()> {
+    envoy_validates(COMPOSE_ENVOY, "envoy")?;
+    for node in REPLICAS {
+        envoy_validates(FLEET_ENVOY, node)?;
+    }
     Ok(())
 }

@@ -8,9 +8,11 @@
 //!
 //! Modules: [`scenarios`] (the numbered scenarios of the issue), [`smoke`] (`make bench-smoke`),
 //! [`report`] (the table), [`plugin`] (plugin configurations), [`sites`] (starting Envoys,
-//! waiting for deliveries), [`timeline`] (the clock shared by client and receiver).
+//! waiting for deliveries), [`timeline`] (the clock shared by client and receiver), [`fleet`]
+//! (etcd and several Envoys in fleet mode, etcd's API by gRPC and by its gateway).
 
 pub mod cpu;
+pub mod fleet;
 pub mod load;
 pub mod plugin;
 pub mod report;

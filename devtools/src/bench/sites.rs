@@ -104,7 +104,7 @@ pub fn use_base_config(path: PathBuf) {
 
 /// Envoy as the bench runs it: one worker, warnings only (logging costs the same on both sides,
 /// but the bench wants to measure the plugin, not the log).
-async fn start(mut config: EnvoyConfig) -> Result<(Envoy, Duration)> {
+pub(crate) async fn start(mut config: EnvoyConfig) -> Result<(Envoy, Duration)> {
     if let Some(path) = BASE_CONFIG.get() {
         config.base_config = path.clone();
     }

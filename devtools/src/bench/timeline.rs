@@ -54,6 +54,12 @@ impl Timeline {
         mark(&self.arrived, seq);
     }
 
+    /// Whether event `seq`'s webhook has arrived.
+    pub fn arrived(&self, seq: u64) -> bool {
+        let slot = usize::try_from(seq).ok().and_then(|i| self.arrived.get(i));
+        slot.is_some_and(|s| s.load(Ordering::Relaxed) != 0)
+    }
+
     /// Arrival minus response for every event seen on both sides, and how many those were.
     pub fn latencies(&self) -> (Histogram<u64>, u64) {
         between(&self.responded, &self.arrived)

@@ -1,10 +1,13 @@
 //! The scenarios of the benchmark issue, numbered as there. Each adds its rows to the report; one
 //! that fails adds an error row and the others still run.
 
+mod etcd_transport;
 mod fairness;
 mod fanout;
+mod first_sync;
 mod latency;
 mod memory;
+mod propagation;
 mod read;
 mod slow;
 mod write;
@@ -22,13 +25,13 @@ use crate::util::workspace_root;
 const WASM_BUDGET_BYTES: u64 = 400 * 1024;
 
 /// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
-/// pacing one). 3 needs 2's throughput: asking for 3 runs 2.
+/// pacing one, 10–12 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
 #[derive(Clone, Debug)]
 pub struct Selection(pub Vec<u8>);
 
 impl Selection {
     pub fn all() -> Selection {
-        Selection((1..=9).collect())
+        Selection((1..=12).collect())
     }
 
     pub fn has(&self, n: u8) -> bool {
@@ -67,6 +70,18 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(9) {
         let result = fairness::run(&upstream, opts, &mut report).await;
         note_failure(&mut report, "9 fairness", result);
+    }
+    if selection.has(10) {
+        let result = propagation::run(&upstream, &mut report).await;
+        note_failure(&mut report, "10 fleet propagation", result);
+    }
+    if selection.has(11) {
+        let result = etcd_transport::run(&mut report).await;
+        note_failure(&mut report, "11 etcd gateway vs gRPC", result);
+    }
+    if selection.has(12) {
+        let result = first_sync::run(&upstream, &mut report).await;
+        note_failure(&mut report, "12 fleet first sync", result);
     }
     Ok(report)
 }
