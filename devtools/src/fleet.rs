@@ -200,7 +200,7 @@ impl Fleet {
             "webhooks_subscriptions_active {n} on replica {}",
             node_id(i)
         );
-        poll_until(timeout, &what, async || {
+        let waited = poll_until(timeout, &what, async || {
             envoy
                 .stat("webhooks_subscriptions_active")
                 .await
@@ -208,8 +208,29 @@ impl Fleet {
                 .flatten()
                 == Some(n)
         })
-        .await
-        .with_context(|| format!("log tail of {}:\n{}", node_id(i), envoy.log_tail(20)))
+        .await;
+        if waited.is_ok() {
+            return Ok(());
+        }
+        let mut seen = Vec::new();
+        for name in [
+            "webhooks_subscriptions_active",
+            "webhooks_fleet_sync_lag_ms",
+            "webhooks_fleet_etcd_errors",
+        ] {
+            seen.push(format!(
+                "{name} {:?}",
+                envoy.stat(name).await.ok().flatten()
+            ));
+        }
+        waited.with_context(|| {
+            format!(
+                "{}; log tail of {}:\n{}",
+                seen.join(", "),
+                node_id(i),
+                envoy.log_tail(20)
+            )
+        })
     }
 
     /// [`Fleet::wait_active`] on every replica.
