@@ -7,6 +7,7 @@ mod fanout;
 mod first_sync;
 mod latency;
 mod memory;
+mod outbox;
 mod propagation;
 mod read;
 mod slow;
@@ -25,13 +26,13 @@ use crate::util::workspace_root;
 const WASM_BUDGET_BYTES: u64 = 400 * 1024;
 
 /// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
-/// pacing one, 10–12 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
+/// pacing one, 10–14 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
 #[derive(Clone, Debug)]
 pub struct Selection(pub Vec<u8>);
 
 impl Selection {
     pub fn all() -> Selection {
-        Selection((1..=12).collect())
+        Selection((1..=14).collect())
     }
 
     pub fn has(&self, n: u8) -> bool {
@@ -82,6 +83,14 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(12) {
         let result = first_sync::run(&upstream, &mut report).await;
         note_failure(&mut report, "12 fleet first sync", result);
+    }
+    if selection.has(13) {
+        let result = outbox::run_throughput(&upstream, opts, &mut report).await;
+        note_failure(&mut report, "13 durable outbox", result);
+    }
+    if selection.has(14) {
+        let result = outbox::run_failover(&upstream, &mut report).await;
+        note_failure(&mut report, "14 fleet failover", result);
     }
     Ok(report)
 }
