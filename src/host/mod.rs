@@ -108,7 +108,7 @@ impl RootContext for Root {
         match self {
             Root::Filter(f) => f.create_http_context(context_id),
             // The SDK panics on None; an inert context is the safe answer.
-            _ => Some(Box::new(filter::PassThrough)),
+            _ => Some(Box::new(filter::EventWatch::PASS_THROUGH)),
         }
     }
 
