@@ -174,9 +174,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 fn request(path: &'static str, body: Map<String, Value>) -> Request {
+    // serde_json::to_string, not Value's Display: the API's answers already use that serializer,
+    // Display would add two more (compact and pretty). A Value always serializes.
     Request {
         path,
-        body: Value::Object(body).to_string(),
+        body: serde_json::to_string(&Value::Object(body)).unwrap_or_default(),
     }
 }
 
@@ -430,8 +432,7 @@ fn etcd_error(m: &Map<String, Value>, error: &Value) -> Error {
     };
     let message = match (inner.get("message"), error) {
         (Some(Value::String(s)), _) | (None, Value::String(s)) => s.clone(),
-        (Some(other), _) => other.to_string(),
-        (None, other) => other.to_string(),
+        (Some(other), _) | (None, other) => serde_json::to_string(other).unwrap_or_default(),
     };
     let code = inner.get(code_name).and_then(Value::as_i64).unwrap_or(0);
     Error::Etcd { code, message }
