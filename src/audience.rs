@@ -97,9 +97,12 @@ fn from_json(body: &[u8], pointer: &str) -> Target {
     };
     match doc.pointer(pointer) {
         Some(Value::String(s)) => Target::named(Some(s.as_bytes())),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
-            Target::named(Some(n.to_string().as_bytes()))
-        }
+        // The integer's own Display: Number's would bring serde_json's float formatting along.
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Target::named(Some(u.to_string().as_bytes())),
+            (None, Some(i)) => Target::named(Some(i.to_string().as_bytes())),
+            (None, None) => Target::Nobody,
+        },
         _ => Target::Nobody,
     }
 }

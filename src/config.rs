@@ -323,6 +323,8 @@ const DELIVERY_FIELDS: &[&str] = &[
 ];
 const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 
+/// Out of line: inlined, each of the many error paths would carry its own copy.
+#[inline(never)]
 fn err(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),

@@ -5,11 +5,11 @@
 //! returns. One message is one (event, subscription) pair; its webhook-id never changes.
 
 use crate::config::DeliveryConfig;
+use crate::hashing::HashMap;
 pub use crate::outbox::Message;
 use crate::pacing::Signal;
 use crate::signing::Secret;
 use crate::url::Destination;
-use std::collections::HashMap;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));

@@ -182,7 +182,74 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 fn request(path: &'static str, body: Map<String, Value>) -> Request {
     Request {
         path,
-        body: Value::Object(body).to_string(),
+        body: json_text(&Value::Object(body)),
+    }
+}
+
+/// `value` as compact JSON, as serde_json writes it, except that a number that is not an integer
+/// (no request has one; in an answer it would be garbage) is written as `null`. Not serde_json's
+/// serializer for `Value`: its float formatting alone is 3 KB of the .wasm, and every number
+/// this protocol has is an integer or a string.
+fn json_text(value: &Value) -> String {
+    fn write(value: &Value, out: &mut Vec<u8>) {
+        match value {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+                (Some(u), _) => out.extend_from_slice(u.to_string().as_bytes()),
+                (None, Some(i)) => out.extend_from_slice(i.to_string().as_bytes()),
+                (None, None) => out.extend_from_slice(b"null"),
+            },
+            Value::String(s) => string(s, out),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            Value::Object(map) => {
+                out.push(b'{');
+                for (i, (key, item)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    string(key, out);
+                    out.push(b':');
+                    write(item, out);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+    // A str always serializes (into a Vec, nothing can fail).
+    fn string(s: &str, out: &mut Vec<u8>) {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+    let mut out = Vec::new();
+    write(value, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod json_text_tests {
+    use super::json_text;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn json_text_writes_what_serde_json_writes_and_fractions_as_null() {
+        let doc = json!({
+            "key": "a\"b\\c\n\u{1}\u{7f}é😀</",
+            "n": [0, 1, -1, u64::MAX, i64::MIN],
+            "nested": {"t": true, "f": false, "z": null, "empty": {}, "none": []},
+            "": "",
+        });
+        assert_eq!(json_text(&doc), serde_json::to_string(&doc).unwrap());
+        assert_eq!(json_text(&json!([1.5, -0.25])), "[null,null]");
+        assert_eq!(json_text(&Value::String("x".into())), r#""x""#);
     }
 }
 
@@ -436,8 +503,7 @@ fn etcd_error(m: &Map<String, Value>, error: &Value) -> Error {
     };
     let message = match (inner.get("message"), error) {
         (Some(Value::String(s)), _) | (None, Value::String(s)) => s.clone(),
-        (Some(other), _) => other.to_string(),
-        (None, other) => other.to_string(),
+        (Some(other), _) | (None, other) => json_text(other),
     };
     let code = inner.get(code_name).and_then(Value::as_i64).unwrap_or(0);
     Error::Etcd { code, message }

@@ -127,15 +127,12 @@ fn validated_json(mut buf: Vec<u8>) -> CapturedObject {
 /// a body holding one is refused by strict parsers (serde_json among them, and I-JSON forbids
 /// it), which would make the whole webhook unreadable.
 fn is_json_text(bytes: &[u8]) -> bool {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            !text.is_empty()
-                && serde_json::from_str::<IgnoredAny>(text).is_ok()
-                && surrogates_paired(bytes)
-                && nesting_depth(bytes) <= MAX_OBJECT_DEPTH
-        }
-        Err(_) => false,
-    }
+    // Bytes, not &str: the deserializer over a slice is the one every other parse uses.
+    !bytes.is_empty()
+        && std::str::from_utf8(bytes).is_ok()
+        && serde_json::from_slice::<IgnoredAny>(bytes).is_ok()
+        && surrogates_paired(bytes)
+        && nesting_depth(bytes) <= MAX_OBJECT_DEPTH
 }
 
 /// Deepest nesting of a body kept as `data.object`. The envelope adds two levels, and common

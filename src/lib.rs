@@ -24,6 +24,7 @@ pub mod dispatcher;
 pub mod etcd;
 pub mod event;
 pub mod fleet;
+pub mod hashing;
 pub mod identity;
 pub mod ids;
 pub mod outbox;

@@ -15,10 +15,11 @@
 //! the subscription with the most waiting messages sheds first: its oldest waiting retry, else
 //! its oldest waiting message (possibly the newcomer). Messages in flight are never shed.
 
+use crate::hashing::HashMap;
 use crate::pacing::{Signal, Window};
 use std::cell::Cell;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 
 /// Bytes counted per message besides its payload: the message, its ids and its index entries.
@@ -189,10 +190,10 @@ impl Outbox {
     pub fn new(limits: Limits) -> Outbox {
         Outbox {
             limits,
-            messages: HashMap::new(),
-            lanes: HashMap::new(),
-            lane_of: HashMap::new(),
-            consumers: HashMap::new(),
+            messages: HashMap::default(),
+            lanes: HashMap::default(),
+            lane_of: HashMap::default(),
+            consumers: HashMap::default(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
             by_waiting: BinaryHeap::new(),

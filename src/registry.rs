@@ -21,12 +21,12 @@
 
 use crate::attempts;
 use crate::buckets::{self, Bucket, Change};
+use crate::hashing::{HashMap, HashSet};
 use crate::store::{
     index_key, owner_key, record_key, KvStore, StoreError, ACTIVE_KEY, GEN_KEY, PREPARED_BUCKETS,
     STATIC_KEY,
 };
 use crate::subscription::{lookup_filters, StaticSubscription, Subscription};
-use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryError {
@@ -128,7 +128,7 @@ impl<S: KvStore> Registry<S> {
     /// Ids of subscriptions that may match `event_type` (deduplicated, index order).
     pub fn candidates(&self, event_type: &str) -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::default();
         for filter in lookup_filters(event_type) {
             if let Some((value, _)) = self.store.get(&index_key(&filter)) {
                 for id in ids_under(&value, &filter) {
@@ -373,7 +373,7 @@ impl<S: KvStore> Registry<S> {
     /// bucket 10,000 times at start-up (record buckets stay small: one edit per record).
     /// Records are written before their index lines.
     fn insert_batch(&self, subs: &[Subscription]) {
-        let mut lines: HashMap<String, Vec<String>> = HashMap::new();
+        let mut lines: HashMap<String, Vec<String>> = HashMap::default();
         let mut active = 0;
         for sub in subs {
             let Ok(record) = serde_json::to_vec(sub) else {
@@ -399,6 +399,7 @@ impl<S: KvStore> Registry<S> {
                 let known: HashSet<&String> = existing.iter().collect();
                 let fresh: Vec<String> =
                     new.iter().filter(|l| !known.contains(l)).cloned().collect();
+                drop(known);
                 existing.extend(fresh);
                 Ok(())
             });

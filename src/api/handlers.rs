@@ -20,7 +20,6 @@ use crate::signing::Secret;
 use crate::store::KvStore;
 use crate::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
 use serde::Serialize;
-use serde_json::json;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
 pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
@@ -49,10 +48,7 @@ pub(super) fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &
     let found: Vec<Subscription> = subs.by_ref().take(page.limit).collect();
     let has_more = subs.next().is_some();
     let data: Vec<SubscriptionView<'_>> = found.iter().map(|s| view(s, None)).collect();
-    Ok(json_response(
-        200,
-        &json!({"data": data, "has_more": has_more}),
-    ))
+    Ok(json_response(200, &Page { data, has_more }))
 }
 
 pub(super) fn create<S: KvStore>(
@@ -344,13 +340,13 @@ pub(super) fn enqueue<S: KvStore>(
         response.headers.push(("retry-after", "1".to_string()));
         return Err(response);
     }
-    Ok(json_response(202, &json!({"status": "queued"})))
+    Ok(json_response(202, &Queued { status: "queued" }))
 }
 
 pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
     let sub = owned(cx, caller, id)?;
     let log = attempts::read(cx.store, &sub.id);
-    Ok(json_response(200, &json!({"data": log})))
+    Ok(json_response(200, &Data { data: log }))
 }
 
 /// Replays a message found in the attempt logs of the caller's own subscriptions. The search is
@@ -419,6 +415,32 @@ pub(super) fn event_types(config: &Config) -> Outcome {
     });
     Ok(json_response(
         200,
-        &json!({"data": data, "infer_events": config.infer_events}),
+        &EventTypes {
+            data,
+            infer_events: config.infer_events,
+        },
     ))
+}
+
+/// `{"data": ..}`, the answer of a list.
+#[derive(Serialize)]
+struct Data<T> {
+    data: T,
+}
+
+#[derive(Serialize)]
+struct Page<T> {
+    data: T,
+    has_more: bool,
+}
+
+#[derive(Serialize)]
+struct EventTypes<T> {
+    data: T,
+    infer_events: bool,
+}
+
+#[derive(Serialize)]
+struct Queued {
+    status: &'static str,
 }

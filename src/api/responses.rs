@@ -7,7 +7,6 @@ use crate::registry::RegistryError;
 use crate::subscription::{Status, Subscription};
 use crate::time::format_rfc3339_millis;
 use serde::Serialize;
-use serde_json::json;
 
 pub(super) fn base_headers() -> Vec<(&'static str, String)> {
     vec![("cache-control", "no-store".to_string())]
@@ -25,10 +24,21 @@ pub(super) fn json_response<T: Serialize + ?Sized>(status: u16, body: &T) -> Res
 }
 
 pub(super) fn error(status: u16, code: &str, message: impl Into<String>) -> Response {
-    let message: String = message.into();
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: Detail<'a>,
+    }
+    #[derive(Serialize)]
+    struct Detail<'a> {
+        code: &'a str,
+        message: String,
+    }
+    let message = message.into();
     json_response(
         status,
-        &json!({"error": {"code": code, "message": message}}),
+        &Body {
+            error: Detail { code, message },
+        },
     )
 }
 

@@ -10,9 +10,9 @@ use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
 use crate::fleet::sync::{Apply, Sync};
+use crate::hashing::HashMap;
 use crate::port::{DispatchHost, Metric};
 use crate::subscription::Subscription;
-use std::collections::HashMap;
 
 /// How long fan-out waits for the first read of the registry before it goes on with what it
 /// has (etcd unreachable at start).
@@ -56,7 +56,7 @@ impl Fleet {
             keys: Keys::new(&config.prefix),
             sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms),
             reading: None,
-            writes: HashMap::new(),
+            writes: HashMap::default(),
             started_ms: now,
             errors: 0,
             durable: Durable::new(journal),

@@ -7,6 +7,7 @@ use crate::attempts::{self, Attempt, State};
 use crate::audience::{self, Target};
 use crate::config::Config;
 use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
+use crate::hashing::HashMap;
 use crate::ids;
 use crate::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::pacing::Signal;
@@ -19,7 +20,6 @@ use crate::subscription::{SigningSecret, Subscription};
 use crate::url::{self, Destination};
 use crate::watchdog;
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 mod fleet;
@@ -104,12 +104,12 @@ impl<H: DispatchHost> Dispatcher<H> {
             config,
             registry: Registry::new(host.store().clone()),
             host,
-            in_flight: HashMap::new(),
-            subscriptions: HashMap::new(),
+            in_flight: HashMap::default(),
+            subscriptions: HashMap::default(),
             generation: 0,
-            candidates: (0, HashMap::new()),
+            candidates: (0, HashMap::default()),
             replayable: ReplayStore::default(),
-            unlogged: HashMap::new(),
+            unlogged: HashMap::default(),
             failing: FailureClock::default(),
             drain_deadline: None,
             fast_tick_until: None,
@@ -345,7 +345,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         // Inferred event types come from request paths, so their number is unbounded: the
         // cache starts over rather than grow past a bound.
         if self.candidates.0 != generation || self.candidates.1.len() >= MAX_CACHED_EVENT_TYPES {
-            self.candidates = (generation, HashMap::new());
+            self.candidates = (generation, HashMap::default());
         }
         if let Some(ids) = self.candidates.1.get(event_type) {
             return Rc::clone(ids);

@@ -5,8 +5,8 @@
 
 use super::keys::{Keys, SUB};
 use crate::etcd::{self, RangeQuery};
+use crate::hashing::HashSet;
 use crate::subscription::Subscription;
-use std::collections::HashSet;
 
 /// A change to make to the cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +46,7 @@ impl Sync {
         Sync {
             keys,
             interval_ms,
-            known: HashSet::new(),
+            known: HashSet::default(),
             revision: 0,
             waiting: None,
             list_next: false,

@@ -117,22 +117,23 @@ impl RootContext for FilterRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EventWatch(Stream::new(Rc::clone(&self.0)))))
+        Some(Box::new(EventWatch(Some(Stream::new(Rc::clone(&self.0))))))
     }
 }
 
-/// A context that does nothing, for roots that serve no HTTP traffic.
-pub struct PassThrough;
+/// The filter's HTTP context; `PASS_THROUGH` does nothing, for roots that serve no HTTP traffic.
+/// One type for both: a second `dyn HttpContext` would bring a second copy of every default
+/// method of the SDK's traits.
+pub struct EventWatch(Option<Stream<Envoy>>);
 
-impl Context for PassThrough {}
-impl HttpContext for PassThrough {}
+impl EventWatch {
+    pub const PASS_THROUGH: EventWatch = EventWatch(None);
 
-pub struct EventWatch(Stream<Envoy>);
-
-fn action(flow: Flow) -> Action {
-    match flow {
-        Flow::Continue => Action::Continue,
-        Flow::Pause => Action::Pause,
+    fn on(&mut self, call: impl FnOnce(&mut Stream<Envoy>) -> Flow) -> Action {
+        match self.0.as_mut().map_or(Flow::Continue, call) {
+            Flow::Continue => Action::Continue,
+            Flow::Pause => Action::Pause,
+        }
     }
 }
 
@@ -144,36 +145,40 @@ impl Context for EventWatch {
         body: usize,
         _trailers: usize,
     ) {
-        self.0.on_etcd_answer(body);
+        if let Some(stream) = &mut self.0 {
+            stream.on_etcd_answer(body);
+        }
     }
 }
 
 impl HttpContext for EventWatch {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_request_headers(end_of_stream))
+        self.on(|s| s.on_request_headers(end_of_stream))
     }
 
     fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_request_body(size, end_of_stream))
+        self.on(|s| s.on_request_body(size, end_of_stream))
     }
 
     fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.0.on_request_trailers())
+        self.on(|s| s.on_request_trailers())
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_response_headers(end_of_stream))
+        self.on(|s| s.on_response_headers(end_of_stream))
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_response_body(size, end_of_stream))
+        self.on(|s| s.on_response_body(size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
-        action(self.0.on_response_trailers())
+        self.on(|s| s.on_response_trailers())
     }
 
     fn on_log(&mut self) {
-        self.0.on_log();
+        if let Some(stream) = &mut self.0 {
+            stream.on_log();
+        }
     }
 }

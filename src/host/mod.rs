@@ -39,25 +39,23 @@ enum Root {
     Dispatcher(Box<dispatcher::DispatcherRoot>),
 }
 
-impl Root {
-    fn context(&mut self) -> Option<&mut dyn RootContext> {
-        match self {
-            Root::Undecided => None,
-            Root::Filter(f) => Some(f),
-            Root::Dispatcher(d) => Some(d.as_mut()),
-        }
-    }
-}
-
+/// Each call is matched to the role statically: a `dyn RootContext` for each role would give it
+/// a vtable, and with it a copy of every default method of the SDK's traits.
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, headers: usize, body: usize, trailers: usize) {
-        if let Some(root) = self.context() {
-            root.on_http_call_response(token, headers, body, trailers);
+        match self {
+            Root::Undecided => {}
+            Root::Filter(f) => f.on_http_call_response(token, headers, body, trailers),
+            Root::Dispatcher(d) => d.on_http_call_response(token, headers, body, trailers),
         }
     }
 
     fn on_done(&mut self) -> bool {
-        self.context().is_none_or(|root| root.on_done())
+        match self {
+            Root::Undecided => true,
+            Root::Filter(f) => f.on_done(),
+            Root::Dispatcher(d) => d.on_done(),
+        }
     }
 }
 
@@ -83,18 +81,26 @@ impl RootContext for Root {
                 return false;
             }
         };
-        self.context().is_some_and(|root| root.on_configure(size))
+        match self {
+            Root::Undecided => false,
+            Root::Filter(f) => f.on_configure(size),
+            Root::Dispatcher(d) => d.on_configure(size),
+        }
     }
 
     fn on_tick(&mut self) {
-        if let Some(root) = self.context() {
-            root.on_tick();
+        match self {
+            Root::Undecided => {}
+            Root::Filter(f) => f.on_tick(),
+            Root::Dispatcher(d) => d.on_tick(),
         }
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
-        if let Some(root) = self.context() {
-            root.on_queue_ready(queue_id);
+        match self {
+            Root::Undecided => {}
+            Root::Filter(f) => f.on_queue_ready(queue_id),
+            Root::Dispatcher(d) => d.on_queue_ready(queue_id),
         }
     }
 
@@ -102,7 +108,7 @@ impl RootContext for Root {
         match self {
             Root::Filter(f) => f.create_http_context(context_id),
             // The SDK panics on None; an inert context is the safe answer.
-            _ => Some(Box::new(filter::PassThrough)),
+            _ => Some(Box::new(filter::EventWatch::PASS_THROUGH)),
         }
     }
 
