@@ -8,7 +8,7 @@ use crate::fleet::journal::{CallId, Event, Journal, Outcome};
 use crate::fleet::stored::{self, Stored};
 use crate::outbox::{Message, Payload};
 use crate::port::{DispatchHost, Metric};
-use std::collections::HashMap;
+use crate::hashing::HashMap;
 use std::rc::Rc;
 
 /// The durable outbox's state in the dispatcher.
@@ -25,7 +25,7 @@ impl Durable {
         Durable {
             journal,
             calls: Vec::new(),
-            held: HashMap::new(),
+            held: HashMap::default(),
         }
     }
 }

@@ -24,7 +24,8 @@ use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
 use super::stored::{self, Stored};
 
 use crate::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
-use std::collections::{HashMap, VecDeque};
+use crate::hashing::HashMap;
+use std::collections::VecDeque;
 
 /// Operations per txn: etcd's default `--max-txn-ops`.
 pub const MAX_OPS: usize = 128;
@@ -208,7 +209,7 @@ impl Journal {
             },
             next_id: 1,
             calls: Vec::new(),
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             puts: VecDeque::new(),
             puts_at: 0,
             removals: VecDeque::new(),
