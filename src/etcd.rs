@@ -76,6 +76,8 @@ pub enum Op {
     },
     /// Delete `key`, or every key under it when `prefix`.
     Delete { key: Vec<u8>, prefix: bool },
+    /// A read with every option of [`RangeQuery`].
+    Query(RangeQuery),
 }
 
 /// Reads one key.
@@ -112,6 +114,10 @@ pub struct RangeQuery {
 
 /// Reads a range with every option of [`RangeQuery`].
 pub fn range_query(query: &RangeQuery) -> Request {
+    request(RANGE, query_body(query))
+}
+
+fn query_body(query: &RangeQuery) -> Map<String, Value> {
     let mut body = range_body(&query.key, query.prefix, query.limit);
     if !query.prefix && !query.end.is_empty() {
         body.insert("range_end".into(), b64(&query.end));
@@ -126,7 +132,7 @@ pub fn range_query(query: &RangeQuery) -> Request {
         body.insert("sort_target".into(), Value::String("CREATE".into()));
         body.insert("sort_order".into(), Value::String("ASCEND".into()));
     }
-    request(RANGE, body)
+    body
 }
 
 /// Writes one key, attached to `lease` (0: none).
@@ -329,6 +335,7 @@ fn op_value(op: &Op) -> Value {
         Op::Put { key, value, lease } => ("request_put", put_body(key, value, *lease)),
         Op::Range { key, prefix, limit } => ("request_range", range_body(key, *prefix, *limit)),
         Op::Delete { key, prefix } => ("request_delete_range", delete_body(key, *prefix)),
+        Op::Query(query) => ("request_range", query_body(query)),
     };
     let mut m = Map::new();
     m.insert(name.into(), Value::Object(body));

@@ -137,6 +137,21 @@ fn txn_builder_names_each_compare_field_and_op() {
 }
 
 #[test]
+fn a_txn_reads_with_every_range_option() {
+    let keys_only = Op::Query(RangeQuery {
+        key: b"fleet/".to_vec(),
+        prefix: true,
+        keys_only: true,
+        ..RangeQuery::default()
+    });
+    assert_eq!(
+        body(&txn(&[], &[], &[keys_only])),
+        json!({"compare": [], "success": [], "failure": [{"request_range":
+            {"key": "ZmxlZXQv", "range_end": "ZmxlZXQw", "keys_only": true}}]})
+    );
+}
+
+#[test]
 fn lease_builders() {
     let g = lease_grant(5);
     assert_eq!((g.path, body(&g)), ("/v3/lease/grant", json!({"TTL": "5"})));

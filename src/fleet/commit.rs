@@ -1,9 +1,19 @@
 //! One API write as a conversation with etcd (fleet mode), pure: [`Commit::start`] gives the
-//! first txn, [`Commit::on_answer`] reads each answer and says what comes next. Every txn
-//! compares the revisions it guessed; a failed one reads the keys instead, so the next round
-//! guesses right (or the write is refused: limit, stale record, gone).
+//! first request, [`Commit::on_answer`] reads each answer and says what comes next. Every txn
+//! compares what it guessed; a failed one reads the keys instead, so the next round guesses
+//! right (or the write is refused: limit, stale record, gone).
+//!
+//! The per-consumer limit is kept with slots, `P/slot/<consumer>/<n>` holding a subscription id
+//! ([`crate::fleet::keys`]). A create reads which slots are taken (keys only), picks a free one
+//! at random (from a hash of its random id and the round, so concurrent creates spread over the
+//! free slots) and writes the slot and the record in one txn that holds only while both are
+//! absent: creates contend only when they pick the same slot, and the loser's failure branch
+//! reads the slots again for its next pick. A delete removes the record (compared on its mod
+//! revision) and the slot holding its id, if there is one. A replace touches no slot.
 
-use crate::etcd::{self, Cmp, Compare, Op, OpAnswer, Request, Target, TxnAnswer};
+use crate::etcd::{
+    self, Cmp, Compare, Op, OpAnswer, RangeAnswer, RangeQuery, Request, Target, TxnAnswer,
+};
 use crate::fleet::keys::Keys;
 use crate::subscription::Subscription;
 
@@ -20,7 +30,7 @@ pub enum Write {
         after: Subscription,
         before_version: u64,
     },
-    /// Deletes the record the API checked (`before_version`) and lowers its consumer's count.
+    /// Deletes the record the API checked (`before_version`) and frees its consumer's slot.
     Delete {
         id: String,
         consumer: String,
@@ -56,31 +66,27 @@ pub enum Step {
     Unavailable(String),
 }
 
-/// The revisions (and count) the next txn compares against.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Guess {
-    sub_mod: i64,
-    count_mod: i64,
-    count: u64,
-}
-
 /// One write in progress.
 #[derive(Debug)]
 pub struct Commit {
     write: Write,
     sub_key: Vec<u8>,
-    count_key: Vec<u8>,
+    /// The prefix of the consumer's slots.
+    slots: Vec<u8>,
+    /// The slot the next txn takes (a create) or frees (a delete, when one holds the id).
+    slot: Option<Vec<u8>>,
     /// The record's JSON, for creates and replaces.
     record: Vec<u8>,
     /// Why the record could not be encoded (then nothing is ever written).
     broken: Option<String>,
-    guess: Guess,
+    /// The record's mod_revision the next txn compares (0, "absent", until read).
+    sub_mod: i64,
     rounds: u32,
 }
 
 impl Commit {
-    /// The write and its first request. The first guess is "nothing there yet" (revision 0), so
-    /// a replace or delete starts with a read.
+    /// The write and its first request: a create reads its consumer's slots; a replace or
+    /// delete sends a txn guessing "nothing there yet" (revision 0), which reads the record.
     pub fn start(write: Write, keys: &Keys) -> (Commit, Request) {
         let id = write.id();
         let (consumer, record) = match &write {
@@ -99,11 +105,12 @@ impl Commit {
         };
         let commit = Commit {
             sub_key: keys.subscription(id),
-            count_key: keys.count(consumer),
+            slots: keys.slots(consumer),
             write,
+            slot: None,
             record,
             broken,
-            guess: Guess::default(),
+            sub_mod: 0,
             rounds: 1,
         };
         let request = match commit.broken {
@@ -137,13 +144,15 @@ impl Commit {
             None => return Err("did not answer (timeout or reset)".into()),
         }
         let answer = etcd::parse_txn(body).map_err(|e| e.to_string())?;
-        if answer.succeeded {
+        // A create's first txn only reads (it has no slot yet).
+        let read = matches!(self.write, Write::Create { .. }) && self.slot.is_none();
+        if answer.succeeded && !read {
             return Ok(Step::Committed {
                 revision: answer.revision,
             });
         }
         let step = match &self.write {
-            Write::Create { limit, .. } => self.create_failed(&answer, *limit)?,
+            Write::Create { .. } => self.create_failed(&answer)?,
             Write::Replace { before_version, .. } => {
                 self.replace_failed(&answer, *before_version)?
             }
@@ -161,19 +170,54 @@ impl Commit {
         Ok(Step::Send(self.request()))
     }
 
-    /// None: retry with the new guess.
-    fn create_failed(&mut self, answer: &TxnAnswer, limit: usize) -> Result<Option<Step>, String> {
-        let [count] = ranges::<1>(answer)?;
-        let (count, count_mod) = self.count_of(count)?;
-        if count_mod == self.guess.count_mod {
-            // The count was as guessed, so the id is what exists.
+    /// The slots read (None: send a txn taking one).
+    fn create_failed(&mut self, answer: &TxnAnswer) -> Result<Option<Step>, String> {
+        let found = ranges(answer)?;
+        let [slots, sub] = found.as_slice() else {
+            return Err(miscounted(found.len(), 2));
+        };
+        if !sub.kvs.is_empty() {
             return Err("the new subscription's id is already taken in etcd".into());
         }
-        if count >= u64::try_from(limit).unwrap_or(u64::MAX) {
+        self.take_slot(slots)
+    }
+
+    /// Picks a free slot for the create's next txn (None), or finds the consumer at its limit.
+    fn take_slot(&mut self, range: &RangeAnswer) -> Result<Option<Step>, String> {
+        let limit = match &self.write {
+            Write::Create { limit, .. } => u64::try_from(*limit).unwrap_or(u64::MAX),
+            // Only creates take slots.
+            _ => 0,
+        };
+        let mut taken = Vec::new();
+        for kv in &range.kvs {
+            if let Some(n) = self.slot_number(&kv.key)? {
+                taken.push(n);
+            }
+        }
+        let count = taken.len() as u64;
+        if count >= limit {
             return Ok(Some(Step::LimitReached(count)));
         }
-        self.guess.count = count;
-        self.guess.count_mod = count_mod;
+        // How many slots are taken up to `n`, or from `n` on.
+        let upto = |n: u64| taken.iter().filter(|t| **t <= n).count() as u64;
+        let from = |n: u64| taken.iter().filter(|t| **t >= n).count() as u64;
+        // The slots below `usable` that are free: one at least, since fewer than `limit` are
+        // taken. The pick-th of them is the first n with n = pick + (slots taken up to n).
+        let usable = usable(limit, from);
+        let free = usable - (count - from(usable));
+        let pick = spread(self.write.id(), self.rounds) % free.max(1);
+        let mut n = pick;
+        loop {
+            let next = pick + upto(n);
+            if next == n {
+                break;
+            }
+            n = next;
+        }
+        let mut key = self.slots.clone();
+        key.extend_from_slice(n.to_string().as_bytes());
+        self.slot = Some(key);
         Ok(None)
     }
 
@@ -182,14 +226,17 @@ impl Commit {
         answer: &TxnAnswer,
         before_version: u64,
     ) -> Result<Option<Step>, String> {
-        let [sub] = ranges::<1>(answer)?;
+        let found = ranges(answer)?;
+        let [sub] = found.as_slice() else {
+            return Err(miscounted(found.len(), 1));
+        };
         let Some((record, sub_mod)) = self.record_of(sub)? else {
             return Ok(Some(Step::Gone));
         };
         if record.version != before_version {
             return Ok(Some(Step::Stale(record)));
         }
-        self.guess.sub_mod = sub_mod;
+        self.sub_mod = sub_mod;
         Ok(None)
     }
 
@@ -198,19 +245,24 @@ impl Commit {
         answer: &TxnAnswer,
         before_version: u64,
     ) -> Result<Option<Step>, String> {
-        let [sub, count] = ranges::<2>(answer)?;
+        let found = ranges(answer)?;
+        let [sub, slots] = found.as_slice() else {
+            return Err(miscounted(found.len(), 2));
+        };
         let Some((record, sub_mod)) = self.record_of(sub)? else {
             return Ok(Some(Step::Gone));
         };
         if record.version != before_version {
             return Ok(Some(Step::Stale(record)));
         }
-        let (count, count_mod) = self.count_of(count)?;
-        self.guess = Guess {
-            sub_mod,
-            count_mod,
-            count,
-        };
+        self.sub_mod = sub_mod;
+        // The slot holding the id; none (or only odd keys or values) does not keep the record.
+        let id = self.write.id().as_bytes();
+        self.slot = slots
+            .kvs
+            .iter()
+            .find(|kv| kv.value == id)
+            .map(|kv| kv.key.clone());
         Ok(None)
     }
 
@@ -219,7 +271,7 @@ impl Commit {
         let Some(kv) = range.kvs.first() else {
             return Ok(None);
         };
-        let name = String::from_utf8_lossy(&self.sub_key);
+        let name = lossy(&self.sub_key);
         let record = Subscription::from_json(&kv.value)
             .ok_or_else(|| format!("`{name}` holds no subscription record"))?;
         if kv.key != self.sub_key || record.id != self.write.id() {
@@ -228,30 +280,36 @@ impl Commit {
         Ok(Some((record, kv.mod_revision)))
     }
 
-    /// The consumer's count and its mod_revision ((0, 0) when there is none).
-    fn count_of(&self, range: &etcd::RangeAnswer) -> Result<(u64, i64), String> {
-        let Some(kv) = range.kvs.first() else {
-            return Ok((0, 0));
-        };
-        let name = String::from_utf8_lossy(&self.count_key);
-        let count = std::str::from_utf8(&kv.value)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| {
-                let value = String::from_utf8_lossy(&kv.value);
-                format!("`{name}` holds `{value}`, not a decimal count")
-            })?;
-        if kv.mod_revision == 0 {
-            return Err(format!("`{name}` has no mod_revision"));
+    /// The number of the consumer's slot `key` (None: the slot of another consumer, whose name
+    /// is this one's, a `/` and more).
+    fn slot_number(&self, key: &[u8]) -> Result<Option<u64>, String> {
+        let name = key.strip_prefix(self.slots.as_slice());
+        if name.is_some_and(|name| name.contains(&b'/')) {
+            return Ok(None);
         }
-        Ok((count, kv.mod_revision))
+        // Decimal as written here: digits only, no leading zero.
+        let digits = name.filter(|d| {
+            d.iter().all(u8::is_ascii_digit) && (d.len() == 1 || d.first() != Some(&b'0'))
+        });
+        digits
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("`{}` is not a numbered slot", lossy(key)))
+    }
+
+    /// The consumer's slots, with their ids or not.
+    fn read_slots(&self, keys_only: bool) -> RangeQuery {
+        RangeQuery {
+            key: self.slots.clone(),
+            prefix: true,
+            keys_only,
+            ..RangeQuery::default()
+        }
     }
 
     /// The txn for the current guess.
     fn request(&self) -> Request {
-        let g = self.guess;
         let sub = || self.sub_key.clone();
-        let count = || self.count_key.clone();
         let compare = |key: Vec<u8>, target, cmp, value| Compare {
             key,
             target,
@@ -263,6 +321,7 @@ impl Commit {
             value,
             lease: 0,
         };
+        let delete = |key: Vec<u8>| Op::Delete { key, prefix: false };
         let range = |key: Vec<u8>| Op::Range {
             key,
             prefix: false,
@@ -270,19 +329,26 @@ impl Commit {
         };
         // `version > 0`: the record exists (a replace or delete never recreates one).
         let exists = compare(sub(), Target::Version, Cmp::Greater, 0);
-        let sub_is = compare(sub(), Target::Mod, Cmp::Equal, g.sub_mod);
+        let sub_is = compare(sub(), Target::Mod, Cmp::Equal, self.sub_mod);
+        let slot = self.slot.clone();
         match &self.write {
-            Write::Create { .. } => etcd::txn(
-                &[
-                    compare(sub(), Target::Create, Cmp::Equal, 0),
-                    compare(count(), Target::Mod, Cmp::Equal, g.count_mod),
-                ],
-                &[
-                    put(sub(), self.record.clone()),
-                    put(count(), g.count.saturating_add(1).to_string().into_bytes()),
-                ],
-                &[range(count())],
-            ),
+            Write::Create { sub: created, .. } => {
+                let reads = [Op::Query(self.read_slots(true)), range(sub())];
+                let Some(slot) = slot else {
+                    return etcd::txn(&[], &reads, &[]);
+                };
+                etcd::txn(
+                    &[
+                        compare(slot.clone(), Target::Create, Cmp::Equal, 0),
+                        compare(sub(), Target::Create, Cmp::Equal, 0),
+                    ],
+                    &[
+                        put(sub(), self.record.clone()),
+                        put(slot, created.id.clone().into_bytes()),
+                    ],
+                    &reads,
+                )
+            }
             // A static subscription is defined on every replica: its first change writes it.
             Write::Replace { after, .. } if after.is_static => etcd::txn(
                 &[sub_is],
@@ -294,42 +360,72 @@ impl Commit {
                 &[put(sub(), self.record.clone())],
                 &[range(sub())],
             ),
-            Write::Delete { .. } => etcd::txn(
-                &[
-                    exists,
-                    sub_is,
-                    compare(count(), Target::Mod, Cmp::Equal, g.count_mod),
-                ],
-                &[
-                    Op::Delete {
-                        key: sub(),
-                        prefix: false,
-                    },
-                    put(count(), g.count.saturating_sub(1).to_string().into_bytes()),
-                ],
-                &[range(sub()), range(count())],
-            ),
+            Write::Delete { .. } => {
+                let mut success = vec![delete(sub())];
+                if let Some(slot) = slot {
+                    success.push(delete(slot));
+                }
+                etcd::txn(
+                    &[exists, sub_is],
+                    &success,
+                    &[range(sub()), Op::Query(self.read_slots(false))],
+                )
+            }
         }
     }
 }
 
-/// The `N` range answers of a failed txn (its failure branch is all ranges).
-fn ranges<const N: usize>(answer: &TxnAnswer) -> Result<[&etcd::RangeAnswer; N], String> {
-    let found: Vec<&etcd::RangeAnswer> = answer
+/// How many slots (`0..m`) a create may pick from: the largest `m` ≤ `limit` with `m` plus the
+/// slots taken from `m` on (`from(m)`) ≤ `limit`; the limit itself unless it was lowered below
+/// slots taken before. Fewer than `limit` are taken. Creates racing each take a free slot below
+/// their `m`, which keeps `m` (deletes only raise it), so the consumer never holds more than
+/// `limit` subscriptions, old slots included.
+fn usable(limit: u64, from: impl Fn(u64) -> u64) -> u64 {
+    let (mut low, mut high) = (0, limit);
+    while low < high {
+        let mid = high - (high - low) / 2;
+        if mid.saturating_add(from(mid)) <= limit {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    low
+}
+
+/// Spreads concurrent creates over the free slots: a hash of the new subscription's (random)
+/// id and the round, so a create that lost its slot also tries elsewhere next time.
+fn spread(id: &str, round: u32) -> u64 {
+    let mut h = u64::from(crate::buckets::hash(id)) ^ (u64::from(round) << 32);
+    // splitmix64's finalizer: every bit of the input moves every bit of the output.
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
+/// The range answers of a failed txn (a create's first txn: its success branch; both are all
+/// ranges).
+fn ranges(answer: &TxnAnswer) -> Result<Vec<&RangeAnswer>, String> {
+    answer
         .responses
         .iter()
         .enumerate()
         .map(|(i, r)| match r {
             OpAnswer::Range(range) => Ok(range),
             _ => Err(format!(
-                "etcd's answer: the failed txn's `responses[{i}]` is not a range answer"
+                "etcd's answer: the txn's `responses[{i}]` is not a range answer"
             )),
         })
-        .collect::<Result<_, _>>()?;
-    let len = found.len();
-    found
-        .try_into()
-        .map_err(|_| format!("etcd's answer: the failed txn has {len} responses, not {N}"))
+        .collect()
+}
+
+/// Why `found` ranges are not the `n` a txn reads.
+fn miscounted(found: usize, n: usize) -> String {
+    format!("etcd's answer: the txn has {found} responses, not {n}")
 }
 
 #[cfg(test)]

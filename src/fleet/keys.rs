@@ -1,7 +1,9 @@
 //! Every key fleet mode keeps in etcd, under `fleet.prefix` (P):
 //! - `P/sub/<id>`: a subscription record, the same JSON as in shared data.
-//! - `P/count/<consumer>`: how many API subscriptions the consumer has, in decimal (every create
-//!   and delete compares its revision, so the per-consumer limit holds across replicas).
+//! - `P/slot/<consumer>/<n>`: the id of one of the consumer's API subscriptions, `n` in decimal
+//!   below `api.max_subscriptions_per_consumer`. A create takes a free slot in the txn that
+//!   writes its record, a delete frees it, so the limit holds across replicas while creates that
+//!   pick different slots do not contend (see [`crate::fleet::commit`]).
 //! - `P/live/<lease>`: a replica's node id, attached to its lease (gone: the replica is dead).
 //! - `P/owner/<lease>`: the node id, without a lease: the lease has (or had) messages.
 //! - `P/claim/<lease>`: the lease of the replica that took a dead lease's messages over,
@@ -39,8 +41,11 @@ impl Keys {
         self.key(SUB, id)
     }
 
-    pub fn count(&self, consumer: &str) -> Vec<u8> {
-        self.key(COUNT, consumer)
+    /// The prefix of the consumer's slots (a slot's key is this and its number).
+    pub fn slots(&self, consumer: &str) -> Vec<u8> {
+        let mut key = self.key(SLOT, consumer);
+        key.push(b'/');
+        key
     }
 
     pub fn live(&self, lease: i64) -> Vec<u8> {
@@ -82,7 +87,7 @@ impl Keys {
 }
 
 pub const SUB: &str = "sub";
-pub const COUNT: &str = "count";
+pub const SLOT: &str = "slot";
 pub const LIVE: &str = "live";
 pub const OWNER: &str = "owner";
 pub const CLAIM: &str = "claim";
@@ -108,7 +113,7 @@ mod tests {
     fn keys_follow_the_layout() {
         let k = Keys::new("/pw");
         assert_eq!(k.subscription("sub_1"), b"/pw/sub/sub_1");
-        assert_eq!(k.count("acme"), b"/pw/count/acme");
+        assert_eq!(k.slots("acme"), b"/pw/slot/acme/");
         assert_eq!(k.live(255), b"/pw/live/ff");
         assert_eq!(k.owner(255), b"/pw/owner/ff");
         assert_eq!(k.claim(255), b"/pw/claim/ff");
@@ -125,7 +130,7 @@ mod tests {
         assert_eq!(k.name_in(SUB, b"/pw/sub/sub_1"), Some("sub_1"));
         assert_eq!(k.name_in(LIVE, b"/pw/live/ff"), Some("ff"));
         assert_eq!(k.name_in(SUB, b"/pw/sub/"), None);
-        assert_eq!(k.name_in(SUB, b"/pw/count/acme"), None);
+        assert_eq!(k.name_in(SUB, b"/pw/slot/acme/0"), None);
         assert_eq!(k.name_in(SUB, b"/other/sub/x"), None);
         assert_eq!(k.name_in(SUB, b"/pw/subx/y"), None);
         assert_eq!(k.name_in(SUB, &[0xff, 0xfe]), None);

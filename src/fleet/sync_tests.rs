@@ -141,7 +141,7 @@ fn records_that_are_not_subscriptions_or_name_another_id_are_skipped() {
         kv("/pw/sub/s1", Some(&good), 2),
         kv("/pw/sub/s2", Some(&json!({"id": "s2"})), 3),
         kv("/pw/sub/s3", Some(&other), 4),
-        kv("/pw/count/acme", Some(&json!(3)), 5),
+        kv("/pw/slot/acme/3", Some(&json!("s1")), 5),
     ];
     let changes = sync.on_answer(Some("200"), &answer(5, kvs, 3), 1).unwrap();
     assert_eq!(ids(&changes), ["put s1 v1"]);

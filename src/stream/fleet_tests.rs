@@ -150,6 +150,36 @@ fn failed(found: &[Option<Value>]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// A create's reads, acme's slots `taken` (keys only) and no record: the answer to its first
+/// txn (`first`) or to one that failed.
+fn slots_read(taken: &[u64], first: bool) -> Vec<u8> {
+    let kvs: Vec<Value> = taken
+        .iter()
+        .map(|n| {
+            json!({"key": STANDARD.encode(format!("/pw/slot/acme/{n}")),
+                   "create_revision": "2", "mod_revision": "2", "version": "1"})
+        })
+        .collect();
+    let mut slots = json!({"header": header()});
+    if !kvs.is_empty() {
+        slots["count"] = json!(kvs.len().to_string());
+        slots["kvs"] = json!(kvs);
+    }
+    let record = json!({"header": header()});
+    let mut answer = json!({"header": header(),
+        "responses": [{"response_range": slots}, {"response_range": record}]});
+    if first {
+        answer["succeeded"] = json!(true);
+    }
+    answer.to_string().into_bytes()
+}
+
+/// The slot the last txn takes.
+fn slot_taken(f: &Filter<FakeStreamHost>) -> String {
+    let key = sent(f)["compare"][0]["key"].as_str().unwrap().to_string();
+    String::from_utf8(STANDARD.decode(key).unwrap()).unwrap()
+}
+
 /// A record of the consumer as the fleet's sync put it in the cache.
 fn synced(f: &Filter<FakeStreamHost>, version: u64) -> Subscription {
     let sub = Subscription {
@@ -182,6 +212,7 @@ fn sub_path() -> String {
 fn a_create_is_answered_201_only_once_etcd_has_it() {
     let f = fleet_filter();
     let mut s = create(&f);
+    answer(&f, &mut s, Some("200"), &slots_read(&[], true));
     assert_eq!(replies(&f), 0, "not before etcd's answer");
     let record = put_record(&f);
     assert!(
@@ -201,16 +232,23 @@ fn a_create_is_answered_201_only_once_etcd_has_it() {
 }
 
 #[test]
-fn a_create_retries_with_etcd_s_count_then_stops_at_the_limit() {
+fn a_create_that_lost_its_slot_tries_another_then_stops_at_the_limit() {
     let f = fleet_filter();
     let mut s = create(&f);
-    let count = kv("/pw/count/acme", b"1", 7);
-    answer(&f, &mut s, Some("200"), &failed(&[Some(count)]));
-    assert_eq!((replies(&f), host(&f).etcd_sent.borrow().len()), (0, 2));
-    let next = sent(&f);
-    assert_eq!(next["compare"][1]["mod_revision"], json!("7"));
-    let count = kv("/pw/count/acme", b"2", 9);
-    answer(&f, &mut s, Some("200"), &failed(&[Some(count)]));
+    answer(&f, &mut s, Some("200"), &slots_read(&[], true));
+    let first = slot_taken(&f);
+    // Taken meanwhile by another create: the other of the limit's two slots is tried.
+    let lost = kv(&first, ID.as_bytes(), 7);
+    answer(&f, &mut s, Some("200"), &failed(&[Some(lost), None]));
+    assert_eq!((replies(&f), host(&f).etcd_sent.borrow().len()), (0, 3));
+    let second = slot_taken(&f);
+    assert!(
+        [first.as_str(), second.as_str()] == ["/pw/slot/acme/0", "/pw/slot/acme/1"]
+            || [first.as_str(), second.as_str()] == ["/pw/slot/acme/1", "/pw/slot/acme/0"],
+        "{first} then {second}"
+    );
+    // Taken too: the consumer is at its limit.
+    answer(&f, &mut s, Some("200"), &slots_read(&[0, 1], false));
     let (status, body, _) = reply(&f);
     assert_eq!(
         (status, &body["error"]["code"]),
@@ -361,9 +399,17 @@ fn a_delete_is_answered_204_once_etcd_has_it() {
         &serde_json::to_vec(&record).unwrap(),
         30,
     );
-    let count = kv("/pw/count/acme", b"1", 31);
-    answer(&f, &mut s, Some("200"), &failed(&[Some(held), Some(count)]));
+    let slot = kv("/pw/slot/acme/1", ID.as_bytes(), 31);
+    answer(&f, &mut s, Some("200"), &failed(&[Some(held), Some(slot)]));
     assert_eq!(replies(&f), 0);
+    let deleted = &sent(&f)["success"];
+    assert_eq!(
+        (deleted[0].clone(), deleted[1].clone()),
+        (
+            json!({"request_delete_range": {"key": STANDARD.encode(format!("/pw/sub/{ID}"))}}),
+            json!({"request_delete_range": {"key": STANDARD.encode("/pw/slot/acme/1")}})
+        )
+    );
     assert!(registry(&f).get(ID).is_some());
     answer(&f, &mut s, Some("200"), &succeeded());
     assert_eq!(reply(&f).0, 204);

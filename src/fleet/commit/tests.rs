@@ -1,12 +1,15 @@
 //! Each write's conversation fed answers shaped as a real etcd 3.4 writes them (zero fields
-//! omitted, a failed txn without `succeeded`, numbers as strings), every bad answer, and garbage.
+//! omitted, a failed txn without `succeeded`, numbers as strings), every bad answer, and garbage;
+//! then many creates and deletes racing against a model of etcd's txns, which must keep the
+//! per-consumer limit.
 
 use super::*;
 use crate::subscription::{SigningSecret, Status};
-use crate::tests::fixtures::seeded;
+use crate::tests::fixtures::{scaled, seeded};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 
 fn keys() -> Keys {
     Keys::new("/pw")
@@ -56,14 +59,39 @@ fn kv(key: &[u8], value: &[u8], mod_revision: i64) -> Value {
            "version": "1", "value": b64(value)})
 }
 
-/// A range answer: etcd omits `kvs` and `count` when there is nothing.
-fn range(kvs: Vec<Value>) -> Value {
+/// One key as a keys-only range lists it (no value).
+fn key_only(key: &str) -> Value {
+    json!({"key": b64(key.as_bytes()), "create_revision": "2", "mod_revision": "2",
+           "version": "1"})
+}
+
+/// The slots `ns` of acme, keys only.
+fn slots(ns: &[u64]) -> Vec<Value> {
+    ns.iter()
+        .map(|n| key_only(&format!("/pw/slot/acme/{n}")))
+        .collect()
+}
+
+/// A range answer's fields: etcd omits `kvs` and `count` when there is nothing.
+fn range_fields(kvs: Vec<Value>) -> Value {
     let mut r = json!({"header": header(9)});
     if !kvs.is_empty() {
         r["count"] = json!(kvs.len().to_string());
         r["kvs"] = json!(kvs);
     }
-    json!({"response_range": r})
+    r
+}
+
+/// A range answer inside a txn's answer.
+fn range(kvs: Vec<Value>) -> Value {
+    json!({"response_range": range_fields(kvs)})
+}
+
+/// The answer to a create's first txn, which only reads: acme's slots `kvs`, no record.
+fn read_answer(kvs: Vec<Value>) -> Vec<u8> {
+    json!({"header": header(9), "succeeded": true, "responses": [range(kvs), range(vec![])]})
+        .to_string()
+        .into_bytes()
 }
 
 /// A txn whose compares failed: no `succeeded`, its failure branch's ranges.
@@ -104,15 +132,32 @@ fn read(key: &str) -> Value {
     json!({"request_range": {"key": b64(key.as_bytes())}})
 }
 
-fn create(limit: usize) -> (Commit, Request, Subscription) {
-    let s = sub("sub_1", 1);
-    let (commit, request) = Commit::start(
+/// acme's slots, as a txn reads them.
+fn read_slots(keys_only: bool) -> Value {
+    let mut r = json!({"key": b64(b"/pw/slot/acme/"), "range_end": b64(b"/pw/slot/acme0")});
+    if keys_only {
+        r["keys_only"] = json!(true);
+    }
+    json!({ "request_range": r })
+}
+
+fn remove(key: &str) -> Value {
+    json!({"request_delete_range": {"key": b64(key.as_bytes())}})
+}
+
+fn create_of(s: &Subscription, limit: usize) -> (Commit, Request) {
+    Commit::start(
         Write::Create {
             sub: s.clone(),
             limit,
         },
         &keys(),
-    );
+    )
+}
+
+fn create(limit: usize) -> (Commit, Request, Subscription) {
+    let s = sub("sub_1", 1);
+    let (commit, request) = create_of(&s, limit);
     (commit, request, s)
 }
 
@@ -120,42 +165,85 @@ fn answer(commit: &mut Commit, body: &[u8]) -> Step {
     commit.on_answer(Some("200"), body)
 }
 
+/// The slot a create's txn takes.
+fn slot_taken(step: &Step) -> u64 {
+    let sent = body(step);
+    let key = STANDARD
+        .decode(sent["compare"][0]["key"].as_str().unwrap())
+        .unwrap();
+    let key = String::from_utf8(key).unwrap();
+    key.strip_prefix("/pw/slot/acme/").unwrap().parse().unwrap()
+}
+
+/// The slot a create of `id` takes when acme's slots `taken` are read.
+fn pick(id: &str, limit: usize, taken: &[u64]) -> u64 {
+    let (mut commit, _) = create_of(&sub(id, 1), limit);
+    slot_taken(&answer(&mut commit, &read_answer(slots(taken))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Creates
+
 #[test]
-fn create_guesses_an_empty_count_and_commits() {
+fn create_reads_the_slots_then_takes_a_free_one_with_the_record() {
     let (mut commit, request, s) = create(3);
     assert_eq!(
         request_body(&request),
+        json!({"compare": [], "success": [read_slots(true), read("/pw/sub/sub_1")],
+               "failure": []})
+    );
+    let next = answer(&mut commit, &read_answer(slots(&[0, 2])));
+    assert_eq!(
+        body(&next),
         json!({
             "compare": [
-                compare("/pw/sub/sub_1", "CREATE", "EQUAL", "create_revision", 0),
-                compare("/pw/count/acme", "MOD", "EQUAL", "mod_revision", 0)
+                compare("/pw/slot/acme/1", "CREATE", "EQUAL", "create_revision", 0),
+                compare("/pw/sub/sub_1", "CREATE", "EQUAL", "create_revision", 0)
             ],
-            "success": [put("/pw/sub/sub_1", &record(&s)), put("/pw/count/acme", b"1")],
-            "failure": [read("/pw/count/acme")]
+            "success": [put("/pw/sub/sub_1", &record(&s)), put("/pw/slot/acme/1", b"sub_1")],
+            "failure": [read_slots(true), read("/pw/sub/sub_1")]
         })
     );
     assert_eq!(
-        commit.on_answer(Some("200"), &succeeded(12, 2)),
+        answer(&mut commit, &succeeded(12, 2)),
         Step::Committed { revision: 12 }
     );
     assert_eq!(commit.write(), &Write::Create { sub: s, limit: 3 });
 }
 
 #[test]
-fn create_retries_with_the_count_etcd_has() {
+fn creates_pick_only_free_slots_and_spread_over_them() {
+    let taken = [1, 3, 4, 8];
+    let picked: BTreeSet<u64> = (0..200)
+        .map(|n| pick(&format!("sub_{n}"), 10, &taken))
+        .collect();
+    assert_eq!(picked, BTreeSet::from([0, 2, 5, 6, 7, 9]));
+    // 200 creates over 1000 empty slots: few share a pick (as random picks would).
+    let picked: BTreeSet<u64> = (0..200)
+        .map(|n| pick(&format!("sub_X{n}q"), 1000, &[]))
+        .collect();
+    assert!(picked.len() > 170, "{} distinct slots", picked.len());
+    assert!(picked.iter().all(|n| *n < 1000));
+}
+
+#[test]
+fn create_that_lost_its_slot_reads_the_slots_again_and_tries_another() {
     let (mut commit, _, s) = create(3);
-    let count = kv(b"/pw/count/acme", b"2", 7);
-    let next = answer(&mut commit, &failed(vec![range(vec![count])]));
-    let sent = body(&next);
-    assert_eq!(
-        sent["compare"][1],
-        compare("/pw/count/acme", "MOD", "EQUAL", "mod_revision", 7)
+    let first = answer(&mut commit, &read_answer(slots(&[])));
+    let lost = slot_taken(&first);
+    // Another create took it meanwhile, and slot 0 or 2 besides: one is left.
+    let others: Vec<u64> = [lost, (lost + 1) % 3].into();
+    let next = answer(
+        &mut commit,
+        &failed(vec![range(slots(&others)), range(vec![])]),
     );
+    let left = (lost + 2) % 3;
+    assert_eq!(slot_taken(&next), left);
     assert_eq!(
-        sent["success"],
+        body(&next)["success"],
         json!([
             put("/pw/sub/sub_1", &record(&s)),
-            put("/pw/count/acme", b"3")
+            put(&format!("/pw/slot/acme/{left}"), b"sub_1")
         ])
     );
     assert_eq!(
@@ -165,39 +253,109 @@ fn create_retries_with_the_count_etcd_has() {
 }
 
 #[test]
-fn create_stops_at_the_limit() {
+fn create_stops_at_the_limit_without_writing() {
     let (mut commit, _, _) = create(3);
-    let count = kv(b"/pw/count/acme", b"3", 7);
     assert_eq!(
-        answer(&mut commit, &failed(vec![range(vec![count])])),
+        answer(&mut commit, &read_answer(slots(&[0, 1, 2]))),
+        Step::LimitReached(3)
+    );
+    // Found full after a lost round.
+    let (mut commit, _, _) = create(3);
+    answer(&mut commit, &read_answer(slots(&[0, 1])));
+    assert_eq!(
+        answer(
+            &mut commit,
+            &failed(vec![range(slots(&[0, 1, 2])), range(vec![])])
+        ),
         Step::LimitReached(3)
     );
 }
 
 #[test]
+fn a_lowered_limit_counts_the_slots_at_or_above_it() {
+    // Limit 3 now, 4 slots from when it was higher: refused, nothing written.
+    let (mut commit, _, _) = create(3);
+    assert_eq!(
+        answer(&mut commit, &read_answer(slots(&[1, 5, 6, 7]))),
+        Step::LimitReached(4)
+    );
+    // Limit 5, slots 5, 6 and 7 taken: two more fit, and only slots 0 and 1 are picked, so
+    // however many creates race, at most two of them commit.
+    let picked: BTreeSet<u64> = (0..100)
+        .map(|n| pick(&format!("sub_{n}"), 5, &[5, 6, 7]))
+        .collect();
+    assert_eq!(picked, BTreeSet::from([0, 1]));
+    // Limit 5, slots 3, 4 and 6 taken: slots 0 and 1 again (2 + the 3 slots at or above 2 make
+    // 5, while 3 + the same 3 would make 6).
+    let picked: BTreeSet<u64> = (0..100)
+        .map(|n| pick(&format!("sub_{n}"), 5, &[3, 4, 6]))
+        .collect();
+    assert_eq!(picked, BTreeSet::from([0, 1]));
+}
+
+#[test]
+fn usable_is_the_largest_count_of_low_slots_that_keeps_the_limit() {
+    let mut rng = seeded(0x5107);
+    for _ in 0..scaled(2000) {
+        let limit = 1 + rng.below(12) as u64;
+        let mut taken: Vec<u64> = (0..16).filter(|_| rng.chance(3)).collect();
+        taken.truncate(limit as usize - 1);
+        let above = |m: u64| taken.iter().filter(|n| **n >= m).count() as u64;
+        let expected = (0..=limit)
+            .filter(|m| m + above(*m) <= limit)
+            .max()
+            .unwrap();
+        assert_eq!(usable(limit, above), expected, "{taken:?} limit {limit}");
+        assert!(taken.iter().filter(|n| **n < expected).count() < expected as usize);
+    }
+    assert_eq!(usable(u64::MAX, |_| 0), u64::MAX);
+}
+
+#[test]
+fn slots_of_a_consumer_named_like_a_longer_one_are_not_its_own() {
+    // `acme/eu` is another consumer: its slot 0 is neither counted nor a bad slot.
+    let (mut commit, _, _) = create(1);
+    let read = vec![key_only("/pw/slot/acme/eu/0")];
+    assert_eq!(slot_taken(&answer(&mut commit, &read_answer(read))), 0);
+}
+
+#[test]
 fn create_gives_up_after_the_rounds_other_writers_win() {
     let (mut commit, _, _) = create(1000);
-    for round in 1..MAX_ROUNDS {
-        let count = kv(b"/pw/count/acme", b"1", i64::from(round) + 10);
-        let step = answer(&mut commit, &failed(vec![range(vec![count])]));
+    let mut step = answer(&mut commit, &read_answer(vec![]));
+    let mut taken = Vec::new();
+    for round in 2..MAX_ROUNDS {
+        taken.push(slot_taken(&step));
+        step = answer(
+            &mut commit,
+            &failed(vec![range(slots(&taken)), range(vec![])]),
+        );
         assert!(matches!(step, Step::Send(_)), "round {round}: {step:?}");
+        assert!(!taken.contains(&slot_taken(&step)), "round {round}");
     }
-    let count = kv(b"/pw/count/acme", b"1", 5000);
+    taken.push(slot_taken(&step));
     assert_eq!(
-        answer(&mut commit, &failed(vec![range(vec![count])])),
+        answer(
+            &mut commit,
+            &failed(vec![range(slots(&taken)), range(vec![])])
+        ),
         Step::Unavailable("too much contention (64 rounds lost to other writers)".into())
     );
 }
 
 #[test]
-fn create_whose_count_was_as_guessed_found_its_id_taken() {
+fn create_whose_id_etcd_has_already_is_refused() {
     let (mut commit, _, _) = create(3);
-    // No count key: the guess (0, 0) held, so CREATE(sub) = 0 failed.
+    answer(&mut commit, &read_answer(vec![]));
+    let held = vec![kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 1)), 5)];
     assert_eq!(
-        answer(&mut commit, &failed(vec![range(vec![])])),
+        answer(&mut commit, &failed(vec![range(vec![]), range(held)])),
         Step::Unavailable("the new subscription's id is already taken in etcd".into())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replaces
 
 fn replace(after: &Subscription, before_version: u64) -> (Commit, Request) {
     Commit::start(
@@ -210,7 +368,7 @@ fn replace(after: &Subscription, before_version: u64) -> (Commit, Request) {
 }
 
 #[test]
-fn replace_reads_first_then_commits_with_the_mod_revision() {
+fn replace_reads_first_then_commits_with_the_mod_revision_and_no_slot() {
     let after = sub("sub_1", 5);
     let (mut commit, request) = replace(&after, 4);
     assert_eq!(
@@ -227,8 +385,15 @@ fn replace_reads_first_then_commits_with_the_mod_revision() {
     let held = kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 4)), 21);
     let sent = body(&answer(&mut commit, &failed(vec![range(vec![held])])));
     assert_eq!(
-        sent["compare"][1],
-        compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21)
+        sent,
+        json!({
+            "compare": [
+                compare("/pw/sub/sub_1", "VERSION", "GREATER", "version", 0),
+                compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21)
+            ],
+            "success": [put("/pw/sub/sub_1", &record(&after))],
+            "failure": [read("/pw/sub/sub_1")]
+        })
     );
     assert_eq!(
         answer(&mut commit, &succeeded(22, 1)),
@@ -269,6 +434,9 @@ fn replace_of_a_static_subscription_may_write_it_first() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Deletes
+
 fn delete(before_version: u64) -> (Commit, Request) {
     Commit::start(
         Write::Delete {
@@ -280,37 +448,77 @@ fn delete(before_version: u64) -> (Commit, Request) {
     )
 }
 
+/// acme's slots with their ids.
+fn held_slots(slots: &[(u64, &str)]) -> Vec<Value> {
+    slots
+        .iter()
+        .map(|(n, id)| kv(format!("/pw/slot/acme/{n}").as_bytes(), id.as_bytes(), 3))
+        .collect()
+}
+
 #[test]
-fn delete_reads_both_keys_then_lowers_the_count() {
+fn delete_reads_the_record_and_the_slots_then_frees_the_slot_holding_its_id() {
     let (mut commit, request) = delete(4);
     let first = request_body(&request);
     assert_eq!(
         first["failure"],
-        json!([read("/pw/sub/sub_1"), read("/pw/count/acme")])
+        json!([read("/pw/sub/sub_1"), read_slots(false)])
     );
     let held = kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 4)), 21);
-    let count = kv(b"/pw/count/acme", b"2", 30);
+    let slots = held_slots(&[(0, "sub_9"), (4, "sub_1"), (7, "sub_10")]);
     let sent = body(&answer(
         &mut commit,
-        &failed(vec![range(vec![held]), range(vec![count])]),
+        &failed(vec![range(vec![held]), range(slots)]),
     ));
     assert_eq!(
         sent,
         json!({
             "compare": [
                 compare("/pw/sub/sub_1", "VERSION", "GREATER", "version", 0),
-                compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21),
-                compare("/pw/count/acme", "MOD", "EQUAL", "mod_revision", 30)
+                compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21)
             ],
-            "success": [
-                {"request_delete_range": {"key": b64(b"/pw/sub/sub_1")}},
-                put("/pw/count/acme", b"1")
-            ],
-            "failure": [read("/pw/sub/sub_1"), read("/pw/count/acme")]
+            "success": [remove("/pw/sub/sub_1"), remove("/pw/slot/acme/4")],
+            "failure": [read("/pw/sub/sub_1"), read_slots(false)]
         })
     );
     assert_eq!(
         answer(&mut commit, &succeeded(31, 2)),
+        Step::Committed { revision: 31 }
+    );
+}
+
+/// Slots whose values are not ids or whose keys are odd are not the record's: they neither
+/// block its delete nor go with it.
+#[test]
+fn delete_frees_only_the_slot_holding_its_id_and_without_one_deletes_the_record() {
+    let held = kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 4)), 21);
+    let odd = vec![
+        kv(b"/pw/slot/acme/0", b"", 3),
+        kv(b"/pw/slot/acme/1", b"not an id \xff", 3),
+        kv(b"/pw/slot/acme/two", b"sub_9", 3),
+        kv(b"/pw/slot/acme/eu/3", b"sub_7", 3),
+        kv(b"/pw/slot/acme/5", b"sub_10", 3),
+    ];
+    let (mut commit, _) = delete(4);
+    let mut slots = odd.clone();
+    slots.push(kv(b"/pw/slot/acme/6", b"sub_1", 3));
+    let sent = body(&answer(
+        &mut commit,
+        &failed(vec![range(vec![held.clone()]), range(slots)]),
+    ));
+    assert_eq!(
+        sent["success"],
+        json!([remove("/pw/sub/sub_1"), remove("/pw/slot/acme/6")])
+    );
+
+    let (mut commit, _) = delete(4);
+    let sent = body(&answer(
+        &mut commit,
+        &failed(vec![range(vec![held]), range(odd)]),
+    ));
+    assert_eq!(sent["success"], json!([remove("/pw/sub/sub_1")]));
+    assert_eq!(
+        answer(&mut commit, &succeeded(31, 1)),
         Step::Committed { revision: 31 }
     );
 }
@@ -331,11 +539,24 @@ fn delete_of_a_newer_record_is_stale_and_of_none_gone() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bad answers
+
 fn unavailable(commit: &mut Commit, status: Option<&str>, body: &[u8]) -> String {
     match commit.on_answer(status, body) {
         Step::Unavailable(reason) => reason,
         other => panic!("not unavailable: {other:?}"),
     }
+}
+
+/// A create that has read its slots and sent its first txn.
+fn create_sent() -> Commit {
+    let (mut c, _, _) = create(3);
+    assert!(matches!(
+        answer(&mut c, &read_answer(vec![])),
+        Step::Send(_)
+    ));
+    c
 }
 
 #[test]
@@ -349,10 +570,46 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
     assert!(unavailable(&mut c, Some("200"), b"<html>").starts_with("etcd's answer is not JSON"));
     let no_leader =
         br#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#;
+    let (mut c, _, _) = create(3);
     assert_eq!(
         unavailable(&mut c, Some("200"), no_leader),
         "etcd refused (code 14): etcdserver: no leader"
     );
+    let (mut c, _, _) = create(3);
+    let bad = br#"{"header":{"revision":"4"},"succeeded":true,"responses":[{"response_range":{"header":{"revision":"4"},"kvs":7}}]}"#;
+    assert_eq!(
+        unavailable(&mut c, Some("200"), bad),
+        "etcd's answer: `responses[0].response_range.kvs` is a number, not an array"
+    );
+    let (mut c, _, _) = create(3);
+    let one = json!({"header": header(9), "succeeded": true, "responses": [range(vec![])]});
+    assert_eq!(
+        unavailable(&mut c, Some("200"), one.to_string().as_bytes()),
+        "etcd's answer: the txn has 1 responses, not 2"
+    );
+
+    // A slot whose last part is not a number (as this module writes it) is no slot.
+    for bad in [
+        "/pw/slot/acme/x",
+        "/pw/slot/acme/007",
+        "/pw/slot/acme/+7",
+        "/pw/slot/acme/",
+    ] {
+        let (mut c, _, _) = create(3);
+        let read = read_answer(vec![key_only(bad)]);
+        assert_eq!(
+            unavailable(&mut c, Some("200"), &read),
+            format!("`{bad}` is not a numbered slot")
+        );
+    }
+    let (mut c, _, _) = create(3);
+    let read = read_answer(vec![key_only("/pw/sub/sub_2")]);
+    assert_eq!(
+        unavailable(&mut c, Some("200"), &read),
+        "`/pw/sub/sub_2` is not a numbered slot"
+    );
+
+    let mut c = create_sent();
     assert_eq!(
         unavailable(
             &mut c,
@@ -361,24 +618,25 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
         ),
         "etcd's answer: `succeeded` is a string, not a boolean"
     );
+    let mut c = create_sent();
     assert_eq!(
-        unavailable(&mut c, Some("200"), &failed(vec![])),
-        "etcd's answer: the failed txn has 0 responses, not 1"
+        unavailable(&mut c, Some("200"), &failed(vec![range(vec![])])),
+        "etcd's answer: the txn has 1 responses, not 2"
     );
+    let mut c = create_sent();
     let put = json!({"response_put": {"header": header(9)}});
     assert_eq!(
-        unavailable(&mut c, Some("200"), &failed(vec![put])),
-        "etcd's answer: the failed txn's `responses[0]` is not a range answer"
+        unavailable(&mut c, Some("200"), &failed(vec![put, range(vec![])])),
+        "etcd's answer: the txn's `responses[0]` is not a range answer"
     );
-    let count = kv(b"/pw/count/acme", b"two", 7);
+    let mut c = create_sent();
+    let bad = failed(vec![
+        range(vec![key_only("/pw/slot/acme/1x")]),
+        range(vec![]),
+    ]);
     assert_eq!(
-        unavailable(&mut c, Some("200"), &failed(vec![range(vec![count])])),
-        "`/pw/count/acme` holds `two`, not a decimal count"
-    );
-    let count = json!({"key": b64(b"/pw/count/acme"), "value": b64(b"1")});
-    assert_eq!(
-        unavailable(&mut c, Some("200"), &failed(vec![range(vec![count])])),
-        "`/pw/count/acme` has no mod_revision"
+        unavailable(&mut c, Some("200"), &bad),
+        "`/pw/slot/acme/1x` is not a numbered slot"
     );
 
     let (mut c, _) = replace(&sub("sub_1", 5), 4);
@@ -394,7 +652,7 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
     let (mut c, _) = delete(4);
     assert_eq!(
         unavailable(&mut c, Some("200"), &failed(vec![range(vec![])])),
-        "etcd's answer: the failed txn has 1 responses, not 2"
+        "etcd's answer: the txn has 1 responses, not 2"
     );
 }
 
@@ -402,15 +660,15 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
 #[test]
 fn garbage_never_panics() {
     let held = kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 4)), 21);
-    let count = kv(b"/pw/count/acme", b"2", 30);
     let samples = [
         succeeded(12, 2),
-        failed(vec![range(vec![count.clone()])]),
+        read_answer(slots(&[0, 2])),
+        failed(vec![range(slots(&[1])), range(vec![])]),
         failed(vec![range(vec![held.clone()])]),
-        failed(vec![range(vec![held]), range(vec![count])]),
+        failed(vec![range(vec![held]), range(held_slots(&[(4, "sub_1")]))]),
     ];
     let mut rng = seeded(0xc0_11_17);
-    for i in 0..4000 {
+    for i in 0..scaled(4000) {
         let mut bytes = rng.pick(&samples).clone();
         for _ in 0..=rng.below(4) {
             let at = rng.below(bytes.len().max(1)).min(bytes.len());
@@ -423,12 +681,289 @@ fn garbage_never_panics() {
         if rng.chance(10) {
             bytes = rng.bytes(64);
         }
-        let mut commit = match i % 3 {
+        let mut commit = match i % 4 {
             0 => create(3).0,
-            1 => replace(&sub("sub_1", 5), 4).0,
+            1 => create_sent(),
+            2 => replace(&sub("sub_1", 5), 4).0,
             _ => delete(4).0,
         };
         let _ = commit.on_answer(Some("200"), &bytes);
         let _ = commit.on_answer(Some("200"), &bytes);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Races against a model of etcd
+
+/// etcd's key-value store as far as commits use it: ranges, and txns of single-key compares
+/// and puts, deletes and ranges, each txn atomic at one new revision.
+#[derive(Default)]
+struct Model {
+    revision: i64,
+    /// key → (value, create_revision, mod_revision, version)
+    kvs: BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>,
+}
+
+fn decoded(v: &Value) -> Vec<u8> {
+    STANDARD.decode(v.as_str().unwrap_or("")).unwrap()
+}
+
+fn number(v: &Value) -> i64 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+impl Model {
+    /// Serves `request` now, as etcd would.
+    fn serve(&mut self, request: &Request) -> Vec<u8> {
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        let answer = match request.path {
+            etcd::RANGE => self.range(&body),
+            etcd::TXN => self.txn(&body),
+            other => panic!("no model of {other}"),
+        };
+        answer.to_string().into_bytes()
+    }
+
+    fn keys_of(&self, r: &Value) -> Vec<Vec<u8>> {
+        let key = decoded(&r["key"]);
+        match r.get("range_end") {
+            Some(end) => {
+                let end = decoded(end);
+                self.kvs.range(key..end).map(|(k, _)| k.clone()).collect()
+            }
+            None => self
+                .kvs
+                .contains_key(&key)
+                .then_some(key)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn range(&self, r: &Value) -> Value {
+        let keys_only = r["keys_only"] == json!(true);
+        let kvs: Vec<Value> = self
+            .keys_of(r)
+            .iter()
+            .map(|k| {
+                let (value, create, modified, version) = &self.kvs[k];
+                let mut kv = json!({"key": b64(k), "create_revision": create.to_string(),
+                    "mod_revision": modified.to_string(), "version": version.to_string()});
+                if !keys_only && !value.is_empty() {
+                    kv["value"] = json!(b64(value));
+                }
+                kv
+            })
+            .collect();
+        let mut answer = json!({"header": {"revision": self.revision.max(1).to_string()}});
+        if !kvs.is_empty() {
+            answer["count"] = json!(kvs.len().to_string());
+            answer["kvs"] = json!(kvs);
+        }
+        answer
+    }
+
+    fn holds(&self, c: &Value) -> bool {
+        let held = self.kvs.get(&decoded(&c["key"]));
+        let (actual, expected) = match c["target"].as_str().unwrap() {
+            "CREATE" => (held.map_or(0, |h| h.1), number(&c["create_revision"])),
+            "MOD" => (held.map_or(0, |h| h.2), number(&c["mod_revision"])),
+            "VERSION" => (held.map_or(0, |h| h.3), number(&c["version"])),
+            other => panic!("no model of target {other}"),
+        };
+        match c["result"].as_str().unwrap() {
+            "EQUAL" => actual == expected,
+            "NOT_EQUAL" => actual != expected,
+            "GREATER" => actual > expected,
+            "LESS" => actual < expected,
+            other => panic!("no model of result {other}"),
+        }
+    }
+
+    fn txn(&mut self, t: &Value) -> Value {
+        let ok = t["compare"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| self.holds(c));
+        let ops = t[if ok { "success" } else { "failure" }]
+            .as_array()
+            .unwrap();
+        let writes = ops.iter().any(|op| op.get("request_range").is_none());
+        if writes {
+            self.revision += 1;
+        }
+        let rev = self.revision;
+        let mut responses = Vec::new();
+        for op in ops {
+            let header = json!({"revision": rev.max(1).to_string()});
+            if let Some(r) = op.get("request_range") {
+                responses.push(json!({ "response_range": self.range(r) }));
+            } else if let Some(p) = op.get("request_put") {
+                let key = decoded(&p["key"]);
+                let (create, version) = self.kvs.get(&key).map_or((rev, 0), |h| (h.1, h.3));
+                self.kvs
+                    .insert(key, (decoded(&p["value"]), create, rev, version + 1));
+                responses.push(json!({"response_put": {"header": header}}));
+            } else {
+                let d = &op["request_delete_range"];
+                let gone = self.keys_of(d);
+                for k in &gone {
+                    self.kvs.remove(k);
+                }
+                responses.push(json!({"response_delete_range": {"header": header,
+                    "deleted": gone.len().to_string()}}));
+            }
+        }
+        let mut answer = json!({"header": {"revision": rev.max(1).to_string()},
+                                "responses": responses});
+        if ok {
+            answer["succeeded"] = json!(true);
+        }
+        answer
+    }
+
+    /// acme's slots: number → id.
+    fn slots(&self) -> BTreeMap<u64, String> {
+        self.kvs
+            .iter()
+            .filter_map(|(k, (v, ..))| {
+                let n = std::str::from_utf8(k)
+                    .ok()?
+                    .strip_prefix("/pw/slot/acme/")?;
+                Some((n.parse().unwrap(), String::from_utf8(v.clone()).unwrap()))
+            })
+            .collect()
+    }
+
+    /// acme's records: id → version.
+    fn records(&self) -> BTreeMap<String, u64> {
+        self.kvs
+            .iter()
+            .filter_map(|(k, (v, ..))| {
+                let id = std::str::from_utf8(k).ok()?.strip_prefix("/pw/sub/")?;
+                Some((id.to_string(), Subscription::from_json(v)?.version))
+            })
+            .collect()
+    }
+}
+
+/// `creates` creates (and some deletes of what exists) for acme, all in flight at once, their
+/// requests served one at a time in random order: how many creates committed and how many
+/// were refused for the limit. After every request: no create takes acme past `limit` (the
+/// slots already there may exceed it, from a higher limit), every slot names a record, and a
+/// committed create or delete has its slot and record written or removed together.
+fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) -> (usize, usize) {
+    let mut etcd = Model::default();
+    for n in before {
+        let s = sub(&format!("sub_old{n}"), 1);
+        let key = format!("/pw/slot/acme/{n}").into_bytes();
+        etcd.revision += 1;
+        etcd.kvs.insert(
+            key,
+            (s.id.clone().into_bytes(), etcd.revision, etcd.revision, 1),
+        );
+        etcd.kvs.insert(
+            keys().subscription(&s.id),
+            (record(&s), etcd.revision, etcd.revision, 1),
+        );
+    }
+    let mut rng = seeded(seed);
+    let mut flight: Vec<(Commit, Request)> = (0..creates)
+        .map(|n| create_of(&sub(&format!("sub_r{seed}x{n}"), 1), limit))
+        .collect();
+    let (mut committed, mut refused) = (0, 0);
+    let mut deleted = BTreeSet::new();
+    while !flight.is_empty() {
+        if deletes && rng.chance(4) {
+            let records = etcd.records();
+            let victims: Vec<_> = records
+                .iter()
+                .filter(|(id, _)| !deleted.contains(*id))
+                .collect();
+            if !victims.is_empty() {
+                let (id, version) = victims[rng.below(victims.len())];
+                deleted.insert(id.clone());
+                flight.push(Commit::start(
+                    Write::Delete {
+                        id: id.clone(),
+                        consumer: "acme".into(),
+                        before_version: *version,
+                    },
+                    &keys(),
+                ));
+            }
+        }
+        let (mut commit, request) = flight.swap_remove(rng.below(flight.len()));
+        let count_before = etcd.slots().len();
+        let answer = etcd.serve(&request);
+        let count = etcd.slots().len();
+        assert!(
+            count <= count_before || count <= limit,
+            "{count} slots for limit {limit}"
+        );
+        let records = etcd.records();
+        for id in etcd.slots().values() {
+            assert!(records.contains_key(id), "slot of {id} without its record");
+        }
+        match commit.on_answer(Some("200"), &answer) {
+            Step::Send(next) => flight.push((commit, next)),
+            Step::Committed { .. } => match commit.write() {
+                Write::Create { sub, .. } => {
+                    assert!(etcd.slots().values().any(|id| *id == sub.id));
+                    assert!(records.contains_key(&sub.id));
+                    committed += 1;
+                }
+                Write::Delete { id, .. } => {
+                    assert!(!etcd.slots().values().any(|s| s == id));
+                    assert!(!records.contains_key(id));
+                }
+                Write::Replace { .. } => unreachable!(),
+            },
+            Step::LimitReached(n) => {
+                assert!(n >= limit as u64);
+                refused += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Every record has its slot too.
+    let held: BTreeSet<String> = etcd.slots().into_values().collect();
+    let records: BTreeSet<String> = etcd.records().into_keys().collect();
+    assert_eq!(held, records);
+    (committed, refused)
+}
+
+#[test]
+fn racing_creates_within_the_limit_all_commit() {
+    for seed in 0..scaled(5) as u64 {
+        assert_eq!(race(seed, 1000, 200, false, &[]), (200, 0));
+    }
+}
+
+#[test]
+fn racing_creates_past_the_limit_commit_exactly_up_to_it() {
+    for seed in 0..scaled(20) as u64 {
+        assert_eq!(race(seed, 40, 60, false, &[]), (40, 20));
+        assert_eq!(race(seed, 3, 30, false, &[1]), (2, 28));
+    }
+}
+
+#[test]
+fn racing_creates_under_a_lowered_limit_never_pass_it() {
+    for seed in 0..scaled(20) as u64 {
+        // Limit 5 now; 3 slots from when it was 10: two more commit.
+        assert_eq!(race(seed, 5, 20, false, &[5, 8, 9]), (2, 18));
+        // Limit 3 now, 4 slots: none.
+        assert_eq!(race(seed, 3, 10, false, &[0, 4, 6, 7]), (0, 10));
+    }
+}
+
+#[test]
+fn racing_creates_and_deletes_keep_the_limit_and_a_slot_per_record() {
+    for seed in 0..scaled(20) as u64 {
+        let (committed, refused) = race(seed, 10, 40, true, &[2, 12]);
+        assert_eq!(committed + refused, 40);
+        assert!(committed >= 8, "{committed} committed");
     }
 }

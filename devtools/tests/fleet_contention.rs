@@ -1,0 +1,219 @@
+//! Fleet mode under contention, with a real etcd (Debian's etcd-server 3.4, `make etcd`) and two
+//! real Envoys running the real `.wasm`: many concurrent creates for one consumer, spread over
+//! both replicas, all go through (each takes its own slot, `P/slot/<consumer>/<n>`), and a
+//! per-consumer limit holds across the replicas however the creates race.
+//!
+//! Nothing sleeps: every call is awaited, and etcd is read once the answers are in.
+
+use std::collections::BTreeSet;
+
+use anyhow::{ensure, Context, Result};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use devtools::{http_client, Envoy, EnvoyConfig, Etcd, Stack};
+use serde_json::{json, Value};
+
+/// An API key and its SHA-256 (`printf test-key | sha256sum`).
+const TEST_KEY: &str = "test-key";
+const TEST_KEY_SHA256: &str = "62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef";
+const CONSUMER: &str = "tests";
+const PREFIX: &str = "/pw-contention";
+
+/// The plugin configuration of replica `node`, with the per-consumer `limit`.
+fn plugin(node: &str, limit: usize) -> Value {
+    json!({
+        "audience": "all",
+        "api": {"keys": [{"consumer": CONSUMER, "sha256": TEST_KEY_SHA256}],
+                "max_subscriptions_per_consumer": limit},
+        "delivery": {"allow_http": true, "allow_private_destinations": true},
+        "fleet": {"cluster": "webhooks_etcd", "prefix": PREFIX, "node_id": node,
+                  "sync_interval": "200ms", "lease_ttl": "3s"}
+    })
+}
+
+/// The Envoy cluster of the etcd gateway.
+fn etcd_cluster(etcd: &Etcd) -> Value {
+    json!({
+        "name": "webhooks_etcd", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "webhooks_etcd", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address":
+                {"address": "127.0.0.1", "port_value": etcd.client_port()}}}}]}]}
+    })
+}
+
+/// One etcd, and two replicas A and B on it with the per-consumer `limit`.
+async fn fleet(limit: usize) -> Result<(Etcd, Stack, Envoy)> {
+    let etcd = Etcd::start().await?;
+    let a = Stack::start_with(
+        |_| plugin("a", limit),
+        |cfg| cfg.with_cluster(etcd_cluster(&etcd)),
+    )
+    .await?;
+    let b_config =
+        EnvoyConfig::new(plugin("b", limit), a.upstream.port()).with_cluster(etcd_cluster(&etcd));
+    let b = Envoy::start(b_config).await?;
+    Ok((etcd, a, b))
+}
+
+/// An API call through `envoy` with the test key: status and JSON body (Null when none).
+async fn api(envoy: &Envoy, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = http_client()
+        .request(method, envoy.url(path))
+        .header("x-api-key", TEST_KEY);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// `n` creates at once, alternating between the two replicas: each one's status and body.
+async fn concurrent_creates(a: &Envoy, b: &Envoy, n: usize) -> Result<Vec<(u16, Value)>> {
+    let calls = (0..n).map(|i| {
+        let envoy = if i % 2 == 0 { a } else { b };
+        let body = json!({"url": format!("http://127.0.0.1:9/hook/{i}"), "events": ["*"]});
+        async move { api(envoy, "POST", "/webhooks/subscriptions", Some(body)).await }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Every key under `prefix` in etcd, with its value.
+async fn etcd_keys(etcd: &Etcd, prefix: &str) -> Result<Vec<(String, String)>> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let body = json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(&end)});
+    let (status, text) = etcd.post("/v3/kv/range", &body.to_string()).await?;
+    ensure!(status == 200, "etcd range answered {status}: {text}");
+    let answer: Value = serde_json::from_str(&text)?;
+    let mut keys = Vec::new();
+    for kv in answer["kvs"].as_array().into_iter().flatten() {
+        let text = |field: &str| -> Result<String> {
+            let raw = STANDARD.decode(kv[field].as_str().unwrap_or(""))?;
+            Ok(String::from_utf8(raw)?)
+        };
+        keys.push((text("key")?, text("value")?));
+    }
+    Ok(keys)
+}
+
+/// The ids etcd holds records of, and its slots (number → id); checks that every record has
+/// exactly one slot below `limit` and every slot names a record.
+async fn records_and_slots(etcd: &Etcd, limit: u64) -> Result<BTreeSet<String>> {
+    let records: BTreeSet<String> = etcd_keys(etcd, &format!("{PREFIX}/sub/"))
+        .await?
+        .into_iter()
+        .map(|(key, _)| {
+            key.trim_start_matches(&format!("{PREFIX}/sub/"))
+                .to_string()
+        })
+        .collect();
+    let slot_prefix = format!("{PREFIX}/slot/{CONSUMER}/");
+    let slots = etcd_keys(etcd, &slot_prefix).await?;
+    let mut held = BTreeSet::new();
+    for (key, id) in &slots {
+        let n: u64 = key
+            .strip_prefix(&slot_prefix)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("slot key {key}"))?;
+        ensure!(n < limit, "slot {n} is not below the limit {limit}");
+        ensure!(held.insert(id.clone()), "{id} holds two slots");
+    }
+    ensure!(
+        held == records,
+        "slots and records differ: {} slots, {} records",
+        held.len(),
+        records.len()
+    );
+    Ok(records)
+}
+
+/// The ids of the 201s; every other answer must be `expected_other` (status and error code).
+fn created_ids(
+    answers: &[(u16, Value)],
+    expected_other: Option<(u16, &str)>,
+) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for (status, body) in answers {
+        match (status, expected_other) {
+            (201, _) => ids.push(body["id"].as_str().context("a 201 without id")?.to_string()),
+            (other, Some((status, code))) if *other == status => ensure!(
+                body["error"]["code"] == code,
+                "a {other} that is not {code}: {body}"
+            ),
+            (other, _) => {
+                let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+                anyhow::bail!("a create answered {other}: {body}; all statuses: {statuses:?}")
+            }
+        }
+    }
+    Ok(ids)
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_creates_for_one_consumer_over_two_replicas_all_get_201_and_etcd_holds_two_hundred(
+) -> Result<()> {
+    let (etcd, a, b) = fleet(1000).await?;
+    let answers = concurrent_creates(&a.envoy, &b, 200).await?;
+    let ids = created_ids(&answers, None)
+        .with_context(|| format!("A's log:\n{}", a.envoy.log_tail(10)))?;
+    ensure!(ids.len() == 200, "{} created", ids.len());
+    let records = records_and_slots(&etcd, 1000).await?;
+    ensure!(records.len() == 200, "etcd holds {} records", records.len());
+    let created: BTreeSet<String> = ids.into_iter().collect();
+    ensure!(
+        created == records,
+        "etcd holds exactly the ids answered 201"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_limit_of_forty_holds_against_sixty_concurrent_creates_over_two_replicas_and_a_delete_frees_a_slot(
+) -> Result<()> {
+    let (etcd, a, b) = fleet(40).await?;
+    let answers = concurrent_creates(&a.envoy, &b, 60).await?;
+    let ids = created_ids(&answers, Some((409, "limit_reached")))?;
+    ensure!(ids.len() == 40, "{} created, not 40", ids.len());
+    let refused = answers.iter().filter(|(s, _)| *s == 409).count();
+    ensure!(refused == 20, "{refused} refused for the limit, not 20");
+    let records = records_and_slots(&etcd, 40).await?;
+    ensure!(records.len() == 40, "etcd holds {} records", records.len());
+
+    // Full: one more is refused through either replica, until a delete frees a slot.
+    let more = json!({"url": "http://127.0.0.1:9/hook/more", "events": ["*"]});
+    let (status, body) = api(&b, "POST", "/webhooks/subscriptions", Some(more.clone())).await?;
+    ensure!(status == 409, "a 41st create answered {status}: {body}");
+    // One A created (B may not have synced it yet).
+    let gone = answers
+        .iter()
+        .step_by(2)
+        .find(|(status, _)| *status == 201)
+        .and_then(|(_, body)| body["id"].as_str())
+        .context("A created none")?
+        .to_string();
+    let path = format!("/webhooks/subscriptions/{gone}");
+    let (status, body) = api(&a.envoy, "DELETE", &path, None).await?;
+    ensure!(status == 204, "the delete answered {status}: {body}");
+    let (status, body) = api(&b, "POST", "/webhooks/subscriptions", Some(more)).await?;
+    ensure!(
+        status == 201,
+        "a create after the delete answered {status}: {body}"
+    );
+    let records = records_and_slots(&etcd, 40).await?;
+    ensure!(
+        records.len() == 40 && !records.contains(&gone),
+        "the deleted one's slot went to the new one"
+    );
+    Ok(())
+}
