@@ -6,9 +6,9 @@
 use super::Dispatcher;
 use crate::fleet::journal::{CallId, Event, Journal, Outcome};
 use crate::fleet::stored::{self, Stored};
+use crate::hashing::HashMap;
 use crate::outbox::{Message, Payload};
 use crate::port::{DispatchHost, Metric};
-use crate::hashing::HashMap;
 use std::rc::Rc;
 
 /// The durable outbox's state in the dispatcher.
