@@ -8,9 +8,8 @@
 use std::collections::BTreeSet;
 
 use anyhow::{ensure, Context, Result};
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use devtools::{http_client, Envoy, EnvoyConfig, Etcd, Stack};
+use devtools::fleet::etcd_cluster;
+use devtools::{Envoy, EnvoyConfig, Etcd, Stack};
 use serde_json::{json, Value};
 
 /// An API key and its SHA-256 (`printf test-key | sha256sum`).
@@ -31,16 +30,6 @@ fn plugin(node: &str, limit: usize) -> Value {
     })
 }
 
-/// The Envoy cluster of the etcd gateway.
-fn etcd_cluster(etcd: &Etcd) -> Value {
-    json!({
-        "name": "webhooks_etcd", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": "webhooks_etcd", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address":
-                {"address": "127.0.0.1", "port_value": etcd.client_port()}}}}]}]}
-    })
-}
-
 /// One etcd, and two replicas A and B on it with the per-consumer `limit`.
 async fn fleet(limit: usize) -> Result<(Etcd, Stack, Envoy)> {
     let etcd = Etcd::start().await?;
@@ -55,30 +44,21 @@ async fn fleet(limit: usize) -> Result<(Etcd, Stack, Envoy)> {
     Ok((etcd, a, b))
 }
 
-/// An API call through `envoy` with the test key: status and JSON body (Null when none).
-async fn api(envoy: &Envoy, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-    let method = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut request = http_client()
-        .request(method, envoy.url(path))
-        .header("x-api-key", TEST_KEY);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await?;
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
-}
-
 /// `n` creates at once, alternating between the two replicas: each one's status and body.
 async fn concurrent_creates(a: &Envoy, b: &Envoy, n: usize) -> Result<Vec<(u16, Value)>> {
     let calls = (0..n).map(|i| {
         let envoy = if i % 2 == 0 { a } else { b };
         let body = json!({"url": format!("http://127.0.0.1:9/hook/{i}"), "events": ["*"]});
-        async move { api(envoy, "POST", "/webhooks/subscriptions", Some(body)).await }
+        async move {
+            devtools::api(
+                envoy,
+                TEST_KEY,
+                "POST",
+                "/webhooks/subscriptions",
+                Some(body),
+            )
+            .await
+        }
     });
     futures_util::future::join_all(calls)
         .await
@@ -86,23 +66,11 @@ async fn concurrent_creates(a: &Envoy, b: &Envoy, n: usize) -> Result<Vec<(u16, 
         .collect()
 }
 
-/// Every key under `prefix` in etcd, with its value.
+/// Every key under `prefix` in etcd, with its value as text.
 async fn etcd_keys(etcd: &Etcd, prefix: &str) -> Result<Vec<(String, String)>> {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let body = json!({"key": STANDARD.encode(prefix), "range_end": STANDARD.encode(&end)});
-    let (status, text) = etcd.post("/v3/kv/range", &body.to_string()).await?;
-    ensure!(status == 200, "etcd range answered {status}: {text}");
-    let answer: Value = serde_json::from_str(&text)?;
     let mut keys = Vec::new();
-    for kv in answer["kvs"].as_array().into_iter().flatten() {
-        let text = |field: &str| -> Result<String> {
-            let raw = STANDARD.decode(kv[field].as_str().unwrap_or(""))?;
-            Ok(String::from_utf8(raw)?)
-        };
-        keys.push((text("key")?, text("value")?));
+    for (key, value) in etcd.range(prefix).await? {
+        keys.push((key, String::from_utf8(value)?));
     }
     Ok(keys)
 }
@@ -192,7 +160,14 @@ async fn a_limit_of_forty_holds_against_sixty_concurrent_creates_over_two_replic
 
     // Full: one more is refused through either replica, until a delete frees a slot.
     let more = json!({"url": "http://127.0.0.1:9/hook/more", "events": ["*"]});
-    let (status, body) = api(&b, "POST", "/webhooks/subscriptions", Some(more.clone())).await?;
+    let (status, body) = devtools::api(
+        &b,
+        TEST_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(more.clone()),
+    )
+    .await?;
     ensure!(status == 409, "a 41st create answered {status}: {body}");
     // One A created (B may not have synced it yet).
     let gone = answers
@@ -203,9 +178,10 @@ async fn a_limit_of_forty_holds_against_sixty_concurrent_creates_over_two_replic
         .context("A created none")?
         .to_string();
     let path = format!("/webhooks/subscriptions/{gone}");
-    let (status, body) = api(&a.envoy, "DELETE", &path, None).await?;
+    let (status, body) = devtools::api(&a.envoy, TEST_KEY, "DELETE", &path, None).await?;
     ensure!(status == 204, "the delete answered {status}: {body}");
-    let (status, body) = api(&b, "POST", "/webhooks/subscriptions", Some(more)).await?;
+    let (status, body) =
+        devtools::api(&b, TEST_KEY, "POST", "/webhooks/subscriptions", Some(more)).await?;
     ensure!(
         status == 201,
         "a create after the delete answered {status}: {body}"
