@@ -248,15 +248,71 @@ impl<S: KvStore> Registry<S> {
     /// of the same id (its version kept, not moved), or added without the per-consumer limit,
     /// which etcd enforced. Unchanged records are not written.
     pub fn apply_synced(&self, sub: &Subscription) -> Result<(), RegistryError> {
+        if self.write_synced(sub)? {
+            self.relist(std::slice::from_ref(sub), true);
+        }
+        Ok(())
+    }
+
+    /// [`Registry::apply_synced`] for many records (one etcd answer's, or the new static
+    /// subscriptions): each record is written on its own (record buckets are small), then the
+    /// new ones are listed with one compare-and-swap edit per index and owner bucket rather than
+    /// one per record: 10,000 records of one event type (or of one consumer) would otherwise
+    /// rewrite a bucket growing to 10,000 lines 10,000 times. A record not stored is logged.
+    pub fn apply_synced_batch(&self, subs: Vec<Subscription>) {
+        let mut new = Vec::new();
+        for sub in subs {
+            match self.write_synced(&sub) {
+                Ok(true) => new.push(sub),
+                Ok(false) => {}
+                Err(e) => not_stored(&sub.id, &e),
+            }
+        }
+        self.relist(&new, true);
+    }
+
+    /// Writes the record of [`Registry::apply_synced`]; true when this call created it (its
+    /// owner and index lines are then still to add, and it is not counted yet). A record made
+    /// meanwhile by another writer (a worker applying its API write of the same record) is
+    /// written over instead, so a record is created, listed and counted once.
+    fn write_synced(&self, sub: &Subscription) -> Result<bool, RegistryError> {
+        match self.apply_existing(sub) {
+            Err(RegistryError::NotFound) if self.create_record(sub)? => Ok(true),
+            Err(RegistryError::NotFound) => self.apply_existing(sub).map(|()| false),
+            other => other.map(|()| false),
+        }
+    }
+
+    /// Writes `sub` over the stored record of its id, keeping `sub`'s version; NotFound when
+    /// there is none.
+    fn apply_existing(&self, sub: &Subscription) -> Result<(), RegistryError> {
         let mut same = |have: &mut Subscription| {
             let differs = *have != *sub;
             have.clone_from(sub);
             differs
         };
-        match self.update_with(&sub.id, &mut same, false) {
-            Err(RegistryError::NotFound) => self.insert(sub, None),
-            other => other.map(|_| ()),
+        self.update_with(&sub.id, &mut same, false).map(|_| ())
+    }
+
+    /// Writes the record of `sub` while its id has none (compare-and-swap on its bucket); false
+    /// when it has one.
+    fn create_record(&self, sub: &Subscription) -> Result<bool, RegistryError> {
+        let json =
+            serde_json::to_vec(sub).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+        let key = record_key(&sub.id);
+        for _ in 0..MAX_CAS_RETRIES {
+            let bucket = Bucket::read(&self.store, &key);
+            if bucket.get(&sub.id).is_some() {
+                return Ok(false);
+            }
+            let entry = record_entry(bucket.cas, &json);
+            match bucket.replace(&self.store, &key, &bucket.with(&sub.id, Some(&entry))) {
+                Ok(()) => return Ok(true),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
+            }
         }
+        Err(RegistryError::Unavailable("too much contention".into()))
     }
 
     /// [`Registry::update`] without the generic closure, so the wasm carries it once:
@@ -311,19 +367,35 @@ impl<S: KvStore> Registry<S> {
 
     /// Deletes a subscription: no delivery starts for it afterwards.
     pub fn delete(&self, id: &str) -> Result<Subscription, RegistryError> {
+        let sub = self.take_record(id)?;
+        self.relist(std::slice::from_ref(&sub), false);
+        Ok(sub)
+    }
+
+    /// [`Registry::delete`] for many subscriptions (one etcd answer's deletions), with one edit
+    /// per index and owner bucket rather than one per subscription. Ids already gone are
+    /// skipped; a subscription not deleted is logged.
+    pub fn delete_batch(&self, ids: &[String]) {
+        let mut gone = Vec::new();
+        for id in ids {
+            match self.take_record(id) {
+                Ok(sub) => gone.push(sub),
+                Err(RegistryError::NotFound) => {}
+                Err(e) => not_stored(id, &e),
+            }
+        }
+        self.relist(&gone, false);
+    }
+
+    /// Removes the record of `id` (compare-and-swap on its bucket), then its attempt log.
+    fn take_record(&self, id: &str) -> Result<Subscription, RegistryError> {
         let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
             let bucket = Bucket::read(&self.store, &key);
             let sub = parsed_record(&bucket, id).ok_or(RegistryError::NotFound)?;
             match bucket.replace(&self.store, &key, &bucket.with(id, None)) {
                 Ok(()) => {
-                    for filter in &sub.events {
-                        self.remove_line(&index_key(filter), filter, id);
-                    }
-                    self.remove_line(&owner_key(&sub.consumer), &sub.consumer, id);
                     attempts::clear(&self.store, id);
-                    self.count_active(Some(&sub), None);
-                    self.bump_generation();
                     return Ok(sub);
                 }
                 Err(StoreError::Conflict) => continue,
@@ -355,7 +427,7 @@ impl<S: KvStore> Registry<S> {
                 None => new.push(fresh),
             }
         }
-        self.insert_batch(&new);
+        self.apply_synced_batch(new);
         let (listed, cas) = self.store.get(STATIC_KEY).unwrap_or_default();
         for gone in std::str::from_utf8(&listed).unwrap_or_default().lines() {
             if !statics.iter().any(|s| s.id == gone) {
@@ -368,48 +440,38 @@ impl<S: KvStore> Registry<S> {
             .set(STATIC_KEY, ids.join("\n").as_bytes(), Some(cas));
     }
 
-    /// Adds new subscriptions with one compare-and-swap edit per list bucket rather than one per
-    /// subscription: 10,000 static subscriptions would otherwise rewrite the same consumer
-    /// bucket 10,000 times at start-up (record buckets stay small: one edit per record).
-    /// Records are written before their index lines.
-    fn insert_batch(&self, subs: &[Subscription]) {
+    /// Adds (`add`) or takes out the owner and index lines of `subs` with one compare-and-swap
+    /// edit per bucket, and counts them in or out of the active count. Taking out is best
+    /// effort: an id left behind is harmless, readers skip missing records.
+    fn relist(&self, subs: &[Subscription], add: bool) {
+        if subs.is_empty() {
+            return;
+        }
         let mut lines: HashMap<String, Vec<String>> = HashMap::default();
-        let mut active = 0;
         for sub in subs {
-            let Ok(record) = serde_json::to_vec(sub) else {
-                continue;
-            };
-            if let Err(e) = self.put_record(&sub.id, &record) {
-                log::error!(
-                    "proxy-webhooks: static subscription {} not stored: {e:?}",
-                    sub.id
-                );
-                continue;
-            }
             let own = lines.entry(owner_key(&sub.consumer)).or_default();
             own.push(format!("{} {}", sub.consumer, sub.id));
             for filter in &sub.events {
                 let bucket = lines.entry(index_key(filter)).or_default();
                 bucket.push(format!("{filter} {}", sub.id));
             }
-            active += i64::from(sub.is_active());
         }
-        for (key, new) in lines {
-            let added = self.edit_bucket(&key, |existing| {
-                let known: HashSet<&String> = existing.iter().collect();
-                let fresh: Vec<String> =
-                    new.iter().filter(|l| !known.contains(l)).cloned().collect();
-                drop(known);
-                existing.extend(fresh);
+        for (key, changed) in lines {
+            let set: HashSet<&String> = changed.iter().collect();
+            let edited = self.edit_bucket(&key, |existing| {
+                existing.retain(|l| !set.contains(l));
+                if add {
+                    existing.extend(changed.iter().cloned());
+                }
                 Ok(())
             });
-            if let Err(e) = added {
-                log::error!(
-                    "proxy-webhooks: static subscriptions not fully indexed ({key}): {e:?}"
-                );
+            if let Err(e) = edited {
+                log::error!("proxy-webhooks: subscriptions not fully listed ({key}): {e:?}");
             }
         }
-        self.adjust_active(active);
+        let active = i64::try_from(subs.iter().filter(|s| s.is_active()).count());
+        let active = active.unwrap_or(i64::MAX);
+        self.adjust_active(if add { active } else { -active });
         self.bump_generation();
     }
 
@@ -459,7 +521,7 @@ impl<S: KvStore> Registry<S> {
     /// follows the newest record.
     fn sync_index(&self, id: &str, filters: &[&String]) -> Result<(), RegistryError> {
         for filter in filters {
-            self.edit_bucket_with(&index_key(filter), true, |lines| {
+            self.edit_bucket_with(&index_key(filter), true, &mut |lines| {
                 let listed = self
                     .get(id)
                     .is_some_and(|(sub, _)| sub.events.iter().any(|f| f == *filter));
@@ -496,9 +558,9 @@ impl<S: KvStore> Registry<S> {
     fn edit_bucket(
         &self,
         key: &str,
-        edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
+        mut edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
-        self.edit_bucket_with(key, false, edit)
+        self.edit_bucket_with(key, false, &mut edit)
     }
 
     /// [`Registry::edit_bucket`]; with `always_write` the bucket is written (its version moves)
@@ -507,7 +569,7 @@ impl<S: KvStore> Registry<S> {
         &self,
         key: &str,
         always_write: bool,
-        mut edit: impl FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
+        edit: &mut dyn FnMut(&mut Vec<String>) -> Result<(), RegistryError>,
     ) -> Result<(), RegistryError> {
         for _ in 0..MAX_CAS_RETRIES {
             let (value, cas) = self.store.get(key).unwrap_or_default();
@@ -536,6 +598,11 @@ impl<S: KvStore> Registry<S> {
 fn parsed_record(bucket: &Bucket, id: &str) -> Option<Subscription> {
     let (_, json) = parse_entry(bucket.get(id)?)?;
     Subscription::from_json(json)
+}
+
+/// Logs a change of subscription `id` the store did not take.
+fn not_stored(id: &str, e: &RegistryError) {
+    log::error!("proxy-webhooks: subscription {id}: change not stored: {e:?}");
 }
 
 fn add_line(lines: &mut Vec<String>, name: &str, id: &str) {
@@ -607,6 +674,217 @@ mod tests {
         assert!(r.candidates("a.b").is_empty());
         assert_eq!(r.candidates("b.c"), vec!["s1".to_string()]);
         assert_eq!(r.active_count(), 3);
+    }
+
+    /// A first attempt that succeeded.
+    fn delivered(webhook_id: &str, event_type: &str) -> crate::attempts::Attempt {
+        crate::attempts::Attempt {
+            webhook_id: webhook_id.into(),
+            event_type: event_type.into(),
+            attempt: 1,
+            timestamp: "2026-11-27T10:00:00.000Z".into(),
+            response_status: Some(200),
+            error: None,
+            duration_ms: 3,
+            next_retry_at: None,
+            state: crate::attempts::State::Succeeded,
+        }
+    }
+
+    /// How many times each of `keys` was written: MemoryStore's version grows by one per write.
+    fn writes<'a>(store: &MemoryStore, keys: impl IntoIterator<Item = &'a String>) -> Vec<u32> {
+        let version = |key: &String| store.get(key).map_or(0, |(_, version)| version);
+        keys.into_iter().map(version).collect()
+    }
+
+    /// A registry over `store`, its buckets made.
+    fn prepared(store: &MemoryStore) -> Registry<&MemoryStore> {
+        let r = Registry::new(store);
+        r.prepare();
+        r
+    }
+
+    /// `n` records of one event type spread over `consumers`, as etcd holds them (version 3).
+    fn synced(n: usize, consumers: usize) -> Vec<Subscription> {
+        (0..n)
+            .map(|i| {
+                let mut s = sub(&format!("s{i}"), &format!("c{}", i % consumers), &["o.new"]);
+                s.version = 3;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_synced_batch_writes_each_list_bucket_once() {
+        let store = MemoryStore::default();
+        let r = prepared(&store);
+        let subs = synced(500, 5);
+        let lists: HashSet<String> = subs
+            .iter()
+            .map(|s| owner_key(&s.consumer))
+            .chain([index_key("o.new")])
+            .collect();
+        let before = writes(&store, &lists);
+        r.apply_synced_batch(subs.clone());
+        let once: Vec<u32> = before.iter().map(|v| v + 1).collect();
+        assert_eq!(writes(&store, &lists), once, "one write per list bucket");
+        let ids: Vec<&str> = subs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            r.candidates("o.new"),
+            ids,
+            "all listed, in the answer's order"
+        );
+        for s in &subs {
+            assert_eq!(
+                r.get(&s.id).unwrap().0,
+                *s,
+                "stored as etcd has it, version kept"
+            );
+        }
+        assert_eq!(r.ids_for_consumer("c0").len(), 100);
+        assert_eq!(r.active_count(), 500);
+    }
+
+    #[test]
+    fn a_synced_batch_ends_as_applying_each_record_does() {
+        let (one, batch) = (registry(), registry());
+        let mut first = synced(6, 2);
+        first[5].status = Status::Disabled;
+        for s in &first {
+            one.apply_synced(s).unwrap();
+        }
+        batch.apply_synced_batch(first.clone());
+        // Unchanged, changed (filters, status, version moved by etcd) and new records.
+        let mut second = first.clone();
+        second[1].events = vec!["o.old".into(), "x.*".into()];
+        second[1].version = 4;
+        second[2].status = Status::Disabled;
+        second[5].status = Status::Active;
+        second.push(sub("s9", "c9", &["x.y"]));
+        for s in &second {
+            one.apply_synced(s).unwrap();
+        }
+        batch.apply_synced_batch(second.clone());
+        for r in [&one, &batch] {
+            for s in &second {
+                assert_eq!(r.get(&s.id).unwrap().0, *s);
+            }
+            let mut found = r.candidates("o.new");
+            found.sort();
+            assert_eq!(found, ["s0", "s2", "s3", "s4", "s5"]);
+            assert_eq!(
+                r.candidates("x.y"),
+                ["s9", "s1"],
+                "x.y's index first, then x.*'s"
+            );
+            assert_eq!(r.active_count(), 6);
+            assert_eq!(r.ids_for_consumer("c1").len(), 3);
+        }
+    }
+
+    #[test]
+    fn an_unchanged_synced_batch_writes_nothing() {
+        let store = MemoryStore::default();
+        let r = prepared(&store);
+        r.apply_synced_batch(synced(50, 3));
+        let before = store.snapshot();
+        r.apply_synced_batch(synced(50, 3));
+        r.apply_synced_batch(Vec::new());
+        r.delete_batch(&[]);
+        assert!(store.snapshot() == before, "no key written");
+    }
+
+    #[test]
+    fn a_delete_batch_takes_every_line_out_with_one_write_per_bucket() {
+        let store = MemoryStore::default();
+        let r = prepared(&store);
+        let subs = synced(300, 3);
+        r.apply_synced_batch(subs.clone());
+        let log = delivered("msg_1", "o.new");
+        crate::attempts::record(&store, "s0", vec![log]).unwrap();
+        let lists = [
+            owner_key("c0"),
+            owner_key("c1"),
+            owner_key("c2"),
+            index_key("o.new"),
+        ];
+        let before = writes(&store, &lists);
+        // Every third (all of c0's), and an id etcd listed that this cache never had.
+        let mut gone: Vec<String> = subs.iter().step_by(3).map(|s| s.id.clone()).collect();
+        gone.push("never_cached".into());
+        r.delete_batch(&gone);
+        let after = writes(&store, &lists);
+        let expected: Vec<u32> = before
+            .iter()
+            .zip([1, 0, 0, 1])
+            .map(|(v, n)| v + n)
+            .collect();
+        assert_eq!(
+            after, expected,
+            "one write per bucket that listed a deleted id"
+        );
+        assert!(gone.iter().all(|id| r.get(id).is_none()));
+        assert!(
+            crate::attempts::read(&store, "s0").is_empty(),
+            "log cleared"
+        );
+        assert_eq!(r.candidates("o.new").len(), 200);
+        assert!(r.candidates("o.new").iter().all(|id| !gone.contains(id)));
+        assert!(r.ids_for_consumer("c0").is_empty());
+        assert_eq!(r.ids_for_consumer("c1").len(), 100);
+        assert_eq!(r.active_count(), 200);
+    }
+
+    /// Applies `batch` through a store where, right after the batch's first read of `key`,
+    /// another worker sharing the store runs `worker` (between this writer's read and its
+    /// compare-and-swap); the registry of the shared store afterwards.
+    fn batch_raced_by(
+        key: String,
+        worker: impl FnOnce(&Registry<std::rc::Rc<MemoryStore>>) + 'static,
+        batch: Vec<Subscription>,
+    ) -> Registry<std::rc::Rc<MemoryStore>> {
+        let shared = std::rc::Rc::new(MemoryStore::default());
+        let other = Registry::new(std::rc::Rc::clone(&shared));
+        other.prepare();
+        let store = AfterRead {
+            inner: std::rc::Rc::clone(&shared),
+            key,
+            hook: std::cell::RefCell::new(Some(Box::new(move || worker(&other)))),
+        };
+        Registry::new(&store).apply_synced_batch(batch);
+        assert!(store.hook.borrow().is_none(), "the race happened");
+        Registry::new(shared)
+    }
+
+    #[test]
+    fn a_synced_batch_racing_a_worker_loses_neither_listing() {
+        // A worker's API create lands between the batch's read of the index bucket and its
+        // compare-and-swap.
+        let create = |w: &Registry<_>| w.insert(&sub("api", "c0", &["o.new"]), None).unwrap();
+        let r = batch_raced_by(index_key("o.new"), create, synced(20, 2));
+        let mut found = r.candidates("o.new");
+        found.sort();
+        let mut wanted: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        wanted.push("api".into());
+        wanted.sort();
+        assert_eq!(found, wanted);
+        assert_eq!(r.ids_for_consumer("c0").len(), 11);
+        assert_eq!(r.active_count(), 21);
+    }
+
+    #[test]
+    fn a_record_synced_by_a_worker_and_the_dispatcher_at_once_is_counted_once() {
+        // The worker applies its API write of s4 (as etcd confirmed it) right after the
+        // dispatcher's batch found no record for s4.
+        let subs = synced(10, 2);
+        let raced = subs[4].clone();
+        let apply = move |w: &Registry<_>| w.apply_synced(&raced).unwrap();
+        let r = batch_raced_by(record_key("s4"), apply, subs.clone());
+        assert_eq!(r.active_count(), 10, "s4 counted once");
+        assert_eq!(r.candidates("o.new").len(), 10, "s4 listed once");
+        assert_eq!(r.ids_for_consumer("c0").len(), 5);
+        assert_eq!(r.get("s4").unwrap().0, subs[4]);
     }
 
     /// A store shared by several registries (as workers share Envoy's shared data) that runs
@@ -851,17 +1129,7 @@ mod tests {
         let r = Registry::new(&store);
         r.prepare();
         r.insert(&sub("keeper", "c", &["a.*"]), None).unwrap();
-        let attempt = |n: u32| crate::attempts::Attempt {
-            webhook_id: format!("msg_{n}"),
-            event_type: "a.b".into(),
-            attempt: 1,
-            timestamp: "2026-11-27T10:00:00.000Z".into(),
-            response_status: Some(200),
-            error: None,
-            duration_ms: 3,
-            next_retry_at: None,
-            state: crate::attempts::State::Succeeded,
-        };
+        let attempt = |n: u32| delivered(&format!("msg_{n}"), "a.b");
         crate::attempts::record(&store, "keeper", vec![attempt(0)]).unwrap();
         let before = footprint(&store);
         let buckets = 2 * LIST_BUCKETS + RECORD_BUCKETS + LOG_BUCKETS;
@@ -1009,17 +1277,7 @@ mod tests {
                 api.delete("s0").unwrap();
             }))),
         };
-        let entry = crate::attempts::Attempt {
-            webhook_id: "msg_1".into(),
-            event_type: "a".into(),
-            attempt: 1,
-            timestamp: "2026-11-27T10:00:00.000Z".into(),
-            response_status: Some(200),
-            error: None,
-            duration_ms: 3,
-            next_retry_at: None,
-            state: crate::attempts::State::Succeeded,
-        };
+        let entry = delivered("msg_1", "a");
         crate::attempts::record(&dispatcher, "s0", vec![entry]).unwrap();
         assert!(dispatcher.hook.borrow().is_none(), "the race happened");
         assert!(crate::attempts::read(&*shared, "s0").is_empty());

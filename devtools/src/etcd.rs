@@ -174,6 +174,11 @@ impl Etcd {
         self.client_port
     }
 
+    /// The process id (a new one after [`Etcd::start_again`]), e.g. to read etcd's CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://127.0.0.1:<client port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.client_port)

@@ -51,6 +51,26 @@ async fn the_harness_names_make_etcd_when_etcd_is_missing() {
 }
 
 #[tokio::test]
+async fn the_harness_gives_etcds_process_id_and_the_new_one_after_a_restart() -> Result<()> {
+    // /proc/<pid>/exe is the etcd binary while that process runs.
+    let bin = devtools::etcd::etcd_bin();
+    let runs_etcd = |pid: u32| {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .is_ok_and(|exe| exe.file_name() == bin.file_name())
+    };
+    let mut etcd = Etcd::start().await?;
+    let first = etcd.pid();
+    assert!(runs_etcd(first), "pid {first} runs {}", bin.display());
+    etcd.stop().await?;
+    assert!(!runs_etcd(first), "gone once stopped");
+    etcd.start_again().await?;
+    let second = etcd.pid();
+    assert_ne!(second, first);
+    assert!(runs_etcd(second), "pid {second} runs {}", bin.display());
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_harness_stops_etcd_and_starts_the_same_cluster_again() -> Result<()> {
     let mut etcd = Etcd::start().await?;
     etcd.put("fleet/a", b"hello").await?;

@@ -194,20 +194,23 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// Writes etcd's changes into the cache.
     fn apply_synced(&mut self, changes: Vec<Apply>) {
+        // One registry batch for the puts and one for the removes: each list bucket is edited
+        // once per answer, not once per record (a first sync brings the whole registry).
+        let (mut puts, mut removes) = (Vec::new(), Vec::new());
         for change in changes {
-            let (id, outcome) = match change {
-                Apply::Put(sub) => (sub.id.clone(), self.registry.apply_synced(&sub)),
-                Apply::Remove(id) => {
-                    let outcome = self.registry.delete(&id).map(|_| ());
-                    (id, outcome)
+            match change {
+                Apply::Put(sub) => {
+                    self.subscriptions.remove(&sub.id);
+                    puts.push(sub);
                 }
-            };
-            match outcome {
-                Ok(()) | Err(crate::registry::RegistryError::NotFound) => {}
-                Err(e) => log::warn!("proxy-webhooks: fleet: subscription {id} not cached: {e:?}"),
+                Apply::Remove(id) => {
+                    self.subscriptions.remove(&id);
+                    removes.push(id);
+                }
             }
-            self.subscriptions.remove(&id);
         }
+        self.registry.apply_synced_batch(puts);
+        self.registry.delete_batch(&removes);
         self.refresh_generation();
     }
 

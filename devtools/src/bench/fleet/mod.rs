@@ -14,10 +14,10 @@
 //! sites::wait_for_count(&fleet.receiver, outcome.ok, deadline).await?;
 //! ```
 //!
-//! Modules: [`etcd`] (the bench's etcd process), [`grpc`] and [`gateway`] (etcd's KV API by
-//! gRPC and by the HTTP/JSON gateway, for scenario 11 and for seeding).
+//! etcd is the test harness's [`Etcd`] (its process id gives scenario 11 etcd's CPU time).
+//! Modules: [`grpc`] and [`gateway`] (etcd's KV API by gRPC and by the HTTP/JSON gateway, for
+//! scenario 11 and for seeding).
 
-pub mod etcd;
 pub mod gateway;
 pub mod grpc;
 
@@ -26,15 +26,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use self::etcd::BenchEtcd;
 use self::grpc::{KvClient, PutRequest, Request, RequestOp, TxnRequest};
 use super::servers::Receiver;
 use super::sites;
 use crate::envoy::{Envoy, EnvoyConfig};
+use crate::etcd::Etcd;
+use crate::fleet::{etcd_cluster, ETCD_CLUSTER};
 use crate::util::http_client;
 
-/// The Envoy cluster of etcd in every replica's configuration.
-pub const ETCD_CLUSTER: &str = "webhooks_etcd";
 /// The API key every replica accepts, and its SHA-256 (`printf bench-key | sha256sum`).
 pub const API_KEY: &str = "bench-key";
 const API_KEY_SHA256: &str = "b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7";
@@ -97,7 +96,7 @@ pub struct Fleet {
     replicas: Vec<Option<Envoy>>,
     configs: Vec<EnvoyConfig>,
     pub receiver: Receiver,
-    pub etcd: BenchEtcd,
+    pub etcd: Etcd,
     pub options: FleetOptions,
     client: reqwest::Client,
 }
@@ -119,12 +118,12 @@ impl Fleet {
     /// Starts etcd and the receiver only: etcd can be seeded ([`seed`]) before
     /// [`Fleet::start_replicas`].
     pub async fn prepare(upstream_port: u16, options: FleetOptions) -> Result<Fleet> {
-        let etcd = BenchEtcd::start().await?;
+        let etcd = Etcd::start().await?;
         let receiver = Receiver::start().await?;
         let configs: Vec<EnvoyConfig> = (0..options.replicas)
             .map(|i| {
                 EnvoyConfig::new(options.plugin_config(&node_id(i)), upstream_port)
-                    .with_cluster(etcd.envoy_cluster())
+                    .with_cluster(etcd_cluster(&etcd))
             })
             .collect();
         Ok(Fleet {
@@ -268,7 +267,7 @@ pub fn record(id: &str, url: &str, events: &[&str], bytes: usize) -> Value {
 }
 
 /// Writes `records` (key, value) into etcd by gRPC, [`SEED_BATCH`] puts per txn.
-pub async fn seed(etcd: &BenchEtcd, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+pub async fn seed(etcd: &Etcd, records: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
     let mut kv = KvClient::connect(etcd.client_port()).await?;
     let mut records = records.into_iter().peekable();
     while records.peek().is_some() {

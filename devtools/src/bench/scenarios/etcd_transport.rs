@@ -16,7 +16,6 @@ use anyhow::{ensure, Result};
 use hdrhistogram::Histogram;
 
 use crate::bench::cpu::Cpu;
-use crate::bench::fleet::etcd::BenchEtcd;
 use crate::bench::fleet::gateway::Gateway;
 use crate::bench::fleet::grpc::{
     prefix_end, Compare, KvClient, PutRequest, RangeRequest, Request, RequestOp, TargetUnion,
@@ -25,6 +24,7 @@ use crate::bench::fleet::grpc::{
 use crate::bench::fleet::seed;
 use crate::bench::report::{thousands, Report};
 use crate::bench::timeline::histogram;
+use crate::etcd::Etcd;
 
 const SCENARIO: &str = "11 etcd: HTTP/JSON gateway vs gRPC";
 const ROUNDS: usize = 3;
@@ -112,7 +112,7 @@ impl Tally {
 }
 
 pub async fn run(report: &mut Report) -> Result<()> {
-    let etcd = BenchEtcd::start().await?;
+    let etcd = Etcd::start().await?;
     let records = (0..RANGE_KEYS)
         .map(|i| {
             (
@@ -222,7 +222,7 @@ pub async fn run(report: &mut Report) -> Result<()> {
 
 /// `calls` calls of `kind` over `tasks` concurrent tasks.
 async fn measure(
-    etcd: &BenchEtcd,
+    etcd: &Etcd,
     clients: &Clients,
     kind: Kind,
     transport: Transport,
@@ -344,7 +344,7 @@ fn range_request() -> RangeRequest {
 }
 
 /// The range answer's size in each encoding.
-async fn range_sizes(etcd: &BenchEtcd, clients: &Clients) -> Result<(usize, usize)> {
+async fn range_sizes(etcd: &Etcd, clients: &Clients) -> Result<(usize, usize)> {
     let body = serde_json::json!({
         "key": base64_of(RANGE_PREFIX.as_bytes()),
         "range_end": base64_of(&prefix_end(RANGE_PREFIX.as_bytes())),
