@@ -233,6 +233,22 @@ impl Outbox {
         self.messages.get(&key).map(|held| &held.message)
     }
 
+    /// Messages that may still be added (`also`: held elsewhere on their way in) before the
+    /// count bound sheds.
+    pub fn room(&self, also: usize) -> usize {
+        self.limits
+            .max_queue
+            .saturating_sub(self.messages.len().saturating_add(also))
+    }
+
+    /// Whether a message of `size` payload bytes would shed another now but not in an emptier
+    /// outbox: it should wait (one too large for any outbox is shed at once by [`Outbox::push`]).
+    pub fn full_for(&self, size: usize) -> bool {
+        let needs = size + MESSAGE_OVERHEAD;
+        let bound = self.limits.max_queue_bytes;
+        needs <= bound && (self.bytes + needs > bound || self.room(0) == 0)
+    }
+
     /// The pacing window of a subscription with pending work.
     pub fn window(&self, subscription_id: &str) -> Option<usize> {
         let lane = self.lane_of.get(subscription_id)?;

@@ -24,7 +24,7 @@ const LOG_EVERY: u64 = 100;
 pub(super) struct Fleet {
     cluster: String,
     keys: Keys,
-    sync: Sync,
+    pub(super) sync: Sync,
     /// The token of the registry read waiting for its answer.
     reading: Option<u32>,
     /// Record changes the dispatcher made (a subscription disabled) on their way to etcd.

@@ -383,19 +383,22 @@ fn fleet_mode_keeps_an_exhausted_message_under_dead_for_replay() {
         .filter(|(_, r)| r.path == crate::etcd::TXN)
         .map(|(_, r)| txn_keys(&r))
         .collect();
-    let expected = vec![
-        format!("/pw/msg/ab/{webhook_id}"),
-        format!("/pw/dead/{webhook_id}"),
-    ];
-    assert!(txns.contains(&expected), "{txns:?}");
+    // The dead record in a txn of its own: etcd out of space still takes the delete.
+    assert!(
+        txns.contains(&vec![format!("/pw/msg/ab/{webhook_id}")]),
+        "{txns:?}"
+    );
+    assert!(
+        txns.contains(&vec![format!("/pw/dead/{webhook_id}")]),
+        "{txns:?}"
+    );
 }
 
-#[test]
-fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webhook_ids() {
-    let mut d = synced();
+/// Lets the scan find dead lease `d` and wins its claim at etcd revision `revision`.
+fn claim_dead_lease(d: &mut Dispatcher<FakeHost>, revision: u64) {
     d.host().advance(500);
     d.on_tick();
-    let scan = outbox_calls(&d)
+    let scan = outbox_calls(d)
         .into_iter()
         .find(|(_, r)| r.path == crate::etcd::TXN && txn_keys(r).contains(&"/pw/live/".to_string()))
         .unwrap();
@@ -408,28 +411,69 @@ fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webho
     };
     let found = json!({"header": {"revision": "7"}, "succeeded": true, "responses": [
         range("live", &["ab"]), range("owner", &["ab", "d"]), range("claim", &[])]});
-    reply(&mut d, scan.0, &found.to_string());
-    let (claim, _) = outbox_calls(&d)
+    reply(d, scan.0, &found.to_string());
+    let (claim, _) = outbox_calls(d)
         .into_iter()
         .find(|(_, r)| txn_keys(r) == ["/pw/claim/d"])
         .unwrap();
-    reply(
-        &mut d,
-        claim,
-        r#"{"header":{"revision":"8"},"succeeded":true}"#,
-    );
+    let won = json!({"header": {"revision": revision.to_string()}, "succeeded": true});
+    reply(d, claim, &won.to_string());
+}
+
+/// The read of a page of lease `d`'s messages, if one is out: (token, limit, start key).
+fn claimed_page(d: &Dispatcher<FakeHost>) -> Option<(u32, u64, String)> {
+    outbox_calls(d).into_iter().find_map(|(token, r)| {
+        let key = key_of(&r).filter(|k| k.starts_with("/pw/msg/d/"))?;
+        let body: Value = serde_json::from_str(&r.body).ok()?;
+        let limit = body["limit"].as_str()?.parse().ok()?;
+        (r.path == crate::etcd::RANGE).then_some((token, limit, key))
+    })
+}
+
+/// A page answer with `messages` (webhook-id, subscription id, payload) of lease `d`.
+fn page_of(messages: &[(&str, &str, &[u8])], more: bool) -> String {
+    let kvs: Vec<Value> = messages
+        .iter()
+        .map(|(id, sub, payload)| {
+            let value = stored::encode(id, sub, "order.created", T0, payload).unwrap();
+            json!({"key": b64(format!("/pw/msg/d/{id}").as_bytes()), "value": b64(&value)})
+        })
+        .collect();
+    json!({"header": {"revision": "8"}, "count": kvs.len().to_string(), "kvs": kvs, "more": more})
+        .to_string()
+}
+
+/// Answers the next registry read (due every 500 ms) at etcd revision `revision`.
+fn sync_at(d: &mut Dispatcher<FakeHost>, records: &[Value], revision: u64) {
+    d.host().advance(500);
+    d.on_tick();
+    let kvs: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let key = format!("/pw/sub/{}", r["id"].as_str().unwrap());
+            json!({"key": b64(key.as_bytes()), "mod_revision": "7", "value": b64(r.to_string().as_bytes())})
+        })
+        .collect();
+    let count = kvs.len().to_string();
+    let body = json!({"header": {"revision": revision.to_string()}, "kvs": kvs, "count": count});
+    let token = registry_reads(d).last().unwrap().0;
+    reply(d, token, &body.to_string());
+}
+
+#[test]
+fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webhook_ids() {
+    let mut d = synced();
+    claim_dead_lease(&mut d, 7);
     assert_eq!(d.host().metric(Metric::FleetClaims), 1);
-    let (page, _) = outbox_calls(&d)
-        .into_iter()
-        .find(|(_, r)| r.path == crate::etcd::RANGE && key_of(r).as_deref() == Some("/pw/msg/d/"))
-        .unwrap();
-    let message = stored::encode("msg_dead1", "sub_a", "order.created", T0, br#"{"n":1}"#).unwrap();
-    let gone = stored::encode("msg_dead2", "sub_gone", "order.created", T0, b"{}").unwrap();
-    let kvs = json!([
-        {"key": b64(b"/pw/msg/d/msg_dead1"), "value": b64(&message)},
-        {"key": b64(b"/pw/msg/d/msg_dead2"), "value": b64(&gone)}]);
-    let body = json!({"header": {"revision": "8"}, "kvs": kvs, "count": "2"});
-    reply(&mut d, page, &body.to_string());
+    let (page, _, _) = claimed_page(&d).expect("a page of the claimed lease");
+    let body = page_of(
+        &[
+            ("msg_dead1", "sub_a", br#"{"n":1}"#),
+            ("msg_dead2", "sub_gone", b"{}"),
+        ],
+        false,
+    );
+    reply(&mut d, page, &body);
     assert_eq!(
         sent(&d).len(),
         1,
@@ -452,6 +496,87 @@ fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webho
         deleted.contains(&"/pw/msg/d/msg_dead2".to_string()),
         "{deleted:?}"
     );
+}
+
+#[test]
+fn fleet_mode_reads_claimed_messages_only_after_a_registry_read_as_recent_as_the_claim() {
+    let mut d = fleet_dispatcher();
+    claim_dead_lease(&mut d, 8);
+    assert!(claimed_page(&d).is_none(), "the registry is not read yet");
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    d.on_tick();
+    assert!(
+        claimed_page(&d).is_none(),
+        "a registry read older than the claim may miss the message's subscription"
+    );
+    sync_at(&mut d, &[record_json("sub_a", "active", 1)], 8);
+    d.on_tick();
+    let (page, _, _) = claimed_page(&d).expect("a page once the registry is as recent");
+    reply(
+        &mut d,
+        page,
+        &page_of(&[("msg_dead1", "sub_a", b"{}")], false),
+    );
+    assert_eq!(sent(&d).len(), 1);
+    assert_eq!(sent(&d)[0].header("webhook-id"), Some("msg_dead1"));
+}
+
+#[test]
+fn fleet_mode_reads_claimed_messages_only_as_far_as_the_outbox_has_room() {
+    let mut d = fleet_dispatcher_with(r#", "max_queue": 2"#);
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    event(&mut d, "order.created");
+    settle(&mut d);
+    assert_eq!(sent(&d).len(), 1, "our own message, in flight");
+    claim_dead_lease(&mut d, 7);
+    let (page, limit, _) = claimed_page(&d).unwrap();
+    assert_eq!(limit, 1, "the outbox has room for one more");
+    reply(
+        &mut d,
+        page,
+        &page_of(&[("msg_dead1", "sub_a", b"{}")], true),
+    );
+    d.host().advance(2000);
+    d.on_tick();
+    assert!(claimed_page(&d).is_none(), "the outbox is full");
+    let own = sent(&d)[0].token;
+    answer(&mut d, own, 204, &[]);
+    d.on_tick();
+    let (page, limit, from) = claimed_page(&d).expect("room again");
+    assert_eq!((limit, from.as_str()), (1, "/pw/msg/d/msg_dead1\0"));
+    reply(
+        &mut d,
+        page,
+        &page_of(&[("msg_dead2", "sub_a", b"{}")], false),
+    );
+    assert_eq!(d.host().metric(Metric::EventsDropped), 0);
+    let ids: Vec<_> = sent(&d).iter().map(|s| s.header("webhook-id")).collect();
+    assert_eq!(ids[1..], [Some("msg_dead1"), Some("msg_dead2")]);
+}
+
+#[test]
+fn fleet_mode_leaves_a_claimed_message_that_does_not_fit_in_etcd_and_reads_it_again() {
+    let mut d = fleet_dispatcher_with(r#", "max_queue_bytes": 2048"#);
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    claim_dead_lease(&mut d, 7);
+    let (page, _, _) = claimed_page(&d).unwrap();
+    let big = [b'x'; 900];
+    let two = [
+        ("msg_dead1", "sub_a", &big[..]),
+        ("msg_dead2", "sub_a", &big[..]),
+    ];
+    reply(&mut d, page, &page_of(&two, false));
+    assert_eq!(sent(&d).len(), 1, "only one fits the byte bound");
+    let first = sent(&d)[0].token;
+    answer(&mut d, first, 204, &[]);
+    d.host().advance(1000);
+    d.on_tick();
+    let (page, _, from) = claimed_page(&d).expect("read again from the start");
+    assert_eq!(from, "/pw/msg/d/");
+    reply(&mut d, page, &page_of(&two[1..], false));
+    assert_eq!(d.host().metric(Metric::EventsDropped), 0);
+    let ids: Vec<_> = sent(&d).iter().map(|s| s.header("webhook-id")).collect();
+    assert_eq!(ids, [Some("msg_dead1"), Some("msg_dead2")]);
 }
 
 #[test]

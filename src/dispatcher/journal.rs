@@ -76,7 +76,10 @@ impl<H: DispatchHost> Dispatcher<H> {
             return;
         };
         let cluster = fleet.cluster().to_string();
-        let calls = fleet.durable.journal.calls(now);
+        let room = self.outbox.room(fleet.durable.held.len());
+        let journal = &mut fleet.durable.journal;
+        journal.set_intake(room, fleet.sync.revision());
+        let calls = journal.calls(now);
         for (id, request) in calls {
             match self.host.call_etcd(&request, &cluster) {
                 Ok(token) => {
@@ -152,16 +155,25 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// A dead replica's messages, delivered with their own webhook-ids and bodies.
+    /// A dead replica's messages, delivered with their own webhook-ids and bodies. Those the
+    /// outbox has no room for now stay in etcd, read again later.
     fn take_claimed(&mut self, found: Vec<Stored>, now: u64) {
         for stored in found {
-            let Some(owner) = self.resolve(&stored.subscription_id) else {
-                // Deleted since: nothing to deliver, nothing to keep.
-                if let Some(durable) = self.durable_mut() {
-                    durable.journal.finished(&stored.webhook_id, None);
-                }
+            let owner = self.resolve(&stored.subscription_id);
+            let held = self.durable_mut().map_or(0, |d| d.held.len());
+            let wait = self.outbox.room(held) == 0 || self.outbox.full_for(stored.payload.len());
+            let Some(durable) = self.durable_mut() else {
+                return;
+            };
+            let Some(owner) = owner else {
+                // Deleted (the registry was read after the claim): nothing to deliver or keep.
+                durable.journal.finished(&stored.webhook_id, None);
                 continue;
             };
+            if wait {
+                durable.journal.returned(&stored.webhook_id, now);
+                continue;
+            }
             let message = Message {
                 webhook_id: stored.webhook_id,
                 subscription_id: Rc::clone(&owner.id),

@@ -12,13 +12,19 @@
 //!   [`MAX_OPS`] per txn, [`MAX_BATCH_BYTES`], [`MAX_TXNS`] txns in flight); then it is
 //!   [`Event::Written`] and its first attempt may be pending. When etcd does not take it, it is
 //!   [`Event::Released`] (delivered from memory) and written again later. [`Journal::finished`]
-//!   deletes it (and keeps exhausted or dropped ones under `P/dead/`, trimmed to `max_dead`).
-//!   A delete is only sent after its put committed, so the two never race.
+//!   deletes it (and keeps exhausted or dropped ones under `P/dead/`, trimmed to `max_dead`, in
+//!   txns of their own: etcd out of space still takes deletes). A delete is only sent after its
+//!   put committed, so the two never race; a put whose answer was lost may have committed, so
+//!   its key is deleted too.
 //! - **Claims.** Every scan reads `P/live/`, `P/owner/` and `P/claim/`; an owner whose live key
 //!   and claim are both gone is claimed by a txn that compares both (one claimer wins), with
 //!   `P/claim/<dead>` attached to the claimer's lease (if the claimer dies too, the claim goes and
-//!   the messages are claimable again). Its messages are read a page at a time
-//!   ([`Event::Claimed`]); once every one is finished the dead lease's keys are removed.
+//!   the messages are claimable again; a claim whose answer was lost is found by the next scan).
+//!   Its messages are read a page at a time ([`Event::Claimed`]), only once the registry was read
+//!   at or after the claim (a message's subscription missing then is really gone) and only as
+//!   many as the outbox has room for ([`Journal::set_intake`]; one that did not fit after all is
+//!   [`Journal::returned`] and read again later). Once every one is finished the dead lease's
+//!   keys are removed.
 
 use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
 use super::stored::{self, Stored};
@@ -37,7 +43,7 @@ pub const MAX_TXNS: usize = 4;
 /// Messages held for their put at once; past it, messages go out from memory and are written
 /// later (etcd is slower than the events).
 pub const MAX_HELD: usize = 8192;
-/// Messages of a claimed lease read per page (and held in memory per claimed lease, at most).
+/// Messages of a claimed lease read per page, at most.
 pub const PAGE: u64 = 500;
 /// Wait before a failed start step or write is tried again.
 pub const RETRY_MS: u64 = 1000;
@@ -101,8 +107,9 @@ enum Call {
     Release { lease: i64 },
     CountDead,
     TrimDead,
-    Puts(Vec<String>),
+    Puts { ids: Vec<String>, lease: i64 },
     Deletes(Vec<Removal>),
+    DeadPuts(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,15 +132,19 @@ struct Entry {
     /// Finished while its put was in flight: removed (kept as dead with this value) once the
     /// put commits.
     finished: Option<Option<Vec<u8>>>,
+    /// The lease of a put that failed without a clear answer: it may have committed, so that
+    /// key is deleted once the message is finished or written under another lease.
+    maybe_at: Option<i64>,
 }
 
-/// One key to delete, and the dead record to keep in the same txn.
+/// One key to delete.
 #[derive(Debug, Clone)]
 struct Removal {
     key: Vec<u8>,
     /// The lease whose message it is (a claimed lease is released once none remain).
     lease: i64,
-    dead: Option<(Vec<u8>, Vec<u8>)>,
+    /// A dead record removed by the trim.
+    trim: bool,
 }
 
 /// A dead replica's lease this one claimed.
@@ -146,6 +157,10 @@ struct Claimed {
     retry_at: u64,
     /// Its messages read and not yet deleted.
     open: usize,
+    /// etcd's revision when it was claimed: its pages wait for a registry read this recent.
+    revision: i64,
+    /// Some messages read did not fit the outbox: read again from the start once all are read.
+    rewind: bool,
 }
 
 /// The durable outbox's state; see the module doc.
@@ -167,6 +182,15 @@ pub struct Journal {
     puts_at: u64,
     removals: VecDeque<Removal>,
     removals_at: u64,
+    /// Dead records to keep (key, stored form), in txns of their own.
+    dead_puts: VecDeque<(Vec<u8>, Vec<u8>)>,
+    dead_puts_at: u64,
+    /// Trimmed dead records queued or in flight (no new trim until they are gone).
+    trims_open: usize,
+    /// Claimed messages the outbox has room for now.
+    intake_room: usize,
+    /// etcd's revision of the last registry read.
+    synced_revision: i64,
     txns: usize,
     keepalive_at: u64,
     keepalive_waiting: bool,
@@ -214,6 +238,11 @@ impl Journal {
             puts_at: 0,
             removals: VecDeque::new(),
             removals_at: 0,
+            dead_puts: VecDeque::new(),
+            dead_puts_at: 0,
+            trims_open: 0,
+            intake_room: usize::MAX,
+            synced_revision: i64::MAX,
             txns: 0,
             keepalive_at: 0,
             keepalive_waiting: false,
@@ -247,20 +276,25 @@ impl Journal {
         self.held_count
     }
 
+    /// What the outbox can take of claimed messages now: `room` messages, and only pages of
+    /// leases claimed at or before `synced_revision`, the registry's last read.
+    pub fn set_intake(&mut self, room: usize, synced_revision: i64) {
+        self.intake_room = room;
+        self.synced_revision = synced_revision;
+    }
+
     /// Takes a new message. True: it is held until [`Event::Written`] or [`Event::Released`];
-    /// false: deliver it from memory now (no lease yet, too many held, too large, not
-    /// encodable); it is written later when it can be.
+    /// false: deliver it from memory now (no lease yet, too many held); it is written later
+    /// when it can be, unless it is too large, not encodable or past `max_unwritten_bytes`
+    /// (then it is in memory only).
     pub fn stage(&mut self, webhook_id: &str, value: Option<Vec<u8>>) -> bool {
         let Some(value) = value.filter(|v| v.len() <= MAX_BATCH_BYTES) else {
             return false;
         };
-        if self.entries.contains_key(webhook_id) {
+        if self.entries.contains_key(webhook_id) || !self.has_room_for(value.len()) {
             return false;
         }
         let hold = self.lease().is_some() && self.held_count < MAX_HELD;
-        if !hold && self.unwritten_bytes.saturating_add(value.len()) > self.max_unwritten_bytes {
-            return false;
-        }
         self.unwritten_bytes += value.len();
         self.held_count += usize::from(hold);
         self.entries.insert(
@@ -271,10 +305,16 @@ impl Journal {
                 value: Some(value),
                 held: hold,
                 finished: None,
+                maybe_at: None,
             },
         );
         self.puts.push_back(webhook_id.to_string());
         hold
+    }
+
+    /// Whether `size` more bytes not yet in etcd stay within `max_unwritten_bytes`.
+    fn has_room_for(&self, size: usize) -> bool {
+        self.unwritten_bytes.saturating_add(size) <= self.max_unwritten_bytes
     }
 
     /// A message left the outbox (delivered, exhausted, dropped, its subscription gone):
@@ -284,38 +324,69 @@ impl Journal {
             return;
         };
         match entry.state {
-            State::Putting => entry.finished = Some(dead),
+            State::Putting => {
+                entry.finished = Some(dead);
+                return;
+            }
             State::Queued => {
                 let size = entry.value.as_ref().map_or(0, Vec::len);
+                let maybe_at = entry.maybe_at;
                 self.unwritten_bytes = self.unwritten_bytes.saturating_sub(size);
                 self.entries.remove(webhook_id);
-                if let Some(value) = dead {
-                    self.keep_dead(webhook_id, value);
+                if let Some(lease) = maybe_at {
+                    self.remove_key(lease, webhook_id, 0);
                 }
             }
             State::Durable => {
                 let lease = entry.lease;
                 self.entries.remove(webhook_id);
                 self.durable_count = self.durable_count.saturating_sub(1);
-                self.removals.push_back(Removal {
-                    key: self.keys.message(lease, webhook_id),
-                    lease,
-                    dead: dead.map(|v| (self.keys.dead(webhook_id), v)),
-                });
+                self.remove_key(lease, webhook_id, lease);
             }
+        }
+        if let Some(value) = dead {
+            self.keep_dead(webhook_id, value);
         }
     }
 
-    /// A dead record for a message that never made it to etcd.
+    /// Queues the delete of `webhook_id`'s key under `lease`; `claimed`: the claimed lease it
+    /// counts against (0: none).
+    fn remove_key(&mut self, lease: i64, webhook_id: &str, claimed: i64) {
+        self.removals.push_back(Removal {
+            key: self.keys.message(lease, webhook_id),
+            lease: claimed,
+            trim: false,
+        });
+    }
+
+    /// Queues a dead record, within `max_unwritten_bytes` (past it, it is kept in memory only).
     fn keep_dead(&mut self, webhook_id: &str, value: Vec<u8>) {
-        if self.lease().is_none() {
+        if self.lease().is_none() || !self.has_room_for(value.len()) {
             return;
         }
-        self.removals.push_back(Removal {
-            key: Vec::new(),
-            lease: 0,
-            dead: Some((self.keys.dead(webhook_id), value)),
-        });
+        self.unwritten_bytes += value.len();
+        self.dead_puts
+            .push_back((self.keys.dead(webhook_id), value));
+    }
+
+    /// A claimed message the outbox had no room for after all: forgotten here, left in etcd,
+    /// and read again (after [`RETRY_MS`]) once the rest of its lease is read.
+    pub fn returned(&mut self, webhook_id: &str, now: u64) {
+        let Some(entry) = self.entries.get(webhook_id) else {
+            return;
+        };
+        let lease = entry.lease;
+        self.entries.remove(webhook_id);
+        self.durable_count = self.durable_count.saturating_sub(1);
+        let start = self.keys.messages(lease);
+        if let Some(claimed) = self.claimed_mut(lease) {
+            claimed.open = claimed.open.saturating_sub(1);
+            claimed.retry_at = now + RETRY_MS;
+            match claimed.next {
+                Some(_) => claimed.rewind = true,
+                None => claimed.next = Some(start),
+            }
+        }
     }
 
     fn claimed_mut(&mut self, lease: i64) -> Option<&mut Claimed> {
@@ -403,12 +474,13 @@ impl Journal {
             Call::KeepAlive { lease } => self.on_keepalive(*lease, body, now),
             Call::Scan => self.on_scan(body, now),
             Call::Claim { lease } => self.on_claim(*lease, body, now, outcome),
-            Call::Page { lease } => self.on_page(*lease, body, outcome),
+            Call::Page { lease } => self.on_page(*lease, body, now, outcome),
             Call::Release { lease } => self.on_release(*lease, body),
             Call::CountDead => self.on_count_dead(body),
             Call::TrimDead => self.on_trim_dead(body),
-            Call::Puts(ids) => self.on_puts(ids, body, now, outcome),
+            Call::Puts { ids, lease } => self.on_puts(ids, *lease, body, now, outcome),
             Call::Deletes(removals) => self.on_deletes(removals, body),
+            Call::DeadPuts(records) => check_txn(body).map(|_| self.on_dead_puts(records)),
         }
     }
 
@@ -436,8 +508,9 @@ impl Journal {
                     claimed.retry_at = now + RETRY_MS;
                 }
             }
-            Call::Puts(ids) => self.puts_failed(ids, now, outcome),
+            Call::Puts { ids, lease } => self.puts_failed(ids, *lease, now, outcome),
             Call::Deletes(removals) => self.deletes_failed(removals, now),
+            Call::DeadPuts(records) => self.dead_puts_failed(records, now),
         }
     }
 }
@@ -455,8 +528,9 @@ fn call_name(call: &Call) -> &'static str {
         Call::Page { .. } => "a page of claimed messages",
         Call::Release { .. } => "the release of a claimed lease",
         Call::CountDead | Call::TrimDead => "the trim of dead messages",
-        Call::Puts(_) => "a batch of message writes",
+        Call::Puts { .. } => "a batch of message writes",
         Call::Deletes(_) => "a batch of message deletes",
+        Call::DeadPuts(_) => "a batch of dead (replayable) messages",
     }
 }
 

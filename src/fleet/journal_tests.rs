@@ -209,14 +209,109 @@ fn messages_etcd_does_not_take_go_out_from_memory_and_are_written_later() {
 }
 
 #[test]
-fn a_message_finished_before_etcd_took_it_is_never_written() {
+fn a_message_finished_before_etcd_took_it_is_never_written_again_and_its_key_is_deleted() {
     let mut j = ready(0);
     assert!(j.stage("msg_1", Some(value("msg_1"))));
     let (id, _) = one(j.calls(0));
+    // A failed txn may still have committed (etcd timed out after the write, say).
     j.on_answer(id, Some("503"), b"unavailable", 0);
     j.finished("msg_1", None);
-    assert!(writes(j.calls(RETRY_MS)).is_empty());
+    let (_, delete) = one(writes(j.calls(RETRY_MS)));
+    assert_eq!(
+        ops(&delete),
+        [(
+            "request_delete_range".to_string(),
+            "/p/msg/ab/msg_1".to_string()
+        )]
+    );
     assert_eq!(j.durable(), 0);
+}
+
+#[test]
+fn a_put_whose_answer_was_lost_is_deleted_once_the_message_is_finished() {
+    let mut j = ready(0);
+    assert!(j.stage("m1", Some(value("m1"))));
+    let (id, _) = one(writes(j.calls(0)));
+    let out = j.on_answer(id, None, b"", 0);
+    assert_eq!(out.events, [Event::Released(vec!["m1".into()])]);
+    j.finished("m1", None); // delivered from memory before the put was sent again
+    let (_, delete) = one(writes(j.calls(0)));
+    assert_eq!(ops(&delete)[0].1, "/p/msg/ab/m1");
+    assert!(j.entries.is_empty());
+}
+
+#[test]
+fn a_put_whose_answer_was_lost_is_deleted_once_written_under_a_new_lease() {
+    let mut j = ready(0);
+    assert!(j.stage("m1", Some(value("m1"))));
+    let (id, _) = one(writes(j.calls(0)));
+    j.on_answer(id, None, b"", 0);
+    j.lease_lost(LEASE, 0);
+    let (id, _) = one(j.calls(0));
+    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    let (id, put) = one(writes(j.calls(RETRY_MS)));
+    assert_eq!(ops(&put)[0].1, "/p/msg/ac/m1");
+    answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
+    let (_, delete) = one(writes(j.calls(RETRY_MS)));
+    assert_eq!(
+        ops(&delete),
+        [(
+            "request_delete_range".to_string(),
+            "/p/msg/ab/m1".to_string()
+        )]
+    );
+}
+
+/// Writes under [`LEASE`] that etcd refuses because the lease is gone, `n` messages of them.
+fn refused_puts(j: &mut Journal, n: usize) -> Vec<(CallId, Request)> {
+    for n in 0..n {
+        let id = format!("m{n}");
+        assert!(j.stage(&id, Some(value(&id))));
+    }
+    writes(j.calls(0))
+}
+
+#[test]
+fn a_late_refusal_under_a_former_lease_leaves_the_new_lease_alone() {
+    let mut j = ready(0);
+    let puts = refused_puts(&mut j, MAX_OPS + 1);
+    assert_eq!(puts.len(), 2);
+    answer(&mut j, puts[0].0, &txn_body(false, vec![]), 0);
+    let (id, grant) = one(j.calls(0));
+    assert_eq!(
+        grant.path,
+        etcd::LEASE_GRANT,
+        "one grant for the lease lost"
+    );
+    answer(&mut j, puts[1].0, &txn_body(false, vec![]), 0);
+    assert!(
+        j.calls(0).is_empty(),
+        "no second grant while the first is out"
+    );
+    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), 0);
+    let (id, _register) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    assert_eq!(j.lease(), Some(0xac));
+    assert_eq!(j.on_answer(999, None, b"", 0), Outcome::default());
+    assert_eq!(j.lease(), Some(0xac));
+}
+
+#[test]
+fn held_messages_stay_within_the_unwritten_byte_bound() {
+    let mut j = ready(0);
+    let big = vec![b'x'; 60 * 1024];
+    let taken = (0..100)
+        .filter(|n| {
+            let id = format!("m{n}");
+            j.stage(&id, stored::encode(&id, "s", "t", 0, &big))
+        })
+        .count();
+    assert!(taken < 100 && taken > 0, "{taken}");
+    assert!(j.unwritten_bytes <= 1 << 20, "{}", j.unwritten_bytes);
 }
 
 #[test]
@@ -228,16 +323,18 @@ fn a_message_finished_while_its_put_is_out_is_deleted_once_the_put_commits() {
     let (id, _) = one(writes(j.calls(RETRY_MS)));
     j.finished("msg_1", Some(value("msg_1")));
     answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
-    let (_, delete) = one(writes(j.calls(RETRY_MS)));
+    let calls = writes(j.calls(RETRY_MS));
+    let txns: Vec<_> = calls.iter().map(|(_, r)| ops(r)).collect();
     assert_eq!(
-        ops(&delete),
+        txns,
         [
-            (
+            vec![(
                 "request_delete_range".to_string(),
                 "/p/msg/ab/msg_1".to_string()
-            ),
-            ("request_put".into(), "/p/dead/msg_1".into()),
-        ]
+            )],
+            vec![("request_put".into(), "/p/dead/msg_1".into())],
+        ],
+        "the dead record in a txn of its own (etcd out of space still takes deletes)"
     );
     assert_eq!(j.durable(), 0);
 }
@@ -487,4 +584,138 @@ fn unusable_answers_are_errors_and_undo_their_call() {
     assert!(outcome.error.unwrap().contains("responses"));
     assert_eq!(outcome.events, [Event::Released(vec!["m".into()])]);
     assert_eq!(j.on_answer(999, Some("200"), b"{}", 0), Outcome::default());
+}
+
+#[test]
+fn a_claim_whose_answer_was_lost_is_found_by_the_next_scan_and_read() {
+    let mut j = ready(0);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(
+        &mut j,
+        id,
+        &scan_answer(&[LEASE], &[LEASE, 0xd], &[]),
+        SCAN_MS,
+    );
+    let (claim, _) = j
+        .calls(SCAN_MS)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::TXN)
+        .unwrap();
+    j.on_answer(claim, None, b"", SCAN_MS); // committed, but the answer was lost
+    let now = 2 * SCAN_MS;
+    let (id, _) = j
+        .calls(now)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::TXN)
+        .unwrap();
+    let mut scan: Value = serde_json::from_str(&scan_answer(&[LEASE], &[LEASE, 0xd], &[])).unwrap();
+    scan["responses"][2] =
+        json!({"response_range": range_body(vec![kv(b"/p/claim/d", b"ab")], false)});
+    answer(&mut j, id, &scan.to_string(), now);
+    let page = j
+        .calls(now)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::RANGE && body(r)["key"] == b64(b"/p/msg/d/"));
+    assert!(page.is_some(), "our own claim is ours to read");
+}
+
+#[test]
+fn claimed_pages_wait_for_a_registry_read_as_recent_as_the_claim_and_for_room() {
+    let (mut j, id, _) = claiming(SCAN_MS);
+    let first = range_body(vec![kv(b"/p/msg/d/m1", &value("m1"))], true);
+    answer(&mut j, id, &first.to_string(), SCAN_MS);
+    j.set_intake(10, 8); // claimed at revision 9 (the stand-in's header)
+    assert!(j.calls(SCAN_MS).iter().all(|(_, r)| r.path != etcd::RANGE));
+    j.set_intake(0, 9);
+    assert!(j.calls(SCAN_MS).iter().all(|(_, r)| r.path != etcd::RANGE));
+    j.set_intake(10, 9);
+    let (_, page) = j
+        .calls(SCAN_MS)
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::RANGE)
+        .unwrap();
+    assert_eq!(body(&page)["limit"], "10");
+}
+
+#[test]
+fn dead_records_etcd_refuses_do_not_hold_back_deletes() {
+    let mut j = ready(0);
+    assert!(j.stage("m1", Some(value("m1"))));
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    j.finished("m1", Some(value("m1")));
+    let calls = writes(j.calls(0));
+    assert_eq!(calls.len(), 2, "a delete and a dead record");
+    for (id, _) in calls {
+        let full = r#"{"error":"etcdserver: mvcc: database space exceeded","code":8}"#;
+        j.on_answer(id, Some("500"), full.as_bytes(), 0);
+    }
+    assert!(j.stage("m2", Some(value("m2"))));
+    let keys = |calls: &[(CallId, Request)]| -> Vec<Vec<String>> {
+        let keys_of = |r: &Request| ops(r).into_iter().map(|(_, k)| k).collect();
+        calls.iter().map(|(_, r)| keys_of(r)).collect()
+    };
+    let calls = writes(j.calls(RETRY_MS));
+    assert_eq!(
+        keys(&calls),
+        [["/p/msg/ab/m1"], ["/p/msg/ab/m2"], ["/p/dead/m1"]],
+        "each tried again"
+    );
+    let full = r#"{"error":"etcdserver: mvcc: database space exceeded","code":8}"#;
+    answer(&mut j, calls[0].0, &txn_body(true, vec![]), RETRY_MS);
+    answer(&mut j, calls[1].0, &txn_body(true, vec![]), RETRY_MS);
+    j.on_answer(calls[2].0, Some("500"), full.as_bytes(), RETRY_MS);
+    j.finished("m2", None);
+    let calls = writes(j.calls(RETRY_MS));
+    assert_eq!(
+        keys(&calls),
+        [["/p/msg/ab/m2"]],
+        "the delete goes out at once"
+    );
+    let calls = writes(j.calls(2 * RETRY_MS));
+    assert_eq!(keys(&calls), [["/p/dead/m1"]], "the dead record later");
+}
+
+#[test]
+fn a_trim_is_not_read_again_while_its_deletes_are_pending() {
+    let mut j = ready(0);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(&mut j, id, &scan_answer(&[LEASE], &[LEASE], &[]), SCAN_MS);
+    let (id, _) = one(j.calls(SCAN_MS));
+    let mut counted = range_body(vec![kv(b"/p/dead/a", b"")], true);
+    counted["count"] = json!("11");
+    answer(&mut j, id, &counted.to_string(), SCAN_MS);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(
+        &mut j,
+        id,
+        &range_body(vec![kv(b"/p/dead/a", b"")], false).to_string(),
+        SCAN_MS,
+    );
+    let (delete, _) = one(j.calls(SCAN_MS));
+    j.on_answer(delete, None, b"", SCAN_MS);
+    // The next scan, with the trim's delete waiting to be sent again: no new count.
+    let now = 2 * SCAN_MS;
+    let (id, _) = one(no_keepalives(j.calls(now)));
+    answer(&mut j, id, &scan_answer(&[LEASE], &[LEASE], &[]), now);
+    assert!(no_keepalives(j.calls(now)).is_empty(), "no count");
+    let now = SCAN_MS + RETRY_MS;
+    let calls = no_keepalives(j.calls(now));
+    let (delete, again) = writes(calls.clone()).into_iter().next().unwrap();
+    assert_eq!(ops(&again)[0].1, "/p/dead/a");
+    answer(&mut j, delete, &txn_body(true, vec![]), now);
+    let (scan, _) = calls.into_iter().find(|(id, _)| *id != delete).unwrap();
+    answer(&mut j, scan, &scan_answer(&[LEASE], &[LEASE], &[]), now);
+    let count = one(no_keepalives(j.calls(now))).1;
+    assert!(
+        count.body.contains("keys_only"),
+        "counted again once the trim is done"
+    );
+}
+
+fn no_keepalives(calls: Vec<(CallId, Request)>) -> Vec<(CallId, Request)> {
+    calls
+        .into_iter()
+        .filter(|(_, r)| r.path != etcd::LEASE_KEEPALIVE)
+        .collect()
 }

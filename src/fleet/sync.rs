@@ -60,6 +60,11 @@ impl Sync {
         self.last_ok_ms.is_some()
     }
 
+    /// etcd's revision the registry was last read at (0: never).
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
     /// Milliseconds since the last successful read (since `started_ms` before the first).
     pub fn lag_ms(&self, now: u64, started_ms: u64) -> u64 {
         now.saturating_sub(self.last_ok_ms.unwrap_or(started_ms))

@@ -86,7 +86,7 @@ impl Journal {
             let request = self.claim_request(dead, lease);
             self.push(out, Call::Claim { lease: dead }, request);
         }
-        if std::mem::take(&mut self.count_dead_due) {
+        if std::mem::take(&mut self.count_dead_due) && self.trims_open == 0 {
             let request = etcd::range_query(&RangeQuery {
                 key: self.keys.all(keys::DEAD),
                 prefix: true,
@@ -143,6 +143,7 @@ impl Journal {
         self.scan_at = now + self.scan_every_ms;
         self.count_dead_due = true;
         let mine = self.lease();
+        self.adopt_own_claims(answer.responses.get(2), answer.revision, now);
         self.claims_due = owners
             .into_iter()
             .filter(|l| !live.contains(l) && !claims.contains(l) && Some(*l) != mine)
@@ -150,6 +151,26 @@ impl Journal {
             .take(CLAIMS_PER_SCAN)
             .collect();
         Ok(())
+    }
+
+    /// Claims held under our lease that this replica does not know of (the claim's answer was
+    /// lost): ours to deliver, like any claim won.
+    fn adopt_own_claims(&mut self, claims: Option<&OpAnswer>, revision: i64, now: u64) {
+        let (Some(OpAnswer::Range(range)), Some(mine)) = (claims, self.lease()) else {
+            return;
+        };
+        let mine = keys::hex(mine).into_bytes();
+        let adopt: Vec<i64> = range
+            .kvs
+            .iter()
+            .filter(|kv| kv.value == mine)
+            .filter_map(|kv| self.keys.name_in(CLAIM, &kv.key))
+            .filter_map(keys::parse_hex)
+            .filter(|l| self.claimed.iter().all(|(c, _)| c != l))
+            .collect();
+        for dead in adopt {
+            self.take_claim(dead, revision, now);
+        }
     }
 
     /// Takes `dead` over if its replica is still gone and nobody claimed it.
@@ -185,38 +206,47 @@ impl Journal {
         now: u64,
         outcome: &mut Outcome,
     ) -> Result<(), String> {
-        if !check_txn(body)?.succeeded {
+        let answer = check_txn(body)?;
+        if !answer.succeeded {
             return Ok(()); // another replica was first, or the replica is back
         }
+        outcome.claims += 1;
+        self.take_claim(dead, answer.revision, now);
+        Ok(())
+    }
+
+    /// `dead`'s messages are this replica's, as of etcd's `revision`.
+    fn take_claim(&mut self, dead: i64, revision: i64, now: u64) {
         log::info!(
             "proxy-webhooks: fleet: node {} claimed the messages of dead lease {}",
             self.node_id,
             keys::hex(dead)
         );
-        outcome.claims += 1;
         let claimed = Claimed {
             next: Some(self.keys.messages(dead)),
             retry_at: now,
+            revision,
             ..Claimed::default()
         };
         self.claimed.push((dead, claimed));
-        Ok(())
     }
 
-    /// The next page of each claimed lease whose read messages are fewer than a page, and the
-    /// release of those all read and finished.
+    /// The next page of each claimed lease, as many as the outbox has room for, once the
+    /// registry was read after the claim; the release of those all read and finished.
     fn claimed_calls(&mut self, now: u64, out: &mut Vec<(CallId, Request)>) {
         let mut due = Vec::new();
         for (lease, claimed) in &mut self.claimed {
             if claimed.busy || now < claimed.retry_at {
                 continue;
             }
+            let room = (self.intake_room as u64).min(PAGE);
             let call = match &claimed.next {
-                Some(from) if claimed.open < PAGE as usize => {
+                Some(from) if room > 0 && self.synced_revision >= claimed.revision => {
+                    self.intake_room = self.intake_room.saturating_sub(room as usize);
                     let request = etcd::range_query(&RangeQuery {
                         key: from.clone(),
                         end: etcd::prefix_end(&self.keys.messages(*lease)),
-                        limit: PAGE,
+                        limit: room,
                         ..RangeQuery::default()
                     });
                     (Call::Page { lease: *lease }, request)
@@ -239,6 +269,7 @@ impl Journal {
         &mut self,
         dead: i64,
         body: &[u8],
+        now: u64,
         outcome: &mut Outcome,
     ) -> Result<(), String> {
         let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
@@ -267,16 +298,21 @@ impl Journal {
                     self.removals.push_back(Removal {
                         key: kv.key.clone(),
                         lease: 0,
-                        dead: None,
+                        trim: false,
                     });
                 }
             }
         }
+        let start = self.keys.messages(dead);
         if let Some(claimed) = self.claimed_mut(dead) {
             claimed.busy = false;
             claimed.open += open;
             claimed.next = match answer.kvs.last() {
                 Some(last) if answer.more => Some([last.key.as_slice(), b"\0"].concat()),
+                _ if std::mem::take(&mut claimed.rewind) => {
+                    claimed.retry_at = now + RETRY_MS;
+                    Some(start)
+                }
                 _ => None,
             };
         }
@@ -313,11 +349,12 @@ impl Journal {
 
     pub(super) fn on_trim_dead(&mut self, body: &[u8]) -> Result<(), String> {
         let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+        self.trims_open += answer.kvs.len();
         for kv in answer.kvs {
             self.removals.push_back(Removal {
                 key: kv.key,
                 lease: 0,
-                dead: None,
+                trim: true,
             });
         }
         Ok(())

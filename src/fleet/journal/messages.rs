@@ -14,6 +14,8 @@ impl Journal {
                 self.removal_batch()
             } else if now >= self.puts_at && !self.puts.is_empty() {
                 self.put_batch(lease)
+            } else if now >= self.dead_puts_at && !self.dead_puts.is_empty() {
+                self.dead_batch()
             } else {
                 None
             };
@@ -69,21 +71,23 @@ impl Journal {
             cmp: Cmp::Greater,
             value: 0,
         };
-        Some((Call::Puts(ids), etcd::txn(&[alive], &ops, &[])))
+        let call = Call::Puts { ids, lease };
+        Some((call, etcd::txn(&[alive], &ops, &[])))
     }
 
     pub(super) fn on_puts(
         &mut self,
         ids: &[String],
+        lease: i64,
         body: &[u8],
         now: u64,
         outcome: &mut Outcome,
     ) -> Result<(), String> {
         let answer = check_txn(body)?;
         if !answer.succeeded {
-            // Our live key is gone: the lease expired.
-            self.puts_failed(ids, now, outcome);
-            if let Some(lease) = self.lease() {
+            // The live key of the lease it was sent under is gone: that lease expired.
+            self.puts_failed(ids, lease, now, outcome);
+            if self.lease() == Some(lease) {
                 self.lease_lost(lease, now);
             }
             return Ok(());
@@ -95,6 +99,7 @@ impl Journal {
                 continue;
             };
             let size = entry.value.take().map_or(0, |v| v.len());
+            let earlier = entry.maybe_at.take().filter(|l| *l != lease);
             self.unwritten_bytes = self.unwritten_bytes.saturating_sub(size);
             entry.state = State::Durable;
             self.durable_count += 1;
@@ -102,7 +107,11 @@ impl Journal {
                 self.held_count = self.held_count.saturating_sub(1);
                 written.push(id.clone());
             }
-            if let Some(dead) = entry.finished.take() {
+            let finished = entry.finished.take();
+            if let Some(earlier) = earlier {
+                self.remove_key(earlier, id, 0);
+            }
+            if let Some(dead) = finished {
                 self.finished(id, dead);
             }
         }
@@ -112,9 +121,16 @@ impl Journal {
         Ok(())
     }
 
-    /// etcd did not take a batch: held messages go out from memory now, and every one is
-    /// written again after [`RETRY_MS`] (unless it is finished first).
-    pub(super) fn puts_failed(&mut self, ids: &[String], now: u64, outcome: &mut Outcome) {
+    /// etcd did not take a batch sent under `lease` (or its answer was lost: it may have): held
+    /// messages go out from memory now, and every one is written again after [`RETRY_MS`]
+    /// (unless it is finished first).
+    pub(super) fn puts_failed(
+        &mut self,
+        ids: &[String],
+        lease: i64,
+        now: u64,
+        outcome: &mut Outcome,
+    ) {
         self.txns = self.txns.saturating_sub(1);
         let mut released = Vec::new();
         for id in ids.iter().rev() {
@@ -122,6 +138,7 @@ impl Journal {
                 continue;
             };
             entry.state = State::Queued;
+            entry.maybe_at = Some(lease);
             if std::mem::take(&mut entry.held) {
                 self.held_count = self.held_count.saturating_sub(1);
                 released.push(id.clone());
@@ -138,42 +155,21 @@ impl Journal {
         }
     }
 
-    /// The next finished messages' deletes (and dead records), no key twice in one txn (etcd
-    /// refuses that).
+    /// The next finished messages' deletes, no key twice in one txn (etcd refuses that).
     fn removal_batch(&mut self) -> Option<(Call, Request)> {
-        let mut taken = Vec::new();
+        let mut taken: Vec<Removal> = Vec::new();
         let mut ops = Vec::new();
-        let mut keys_in: Vec<Vec<u8>> = Vec::new();
-        let mut bytes = 0usize;
         while let Some(next) = self.removals.front() {
-            let dead_size = next.dead.as_ref().map_or(0, |(_, v)| v.len());
-            let needed = usize::from(!next.key.is_empty()) + usize::from(next.dead.is_some());
-            let repeats = keys_in.contains(&next.key)
-                || next.dead.as_ref().is_some_and(|(k, _)| keys_in.contains(k));
-            let full = ops.len() + needed > MAX_OPS
-                || (!ops.is_empty() && bytes + dead_size > MAX_BATCH_BYTES);
-            if repeats || full {
+            if ops.len() >= MAX_OPS || taken.iter().any(|r| r.key == next.key) {
                 break;
             }
             let Some(removal) = self.removals.pop_front() else {
                 break;
             };
-            bytes += dead_size;
-            if !removal.key.is_empty() {
-                keys_in.push(removal.key.clone());
-                ops.push(Op::Delete {
-                    key: removal.key.clone(),
-                    prefix: false,
-                });
-            }
-            if let Some((key, value)) = &removal.dead {
-                keys_in.push(key.clone());
-                ops.push(Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    lease: 0,
-                });
-            }
+            ops.push(Op::Delete {
+                key: removal.key.clone(),
+                prefix: false,
+            });
             taken.push(removal);
         }
         if ops.is_empty() {
@@ -182,15 +178,59 @@ impl Journal {
         Some((Call::Deletes(taken), etcd::txn(&[], &ops, &[])))
     }
 
+    /// The next dead records' puts.
+    fn dead_batch(&mut self) -> Option<(Call, Request)> {
+        let mut taken: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut bytes = 0usize;
+        while let Some((key, value)) = self.dead_puts.front() {
+            let full = taken.len() >= MAX_OPS
+                || (!taken.is_empty() && bytes + value.len() > MAX_BATCH_BYTES);
+            if full || taken.iter().any(|(k, _)| k == key) {
+                break;
+            }
+            bytes += value.len();
+            taken.extend(self.dead_puts.pop_front());
+        }
+        let ops: Vec<Op> = taken
+            .iter()
+            .map(|(key, value)| Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                lease: 0,
+            })
+            .collect();
+        if ops.is_empty() {
+            return None;
+        }
+        Some((Call::DeadPuts(taken), etcd::txn(&[], &ops, &[])))
+    }
+
     pub(super) fn on_deletes(&mut self, removals: &[Removal], body: &[u8]) -> Result<(), String> {
         check_txn(body)?;
         self.txns = self.txns.saturating_sub(1);
         for removal in removals {
+            self.trims_open = self.trims_open.saturating_sub(usize::from(removal.trim));
             if let Some(claimed) = self.claimed_mut(removal.lease) {
                 claimed.open = claimed.open.saturating_sub(1);
             }
         }
         Ok(())
+    }
+
+    pub(super) fn on_dead_puts(&mut self, records: &[(Vec<u8>, Vec<u8>)]) {
+        self.txns = self.txns.saturating_sub(1);
+        let bytes: usize = records.iter().map(|(_, v)| v.len()).sum();
+        self.unwritten_bytes = self.unwritten_bytes.saturating_sub(bytes);
+    }
+
+    /// etcd did not take the dead records (out of space, say): tried again after
+    /// [`RETRY_MS`], while other writes go on.
+    pub(super) fn dead_puts_failed(&mut self, records: &[(Vec<u8>, Vec<u8>)], now: u64) {
+        self.txns = self.txns.saturating_sub(1);
+        for record in records.iter().rev() {
+            self.dead_puts.push_front(record.clone());
+        }
+        self.dead_puts_at = now + RETRY_MS;
     }
 
     /// etcd did not take the deletes: they are sent again after [`RETRY_MS`].
@@ -213,6 +253,7 @@ impl Journal {
                 value: None,
                 held: false,
                 finished: None,
+                maybe_at: None,
             },
         );
     }
