@@ -103,7 +103,7 @@ enum Call {
     KeepAlive { lease: i64 },
     Scan,
     Claim { lease: i64 },
-    Page { lease: i64 },
+    Page { lease: i64, limit: u64 },
     Release { lease: i64 },
     CountDead,
     TrimDead,
@@ -161,6 +161,8 @@ struct Claimed {
     revision: i64,
     /// Some messages read did not fit the outbox: read again from the start once all are read.
     rewind: bool,
+    /// Reading from the start again: pages may hold messages finished since.
+    reread: bool,
 }
 
 /// The durable outbox's state; see the module doc.
@@ -384,7 +386,10 @@ impl Journal {
             claimed.retry_at = now + RETRY_MS;
             match claimed.next {
                 Some(_) => claimed.rewind = true,
-                None => claimed.next = Some(start),
+                None => {
+                    claimed.next = Some(start);
+                    claimed.reread = true;
+                }
             }
         }
     }
@@ -474,7 +479,7 @@ impl Journal {
             Call::KeepAlive { lease } => self.on_keepalive(*lease, body, now),
             Call::Scan => self.on_scan(body, now),
             Call::Claim { lease } => self.on_claim(*lease, body, now, outcome),
-            Call::Page { lease } => self.on_page(*lease, body, now, outcome),
+            Call::Page { lease, .. } => self.on_page(*lease, body, now, outcome),
             Call::Release { lease } => self.on_release(*lease, body),
             Call::CountDead => self.on_count_dead(body),
             Call::TrimDead => self.on_trim_dead(body),
@@ -502,7 +507,7 @@ impl Journal {
                 self.scan_at = now + self.scan_every_ms;
             }
             Call::Claim { .. } | Call::CountDead | Call::TrimDead => {}
-            Call::Page { lease } | Call::Release { lease } => {
+            Call::Page { lease, .. } | Call::Release { lease } => {
                 if let Some(claimed) = self.claimed_mut(*lease) {
                     claimed.busy = false;
                     claimed.retry_at = now + RETRY_MS;

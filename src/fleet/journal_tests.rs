@@ -719,3 +719,106 @@ fn no_keepalives(calls: Vec<(CallId, Request)>) -> Vec<(CallId, Request)> {
         .filter(|(_, r)| r.path != etcd::LEASE_KEEPALIVE)
         .collect()
 }
+
+/// The release txn of lease `dead` among `calls`, if any.
+fn release_of(calls: &[(CallId, Request)], dead: &str) -> Option<CallId> {
+    let owner = format!("/p/owner/{dead}");
+    calls
+        .iter()
+        .find(|(_, r)| r.path == etcd::TXN && ops(r).first().is_some_and(|(_, k)| *k == owner))
+        .map(|(id, _)| *id)
+}
+
+#[test]
+fn a_claimed_lease_read_again_after_a_message_did_not_fit_is_released_once_all_are_finished() {
+    let (mut j, id, _) = claiming(SCAN_MS);
+    let both = range_body(
+        vec![
+            kv(b"/p/msg/d/m1", &value("m1")),
+            kv(b"/p/msg/d/m2", &value("m2")),
+        ],
+        false,
+    );
+    answer(&mut j, id, &both.to_string(), SCAN_MS);
+    j.returned("m2", SCAN_MS);
+    j.finished("m1", None);
+    let now = SCAN_MS + RETRY_MS;
+    let calls = no_keepalives(j.calls(now));
+    let (delete, _) = writes(calls.clone()).into_iter().next().unwrap();
+    let (page, request) = calls.iter().find(|(_, r)| r.path == etcd::RANGE).unwrap();
+    assert_eq!(body(request)["key"], b64(b"/p/msg/d/"), "from the start");
+    // m1's delete is not answered yet: the page has it again, and m2.
+    let outcome = answer(&mut j, *page, &both.to_string(), now);
+    let Event::Claimed(found) = &outcome.events[0] else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(found.len(), 1, "m1 is not taken twice");
+    assert_eq!(found[0].webhook_id, "m2");
+    answer(&mut j, delete, &txn_body(true, vec![]), now);
+    j.finished("m2", None);
+    let (delete, _) = one(writes(no_keepalives(j.calls(now))));
+    answer(&mut j, delete, &txn_body(true, vec![]), now);
+    let calls = no_keepalives(j.calls(now));
+    assert!(release_of(&calls, "d").is_some(), "{calls:?}");
+}
+
+#[test]
+fn a_replica_that_claims_its_own_former_lease_delivers_nothing_twice_and_releases_it() {
+    let mut j = ready(0);
+    assert!(j.stage("m1", Some(value("m1"))));
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    j.lease_lost(LEASE, 0);
+    let (id, _) = one(j.calls(0));
+    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    let (scan, _) = one(j.calls(0));
+    answer(&mut j, scan, &scan_answer(&[0xac], &[LEASE, 0xac], &[]), 0);
+    let calls = j.calls(0);
+    let (claim, _) = calls
+        .iter()
+        .find(|(_, r)| ops(r) == [("request_put".to_string(), "/p/claim/ab".to_string())])
+        .unwrap();
+    answer(&mut j, *claim, &txn_body(true, vec![]), 0);
+    let (page, _) = one(j.calls(0));
+    let mine = range_body(vec![kv(b"/p/msg/ab/m1", &value("m1"))], false);
+    let outcome = answer(&mut j, page, &mine.to_string(), 0);
+    assert!(outcome.events.is_empty(), "m1 is already in the outbox");
+    assert!(
+        release_of(&j.calls(0), "ab").is_none(),
+        "m1 is still pending"
+    );
+    j.finished("m1", None);
+    let (delete, _) = one(writes(j.calls(0)));
+    answer(&mut j, delete, &txn_body(true, vec![]), 0);
+    assert!(release_of(&j.calls(0), "ab").is_some());
+}
+
+#[test]
+fn pages_of_several_claimed_leases_share_the_outbox_room() {
+    let mut j = ready(0);
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(
+        &mut j,
+        id,
+        &scan_answer(&[LEASE], &[LEASE, 0xd, 0xe], &[]),
+        SCAN_MS,
+    );
+    j.set_intake(600, i64::MAX);
+    for (id, _) in no_keepalives(j.calls(SCAN_MS)) {
+        answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+    }
+    let limits = |calls: Vec<(CallId, Request)>| -> Vec<String> {
+        let pages = calls.into_iter().filter(|(_, r)| r.path == etcd::RANGE);
+        pages
+            .map(|(_, r)| body(&r)["limit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(limits(j.calls(SCAN_MS)), ["500", "100"]);
+    assert!(
+        limits(j.calls(SCAN_MS)).is_empty(),
+        "the pages out take the room"
+    );
+}

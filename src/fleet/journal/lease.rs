@@ -173,6 +173,23 @@ impl Journal {
         }
     }
 
+    /// Messages under `lease` this replica holds or is deleting: our own former lease's, when
+    /// this replica claims it (its lease expired while it lived).
+    fn open_under(&self, lease: i64) -> usize {
+        let held = self.entries.values();
+        let held = held.filter(|e| e.lease == lease && e.state == State::Durable);
+        held.count() + self.deleting().filter(|r| r.lease == lease).count()
+    }
+
+    /// Deletes queued or in flight.
+    fn deleting(&self) -> impl Iterator<Item = &Removal> {
+        let in_flight = self.calls.iter().flat_map(|(_, call)| match call {
+            Call::Deletes(removals) => removals.as_slice(),
+            _ => &[],
+        });
+        self.removals.iter().chain(in_flight)
+    }
+
     /// Takes `dead` over if its replica is still gone and nobody claimed it.
     fn claim_request(&self, dead: i64, lease: i64) -> Request {
         let absent = |key| Compare {
@@ -226,6 +243,7 @@ impl Journal {
             next: Some(self.keys.messages(dead)),
             retry_at: now,
             revision,
+            open: self.open_under(dead),
             ..Claimed::default()
         };
         self.claimed.push((dead, claimed));
@@ -234,22 +252,35 @@ impl Journal {
     /// The next page of each claimed lease, as many as the outbox has room for, once the
     /// registry was read after the claim; the release of those all read and finished.
     fn claimed_calls(&mut self, now: u64, out: &mut Vec<(CallId, Request)>) {
+        let paging: u64 = self
+            .calls
+            .iter()
+            .map(|(_, call)| match call {
+                Call::Page { limit, .. } => *limit,
+                _ => 0,
+            })
+            .sum();
+        let mut room_left = (self.intake_room as u64).saturating_sub(paging);
         let mut due = Vec::new();
         for (lease, claimed) in &mut self.claimed {
             if claimed.busy || now < claimed.retry_at {
                 continue;
             }
-            let room = (self.intake_room as u64).min(PAGE);
+            let room = room_left.min(PAGE);
             let call = match &claimed.next {
                 Some(from) if room > 0 && self.synced_revision >= claimed.revision => {
-                    self.intake_room = self.intake_room.saturating_sub(room as usize);
+                    room_left -= room;
                     let request = etcd::range_query(&RangeQuery {
                         key: from.clone(),
                         end: etcd::prefix_end(&self.keys.messages(*lease)),
                         limit: room,
                         ..RangeQuery::default()
                     });
-                    (Call::Page { lease: *lease }, request)
+                    let call = Call::Page {
+                        lease: *lease,
+                        limit: room,
+                    };
+                    (call, request)
                 }
                 None if claimed.open == 0 => (
                     Call::Release { lease: *lease },
@@ -274,34 +305,38 @@ impl Journal {
     ) -> Result<(), String> {
         let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
         let prefix = self.keys.messages(dead);
+        let reread = self.claimed.iter().any(|(l, c)| *l == dead && c.reread);
         let mut found = Vec::new();
-        let mut open = 0;
+        let mut broken = Vec::new();
         for kv in &answer.kvs {
             let id = kv.key.strip_prefix(prefix.as_slice()).unwrap_or_default();
-            let id = String::from_utf8_lossy(id).into_owned();
-            if let Some(known) = self.entries.get(&id) {
-                // Already here (our own former lease): counted, not delivered twice.
-                open += usize::from(known.lease == dead);
+            let id = String::from_utf8_lossy(id);
+            let finished = || reread && self.deleting().any(|r| r.key == kv.key);
+            if self.entries.contains_key(id.as_ref()) || finished() {
+                // Already here or finished (read before, or our own former lease's): not
+                // delivered twice.
                 continue;
             }
             match stored::decode(&kv.value).filter(|m| m.webhook_id == id) {
-                Some(message) => {
-                    self.insert_durable(&id, dead);
-                    open += 1;
-                    found.push(message);
-                }
-                None => {
-                    log::warn!(
-                        "proxy-webhooks: fleet: etcd key {} is not a message; deleted",
-                        String::from_utf8_lossy(&kv.key)
-                    );
-                    self.removals.push_back(Removal {
-                        key: kv.key.clone(),
-                        lease: 0,
-                        trim: false,
-                    });
-                }
+                Some(message) => found.push(message),
+                None => broken.push(kv.key.clone()),
             }
+        }
+        let open = found.len();
+        for message in &found {
+            self.insert_durable(&message.webhook_id, dead);
+        }
+        for key in broken {
+            log::warn!(
+                "proxy-webhooks: fleet: etcd key {} is not a message; deleted",
+                String::from_utf8_lossy(&key)
+            );
+            let trim = false;
+            self.removals.push_back(Removal {
+                key,
+                lease: 0,
+                trim,
+            });
         }
         let start = self.keys.messages(dead);
         if let Some(claimed) = self.claimed_mut(dead) {
@@ -310,10 +345,14 @@ impl Journal {
             claimed.next = match answer.kvs.last() {
                 Some(last) if answer.more => Some([last.key.as_slice(), b"\0"].concat()),
                 _ if std::mem::take(&mut claimed.rewind) => {
+                    claimed.reread = true;
                     claimed.retry_at = now + RETRY_MS;
                     Some(start)
                 }
-                _ => None,
+                _ => {
+                    claimed.reread = false;
+                    None
+                }
             };
         }
         if !found.is_empty() {
