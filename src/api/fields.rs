@@ -27,7 +27,7 @@ pub(super) fn parse_object(
     }
     let value: Value = serde_json::from_slice(request.body)
         .map_err(|_| error(400, "invalid_json", "request body is not valid JSON"))?;
-    let Value::Object(mut map) = value else {
+    let Value::Object(map) = value else {
         return Err(error(
             400,
             "invalid_request",
@@ -42,8 +42,15 @@ pub(super) fn parse_object(
             format!("unknown field {shown:?}; allowed: {}", allowed.join(", ")),
         ));
     }
-    map.retain(|_, v| !v.is_null());
-    Ok(map)
+    // Rebuilt rather than `retain`ed: that would be the only removal from a JSON map in the
+    // plugin, and brings BTreeMap's whole rebalancing code (about 4.5 KB of wasm).
+    let mut kept = Map::new();
+    for (key, value) in map {
+        if !value.is_null() {
+            kept.insert(key, value);
+        }
+    }
+    Ok(kept)
 }
 
 pub(super) fn string_field<'m>(
