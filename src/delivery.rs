@@ -18,7 +18,9 @@ pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"
 /// Bounded in messages and bytes: the oldest is forgotten first.
 #[derive(Debug, Default)]
 pub struct ReplayStore {
-    messages: HashMap<String, Message>,
+    /// Boxed: a map from ids to one pointer shares its table code with the dispatcher's
+    /// subscription map (each element type of a map is ~1 KB of wasm).
+    messages: HashMap<String, Box<Message>>,
     order: std::collections::VecDeque<String>,
     bytes: usize,
 }
@@ -39,7 +41,7 @@ impl ReplayStore {
     ) -> Vec<Message> {
         let id = message.webhook_id.clone();
         self.bytes += replay_bytes(&message);
-        match self.messages.insert(id.clone(), message) {
+        match self.messages.insert(id.clone(), Box::new(message)) {
             Some(old) => self.bytes = self.bytes.saturating_sub(replay_bytes(&old)),
             None => self.order.push_back(id),
         }
@@ -50,7 +52,7 @@ impl ReplayStore {
             };
             if let Some(old) = self.messages.remove(&id) {
                 self.bytes = self.bytes.saturating_sub(replay_bytes(&old));
-                forgotten.push(old);
+                forgotten.push(*old);
             }
         }
         forgotten
@@ -63,7 +65,7 @@ impl ReplayStore {
         self.bytes = self.bytes.saturating_sub(replay_bytes(&message));
         message.attempts = 0;
         message.host_waits = 0;
-        Some(message)
+        Some(*message)
     }
 
     pub fn len(&self) -> usize {

@@ -27,7 +27,7 @@ pub(super) fn parse_object(
     }
     let value: Value = serde_json::from_slice(request.body)
         .map_err(|_| error(400, "invalid_json", "request body is not valid JSON"))?;
-    let Value::Object(mut map) = value else {
+    let Value::Object(map) = value else {
         return Err(error(
             400,
             "invalid_request",
@@ -36,14 +36,25 @@ pub(super) fn parse_object(
     };
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
         let shown: String = unknown.chars().take(ECHO_MAX_CHARS).collect();
-        return Err(error(
-            422,
-            "unknown_field",
-            format!("unknown field {shown:?}; allowed: {}", allowed.join(", ")),
-        ));
+        // `allowed.join(", ")` written out: `[&str]::join` would be a second 1 KB copy of join.
+        let mut message = format!("unknown field {shown:?}; allowed: ");
+        for (i, name) in allowed.iter().enumerate() {
+            if i > 0 {
+                message.push_str(", ");
+            }
+            message.push_str(name);
+        }
+        return Err(error(422, "unknown_field", message));
     }
-    map.retain(|_, v| !v.is_null());
-    Ok(map)
+    // Rebuilt rather than `retain`ed: that would be the only removal from a JSON map in the
+    // plugin, and brings BTreeMap's whole rebalancing code (about 4.5 KB of wasm).
+    let mut kept = Map::new();
+    for (key, value) in map {
+        if !value.is_null() {
+            kept.insert(key, value);
+        }
+    }
+    Ok(kept)
 }
 
 pub(super) fn string_field<'m>(

@@ -296,6 +296,40 @@ fn create_answers_location_and_json_headers() {
     assert_eq!(header(&response, "cache-control"), Some("no-store"));
 }
 
+#[test]
+fn unknown_fields_are_named_with_the_allowed_ones() {
+    let mut api = Api::new();
+    let body = json!({"url": URL, "events": ["*"], "secret": "x", "description": null});
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body.to_string());
+    assert_eq!(
+        (status, code(&value), value["error"]["message"].as_str()),
+        (
+            422,
+            "unknown_field",
+            Some("unknown field \"secret\"; allowed: url, events, description")
+        )
+    );
+    let created = api.create(KEY_A, URL, &["*"]);
+    let id = created["id"].as_str().unwrap();
+    let (status, value) = api.call("PATCH", &sub_path(id, ""), KEY_A, r#"{"x":1}"#);
+    assert_eq!(
+        (status, code(&value), value["error"]["message"].as_str()),
+        (
+            422,
+            "unknown_field",
+            Some("unknown field \"x\"; allowed: url, events, description, status")
+        )
+    );
+    // Null fields count as absent; the others are kept.
+    let body = r#"{"url":null,"events":null,"description":"kept","status":null}"#;
+    let (status, value) = api.call("PATCH", &sub_path(id, ""), KEY_A, body);
+    assert_eq!(
+        (status, value["description"].as_str(), value["url"].as_str()),
+        (200, Some("kept"), Some(URL)),
+        "{value}"
+    );
+}
+
 /// The API takes what the event capture takes as JSON ([`event::is_json_media_type`]).
 #[test]
 fn json_bodies_may_come_under_any_json_media_type() {
