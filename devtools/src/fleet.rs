@@ -86,6 +86,16 @@ impl Fleet {
         plugin: impl Fn(&Receiver) -> Value,
         tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
     ) -> Result<Fleet> {
+        Fleet::start_each(n, |_, receiver| plugin(receiver), tweak).await
+    }
+
+    /// Like [`Fleet::start_with`], with a plugin configuration of its own for each replica:
+    /// replica `i` runs `plugin(i, receiver)` (e.g. a smaller `delivery.max_queue` on one).
+    pub async fn start_each(
+        n: usize,
+        plugin: impl Fn(usize, &Receiver) -> Value,
+        tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Result<Fleet> {
         ensure!(n > 0, "a fleet needs at least one replica");
         let etcd = Etcd::start().await?;
         let upstream = Upstream::start().await?;
@@ -93,7 +103,7 @@ impl Fleet {
         let mut configs = Vec::with_capacity(n);
         let mut prefix = String::new();
         for i in 0..n {
-            let config = with_fleet_section(plugin(&receiver), &node_id(i))?;
+            let config = with_fleet_section(plugin(i, &receiver), &node_id(i))?;
             prefix = config["fleet"]["prefix"]
                 .as_str()
                 .context("fleet.prefix must be a string")?

@@ -2,14 +2,16 @@
 //! in etcd before its first attempt, so a replica killed with SIGKILL loses nothing: another
 //! replica claims its messages once its lease expires (or the node, restarted, resumes them),
 //! and delivers each with its webhook-id. Duplicates are allowed (at-least-once) and counted.
+//! SIGTERM keeps them in etcd too, and a claimer reads only as many as its outbox has room for.
+//! Every test counts: events detected = delivered + dropped (dropped or exhausted: 0 here).
 //!
 //! Nothing sleeps: every wait polls a condition with a deadline.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use devtools::fleet::{Fleet, Stop};
+use anyhow::{bail, ensure, Context, Result};
+use devtools::fleet::{node_id, Fleet, Stop};
 use devtools::{http_client, poll_until, Envoy, Received, Receiver, Reply, Sent};
 use serde_json::{json, Value};
 
@@ -34,8 +36,26 @@ fn plugin(_: &Receiver) -> Value {
     })
 }
 
+/// Replicas by name in the tests.
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+/// The counters of messages that will not be delivered.
+const LOSSES: [&str; 2] = ["webhooks_events_dropped", "webhooks_deliveries_exhausted"];
+
+/// [`plugin`] with `delivery.max_queue` set to `max_queue`.
+fn with_max_queue(mut config: Value, max_queue: usize) -> Value {
+    config["delivery"]["max_queue"] = json!(max_queue);
+    config
+}
+
+/// The etcd prefix of the fleet's keys of `kind` (`msg`, `owner`, `dead`, ...).
+fn keys_of(fleet: &Fleet, kind: &str) -> String {
+    format!("{}/{kind}/", fleet.prefix())
+}
+
 async fn wait_etcd_count(fleet: &Fleet, kind: &str, n: u64, log: &Envoy) -> Result<()> {
-    let prefix = format!("{}/{kind}/", fleet.prefix());
+    let prefix = keys_of(fleet, kind);
     poll_until(WAIT, &format!("{n} keys under {prefix}"), async || {
         fleet.etcd.count(&prefix).await.ok() == Some(n)
     })
@@ -122,24 +142,125 @@ async fn all_delivered(
     Ok(seen.values().map(|(count, _)| count - 1).sum())
 }
 
+/// Dropped and exhausted messages counted by the running `replicas`: the total, and each
+/// counter that is not 0 (`b: webhooks_events_dropped 450`).
+async fn losses(fleet: &Fleet, replicas: &[usize]) -> Result<(u64, String)> {
+    let (mut total, mut seen) = (0, Vec::new());
+    for &i in replicas {
+        for name in LOSSES {
+            let value = fleet.replica(i).counter(name).await?;
+            if value > 0 {
+                seen.push(format!("{}: {name} {value}", node_id(i)));
+            }
+            total += value;
+        }
+    }
+    Ok((total, seen.join(", ")))
+}
+
+/// The sum of counter `name` over the running `replicas`.
+async fn sum(fleet: &Fleet, replicas: &[usize], name: &str) -> Result<u64> {
+    let mut total = 0;
+    for &i in replicas {
+        total += fleet.replica(i).counter(name).await?;
+    }
+    Ok(total)
+}
+
+/// What replica `holder` counted, with its messages pending, before it was stopped.
+struct Pending {
+    secret: String,
+    detected: u64,
+    /// Dropped or exhausted by `holder`.
+    lost: u64,
+}
+
+/// Subscribes `path` to every event through replica `api` while the receiver refuses every
+/// delivery (503), and has replica `holder` detect `events` events; returns once etcd holds
+/// every one of their messages (under `holder`'s lease) and none was delivered.
+async fn pending_on(
+    fleet: &Fleet,
+    api: usize,
+    holder: usize,
+    path: &str,
+    events: usize,
+) -> Result<Pending> {
+    fleet.receiver.set_default(Reply::status(503));
+    let secret = subscribe(fleet.replica(api), &fleet.receiver.url(path)).await?;
+    fleet.wait_active(holder, 1, WAIT).await?;
+    produce(fleet.replica(holder), events).await?;
+    let envoy = fleet.replica(holder);
+    let detected = envoy.counter("webhooks_events_detected").await?;
+    ensure!(
+        detected == events as u64,
+        "{} detected {detected} of {events} events",
+        node_id(holder)
+    );
+    wait_etcd_count(fleet, "msg", events as u64, envoy).await?;
+    let succeeded = envoy.counter("webhooks_deliveries_succeeded").await?;
+    ensure!(
+        succeeded == 0,
+        "the receiver refuses, yet {succeeded} were delivered"
+    );
+    let (lost, _) = losses(fleet, &[holder]).await?;
+    Ok(Pending {
+        secret,
+        detected,
+        lost,
+    })
+}
+
+/// Waits until `n` distinct webhook-ids were delivered at `path`, failing as soon as one of
+/// the running `replicas` drops or exhausts a message (that one would never come).
+async fn delivered_without_losses(
+    fleet: &Fleet,
+    replicas: &[usize],
+    path: &str,
+    n: usize,
+) -> Result<()> {
+    let mut lost = String::new();
+    let waited = poll_until(
+        WAIT,
+        &format!("{n} distinct webhook-ids at {path}"),
+        async || {
+            if let Ok((total, seen)) = losses(fleet, replicas).await {
+                if total > 0 {
+                    lost = seen;
+                    return true;
+                }
+            }
+            by_webhook_id(&fleet.receiver.received(), path).len() >= n
+        },
+    )
+    .await;
+    if !lost.is_empty() {
+        let got = by_webhook_id(&fleet.receiver.received(), path).len();
+        bail!("messages lost ({lost}) with {got} of {n} delivered");
+    }
+    waited.with_context(|| {
+        format!(
+            "log tail of {}:\n{}",
+            node_id(replicas[0]),
+            fleet.replica(replicas[0]).log_tail(30)
+        )
+    })
+}
+
+/// Events detected = delivered (distinct webhook-ids) + dropped, and none dropped.
+fn accounted(detected: u64, delivered: usize, dropped: u64) -> Result<()> {
+    ensure!(
+        detected == delivered as u64 + dropped && dropped == 0,
+        "detected {detected} = delivered {delivered} + dropped {dropped}, and 0 dropped"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_replica_killed_with_pending_messages_loses_none_another_claims_and_delivers_them(
 ) -> Result<()> {
     const EVENTS: usize = 500;
-    const A: usize = 0;
-    const B: usize = 1;
-    const C: usize = 2;
     let mut fleet = Fleet::start(3, plugin).await?;
-    fleet.receiver.set_default(Reply::status(503));
-    let secret = subscribe(fleet.replica(A), &fleet.receiver.url("/crash")).await?;
-    fleet.wait_active(B, 1, WAIT).await?;
-
-    produce(fleet.replica(B), EVENTS).await?;
-    let b = fleet.replica(B);
-    ensure!(b.counter("webhooks_events_detected").await? == EVENTS as u64);
-    // Every message is in etcd (under B's lease) while the receiver refuses them.
-    wait_etcd_count(&fleet, "msg", EVENTS as u64, b).await?;
-    ensure!(b.counter("webhooks_deliveries_succeeded").await? == 0);
+    let Pending { secret, .. } = pending_on(&fleet, A, B, "/crash", EVENTS).await?;
     fleet.stop(B, Stop::Kill).await?;
     fleet.receiver.set_default(Reply::status(204));
 
@@ -164,8 +285,6 @@ async fn a_replica_killed_with_pending_messages_loses_none_another_claims_and_de
 #[tokio::test]
 async fn a_node_restarted_with_its_id_resumes_its_own_messages() -> Result<()> {
     const EVENTS: usize = 50;
-    const A: usize = 0;
-    const B: usize = 1;
     let mut fleet = Fleet::start(2, plugin).await?;
     fleet.receiver.set_default(Reply::status(503));
     let secret = subscribe(fleet.replica(A), &fleet.receiver.url("/resume")).await?;
@@ -185,5 +304,96 @@ async fn a_node_restarted_with_its_id_resumes_its_own_messages() -> Result<()> {
     );
     wait_etcd_count(&fleet, "msg", 0, b).await?;
     eprintln!("{EVENTS} events pending on B at SIGKILL: all delivered by B restarted, {duplicates} duplicate(s)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_stopped_with_sigterm_leaves_its_pending_messages_in_etcd_and_they_are_delivered(
+) -> Result<()> {
+    const EVENTS: usize = 300;
+    let mut fleet = Fleet::start(3, plugin).await?;
+    let b = pending_on(&fleet, A, B, "/term", EVENTS).await?;
+    // How B exits is printed, not asserted: Envoy 1.40 may crash in its teardown (SIGSEGV when a
+    // callout fails then); either way the messages are etcd's, which is what this test checks.
+    let exit = fleet.stop(B, Stop::Term).await?;
+    let log = fleet.replica(B).log_contents();
+    ensure!(
+        !log.contains("they are lost"),
+        "B lost messages at shutdown:\n{}",
+        fleet.replica(B).log_tail(20)
+    );
+    // Shutdown deleted nothing: every message waits in etcd under B's lease, which expires. (The
+    // receiver still refuses, so no claimer can have delivered and deleted one yet.)
+    let left = fleet.etcd.count(&keys_of(&fleet, "msg")).await?;
+    ensure!(
+        left == EVENTS as u64,
+        "{left} of B's {EVENTS} messages in etcd after SIGTERM"
+    );
+    fleet.receiver.set_default(Reply::status(204));
+
+    // Not restarted: A or C claims B's lease once it expires and delivers everything.
+    let survivors = [A, C];
+    delivered_without_losses(&fleet, &survivors, "/term", EVENTS).await?;
+    let duplicates = all_delivered(
+        &fleet.receiver,
+        fleet.replica(A),
+        "/term",
+        EVENTS,
+        &b.secret,
+    )
+    .await?;
+    let claims = sum(&fleet, &survivors, "webhooks_fleet_claims").await?;
+    ensure!(claims >= 1, "B's lease was claimed by A or C");
+    wait_etcd_count(&fleet, "msg", 0, fleet.replica(A)).await?;
+    wait_etcd_count(&fleet, "owner", 2, fleet.replica(A)).await?;
+    wait_etcd_count(&fleet, "dead", 0, fleet.replica(A)).await?;
+    let dropped = b.lost + losses(&fleet, &survivors).await?.0;
+    accounted(b.detected, EVENTS, dropped)?;
+    eprintln!("{} events detected on B before SIGTERM ({exit}): {EVENTS} delivered by A or C after B's lease expired, {duplicates} duplicate(s), {dropped} dropped", b.detected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failover_onto_a_replica_with_a_small_outbox_sheds_nothing() -> Result<()> {
+    const EVENTS: usize = 500;
+    const SMALL_QUEUE: usize = 50;
+    // Two replicas: B holds the messages; A, the only one left to claim them, has room for a
+    // tenth of them.
+    let config = |i, receiver: &Receiver| match i {
+        A => with_max_queue(plugin(receiver), SMALL_QUEUE),
+        _ => plugin(receiver),
+    };
+    let mut fleet = Fleet::start_each(2, config, |envoy| envoy).await?;
+    let b = pending_on(&fleet, A, B, "/small", EVENTS).await?;
+    fleet.stop(B, Stop::Kill).await?;
+
+    // A claims B's lease while the receiver still refuses: its outbox fills up, and whatever does
+    // not fit must stay in etcd (nothing delivered, nothing shed into P/dead/).
+    let a = fleet.replica(A);
+    a.wait_for_counter("webhooks_fleet_claims", 1, WAIT).await?;
+    poll_until(WAIT, "claimed messages in A's outbox", async || {
+        a.gauge("webhooks_queue_depth").await.is_ok_and(|n| n > 0)
+    })
+    .await?;
+    let depth = a.gauge("webhooks_queue_depth").await?;
+    let (lost, seen) = losses(&fleet, &[A]).await?;
+    ensure!(
+        lost == 0,
+        "A (max_queue {SMALL_QUEUE}) shed claimed messages: {seen}; {depth} in its outbox"
+    );
+    let left = fleet.etcd.count(&keys_of(&fleet, "msg")).await?;
+    ensure!(
+        left == EVENTS as u64,
+        "{left} of B's {EVENTS} messages in etcd once A took {depth} into its outbox"
+    );
+    fleet.receiver.set_default(Reply::status(204));
+
+    delivered_without_losses(&fleet, &[A], "/small", EVENTS).await?;
+    let duplicates = all_delivered(&fleet.receiver, a, "/small", EVENTS, &b.secret).await?;
+    wait_etcd_count(&fleet, "msg", 0, a).await?;
+    wait_etcd_count(&fleet, "dead", 0, a).await?;
+    let dropped = b.lost + losses(&fleet, &[A]).await?.0;
+    accounted(b.detected, EVENTS, dropped)?;
+    eprintln!("{} events pending on B at SIGKILL: {EVENTS} delivered by A (max_queue {SMALL_QUEUE}, {depth} in its outbox at its first claimed page), {duplicates} duplicate(s), {dropped} dropped", b.detected);
     Ok(())
 }
