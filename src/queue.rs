@@ -26,8 +26,10 @@ pub enum QueueMessage {
         subscription_id: String,
         payload: Vec<u8>,
     },
-    /// Send a failed or exhausted message again, with the same webhook-id.
-    Replay { webhook_id: String },
+    /// Send a failed or exhausted message again, with the same webhook-id: the one the
+    /// dispatcher keeps, else (fleet mode) `kept`, its stored form from etcd's `P/dead/`
+    /// ([`crate::fleet::stored`]; empty when the API did not look there).
+    Replay { webhook_id: String, kept: Vec<u8> },
 }
 
 impl QueueMessage {
@@ -47,7 +49,7 @@ impl QueueMessage {
                 subscription_id,
                 payload,
             } => ("T", subscription_id, payload),
-            QueueMessage::Replay { webhook_id } => ("R", webhook_id, &[]),
+            QueueMessage::Replay { webhook_id, kept } => ("R", webhook_id, kept),
         };
         let mut out = Vec::with_capacity(tag.len() + name.len() + payload.len() + 2);
         out.extend_from_slice(tag.as_bytes());
@@ -82,7 +84,10 @@ impl QueueMessage {
                 subscription_id: name,
                 payload,
             }),
-            b"R" => Ok(QueueMessage::Replay { webhook_id: name }),
+            b"R" => Ok(QueueMessage::Replay {
+                webhook_id: name,
+                kept: payload,
+            }),
             _ => Err("queue message with an unknown tag".to_string()),
         }
     }
@@ -156,6 +161,11 @@ mod tests {
             },
             QueueMessage::Replay {
                 webhook_id: "msg_1".into(),
+                kept: Vec::new(),
+            },
+            QueueMessage::Replay {
+                webhook_id: "msg_1".into(),
+                kept: b"v1\nmsg_1\nsub_1\na.b\n7\n{\"a\":\n1}".to_vec(),
             },
         ];
         for m in messages {

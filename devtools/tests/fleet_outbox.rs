@@ -3,6 +3,7 @@
 //! replica claims its messages once its lease expires (or the node, restarted, resumes them),
 //! and delivers each with its webhook-id. Duplicates are allowed (at-least-once) and counted.
 //! SIGTERM keeps them in etcd too, and a claimer reads only as many as its outbox has room for.
+//! A message exhausted on one replica is retried through another from the copy etcd kept.
 //! Every test counts: events detected = delivered + dropped (dropped or exhausted: 0 here).
 //!
 //! Nothing sleeps: every wait polls a condition with a deadline.
@@ -395,5 +396,88 @@ async fn a_failover_onto_a_replica_with_a_small_outbox_sheds_nothing() -> Result
     let dropped = b.lost + losses(&fleet, &[A]).await?.0;
     accounted(b.detected, EVENTS, dropped)?;
     eprintln!("{} events pending on B at SIGKILL: {EVENTS} delivered by A (max_queue {SMALL_QUEUE}, {depth} in its outbox at its first claimed page), {duplicates} duplicate(s), {dropped} dropped", b.detected);
+    Ok(())
+}
+
+/// Another consumer's key (`printf other-key | sha256sum`).
+const OTHER_KEY: &str = "other-key";
+const OTHER_KEY_SHA256: &str = "580843d03d2216ff1a275d0991bad66e4d1af871171d929e9de604b7959f9bca";
+
+/// One attempt, so a refused message is exhausted at once (and kept under `P/dead/`); a
+/// second consumer to ask for someone else's message.
+fn one_attempt(receiver: &Receiver) -> Value {
+    let mut config = plugin(receiver);
+    config["delivery"]["retry_schedule"] = json!(["0s"]);
+    config["api"]["keys"] = json!([
+        {"consumer": "tests", "sha256": TEST_KEY_SHA256},
+        {"consumer": "other", "sha256": OTHER_KEY_SHA256}
+    ]);
+    config
+}
+
+#[tokio::test]
+async fn a_message_exhausted_on_a_is_retried_through_b_from_the_copy_etcd_kept() -> Result<()> {
+    let fleet = Fleet::start(2, one_attempt).await?;
+    fleet.receiver.set_default(Reply::status(500));
+    let (a, b) = (fleet.replica(A), fleet.replica(B));
+    let secret = subscribe(a, &fleet.receiver.url("/replay")).await?;
+    fleet.wait_active(B, 1, WAIT).await?;
+    produce(a, 1).await?;
+    wait_etcd_count(&fleet, "dead", 1, a).await?;
+    ensure!(
+        a.counter("webhooks_deliveries_exhausted").await? == 1,
+        "exhausted on A"
+    );
+    let refused = fleet.receiver.received();
+    let webhook_id = refused
+        .iter()
+        .find(|r| r.path == "/replay")
+        .and_then(|r| r.header("webhook-id"))
+        .context("A's refused attempt")?
+        .to_string();
+    fleet.receiver.set_default(Reply::status(204));
+
+    // B's logs have never seen it: B reads etcd's copy, and only for the message's owner.
+    let retry = format!("/webhooks/deliveries/{webhook_id}/retry");
+    for (key, path, want) in [
+        (OTHER_KEY, retry.as_str(), 404),
+        (TEST_KEY, "/webhooks/deliveries/msg_unknown/retry", 404),
+        (TEST_KEY, retry.as_str(), 202),
+    ] {
+        let (status, body) = devtools::api(b, key, "POST", path, None).await?;
+        ensure!(
+            status == want,
+            "{key} {path}: {status} {body}, wanted {want}"
+        );
+    }
+    poll_until(WAIT, "the replayed webhook delivered", async || {
+        by_webhook_id(&fleet.receiver.received(), "/replay").contains_key(&webhook_id)
+    })
+    .await
+    .with_context(|| format!("B's log tail:\n{}", b.log_tail(20)))?;
+    let delivered = by_webhook_id(&fleet.receiver.received(), "/replay");
+    ensure!(
+        delivered.len() == 1,
+        "one webhook-id: {:?}",
+        delivered.keys()
+    );
+    let (count, webhook) = &delivered[&webhook_id];
+    ensure!(*count == 1, "delivered once: {count}");
+    let body = webhook.verify(&secret)?;
+    ensure!(
+        body["data"]["object"]["n"] == json!(0),
+        "the same body: {body}"
+    );
+    ensure!(
+        b.counter("webhooks_deliveries_succeeded").await? == 1,
+        "by B"
+    );
+    ensure!(
+        a.counter("webhooks_deliveries_succeeded").await? == 0,
+        "not by A"
+    );
+    // B put it in its own outbox in etcd first and took it out once delivered.
+    wait_etcd_count(&fleet, "msg", 0, b).await?;
+    eprintln!("1 event detected on A, exhausted there (receiver 500), retried through B from etcd's copy: delivered once by B with webhook-id {webhook_id}");
     Ok(())
 }

@@ -351,12 +351,14 @@ pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id
 
 /// Replays a message found in the attempt logs of the caller's own subscriptions. The search is
 /// bounded: the caller's subscriptions (the per-consumer limit plus static ones) times the
-/// entries kept per log.
+/// entries kept per log. In fleet mode a message this replica's logs do not have may be kept in
+/// etcd (exhausted or dropped on another replica, or before a restart): the filter looks there
+/// and answers with [`retry_stored`].
 pub(super) fn retry<S: KvStore>(
     cx: &mut Context<'_, S>,
     caller: Caller<'_>,
     webhook_id: &str,
-) -> Outcome {
+) -> Written {
     let bound = cx.config.api.max_subscriptions_per_consumer + cx.config.subscriptions.len();
     let store = cx.store;
     let found = cx
@@ -371,7 +373,13 @@ pub(super) fn retry<S: KvStore>(
                 .find(|a| a.webhook_id == webhook_id)?;
             Some((id, newest.state))
         });
-    let (id, state) = found.ok_or_else(|| error(404, "not_found", "delivery not found"))?;
+    let Some((id, state)) = found else {
+        if cx.config.fleet.is_some() {
+            let webhook_id = webhook_id.to_string();
+            return Ok(Answer::FindKept { webhook_id });
+        }
+        return Err(delivery_not_found());
+    };
     if !state.replayable() {
         let message = if state == attempts::State::Expired {
             "the message is no longer kept for replay (delivery.max_replay)"
@@ -385,8 +393,36 @@ pub(super) fn retry<S: KvStore>(
     }
     let message = QueueMessage::Replay {
         webhook_id: webhook_id.to_string(),
+        kept: Vec::new(),
+    };
+    enqueue(cx, caller, message).map(Answer::Now)
+}
+
+/// A retry of a message this replica's logs do not have, once etcd was asked for its kept copy
+/// (`kept`; `None`: etcd has none). Another consumer's message is not found, as in [`retry`].
+pub(super) fn retry_stored<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    caller: Caller<'_>,
+    webhook_id: &str,
+    kept: Option<&[u8]>,
+) -> Outcome {
+    let stored = kept
+        .and_then(crate::fleet::stored::decode)
+        .filter(|stored| stored.webhook_id == webhook_id)
+        .ok_or_else(delivery_not_found)?;
+    let sub = owned(cx, caller, &stored.subscription_id).map_err(|_| delivery_not_found())?;
+    if !sub.is_active() {
+        return Err(subscription_disabled());
+    }
+    let message = QueueMessage::Replay {
+        webhook_id: webhook_id.to_string(),
+        kept: kept.unwrap_or_default().to_vec(),
     };
     enqueue(cx, caller, message)
+}
+
+fn delivery_not_found() -> Response {
+    error(404, "not_found", "delivery not found")
 }
 
 #[derive(Serialize)]

@@ -24,7 +24,8 @@ use crate::rules;
 use crate::store::KvStore;
 use auth::{authenticate, unauthorized, Caller};
 use handlers::{
-    create, delete, deliveries, event_types, get, list, patch, retry, rotate_secret, send_test,
+    create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
+    send_test,
 };
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route};
@@ -65,6 +66,9 @@ pub enum Answer {
         write: Box<Write>,
         response: Response,
     },
+    /// Fleet mode: a retry of a message this replica does not know; read its kept copy from
+    /// etcd (`crate::fleet::dead`) and answer with [`retry_kept`].
+    FindKept { webhook_id: String },
 }
 
 /// What a call may use besides the request.
@@ -141,6 +145,17 @@ pub fn etcd_unavailable(reason: &str) -> Response {
     response
 }
 
+/// 503 for a retry of a message this replica does not know whose kept copy etcd could not be
+/// asked for; `reason` says why.
+pub fn lookup_unavailable(reason: &str) -> Response {
+    let message = format!(
+        "the message is not in this replica's memory and etcd could not be asked for it: {reason}"
+    );
+    let mut response = error(503, "unavailable", message);
+    response.headers.push(("retry-after", "1".to_string()));
+    response
+}
+
 /// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
 /// without a valid key, 405 for a method the path does not answer. The filter asks at request
 /// headers, so an unauthenticated client never gets a body buffered. `None`: read the body and
@@ -170,6 +185,20 @@ fn check_headers<'a>(
     ))
 }
 
+/// Answers a retry that [`handle`] sent to etcd ([`Answer::FindKept`]) with etcd's kept copy of
+/// the message (`None`: etcd has none). The caller is checked again, as for any call.
+pub fn retry_kept<S: KvStore>(
+    request: &Request<'_>,
+    cx: &mut Context<'_, S>,
+    kept: Option<&[u8]>,
+) -> Response {
+    let answer = check_headers(request, cx.config).and_then(|(route, caller)| match route {
+        Route::Retry(webhook_id) => retry_stored(cx, caller, webhook_id, kept),
+        _ => Err(error(404, "not_found", "no such path")),
+    });
+    answer.unwrap_or_else(|response| response)
+}
+
 fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Written {
     let config = cx.config;
     let (route, caller) = check_headers(request, config)?;
@@ -186,7 +215,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Writt
         (Route::RotateSecret(id), _) => return rotate_secret(cx, caller, id),
         (Route::Test(id), _) => send_test(cx, caller, id),
         (Route::Deliveries(id), _) => deliveries(cx, caller, id),
-        (Route::Retry(webhook_id), _) => retry(cx, caller, webhook_id),
+        (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
         (Route::EventTypes, _) => event_types(config),
     };
     now.map(Answer::Now)

@@ -1353,7 +1353,7 @@ fn retry_follows_the_newest_state() {
         .sent
         .iter()
         .map(|m| match m {
-            QueueMessage::Replay { webhook_id } => webhook_id.as_str(),
+            QueueMessage::Replay { webhook_id, kept } if kept.is_empty() => webhook_id.as_str(),
             other => panic!("{other:?}"),
         })
         .collect();
@@ -1580,6 +1580,7 @@ fn commit(answer: Answer) -> (Write, u16, Value) {
     match answer {
         Answer::Commit { write, response } => (*write, response.status, parse(&response)),
         Answer::Now(r) => panic!("answered now: {} {}", r.status, parse(&r)),
+        other => panic!("not a write: {other:?}"),
     }
 }
 
@@ -1691,4 +1692,92 @@ fn fleet_delete_names_the_record_and_its_consumer() {
         (status, list["data"][0]["id"].clone()),
         (200, json!(FLEET_SUB))
     );
+}
+
+impl Api {
+    /// A retry answered with what etcd kept for it (`kept`), as the filter does after a
+    /// [`Answer::FindKept`].
+    fn kept_call(&mut self, path: &str, key: &str, kept: Option<&[u8]>) -> (u16, Value) {
+        let auth = format!("Bearer {key}");
+        let request = Request {
+            method: "POST",
+            path,
+            authorization: Some(auth.as_bytes()),
+            api_key: None,
+            consumer_header: None,
+            content_type: None,
+            body: b"",
+        };
+        let (sent, up) = (&mut self.sent, self.queue_up);
+        let mut enqueue = |m: QueueMessage| {
+            if up {
+                sent.push(m);
+            }
+            up
+        };
+        let mut cx = Context {
+            config: &self.config,
+            registry: &self.registry,
+            store: &self.store,
+            rng: &mut self.rng,
+            now_ms: self.now_ms,
+            enqueue: &mut enqueue,
+        };
+        let response = retry_kept(&request, &mut cx, kept);
+        (response.status, parse(&response))
+    }
+}
+
+#[test]
+fn fleet_retry_of_a_message_no_log_here_has_asks_etcd() {
+    let mut api = fleet_api();
+    let path = "/webhooks/deliveries/msg_elsewhere/retry";
+    let answer = api.fleet_call("POST", path, KEY_A, "");
+    assert_eq!(
+        answer,
+        Answer::FindKept {
+            webhook_id: "msg_elsewhere".into()
+        }
+    );
+    // Without fleet mode there is nowhere else to look.
+    let (status, value) = Api::new().call("POST", path, KEY_A, "");
+    assert_eq!((status, code(&value)), (404, "not_found"));
+}
+
+#[test]
+fn fleet_retry_with_the_kept_copy_replays_only_the_callers_own_active_message() {
+    let mut api = fleet_api();
+    api.synced(FLEET_SUB, "acme", 1);
+    let path = "/webhooks/deliveries/msg_1/retry";
+    let kept = crate::fleet::stored::encode("msg_1", FLEET_SUB, "order.created", 7, b"{}").unwrap();
+    let writes = api.writes();
+
+    let cases: [(&str, Option<&[u8]>, u16, &str); 4] = [
+        (KEY_B, Some(&kept), 404, "not_found"),
+        (KEY_A, None, 404, "not_found"),
+        (KEY_A, Some(b"v1\nmsg_1\nbroken"), 404, "not_found"),
+        (KEY_A, Some(&kept), 202, "<none>"),
+    ];
+    for (key, kept, status, error_code) in cases {
+        let (got, value) = api.kept_call(path, key, kept);
+        assert_eq!((got, code(&value)), (status, error_code), "{value}");
+    }
+    let other = api.kept_call("/webhooks/deliveries/msg_2/retry", KEY_A, Some(&kept));
+    assert_eq!(other.0, 404, "a copy of another message: {}", other.1);
+    assert_eq!(
+        api.sent,
+        [QueueMessage::Replay {
+            webhook_id: "msg_1".into(),
+            kept: kept.clone()
+        }]
+    );
+    assert_eq!(api.writes(), writes, "a retry writes nothing");
+
+    let mut disabled = api.record(FLEET_SUB);
+    disabled.status = Status::Disabled;
+    api.registry.apply_synced(&disabled).unwrap();
+    let (status, value) = api.kept_call(path, KEY_A, Some(&kept));
+    assert_eq!((status, code(&value)), (409, "subscription_disabled"));
+    let (status, _) = api.kept_call("/webhooks/subscriptions", KEY_A, Some(&kept));
+    assert_eq!(status, 404, "only a retry is answered this way");
 }

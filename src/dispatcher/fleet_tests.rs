@@ -600,3 +600,44 @@ fn fleet_mode_restarts_resume_the_former_lease() {
     let (_, revoke) = outbox_calls(&d).into_iter().next().unwrap();
     assert_eq!(revoke, crate::etcd::lease_revoke(0x99));
 }
+
+#[test]
+fn fleet_mode_replays_the_copy_etcd_kept_under_its_webhook_id_through_its_own_outbox() {
+    let mut d = synced();
+    let kept = stored::encode("msg_kept", "sub_a", "order.created", 7, br#"{"n":1}"#).unwrap();
+    for (webhook_id, kept) in [
+        ("msg_other", kept.clone()),
+        ("msg_kept", b"v1\nbroken".to_vec()),
+    ] {
+        let replay = QueueMessage::Replay {
+            webhook_id: webhook_id.into(),
+            kept,
+        };
+        d.host_mut().queue.push_back(replay.encode());
+        d.on_queue_ready();
+    }
+    assert!(
+        message_puts(&d).is_empty(),
+        "another message's copy, or none"
+    );
+
+    let replay = QueueMessage::Replay {
+        webhook_id: "msg_kept".into(),
+        kept,
+    };
+    d.host_mut().queue.push_back(replay.encode());
+    d.on_queue_ready();
+    let puts = message_puts(&d);
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert_eq!(
+        puts[0].1,
+        ["/pw/msg/ab/msg_kept"],
+        "this replica owns it now"
+    );
+    assert!(sent(&d).is_empty(), "held until its put commits");
+    settle(&mut d);
+    let sent = sent(&d);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("webhook-id"), Some("msg_kept"));
+    assert_eq!(sent[0].body, br#"{"n":1}"#);
+}

@@ -174,17 +174,17 @@ impl<H: DispatchHost> Dispatcher<H> {
                 durable.journal.returned(&stored.webhook_id, now);
                 continue;
             }
-            let message = Message {
-                webhook_id: stored.webhook_id,
-                subscription_id: Rc::clone(&owner.id),
-                event_type: Rc::from(stored.event_type),
-                payload: Payload::new(stored.payload),
-                attempts: 0,
-                created_ms: stored.created_ms,
-                host_waits: 0,
-            };
+            let message = message_of(stored, Rc::clone(&owner.id));
             self.enqueue(message, &owner.subscription.consumer, now);
         }
+    }
+
+    /// The message of a copy etcd kept under `P/dead/` that a retry brought (see
+    /// [`crate::fleet::dead`]); `None` for one that is not `webhook_id`'s or not readable.
+    pub(super) fn kept_message(&self, webhook_id: &str, kept: &[u8]) -> Option<Message> {
+        let stored = stored::decode(kept).filter(|s| s.webhook_id == webhook_id)?;
+        let subscription_id = Rc::from(stored.subscription_id.as_str());
+        Some(message_of(stored, subscription_id))
     }
 
     /// Messages not (yet) in etcd: held for their put, or out from memory only.
@@ -199,5 +199,18 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     fn durable_mut(&mut self) -> Option<&mut Durable> {
         self.fleet.as_mut().map(|f| &mut f.durable)
+    }
+}
+
+/// A stored message as the outbox holds it, for a first attempt.
+fn message_of(stored: Stored, subscription_id: Rc<str>) -> Message {
+    Message {
+        webhook_id: stored.webhook_id,
+        subscription_id,
+        event_type: Rc::from(stored.event_type),
+        payload: Payload::new(stored.payload),
+        attempts: 0,
+        created_ms: stored.created_ms,
+        host_waits: 0,
     }
 }

@@ -292,7 +292,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                         );
                     }
                 }
-                Ok(QueueMessage::Replay { webhook_id }) => self.replay(&webhook_id),
+                Ok(QueueMessage::Replay { webhook_id, kept }) => self.replay(&webhook_id, &kept),
                 Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
             }
         }
@@ -464,9 +464,13 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// Sends a kept message again with the same webhook-id and body.
-    fn replay(&mut self, webhook_id: &str) {
-        let taken = self.replayable.take(webhook_id);
+    /// Sends a kept message again with the same webhook-id and body: the one kept in memory,
+    /// else the copy etcd kept (`kept`, fleet mode), which this replica then owns.
+    fn replay(&mut self, webhook_id: &str, kept: &[u8]) {
+        let taken = self
+            .replayable
+            .take(webhook_id)
+            .or_else(|| self.kept_message(webhook_id, kept));
         let owner = taken
             .as_ref()
             .and_then(|m| self.resolve(&m.subscription_id));

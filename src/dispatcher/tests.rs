@@ -489,6 +489,7 @@ fn a_full_queue_drops_the_oldest_and_a_replay_sends_it_again() {
     d.host_mut().queue.push_back(
         QueueMessage::Replay {
             webhook_id: dropped.clone(),
+            kept: Vec::new(),
         }
         .encode(),
     );

@@ -3,6 +3,7 @@
 //! requests through their host interface and feed the answers back.
 
 pub mod commit;
+pub mod dead;
 pub mod journal;
 pub mod keys;
 pub mod stored;

@@ -431,3 +431,102 @@ fn reads_and_single_process_writes_never_call_etcd() {
     assert!(registry(&f).get(body["id"].as_str().unwrap()).is_some());
     assert!(host(&f).etcd_sent.borrow().is_empty());
 }
+
+/// A retry of `webhook_id`, which no attempt log of this replica has.
+fn retry(f: &Rc<Filter<FakeStreamHost>>, webhook_id: &str) -> Stream<FakeStreamHost> {
+    call(
+        f,
+        "POST",
+        &format!("/webhooks/deliveries/{webhook_id}/retry"),
+        "",
+    )
+}
+
+/// etcd's answer to a range: `kvs`.
+fn range_answer(kvs: &[Value]) -> Vec<u8> {
+    json!({"header": header(), "kvs": kvs, "count": kvs.len().to_string()})
+        .to_string()
+        .into_bytes()
+}
+
+#[test]
+fn a_retry_no_log_here_has_reads_the_kept_copy_from_etcd_and_replays_it() {
+    let f = fleet_filter();
+    synced(&f, 1);
+    let kept = crate::fleet::stored::encode("msg_1", ID, "order.created", 7, b"{\"n\":1}").unwrap();
+    let mut s = retry(&f, "msg_1");
+    assert_eq!(replies(&f), 0, "the stream waits for etcd");
+    {
+        let calls = host(&f).etcd_sent.borrow();
+        let (_, cluster, request) = calls.last().expect("an etcd call");
+        assert_eq!(cluster, "webhooks_etcd");
+        assert_eq!(request, &crate::etcd::range(b"/pw/dead/msg_1"));
+    }
+    answer(
+        &f,
+        &mut s,
+        Some("200"),
+        &range_answer(&[kv("/pw/dead/msg_1", &kept, 9)]),
+    );
+    let (status, body, _) = reply(&f);
+    assert_eq!((status, body["status"].as_str()), (202, Some("queued")));
+    let queued = host(&f).queue.borrow().clone();
+    let want = QueueMessage::Replay {
+        webhook_id: "msg_1".into(),
+        kept,
+    };
+    assert_eq!(queued, [want.encode()]);
+
+    let mut s = retry(&f, "msg_2");
+    answer(&f, &mut s, Some("200"), &range_answer(&[]));
+    let (status, body, _) = reply(&f);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(host(&f).queue.borrow().len(), 1, "nothing queued for a 404");
+}
+
+#[test]
+fn a_retry_whose_kept_copy_etcd_cannot_give_is_503() {
+    logged();
+    let f = fleet_filter();
+    host(&f).refuse_etcd.set(true);
+    let _s = retry(&f, "msg_1");
+    let why = "the message is not in this replica's memory and etcd could not be asked for it";
+    let (status, body, headers) = reply(&f);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert_eq!(
+        body["error"]["message"],
+        format!("{why}: the call could not be started")
+    );
+    assert!(headers.contains(&("retry-after".into(), "1".into())));
+    host(&f).refuse_etcd.set(false);
+    for (status, body, reason) in [
+        (
+            Some("503"),
+            &b"no healthy upstream"[..],
+            "answered HTTP 503",
+        ),
+        (None, b"", "did not answer (timeout or reset)"),
+    ] {
+        let mut s = retry(&f, "msg_1");
+        answer(&f, &mut s, status, body);
+        let (code, body, _) = reply(&f);
+        assert_eq!(
+            (code, body["error"]["message"].clone()),
+            (503, json!(format!("{why}: {reason}")))
+        );
+    }
+    assert_eq!(host(&f).etcd_errors.get(), 3);
+    assert!(host(&f).queue.borrow().is_empty());
+    let lines = logged();
+    assert!(
+        lines.iter().any(|(level, line)| *level == log::Level::Warn
+            && line.contains("a retry could not read its message from etcd")),
+        "{lines:?}"
+    );
+}

@@ -10,6 +10,7 @@ use crate::audience::{self, Audience, Facts};
 use crate::config::Config;
 use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::fleet::commit::{Commit, Step, Write};
+use crate::fleet::dead;
 use crate::fleet::keys::Keys;
 use crate::identity::OwnedCredentials;
 use crate::ids::{RandomSource, RandomUnavailable};
@@ -164,6 +165,16 @@ impl<H: StreamHost> Filter<H> {
 
     /// Runs an API call against the cache.
     fn handle_api(&self, request: &api::Request<'_>) -> api::Answer {
+        self.with_api(|cx| api::handle(request, cx))
+    }
+
+    /// Answers a retry with etcd's kept copy of its message (`None`: etcd has none).
+    fn retry_kept(&self, request: &api::Request<'_>, kept: Option<&[u8]>) -> api::Response {
+        self.with_api(|cx| api::retry_kept(request, cx, kept))
+    }
+
+    /// Runs `call` with what the API may use: the cache, randomness, the clock, the queue.
+    fn with_api<R>(&self, call: impl FnOnce(&mut api::Context<'_, H::Store>) -> R) -> R {
         let store = self.host.store();
         let registry = Registry::new(self.host.store());
         let mut enqueue = |message: QueueMessage| self.enqueue(&message);
@@ -175,7 +186,7 @@ impl<H: StreamHost> Filter<H> {
             now_ms: self.host.now_ms(),
             enqueue: &mut enqueue,
         };
-        api::handle(request, &mut cx)
+        call(&mut cx)
     }
 
     /// Starts an etcd call on the fleet's cluster; false when there is none or Envoy refuses.
@@ -212,6 +223,13 @@ impl<H: StreamHost> Filter<H> {
         self.send(api::etcd_unavailable(reason));
     }
 
+    /// Answers a retry whose kept copy etcd could not be asked for: 503, counted and logged.
+    fn lookup_unavailable(&self, reason: &str) {
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
+        log::warn!("proxy-webhooks: a retry could not read its message from etcd: {reason}");
+        self.send(api::lookup_unavailable(reason));
+    }
+
     /// Sends a local reply for an API call.
     fn send(&self, response: api::Response) {
         let headers: Vec<(&str, &str)> = response
@@ -244,6 +262,8 @@ enum State {
     Response(Box<Pending>),
     /// Fleet mode: an API write waiting for etcd's answer.
     Committing(Box<Committing>),
+    /// Fleet mode: a retry waiting for etcd's kept copy of its message.
+    Finding(Box<ApiCall>),
 }
 
 /// An API write in etcd's hands, with the call kept to handle it again if etcd has a newer
@@ -385,11 +405,16 @@ impl<H: StreamHost> Stream<H> {
         Flow::Continue
     }
 
-    /// An etcd call this stream started (fleet mode's API writes) has answered.
+    /// An etcd call this stream started (fleet mode's API writes and retries) has answered.
     pub fn on_etcd_answer(&mut self, body_size: usize) {
-        let State::Committing(mut c) = std::mem::replace(&mut self.state, State::Idle) else {
-            return;
-        };
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Committing(c) => self.on_commit_answer(c, body_size),
+            State::Finding(call) => self.on_kept_answer(&call, body_size),
+            other => self.state = other,
+        }
+    }
+
+    fn on_commit_answer(&mut self, mut c: Box<Committing>, body_size: usize) {
         let filter = &*self.filter;
         let (status, body) = filter.host.etcd_answer(body_size);
         match c.commit.on_answer(status.as_deref(), &body) {
@@ -407,6 +432,15 @@ impl<H: StreamHost> Stream<H> {
                 filter.send(api::not_found());
             }
             Step::Unavailable(reason) => filter.etcd_unavailable(&reason),
+        }
+    }
+
+    fn on_kept_answer(&mut self, call: &ApiCall, body_size: usize) {
+        let filter = &*self.filter;
+        let (status, body) = filter.host.etcd_answer(body_size);
+        match dead::read(status.as_deref(), &body) {
+            Ok(kept) => filter.send(filter.retry_kept(&call.request(&[]), kept.as_deref())),
+            Err(reason) => filter.lookup_unavailable(&reason),
         }
     }
 
@@ -505,6 +539,7 @@ impl<H: StreamHost> Stream<H> {
         let filter = &*self.filter;
         let (write, response) = match filter.handle_api(&call.request(body)) {
             api::Answer::Now(response) => return filter.send(response),
+            api::Answer::FindKept { webhook_id } => return self.find_kept(call, &webhook_id),
             api::Answer::Commit { write, response } => (write, response),
         };
         let Some(keys) = &filter.keys else {
@@ -521,6 +556,18 @@ impl<H: StreamHost> Stream<H> {
             response,
             rehandled,
         }));
+    }
+
+    /// Asks etcd for the kept copy of a message a retry names (the stream waits).
+    fn find_kept(&mut self, call: Box<ApiCall>, webhook_id: &str) {
+        let filter = &*self.filter;
+        let Some(keys) = &filter.keys else {
+            return filter.lookup_unavailable("fleet mode is not configured");
+        };
+        if !filter.call_etcd(&dead::lookup(keys, webhook_id)) {
+            return filter.lookup_unavailable("the call could not be started");
+        }
+        self.state = State::Finding(call);
     }
 
     /// Whether an API request body has grown past the limit (then it was answered 413).

@@ -34,7 +34,10 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
                 subscription_id: name,
                 payload,
             },
-            _ => QueueMessage::Replay { webhook_id: name },
+            _ => QueueMessage::Replay {
+                webhook_id: name,
+                kept: payload,
+            },
         };
         let encoded = message.encode();
         let decoded = run("QueueMessage round trip", i, &message, || {
