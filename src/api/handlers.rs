@@ -319,18 +319,29 @@ pub(super) fn enqueue<S: KvStore>(
     caller: Caller<'_>,
     message: QueueMessage,
 ) -> Outcome {
-    if let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) {
-        let mut response = error(
-            429,
-            "rate_limited",
-            format!(
-                "at most {} test and retry calls at once, then one per second; try again later",
-                ratelimit::BURST
-            ),
-        );
-        response.headers.push(("retry-after", wait_s.to_string()));
-        return Err(response);
-    }
+    within_rate_limit(cx, caller)?;
+    hand_over(cx, message)
+}
+
+/// Takes one of the caller's test and retry calls; 429 when none is left.
+fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Result<(), Response> {
+    let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) else {
+        return Ok(());
+    };
+    let mut response = error(
+        429,
+        "rate_limited",
+        format!(
+            "at most {} test and retry calls at once, then one per second; try again later",
+            ratelimit::BURST
+        ),
+    );
+    response.headers.push(("retry-after", wait_s.to_string()));
+    Err(response)
+}
+
+/// Hands a message to the dispatcher: 202, or 503 when its queue is not there.
+fn hand_over<S: KvStore>(cx: &mut Context<'_, S>, message: QueueMessage) -> Outcome {
     if !(cx.enqueue)(message) {
         let mut response = error(
             503,
@@ -374,11 +385,13 @@ pub(super) fn retry<S: KvStore>(
             Some((id, newest.state))
         });
     let Some((id, state)) = found else {
-        if cx.config.fleet.is_some() {
-            let webhook_id = webhook_id.to_string();
-            return Ok(Answer::FindKept { webhook_id });
+        if cx.config.fleet.is_none() {
+            return Err(delivery_not_found());
         }
-        return Err(delivery_not_found());
+        // The call is counted before etcd is asked, so retries cannot flood etcd either.
+        within_rate_limit(cx, caller)?;
+        let webhook_id = webhook_id.to_string();
+        return Ok(Answer::FindKept { webhook_id });
     };
     if !state.replayable() {
         let message = if state == attempts::State::Expired {
@@ -400,6 +413,7 @@ pub(super) fn retry<S: KvStore>(
 
 /// A retry of a message this replica's logs do not have, once etcd was asked for its kept copy
 /// (`kept`; `None`: etcd has none). Another consumer's message is not found, as in [`retry`].
+/// The call was counted against the rate limit when [`retry`] sent it to etcd.
 pub(super) fn retry_stored<S: KvStore>(
     cx: &mut Context<'_, S>,
     caller: Caller<'_>,
@@ -418,7 +432,7 @@ pub(super) fn retry_stored<S: KvStore>(
         webhook_id: webhook_id.to_string(),
         kept: kept.unwrap_or_default().to_vec(),
     };
-    enqueue(cx, caller, message)
+    hand_over(cx, message)
 }
 
 fn delivery_not_found() -> Response {

@@ -1742,6 +1742,14 @@ fn fleet_retry_of_a_message_no_log_here_has_asks_etcd() {
     // Without fleet mode there is nowhere else to look.
     let (status, value) = Api::new().call("POST", path, KEY_A, "");
     assert_eq!((status, code(&value)), (404, "not_found"));
+    // Each lookup counts against the caller's retries: a flood of them never reaches etcd.
+    for _ in 1..crate::ratelimit::BURST {
+        let answer = api.fleet_call("POST", path, KEY_A, "");
+        assert!(matches!(answer, Answer::FindKept { .. }), "{answer:?}");
+    }
+    let (status, value) = now(api.fleet_call("POST", path, KEY_A, ""));
+    assert_eq!((status, code(&value)), (429, "rate_limited"));
+    assert!(api.sent.is_empty());
 }
 
 #[test]
