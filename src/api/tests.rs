@@ -113,6 +113,11 @@ impl Api {
     }
 
     fn answer(&mut self, request: &Request<'_>) -> Answer {
+        self.with_cx(|cx| handle(request, cx))
+    }
+
+    /// Runs `call` with the harness's context (its queue records what is handed over).
+    fn with_cx<R>(&mut self, call: impl FnOnce(&mut Context<'_, Rc<Store>>) -> R) -> R {
         let (sent, up) = (&mut self.sent, self.queue_up);
         let mut enqueue = |m: QueueMessage| {
             if up {
@@ -134,7 +139,7 @@ impl Api {
             now_ms: self.now_ms,
             enqueue: &mut enqueue,
         };
-        handle(request, &mut cx)
+        call(&mut cx)
     }
 
     /// A call with `Bearer <key>` and a JSON body (when not empty); the answer parsed.
@@ -1708,22 +1713,7 @@ impl Api {
             content_type: None,
             body: b"",
         };
-        let (sent, up) = (&mut self.sent, self.queue_up);
-        let mut enqueue = |m: QueueMessage| {
-            if up {
-                sent.push(m);
-            }
-            up
-        };
-        let mut cx = Context {
-            config: &self.config,
-            registry: &self.registry,
-            store: &self.store,
-            rng: &mut self.rng,
-            now_ms: self.now_ms,
-            enqueue: &mut enqueue,
-        };
-        let response = retry_kept(&request, &mut cx, kept);
+        let response = self.with_cx(|cx| retry_kept(&request, cx, kept));
         (response.status, parse(&response))
     }
 }

@@ -116,8 +116,9 @@ fn settle(d: &mut Dispatcher<FakeHost>) {
     panic!("the outbox keeps calling etcd");
 }
 
-/// Answers the latest registry read with `records` (etcd 3.4's shape).
-fn answer_etcd(d: &mut Dispatcher<FakeHost>, records: &[Value], count: usize) {
+/// A registry read's answer at etcd revision `revision`: `records` (etcd 3.4's shape), of
+/// `count` in all.
+fn registry_answer(records: &[Value], count: usize, revision: u64) -> Value {
     let kvs: Vec<Value> = records
         .iter()
         .map(|r| {
@@ -125,7 +126,12 @@ fn answer_etcd(d: &mut Dispatcher<FakeHost>, records: &[Value], count: usize) {
             json!({"key": b64(key.as_bytes()), "mod_revision": "7", "value": b64(r.to_string().as_bytes())})
         })
         .collect();
-    let body = json!({"header": {"revision": "7"}, "kvs": kvs, "count": count.to_string()});
+    json!({"header": {"revision": revision.to_string()}, "kvs": kvs, "count": count.to_string()})
+}
+
+/// Answers the latest registry read with `records` (etcd 3.4's shape).
+fn answer_etcd(d: &mut Dispatcher<FakeHost>, records: &[Value], count: usize) {
+    let body = registry_answer(records, count, 7);
     let token = registry_reads(d).last().unwrap().0;
     reply(d, token, &body.to_string());
 }
@@ -447,15 +453,7 @@ fn page_of(messages: &[(&str, &str, &[u8])], more: bool) -> String {
 fn sync_at(d: &mut Dispatcher<FakeHost>, records: &[Value], revision: u64) {
     d.host().advance(500);
     d.on_tick();
-    let kvs: Vec<Value> = records
-        .iter()
-        .map(|r| {
-            let key = format!("/pw/sub/{}", r["id"].as_str().unwrap());
-            json!({"key": b64(key.as_bytes()), "mod_revision": "7", "value": b64(r.to_string().as_bytes())})
-        })
-        .collect();
-    let count = kvs.len().to_string();
-    let body = json!({"header": {"revision": revision.to_string()}, "kvs": kvs, "count": count});
+    let body = registry_answer(records, records.len(), revision);
     let token = registry_reads(d).last().unwrap().0;
     reply(d, token, &body.to_string());
 }

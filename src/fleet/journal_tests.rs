@@ -240,18 +240,23 @@ fn a_put_whose_answer_was_lost_is_deleted_once_the_message_is_finished() {
     assert!(j.entries.is_empty());
 }
 
+/// Our lease is lost at 0: etcd grants lease `ac` and the node key names it.
+fn lose_lease_and_take_ac(j: &mut Journal) {
+    j.lease_lost(LEASE, 0);
+    let (id, _) = one(j.calls(0));
+    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
+    answer(j, id, &granted.to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    answer(j, id, &txn_body(true, vec![]), 0);
+}
+
 #[test]
 fn a_put_whose_answer_was_lost_is_deleted_once_written_under_a_new_lease() {
     let mut j = ready(0);
     assert!(j.stage("m1", Some(value("m1"))));
     let (id, _) = one(writes(j.calls(0)));
     j.on_answer(id, None, b"", 0);
-    j.lease_lost(LEASE, 0);
-    let (id, _) = one(j.calls(0));
-    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
-    answer(&mut j, id, &granted.to_string(), 0);
-    let (id, _) = one(j.calls(0));
-    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    lose_lease_and_take_ac(&mut j);
     let (id, put) = one(writes(j.calls(RETRY_MS)));
     assert_eq!(ops(&put)[0].1, "/p/msg/ac/m1");
     answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
@@ -528,19 +533,23 @@ fn a_dead_replicas_messages_are_claimed_read_by_pages_and_released_once_finished
     assert!(j.calls(SCAN_MS).is_empty());
 }
 
+/// The first scan finds lease `d` dead: the claim's txn.
+fn claim_of_dead_lease(j: &mut Journal) -> CallId {
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(j, id, &scan_answer(&[LEASE], &[LEASE, 0xd], &[]), SCAN_MS);
+    let calls = j.calls(SCAN_MS);
+    let (claim, _) = calls
+        .into_iter()
+        .find(|(_, r)| r.path == etcd::TXN)
+        .unwrap();
+    claim
+}
+
 #[test]
 fn a_claim_another_replica_won_claims_nothing() {
     let mut j = ready(0);
-    let (id, _) = one(j.calls(SCAN_MS));
-    answer(
-        &mut j,
-        id,
-        &scan_answer(&[LEASE], &[LEASE, 0xd], &[]),
-        SCAN_MS,
-    );
-    let calls = j.calls(SCAN_MS);
-    let (id, _) = calls.iter().find(|(_, r)| r.path == etcd::TXN).unwrap();
-    let outcome = answer(&mut j, *id, &txn_body(false, vec![]), SCAN_MS);
+    let id = claim_of_dead_lease(&mut j);
+    let outcome = answer(&mut j, id, &txn_body(false, vec![]), SCAN_MS);
     assert_eq!(outcome.claims, 0);
     assert!(j
         .calls(SCAN_MS)
@@ -548,16 +557,22 @@ fn a_claim_another_replica_won_claims_nothing() {
         .all(|(_, r)| r.path != etcd::RANGE || !r.body.contains(&b64(b"/p/msg/d/"))));
 }
 
+/// The first scan finds only our own lease and etcd counts `count` dead records: the next call
+/// (the trim's read of the oldest).
+fn dead_counted(j: &mut Journal, count: u64) -> (CallId, Request) {
+    let (id, _) = one(j.calls(SCAN_MS));
+    answer(j, id, &scan_answer(&[LEASE], &[LEASE], &[]), SCAN_MS);
+    let (id, _) = one(j.calls(SCAN_MS));
+    let mut counted = range_body(vec![kv(b"/p/dead/a", b"")], true);
+    counted["count"] = json!(count.to_string());
+    answer(j, id, &counted.to_string(), SCAN_MS);
+    one(j.calls(SCAN_MS))
+}
+
 #[test]
 fn dead_messages_are_trimmed_oldest_first_to_the_bound() {
     let mut j = ready(0);
-    let (id, _) = one(j.calls(SCAN_MS));
-    answer(&mut j, id, &scan_answer(&[LEASE], &[LEASE], &[]), SCAN_MS);
-    let (id, _) = one(j.calls(SCAN_MS));
-    let mut counted = range_body(vec![kv(b"/p/dead/a", b"")], true);
-    counted["count"] = json!("12");
-    answer(&mut j, id, &counted.to_string(), SCAN_MS);
-    let (id, oldest) = one(j.calls(SCAN_MS));
+    let (id, oldest) = dead_counted(&mut j, 12);
     let query = body(&oldest);
     assert_eq!(
         (query["limit"].clone(), query["sort_target"].clone()),
@@ -589,18 +604,7 @@ fn unusable_answers_are_errors_and_undo_their_call() {
 #[test]
 fn a_claim_whose_answer_was_lost_is_found_by_the_next_scan_and_read() {
     let mut j = ready(0);
-    let (id, _) = one(j.calls(SCAN_MS));
-    answer(
-        &mut j,
-        id,
-        &scan_answer(&[LEASE], &[LEASE, 0xd], &[]),
-        SCAN_MS,
-    );
-    let (claim, _) = j
-        .calls(SCAN_MS)
-        .into_iter()
-        .find(|(_, r)| r.path == etcd::TXN)
-        .unwrap();
+    let claim = claim_of_dead_lease(&mut j);
     j.on_answer(claim, None, b"", SCAN_MS); // committed, but the answer was lost
     let now = 2 * SCAN_MS;
     let (id, _) = j
@@ -679,13 +683,7 @@ fn dead_records_etcd_refuses_do_not_hold_back_deletes() {
 #[test]
 fn a_trim_is_not_read_again_while_its_deletes_are_pending() {
     let mut j = ready(0);
-    let (id, _) = one(j.calls(SCAN_MS));
-    answer(&mut j, id, &scan_answer(&[LEASE], &[LEASE], &[]), SCAN_MS);
-    let (id, _) = one(j.calls(SCAN_MS));
-    let mut counted = range_body(vec![kv(b"/p/dead/a", b"")], true);
-    counted["count"] = json!("11");
-    answer(&mut j, id, &counted.to_string(), SCAN_MS);
-    let (id, _) = one(j.calls(SCAN_MS));
+    let (id, _) = dead_counted(&mut j, 11);
     answer(
         &mut j,
         id,
@@ -768,12 +766,7 @@ fn a_replica_that_claims_its_own_former_lease_delivers_nothing_twice_and_release
     assert!(j.stage("m1", Some(value("m1"))));
     let (id, _) = one(j.calls(0));
     answer(&mut j, id, &txn_body(true, vec![]), 0);
-    j.lease_lost(LEASE, 0);
-    let (id, _) = one(j.calls(0));
-    let granted = json!({"header": header(), "ID": 0xac_i64.to_string(), "TTL": "3"});
-    answer(&mut j, id, &granted.to_string(), 0);
-    let (id, _) = one(j.calls(0));
-    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    lose_lease_and_take_ac(&mut j);
     let (scan, _) = one(j.calls(0));
     answer(&mut j, scan, &scan_answer(&[0xac], &[LEASE, 0xac], &[]), 0);
     let calls = j.calls(0);
