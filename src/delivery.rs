@@ -68,6 +68,15 @@ impl ReplayStore {
         Some(*message)
     }
 
+    /// [`ReplayStore::take`], only when the message kept is `subscription_id`'s.
+    pub fn take_of(&mut self, webhook_id: &str, subscription_id: &str) -> Option<Message> {
+        let kept = self.messages.get(webhook_id)?;
+        if &*kept.subscription_id != subscription_id {
+            return None;
+        }
+        self.take(webhook_id)
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -295,6 +304,17 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_message_is_taken_for_its_own_subscription_only() {
+        let mut store = ReplayStore::default();
+        store.keep(message("msg_1", 3, 0), 10, 1 << 20);
+        assert!(store.take_of("msg_1", "sub_2").is_none());
+        assert_eq!(store.len(), 1, "left as it was");
+        let taken = store.take_of("msg_1", "sub_1").unwrap();
+        assert_eq!(taken.webhook_id, "msg_1");
+        assert!(store.is_empty());
+    }
     use crate::config::Config;
 
     fn config(schedule: &[u64]) -> DeliveryConfig {
@@ -313,6 +333,7 @@ mod tests {
             attempts,
             created_ms,
             host_waits: 0,
+            replayed: false,
         }
     }
 

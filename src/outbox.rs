@@ -68,6 +68,9 @@ pub struct Message {
     pub created_ms: u64,
     /// Times the callout could not start yet because Envoy was still resolving the host.
     pub host_waits: u32,
+    /// Sent again on request (a retry): in fleet mode its copy under etcd's `P/dead/` goes
+    /// once it is delivered, so a later retry through another replica does not send it again.
+    pub replayed: bool,
 }
 
 /// A handle on a message in the outbox.
@@ -760,6 +763,7 @@ mod tests {
             attempts,
             created_ms,
             host_waits: 0,
+            replayed: false,
         }
     }
 

@@ -476,8 +476,11 @@ async fn a_message_exhausted_on_a_is_retried_through_b_from_the_copy_etcd_kept()
         a.counter("webhooks_deliveries_succeeded").await? == 0,
         "not by A"
     );
-    // B put it in its own outbox in etcd first and took it out once delivered.
+    // B put it in its own outbox in etcd first and took it out once delivered, with the copy.
     wait_etcd_count(&fleet, "msg", 0, b).await?;
+    wait_etcd_count(&fleet, "dead", 0, b).await?;
+    let (status, body) = devtools::api(b, TEST_KEY, "POST", &retry, None).await?;
+    ensure!(status == 409, "a delivered message again through B: {status} {body}");
     eprintln!("1 event detected on A, exhausted there (receiver 500), retried through B from etcd's copy: delivered once by B with webhook-id {webhook_id}");
     Ok(())
 }

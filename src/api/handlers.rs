@@ -362,9 +362,9 @@ pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id
 
 /// Replays a message found in the attempt logs of the caller's own subscriptions. The search is
 /// bounded: the caller's subscriptions (the per-consumer limit plus static ones) times the
-/// entries kept per log. In fleet mode a message this replica's logs do not have may be kept in
-/// etcd (exhausted or dropped on another replica, or before a restart): the filter looks there
-/// and answers with [`retry_stored`].
+/// entries kept per log. In fleet mode a message this replica's logs do not have, or no longer
+/// keep in memory, may be kept in etcd (exhausted or dropped on another replica, or before a
+/// restart): the filter looks there and answers with [`retry_stored`].
 pub(super) fn retry<S: KvStore>(
     cx: &mut Context<'_, S>,
     caller: Caller<'_>,
@@ -384,15 +384,17 @@ pub(super) fn retry<S: KvStore>(
                 .find(|a| a.webhook_id == webhook_id)?;
             Some((id, newest.state))
         });
-    let Some((id, state)) = found else {
-        if cx.config.fleet.is_none() {
-            return Err(delivery_not_found());
-        }
-        // The call is counted before etcd is asked, so retries cannot flood etcd either.
+    // Unknown here, or no longer kept in memory: in fleet mode etcd may keep a copy.
+    let in_memory = found
+        .as_ref()
+        .is_some_and(|(_, state)| *state != attempts::State::Expired);
+    if !in_memory && cx.config.fleet.is_some() {
+        // Counted before etcd is asked, so retries cannot flood etcd either.
         within_rate_limit(cx, caller)?;
         let webhook_id = webhook_id.to_string();
         return Ok(Answer::FindKept { webhook_id });
-    };
+    }
+    let (id, state) = found.ok_or_else(delivery_not_found)?;
     if !state.replayable() {
         let message = if state == attempts::State::Expired {
             "the message is no longer kept for replay (delivery.max_replay)"

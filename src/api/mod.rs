@@ -149,7 +149,7 @@ pub fn etcd_unavailable(reason: &str) -> Response {
 /// asked for; `reason` says why.
 pub fn lookup_unavailable(reason: &str) -> Response {
     let message = format!(
-        "the message is not in this replica's memory and etcd could not be asked for it: {reason}"
+        "the message is not in this replica's logs and etcd could not be asked for it: {reason}"
     );
     let mut response = error(503, "unavailable", message);
     response.headers.push(("retry-after", "1".to_string()));

@@ -1743,6 +1743,31 @@ fn fleet_retry_of_a_message_no_log_here_has_asks_etcd() {
 }
 
 #[test]
+fn fleet_retry_of_a_message_no_longer_kept_in_memory_asks_etcd_and_counts_once() {
+    let mut api = fleet_api();
+    api.synced(FLEET_SUB, "acme", 1);
+    let log = vec![
+        attempt("msg_old", 3, State::Exhausted),
+        attempt("msg_old", 3, State::Expired),
+        attempt("msg_ok", 1, State::Succeeded),
+    ];
+    attempts::record(&api.store, FLEET_SUB, log).unwrap();
+    let path = "/webhooks/deliveries/msg_old/retry";
+    for _ in 0..crate::ratelimit::BURST {
+        let answer = api.fleet_call("POST", path, KEY_A, "");
+        assert!(matches!(answer, Answer::FindKept { .. }), "{answer:?}");
+    }
+    // The lookup took the call's token: answering it takes none.
+    let kept = crate::fleet::stored::encode("msg_old", FLEET_SUB, "a.b", 7, b"{}").unwrap();
+    let (status, value) = api.kept_call(path, KEY_A, Some(&kept));
+    assert_eq!(status, 202, "{value}");
+    // Still in memory, so etcd's copy is not asked for.
+    let (status, value) =
+        now(api.fleet_call("POST", "/webhooks/deliveries/msg_ok/retry", KEY_A, ""));
+    assert_eq!((status, code(&value)), (409, "not_replayable"));
+}
+
+#[test]
 fn fleet_retry_with_the_kept_copy_replays_only_the_callers_own_active_message() {
     let mut api = fleet_api();
     api.synced(FLEET_SUB, "acme", 1);
@@ -1750,18 +1775,22 @@ fn fleet_retry_with_the_kept_copy_replays_only_the_callers_own_active_message() 
     let kept = crate::fleet::stored::encode("msg_1", FLEET_SUB, "order.created", 7, b"{}").unwrap();
     let writes = api.writes();
 
-    let cases: [(&str, Option<&[u8]>, u16, &str); 4] = [
-        (KEY_B, Some(&kept), 404, "not_found"),
-        (KEY_A, None, 404, "not_found"),
-        (KEY_A, Some(b"v1\nmsg_1\nbroken"), 404, "not_found"),
-        (KEY_A, Some(&kept), 202, "<none>"),
+    // Another consumer's message, none, a broken copy, another message's copy: the same 404.
+    let not_found = api.kept_call(path, KEY_A, None);
+    assert_eq!(
+        not_found.1,
+        json!({"error": {"code": "not_found", "message": "delivery not found"}})
+    );
+    let refused: [(&str, &str, Option<&[u8]>); 3] = [
+        (KEY_B, path, Some(&kept)),
+        (KEY_A, path, Some(b"v1\nmsg_1\nbroken")),
+        (KEY_A, "/webhooks/deliveries/msg_2/retry", Some(&kept)),
     ];
-    for (key, kept, status, error_code) in cases {
-        let (got, value) = api.kept_call(path, key, kept);
-        assert_eq!((got, code(&value)), (status, error_code), "{value}");
+    for (key, path, kept) in refused {
+        assert_eq!(api.kept_call(path, key, kept), not_found, "{key} {path}");
     }
-    let other = api.kept_call("/webhooks/deliveries/msg_2/retry", KEY_A, Some(&kept));
-    assert_eq!(other.0, 404, "a copy of another message: {}", other.1);
+    let (status, value) = api.kept_call(path, KEY_A, Some(&kept));
+    assert_eq!((status, value), (202, json!({"status": "queued"})));
     assert_eq!(
         api.sent,
         [QueueMessage::Replay {

@@ -633,9 +633,24 @@ fn fleet_mode_replays_the_copy_etcd_kept_under_its_webhook_id_through_its_own_ou
         "this replica owns it now"
     );
     assert!(sent(&d).is_empty(), "held until its put commits");
+    // Asked again (through another replica's answer, say) while pending: nothing more.
+    d.host_mut().queue.push_back(replay.encode());
+    d.on_queue_ready();
+    assert_eq!(message_puts(&d).len(), 1, "no second copy");
     settle(&mut d);
-    let sent = sent(&d);
-    assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].header("webhook-id"), Some("msg_kept"));
-    assert_eq!(sent[0].body, br#"{"n":1}"#);
+    assert_eq!(sent(&d).len(), 1);
+    assert_eq!(sent(&d)[0].header("webhook-id"), Some("msg_kept"));
+    assert_eq!(sent(&d)[0].body, br#"{"n":1}"#);
+    answer_last(&mut d, 200, &[]);
+    d.on_tick();
+    let deletes: Vec<String> = outbox_calls(&d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .flat_map(|(_, r)| txn_keys(&r))
+        .collect();
+    for key in ["/pw/msg/ab/msg_kept", "/pw/dead/msg_kept"] {
+        assert!(deletes.contains(&key.to_string()), "{key}: {deletes:?}");
+    }
+    settle(&mut d);
+    assert_eq!(sent(&d).len(), 1, "delivered once");
 }

@@ -67,6 +67,9 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         let value = if dead { encode(message) } else { None };
         durable.journal.finished(&message.webhook_id, value);
+        if message.replayed && !dead {
+            durable.journal.forget_dead(&message.webhook_id);
+        }
     }
 
     /// Sends the journal's due calls.
@@ -179,12 +182,32 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// The message of a copy etcd kept under `P/dead/` that a retry brought (see
-    /// [`crate::fleet::dead`]); `None` for one that is not `webhook_id`'s or not readable.
-    pub(super) fn kept_message(&self, webhook_id: &str, kept: &[u8]) -> Option<Message> {
-        let stored = stored::decode(kept).filter(|s| s.webhook_id == webhook_id)?;
-        let subscription_id = Rc::from(stored.subscription_id.as_str());
-        Some(message_of(stored, subscription_id))
+    /// The message a retry brought the `P/dead/` copy of (see [`crate::fleet::dead`]): the
+    /// same message kept in memory if there is one (for the subscription the API checked),
+    /// else the copy's. `None` when the journal has it pending already (a second retry sends
+    /// nothing more) or the copy is not `webhook_id`'s.
+    pub(super) fn message_of_kept_copy(
+        &mut self,
+        webhook_id: &str,
+        kept: &[u8],
+    ) -> Option<Message> {
+        let Some(stored) = stored::decode(kept).filter(|s| s.webhook_id == webhook_id) else {
+            log::warn!("proxy-webhooks: replay of webhook-id {webhook_id} asked with an unreadable copy from etcd");
+            return None;
+        };
+        if self
+            .durable_mut()
+            .is_some_and(|d| d.journal.has(webhook_id))
+        {
+            log::info!("proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is pending already");
+            return None;
+        }
+        let subscription_id: Rc<str> = Rc::from(stored.subscription_id.as_str());
+        let message = self
+            .replayable
+            .take_of(webhook_id, &subscription_id)
+            .unwrap_or_else(|| message_of(stored, subscription_id));
+        Some(message)
     }
 
     /// Messages not (yet) in etcd: held for their put, or out from memory only.
@@ -212,5 +235,6 @@ fn message_of(stored: Stored, subscription_id: Rc<str>) -> Message {
         attempts: 0,
         created_ms: stored.created_ms,
         host_waits: 0,
+        replayed: false,
     }
 }

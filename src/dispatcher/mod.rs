@@ -408,6 +408,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             attempts: 0,
             created_ms: now,
             host_waits: 0,
+            replayed: false,
         };
         self.schedule(message, &to.subscription.consumer, now);
     }
@@ -465,12 +466,16 @@ impl<H: DispatchHost> Dispatcher<H> {
     }
 
     /// Sends a kept message again with the same webhook-id and body: the one kept in memory,
-    /// else the copy etcd kept (`kept`, fleet mode), which this replica then owns.
+    /// or (fleet mode) the copy etcd kept, which the API checked and this replica then owns.
     fn replay(&mut self, webhook_id: &str, kept: &[u8]) {
-        let taken = self
-            .replayable
-            .take(webhook_id)
-            .or_else(|| self.kept_message(webhook_id, kept));
+        let mut taken = if kept.is_empty() {
+            self.replayable.take(webhook_id)
+        } else {
+            self.message_of_kept_copy(webhook_id, kept)
+        };
+        if let Some(message) = taken.as_mut() {
+            message.replayed = true;
+        }
         let owner = taken
             .as_ref()
             .and_then(|m| self.resolve(&m.subscription_id));
@@ -486,9 +491,10 @@ impl<H: DispatchHost> Dispatcher<H> {
             (Some(_), None) => log::warn!(
                 "proxy-webhooks: replay of webhook-id {webhook_id} asked, but its subscription is gone"
             ),
-            (None, _) => log::warn!(
+            (None, _) if kept.is_empty() => log::warn!(
                 "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay)"
             ),
+            (None, _) => {}
         }
     }
 

@@ -1,6 +1,6 @@
-//! A retry asked through the API for a message no replica's memory has any more (fleet mode):
-//! the exhausted or dropped copy etcd keeps under `P/dead/<webhook-id>` is read back, so a
-//! retry works on any replica and after a restart.
+//! A retry asked through the API for a message this replica's attempt logs do not have, or no
+//! longer keep in memory (fleet mode): the exhausted or dropped copy etcd keeps under
+//! `P/dead/<webhook-id>` is read back, so a retry works on any replica and after a restart.
 
 use crate::etcd::{self, Request};
 use crate::fleet::keys::Keys;

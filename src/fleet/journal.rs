@@ -351,6 +351,20 @@ impl Journal {
         }
     }
 
+    /// Whether `webhook_id` is pending here (held for its put, in etcd, or finishing).
+    pub fn has(&self, webhook_id: &str) -> bool {
+        self.entries.contains_key(webhook_id)
+    }
+
+    /// A message retried from its `P/dead/` copy was delivered: the copy goes too.
+    pub fn forget_dead(&mut self, webhook_id: &str) {
+        self.removals.push_back(Removal {
+            key: self.keys.dead(webhook_id),
+            lease: 0,
+            trim: false,
+        });
+    }
+
     /// Queues the delete of `webhook_id`'s key under `lease`; `claimed`: the claimed lease it
     /// counts against (0: none).
     fn remove_key(&mut self, lease: i64, webhook_id: &str, claimed: i64) {

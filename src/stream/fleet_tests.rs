@@ -493,7 +493,7 @@ fn a_retry_whose_kept_copy_etcd_cannot_give_is_503() {
     let f = fleet_filter();
     host(&f).refuse_etcd.set(true);
     let _s = retry(&f, "msg_1");
-    let why = "the message is not in this replica's memory and etcd could not be asked for it";
+    let why = "the message is not in this replica's logs and etcd could not be asked for it";
     let (status, body, headers) = reply(&f);
     assert_eq!(
         (status, body["error"]["code"].as_str()),

@@ -78,6 +78,7 @@ fn judge_and_outbox_never_panic() {
                     attempts: 0,
                     created_ms: now,
                     host_waits: 0,
+                    replayed: false,
                 };
                 let consumer = format!("c{}", sub % 2);
                 let _ = outbox.push(message, &consumer, now + rng.below(100) as u64);
