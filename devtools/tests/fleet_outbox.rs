@@ -480,7 +480,10 @@ async fn a_message_exhausted_on_a_is_retried_through_b_from_the_copy_etcd_kept()
     wait_etcd_count(&fleet, "msg", 0, b).await?;
     wait_etcd_count(&fleet, "dead", 0, b).await?;
     let (status, body) = devtools::api(b, TEST_KEY, "POST", &retry, None).await?;
-    ensure!(status == 409, "a delivered message again through B: {status} {body}");
+    ensure!(
+        status == 409,
+        "a delivered message again through B: {status} {body}"
+    );
     eprintln!("1 event detected on A, exhausted there (receiver 500), retried through B from etcd's copy: delivered once by B with webhook-id {webhook_id}");
     Ok(())
 }

@@ -530,3 +530,20 @@ fn a_retry_whose_kept_copy_etcd_cannot_give_is_503() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_etcd_answer_after_the_stream_ended_sends_and_queues_nothing() {
+    let f = fleet_filter();
+    synced(&f, 1);
+    let kept = crate::fleet::stored::encode("msg_1", ID, "order.created", 7, b"{}").unwrap();
+    let mut s = retry(&f, "msg_1");
+    s.on_log(); // the client went away while etcd was asked
+    answer(
+        &f,
+        &mut s,
+        Some("200"),
+        &range_answer(&[kv("/pw/dead/msg_1", &kept, 9)]),
+    );
+    assert_eq!(replies(&f), 0);
+    assert!(host(&f).queue.borrow().is_empty());
+}
