@@ -182,6 +182,9 @@ pub struct Journal {
     puts: VecDeque<String>,
     /// When the put queue may be sent again after a failure.
     puts_at: u64,
+    /// The last batch of puts failed: new messages go out from memory at once instead of
+    /// waiting (up to [`RETRY_MS`]) for a put that etcd is unlikely to take, and all at once.
+    puts_failing: bool,
     removals: VecDeque<Removal>,
     removals_at: u64,
     /// Dead records to keep (key, stored form), in txns of their own.
@@ -238,6 +241,7 @@ impl Journal {
             entries: HashMap::default(),
             puts: VecDeque::new(),
             puts_at: 0,
+            puts_failing: false,
             removals: VecDeque::new(),
             removals_at: 0,
             dead_puts: VecDeque::new(),
@@ -286,7 +290,7 @@ impl Journal {
     }
 
     /// Takes a new message. True: it is held until [`Event::Written`] or [`Event::Released`];
-    /// false: deliver it from memory now (no lease yet, too many held); it is written later
+    /// false: deliver it from memory now (no lease yet, etcd failing, too many held); it is written later
     /// when it can be, unless it is too large, not encodable or past `max_unwritten_bytes`
     /// (then it is in memory only).
     pub fn stage(&mut self, webhook_id: &str, value: Option<Vec<u8>>) -> bool {
@@ -296,7 +300,7 @@ impl Journal {
         if self.entries.contains_key(webhook_id) || !self.has_room_for(value.len()) {
             return false;
         }
-        let hold = self.lease().is_some() && self.held_count < MAX_HELD;
+        let hold = self.lease().is_some() && !self.puts_failing && self.held_count < MAX_HELD;
         self.unwritten_bytes += value.len();
         self.held_count += usize::from(hold);
         self.entries.insert(

@@ -815,3 +815,24 @@ fn pages_of_several_claimed_leases_share_the_outbox_room() {
         "the pages out take the room"
     );
 }
+
+#[test]
+fn while_etcd_refuses_puts_new_messages_go_out_at_once_and_are_written_later() {
+    let mut j = ready(0);
+    assert!(j.stage("m1", Some(value("m1"))));
+    let (id, _) = one(writes(j.calls(0)));
+    let outcome = j.on_answer(id, Some("503"), b"etcd down", 0);
+    assert_eq!(outcome.events, [Event::Released(vec!["m1".into()])]);
+    assert!(
+        !j.stage("m2", Some(value("m2"))),
+        "not held for a put etcd is unlikely to take"
+    );
+    let (id, put) = one(writes(j.calls(RETRY_MS)));
+    let keys: Vec<String> = ops(&put).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(keys, ["/p/msg/ab/m1", "/p/msg/ab/m2"], "both written later");
+    answer(&mut j, id, &txn_body(true, vec![]), RETRY_MS);
+    assert!(
+        j.stage("m3", Some(value("m3"))),
+        "held again once etcd takes puts"
+    );
+}

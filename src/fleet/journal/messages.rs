@@ -93,6 +93,7 @@ impl Journal {
             return Ok(());
         }
         self.txns = self.txns.saturating_sub(1);
+        self.puts_failing = false;
         let mut written = Vec::new();
         for id in ids {
             let Some(entry) = self.entries.get_mut(id.as_str()) else {
@@ -149,6 +150,7 @@ impl Journal {
             }
         }
         self.puts_at = now + RETRY_MS;
+        self.puts_failing = true;
         if !released.is_empty() {
             released.reverse();
             outcome.events.push(Event::Released(released));

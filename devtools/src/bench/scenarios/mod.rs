@@ -7,6 +7,7 @@ mod fanout;
 mod first_sync;
 mod latency;
 mod memory;
+mod outage;
 mod outbox;
 mod propagation;
 mod read;
@@ -26,13 +27,13 @@ use crate::util::workspace_root;
 const WASM_BUDGET_BYTES: u64 = 400 * 1024;
 
 /// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
-/// pacing one, 10–14 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
+/// pacing one, 10–15 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
 #[derive(Clone, Debug)]
 pub struct Selection(pub Vec<u8>);
 
 impl Selection {
     pub fn all() -> Selection {
-        Selection((1..=14).collect())
+        Selection((1..=15).collect())
     }
 
     pub fn has(&self, n: u8) -> bool {
@@ -91,6 +92,10 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(14) {
         let result = outbox::run_failover(&upstream, &mut report).await;
         note_failure(&mut report, "14 fleet failover", result);
+    }
+    if selection.has(15) {
+        let result = outage::run(&upstream, opts, &mut report).await;
+        note_failure(&mut report, "15 etcd down", result);
     }
     Ok(report)
 }
