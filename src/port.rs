@@ -128,11 +128,19 @@ pub struct CalloutResponse {
     pub body_size: usize,
 }
 
+/// One HTTP callout, ready for `dispatch_http_call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub timeout_ms: u64,
+}
+
 /// What the dispatcher singleton asks of its host. Randomness (message ids, retry jitter) comes
 /// from the supertrait; logging goes through the `log` crate.
-pub trait DispatchHost: crate::ids::RandomSource {
+pub trait DispatchHost: crate::support::ids::RandomSource {
     /// The shared key-value store (subscriptions, attempt logs, the heartbeat).
-    type Store: crate::store::KvStore + Clone;
+    type Store: crate::registry::store::KvStore + Clone;
 
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
@@ -142,11 +150,7 @@ pub trait DispatchHost: crate::ids::RandomSource {
     fn record_metric(&self, metric: Metric, value: u64);
 
     /// Starts an HTTP callout; its answer comes to `on_http_call_response` with the token.
-    fn dispatch(
-        &mut self,
-        request: &crate::delivery::Request,
-        body: &[u8],
-    ) -> Result<u32, CalloutRefused>;
+    fn dispatch(&mut self, request: &Request, body: &[u8]) -> Result<u32, CalloutRefused>;
     /// The answer of the callout being reported (`headers`, `body_size` as Envoy gave them).
     fn callout_response(&self, headers: usize, body_size: usize) -> CalloutResponse;
     /// The first `max` bytes of that answer's body (empty when the host has none).
@@ -164,7 +168,7 @@ pub trait DispatchHost: crate::ids::RandomSource {
     /// `on_http_call_response` with the token and is read with `callout_response`/`callout_body`.
     fn call_etcd(
         &mut self,
-        request: &crate::etcd::Request,
+        request: &crate::fleet::etcd::Request,
         cluster: &str,
     ) -> Result<u32, CalloutRefused>;
     /// Envoy's node id (`--service-node`), when it has one.
@@ -180,7 +184,7 @@ pub const ETCD_TIMEOUT_MS: u64 = 2000;
 /// is running; they answer None when the value is absent or the host refuses to read it.
 pub trait StreamHost {
     /// Shared data, seen by every worker and the dispatcher.
-    type Store: crate::store::KvStore;
+    type Store: crate::registry::store::KvStore;
 
     /// One request header (lowercase name, or a pseudo-header such as `:path`).
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
@@ -200,13 +204,13 @@ pub trait StreamHost {
     /// Wall-clock milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
     /// Fills `buf` with cryptographic randomness, or says that there is none.
-    fn fill_random(&self, buf: &mut [u8]) -> Result<(), crate::ids::RandomUnavailable>;
+    fn fill_random(&self, buf: &mut [u8]) -> Result<(), crate::support::ids::RandomUnavailable>;
     fn add_metric(&self, metric: Metric, n: u64);
     /// Sets a gauge (`webhooks_dispatcher_alive`).
     fn record_metric(&self, metric: Metric, value: u64);
     /// Starts a call to etcd's gateway on `cluster` for this stream (fleet mode); its answer
     /// comes to the stream's `on_etcd_answer`. None when Envoy refuses to start it.
-    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32>;
+    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32>;
     /// The answer of the etcd call being reported: its `:status` and body (as far as read).
     fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>);
 }

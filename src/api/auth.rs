@@ -3,9 +3,9 @@
 use super::responses::error;
 use super::{Request, Response};
 use crate::config::Config;
-use crate::identity;
-use crate::identity::Credentials;
-use crate::subscription::Subscription;
+use crate::model::identity;
+use crate::model::identity::Credentials;
+use crate::model::subscription::Subscription;
 
 /// The authenticated consumer.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +31,7 @@ pub(super) fn authenticate<'a>(request: &Request<'a>, config: &'a Config) -> Opt
         api_key: request.api_key,
         consumer_header: request.consumer_header,
     };
-    identity::identify(&config.api, &credentials)
+    identity::identify(config.api.identification(), &credentials)
 }
 
 pub(super) fn unauthorized(config: &Config) -> Response {

@@ -3,10 +3,10 @@
 use super::responses::{error, invalid_field};
 use super::{Request, Response, MAX_PAGE};
 use crate::config::Config;
-use crate::event;
-use crate::subscription;
-use crate::subscription::{FilterError, Status, MAX_EVENTS};
-use crate::url::check_destination;
+use crate::model::event;
+use crate::model::subscription;
+use crate::model::subscription::{FilterError, Status, MAX_EVENTS};
+use crate::support::url::check_destination;
 use serde_json::{Map, Value};
 
 /// Field names echoed in error messages are cut to this many characters.

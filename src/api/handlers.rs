@@ -9,16 +9,16 @@ use super::responses::{
 use super::{
     Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
 };
-use crate::attempts;
 use crate::config::Config;
-use crate::event;
 use crate::fleet::commit::Write;
-use crate::ids::random_id;
-use crate::queue::QueueMessage;
-use crate::ratelimit;
-use crate::signing::Secret;
-use crate::store::KvStore;
-use crate::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
+use crate::model::event;
+use crate::model::queue::QueueMessage;
+use crate::model::signing::Secret;
+use crate::model::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
+use crate::registry::attempts;
+use crate::registry::ratelimit;
+use crate::registry::store::KvStore;
+use crate::support::ids::random_id;
 use serde::Serialize;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;

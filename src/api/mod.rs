@@ -7,6 +7,8 @@
 //! unknown path or malformed id (404) → authentication (401) → method (405) → body size (413) →
 //! media type (415) → JSON shape (400) → field validation (422) → ownership (404) → state (409).
 //! Every check runs before any write, so a refused request changes nothing.
+//!
+//! May use: `config`, `fleet`, `model`, `registry`, `support`.
 
 mod auth;
 mod fields;
@@ -16,12 +18,12 @@ mod routes;
 
 use crate::config::Config;
 use crate::fleet::commit::Write;
-use crate::ids::RandomSource;
-use crate::queue::QueueMessage;
+use crate::model::queue::QueueMessage;
+use crate::model::rules;
+use crate::registry::store::KvStore;
 use crate::registry::Registry;
 use crate::registry::RegistryError;
-use crate::rules;
-use crate::store::KvStore;
+use crate::support::ids::RandomSource;
 use auth::{authenticate, unauthorized, Caller};
 use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,

@@ -2,10 +2,10 @@
 
 use super::Response;
 use crate::config::Config;
-use crate::ids::RandomUnavailable;
+use crate::model::subscription::{Status, Subscription};
 use crate::registry::RegistryError;
-use crate::subscription::{Status, Subscription};
-use crate::time::format_rfc3339_millis;
+use crate::support::ids::RandomUnavailable;
+use crate::support::time::format_rfc3339_millis;
 use serde::Serialize;
 
 pub(super) fn base_headers() -> Vec<(&'static str, String)> {

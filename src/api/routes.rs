@@ -1,7 +1,7 @@
 //! Routing: which call a path names, and the methods it answers.
 
-use crate::rules;
-use crate::subscription;
+use crate::model::rules;
+use crate::model::subscription;
 
 /// A known path; ids are already checked against `[A-Za-z0-9_-]{1,64}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,14 @@
 use super::*;
-use crate::attempts;
-use crate::attempts::{Attempt, State};
 use crate::config;
-use crate::event;
 use crate::fleet::commit::Write;
-use crate::signing::Secret;
-use crate::store::{MemoryStore, StoreError};
-use crate::subscription::{self, SigningSecret, Status, Subscription};
+use crate::model::event;
+use crate::model::signing::Secret;
+use crate::model::subscription::{self, SigningSecret, Status, Subscription};
+use crate::registry::attempts;
+use crate::registry::attempts::{Attempt, State};
+use crate::registry::store::{MemoryStore, StoreError};
+use crate::support::time::format_rfc3339_millis;
 use crate::tests::fixtures::{hex, NoRandom, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
-use crate::time::format_rfc3339_millis;
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -1105,13 +1105,13 @@ fn test_and_retry_calls_are_rate_limited_per_consumer() {
         .as_str()
         .unwrap()
         .to_string();
-    for _ in 0..crate::ratelimit::BURST {
+    for _ in 0..crate::registry::ratelimit::BURST {
         let (status, _) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
         assert_eq!(status, 202);
     }
     let (status, value) = api.call("POST", &sub_path(&id, "/test"), KEY_A, "");
     assert_eq!((status, code(&value)), (429, "rate_limited"));
-    assert_eq!(api.sent.len(), crate::ratelimit::BURST as usize);
+    assert_eq!(api.sent.len(), crate::registry::ratelimit::BURST as usize);
     let (status, _) = api.call("POST", &sub_path(&other, "/test"), KEY_B, "");
     assert_eq!(status, 202, "another consumer has its own budget");
 }
@@ -1297,7 +1297,9 @@ fn deliveries_show_the_attempt_log_and_delete_clears_it() {
         attempt("msg_1", 1, State::Retrying),
         attempt("msg_1", 2, State::Succeeded),
     ];
-    attempts::record(&api.store, &id, log).unwrap();
+    crate::registry::Registry::new(&api.store)
+        .record_attempts(&id, log)
+        .unwrap();
     let (status, value) = api.call("GET", &sub_path(&id, "/deliveries"), KEY_A, "");
     assert_eq!(status, 200);
     let expected = attempts::read(&api.store, &id);
@@ -1328,13 +1330,12 @@ fn retry_follows_the_newest_state() {
         attempt("msg_old", 3, State::Exhausted),
         attempt("msg_old", 3, State::Expired),
     ];
-    attempts::record(&api.store, &id, log).unwrap();
-    attempts::record(
-        &api.store,
-        &other,
-        vec![attempt("msg_drop", 3, State::Dropped)],
-    )
-    .unwrap();
+    crate::registry::Registry::new(&api.store)
+        .record_attempts(&id, log)
+        .unwrap();
+    crate::registry::Registry::new(&api.store)
+        .record_attempts(&other, vec![attempt("msg_drop", 3, State::Dropped)])
+        .unwrap();
     let writes = api.writes();
     let retry = |m: &str| format!("/webhooks/deliveries/{m}/retry");
     let cases = [
@@ -1733,7 +1734,7 @@ fn fleet_retry_of_a_message_no_log_here_has_asks_etcd() {
     let (status, value) = Api::new().call("POST", path, KEY_A, "");
     assert_eq!((status, code(&value)), (404, "not_found"));
     // Each lookup counts against the caller's retries: a flood of them never reaches etcd.
-    for _ in 1..crate::ratelimit::BURST {
+    for _ in 1..crate::registry::ratelimit::BURST {
         let answer = api.fleet_call("POST", path, KEY_A, "");
         assert!(matches!(answer, Answer::FindKept { .. }), "{answer:?}");
     }
@@ -1751,9 +1752,11 @@ fn fleet_retry_of_a_message_no_longer_kept_in_memory_asks_etcd_and_counts_once()
         attempt("msg_old", 3, State::Expired),
         attempt("msg_ok", 1, State::Succeeded),
     ];
-    attempts::record(&api.store, FLEET_SUB, log).unwrap();
+    crate::registry::Registry::new(&api.store)
+        .record_attempts(FLEET_SUB, log)
+        .unwrap();
     let path = "/webhooks/deliveries/msg_old/retry";
-    for _ in 0..crate::ratelimit::BURST {
+    for _ in 0..crate::registry::ratelimit::BURST {
         let answer = api.fleet_call("POST", path, KEY_A, "");
         assert!(matches!(answer, Answer::FindKept { .. }), "{answer:?}");
     }

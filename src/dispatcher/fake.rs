@@ -1,10 +1,10 @@
 //! A fake [`DispatchHost`] for native tests: the test moves its clock, fills its queue, and
 //! answers (or refuses) its callouts.
 
-use crate::delivery::Request;
-use crate::ids::{RandomSource, RandomUnavailable};
+use crate::dispatcher::delivery::Request;
 use crate::port::{CalloutRefused, CalloutResponse, DispatchHost, Metric, MetricKind};
-use crate::store::MemoryStore;
+use crate::registry::store::MemoryStore;
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use crate::tests::fixtures::Rng as TestRng;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -51,7 +51,7 @@ pub struct FakeHost {
     /// Draws of randomness (message ids, retry jitter).
     pub fills: usize,
     /// Every etcd call started, in order: token, cluster, request.
-    pub etcd_sent: Vec<(u32, String, crate::etcd::Request)>,
+    pub etcd_sent: Vec<(u32, String, crate::fleet::etcd::Request)>,
     /// When set, `call_etcd` refuses.
     pub refuse_etcd: bool,
     /// etcd calls a test answered already.
@@ -174,7 +174,7 @@ impl DispatchHost for FakeHost {
     }
 
     fn register_queue(&mut self, name: &str) -> bool {
-        assert_eq!(name, crate::queue::QUEUE_NAME);
+        assert_eq!(name, crate::model::queue::QUEUE_NAME);
         self.queue_registered = true;
         true
     }
@@ -190,7 +190,7 @@ impl DispatchHost for FakeHost {
 
     fn call_etcd(
         &mut self,
-        request: &crate::etcd::Request,
+        request: &crate::fleet::etcd::Request,
         cluster: &str,
     ) -> Result<u32, CalloutRefused> {
         if self.refuse_etcd {

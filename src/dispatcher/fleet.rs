@@ -10,9 +10,9 @@ use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
 use crate::fleet::sync::{Apply, Sync};
-use crate::hashing::HashMap;
+use crate::model::subscription::Subscription;
 use crate::port::{DispatchHost, Metric};
-use crate::subscription::Subscription;
+use crate::support::hashing::HashMap;
 
 /// How long fan-out waits for the first read of the registry before it goes on with what it
 /// has (etcd unreachable at start).
@@ -155,7 +155,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.send_write(commit, &request);
     }
 
-    fn send_write(&mut self, commit: Commit, request: &crate::etcd::Request) {
+    fn send_write(&mut self, commit: Commit, request: &crate::fleet::etcd::Request) {
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };

@@ -4,11 +4,11 @@
 //! conversation itself is [`crate::fleet::journal`]'s; this only carries its calls and events.
 
 use super::Dispatcher;
+use crate::dispatcher::outbox::{Message, Payload};
 use crate::fleet::journal::{CallId, Event, Journal, Outcome};
 use crate::fleet::stored::{self, Stored};
-use crate::hashing::HashMap;
-use crate::outbox::{Message, Payload};
 use crate::port::{DispatchHost, Metric};
+use crate::support::hashing::HashMap;
 use std::rc::Rc;
 
 /// The durable outbox's state in the dispatcher.

@@ -2,28 +2,37 @@
 //! matching subscriptions, schedules them through the outbox, and decides every attempt's next
 //! step (retry, give up, disable, keep for replay, drain at shutdown). It is generic over
 //! [`DispatchHost`], so `host::dispatcher` only forwards Envoy's callbacks and makes host calls.
+//!
+//! This folder also owns what only the dispatcher needs: the [`outbox`] of pending messages,
+//! [`pacing`] per receiver, [`delivery`] (requests, verdicts, the replay store) and the glue to
+//! fleet mode's outbox ([`journal`]) and registry reads ([`fleet`]).
+//!
+//! May use: `config`, `fleet`, `model`, `port`, `registry`, `support`.
 
-use crate::attempts::{self, Attempt, State};
-use crate::audience::{self, Target};
 use crate::config::Config;
-use crate::delivery::{self, FailureClock, ReplayStore, Response, Verdict};
-use crate::hashing::HashMap;
-use crate::ids;
-use crate::outbox::{Limits, Message, MessageKey, Outbox, Payload};
-use crate::pacing::Signal;
+use crate::dispatcher::delivery::{FailureClock, ReplayStore, Response, Verdict};
+use crate::dispatcher::outbox::{Limits, Message, MessageKey, Outbox, Payload};
+use crate::dispatcher::pacing::Signal;
+use crate::model::audience::{self, Target};
+use crate::model::queue::{QueueMessage, QUEUE_NAME};
+use crate::model::signing::Secret;
+use crate::model::subscription::{SigningSecret, Subscription};
 use crate::port::{CalloutRefused, DispatchHost, Metric};
-use crate::queue::{QueueMessage, QUEUE_NAME};
+use crate::registry::attempts::{self, Attempt, State};
+use crate::registry::store::KvStore;
+use crate::registry::watchdog;
 use crate::registry::Registry;
-use crate::signing::Secret;
-use crate::store::KvStore;
-use crate::subscription::{SigningSecret, Subscription};
-use crate::url::{self, Destination};
-use crate::watchdog;
+use crate::support::hashing::HashMap;
+use crate::support::ids;
+use crate::support::url::{self, Destination};
 use std::cell::Cell;
 use std::rc::Rc;
 
+pub mod delivery;
 mod fleet;
 mod journal;
+pub mod outbox;
+pub mod pacing;
 
 #[cfg(test)]
 mod fake;
@@ -91,7 +100,7 @@ pub struct Dispatcher<H: DispatchHost> {
     drain_deadline: Option<u64>,
     /// While set, the tick is fast (attempts wait for a host to be resolved).
     fast_tick_until: Option<u64>,
-    /// When the heartbeat was last written (see `crate::watchdog`).
+    /// When the heartbeat was last written (see `crate::registry::watchdog`).
     beat_at: u64,
     /// Fleet mode (`config.fleet`): the registry kept from etcd.
     fleet: Option<fleet::Fleet>,
@@ -147,7 +156,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             self.fleet = Some(fleet::Fleet::new(&config, fleet, &node_id, now));
         }
         self.registry.prepare();
-        crate::ratelimit::prepare(self.host.store());
+        crate::registry::ratelimit::prepare(self.host.store());
         self.beat();
         self.registry
             .sync_static(&self.config.subscriptions, self.host.now_ms());
@@ -287,7 +296,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                     if let Some(resolved) = self.resolve(&subscription_id) {
                         self.add_message(
                             &resolved,
-                            crate::subscription::TEST_EVENT_TYPE.into(),
+                            crate::model::subscription::TEST_EVENT_TYPE.into(),
                             Payload::new(payload),
                         );
                     }
@@ -314,7 +323,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             let wanted = sub
                 .events
                 .iter()
-                .any(|f| crate::subscription::filter_matches(f, &event_type));
+                .any(|f| crate::model::subscription::filter_matches(f, &event_type));
             let reached = audience::reaches(audience, &sub.consumer, sub.privileged);
             if sub.is_active() && wanted && reached {
                 self.add_message(&resolved, Rc::clone(&event_type), Rc::clone(&payload));
@@ -590,7 +599,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         let now = self.host.now_ms();
         let retry_after_ms = answer
             .retry_after
-            .and_then(|v| crate::time::parse_retry_after(&v, now));
+            .and_then(|v| crate::support::time::parse_retry_after(&v, now));
         // Only Envoy's own 503/504 replies say something in their body that matters here.
         let peek = if matches!(code, 503 | 504) && answer.body_size > 0 {
             self.host.callout_body(answer.body_size.min(BODY_PEEK))
@@ -625,7 +634,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         let mut entry = log_entry(message, started_ms, now, status, error, state);
         entry.attempt = attempts;
-        entry.next_retry_at = reschedule.map(crate::time::format_rfc3339_millis);
+        entry.next_retry_at = reschedule.map(crate::support::time::format_rfc3339_millis);
         self.log(&message.subscription_id, entry);
         self.count(verdict, message, attempts, &response, started_ms, now);
         if let Some(done) = self
@@ -696,7 +705,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             if !s.is_active() {
                 return Err(());
             }
-            s.status = crate::subscription::Status::Disabled;
+            s.status = crate::model::subscription::Status::Disabled;
             s.disabled_reason = Some(reason.to_string());
             s.updated_at_ms = now;
             Ok(())
@@ -745,7 +754,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             if self.registry.get_raw(&id).is_none() {
                 continue;
             }
-            if let Err(e) = attempts::record(self.host.store(), &id, entries) {
+            if let Err(e) = self.registry.record_attempts(&id, entries) {
                 log::warn!("proxy-webhooks: attempt log of subscription {id} not written: {e:?}");
             }
         }
@@ -818,7 +827,7 @@ fn log_entry(
         webhook_id: message.webhook_id.clone(),
         event_type: message.event_type.to_string(),
         attempt: message.attempts,
-        timestamp: crate::time::format_rfc3339_millis(started_ms),
+        timestamp: crate::support::time::format_rfc3339_millis(started_ms),
         response_status: status,
         error,
         duration_ms: now.saturating_sub(started_ms),

@@ -2,15 +2,15 @@
 
 use super::fake::{FakeHost, Sent};
 use super::{Dispatcher, FAST_TICK_MS, MAX_DEQUEUE, TICK_MS};
-use crate::attempts::{self, Attempt, State};
-use crate::audience::Target;
+use crate::model::audience::Target;
+use crate::model::queue::QueueMessage;
+use crate::model::signing::Secret;
+use crate::model::subscription::{SigningSecret, Status, Subscription};
 use crate::port::{CalloutRefused, CalloutResponse, Metric};
-use crate::queue::QueueMessage;
+use crate::registry::attempts::{self, Attempt, State};
+use crate::registry::store::KvStore;
+use crate::registry::watchdog;
 use crate::registry::Registry;
-use crate::signing::Secret;
-use crate::store::KvStore;
-use crate::subscription::{SigningSecret, Status, Subscription};
-use crate::watchdog;
 use std::rc::Rc;
 
 const T0: u64 = 1_700_000_000_000;
@@ -29,7 +29,7 @@ fn dispatcher_with(config: &str) -> Dispatcher<FakeHost> {
     d
 }
 
-fn registry(d: &Dispatcher<FakeHost>) -> Registry<Rc<crate::store::MemoryStore>> {
+fn registry(d: &Dispatcher<FakeHost>) -> Registry<Rc<crate::registry::store::MemoryStore>> {
     Registry::new(Rc::clone(&d.host().store))
 }
 
@@ -129,7 +129,7 @@ fn heartbeat(d: &Dispatcher<FakeHost>) -> u64 {
 }
 
 fn iso(ms: u64) -> String {
-    crate::time::format_rfc3339_millis(ms)
+    crate::support::time::format_rfc3339_millis(ms)
 }
 
 /// Advances the clock by `ms` in ticks of at most `step`, ticking after each.
@@ -398,7 +398,10 @@ fn envoys_own_503_is_a_connection_failure_and_a_reset_is_no_answer() {
     assert_eq!(log[0].response_status, None);
     let error = log[0].error.clone().unwrap();
     assert!(error.starts_with("connection failed: TLS error"), "{error}");
-    assert_eq!(log[1].error.as_deref(), Some(crate::delivery::RESET));
+    assert_eq!(
+        log[1].error.as_deref(),
+        Some(crate::dispatcher::delivery::RESET)
+    );
 }
 
 #[test]
@@ -440,7 +443,7 @@ fn a_changed_url_and_secret_are_used_once_the_generation_moves() {
     assert_eq!(second.header(":authority"), Some("other.example.com"));
     assert_eq!(second.header(":path"), Some("/hook"));
     let timestamp: u64 = second.header("webhook-timestamp").unwrap().parse().unwrap();
-    let expected = crate::signing::signature_header(
+    let expected = crate::model::signing::signature_header(
         &[&Secret::parse(OTHER_SECRET).unwrap()],
         second.header("webhook-id").unwrap(),
         timestamp,
@@ -626,5 +629,4 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
     assert_eq!(d.host().metric(Metric::DeliveriesFailed), 1);
 }
 
-#[path = "fleet_tests.rs"]
 mod fleet;

@@ -11,11 +11,11 @@
 //! reads the slots again for its next pick. A delete removes the record (compared on its mod
 //! revision) and the slot holding its id, if there is one. A replace touches no slot.
 
-use crate::etcd::{
+use crate::fleet::etcd::{
     self, Cmp, Compare, Op, OpAnswer, RangeAnswer, RangeQuery, Request, Target, TxnAnswer,
 };
 use crate::fleet::keys::Keys;
-use crate::subscription::Subscription;
+use crate::model::subscription::Subscription;
 
 /// Rounds one write may take before it gives up (other replicas keep winning).
 pub const MAX_ROUNDS: u32 = 64;
@@ -396,7 +396,7 @@ fn usable(limit: u64, from: impl Fn(u64) -> u64) -> u64 {
 /// Spreads concurrent creates over the free slots: a hash of the new subscription's (random)
 /// id and the round, so a create that lost its slot also tries elsewhere next time.
 fn spread(id: &str, round: u32) -> u64 {
-    let mut h = u64::from(crate::buckets::hash(id)) ^ (u64::from(round) << 32);
+    let mut h = u64::from(crate::support::hashing::fnv1a(id)) ^ (u64::from(round) << 32);
     // splitmix64's finalizer: every bit of the input moves every bit of the output.
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -2,7 +2,7 @@
 //! longer keep in memory (fleet mode): the exhausted or dropped copy etcd keeps under
 //! `P/dead/<webhook-id>` is read back, so a retry works on any replica and after a restart.
 
-use crate::etcd::{self, Request};
+use crate::fleet::etcd::{self, Request};
 use crate::fleet::keys::Keys;
 
 /// The read of `webhook_id`'s kept copy.

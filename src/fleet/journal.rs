@@ -29,8 +29,8 @@
 use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
 use super::stored::{self, Stored};
 
-use crate::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
-use crate::hashing::HashMap;
+use crate::fleet::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
+use crate::support::hashing::HashMap;
 use std::collections::VecDeque;
 
 /// Operations per txn: etcd's default `--max-txn-ops`.
@@ -572,5 +572,4 @@ mod lease;
 mod messages;
 
 #[cfg(test)]
-#[path = "journal_tests.rs"]
 mod tests;

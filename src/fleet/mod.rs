@@ -1,9 +1,14 @@
-//! Fleet mode (SPEC "Fleet mode"): several replicas share their subscriptions and a durable
-//! outbox in etcd. Pure logic over [`crate::etcd`]'s builders and parsers; the roles send the
-//! requests through their host interface and feed the answers back.
+//! Fleet mode (docs/fleet.md): several replicas share their subscriptions and a durable outbox
+//! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
+//! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), the durable outbox
+//! ([`journal`], [`stored`], [`dead`]). The roles send the requests through their host
+//! interface and feed the answers back.
+//!
+//! May use: `model`, `support`.
 
 pub mod commit;
 pub mod dead;
+pub mod etcd;
 pub mod journal;
 pub mod keys;
 pub mod stored;

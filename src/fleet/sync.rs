@@ -4,9 +4,9 @@
 //! some were deleted, and a keys-only listing of the range tells which.
 
 use super::keys::{Keys, SUB};
-use crate::etcd::{self, RangeQuery};
-use crate::hashing::HashSet;
-use crate::subscription::Subscription;
+use crate::fleet::etcd::{self, RangeQuery};
+use crate::model::subscription::Subscription;
+use crate::support::hashing::HashSet;
 
 /// A change to make to the cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,5 +166,4 @@ impl Sync {
 }
 
 #[cfg(test)]
-#[path = "sync_tests.rs"]
 mod tests;

@@ -3,10 +3,10 @@
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
 use crate::config::Config;
-use crate::delivery::Request;
+use crate::dispatcher::delivery::Request;
 use crate::dispatcher::Dispatcher;
-use crate::ids::{RandomSource, RandomUnavailable};
 use crate::port::{CalloutRefused, CalloutResponse, DispatchHost, Metric};
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::{BufferType, MapType, Status};
@@ -139,7 +139,7 @@ impl DispatchHost for WasmHost {
 
     fn call_etcd(
         &mut self,
-        request: &crate::etcd::Request,
+        request: &crate::fleet::etcd::Request,
         cluster: &str,
     ) -> Result<u32, CalloutRefused> {
         io::call_etcd(request, cluster).map_err(|status| CalloutRefused {

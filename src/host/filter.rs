@@ -2,11 +2,11 @@
 //! calls it asks for.
 
 use super::io::{self, Metrics, SharedData, WasiRandom};
-use crate::ids::{RandomSource, RandomUnavailable};
+use crate::model::queue::QUEUE_NAME;
 use crate::port::{Metric, StreamHost};
-use crate::queue::QUEUE_NAME;
+use crate::registry::watchdog;
 use crate::stream::{Filter, Flow, Stream};
-use crate::watchdog;
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
@@ -79,7 +79,7 @@ impl StreamHost for Envoy {
         self.metrics.get(metric).record(value);
     }
 
-    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32> {
+    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32> {
         io::call_etcd(request, cluster).ok()
     }
 

@@ -2,8 +2,8 @@
 //! configuration. Every host call's error is handled here; nothing in the glue unwraps.
 
 use crate::config::{self, Config};
-use crate::ids::{RandomSource, RandomUnavailable};
-use crate::store::{KvStore, StoreError};
+use crate::registry::store::{KvStore, StoreError};
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 use std::rc::Rc;
@@ -120,7 +120,7 @@ impl Metrics {
 }
 
 /// POSTs an etcd gateway request on `cluster` (the cluster's name is also the authority).
-pub fn call_etcd(request: &crate::etcd::Request, cluster: &str) -> Result<u32, Status> {
+pub fn call_etcd(request: &crate::fleet::etcd::Request, cluster: &str) -> Result<u32, Status> {
     let headers = vec![
         (":method", "POST"),
         (":path", request.path),

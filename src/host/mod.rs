@@ -4,6 +4,8 @@
 //! worker (`webhooks_filter`) and the dispatcher singleton on the main thread
 //! (`webhooks_dispatcher`). Envoy creates root contexts before it tells them their root_id, so a
 //! root starts undecided and becomes one or the other in `on_configure`.
+//!
+//! May use: `config`, `dispatcher`, `fleet`, `model`, `port`, `registry`, `stream`, `support`.
 
 mod dispatcher;
 mod filter;

@@ -1,9 +1,9 @@
 //! A fake [`StreamHost`]: the test sets the stream's headers and bodies phase by phase, and
 //! reads back what the filter did (local replies, queued messages, metrics, body reads).
 
-use crate::ids::RandomUnavailable;
 use crate::port::{Metric, StreamHost};
-use crate::store::MemoryStore;
+use crate::registry::store::MemoryStore;
+use crate::support::ids::RandomUnavailable;
 use crate::tests::fixtures::Rng as TestRng;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -40,7 +40,7 @@ pub(crate) struct FakeStreamHost {
     /// The last `webhooks_dispatcher_alive` shown.
     pub alive_gauge: Cell<Option<bool>>,
     /// Every etcd call started: token, cluster, request.
-    pub etcd_sent: RefCell<Vec<(u32, String, crate::etcd::Request)>>,
+    pub etcd_sent: RefCell<Vec<(u32, String, crate::fleet::etcd::Request)>>,
     /// When set, `call_etcd` refuses.
     pub refuse_etcd: Cell<bool>,
     /// The etcd answer being reported: `:status` and body.
@@ -160,7 +160,7 @@ impl StreamHost for FakeStreamHost {
     }
 
     fn fill_random(&self, buf: &mut [u8]) -> Result<(), RandomUnavailable> {
-        crate::ids::RandomSource::fill(&mut *self.rng.borrow_mut(), buf)
+        crate::support::ids::RandomSource::fill(&mut *self.rng.borrow_mut(), buf)
     }
 
     fn add_metric(&self, metric: Metric, n: u64) {
@@ -179,7 +179,7 @@ impl StreamHost for FakeStreamHost {
         }
     }
 
-    fn call_etcd(&self, request: &crate::etcd::Request, cluster: &str) -> Option<u32> {
+    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32> {
         if self.refuse_etcd.get() {
             return None;
         }

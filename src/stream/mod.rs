@@ -4,29 +4,29 @@
 //! worker, whether the dispatcher is alive and what was dropped. For the API's own traffic it
 //! only ever reads: those phases answer [`Flow::Continue`], so the API's responses are never
 //! changed, delayed or failed. `crate::host` forwards the proxy-wasm callbacks here.
+//!
+//! May use: `api`, `config`, `fleet`, `model`, `port`, `registry`, `support`.
 
 use crate::api;
-use crate::audience::{self, Audience, Facts};
 use crate::config::Config;
-use crate::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::dead;
 use crate::fleet::keys::Keys;
-use crate::identity::OwnedCredentials;
-use crate::ids::{RandomSource, RandomUnavailable};
+use crate::model::audience::{self, Audience, Facts};
+use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
+use crate::model::identity::OwnedCredentials;
+use crate::model::queue::QueueMessage;
+use crate::model::rules::{self, Detected};
 use crate::port::{Metric, StreamHost};
-use crate::queue::QueueMessage;
+use crate::registry::store::KvStore;
+use crate::registry::watchdog::{self, Change, Watchdog};
 use crate::registry::Registry;
-use crate::rules::{self, Detected};
-use crate::store::KvStore;
-use crate::watchdog::{self, Change, Watchdog};
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use std::cell::Cell;
 use std::rc::Rc;
 
 #[cfg(test)]
 mod fake;
-#[cfg(test)]
-mod fleet_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,7 +44,7 @@ pub struct Filter<H> {
     /// Events this worker could not hand over (for a rate-limited warning).
     dropped: Cell<u64>,
     watchdog: Cell<Watchdog>,
-    /// Whether the dispatcher's heartbeat is recent (see `crate::watchdog`).
+    /// Whether the dispatcher's heartbeat is recent (see `crate::registry::watchdog`).
     dispatcher_alive: Cell<bool>,
     /// The request headers some audience names, read on every request that may make an event.
     audience_headers: Vec<String>,
@@ -190,7 +190,7 @@ impl<H: StreamHost> Filter<H> {
     }
 
     /// Starts an etcd call on the fleet's cluster; false when there is none or Envoy refuses.
-    fn call_etcd(&self, request: &crate::etcd::Request) -> bool {
+    fn call_etcd(&self, request: &crate::fleet::etcd::Request) -> bool {
         let Some(fleet) = &self.config.fleet else {
             return false;
         };
@@ -446,7 +446,7 @@ impl<H: StreamHost> Stream<H> {
 
     /// etcd has a newer record than the cache: the cache takes it and the call runs again, so
     /// its checks see the current record.
-    fn rehandle(&mut self, c: Box<Committing>, record: &crate::subscription::Subscription) {
+    fn rehandle(&mut self, c: Box<Committing>, record: &crate::model::subscription::Subscription) {
         let filter = &*self.filter;
         filter.apply(&Write::Replace {
             after: record.clone(),
@@ -668,7 +668,7 @@ impl<H: StreamHost> Stream<H> {
         };
         let config = &self.filter.config;
         let facts = Facts {
-            api: &config.api,
+            identification: config.api.identification(),
             credentials: seen.credentials.borrow(),
             params: &detected.params,
             request_headers: &seen.headers,

@@ -4,10 +4,12 @@
 
 use super::fake::{logged, FakeStreamHost};
 use super::*;
-use crate::audience::Target;
 use crate::config;
+use crate::model::audience::Target;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+mod fleet;
 
 const KEY: &str = "key-acme-0123456789";
 const SUBSCRIPTIONS: &str = "/webhooks/subscriptions";

@@ -1,7 +1,7 @@
 //! Fixtures shared by the unit tests: API keys and their hashes, the one seeded generator (it is
 //! also the deterministic [`RandomSource`] of API tests), and a strict JSON oracle.
 
-use crate::ids::{RandomSource, RandomUnavailable};
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use sha2::{Digest, Sha256};
 
 pub(crate) const KEY_A: &str = "key-acme-0123456789";

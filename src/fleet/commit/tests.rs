@@ -4,7 +4,7 @@
 //! per-consumer limit.
 
 use super::*;
-use crate::subscription::{SigningSecret, Status};
+use crate::model::subscription::{SigningSecret, Status};
 use crate::tests::fixtures::{scaled, seeded};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

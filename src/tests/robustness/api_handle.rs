@@ -2,11 +2,11 @@
 
 use super::{attempt, full_config, fuzz_input, mutate_bytes, run, shown, NOW};
 use crate::api::{self, Context, Request, Response};
-use crate::attempts::{self, State};
 use crate::config::{self, Config};
-use crate::queue::QueueMessage;
+use crate::model::queue::QueueMessage;
+use crate::registry::attempts::State;
+use crate::registry::store::{self, KvStore, MemoryStore};
 use crate::registry::Registry;
-use crate::store::{self, KvStore, MemoryStore};
 use crate::tests::fixtures::{scaled, seeded, Rng, KEY_A, KEY_B, KEY_OPS};
 use serde_json::{json, Value};
 use std::rc::Rc;
@@ -100,7 +100,9 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             .zip(&webhook_ids)
             .map(|(s, w)| attempt(w, *s))
             .collect();
-        attempts::record(&api.store, id, log).unwrap();
+        crate::registry::Registry::new(&api.store)
+            .record_attempts(id, log)
+            .unwrap();
     }
 
     let bodies: Vec<Vec<u8>> = vec![

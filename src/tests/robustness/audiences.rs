@@ -8,7 +8,7 @@ const AUDIENCE_ITERATIONS: usize = 5000;
 
 #[test]
 fn audiences_resolve_any_body_and_value_to_a_valid_consumer_or_nobody() {
-    use crate::audience::{resolve, Audience, Facts, Target};
+    use crate::model::audience::{resolve, Audience, Facts, Target};
     let mut rng = seeded(0xa0d1e);
     let api = config::ApiConfig::default();
     let seed = br#"{"owner": {"id": 42, "name": "acme", "list": ["x", -1, 1.5e3]}}"#;
@@ -35,8 +35,8 @@ fn audiences_resolve_any_body_and_value_to_a_valid_consumer_or_nobody() {
         )];
         let headers = [("h".to_string(), value.clone())];
         let facts = Facts {
-            api: &api,
-            credentials: crate::identity::Credentials::default(),
+            identification: api.identification(),
+            credentials: crate::model::identity::Credentials::default(),
             params: &params,
             request_headers: &headers,
             response_header: Some(&value),
@@ -53,7 +53,7 @@ fn audiences_resolve_any_body_and_value_to_a_valid_consumer_or_nobody() {
             });
             if let Target::Consumer(name) = &target {
                 assert_eq!(
-                    crate::identity::consumer_name(name.as_bytes()),
+                    crate::model::identity::consumer_name(name.as_bytes()),
                     Some(name.as_str())
                 );
             }

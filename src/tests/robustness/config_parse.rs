@@ -2,10 +2,10 @@
 
 use super::{full_config, fuzz_input, run, shown, Shown};
 use crate::config::{self, Config};
-use crate::rules::{self, PathTemplate};
-use crate::signing::Secret;
+use crate::model::rules::{self, PathTemplate};
+use crate::model::signing::Secret;
+use crate::support::url::check_destination;
 use crate::tests::fixtures::{scaled, seeded};
-use crate::url::check_destination;
 
 fn config_corpus() -> Vec<Vec<u8>> {
     vec![

@@ -1,8 +1,8 @@
 //! Robustness of time.
 
 use super::{fuzz_input, run};
+use crate::support::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
 use crate::tests::fixtures::{scaled, seeded};
-use crate::time::{format_rfc3339_millis, parse_http_date, parse_retry_after};
 
 const TIME_ITERATIONS: usize = 10_000;
 

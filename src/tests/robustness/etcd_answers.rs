@@ -1,7 +1,7 @@
 //! Robustness of the etcd gateway parsers and builders.
 
 use super::{fuzz_input, run, shown, Shown};
-use crate::etcd::{self, Error, Kv};
+use crate::fleet::etcd::{self, Error, Kv};
 use crate::tests::fixtures::{scaled, seeded, Rng};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

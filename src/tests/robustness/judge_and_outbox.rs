@@ -2,9 +2,9 @@
 
 use super::{full_config, run};
 use crate::config;
-use crate::delivery::{self, Verdict};
-use crate::outbox::{Limits, Message, Outbox, Payload};
-use crate::pacing::Signal;
+use crate::dispatcher::delivery::{self, Verdict};
+use crate::dispatcher::outbox::{Limits, Message, Outbox, Payload};
+use crate::dispatcher::pacing::Signal;
 use crate::tests::fixtures::{scaled, seeded};
 use std::rc::Rc;
 

@@ -22,10 +22,10 @@ mod strings;
 mod templates;
 mod urls;
 
-use crate::attempts::{Attempt, State};
-use crate::subscription::{self, SigningSecret, Status, Subscription};
+use crate::model::subscription::{self, SigningSecret, Status, Subscription};
+use crate::registry::attempts::{Attempt, State};
+use crate::support::time::format_rfc3339_millis;
 use crate::tests::fixtures::{hex, Rng, KEY_A, KEY_B, KEY_OPS, STATIC_SECRET};
-use crate::time::format_rfc3339_millis;
 use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------

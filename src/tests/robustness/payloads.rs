@@ -1,7 +1,7 @@
 //! Robustness of event: BodyCapture and build_payload.
 
 use super::{fuzz_input, run, shown, Shown};
-use crate::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
+use crate::model::event::{build_payload, BodyCapture, CapturedObject, RequestInfo};
 use crate::tests::fixtures::{is_strict_json, scaled, seeded};
 use serde_json::{json, Value};
 

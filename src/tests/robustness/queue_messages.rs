@@ -1,7 +1,7 @@
 //! Robustness of QueueMessage.
 
 use super::{mutate_bytes, run, shown, Shown};
-use crate::queue::QueueMessage;
+use crate::model::queue::QueueMessage;
 use crate::tests::fixtures::{scaled, seeded};
 
 const QUEUE_ITERATIONS: usize = 20_000;
@@ -25,9 +25,9 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
                 event_type: name,
                 payload,
                 audience: match rng.below(3) {
-                    0 => crate::audience::Target::All,
-                    1 => crate::audience::Target::Nobody,
-                    _ => crate::audience::Target::Consumer(format!("c{}", rng.below(1000))),
+                    0 => crate::model::audience::Target::All,
+                    1 => crate::model::audience::Target::Nobody,
+                    _ => crate::model::audience::Target::Consumer(format!("c{}", rng.below(1000))),
                 },
             },
             1 => QueueMessage::Test {

@@ -1,10 +1,10 @@
 //! Robustness of registry and attempts over a MemoryStore, with corrupted stored bytes.
 
 use super::{attempt, fuzz_input, run, subscription};
-use crate::attempts::{self, State};
+use crate::model::subscription::{Status, Subscription};
+use crate::registry::attempts::{self, State};
+use crate::registry::store::{self, KvStore, MemoryStore};
 use crate::registry::Registry;
-use crate::store::{self, KvStore, MemoryStore};
-use crate::subscription::{Status, Subscription};
 use crate::tests::fixtures::{scaled, seeded, Rng};
 
 const REGISTRY_ITERATIONS: usize = 1500;
@@ -78,7 +78,9 @@ fn registry_follows_a_model_and_survives_corrupted_bytes() {
                     store.set(&key, &bytes, None).unwrap();
                 }
                 let _ = attempts::read(&store, id);
-                attempts::record(&store, id, log).unwrap();
+                crate::registry::Registry::new(&store)
+                    .record_attempts(id, log)
+                    .unwrap();
                 assert!(attempts::read(&store, id).len() <= attempts::MAX_ENTRIES);
             }
         });

@@ -1,7 +1,7 @@
 //! Robustness of signing.
 
 use super::{fuzz_input, run};
-use crate::signing::Secret;
+use crate::model::signing::Secret;
 use crate::tests::fixtures::{scaled, seeded, STATIC_SECRET};
 
 #[test]

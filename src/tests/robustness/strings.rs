@@ -3,8 +3,8 @@
 use super::{fuzz_input, mutate_bytes, run, subscription};
 use crate::api;
 use crate::config;
-use crate::delivery;
-use crate::rules;
+use crate::dispatcher::delivery;
+use crate::model::rules;
 use crate::tests::fixtures::{scaled, seeded};
 
 #[test]

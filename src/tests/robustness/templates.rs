@@ -1,7 +1,7 @@
 //! Robustness of rules: PathTemplate, detect, infer_event_type.
 
 use super::{fuzz_input, run};
-use crate::rules::{self, EventRule, PathTemplate, StatusMatch};
+use crate::model::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::tests::fixtures::{scaled, seeded, Rng};
 
 /// The parameter names a template string declares, in order (for a template that parsed).
@@ -86,7 +86,7 @@ fn templates_never_panic_and_match_only_what_they_declare() {
                 methods: vec!["POST".into()],
                 path: t.clone(),
                 status: StatusMatch::Class(2),
-                audience: crate::audience::Audience::All,
+                audience: crate::model::audience::Audience::All,
                 include_object: true,
             };
             let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);

@@ -1,8 +1,8 @@
 //! Robustness of url.
 
 use super::{fuzz_input, run};
+use crate::support::url::{check_destination, parse_destination, Policy};
 use crate::tests::fixtures::{scaled, seeded};
-use crate::url::{check_destination, parse_destination, Policy};
 
 const URL_ITERATIONS: usize = 20_000;
 
@@ -47,7 +47,7 @@ fn urls_never_panic_and_accepted_ones_are_whole() {
                     && !d.host.is_empty()
                     && !d.authority.is_empty()
                     && url.is_ascii()
-                    && url.len() <= crate::url::MAX_URL_LEN
+                    && url.len() <= crate::support::url::MAX_URL_LEN
                     && !d.host.contains(['/', '@', '#', '?', ' '])
                     && d.host == d.host.to_ascii_lowercase();
                 assert!(whole, "{url:?} -> {d:?}");

@@ -1,14 +1,13 @@
 //! The attempt log: the latest delivery attempts per subscription, written by the dispatcher
 //! (the only writer, on the main thread) and read by the subscription API on any worker.
-//! Kept in the shared store in [`crate::store::LOG_BUCKETS`] hash buckets `pwh:log:<n>` (created by
+//! Kept in the shared store in [`crate::registry::store::LOG_BUCKETS`] hash buckets `pwh:log:<n>` (created by
 //! [`crate::registry::Registry::prepare`]), one line `<subscription id> <JSON array>` per
 //! subscription, newest first, bounded: a deleted subscription's line goes with it, so the keys
 //! stay the same however many subscriptions come and go.
 
-use crate::buckets::{self, Bucket, Change};
-use crate::record::{self, Fields};
-use crate::registry::stored_record;
-use crate::store::{log_key, KvStore, StoreError};
+use crate::registry::buckets::{self, Bucket, Change};
+use crate::registry::store::{log_key, KvStore, StoreError};
+use crate::support::record::{self, Fields};
 #[cfg(test)]
 use serde::Deserialize;
 use serde::Serialize;
@@ -122,18 +121,20 @@ pub fn read<S: KvStore>(store: &S, subscription_id: &str) -> Vec<Attempt> {
 /// Adds attempts (given oldest first) in front, dropping the oldest beyond [`MAX_ENTRIES`].
 /// The dispatcher batches a tick's attempts per subscription into one call.
 ///
-/// A subscription without a record gets no log. Its record is checked after the log bucket is
-/// read and before it is written, so a delete that lands in between (it removes the record, then
-/// the log line) either clears this write or makes it fail its compare-and-swap and look again:
-/// no log outlives its subscription.
+/// A subscription without a record gets no log: `exists` (the registry's check, passed in so
+/// that this module does not depend on the registry) is asked after the log bucket is read and
+/// before it is written, so a delete that lands in between (it removes the record, then the log
+/// line) either clears this write or makes it fail its compare-and-swap and look again: no log
+/// outlives its subscription. Callers go through [`crate::registry::Registry::record_attempts`].
 pub fn record<S: KvStore>(
     store: &S,
     subscription_id: &str,
     new: Vec<Attempt>,
+    exists: impl Fn() -> bool,
 ) -> Result<(), StoreError> {
     let newest: Vec<Attempt> = new.into_iter().rev().take(MAX_ENTRIES).collect();
     let mut log = |old: Option<&[u8]>, _| {
-        if stored_record(store, subscription_id).is_none() {
+        if !exists() {
             return Ok(Change::Remove);
         }
         let old: Vec<Attempt> = match newest.len() < MAX_ENTRIES {
@@ -160,8 +161,8 @@ pub fn clear<S: KvStore>(store: &S, subscription_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::store::MemoryStore;
     use crate::registry::Registry;
-    use crate::store::MemoryStore;
 
     /// A store whose registry holds one subscription `id`.
     fn store_with(id: &str) -> MemoryStore {
@@ -195,9 +196,13 @@ mod tests {
     #[test]
     fn newest_first_and_bounded() {
         let store = &store_with("s");
-        record(store, "s", vec![attempt(1), attempt(2)]).unwrap();
+        Registry::new(store)
+            .record_attempts("s", vec![attempt(1), attempt(2)])
+            .unwrap();
         for n in 3..=(MAX_ENTRIES as u32 + 5) {
-            record(store, "s", vec![attempt(n)]).unwrap();
+            Registry::new(store)
+                .record_attempts("s", vec![attempt(n)])
+                .unwrap();
         }
         assert_eq!(read(store, "s")[MAX_ENTRIES - 1].attempt, 6);
         let log = read(store, "s");
@@ -210,13 +215,19 @@ mod tests {
     #[test]
     fn no_log_without_a_subscription_and_none_after_delete() {
         let store = &store_with("s");
-        record(store, "other", vec![attempt(1)]).unwrap();
+        Registry::new(store)
+            .record_attempts("other", vec![attempt(1)])
+            .unwrap();
         assert!(read(store, "other").is_empty());
-        record(store, "s", vec![attempt(1)]).unwrap();
+        Registry::new(store)
+            .record_attempts("s", vec![attempt(1)])
+            .unwrap();
         assert_eq!(read(store, "s").len(), 1);
         Registry::new(store).delete("s").unwrap();
         assert!(read(store, "s").is_empty(), "delete takes the log");
-        record(store, "s", vec![attempt(2)]).unwrap();
+        Registry::new(store)
+            .record_attempts("s", vec![attempt(2)])
+            .unwrap();
         assert!(read(store, "s").is_empty(), "a late write adds nothing");
     }
 }

@@ -9,6 +9,9 @@
 //! 1.5 KB smaller.
 //!
 //! Construct with `HashMap::default()` (`new` exists only for hashbrown's own hasher).
+//!
+//! Also the one hash that must be the same everywhere: [`fnv1a`], which names store buckets
+//! ([`bucket_key`]) and spreads etcd slot keys, identically on every replica and build.
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -60,6 +63,18 @@ fn process_seed() -> u64 {
     {
         std::hash::RandomState::new().hash_one(0u8)
     }
+}
+
+/// FNV-1a: stable across builds and replicas, unlike std's hasher.
+pub fn fnv1a(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The key of `name`'s bucket among `count` buckets named `<prefix>:<n>`.
+pub fn bucket_key(prefix: &str, count: u32, name: &str) -> String {
+    format!("{prefix}:{}", fnv1a(name) % count.max(1))
 }
 
 #[cfg(test)]

@@ -3,21 +3,10 @@
 //! entry would leave one empty key behind for every entry ever removed.
 //!
 //! A bucket's value is lines `<name> <value>`; a name has no space or newline, a value no
-//! newline. Lines that do not parse are kept as they are and never match a name.
+//! newline. Lines that do not parse are kept as they are and never match a name. Which bucket a
+//! name lands in is [`crate::support::hashing::bucket_key`].
 
-use crate::store::{KvStore, StoreError};
-
-/// FNV-1a: stable across builds and replicas, unlike std's hasher.
-pub fn hash(name: &str) -> u32 {
-    name.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// The key of `name`'s bucket among `count` buckets named `<prefix>:<n>`.
-pub fn key(prefix: &str, count: u32, name: &str) -> String {
-    format!("{prefix}:{}", hash(name) % count.max(1))
-}
+use crate::registry::store::{KvStore, StoreError};
 
 /// One read of a bucket: its bytes and the version they had.
 pub struct Bucket {
@@ -97,7 +86,7 @@ pub type Edit<'a> = dyn FnMut(Option<&[u8]>, u32) -> Result<Change, StoreError> 
 /// conflict up to `retries` times. `edit` sees the entry's current value and the bucket's version
 /// (each successful write starts from a different one) and may fail, in which case nothing is
 /// written. Removing writes the bucket even when the entry is absent: a writer that read the
-/// bucket before fails its swap and looks again (see [`crate::attempts::record`]).
+/// bucket before fails its swap and looks again (see [`crate::registry::attempts::record`]).
 pub fn edit(
     store: &dyn KvStore,
     key: &str,
@@ -123,7 +112,7 @@ pub fn edit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::registry::store::MemoryStore;
 
     #[test]
     fn entries_are_found_by_their_whole_name() {

@@ -2,8 +2,8 @@
 //! configuration, the one set of rules its fields obey (used by both the configuration and the
 //! API), and how its event filters match event types (beside the index lookup that must agree).
 
-use crate::record::{self, Fields};
-use crate::rules;
+use crate::model::rules;
+use crate::support::record::{self, Fields};
 #[cfg(test)]
 use serde::Deserialize;
 use serde::Serialize;

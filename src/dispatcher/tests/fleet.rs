@@ -3,7 +3,7 @@
 //! record writes themselves.
 
 use super::*;
-use crate::etcd::Request;
+use crate::fleet::etcd::Request;
 use crate::fleet::stored;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -65,8 +65,8 @@ fn txn_keys(request: &Request) -> Vec<String> {
 fn is_registry_call(request: &Request) -> bool {
     let registry = |k: &str| k.starts_with("/pw/sub/") || k.starts_with("/pw/count/");
     match request.path {
-        crate::etcd::RANGE => key_of(request).is_some_and(|k| registry(&k)),
-        crate::etcd::TXN => txn_keys(request).iter().any(|k| registry(k)),
+        crate::fleet::etcd::RANGE => key_of(request).is_some_and(|k| registry(&k)),
+        crate::fleet::etcd::TXN => txn_keys(request).iter().any(|k| registry(k)),
         _ => false,
     }
 }
@@ -92,11 +92,11 @@ fn plain_answer(request: &Request) -> String {
     let header = json!({"revision": "7"});
     let lease = LEASE.to_string();
     match request.path {
-        crate::etcd::LEASE_GRANT => json!({"header": header, "ID": lease, "TTL": "3"}),
-        crate::etcd::LEASE_KEEPALIVE => {
+        crate::fleet::etcd::LEASE_GRANT => json!({"header": header, "ID": lease, "TTL": "3"}),
+        crate::fleet::etcd::LEASE_KEEPALIVE => {
             json!({"result": {"header": header, "ID": lease, "TTL": "3"}})
         }
-        crate::etcd::TXN => json!({"header": header, "succeeded": true}),
+        crate::fleet::etcd::TXN => json!({"header": header, "succeeded": true}),
         _ => json!({"header": header}),
     }
     .to_string()
@@ -140,7 +140,7 @@ fn registry_reads(d: &Dispatcher<FakeHost>) -> Vec<(u32, Request)> {
     d.host()
         .etcd_sent
         .iter()
-        .filter(|(_, _, r)| r.path == crate::etcd::RANGE && is_registry_call(r))
+        .filter(|(_, _, r)| r.path == crate::fleet::etcd::RANGE && is_registry_call(r))
         .map(|(t, _, r)| (*t, r.clone()))
         .collect()
 }
@@ -152,7 +152,7 @@ fn last_record_write(d: &Dispatcher<FakeHost>) -> (u32, Request) {
         .etcd_sent
         .iter()
         .rev()
-        .find(|(_, _, r)| r.path == crate::etcd::TXN && is_registry_call(r))
+        .find(|(_, _, r)| r.path == crate::fleet::etcd::TXN && is_registry_call(r))
         .cloned()
         .unwrap();
     (token, request)
@@ -262,7 +262,7 @@ fn fleet_mode_writes_a_disable_to_etcd_comparing_the_record_it_replaced() {
         Status::Disabled
     );
     let (token, first) = last_record_write(&d);
-    assert_eq!(first.path, crate::etcd::TXN);
+    assert_eq!(first.path, crate::fleet::etcd::TXN);
     // The first guess is "no revision": etcd's failure branch reads the record (version 1).
     let kv = serde_json::json!({"key": b64("/pw/sub/sub_a"), "mod_revision": "7",
         "value": b64(&record_json("sub_a", "active", 1).to_string())});
@@ -299,7 +299,7 @@ fn fleet_mode_writes_a_disable_to_etcd_comparing_the_record_it_replaced() {
 fn message_puts(d: &Dispatcher<FakeHost>) -> Vec<(u32, Vec<String>)> {
     outbox_calls(d)
         .into_iter()
-        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
         .map(|(t, r)| (t, txn_keys(&r)))
         .filter(|(_, keys)| keys.iter().any(|k| k.starts_with("/pw/msg/")))
         .collect()
@@ -346,7 +346,7 @@ fn fleet_mode_attempts_a_message_only_once_etcd_has_it_and_deletes_it_once_deliv
     d.on_tick();
     let deletes: Vec<Vec<String>> = outbox_calls(&d)
         .into_iter()
-        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
         .map(|(_, r)| txn_keys(&r))
         .collect();
     assert!(
@@ -386,7 +386,7 @@ fn fleet_mode_keeps_an_exhausted_message_under_dead_for_replay() {
     d.on_tick();
     let txns: Vec<Vec<String>> = outbox_calls(&d)
         .into_iter()
-        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
         .map(|(_, r)| txn_keys(&r))
         .collect();
     // The dead record in a txn of its own: etcd out of space still takes the delete.
@@ -406,7 +406,9 @@ fn claim_dead_lease(d: &mut Dispatcher<FakeHost>, revision: u64) {
     d.on_tick();
     let scan = outbox_calls(d)
         .into_iter()
-        .find(|(_, r)| r.path == crate::etcd::TXN && txn_keys(r).contains(&"/pw/live/".to_string()))
+        .find(|(_, r)| {
+            r.path == crate::fleet::etcd::TXN && txn_keys(r).contains(&"/pw/live/".to_string())
+        })
         .unwrap();
     let range = |kind: &str, leases: &[&str]| {
         let kvs: Vec<Value> = leases
@@ -432,7 +434,7 @@ fn claimed_page(d: &Dispatcher<FakeHost>) -> Option<(u32, u64, String)> {
         let key = key_of(&r).filter(|k| k.starts_with("/pw/msg/d/"))?;
         let body: Value = serde_json::from_str(&r.body).ok()?;
         let limit = body["limit"].as_str()?.parse().ok()?;
-        (r.path == crate::etcd::RANGE).then_some((token, limit, key))
+        (r.path == crate::fleet::etcd::RANGE).then_some((token, limit, key))
     })
 }
 
@@ -483,7 +485,7 @@ fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webho
     d.on_tick();
     let deleted: Vec<String> = outbox_calls(&d)
         .into_iter()
-        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
         .flat_map(|(_, r)| txn_keys(&r))
         .collect();
     assert!(
@@ -596,7 +598,7 @@ fn fleet_mode_restarts_resume_the_former_lease() {
     let former = json!({"header": {"revision": "7"}, "kvs": [{"key": b64(b"/pw/node/n1"), "value": b64(b"99")}], "count": "1"});
     reply(&mut d, token, &former.to_string());
     let (_, revoke) = outbox_calls(&d).into_iter().next().unwrap();
-    assert_eq!(revoke, crate::etcd::lease_revoke(0x99));
+    assert_eq!(revoke, crate::fleet::etcd::lease_revoke(0x99));
 }
 
 #[test]
@@ -645,7 +647,7 @@ fn fleet_mode_replays_the_copy_etcd_kept_under_its_webhook_id_through_its_own_ou
     d.on_tick();
     let deletes: Vec<String> = outbox_calls(&d)
         .into_iter()
-        .filter(|(_, r)| r.path == crate::etcd::TXN)
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
         .flat_map(|(_, r)| txn_keys(&r))
         .collect();
     for key in ["/pw/msg/ab/msg_kept", "/pw/dead/msg_kept"] {

@@ -5,11 +5,12 @@
 //! returns. One message is one (event, subscription) pair; its webhook-id never changes.
 
 use crate::config::DeliveryConfig;
-use crate::hashing::HashMap;
-pub use crate::outbox::Message;
-use crate::pacing::Signal;
-use crate::signing::Secret;
-use crate::url::Destination;
+pub use crate::dispatcher::outbox::Message;
+use crate::dispatcher::pacing::Signal;
+use crate::model::signing::Secret;
+pub use crate::port::Request;
+use crate::support::hashing::HashMap;
+use crate::support::url::Destination;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));
@@ -27,7 +28,7 @@ pub struct ReplayStore {
 
 /// What a kept message costs: its payload (not shared with the outbox's accounting) and ids.
 fn replay_bytes(message: &Message) -> usize {
-    message.payload.len() + crate::outbox::MESSAGE_OVERHEAD
+    message.payload.len() + crate::dispatcher::outbox::MESSAGE_OVERHEAD
 }
 
 impl ReplayStore {
@@ -180,14 +181,6 @@ fn apply_jitter(delay_ms: u64, jitter: f64, unit: f64) -> u64 {
     (delay_ms as f64 * factor).round().max(0.0) as u64
 }
 
-/// One HTTP callout, ready for `dispatch_http_call`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub cluster: String,
-    pub headers: Vec<(&'static str, String)>,
-    pub timeout_ms: u64,
-}
-
 /// The callout for one attempt: Standard Webhooks headers, signed with every valid secret.
 pub fn build_request(
     destination: &Destination,
@@ -196,7 +189,7 @@ pub fn build_request(
     timestamp_s: u64,
     secrets: &[&Secret],
 ) -> Request {
-    let signature = crate::signing::signature_header(
+    let signature = crate::model::signing::signature_header(
         secrets,
         &message.webhook_id,
         timestamp_s,
@@ -329,7 +322,7 @@ mod tests {
             webhook_id: id.into(),
             subscription_id: "sub_1".into(),
             event_type: "a.b".into(),
-            payload: crate::outbox::Payload::new(&b"{}"[..]),
+            payload: crate::dispatcher::outbox::Payload::new(&b"{}"[..]),
             attempts,
             created_ms,
             host_waits: 0,
@@ -399,7 +392,7 @@ mod tests {
     #[test]
     fn replay_store_is_bounded_in_bytes() {
         let mut store = ReplayStore::default();
-        let cost = 2 + crate::outbox::MESSAGE_OVERHEAD;
+        let cost = 2 + crate::dispatcher::outbox::MESSAGE_OVERHEAD;
         let forgotten: Vec<String> = (0..5)
             .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 100, 2 * cost))
             .map(|m| m.webhook_id)

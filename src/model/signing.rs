@@ -1,6 +1,6 @@
 //! Standard Webhooks v1 signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")).
 
-use crate::ids::{RandomSource, RandomUnavailable};
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};

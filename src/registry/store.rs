@@ -9,18 +9,18 @@
 //! - `pwh:sub:<n>` (n < [`RECORD_BUCKETS`], by a hash of the id): the subscription records,
 //!   lines `<id> <stamp> <record JSON>` ([`crate::registry`]).
 //! - `pwh:log:<n>` (n < [`LOG_BUCKETS`], same hash): the attempt logs, one line per subscription
-//!   ([`crate::attempts`]).
+//!   ([`crate::registry::attempts`]).
 //! - `pwh:idx:<n>` (n < [`LIST_BUCKETS`], by a hash of the filter): lines `<filter> <id>`, the
 //!   index fan-out reads.
 //! - `pwh:own:<n>` (n < [`LIST_BUCKETS`], by a hash of the consumer): lines `<consumer> <id>`.
 //! - `pwh:gen` ([`GEN_KEY`]): its version moves after every registry change.
 //! - `pwh:active` ([`ACTIVE_KEY`]): how many subscriptions are active, in decimal.
 //! - `pwh:static` ([`STATIC_KEY`]): the ids of the static subscriptions last synced.
-//! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::watchdog`]).
+//! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::registry::watchdog`]).
 //! - `pwh:rate:<n>` ([`RATE_PREFIX`], a fixed set of keys by a hash of the consumer): the API's
-//!   per-consumer token buckets ([`crate::ratelimit`]).
+//!   per-consumer token buckets ([`crate::registry::ratelimit`]).
 
-use crate::buckets;
+use crate::support::hashing::bucket_key;
 
 /// A versioned key-value store with compare-and-swap (proxy-wasm shared data semantics).
 pub trait KvStore {
@@ -89,22 +89,22 @@ pub const PREPARED_BUCKETS: [(&str, u32); 4] = [
 
 /// The bucket holding the record of subscription `id`.
 pub fn record_key(id: &str) -> String {
-    buckets::key(RECORD_PREFIX, RECORD_BUCKETS, id)
+    bucket_key(RECORD_PREFIX, RECORD_BUCKETS, id)
 }
 
 /// The bucket holding the attempt log of subscription `id`.
 pub fn log_key(id: &str) -> String {
-    buckets::key(LOG_PREFIX, LOG_BUCKETS, id)
+    bucket_key(LOG_PREFIX, LOG_BUCKETS, id)
 }
 
 /// The index bucket listing the subscriptions of event filter `filter`.
 pub fn index_key(filter: &str) -> String {
-    buckets::key(INDEX_PREFIX, LIST_BUCKETS, filter)
+    bucket_key(INDEX_PREFIX, LIST_BUCKETS, filter)
 }
 
 /// The bucket listing the subscriptions of `consumer`.
 pub fn owner_key(consumer: &str) -> String {
-    buckets::key(OWNER_PREFIX, LIST_BUCKETS, consumer)
+    bucket_key(OWNER_PREFIX, LIST_BUCKETS, consumer)
 }
 
 /// An in-memory [`KvStore`] with the same semantics as proxy-wasm shared data, for tests.

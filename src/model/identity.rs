@@ -2,8 +2,23 @@
 //! `api.consumer_header`, by a request header an authentication filter earlier in Envoy's chain
 //! has set. The subscription API and the `"requester"` audience ask the same question here.
 
-use crate::config::ApiConfig;
 use sha2::{Digest, Sha256};
+
+/// One entry of `api.keys`: a consumer and the SHA-256 of its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub consumer: String,
+    /// The SHA-256 of the key, from 64 hex digits.
+    pub sha256: [u8; 32],
+}
+
+/// The two settings of `api` that say how callers are identified: the configured keys, and
+/// whether `api.consumer_header` replaces them. Passed instead of the whole configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Identification<'a> {
+    pub keys: &'a [ApiKey],
+    pub by_header: bool,
+}
 
 /// Longest consumer name taken from a request, a response or a token claim.
 pub const MAX_CONSUMER_LEN: usize = 128;
@@ -39,11 +54,11 @@ impl OwnedCredentials {
 
 /// The consumer the credentials name. With `api.consumer_header` set, only that header counts
 /// (keys are not configured then); a missing or malformed value names nobody.
-pub fn identify<'a>(api: &'a ApiConfig, credentials: &Credentials<'a>) -> Option<&'a str> {
-    if api.consumer_header.is_some() {
+pub fn identify<'a>(how: Identification<'a>, credentials: &Credentials<'a>) -> Option<&'a str> {
+    if how.by_header {
         return credentials.consumer_header.and_then(consumer_name);
     }
-    consumer_for_key(api, credentials)
+    consumer_for_key(how.keys, credentials)
 }
 
 /// A consumer name as it may come from a header, a path or a response body: 1 to
@@ -60,11 +75,11 @@ pub fn consumer_name(raw: &[u8]) -> Option<&str> {
 
 /// The consumer whose key was presented. Every configured key is compared, in constant time and
 /// without stopping at a match, so timing tells nothing about which key (if any) came close.
-fn consumer_for_key<'a>(api: &'a ApiConfig, credentials: &Credentials<'_>) -> Option<&'a str> {
+fn consumer_for_key<'a>(keys: &'a [ApiKey], credentials: &Credentials<'_>) -> Option<&'a str> {
     let presented = presented_key(credentials)?;
     let digest: [u8; 32] = Sha256::digest(presented).into();
     let mut found = None;
-    for key in &api.keys {
+    for key in keys {
         let diff = key
             .sha256
             .iter()
@@ -95,7 +110,7 @@ fn presented_key<'r>(credentials: &Credentials<'r>) -> Option<&'r [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ApiKey;
+    use crate::config::ApiConfig;
 
     fn keys() -> ApiConfig {
         ApiConfig {
@@ -121,19 +136,19 @@ mod tests {
             authorization: Some(b"bearer  k1 "),
             ..Credentials::default()
         };
-        assert_eq!(identify(&api, &bearer), Some("acme"));
+        assert_eq!(identify(api.identification(), &bearer), Some("acme"));
         let x_api_key = Credentials {
             api_key: Some(b"k1"),
             ..Credentials::default()
         };
-        assert_eq!(identify(&api, &x_api_key), Some("acme"));
+        assert_eq!(identify(api.identification(), &x_api_key), Some("acme"));
         for wrong in [&b"Bearer k2"[..], b"Basic k1", b"Bearerk1", b"Bearer "] {
             let c = Credentials {
                 authorization: Some(wrong),
                 ..Credentials::default()
             };
             assert_eq!(
-                identify(&api, &c),
+                identify(api.identification(), &c),
                 None,
                 "{:?}",
                 String::from_utf8_lossy(wrong)
@@ -144,7 +159,7 @@ mod tests {
             consumer_header: Some(b"acme"),
             ..Credentials::default()
         };
-        assert_eq!(identify(&api, &header), None);
+        assert_eq!(identify(api.identification(), &header), None);
     }
 
     #[test]
@@ -155,12 +170,12 @@ mod tests {
             authorization: Some(b"Bearer k1"),
             ..Credentials::default()
         };
-        assert_eq!(identify(&api, &c), Some("user@example.com"));
+        assert_eq!(identify(api.identification(), &c), Some("user@example.com"));
         let key_only = Credentials {
             authorization: Some(b"Bearer k1"),
             ..Credentials::default()
         };
-        assert_eq!(identify(&api, &key_only), None);
+        assert_eq!(identify(api.identification(), &key_only), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! line, `A\n<type>\n<audience>\n<payload>` with `@<consumer>` or `-`. An event for all
 //! consumers keeps the original `E` form, which (from before audiences) means exactly that.
 
-use crate::audience::Target;
+use crate::model::audience::Target;
 
 /// The name both sides use for the shared queue.
 pub const QUEUE_NAME: &str = "proxy_webhooks_events";
@@ -115,7 +115,7 @@ fn decode_addressed(event_type: String, rest: &[u8]) -> Result<QueueMessage, Str
         b"-" => Target::Nobody,
         _ => match line
             .strip_prefix(b"@")
-            .and_then(crate::identity::consumer_name)
+            .and_then(crate::model::identity::consumer_name)
         {
             Some(name) => Target::Consumer(name.to_string()),
             None => return Err("queue message with a malformed audience".to_string()),

@@ -74,8 +74,8 @@ pub(crate) fn variant<T: Copy>(v: &Value, names: &[&str], variants: &[T]) -> Opt
 
 #[cfg(test)]
 mod tests {
-    use crate::attempts::{parse_log, Attempt};
-    use crate::subscription::Subscription;
+    use crate::model::subscription::Subscription;
+    use crate::registry::attempts::{parse_log, Attempt};
     use serde_json::{json, Value};
 
     /// What serde's derive makes of `doc` (derived in test builds only), beside the reader's.

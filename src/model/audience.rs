@@ -2,8 +2,7 @@
 //! target the filter resolves it to from what it saw of the exchange, and which subscriptions a
 //! target reaches in the dispatcher's fan-out.
 
-use crate::config::ApiConfig;
-use crate::identity::{self, Credentials};
+use crate::model::identity::{self, Credentials, Identification};
 use serde_json::Value;
 
 /// Where an event's audience comes from: a rule's `audience`, or the top-level default.
@@ -46,7 +45,8 @@ impl Target {
 /// What the filter saw of one exchange, for resolving an audience once the response is over.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
-    pub api: &'a ApiConfig,
+    /// How callers are identified (for `"requester"`).
+    pub identification: Identification<'a>,
     /// The caller's credentials, from the request headers.
     pub credentials: Credentials<'a>,
     /// The rule's path captures.
@@ -65,7 +65,7 @@ pub struct Facts<'a> {
 pub fn resolve(audience: &Audience, facts: &Facts<'_>) -> Target {
     match audience {
         Audience::All => Target::All,
-        Audience::Requester => match identity::identify(facts.api, &facts.credentials) {
+        Audience::Requester => match identity::identify(facts.identification, &facts.credentials) {
             Some(consumer) => Target::Consumer(consumer.to_string()),
             None => Target::Nobody,
         },
@@ -152,7 +152,8 @@ pub fn request_headers<'a>(audiences: impl Iterator<Item = &'a Audience>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ApiKey;
+    use crate::config::ApiConfig;
+    use crate::model::identity::ApiKey;
     use sha2::{Digest, Sha256};
 
     fn api() -> ApiConfig {
@@ -167,7 +168,7 @@ mod tests {
 
     fn facts<'a>(api: &'a ApiConfig, body: Option<&'a [u8]>) -> Facts<'a> {
         Facts {
-            api,
+            identification: api.identification(),
             credentials: Credentials::default(),
             params: &[],
             request_headers: &[],

@@ -8,7 +8,7 @@
 //! `webhooks_dispatcher_alive` 0, and drops (and counts) events instead of queueing them where
 //! nothing reads them. Only restarting Envoy brings a dead dispatcher back.
 
-pub use crate::store::HEARTBEAT_KEY;
+pub use crate::registry::store::HEARTBEAT_KEY;
 /// How often the dispatcher writes it.
 pub const BEAT_EVERY_MS: u64 = 1000;
 /// How often workers look at it.

@@ -2,10 +2,10 @@
 //! every other outcome (refused call, bad answers, limit, stale record, gone) with the cache
 //! left as etcd has it.
 
-use super::fake::{logged, FakeStreamHost};
-use super::*;
 use crate::config;
-use crate::subscription::{Status, Subscription};
+use crate::model::subscription::{Status, Subscription};
+use crate::stream::fake::{logged, FakeStreamHost};
+use crate::stream::*;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -42,7 +42,7 @@ fn host(f: &Filter<FakeStreamHost>) -> &FakeStreamHost {
     &f.host
 }
 
-fn registry(f: &Filter<FakeStreamHost>) -> Registry<Rc<crate::store::MemoryStore>> {
+fn registry(f: &Filter<FakeStreamHost>) -> Registry<Rc<crate::registry::store::MemoryStore>> {
     Registry::new(host(f).store())
 }
 
@@ -104,7 +104,7 @@ fn sent(f: &Filter<FakeStreamHost>) -> Value {
     let (_, cluster, request) = sent.last().expect("an etcd call");
     assert_eq!(
         (cluster.as_str(), request.path),
-        ("webhooks_etcd", crate::etcd::TXN)
+        ("webhooks_etcd", crate::fleet::etcd::TXN)
     );
     serde_json::from_str(&request.body).unwrap()
 }
@@ -192,7 +192,7 @@ fn synced(f: &Filter<FakeStreamHost>, version: u64) -> Subscription {
         disabled_reason: None,
         created_at_ms: 1,
         updated_at_ms: 1,
-        secrets: vec![crate::subscription::SigningSecret {
+        secrets: vec![crate::model::subscription::SigningSecret {
             secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
             expires_at_ms: None,
         }],
@@ -460,7 +460,7 @@ fn a_retry_no_log_here_has_reads_the_kept_copy_from_etcd_and_replays_it() {
         let calls = host(&f).etcd_sent.borrow();
         let (_, cluster, request) = calls.last().expect("an etcd call");
         assert_eq!(cluster, "webhooks_etcd");
-        assert_eq!(request, &crate::etcd::range(b"/pw/dead/msg_1"));
+        assert_eq!(request, &crate::fleet::etcd::range(b"/pw/dead/msg_1"));
     }
     answer(
         &f,

@@ -9,7 +9,7 @@
 //! ([`prepare`], on the main thread before any worker) and then only changed with
 //! compare-and-swap.
 
-use crate::store::{KvStore, RATE_PREFIX};
+use crate::registry::store::{KvStore, RATE_PREFIX};
 
 /// Calls a consumer may make at once.
 pub const BURST: u64 = 10;
@@ -96,7 +96,7 @@ fn edit(text: &str, consumer: &str, now_ms: u64) -> (Vec<String>, Option<(u64, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::registry::store::MemoryStore;
 
     #[test]
     fn a_burst_then_one_call_per_refill() {
