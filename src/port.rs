@@ -4,7 +4,7 @@
 
 // ---- Shared basics (both roles) -------------------------------------------------------------
 
-/// Every metric of SPEC "Observability" (`webhooks_` + the name in snake case).
+/// Every metric of docs/operations.md, "Observability" (`webhooks_` + the name in snake case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     EventsDetected,

@@ -305,8 +305,9 @@ impl Issuer {
     }
 }
 
-/// Removes any client-sent consumer header before authentication (README, "Multi-tenant
-/// APIs"): jwt_authn only writes it for a valid token, and lets the client's pass otherwise.
+/// Removes any client-sent consumer header before authentication (docs/multi-tenant.md,
+/// "Consumers from your own authentication"): jwt_authn only writes it for a valid token, and
+/// lets the client's pass otherwise.
 fn strip_consumer_header() -> Value {
     json!({
         "name": "envoy.filters.http.header_mutation",
@@ -441,7 +442,7 @@ async fn consumer_header_from_jwt_authn_cannot_be_forged() -> Result<()> {
 /// What Envoy itself does with a client-sent header of the same name, without the removal
 /// step and with jwt_authn's rule covering only the API prefix: it drops the header on every
 /// request through the filter (no token; a path no rule covers) and writes it for a valid token.
-/// The README's wiring still removes it first, so that safety does not rest on this alone.
+/// The documented wiring (docs/multi-tenant.md) still removes it first, so that safety does not rest on this alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn jwt_authn_alone_drops_a_client_sent_claim_header() -> Result<()> {
     let issuer = Issuer::new("tests-1")?;

@@ -41,7 +41,7 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
 }
 
-/// `fleet` (SPEC "Fleet mode").
+/// `fleet` (docs/fleet.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
     /// `fleet.cluster`: the Envoy cluster of etcd v3 endpoints (HTTP/JSON gateway). Required.
@@ -332,6 +332,23 @@ const DELIVERY_FIELDS: &[&str] = &[
     "drain_timeout",
 ];
 const CLUSTER_FIELDS: &[&str] = &["http", "https"];
+
+/// Where each field table hangs, in the docs' dotted notation (`a.b` a field of object `a`,
+/// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
+/// test holds docs/configuration.md to exactly these fields.
+#[cfg(test)]
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 10] = [
+    ("", TOP_FIELDS),
+    ("events[]", EVENT_FIELDS),
+    ("events[].audience", AUDIENCE_FIELDS),
+    ("audience", AUDIENCE_FIELDS),
+    ("api", API_FIELDS),
+    ("api.keys[]", KEY_FIELDS),
+    ("subscriptions[]", SUBSCRIPTION_FIELDS),
+    ("delivery", DELIVERY_FIELDS),
+    ("delivery.clusters", CLUSTER_FIELDS),
+    ("fleet", FLEET_FIELDS),
+];
 
 /// Out of line: inlined, each of the many error paths would carry its own copy.
 #[inline(never)]

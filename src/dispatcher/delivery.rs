@@ -1,5 +1,7 @@
-//! Delivery logic of the dispatcher, free of host calls: the outbox of pending messages, what an
-//! attempt looks like on the wire, and what its outcome means (retry when, give up, disable).
+//! Delivery logic of the dispatcher, free of host calls: what an attempt looks like on the wire,
+//! what its outcome means (retry when, give up, disable), when a failing subscription is
+//! disabled, and which finished messages are kept for replay. The pending messages themselves
+//! are in [`crate::dispatcher::outbox`].
 //!
 //! The dispatcher glue feeds it events, clock readings and responses, and carries out what it
 //! returns. One message is one (event, subscription) pair; its webhook-id never changes.

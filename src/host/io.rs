@@ -96,7 +96,7 @@ impl Metric {
     }
 }
 
-/// Every metric of SPEC "Observability", defined once per VM.
+/// Every metric of docs/operations.md, defined once per VM.
 #[derive(Clone, Copy)]
 pub struct Metrics([Metric; crate::port::Metric::ALL.len()]);
 

@@ -1,6 +1,6 @@
-//! Who receives an event (SPEC "Who receives an event"): a rule's configured audience, the
-//! target the filter resolves it to from what it saw of the exchange, and which subscriptions a
-//! target reaches in the dispatcher's fan-out.
+//! Who receives an event (docs/multi-tenant.md, "Who receives an event"): a rule's configured
+//! audience, the target the filter resolves it to from what it saw of the exchange, and which
+//! subscriptions a target reaches in the dispatcher's fan-out.
 
 use crate::model::identity::{self, Credentials, Identification};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! The key-value store every worker and the dispatcher share (proxy-wasm shared data in Envoy,
-//! [`MemoryStore`] in tests; fleet mode will add an etcd backend beside them), and the whole map
-//! of the keys kept in it.
+//! [`MemoryStore`] in tests; in fleet mode it caches etcd's registry, see `crate::fleet`), and
+//! the whole map of the keys kept in it.
 //!
 //! Key map (all keys start with `pwh:`). Shared data has no delete, so the set of keys is fixed
 //! at start-up and never grows: a key per subscription would leave one behind for every

@@ -48,7 +48,7 @@ const SEED_BATCH: usize = 128;
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
     pub replicas: usize,
-    /// `fleet.sync_interval`; the README's (and the default) 500 ms.
+    /// `fleet.sync_interval`; docs/fleet.md's (and the default) 500 ms.
     pub sync_interval: String,
     /// `fleet.lease_ttl`.
     pub lease_ttl: String,
@@ -59,7 +59,7 @@ pub struct FleetOptions {
 }
 
 impl FleetOptions {
-    /// `n` replicas with the README's fleet settings.
+    /// `n` replicas with docs/fleet.md's fleet settings.
     pub fn replicas(n: usize) -> FleetOptions {
         FleetOptions {
             replicas: n,

@@ -23,7 +23,7 @@ use crate::bench::report::{megabytes, thousands, Report};
 use crate::bench::servers::Upstream;
 
 const SCENARIO: &str = "12 fleet first sync";
-/// Each record about this size (the README's ~1 KB per subscription with key and base64).
+/// Each record about this size (docs/fleet.md's ~1 KB per subscription with key and base64).
 const RECORD_BYTES: usize = 600;
 const CONSUMERS: u64 = 100;
 const POLL: Duration = Duration::from_millis(100);

@@ -32,7 +32,7 @@ const FAILOVER: &str = "14 fleet failover (3 replicas)";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Events detected by the replica that is killed.
 const FAILOVER_EVENTS: u64 = 500;
-/// The README's `lease_ttl` (and the default).
+/// docs/fleet.md's `lease_ttl` (and the default).
 const LEASE_TTL: Duration = Duration::from_secs(10);
 
 pub async fn run_throughput(

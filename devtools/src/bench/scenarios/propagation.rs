@@ -27,7 +27,7 @@ use crate::util::http_client;
 const SCENARIO: &str = "10 fleet propagation (2 replicas)";
 /// Creates per side (the issue asks for at least 50).
 const SAMPLES: u64 = 60;
-/// The README's `sync_interval` (and the default).
+/// docs/fleet.md's `sync_interval` (and the default).
 const SYNC_INTERVAL: Duration = Duration::from_millis(500);
 /// How often B is sent a probe event while the bench waits for the webhook.
 const PROBE_EVERY: Duration = Duration::from_millis(5);
