@@ -34,18 +34,22 @@ fn markdown_files() -> Vec<PathBuf> {
     files
 }
 
+/// The lines of a Markdown text outside fenced code blocks.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut in_code = false;
+    text.lines()
+        .filter(|line| {
+            let fence = line.trim_start().starts_with("```");
+            in_code ^= fence;
+            !fence && !in_code
+        })
+        .collect()
+}
+
 /// The targets of inline links `[text](target)` outside code blocks.
 fn link_targets(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(text) {
         for (at, _) in line.match_indices("](") {
             let rest = &line[at + 2..];
             if let Some(end) = rest.find(')') {
@@ -72,16 +76,11 @@ fn anchor(heading: &str) -> String {
 
 /// The anchors of a Markdown file's headings (outside code blocks).
 fn anchors(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code && line.starts_with('#') {
-            out.insert(anchor(line.trim_start_matches('#')));
-        }
-    }
-    out
+    prose_lines(text)
+        .into_iter()
+        .filter(|line| line.starts_with('#'))
+        .map(|line| anchor(line.trim_start_matches('#')))
+        .collect()
 }
 
 fn is_external(target: &str) -> bool {
