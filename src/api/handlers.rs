@@ -354,10 +354,23 @@ fn hand_over<S: KvStore>(cx: &mut Context<'_, S>, message: QueueMessage) -> Outc
     Ok(json_response(202, &Queued { status: "queued" }))
 }
 
-pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
+/// The delivery log of one of the caller's subscriptions. In fleet mode every replica's attempts
+/// are in etcd: the filter reads them there and answers with [`delivery_log`].
+pub(super) fn deliveries<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Written {
     let sub = owned(cx, caller, id)?;
-    let log = attempts::read(cx.store, &sub.id);
-    Ok(json_response(200, &Data { data: log }))
+    if cx.config.fleet.is_some() {
+        return Ok(Answer::ReadLog {
+            subscription_id: sub.id,
+        });
+    }
+    Ok(Answer::Now(delivery_log(&attempts::read(
+        cx.store, &sub.id,
+    ))))
+}
+
+/// The answer to `GET .../deliveries`: the attempts, newest first.
+pub fn delivery_log(log: &[attempts::Attempt]) -> Response {
+    json_response(200, &Data { data: log })
 }
 
 /// Replays a message found in the attempt logs of the caller's own subscriptions. The search is

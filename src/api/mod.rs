@@ -25,6 +25,7 @@ use crate::registry::Registry;
 use crate::registry::RegistryError;
 use crate::support::ids::RandomSource;
 use auth::{authenticate, unauthorized, Caller};
+pub use handlers::delivery_log;
 use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
     send_test,
@@ -71,6 +72,10 @@ pub enum Answer {
     /// Fleet mode: a retry of a message this replica does not know; read its kept copy from
     /// etcd (`crate::fleet::dead`) and answer with [`retry_kept`].
     FindKept { webhook_id: String },
+    /// Fleet mode: the delivery log of this subscription (the caller's, checked) is read from
+    /// etcd, where every replica's attempts are (`crate::fleet::log`); answer with
+    /// [`delivery_log`].
+    ReadLog { subscription_id: String },
 }
 
 /// What a call may use besides the request.
@@ -216,7 +221,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Writt
         (Route::Subscription(id), _) => return delete(cx, caller, id),
         (Route::RotateSecret(id), _) => return rotate_secret(cx, caller, id),
         (Route::Test(id), _) => send_test(cx, caller, id),
-        (Route::Deliveries(id), _) => deliveries(cx, caller, id),
+        (Route::Deliveries(id), _) => return deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
         (Route::EventTypes, _) => event_types(config),
     };

@@ -1811,3 +1811,17 @@ fn fleet_retry_with_the_kept_copy_replays_only_the_callers_own_active_message() 
     let (status, _) = api.kept_call("/webhooks/subscriptions", KEY_A, Some(&kept));
     assert_eq!(status, 404, "only a retry is answered this way");
 }
+
+#[test]
+fn fleet_delivery_logs_are_read_from_etcd_for_the_owner_only() {
+    let mut api = fleet_api();
+    api.synced(FLEET_SUB, "acme", 4);
+    let path = sub_path(FLEET_SUB, "/deliveries");
+    let answer = api.fleet_call("GET", &path, KEY_A, "");
+    assert!(
+        matches!(&answer, Answer::ReadLog { subscription_id } if subscription_id == FLEET_SUB),
+        "{answer:?}"
+    );
+    let (status, value) = now(api.fleet_call("GET", &path, KEY_B, ""));
+    assert_eq!((status, code(&value)), (404, "not_found"), "{value}");
+}

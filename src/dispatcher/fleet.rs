@@ -4,6 +4,7 @@
 //! every message in etcd from the first).
 
 use super::journal::Durable;
+use super::shared_log::SharedLog;
 use super::Dispatcher;
 use crate::config::FleetConfig;
 use crate::fleet::commit::{Commit, Step, Write};
@@ -22,8 +23,8 @@ const LOG_EVERY: u64 = 100;
 
 /// Fleet mode's state in the dispatcher.
 pub(super) struct Fleet {
-    cluster: String,
-    keys: Keys,
+    pub(super) cluster: String,
+    pub(super) keys: Keys,
     pub(super) sync: Sync,
     /// The token of the registry read waiting for its answer.
     reading: Option<u32>,
@@ -33,6 +34,8 @@ pub(super) struct Fleet {
     errors: u64,
     /// The durable outbox.
     pub(super) durable: Durable,
+    /// This replica's delivery logs, copied to etcd.
+    pub(super) log: SharedLog,
 }
 
 impl Fleet {
@@ -60,6 +63,7 @@ impl Fleet {
             started_ms: now,
             errors: 0,
             durable: Durable::new(journal),
+            log: SharedLog::new(node_id, config.sync_interval_ms),
         }
     }
 
@@ -104,7 +108,9 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// Takes an etcd answer; false when `token` is not an etcd call (a delivery's).
     pub(super) fn on_fleet_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
-        if self.on_journal_answer(token, headers, body_size) {
+        if self.on_journal_answer(token, headers, body_size)
+            || self.on_shared_log_answer(token, headers, body_size)
+        {
             return true;
         }
         let Some(fleet) = self.fleet.as_mut() else {

@@ -33,6 +33,7 @@ mod fleet;
 mod journal;
 pub mod outbox;
 pub mod pacing;
+mod shared_log;
 
 #[cfg(test)]
 mod fake;
@@ -206,6 +207,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.pump();
         self.tick_slow_when_due(self.host.now_ms());
         self.flush_log();
+        self.shared_log_send();
         self.finish_drain_if_done();
         self.host
             .record_metric(Metric::SubscriptionsActive, self.registry.active_count());
@@ -754,8 +756,13 @@ impl<H: DispatchHost> Dispatcher<H> {
             if self.registry.get_raw(&id).is_none() {
                 continue;
             }
-            if let Err(e) = self.registry.record_attempts(&id, entries) {
-                log::warn!("proxy-webhooks: attempt log of subscription {id} not written: {e:?}");
+            match self.registry.record_attempts(&id, entries) {
+                Ok(()) => self.log_changed(&id),
+                Err(e) => {
+                    log::warn!(
+                        "proxy-webhooks: attempt log of subscription {id} not written: {e:?}"
+                    )
+                }
             }
         }
     }

@@ -71,6 +71,8 @@ pub enum Step {
 pub struct Commit {
     write: Write,
     sub_key: Vec<u8>,
+    /// The prefix of the subscription's delivery logs (a delete takes them along).
+    logs_key: Vec<u8>,
     /// The prefix of the consumer's slots.
     slots: Vec<u8>,
     /// The slot the next txn takes (a create) or frees (a delete, when one holds the id).
@@ -105,6 +107,7 @@ impl Commit {
         };
         let commit = Commit {
             sub_key: keys.subscription(id),
+            logs_key: keys.logs(id),
             slots: keys.slots(consumer),
             write,
             slot: None,
@@ -361,7 +364,11 @@ impl Commit {
                 &[range(sub())],
             ),
             Write::Delete { .. } => {
-                let mut success = vec![delete(sub())];
+                let logs = Op::Delete {
+                    key: self.logs_key.clone(),
+                    prefix: true,
+                };
+                let mut success = vec![delete(sub()), logs];
                 if let Some(slot) = slot {
                     success.push(delete(slot));
                 }

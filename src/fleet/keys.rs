@@ -11,6 +11,8 @@
 //! - `P/node/<node id>`: the node's current lease, so a restart finds its messages.
 //! - `P/msg/<lease>/<webhook-id>`: a pending delivery owned by that lease.
 //! - `P/dead/<webhook-id>`: an exhausted or dropped delivery kept for replay (bounded).
+//! - `P/log/<subscription id>/<node id>`: that replica's delivery log of the subscription
+//!   (see [`crate::fleet::log`]).
 //!
 //! Leases are written in lowercase hex, as etcdctl shows them.
 
@@ -77,6 +79,16 @@ impl Keys {
         self.key(DEAD, webhook_id)
     }
 
+    /// The prefix of every replica's delivery log of `subscription_id`.
+    pub fn logs(&self, subscription_id: &str) -> Vec<u8> {
+        self.key(LOG, &format!("{subscription_id}/"))
+    }
+
+    /// `node_id`'s delivery log of `subscription_id`.
+    pub fn log(&self, subscription_id: &str, node_id: &str) -> Vec<u8> {
+        self.key(LOG, &format!("{subscription_id}/{node_id}"))
+    }
+
     /// The last segment of a key of `kind` (an id, a consumer, a lease in hex), when `key` is one.
     pub fn name_in<'k>(&self, kind: &str, key: &'k [u8]) -> Option<&'k str> {
         let key = std::str::from_utf8(key).ok()?;
@@ -94,6 +106,7 @@ pub const CLAIM: &str = "claim";
 pub const NODE: &str = "node";
 pub const MSG: &str = "msg";
 pub const DEAD: &str = "dead";
+pub const LOG: &str = "log";
 
 /// A lease id as lowercase hex.
 pub fn hex(lease: i64) -> String {
@@ -121,6 +134,8 @@ mod tests {
         assert_eq!(k.messages(255), b"/pw/msg/ff/");
         assert_eq!(k.message(255, "msg_1"), b"/pw/msg/ff/msg_1");
         assert_eq!(k.dead("msg_1"), b"/pw/dead/msg_1");
+        assert_eq!(k.logs("sub_1"), b"/pw/log/sub_1/");
+        assert_eq!(k.log("sub_1", "n1"), b"/pw/log/sub_1/n1");
         assert_eq!(k.all(SUB), b"/pw/sub/");
     }
 

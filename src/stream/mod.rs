@@ -12,12 +12,14 @@ use crate::config::Config;
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::dead;
 use crate::fleet::keys::Keys;
+use crate::fleet::log as fleet_log;
 use crate::model::audience::{self, Audience, Facts};
 use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::model::identity::OwnedCredentials;
 use crate::model::queue::QueueMessage;
 use crate::model::rules::{self, Detected};
 use crate::port::{Metric, StreamHost};
+use crate::registry::attempts;
 use crate::registry::store::KvStore;
 use crate::registry::watchdog::{self, Change, Watchdog};
 use crate::registry::Registry;
@@ -230,6 +232,17 @@ impl<H: StreamHost> Filter<H> {
         self.send(api::lookup_unavailable(reason));
     }
 
+    /// Answers `GET .../deliveries` with this replica's own attempts when etcd could not give
+    /// the fleet's (reads serve what this replica has while etcd is away); counted and logged.
+    fn send_own_log(&self, subscription_id: &str, reason: &str) {
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
+        log::warn!(
+            "proxy-webhooks: the fleet's delivery log of {subscription_id} could not be read from etcd ({reason}); answered with this replica's attempts"
+        );
+        let own = attempts::read(&self.host.store(), subscription_id);
+        self.send(api::delivery_log(&own));
+    }
+
     /// Sends a local reply for an API call.
     fn send(&self, response: api::Response) {
         let headers: Vec<(&str, &str)> = response
@@ -264,6 +277,8 @@ enum State {
     Committing(Box<Committing>),
     /// Fleet mode: a retry waiting for etcd's kept copy of its message.
     Finding(Box<ApiCall>),
+    /// Fleet mode: `GET .../deliveries` waiting for every replica's log of this subscription.
+    ReadingLog(String),
 }
 
 /// An API write in etcd's hands, with the call kept to handle it again if etcd has a newer
@@ -410,6 +425,7 @@ impl<H: StreamHost> Stream<H> {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Committing(c) => self.on_commit_answer(c, body_size),
             State::Finding(call) => self.on_kept_answer(&call, body_size),
+            State::ReadingLog(id) => self.on_log_answer(&id, body_size),
             other => self.state = other,
         }
     }
@@ -540,6 +556,7 @@ impl<H: StreamHost> Stream<H> {
         let (write, response) = match filter.handle_api(&call.request(body)) {
             api::Answer::Now(response) => return filter.send(response),
             api::Answer::FindKept { webhook_id } => return self.find_kept(call, &webhook_id),
+            api::Answer::ReadLog { subscription_id } => return self.read_log(subscription_id),
             api::Answer::Commit { write, response } => (write, response),
         };
         let Some(keys) = &filter.keys else {
@@ -568,6 +585,29 @@ impl<H: StreamHost> Stream<H> {
             return filter.lookup_unavailable("the call could not be started");
         }
         self.state = State::Finding(call);
+    }
+
+    /// Asks etcd for every replica's delivery log of a subscription (the stream waits); without
+    /// etcd, answers with this replica's own log.
+    fn read_log(&mut self, subscription_id: String) {
+        let filter = &*self.filter;
+        let started = filter
+            .keys
+            .as_ref()
+            .is_some_and(|keys| filter.call_etcd(&fleet_log::lookup(keys, &subscription_id)));
+        match started {
+            true => self.state = State::ReadingLog(subscription_id),
+            false => filter.send_own_log(&subscription_id, "the call could not be started"),
+        }
+    }
+
+    fn on_log_answer(&mut self, subscription_id: &str, body_size: usize) {
+        let filter = &*self.filter;
+        let (status, body) = filter.host.etcd_answer(body_size);
+        match fleet_log::read(status.as_deref(), &body, filter.host.now_ms()) {
+            Ok(log) => filter.send(api::delivery_log(&log)),
+            Err(reason) => filter.send_own_log(subscription_id, &reason),
+        }
     }
 
     /// Whether an API request body has grown past the limit (then it was answered 413).

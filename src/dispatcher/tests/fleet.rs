@@ -656,3 +656,72 @@ fn fleet_mode_replays_the_copy_etcd_kept_under_its_webhook_id_through_its_own_ou
     settle(&mut d);
     assert_eq!(sent(&d).len(), 1, "delivered once");
 }
+
+/// The delivery-log writes sent and not answered yet: token and the keys each puts.
+fn log_writes(d: &Dispatcher<FakeHost>) -> Vec<(u32, Vec<String>)> {
+    outbox_calls(d)
+        .into_iter()
+        .filter(|(_, r)| r.path == crate::fleet::etcd::TXN)
+        .map(|(t, r)| (t, txn_keys(&r)))
+        .filter(|(_, keys)| keys.iter().any(|k| k.starts_with("/pw/log/")))
+        .collect()
+}
+
+/// One delivered message of `sub_a`, its put and delete settled; its log write not answered.
+fn delivered_once() -> Dispatcher<FakeHost> {
+    let mut d = synced();
+    event(&mut d, "order.created");
+    let (token, _) = message_puts(&d).into_iter().next().unwrap();
+    reply(
+        &mut d,
+        token,
+        r#"{"header":{"revision":"8"},"succeeded":true}"#,
+    );
+    answer_last(&mut d, 200, &[]);
+    d.on_tick();
+    d
+}
+
+#[test]
+fn fleet_mode_copies_a_subscriptions_delivery_log_to_etcd_under_its_node() {
+    let mut d = delivered_once();
+    let writes = log_writes(&d);
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    let (token, keys) = writes[0].clone();
+    assert_eq!(keys, ["/pw/log/sub_a/n1"]);
+    let request = d
+        .host()
+        .etcd_sent
+        .iter()
+        .find(|(t, _, _)| *t == token)
+        .cloned()
+        .unwrap()
+        .2;
+    let body: Value = serde_json::from_str(&request.body).unwrap();
+    let value = STANDARD
+        .decode(body["success"][0]["request_put"]["value"].as_str().unwrap())
+        .unwrap();
+    let log = crate::registry::attempts::parse_log(&value).unwrap();
+    assert_eq!(
+        log,
+        crate::registry::attempts::read(&d.host().store, "sub_a")
+    );
+    assert_eq!((log.len(), log[0].attempt), (1, 1));
+    d.on_tick();
+    assert_eq!(log_writes(&d).len(), 1, "one write in flight at a time");
+}
+
+#[test]
+fn fleet_mode_writes_a_delivery_log_etcd_did_not_take_again() {
+    let mut d = delivered_once();
+    let (token, _) = log_writes(&d)[0].clone();
+    let errors = d.host().metric(Metric::FleetEtcdErrors);
+    d.host_mut().etcd_answered.insert(token);
+    answer_with_body(&mut d, token, 503, &[], b"");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), errors + 1);
+    d.host_mut().advance(500);
+    d.on_tick();
+    let again = log_writes(&d);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1, ["/pw/log/sub_a/n1"]);
+}

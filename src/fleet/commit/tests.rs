@@ -145,6 +145,12 @@ fn remove(key: &str) -> Value {
     json!({"request_delete_range": {"key": b64(key.as_bytes())}})
 }
 
+/// The delete of every replica's delivery log of `sub_1`, which goes with its record.
+fn remove_logs() -> Value {
+    let end = crate::fleet::etcd::prefix_end(b"/pw/log/sub_1/");
+    json!({"request_delete_range": {"key": b64(b"/pw/log/sub_1/"), "range_end": b64(&end)}})
+}
+
 fn create_of(s: &Subscription, limit: usize) -> (Commit, Request) {
     Commit::start(
         Write::Create {
@@ -477,7 +483,7 @@ fn delete_reads_the_record_and_the_slots_then_frees_the_slot_holding_its_id() {
                 compare("/pw/sub/sub_1", "VERSION", "GREATER", "version", 0),
                 compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21)
             ],
-            "success": [remove("/pw/sub/sub_1"), remove("/pw/slot/acme/4")],
+            "success": [remove("/pw/sub/sub_1"), remove_logs(), remove("/pw/slot/acme/4")],
             "failure": [read("/pw/sub/sub_1"), read_slots(false)]
         })
     );
@@ -508,7 +514,11 @@ fn delete_frees_only_the_slot_holding_its_id_and_without_one_deletes_the_record(
     ));
     assert_eq!(
         sent["success"],
-        json!([remove("/pw/sub/sub_1"), remove("/pw/slot/acme/6")])
+        json!([
+            remove("/pw/sub/sub_1"),
+            remove_logs(),
+            remove("/pw/slot/acme/6")
+        ])
     );
 
     let (mut commit, _) = delete(4);
@@ -516,7 +526,10 @@ fn delete_frees_only_the_slot_holding_its_id_and_without_one_deletes_the_record(
         &mut commit,
         &failed(vec![range(vec![held]), range(odd)]),
     ));
-    assert_eq!(sent["success"], json!([remove("/pw/sub/sub_1")]));
+    assert_eq!(
+        sent["success"],
+        json!([remove("/pw/sub/sub_1"), remove_logs()])
+    );
     assert_eq!(
         answer(&mut commit, &succeeded(31, 1)),
         Step::Committed { revision: 31 }

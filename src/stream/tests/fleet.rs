@@ -403,10 +403,14 @@ fn a_delete_is_answered_204_once_etcd_has_it() {
     answer(&f, &mut s, Some("200"), &failed(&[Some(held), Some(slot)]));
     assert_eq!(replies(&f), 0);
     let deleted = &sent(&f)["success"];
+    let logs = format!("/pw/log/{ID}/");
+    let logs_end = crate::fleet::etcd::prefix_end(logs.as_bytes());
     assert_eq!(
-        (deleted[0].clone(), deleted[1].clone()),
+        (deleted[0].clone(), deleted[1].clone(), deleted[2].clone()),
         (
             json!({"request_delete_range": {"key": STANDARD.encode(format!("/pw/sub/{ID}"))}}),
+            json!({"request_delete_range": {"key": STANDARD.encode(&logs),
+                                            "range_end": STANDARD.encode(logs_end)}}),
             json!({"request_delete_range": {"key": STANDARD.encode("/pw/slot/acme/1")}})
         )
     );
@@ -546,4 +550,79 @@ fn an_etcd_answer_after_the_stream_ended_sends_and_queues_nothing() {
     );
     assert_eq!(replies(&f), 0);
     assert!(host(&f).queue.borrow().is_empty());
+}
+
+fn logged_attempt(webhook_id: &str, timestamp: &str) -> Value {
+    json!({"webhook_id": webhook_id, "event_type": "order.created", "attempt": 1,
+           "timestamp": timestamp, "response_status": 500, "duration_ms": 3,
+           "state": "retrying"})
+}
+
+#[test]
+fn the_delivery_log_is_every_replicas_read_from_etcd() {
+    let f = fleet_filter();
+    synced(&f, 1);
+    host(&f).now_ms.set(1_795_000_000_000);
+    let mut s = call(&f, "GET", &format!("{}/deliveries", sub_path()), "");
+    let sent = host(&f).etcd_sent.borrow().last().cloned().unwrap();
+    assert_eq!(sent.2, crate::fleet::log::lookup(&Keys::new("/pw"), ID));
+    let a = json!([logged_attempt("msg_a", "2026-11-18T08:00:02.000Z")]);
+    let b = json!([logged_attempt("msg_b", "2026-11-18T08:00:03.000Z")]);
+    let logs = [
+        kv(&format!("/pw/log/{ID}/node-a"), a.to_string().as_bytes(), 5),
+        kv(&format!("/pw/log/{ID}/node-b"), b.to_string().as_bytes(), 6),
+    ];
+    answer(&f, &mut s, Some("200"), &range_answer(&logs));
+    let (status, body, _) = reply(&f);
+    let ids: Vec<&Value> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["webhook_id"])
+        .collect();
+    assert_eq!((status, ids), (200, vec![&json!("msg_b"), &json!("msg_a")]));
+}
+
+#[test]
+fn without_etcd_the_delivery_log_is_this_replicas_own() {
+    let f = fleet_filter();
+    synced(&f, 1);
+    let own = crate::registry::attempts::parse_log(
+        json!([logged_attempt("msg_own", "2026-11-18T08:00:02.000Z")])
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    registry(&f).record_attempts(ID, own).unwrap();
+    let path = format!("{}/deliveries", sub_path());
+    let mut s = call(&f, "GET", &path, "");
+    answer(&f, &mut s, Some("503"), b"");
+    host(&f).refuse_etcd.set(true);
+    call(&f, "GET", &path, "");
+    for reply in host(&f).replies.borrow().iter() {
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            (reply.status, &body["data"][0]["webhook_id"]),
+            (200, &json!("msg_own"))
+        );
+    }
+    assert_eq!((replies(&f), host(&f).etcd_errors.get()), (2, 2));
+    let lines = logged();
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.contains("answered with this replica's attempts")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn another_consumers_delivery_log_is_not_read_from_etcd() {
+    let f = fleet_filter();
+    let mut other = synced(&f, 1);
+    other.consumer = "globex".into();
+    registry(&f).apply_synced(&other).unwrap();
+    call(&f, "GET", &format!("{}/deliveries", sub_path()), "");
+    assert_eq!(reply(&f).0, 404);
+    assert!(host(&f).etcd_sent.borrow().is_empty());
 }

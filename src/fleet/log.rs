@@ -1,0 +1,97 @@
+//! The delivery log shared by the fleet. Each replica keeps its own attempts of a subscription
+//! in its shared-data log ([`crate::registry::attempts`], the last 50) and copies that log to
+//! `P/log/<subscription>/<node id>` at most once per `sync_interval` after new attempts, in one
+//! txn for up to [`MAX_OPS`] subscriptions. The API reads `P/log/<subscription>/`: every
+//! replica's attempts, merged newest first and cut to the last 50 of the last 7 days, so any
+//! replica gives the same answer, a dead replica's attempts included. A subscription's delete
+//! takes its `P/log/` keys with it ([`crate::fleet::commit`]).
+
+use crate::fleet::etcd::{self, Op, Request};
+use crate::fleet::journal::{MAX_BATCH_BYTES, MAX_OPS};
+use crate::fleet::keys::Keys;
+use crate::registry::attempts::{self, Attempt, MAX_ENTRIES};
+use crate::support::time::format_rfc3339_millis;
+
+/// Attempts older than this are not answered (and not written again).
+pub const MAX_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Replicas' logs read per subscription at most (each ≤ ~11 KB): a fleet has fewer replicas;
+/// node ids of replicas gone for good stay until the subscription is deleted.
+pub const MAX_NODES: u64 = 64;
+
+/// The txn that writes this replica's logs: `(subscription id, its attempts newest first)`,
+/// as many as fit in one txn from the front of `logs`; the rest is for the next one. An empty
+/// log deletes the key (a subscription whose attempts all aged out).
+pub fn writes(keys: &Keys, node: &str, logs: &[(String, Vec<Attempt>)]) -> (Request, usize) {
+    let mut ops = Vec::new();
+    let mut bytes = 0;
+    for (id, log) in logs.iter().take(MAX_OPS) {
+        let key = keys.log(id, node);
+        let value = serde_json::to_vec(log).unwrap_or_default();
+        if !ops.is_empty() && bytes + value.len() > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += value.len();
+        ops.push(match log.is_empty() {
+            true => Op::Delete { key, prefix: false },
+            false => Op::Put {
+                key,
+                value,
+                lease: 0,
+            },
+        });
+    }
+    let taken = ops.len();
+    (etcd::txn(&[], &ops, &[]), taken)
+}
+
+/// Whether etcd took a [`writes`] txn; `Err` says why not.
+pub fn written(status: Option<&str>, body: &[u8]) -> Result<(), String> {
+    answered(status)?;
+    etcd::parse_txn(body).map(drop).map_err(|e| e.to_string())
+}
+
+/// The read of every replica's log of `subscription_id`.
+pub fn lookup(keys: &Keys, subscription_id: &str) -> Request {
+    etcd::range_prefix(&keys.logs(subscription_id), MAX_NODES)
+}
+
+/// etcd's answer to [`lookup`]: the fleet's attempts, newest first; `Err` (why) when etcd did
+/// not answer usably. A replica's log that does not parse is left out.
+pub fn read(status: Option<&str>, body: &[u8], now_ms: u64) -> Result<Vec<Attempt>, String> {
+    answered(status)?;
+    let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+    let logs = answer
+        .kvs
+        .iter()
+        .filter_map(|kv| attempts::parse_log(&kv.value));
+    Ok(merge(logs, now_ms))
+}
+
+/// The attempts of several replicas' logs as one: newest first, the last [`MAX_ENTRIES`] of the
+/// last [`MAX_AGE_MS`]. Timestamps are all RFC 3339 with milliseconds in UTC, so their text
+/// orders them.
+pub fn merge(logs: impl IntoIterator<Item = Vec<Attempt>>, now_ms: u64) -> Vec<Attempt> {
+    let mut all: Vec<Attempt> = logs.into_iter().flatten().collect();
+    all.sort_by(|a, b| b.timestamp.cmp(&a.timestamp));
+    fresh(all, now_ms)
+}
+
+/// The entries of a log (newest first) that are recent enough to keep, at most [`MAX_ENTRIES`].
+pub fn fresh(log: Vec<Attempt>, now_ms: u64) -> Vec<Attempt> {
+    let oldest = format_rfc3339_millis(now_ms.saturating_sub(MAX_AGE_MS));
+    log.into_iter()
+        .take_while(|a| a.timestamp >= oldest)
+        .take(MAX_ENTRIES)
+        .collect()
+}
+
+fn answered(status: Option<&str>) -> Result<(), String> {
+    match status {
+        Some("200") => Ok(()),
+        Some(other) => Err(format!("answered HTTP {other}")),
+        None => Err("did not answer (timeout or reset)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
