@@ -490,3 +490,81 @@ async fn a_message_exhausted_on_a_is_retried_through_b_from_the_copy_etcd_kept()
     eprintln!("1 event detected on A, exhausted there (receiver 500), retried through B from etcd's copy: delivered once by B with webhook-id {webhook_id}");
     Ok(())
 }
+
+/// `GET .../deliveries` of the only subscription, through replica `r`.
+async fn delivery_log(fleet: &Fleet, r: usize) -> Result<Vec<Value>> {
+    let envoy = fleet.replica(r);
+    let (_, list) = devtools::api(envoy, TEST_KEY, "GET", "/webhooks/subscriptions", None).await?;
+    let id = list["data"][0]["id"].as_str().context("no subscription")?;
+    let path = format!("/webhooks/subscriptions/{id}/deliveries");
+    let (status, log) = devtools::api(envoy, TEST_KEY, "GET", &path, None).await?;
+    ensure!(status == 200, "{path} answered {status}: {log}");
+    Ok(log["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// The webhook-ids of a log's entries in `state`.
+fn ids_in(log: &[Value], state: &str) -> std::collections::BTreeSet<String> {
+    log.iter()
+        .filter(|a| a["state"] == state)
+        .filter_map(|a| a["webhook_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_replica_answers_the_same_delivery_log_a_dead_replicas_attempts_included(
+) -> Result<()> {
+    const EVENTS: usize = 5;
+    let mut fleet = Fleet::start(3, plugin).await?;
+    let Pending { detected, .. } = pending_on(&fleet, A, B, "/log", EVENTS).await?;
+    // B's failed attempts reach A's answer through etcd.
+    let mut failed_on_b = Default::default();
+    poll_until(
+        WAIT,
+        "B's failed attempts in A's delivery log",
+        async || {
+            failed_on_b = delivery_log(&fleet, A)
+                .await
+                .map(|l| ids_in(&l, "retrying"))
+                .unwrap_or_default();
+            failed_on_b.len() == EVENTS
+        },
+    )
+    .await?;
+    fleet.stop(B, Stop::Kill).await?;
+    fleet.receiver.set_default(Reply::status(204));
+    delivered_without_losses(&fleet, &[A, C], "/log", EVENTS).await?;
+
+    let (mut on_a, mut on_c) = (Vec::new(), Vec::new());
+    poll_until(
+        WAIT,
+        "the same log with every delivery on A and C",
+        async || {
+            on_a = delivery_log(&fleet, A).await.unwrap_or_default();
+            on_c = delivery_log(&fleet, C).await.unwrap_or_default();
+            ids_in(&on_a, "succeeded").len() == EVENTS && on_a == on_c
+        },
+    )
+    .await
+    .with_context(|| format!("A: {on_a:?}\nC: {on_c:?}"))?;
+    ensure!(
+        ids_in(&on_a, "retrying") == failed_on_b,
+        "the dead replica's attempts are still answered"
+    );
+    // A claimed message goes on from the attempts B logged: its number follows theirs.
+    let number = |a: &Value| a["attempt"].as_u64().unwrap_or(0);
+    for success in on_a.iter().filter(|a| a["state"] == "succeeded") {
+        let before = on_a
+            .iter()
+            .filter(|a| a["state"] == "retrying" && a["webhook_id"] == success["webhook_id"])
+            .map(number)
+            .max()
+            .unwrap_or(0);
+        ensure!(
+            number(success) > before,
+            "{success} is numbered after B's {before} attempt(s)"
+        );
+    }
+    let delivered = by_webhook_id(&fleet.receiver.received(), "/log").len();
+    let (dropped, _) = losses(&fleet, &[A, C]).await?;
+    accounted(detected, delivered, dropped)
+}

@@ -79,7 +79,8 @@ impl<H: DispatchHost> Dispatcher<H> {
             return;
         };
         let cluster = fleet.cluster().to_string();
-        let room = self.outbox.room(fleet.durable.held.len());
+        let waiting = fleet.durable.held.len() + fleet.log.claimed_waiting();
+        let room = self.outbox.room(waiting);
         let journal = &mut fleet.durable.journal;
         journal.set_intake(room, fleet.sync.revision());
         let calls = journal.calls(now);
@@ -143,7 +144,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         for event in outcome.events {
             match event {
                 Event::Written(ids) | Event::Released(ids) => self.release_held(&ids, now),
-                Event::Claimed(found) => self.take_claimed(found, now),
+                Event::Claimed(found) => self.look_up_attempts(found),
             }
         }
     }
@@ -158,9 +159,15 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// A dead replica's messages, delivered with their own webhook-ids and bodies. Those the
-    /// outbox has no room for now stay in etcd, read again later.
-    fn take_claimed(&mut self, found: Vec<Stored>, now: u64) {
+    /// A dead replica's messages, delivered with their own webhook-ids and bodies, each going on
+    /// from the attempts `made` of it. Those the outbox has no room for now stay in etcd, read
+    /// again later.
+    pub(super) fn take_claimed(
+        &mut self,
+        found: Vec<Stored>,
+        made: &HashMap<String, u32>,
+        now: u64,
+    ) {
         for stored in found {
             let owner = self.resolve(&stored.subscription_id);
             let held = self.durable_mut().map_or(0, |d| d.held.len());
@@ -177,7 +184,8 @@ impl<H: DispatchHost> Dispatcher<H> {
                 durable.journal.returned(&stored.webhook_id, now);
                 continue;
             }
-            let message = message_of(stored, Rc::clone(&owner.id));
+            let mut message = message_of(stored, Rc::clone(&owner.id));
+            message.attempts = made.get(&message.webhook_id).copied().unwrap_or(0);
             self.enqueue(message, &owner.subscription.consumer, now);
         }
     }

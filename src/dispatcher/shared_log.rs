@@ -1,13 +1,15 @@
 //! Fleet mode: this replica's delivery logs copied to etcd, so that every replica answers the
 //! same `GET .../deliveries` ([`crate::fleet::log`]). A subscription is marked when new attempts
 //! reach its shared-data log; once per `sync_interval` the marked ones are written, one txn at
-//! a time; those etcd did not take stay marked and go with the next.
+//! a time; those etcd did not take stay marked and go with the next. A dead replica's claimed
+//! messages wait for one read of their subscriptions' logs, so they keep their attempt numbers.
 
 use super::Dispatcher;
 use crate::fleet::log;
+use crate::fleet::stored::Stored;
 use crate::port::DispatchHost;
 use crate::registry::attempts;
-use crate::support::hashing::HashSet;
+use crate::support::hashing::{HashMap, HashSet};
 
 /// The copy of this replica's delivery logs in etcd.
 pub(super) struct SharedLog {
@@ -18,6 +20,8 @@ pub(super) struct SharedLog {
     /// The write in flight: Envoy's token and the subscriptions it carries.
     writing: Option<(u32, Vec<String>)>,
     next_ms: u64,
+    /// Claimed messages waiting for the read of their attempts: Envoy's token and the page.
+    claims: Vec<(u32, Vec<Stored>)>,
 }
 
 impl SharedLog {
@@ -28,7 +32,15 @@ impl SharedLog {
             changed: HashSet::default(),
             writing: None,
             next_ms: 0,
+            claims: Vec::new(),
         }
+    }
+}
+
+impl SharedLog {
+    /// Claimed messages waiting for their logs: they will need outbox room too.
+    pub(super) fn claimed_waiting(&self) -> usize {
+        self.claims.iter().map(|(_, page)| page.len()).sum()
     }
 }
 
@@ -72,11 +84,38 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// Takes the answer to a log write; false when `token` is not one.
+    /// A dead replica's messages: their subscriptions' logs are read first (without an
+    /// answer they start again at attempt 1).
+    pub(super) fn look_up_attempts(&mut self, found: Vec<Stored>) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let mut ids: Vec<&str> = found.iter().map(|s| s.subscription_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let request = log::lookup_many(&fleet.keys, ids);
+        match self.host.call_etcd(&request, &fleet.cluster) {
+            Ok(token) => fleet.log.claims.push((token, found)),
+            Err(refused) => {
+                self.fleet_error(&format!(
+                    "the claimed messages' logs were not read ({refused:?})"
+                ));
+                let now = self.host.now_ms();
+                self.take_claimed(found, &HashMap::default(), now);
+            }
+        }
+    }
+
+    /// Takes the answer to a log write or read; false when `token` is neither.
     pub(super) fn on_shared_log_answer(&mut self, token: u32, headers: usize, size: usize) -> bool {
         let Some(fleet) = self.fleet.as_mut() else {
             return false;
         };
+        if let Some(at) = fleet.log.claims.iter().position(|(t, _)| *t == token) {
+            let (_, found) = fleet.log.claims.swap_remove(at);
+            self.on_attempts_answer(found, headers, size);
+            return true;
+        }
         let ids = match fleet.log.writing.take() {
             Some((t, ids)) if t == token => ids,
             other => {
@@ -94,5 +133,18 @@ impl<H: DispatchHost> Dispatcher<H> {
             self.fleet_error(&format!("the delivery log was not written: {why}"));
         }
         true
+    }
+
+    fn on_attempts_answer(&mut self, found: Vec<Stored>, headers: usize, size: usize) {
+        let answer = self.host.callout_response(headers, size);
+        let status = answer.status.filter(|_| answer.headers > 0);
+        let body = self.host.callout_body(size);
+        let made = log::attempts_made(status.as_deref(), &body).unwrap_or_else(|why| {
+            self.fleet_error(&format!("the claimed messages' logs were not read: {why}"));
+            HashMap::default()
+        });
+        let now = self.host.now_ms();
+        self.take_claimed(found, &made, now);
+        self.pump();
     }
 }

@@ -5,11 +5,16 @@
 //! replica's attempts, merged newest first and cut to the last 50 of the last 7 days, so any
 //! replica gives the same answer, a dead replica's attempts included. A subscription's delete
 //! takes its `P/log/` keys with it ([`crate::fleet::commit`]).
+//!
+//! A claimed message keeps its attempt number: before a dead replica's page of messages joins
+//! the outbox, the logs of their subscriptions are read ([`lookup_many`]) and each message goes
+//! on from the highest attempt any replica logged for its webhook-id ([`attempts_made`]).
 
-use crate::fleet::etcd::{self, Op, Request};
+use crate::fleet::etcd::{self, Op, OpAnswer, Request};
 use crate::fleet::journal::{MAX_BATCH_BYTES, MAX_OPS};
 use crate::fleet::keys::Keys;
 use crate::registry::attempts::{self, Attempt, MAX_ENTRIES};
+use crate::support::hashing::HashMap;
 use crate::support::time::format_rfc3339_millis;
 
 /// Attempts older than this are not answered (and not written again).
@@ -83,6 +88,41 @@ pub fn fresh(log: Vec<Attempt>, now_ms: u64) -> Vec<Attempt> {
         .take_while(|a| a.timestamp >= oldest)
         .take(MAX_ENTRIES)
         .collect()
+}
+
+/// One read of the logs of several subscriptions (the first [`MAX_OPS`] of `subscription_ids`).
+pub fn lookup_many<'a>(
+    keys: &Keys,
+    subscription_ids: impl IntoIterator<Item = &'a str>,
+) -> Request {
+    let reads: Vec<Op> = subscription_ids
+        .into_iter()
+        .take(MAX_OPS)
+        .map(|id| Op::Range {
+            key: keys.logs(id),
+            prefix: true,
+            limit: MAX_NODES,
+        })
+        .collect();
+    etcd::txn(&[], &reads, &[])
+}
+
+/// etcd's answer to [`lookup_many`]: the highest attempt number logged per webhook-id.
+pub fn attempts_made(status: Option<&str>, body: &[u8]) -> Result<HashMap<String, u32>, String> {
+    answered(status)?;
+    let answer = etcd::parse_txn(body).map_err(|e| e.to_string())?;
+    let mut made: HashMap<String, u32> = HashMap::default();
+    let ranges = answer.responses.into_iter().filter_map(|op| match op {
+        OpAnswer::Range(range) => Some(range),
+        _ => None,
+    });
+    for kv in ranges.flat_map(|r| r.kvs) {
+        for attempt in attempts::parse_log(&kv.value).unwrap_or_default() {
+            let highest = made.entry(attempt.webhook_id).or_default();
+            *highest = (*highest).max(attempt.attempt);
+        }
+    }
+    Ok(made)
 }
 
 fn answered(status: Option<&str>) -> Result<(), String> {

@@ -438,6 +438,18 @@ fn claimed_page(d: &Dispatcher<FakeHost>) -> Option<(u32, u64, String)> {
     })
 }
 
+/// Answers a page of claimed messages, and the read of their logs that follows (no attempts
+/// logged anywhere).
+fn reply_page(d: &mut Dispatcher<FakeHost>, token: u32, page: &str) {
+    reply(d, token, page);
+    let no_logs = r#"{"header":{"revision":"8"},"succeeded":true,"responses":[]}"#;
+    for (token, request) in outbox_calls(d) {
+        if request.path == crate::fleet::etcd::TXN && request.body.contains("request_range") {
+            reply(d, token, no_logs);
+        }
+    }
+}
+
 /// A page answer with `messages` (webhook-id, subscription id, payload) of lease `d`.
 fn page_of(messages: &[(&str, &str, &[u8])], more: bool) -> String {
     let kvs: Vec<Value> = messages
@@ -473,7 +485,7 @@ fn fleet_mode_claims_a_dead_replicas_messages_and_delivers_them_with_their_webho
         ],
         false,
     );
-    reply(&mut d, page, &body);
+    reply_page(&mut d, page, &body);
     assert_eq!(
         sent(&d).len(),
         1,
@@ -512,7 +524,7 @@ fn fleet_mode_reads_claimed_messages_only_after_a_registry_read_as_recent_as_the
     sync_at(&mut d, &[record_json("sub_a", "active", 1)], 8);
     d.on_tick();
     let (page, _, _) = claimed_page(&d).expect("a page once the registry is as recent");
-    reply(
+    reply_page(
         &mut d,
         page,
         &page_of(&[("msg_dead1", "sub_a", b"{}")], false),
@@ -531,7 +543,7 @@ fn fleet_mode_reads_claimed_messages_only_as_far_as_the_outbox_has_room() {
     claim_dead_lease(&mut d, 7);
     let (page, limit, _) = claimed_page(&d).unwrap();
     assert_eq!(limit, 1, "the outbox has room for one more");
-    reply(
+    reply_page(
         &mut d,
         page,
         &page_of(&[("msg_dead1", "sub_a", b"{}")], true),
@@ -544,7 +556,7 @@ fn fleet_mode_reads_claimed_messages_only_as_far_as_the_outbox_has_room() {
     d.on_tick();
     let (page, limit, from) = claimed_page(&d).expect("room again");
     assert_eq!((limit, from.as_str()), (1, "/pw/msg/d/msg_dead1\0"));
-    reply(
+    reply_page(
         &mut d,
         page,
         &page_of(&[("msg_dead2", "sub_a", b"{}")], false),
@@ -565,7 +577,7 @@ fn fleet_mode_leaves_a_claimed_message_that_does_not_fit_in_etcd_and_reads_it_ag
         ("msg_dead1", "sub_a", &big[..]),
         ("msg_dead2", "sub_a", &big[..]),
     ];
-    reply(&mut d, page, &page_of(&two, false));
+    reply_page(&mut d, page, &page_of(&two, false));
     assert_eq!(sent(&d).len(), 1, "only one fits the byte bound");
     let first = sent(&d)[0].token;
     answer(&mut d, first, 204, &[]);
@@ -573,7 +585,7 @@ fn fleet_mode_leaves_a_claimed_message_that_does_not_fit_in_etcd_and_reads_it_ag
     d.on_tick();
     let (page, _, from) = claimed_page(&d).expect("read again from the start");
     assert_eq!(from, "/pw/msg/d/");
-    reply(&mut d, page, &page_of(&two[1..], false));
+    reply_page(&mut d, page, &page_of(&two[1..], false));
     assert_eq!(d.host().metric(Metric::EventsDropped), 0);
     let ids: Vec<_> = sent(&d).iter().map(|s| s.header("webhook-id")).collect();
     assert_eq!(ids, [Some("msg_dead1"), Some("msg_dead2")]);
@@ -724,4 +736,36 @@ fn fleet_mode_writes_a_delivery_log_etcd_did_not_take_again() {
     let again = log_writes(&d);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0].1, ["/pw/log/sub_a/n1"]);
+}
+
+#[test]
+fn fleet_mode_a_claimed_message_goes_on_from_the_attempts_any_replica_logged() {
+    let mut d = synced();
+    claim_dead_lease(&mut d, 7);
+    let (page, _, _) = claimed_page(&d).unwrap();
+    reply(
+        &mut d,
+        page,
+        &page_of(&[("msg_dead1", "sub_a", b"{}")], false),
+    );
+    assert!(sent(&d).is_empty(), "held until its attempts are read");
+    let (read, request) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| r.body.contains("request_range"))
+        .expect("the read of its subscription's logs");
+    assert_eq!(txn_keys(&request), ["/pw/log/sub_a/"]);
+    let logged = json!([{"webhook_id": "msg_dead1", "event_type": "order.created", "attempt": 3,
+        "timestamp": "2026-11-18T08:00:00.000Z", "duration_ms": 1, "state": "retrying"}]);
+    let kv = json!({"key": b64(b"/pw/log/sub_a/n2"), "value": b64(logged.to_string().as_bytes())});
+    let found = json!({"header": {"revision": "8"}, "succeeded": true,
+        "responses": [{"response_range": {"header": {"revision": "8"}, "kvs": [kv]}}]});
+    reply(&mut d, read, &found.to_string());
+    assert_eq!(sent(&d)[0].header("webhook-id"), Some("msg_dead1"));
+    answer_last(&mut d, 503, &[]);
+    d.on_tick();
+    let log = crate::registry::attempts::read(&d.host().store, "sub_a");
+    assert_eq!(
+        (log[0].webhook_id.as_str(), log[0].attempt),
+        ("msg_dead1", 4)
+    );
 }

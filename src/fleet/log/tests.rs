@@ -149,3 +149,39 @@ fn a_write_takes_no_more_than_one_txn_holds() {
     )];
     assert_eq!(writes(&keys, "n", &huge).1, 1, "one alone always goes");
 }
+
+#[test]
+fn the_attempts_made_are_the_highest_any_replica_logged() {
+    let keys = Keys::new("/pw");
+    let request = lookup_many(&keys, ["s1", "s2"]);
+    let range = |key: &[u8]| Op::Range {
+        key: key.to_vec(),
+        prefix: true,
+        limit: MAX_NODES,
+    };
+    assert_eq!(
+        request,
+        etcd::txn(&[], &[range(b"/pw/log/s1/"), range(b"/pw/log/s2/")], &[])
+    );
+    let on_b = serde_json::to_vec(&[attempt("msg_1", 3, NOW), attempt("msg_2", 1, NOW)]).unwrap();
+    let on_c = serde_json::to_vec(&[attempt("msg_1", 2, NOW)]).unwrap();
+    let ranges = |values: &[&Vec<u8>]| {
+        let kvs: Vec<Value> = values
+            .iter()
+            .map(|v| json!({"key": STANDARD.encode("/pw/log/s1/n"), "value": STANDARD.encode(v)}))
+            .collect();
+        json!({"response_range": {"header": {"revision": "9"}, "kvs": kvs}})
+    };
+    let body = json!({"header": {"revision": "9"}, "succeeded": true,
+                      "responses": [ranges(&[&on_b, &b"junk".to_vec()]), ranges(&[&on_c])]});
+    let made = attempts_made(Some("200"), body.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        (made.get("msg_1"), made.get("msg_2"), made.len()),
+        (Some(&3), Some(&1), 2)
+    );
+    assert_eq!(
+        attempts_made(Some("500"), b"").unwrap_err(),
+        "answered HTTP 500"
+    );
+    assert!(attempts_made(Some("200"), b"{").is_err());
+}
