@@ -220,14 +220,14 @@ impl<H: StreamHost> Filter<H> {
         log::warn!(
             "proxy-webhooks: a subscription write was refused, etcd did not confirm it: {reason}"
         );
-        self.send(api::etcd_unavailable(reason));
+        self.send(api::etcd_unavailable());
     }
 
     /// Answers a retry whose kept copy etcd could not be asked for: 503, counted and logged.
     fn lookup_unavailable(&self, reason: &str) {
         self.host.add_metric(Metric::FleetEtcdErrors, 1);
         log::warn!("proxy-webhooks: a retry could not read its message from etcd: {reason}");
-        self.send(api::lookup_unavailable(reason));
+        self.send(api::lookup_unavailable());
     }
 
     /// Sends a local reply for an API call.
