@@ -1,8 +1,8 @@
 //! Fleet mode (docs/fleet.md): several replicas share their subscriptions and a durable outbox
 //! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
 //! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), the durable outbox
-//! ([`journal`], [`stored`], [`dead`]). The roles send the requests through their host
-//! interface and feed the answers back.
+//! ([`journal`], [`stored`], [`dead`]), what is sealed there ([`vault`]). The roles send the
+//! requests through their host interface and feed the answers back.
 //!
 //! May use: `model`, `support`.
 
@@ -13,3 +13,4 @@ pub mod journal;
 pub mod keys;
 pub mod stored;
 pub mod sync;
+pub mod vault;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::dead;
 use crate::fleet::keys::Keys;
+use crate::fleet::vault::Vault;
 use crate::model::audience::{self, Audience, Facts};
 use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::model::identity::OwnedCredentials;
@@ -52,6 +53,8 @@ pub struct Filter<H> {
     needs_requester: bool,
     /// Fleet mode: where the API's writes go in etcd.
     keys: Option<Keys>,
+    /// Fleet mode: how secrets and messages are sealed there.
+    vault: Vault,
 }
 
 /// Times an API write is handled again because etcd had a newer record than the cache.
@@ -72,6 +75,9 @@ impl<H: StreamHost> Filter<H> {
             audience_headers,
             needs_requester,
             keys: config.fleet.as_ref().map(|f| Keys::new(&f.prefix)),
+            vault: config.fleet.as_ref().map_or_else(Vault::default, |f| {
+                Vault::new(f.keyring.clone(), f.encrypt_payloads)
+            }),
             config,
             host,
             dropped: Cell::new(0),
@@ -438,7 +444,9 @@ impl<H: StreamHost> Stream<H> {
     fn on_kept_answer(&mut self, call: &ApiCall, body_size: usize) {
         let filter = &*self.filter;
         let (status, body) = filter.host.etcd_answer(body_size);
-        match dead::read(status.as_deref(), &body) {
+        let keys = filter.keys.as_ref();
+        let read = keys.map(|keys| dead::read(keys, &filter.vault, status.as_deref(), &body));
+        match read.unwrap_or_else(|| Err("fleet mode is not configured".into())) {
             Ok(kept) => filter.send(filter.retry_kept(&call.request(&[]), kept.as_deref())),
             Err(reason) => filter.lookup_unavailable(&reason),
         }
@@ -545,7 +553,8 @@ impl<H: StreamHost> Stream<H> {
         let Some(keys) = &filter.keys else {
             return filter.etcd_unavailable("fleet mode is not configured");
         };
-        let (commit, request) = Commit::start(*write, keys);
+        let mut rng = HostRandom(&filter.host);
+        let (commit, request) = Commit::start(*write, keys, &filter.vault, &mut rng);
         if !filter.call_etcd(&request) {
             return filter.etcd_unavailable("the call could not be started");
         }

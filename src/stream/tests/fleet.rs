@@ -579,3 +579,27 @@ fn an_etcd_answer_after_the_stream_ended_sends_and_queues_nothing() {
     assert_eq!(replies(&f), 0);
     assert!(host(&f).queue.borrow().is_empty());
 }
+
+/// A record etcd holds sealed with a key this replica lacks is kept sealed in the cache: every
+/// call on it answers 503, never a secret or a signature from something wrong.
+#[test]
+fn a_subscription_whose_secret_cannot_be_read_answers_503() {
+    let f = fleet_filter();
+    let mut sub = synced(&f, 2);
+    sub.secrets[0].secret = "pws1.0123456789abcdef.AAAA".into();
+    registry(&f).apply_synced(&sub).unwrap();
+    for (method, path, body) in [
+        ("GET", sub_path(), ""),
+        ("PATCH", sub_path(), r#"{"description":"x"}"#),
+        ("POST", format!("{}/rotate-secret", sub_path()), ""),
+        ("DELETE", sub_path(), ""),
+    ] {
+        let _s = call(&f, method, &path, body);
+        let (status, body, headers) = reply(&f);
+        assert_eq!(status, 503, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert!(!body.to_string().contains("0123456789abcdef"), "{body}");
+        assert!(headers.contains(&("retry-after".into(), "1".into())));
+    }
+    assert!(host(&f).etcd_sent.borrow().is_empty(), "nothing written");
+}
