@@ -62,26 +62,6 @@ pub struct FleetConfig {
     pub keyring: Option<Keyring>,
     /// `fleet.encrypt_payloads`: pending and kept messages are sealed too. Default false.
     pub encrypt_payloads: bool,
-    /// `fleet.username` and `fleet.password`: etcd's own authentication. None: none.
-    pub auth: Option<EtcdAuth>,
-}
-
-/// An etcd user (`fleet.username`, `fleet.password`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct EtcdAuth {
-    pub username: String,
-    pub password: String,
-}
-
-/// The password never reaches a log through `{:?}`.
-impl fmt::Debug for EtcdAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "EtcdAuth {{ username: {:?}, password: (hidden) }}",
-            self.username
-        )
-    }
 }
 
 impl FleetConfig {
@@ -332,8 +312,6 @@ const FLEET_FIELDS: &[&str] = &[
     "encryption_key",
     "previous_encryption_keys",
     "encrypt_payloads",
-    "username",
-    "password",
 ];
 const EVENT_FIELDS: &[&str] = &[
     "type",
@@ -384,7 +362,7 @@ const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 /// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
 /// test holds docs/configuration.md to exactly these fields.
 #[cfg(test)]
-pub(crate) const FIELD_TABLES: [(&str, &[&str]); 14] = [
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 13] = [
     ("", TOP_FIELDS),
     ("events[]", EVENT_FIELDS),
     ("events[].audience", AUDIENCE_FIELDS),
@@ -398,7 +376,6 @@ pub(crate) const FIELD_TABLES: [(&str, &[&str]); 14] = [
     ("subscriptions[].secret", secrets::ENV_FIELDS),
     ("fleet.encryption_key", secrets::ENV_FIELDS),
     ("fleet.previous_encryption_keys[]", secrets::ENV_FIELDS),
-    ("fleet.password", secrets::ENV_FIELDS),
 ];
 
 /// Out of line: inlined, each of the many error paths would carry its own copy.
@@ -623,7 +600,6 @@ fn parse_fleet(value: &Value, env: Env<'_>) -> Result<FleetConfig, ConfigError> 
         lease_ttl_ms,
         keyring,
         encrypt_payloads,
-        auth: parse_etcd_auth(&o, env)?,
     })
 }
 
@@ -655,25 +631,6 @@ fn parse_keyring(o: &Obj<'_>, env: Env<'_>) -> Result<(Option<Keyring>, bool), C
         None if !previous.is_empty() => Err(needs_key("previous_encryption_keys")),
         None if payloads => Err(needs_key("encrypt_payloads")),
         None => Ok((None, false)),
-    }
-}
-
-/// `fleet.username` and `fleet.password`: both or neither.
-fn parse_etcd_auth(o: &Obj<'_>, env: Env<'_>) -> Result<Option<EtcdAuth>, ConfigError> {
-    let username = o.str("username")?;
-    let password = o
-        .get("password")
-        .map(|v| secrets::secret(&o.field("password"), v, env))
-        .transpose()?;
-    match (username, password) {
-        (Some(""), _) => Err(err(o.field("username"), "must not be empty")),
-        (Some(username), Some(password)) => Ok(Some(EtcdAuth {
-            username: username.to_string(),
-            password,
-        })),
-        (Some(_), None) => Err(err(o.field("password"), "is required with fleet.username")),
-        (None, Some(_)) => Err(err(o.field("username"), "is required with fleet.password")),
-        (None, None) => Ok(None),
     }
 }
 

@@ -124,7 +124,7 @@ fn with_env(json: &str) -> Result<Config, ConfigError> {
     let env = |name: &str| match name {
         "WH_KEY" => Some(KEY_2.to_string()),
         "WH_OLD_KEY" => Some(KEY_1.to_string()),
-        "WH_PASSWORD" => Some("s3cret".to_string()),
+        "WH_TEXT" => Some("s3cret".to_string()),
         "WH_SECRET" => Some(SECRET.to_string()),
         _ => None,
     };
@@ -136,39 +136,28 @@ fn key(b: u8) -> crate::support::sealing::Key {
 }
 
 #[test]
-fn fleet_encryption_and_etcd_user_from_values_or_the_environment() {
+fn fleet_encryption_keys_from_values_or_the_environment() {
     let inline = with_env(&format!(
         r#"{{"fleet": {{"cluster": "e", "encryption_key": "{KEY_2}",
-             "previous_encryption_keys": ["{KEY_1}"], "encrypt_payloads": true,
-             "username": "pw", "password": "s3cret"}}}}"#
+             "previous_encryption_keys": ["{KEY_1}"], "encrypt_payloads": true}}}}"#
     ))
     .unwrap();
     let from_env = with_env(
         r#"{"fleet": {"cluster": "e", "encryption_key": {"env": "WH_KEY"},
-             "previous_encryption_keys": [{"env": "WH_OLD_KEY"}], "encrypt_payloads": true,
-             "username": "pw", "password": {"env": "WH_PASSWORD"}}}"#,
+             "previous_encryption_keys": [{"env": "WH_OLD_KEY"}], "encrypt_payloads": true}}"#,
     )
     .unwrap();
     assert_eq!(inline, from_env);
     let f = from_env.fleet.unwrap();
     assert_eq!(f.keyring, Some(Keyring::new(key(2), vec![key(1)])));
     assert!(f.encrypt_payloads);
-    let auth = f.auth.unwrap();
-    assert_eq!(
-        (auth.username.as_str(), auth.password.as_str()),
-        ("pw", "s3cret")
-    );
-    assert!(!format!("{auth:?}").contains("s3cret"), "{auth:?}");
     assert!(!format!("{:?}", f.keyring).contains(KEY_2));
 
     let plain = parse_str(r#"{"fleet": {"cluster": "e"}}"#)
         .unwrap()
         .fleet
         .unwrap();
-    assert_eq!(
-        (plain.keyring, plain.encrypt_payloads, plain.auth),
-        (None, false, None)
-    );
+    assert_eq!((plain.keyring, plain.encrypt_payloads), (None, false));
     // Unpadded base64 is a key too.
     let unpadded = KEY_1.trim_end_matches('=');
     let c = with_env(&format!(
@@ -187,12 +176,12 @@ fn a_static_subscriptions_secret_may_come_from_the_environment() {
 }
 
 #[test]
-fn bad_secrets_keys_and_users_are_named() {
+fn bad_secrets_and_keys_are_named() {
     let fleet = |fields: &str| format!(r#"{{"fleet": {{"cluster": "e", {fields}}}}}"#);
     let cases = [
         (
-            fleet(r#""password": {"env": "NOPE"}, "username": "u""#),
-            r#"fleet.password: the environment variable "NOPE" is not set in the Wasm VM (give it in vm_config.environment_variables)"#,
+            fleet(r#""encryption_key": {"env": "NOPE"}"#),
+            r#"fleet.encryption_key: the environment variable "NOPE" is not set in the Wasm VM (give it in vm_config.environment_variables)"#,
         ),
         (
             fleet(r#""encryption_key": {"env": "NOPE"}"#),
@@ -227,7 +216,7 @@ fn bad_secrets_keys_and_users_are_named() {
             "fleet.encryption_key: must be the base64 of 32 bytes (make one with `openssl rand -base64 32`)",
         ),
         (
-            fleet(r#""encryption_key": {"env": "WH_PASSWORD"}"#),
+            fleet(r#""encryption_key": {"env": "WH_TEXT"}"#),
             "fleet.encryption_key: must be the base64 of 32 bytes",
         ),
         (
@@ -250,15 +239,12 @@ fn bad_secrets_keys_and_users_are_named() {
             fleet(&format!(r#""encryption_key": "{KEY_1}", "encrypt_payloads": "yes""#)),
             "fleet.encrypt_payloads: must be a boolean",
         ),
-        (fleet(r#""username": "u""#), "fleet.password: is required with fleet.username"),
-        (fleet(r#""password": "p""#), "fleet.username: is required with fleet.password"),
-        (fleet(r#""username": "", "password": "p""#), "fleet.username: must not be empty"),
         (
             sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "NOPE"}"#),
             r#"subscriptions[0].secret: the environment variable "NOPE" is not set"#,
         ),
         (
-            sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "WH_PASSWORD"}"#),
+            sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "WH_TEXT"}"#),
             "subscriptions[0].secret: secret must be whsec_ followed by base64",
         ),
     ];
