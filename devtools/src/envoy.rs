@@ -67,6 +67,9 @@ pub struct EnvoyConfig {
     /// their `resolved_address_filter` refuses every other address. Default true; see
     /// [`EnvoyConfig::shipped_egress`].
     pub loopback_egress: bool,
+    /// Environment variables of the Envoy process handed to both plugin VMs
+    /// (`vm_config.environment_variables.host_env_keys`), as an operator gives secrets.
+    pub vm_env: Vec<(String, String)>,
 }
 
 impl EnvoyConfig {
@@ -88,6 +91,7 @@ impl EnvoyConfig {
             base_config: root.join("envoy.yaml"),
             trusted_ca: None,
             loopback_egress: true,
+            vm_env: Vec::new(),
         }
     }
 
@@ -111,6 +115,14 @@ impl EnvoyConfig {
 
     pub fn with_cluster(mut self, cluster: Value) -> EnvoyConfig {
         self.extra_clusters.push(cluster);
+        self
+    }
+
+    /// Sets `name` to `value` in Envoy's environment and lists it in both plugin VMs'
+    /// `environment_variables.host_env_keys` (replacing an earlier value of the same name).
+    pub fn with_vm_env(mut self, name: &str, value: &str) -> EnvoyConfig {
+        self.vm_env.retain(|(n, _)| n != name);
+        self.vm_env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -150,7 +162,8 @@ impl EnvoyConfig {
         if self.plain {
             remove_plugin(&mut root)?;
         } else {
-            set_plugin(&mut root, &self.wasm_path, &self.plugin_config)?;
+            let env_keys: Vec<&str> = self.vm_env.iter().map(|(k, _)| k.as_str()).collect();
+            set_plugin(&mut root, &self.wasm_path, &self.plugin_config, &env_keys)?;
         }
         if let Some(pem) = &self.trusted_ca {
             set_trusted_ca(&mut root, pem)?;
@@ -241,10 +254,14 @@ fn allow_loopback_egress(root: &mut Value) -> Result<()> {
 }
 
 /// Points both plugin instances at `wasm` with `configuration`; fails unless both were found.
-fn set_plugin(root: &mut Value, wasm: &Path, configuration: &str) -> Result<()> {
+/// `env_keys`: Envoy's environment variables both VMs get (none: `vm_config` as it is).
+fn set_plugin(root: &mut Value, wasm: &Path, configuration: &str, env_keys: &[&str]) -> Result<()> {
     let mut found = 0;
     let mut apply = |config: &mut Value| {
         config["vm_config"]["code"]["local"]["filename"] = json!(wasm.display().to_string());
+        if !env_keys.is_empty() {
+            config["vm_config"]["environment_variables"] = json!({"host_env_keys": env_keys});
+        }
         config["configuration"] = json!({
             "@type": "type.googleapis.com/google.protobuf.StringValue",
             "value": configuration,
@@ -477,6 +494,7 @@ impl Envoy {
             .args(["--log-level", &cfg.log_level])
             // No shared memory for hot restart: parallel instances need no distinct base ids.
             .arg("--disable-hot-restart")
+            .envs(cfg.vm_env.iter().map(|(k, v)| (k, v)))
             .arg("--admin-address-path")
             .arg(dir.path().join("admin-address"))
             .stdin(Stdio::null())

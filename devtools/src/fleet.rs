@@ -164,6 +164,13 @@ impl Fleet {
         Ok(())
     }
 
+    /// Changes the configuration replica `i` runs when next started (e.g. a rotated key).
+    pub fn reconfigure(&mut self, i: usize, change: impl FnOnce(EnvoyConfig) -> EnvoyConfig) {
+        if let Some(config) = self.configs.get_mut(i) {
+            *config = change(config.clone());
+        }
+    }
+
     /// Stops replica `i` (`how`) and starts it again with the same node id.
     pub async fn restart(&mut self, i: usize, how: Stop) -> Result<()> {
         self.stop(i, how).await?;

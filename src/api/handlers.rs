@@ -4,13 +4,14 @@ use super::auth::Caller;
 use super::fields::{missing, parse_fields, parse_page, Fields};
 use super::responses::{
     base_headers, error, invalid_field, json_response, no_randomness, registry_error,
-    static_subscription, subscription_not_found, view, SubscriptionView,
+    secret_unreadable, static_subscription, subscription_not_found, view, SubscriptionView,
 };
 use super::{
     Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
 };
 use crate::config::Config;
 use crate::fleet::commit::Write;
+use crate::fleet::vault::is_sealed_secret;
 use crate::model::event;
 use crate::model::queue::QueueMessage;
 use crate::model::signing::Secret;
@@ -120,11 +121,18 @@ pub(super) fn owned<S: KvStore>(
     caller: Caller<'_>,
     id: &str,
 ) -> Result<Subscription, Response> {
-    cx.registry
+    let sub = cx
+        .registry
         .get(id)
         .map(|(sub, _)| sub)
         .filter(|sub| caller.owns(sub))
-        .ok_or_else(subscription_not_found)
+        .ok_or_else(subscription_not_found)?;
+    // Fleet mode: a record whose secrets no configured key opened is kept sealed; nothing is
+    // answered from it rather than something wrong.
+    if sub.secrets.iter().any(|s| is_sealed_secret(&s.secret)) {
+        return Err(secret_unreadable());
+    }
+    Ok(sub)
 }
 
 /// The caller's subscription that the API may change (not static).

@@ -144,20 +144,21 @@ pub fn not_found() -> Response {
     subscription_not_found()
 }
 
-/// 503 for a write etcd did not confirm (nothing was written); `reason` says why.
-pub fn etcd_unavailable(reason: &str) -> Response {
-    let message = format!("etcd did not confirm the write, nothing was changed: {reason}");
+/// 503 for a write etcd did not confirm (nothing was written). A fixed text: etcd's own
+/// (key names, the prefix) goes to the log, never to the API's callers.
+pub fn etcd_unavailable() -> Response {
+    let message =
+        "the subscription store did not confirm the write, nothing was changed; try again";
     let mut response = error(503, "unavailable", message);
     response.headers.push(("retry-after", "1".to_string()));
     response
 }
 
 /// 503 for a retry of a message this replica does not know whose kept copy etcd could not be
-/// asked for; `reason` says why.
-pub fn lookup_unavailable(reason: &str) -> Response {
-    let message = format!(
-        "the message is not in this replica's logs and etcd could not be asked for it: {reason}"
-    );
+/// asked for. A fixed text, as [`etcd_unavailable`]'s.
+pub fn lookup_unavailable() -> Response {
+    let message =
+        "the message is not in this replica's logs and its kept copy could not be read; try again";
     let mut response = error(503, "unavailable", message);
     response.headers.push(("retry-after", "1".to_string()));
     response

@@ -53,6 +53,18 @@ pub(super) fn no_randomness(_: RandomUnavailable) -> Response {
     response
 }
 
+/// 503 for a subscription whose signing secrets this replica cannot read (fleet mode: sealed
+/// with a key it is not configured with). Nothing about the key goes to the caller.
+pub(super) fn secret_unreadable() -> Response {
+    let mut response = error(
+        503,
+        "unavailable",
+        "this subscription cannot be used on this replica right now; try again later",
+    );
+    response.headers.push(("retry-after", "1".to_string()));
+    response
+}
+
 pub(super) fn method_not_allowed(allow: &'static str) -> Response {
     let mut response = error(
         405,

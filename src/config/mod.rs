@@ -16,7 +16,9 @@ use crate::model::signing::Secret;
 use crate::model::subscription::{
     self, FilterError, StaticSubscription, MAX_EVENTS, RESERVED_TYPE_PREFIX, TEST_EVENT_TYPE,
 };
+pub use crate::support::sealing::Keyring;
 use crate::support::url::{check_destination, Policy};
+use secrets::Env;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -55,6 +57,11 @@ pub struct FleetConfig {
     /// `fleet.lease_ttl`: how long a dead replica's messages wait before another claims them,
     /// default 10 s, at least 2 s (etcd's minimum lease).
     pub lease_ttl_ms: u64,
+    /// `fleet.encryption_key` and `fleet.previous_encryption_keys`: signing secrets (and, with
+    /// `encrypt_payloads`, messages) are sealed in etcd. None: kept as they are.
+    pub keyring: Option<Keyring>,
+    /// `fleet.encrypt_payloads`: pending and kept messages are sealed too. Default false.
+    pub encrypt_payloads: bool,
 }
 
 impl FleetConfig {
@@ -245,7 +252,13 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
 
 /// Parses and validates the plugin configuration. Empty or whitespace-only input gives the
 /// defaults. A JSON `null` field counts as absent, so templated YAML can leave values empty.
+/// Secrets given as `{"env": "NAME"}` are read from the VM's environment.
 pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
+    parse_with_env(json, &secrets::process_env)
+}
+
+/// [`parse`] with environment variables looked up in `env`.
+pub fn parse_with_env(json: &[u8], env: Env<'_>) -> Result<Config, ConfigError> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Ok(Config::default());
     }
@@ -264,8 +277,11 @@ pub fn parse(json: &[u8]) -> Result<Config, ConfigError> {
         None => (events.is_empty(), Vec::new()),
     };
     let api = parse_api(top.get("api"))?;
-    let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy())?;
-    let fleet = top.get("fleet").map(parse_fleet).transpose()?;
+    let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy(), env)?;
+    let fleet = top
+        .get("fleet")
+        .map(|fleet| parse_fleet(fleet, env))
+        .transpose()?;
     Ok(Config {
         events,
         infer_events,
@@ -287,7 +303,16 @@ const TOP_FIELDS: &[&str] = &[
     "delivery",
     "fleet",
 ];
-const FLEET_FIELDS: &[&str] = &["cluster", "prefix", "node_id", "sync_interval", "lease_ttl"];
+const FLEET_FIELDS: &[&str] = &[
+    "cluster",
+    "prefix",
+    "node_id",
+    "sync_interval",
+    "lease_ttl",
+    "encryption_key",
+    "previous_encryption_keys",
+    "encrypt_payloads",
+];
 const EVENT_FIELDS: &[&str] = &[
     "type",
     "method",
@@ -337,7 +362,7 @@ const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 /// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
 /// test holds docs/configuration.md to exactly these fields.
 #[cfg(test)]
-pub(crate) const FIELD_TABLES: [(&str, &[&str]); 10] = [
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 13] = [
     ("", TOP_FIELDS),
     ("events[]", EVENT_FIELDS),
     ("events[].audience", AUDIENCE_FIELDS),
@@ -348,6 +373,9 @@ pub(crate) const FIELD_TABLES: [(&str, &[&str]); 10] = [
     ("delivery", DELIVERY_FIELDS),
     ("delivery.clusters", CLUSTER_FIELDS),
     ("fleet", FLEET_FIELDS),
+    ("subscriptions[].secret", secrets::ENV_FIELDS),
+    ("fleet.encryption_key", secrets::ENV_FIELDS),
+    ("fleet.previous_encryption_keys[]", secrets::ENV_FIELDS),
 ];
 
 /// Out of line: inlined, each of the many error paths would carry its own copy.
@@ -525,7 +553,7 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
     Ok(d)
 }
 
-fn parse_fleet(value: &Value) -> Result<FleetConfig, ConfigError> {
+fn parse_fleet(value: &Value, env: Env<'_>) -> Result<FleetConfig, ConfigError> {
     let o = Obj::new("fleet", value, FLEET_FIELDS)?;
     let cluster = o.required_str("cluster")?;
     if cluster.is_empty() {
@@ -563,13 +591,47 @@ fn parse_fleet(value: &Value) -> Result<FleetConfig, ConfigError> {
             "must be between 10ms and 60s",
         ));
     }
+    let (keyring, encrypt_payloads) = parse_keyring(&o, env)?;
     Ok(FleetConfig {
         cluster: cluster.to_string(),
         prefix: prefix.to_string(),
         node_id,
         sync_interval_ms,
         lease_ttl_ms,
+        keyring,
+        encrypt_payloads,
     })
+}
+
+/// `fleet.encryption_key`, `previous_encryption_keys` and `encrypt_payloads`.
+fn parse_keyring(o: &Obj<'_>, env: Env<'_>) -> Result<(Option<Keyring>, bool), ConfigError> {
+    let current = o
+        .get("encryption_key")
+        .map(|v| secrets::encryption_key(&o.field("encryption_key"), v, env))
+        .transpose()?;
+    let mut previous = Vec::new();
+    let field = o.field("previous_encryption_keys");
+    for (i, v) in o
+        .array("previous_encryption_keys")?
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        previous.push(secrets::encryption_key(&item(&field, i), v, env)?);
+    }
+    let payloads = o.bool("encrypt_payloads")?.unwrap_or(false);
+    let needs_key = |name: &str| {
+        err(
+            o.field(name),
+            "needs fleet.encryption_key (the key new values are sealed with)",
+        )
+    };
+    match current {
+        Some(current) => Ok((Some(Keyring::new(current, previous)), payloads)),
+        None if !previous.is_empty() => Err(needs_key("previous_encryption_keys")),
+        None if payloads => Err(needs_key("encrypt_payloads")),
+        None => Ok((None, false)),
+    }
 }
 
 fn parse_schedule(field: &str, list: &[Value]) -> Result<Vec<u64>, ConfigError> {
@@ -947,6 +1009,7 @@ fn hex_value(b: u8) -> Option<u8> {
 fn parse_subscriptions(
     value: Option<&Value>,
     policy: Policy,
+    env: Env<'_>,
 ) -> Result<Vec<StaticSubscription>, ConfigError> {
     let Some(value) = value else {
         return Ok(Vec::new());
@@ -955,7 +1018,7 @@ fn parse_subscriptions(
     let mut subs: Vec<StaticSubscription> = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let path = item("subscriptions", i);
-        let sub = parse_subscription(&path, v, policy)?;
+        let sub = parse_subscription(&path, v, policy, env)?;
         if subs.iter().any(|s| s.id == sub.id) {
             return Err(err(join(&path, "id"), format!("duplicate id {:?}", sub.id)));
         }
@@ -968,6 +1031,7 @@ fn parse_subscription(
     path: &str,
     value: &Value,
     policy: Policy,
+    env: Env<'_>,
 ) -> Result<StaticSubscription, ConfigError> {
     let o = Obj::new(path, value, SUBSCRIPTION_FIELDS)?;
     let id = parse_subscription_id(&o.field("id"), o.required_str("id")?)?;
@@ -975,8 +1039,8 @@ fn parse_subscription(
     let url = o.required_str("url")?;
     check_destination(url, policy).map_err(|e| err(o.field("url"), e.message))?;
     let events = parse_filters(&o.field("events"), o.required("events")?)?;
-    let secret = o.required_str("secret")?;
-    Secret::parse_chosen(secret).map_err(|problem| err(o.field("secret"), problem))?;
+    let secret = secrets::secret(&o.field("secret"), o.required("secret")?, env)?;
+    Secret::parse_chosen(&secret).map_err(|problem| err(o.field("secret"), problem))?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
     subscription::check_description(description)
@@ -986,7 +1050,7 @@ fn parse_subscription(
         consumer,
         url: url.to_string(),
         events,
-        secret: secret.to_string(),
+        secret,
         description: description.to_string(),
         privileged,
     })
@@ -1024,5 +1088,6 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
     })
 }
 
+pub mod secrets;
 #[cfg(test)]
 mod tests;

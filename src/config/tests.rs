@@ -116,6 +116,144 @@ fn bad_fleet_fields_are_named() {
     }
 }
 
+/// Two keys (base64 of 32 bytes of 1s and of 2s) and a table of environment variables.
+const KEY_1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const KEY_2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+fn with_env(json: &str) -> Result<Config, ConfigError> {
+    let env = |name: &str| match name {
+        "WH_KEY" => Some(KEY_2.to_string()),
+        "WH_OLD_KEY" => Some(KEY_1.to_string()),
+        "WH_TEXT" => Some("s3cret".to_string()),
+        "WH_SECRET" => Some(SECRET.to_string()),
+        _ => None,
+    };
+    parse_with_env(json.as_bytes(), &env)
+}
+
+fn key(b: u8) -> crate::support::sealing::Key {
+    crate::support::sealing::Key::new(&[b; 32])
+}
+
+#[test]
+fn fleet_encryption_keys_from_values_or_the_environment() {
+    let inline = with_env(&format!(
+        r#"{{"fleet": {{"cluster": "e", "encryption_key": "{KEY_2}",
+             "previous_encryption_keys": ["{KEY_1}"], "encrypt_payloads": true}}}}"#
+    ))
+    .unwrap();
+    let from_env = with_env(
+        r#"{"fleet": {"cluster": "e", "encryption_key": {"env": "WH_KEY"},
+             "previous_encryption_keys": [{"env": "WH_OLD_KEY"}], "encrypt_payloads": true}}"#,
+    )
+    .unwrap();
+    assert_eq!(inline, from_env);
+    let f = from_env.fleet.unwrap();
+    assert_eq!(f.keyring, Some(Keyring::new(key(2), vec![key(1)])));
+    assert!(f.encrypt_payloads);
+    assert!(!format!("{:?}", f.keyring).contains(KEY_2));
+
+    let plain = parse_str(r#"{"fleet": {"cluster": "e"}}"#)
+        .unwrap()
+        .fleet
+        .unwrap();
+    assert_eq!((plain.keyring, plain.encrypt_payloads), (None, false));
+    // Unpadded base64 is a key too.
+    let unpadded = KEY_1.trim_end_matches('=');
+    let c = with_env(&format!(
+        r#"{{"fleet": {{"cluster": "e", "encryption_key": "{unpadded}"}}}}"#
+    ));
+    assert_eq!(
+        c.unwrap().fleet.unwrap().keyring,
+        Some(Keyring::new(key(1), vec![]))
+    );
+}
+
+#[test]
+fn a_static_subscriptions_secret_may_come_from_the_environment() {
+    let c = with_env(&sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "WH_SECRET"}"#));
+    assert_eq!(c.unwrap().subscriptions[0].secret, SECRET);
+}
+
+#[test]
+fn bad_secrets_and_keys_are_named() {
+    let fleet = |fields: &str| format!(r#"{{"fleet": {{"cluster": "e", {fields}}}}}"#);
+    let cases = [
+        (
+            fleet(r#""encryption_key": {"env": "NOPE"}"#),
+            r#"fleet.encryption_key: the environment variable "NOPE" is not set in the Wasm VM (give it in vm_config.environment_variables)"#,
+        ),
+        (
+            fleet(r#""encryption_key": {"env": "NOPE"}"#),
+            r#"fleet.encryption_key: the environment variable "NOPE" is not set"#,
+        ),
+        (
+            fleet(r#""encryption_key": {"env": ""}"#),
+            "fleet.encryption_key.env: must name an environment variable",
+        ),
+        (
+            fleet(r#""encryption_key": {"env": "A=B"}"#),
+            "fleet.encryption_key.env: must name an environment variable",
+        ),
+        (
+            fleet(r#""encryption_key": {"env": 5}"#),
+            "fleet.encryption_key.env: must be a string",
+        ),
+        (
+            fleet(r#""encryption_key": {}"#),
+            "fleet.encryption_key.env: is required",
+        ),
+        (
+            fleet(r#""encryption_key": {"env": "WH_KEY", "file": "x"}"#),
+            "fleet.encryption_key.file: unknown field",
+        ),
+        (
+            fleet(r#""encryption_key": 5"#),
+            r#"fleet.encryption_key: must be a string or {"env": "NAME"}"#,
+        ),
+        (
+            fleet(r#""encryption_key": "c2hvcnQ=""#),
+            "fleet.encryption_key: must be the base64 of 32 bytes (make one with `openssl rand -base64 32`)",
+        ),
+        (
+            fleet(r#""encryption_key": {"env": "WH_TEXT"}"#),
+            "fleet.encryption_key: must be the base64 of 32 bytes",
+        ),
+        (
+            fleet(&format!(r#""encryption_key": "{KEY_1}", "previous_encryption_keys": ["{KEY_2}", "x"]"#)),
+            "fleet.previous_encryption_keys[1]: must be the base64 of 32 bytes",
+        ),
+        (
+            fleet(&format!(r#""encryption_key": "{KEY_1}", "previous_encryption_keys": "{KEY_2}""#)),
+            "fleet.previous_encryption_keys: must be an array",
+        ),
+        (
+            fleet(&format!(r#""previous_encryption_keys": ["{KEY_2}"]"#)),
+            "fleet.previous_encryption_keys: needs fleet.encryption_key",
+        ),
+        (
+            fleet(r#""encrypt_payloads": true"#),
+            "fleet.encrypt_payloads: needs fleet.encryption_key",
+        ),
+        (
+            fleet(&format!(r#""encryption_key": "{KEY_1}", "encrypt_payloads": "yes""#)),
+            "fleet.encrypt_payloads: must be a boolean",
+        ),
+        (
+            sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "NOPE"}"#),
+            r#"subscriptions[0].secret: the environment variable "NOPE" is not set"#,
+        ),
+        (
+            sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "WH_TEXT"}"#),
+            "subscriptions[0].secret: secret must be whsec_ followed by base64",
+        ),
+    ];
+    for (json, want) in cases {
+        let got = with_env(&json).unwrap_err().to_string();
+        assert!(got.starts_with(want), "{json}: {got}");
+    }
+}
+
 #[test]
 fn spec_example_parses() {
     let c = parse_str(&spec_example()).unwrap();

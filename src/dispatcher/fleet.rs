@@ -11,6 +11,7 @@ use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
 use crate::fleet::sync::{Apply, Sync};
+use crate::fleet::vault::Vault;
 use crate::model::subscription::Subscription;
 use crate::port::{DispatchHost, Metric};
 use crate::support::hashing::HashMap;
@@ -36,6 +37,8 @@ pub(super) struct Fleet {
     pub(super) durable: Durable,
     /// This replica's delivery logs, copied to etcd.
     pub(super) log: SharedLog,
+    /// How secrets and messages are sealed in etcd.
+    pub(super) vault: Vault,
 }
 
 impl Fleet {
@@ -45,6 +48,7 @@ impl Fleet {
         node_id: &str,
         now: u64,
     ) -> Fleet {
+        let vault = Vault::new(fleet.keyring.clone(), fleet.encrypt_payloads);
         let journal = Journal::new(
             Keys::new(&fleet.prefix),
             node_id,
@@ -52,18 +56,21 @@ impl Fleet {
             fleet.sync_interval_ms,
             config.delivery.max_replay,
             config.delivery.max_queue_bytes / 4,
-        );
+        )
+        .with_vault(vault.clone());
         let config = fleet;
         Fleet {
             cluster: config.cluster.clone(),
             keys: Keys::new(&config.prefix),
-            sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms),
+            sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms)
+                .with_vault(vault.clone()),
             reading: None,
             writes: HashMap::default(),
             started_ms: now,
             errors: 0,
             durable: Durable::new(journal),
             log: SharedLog::new(node_id, config.sync_interval_ms),
+            vault,
         }
     }
 
@@ -136,6 +143,10 @@ impl<H: DispatchHost> Dispatcher<H> {
             0 => Err("the call failed (timeout or connection reset)".to_string()),
             _ => fleet.sync.on_answer(answer.status.as_deref(), &body, now),
         };
+        let unreadable = self.fleet.as_mut().map_or(0, |f| f.sync.take_unreadable());
+        if unreadable > 0 {
+            self.host.add_metric(Metric::FleetUnreadable, unreadable);
+        }
         match changes {
             Ok(changes) => self.apply_synced(changes),
             Err(why) => {
@@ -157,7 +168,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             after,
             before_version,
         };
-        let (commit, request) = Commit::start(write, &fleet.keys);
+        let (commit, request) = Commit::start(write, &fleet.keys, &fleet.vault, &mut self.host);
         self.send_write(commit, &request);
     }
 

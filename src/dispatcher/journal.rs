@@ -7,8 +7,10 @@ use super::Dispatcher;
 use crate::dispatcher::outbox::{Message, Payload};
 use crate::fleet::journal::{CallId, Event, Journal, Outcome};
 use crate::fleet::stored::{self, Stored};
+use crate::fleet::vault::Vault;
 use crate::port::{DispatchHost, Metric};
 use crate::support::hashing::HashMap;
+use crate::support::ids::RandomSource;
 use std::rc::Rc;
 
 /// The durable outbox's state in the dispatcher.
@@ -30,15 +32,16 @@ impl Durable {
     }
 }
 
-/// A message's stored form.
-fn encode(message: &Message) -> Option<Vec<u8>> {
-    stored::encode(
+/// A message's stored form, sealed with `fleet.encrypt_payloads`.
+fn encode(message: &Message, vault: &Vault, rng: &mut dyn RandomSource) -> Option<Vec<u8>> {
+    let plain = stored::encode(
         &message.webhook_id,
         &message.subscription_id,
         &message.event_type,
         message.created_ms,
         message.payload.bytes(),
-    )
+    )?;
+    vault.seal_message(rng, &message.webhook_id, plain)
 }
 
 impl<H: DispatchHost> Dispatcher<H> {
@@ -48,13 +51,15 @@ impl<H: DispatchHost> Dispatcher<H> {
         message: Message,
         consumer: &str,
     ) -> Option<Message> {
-        let Some(durable) = self.durable_mut() else {
+        let Some(fleet) = self.fleet.as_mut() else {
             return Some(message);
         };
-        if !durable.journal.stage(&message.webhook_id, encode(&message)) {
+        let value = encode(&message, &fleet.vault, &mut self.host);
+        if !fleet.durable.journal.stage(&message.webhook_id, value) {
             return Some(message);
         }
-        durable
+        fleet
+            .durable
             .held
             .insert(message.webhook_id.clone(), (message, consumer.to_string()));
         None
@@ -62,13 +67,17 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// A message left the outbox: it leaves etcd too (kept under `P/dead/` when `dead`).
     pub(super) fn unjournal(&mut self, message: &Message, dead: bool) {
-        let Some(durable) = self.durable_mut() else {
+        let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        let value = if dead { encode(message) } else { None };
-        durable.journal.finished(&message.webhook_id, value);
+        let value = match dead {
+            true => encode(message, &fleet.vault, &mut self.host),
+            false => None,
+        };
+        let journal = &mut fleet.durable.journal;
+        journal.finished(&message.webhook_id, value);
         if message.replayed && !dead {
-            durable.journal.forget_dead(&message.webhook_id);
+            journal.forget_dead(&message.webhook_id);
         }
     }
 
@@ -139,6 +148,10 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
         if outcome.claims > 0 {
             self.host.add_metric(Metric::FleetClaims, outcome.claims);
+        }
+        if outcome.unreadable > 0 {
+            self.host
+                .add_metric(Metric::FleetUnreadable, outcome.unreadable);
         }
         let now = self.host.now_ms();
         for event in outcome.events {

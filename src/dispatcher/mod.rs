@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::dispatcher::delivery::{FailureClock, ReplayStore, Response, Verdict};
 use crate::dispatcher::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::dispatcher::pacing::Signal;
+use crate::fleet::vault::is_sealed_secret;
 use crate::model::audience::{self, Target};
 use crate::model::queue::{QueueMessage, QUEUE_NAME};
 use crate::model::signing::Secret;
@@ -385,9 +386,16 @@ impl<H: DispatchHost> Dispatcher<H> {
             return Some(Rc::clone(cached));
         }
         let subscription = Subscription::from_json(&bytes)?;
-        let destination =
-            url::check_destination(&subscription.url, self.config.delivery.url_policy())
-                .map_err(|e| format!("url refused: {}", e.message));
+        let sealed = subscription
+            .secrets
+            .iter()
+            .any(|s| is_sealed_secret(&s.secret));
+        let destination = match sealed {
+            // Never sent unsigned or signed with the wrong secret: it waits for its retries.
+            true => Err("its signing secret cannot be read on this replica (sealed with a key it is not configured with)".to_string()),
+            false => url::check_destination(&subscription.url, self.config.delivery.url_policy())
+                .map_err(|e| format!("url refused: {}", e.message)),
+        };
         let secrets = subscription
             .secrets
             .iter()

@@ -15,7 +15,9 @@ use crate::fleet::etcd::{
     self, Cmp, Compare, Op, OpAnswer, RangeAnswer, RangeQuery, Request, Target, TxnAnswer,
 };
 use crate::fleet::keys::Keys;
+use crate::fleet::vault::{Record, Vault};
 use crate::model::subscription::Subscription;
+use crate::support::ids::RandomSource;
 
 /// Rounds one write may take before it gives up (other replicas keep winning).
 pub const MAX_ROUNDS: u32 = 64;
@@ -77,8 +79,10 @@ pub struct Commit {
     slots: Vec<u8>,
     /// The slot the next txn takes (a create) or frees (a delete, when one holds the id).
     slot: Option<Vec<u8>>,
-    /// The record's JSON, for creates and replaces.
+    /// The record as etcd keeps it (its secrets sealed), for creates and replaces.
     record: Vec<u8>,
+    /// How records read back are opened.
+    vault: Vault,
     /// Why the record could not be encoded (then nothing is ever written).
     broken: Option<String>,
     /// The record's mod_revision the next txn compares (0, "absent", until read).
@@ -89,7 +93,13 @@ pub struct Commit {
 impl Commit {
     /// The write and its first request: a create reads its consumer's slots; a replace or
     /// delete sends a txn guessing "nothing there yet" (revision 0), which reads the record.
-    pub fn start(write: Write, keys: &Keys) -> (Commit, Request) {
+    /// `rng` gives the nonces the record's secrets are sealed with.
+    pub fn start(
+        write: Write,
+        keys: &Keys,
+        vault: &Vault,
+        rng: &mut dyn RandomSource,
+    ) -> (Commit, Request) {
         let id = write.id();
         let (consumer, record) = match &write {
             Write::Create { sub, .. } | Write::Replace { after: sub, .. } => {
@@ -97,13 +107,10 @@ impl Commit {
             }
             Write::Delete { consumer, .. } => (consumer.as_str(), None),
         };
-        let encoded = record.map(serde_json::to_vec).transpose();
+        let encoded = record.map(|sub| vault.seal_record(rng, sub)).transpose();
         let (record, broken) = match encoded {
             Ok(bytes) => (bytes.unwrap_or_default(), None),
-            Err(e) => (
-                Vec::new(),
-                Some(format!("the record cannot be encoded: {e}")),
-            ),
+            Err(why) => (Vec::new(), Some(why)),
         };
         let commit = Commit {
             sub_key: keys.subscription(id),
@@ -112,6 +119,7 @@ impl Commit {
             write,
             slot: None,
             record,
+            vault: vault.clone(),
             broken,
             sub_mod: 0,
             rounds: 1,
@@ -275,8 +283,13 @@ impl Commit {
             return Ok(None);
         };
         let name = lossy(&self.sub_key);
-        let record = Subscription::from_json(&kv.value)
-            .ok_or_else(|| format!("`{name}` holds no subscription record"))?;
+        let record = match self.vault.open_record(&kv.value) {
+            Some(Record::Readable(record)) => record,
+            Some(Record::Unreadable(_, why)) => {
+                return Err(format!("`{name}`'s signing secrets cannot be read: {why}"))
+            }
+            None => return Err(format!("`{name}` holds no subscription record")),
+        };
         if kv.key != self.sub_key || record.id != self.write.id() {
             return Err(format!("`{name}` holds the record of `{}`", record.id));
         }

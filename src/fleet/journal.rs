@@ -28,6 +28,7 @@
 
 use super::keys::{self, Keys, CLAIM, LIVE, OWNER};
 use super::stored::{self, Stored};
+use super::vault::Vault;
 
 use crate::fleet::etcd::{self, Cmp, Compare, Op, OpAnswer, RangeQuery, Request, Target};
 use crate::support::hashing::HashMap;
@@ -71,6 +72,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Leases claimed by this answer.
     pub claims: u64,
+    /// Claimed messages no configured key opens (dropped, logged).
+    pub unreadable: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +214,8 @@ pub struct Journal {
     unwritten_bytes: usize,
     held_count: usize,
     durable_count: usize,
+    /// How claimed messages are opened.
+    vault: Vault,
 }
 
 impl Journal {
@@ -261,7 +266,15 @@ impl Journal {
             unwritten_bytes: 0,
             held_count: 0,
             durable_count: 0,
+            vault: Vault::default(),
         }
+    }
+
+    /// Claimed messages are opened with `vault` (`fleet.encrypt_payloads`); the dispatcher
+    /// seals what it stages with the same.
+    pub fn with_vault(mut self, vault: Vault) -> Journal {
+        self.vault = vault;
+        self
     }
 
     /// The lease new messages are written under, once registered.

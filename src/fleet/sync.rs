@@ -5,6 +5,7 @@
 
 use super::keys::{Keys, SUB};
 use crate::fleet::etcd::{self, RangeQuery};
+use crate::fleet::vault::{Record, Vault};
 use crate::model::subscription::Subscription;
 use crate::support::hashing::HashSet;
 
@@ -39,6 +40,10 @@ pub struct Sync {
     list_next: bool,
     next_at: u64,
     last_ok_ms: Option<u64>,
+    /// How records' secrets are opened.
+    vault: Vault,
+    /// Records read whose secrets no configured key opens, not yet counted.
+    unreadable: u64,
 }
 
 impl Sync {
@@ -52,7 +57,20 @@ impl Sync {
             list_next: false,
             next_at: 0,
             last_ok_ms: None,
+            vault: Vault::default(),
+            unreadable: 0,
         }
+    }
+
+    /// Records are opened with `vault` (`fleet.encryption_key`).
+    pub fn with_vault(mut self, vault: Vault) -> Sync {
+        self.vault = vault;
+        self
+    }
+
+    /// Records read since the last call whose secrets no configured key opened.
+    pub fn take_unreadable(&mut self) -> u64 {
+        std::mem::take(&mut self.unreadable)
     }
 
     /// Whether a first full read has been applied.
@@ -127,8 +145,15 @@ impl Sync {
             let Some(id) = self.keys.name_in(SUB, &kv.key) else {
                 continue;
             };
-            match Subscription::from_json(&kv.value) {
-                Some(sub) if sub.id == id => {
+            match self.vault.open_record(&kv.value) {
+                Some(Record::Readable(sub)) if sub.id == id => {
+                    self.known.insert(id.to_string());
+                    changes.push(Apply::Put(sub));
+                }
+                // Kept with its secrets sealed: it never signs, and the API answers 503 for it.
+                Some(Record::Unreadable(sub, why)) if sub.id == id => {
+                    log::warn!("proxy-webhooks: fleet: the signing secrets of subscription {id} cannot be read ({why}); nothing is delivered to it and the API answers 503 for it");
+                    self.unreadable += 1;
                     self.known.insert(id.to_string());
                     changes.push(Apply::Put(sub));
                 }

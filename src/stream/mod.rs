@@ -13,6 +13,7 @@ use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::dead;
 use crate::fleet::keys::Keys;
 use crate::fleet::log as fleet_log;
+use crate::fleet::vault::Vault;
 use crate::model::audience::{self, Audience, Facts};
 use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::model::identity::OwnedCredentials;
@@ -54,6 +55,8 @@ pub struct Filter<H> {
     needs_requester: bool,
     /// Fleet mode: where the API's writes go in etcd.
     keys: Option<Keys>,
+    /// Fleet mode: how secrets and messages are sealed there.
+    vault: Vault,
 }
 
 /// Times an API write is handled again because etcd had a newer record than the cache.
@@ -74,6 +77,9 @@ impl<H: StreamHost> Filter<H> {
             audience_headers,
             needs_requester,
             keys: config.fleet.as_ref().map(|f| Keys::new(&f.prefix)),
+            vault: config.fleet.as_ref().map_or_else(Vault::default, |f| {
+                Vault::new(f.keyring.clone(), f.encrypt_payloads)
+            }),
             config,
             host,
             dropped: Cell::new(0),
@@ -222,14 +228,14 @@ impl<H: StreamHost> Filter<H> {
         log::warn!(
             "proxy-webhooks: a subscription write was refused, etcd did not confirm it: {reason}"
         );
-        self.send(api::etcd_unavailable(reason));
+        self.send(api::etcd_unavailable());
     }
 
     /// Answers a retry whose kept copy etcd could not be asked for: 503, counted and logged.
     fn lookup_unavailable(&self, reason: &str) {
         self.host.add_metric(Metric::FleetEtcdErrors, 1);
         log::warn!("proxy-webhooks: a retry could not read its message from etcd: {reason}");
-        self.send(api::lookup_unavailable(reason));
+        self.send(api::lookup_unavailable());
     }
 
     /// Answers `GET .../deliveries` with this replica's own attempts when etcd could not give
@@ -454,7 +460,9 @@ impl<H: StreamHost> Stream<H> {
     fn on_kept_answer(&mut self, call: &ApiCall, body_size: usize) {
         let filter = &*self.filter;
         let (status, body) = filter.host.etcd_answer(body_size);
-        match dead::read(status.as_deref(), &body) {
+        let keys = filter.keys.as_ref();
+        let read = keys.map(|keys| dead::read(keys, &filter.vault, status.as_deref(), &body));
+        match read.unwrap_or_else(|| Err("fleet mode is not configured".into())) {
             Ok(kept) => filter.send(filter.retry_kept(&call.request(&[]), kept.as_deref())),
             Err(reason) => filter.lookup_unavailable(&reason),
         }
@@ -562,7 +570,8 @@ impl<H: StreamHost> Stream<H> {
         let Some(keys) = &filter.keys else {
             return filter.etcd_unavailable("fleet mode is not configured");
         };
-        let (commit, request) = Commit::start(*write, keys);
+        let mut rng = HostRandom(&filter.host);
+        let (commit, request) = Commit::start(*write, keys, &filter.vault, &mut rng);
         if !filter.call_etcd(&request) {
             return filter.etcd_unavailable("the call could not be started");
         }

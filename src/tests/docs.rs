@@ -185,6 +185,7 @@ fn document_at(parent: &str, extra: Value) -> Value {
             }
             false => value,
         };
+        let inner = with_required_siblings(part, inner);
         let inner = match part.ends_with("[]") {
             true => json!([inner]),
             false => inner,
@@ -192,6 +193,22 @@ fn document_at(parent: &str, extra: Value) -> Value {
         value = json!({ name: inner });
     }
     value
+}
+
+/// `inner` (an object of `part`) with the fields the parser reads before the others.
+fn with_required_siblings(part: &str, mut inner: Value) -> Value {
+    let required = match part {
+        "fleet" => json!({"cluster": "e"}),
+        "subscriptions[]" => json!({"id": "s", "consumer": "c", "url": "https://h.example.com/",
+                                    "events": ["*"]}),
+        _ => json!({}),
+    };
+    for (name, value) in required.as_object().into_iter().flatten() {
+        if inner.get(name).is_none() {
+            inner[name] = value.clone();
+        }
+    }
+    inner
 }
 
 /// The parser refuses an unknown field exactly where [`FIELD_TABLES`] says each table hangs, so

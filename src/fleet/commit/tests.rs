@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::model::subscription::{SigningSecret, Status};
-use crate::tests::fixtures::{scaled, seeded};
+use crate::tests::fixtures::{scaled, seeded, NoRandom};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -158,6 +158,8 @@ fn create_of(s: &Subscription, limit: usize) -> (Commit, Request) {
             limit,
         },
         &keys(),
+        &Vault::default(),
+        &mut NoRandom,
     )
 }
 
@@ -370,6 +372,8 @@ fn replace(after: &Subscription, before_version: u64) -> (Commit, Request) {
             before_version,
         },
         &keys(),
+        &Vault::default(),
+        &mut NoRandom,
     )
 }
 
@@ -423,6 +427,44 @@ fn replace_of_a_newer_record_is_stale_and_of_none_gone() {
     );
 }
 
+/// With a key the record's secrets go out sealed; a record etcd holds that no configured key
+/// opens is refused (503), never taken for the cache.
+#[test]
+fn records_are_written_sealed_and_an_unreadable_one_is_refused() {
+    use crate::support::sealing::{Key, Keyring};
+    let ring = |b: u8| Some(Keyring::new(Key::new(&[b; 32]), vec![]));
+    let vault = Vault::new(ring(1), false);
+    let after = sub("sub_1", 5);
+    let write = Write::Replace {
+        after: after.clone(),
+        before_version: 4,
+    };
+    let (mut commit, request) = Commit::start(write.clone(), &keys(), &vault, &mut seeded(1));
+    let sent = request_body(&request);
+    let value = sent["success"][0]["request_put"]["value"].as_str().unwrap();
+    let value = STANDARD.decode(value).unwrap();
+    assert!(!String::from_utf8_lossy(&value).contains("whsec_"));
+    assert_eq!(vault.open_record(&value), Some(Record::Readable(after)));
+    // etcd holds it sealed with a key this replica lacks.
+    let other = Vault::new(ring(2), false)
+        .seal_record(&mut seeded(2), &sub("sub_1", 4))
+        .unwrap();
+    let held = kv(b"/pw/sub/sub_1", &other, 21);
+    let step = answer(&mut commit, &failed(vec![range(vec![held])]));
+    let Step::Unavailable(why) = step else {
+        panic!("{step:?}");
+    };
+    assert!(
+        why.starts_with("`/pw/sub/sub_1`'s signing secrets cannot be read: sealed with key id"),
+        "{why}"
+    );
+    let (mut commit, _) = Commit::start(write, &keys(), &vault, &mut NoRandom);
+    assert_eq!(
+        answer(&mut commit, b"{}"),
+        Step::Unavailable("no randomness to seal the record's secrets with".into())
+    );
+}
+
 #[test]
 fn replace_of_a_static_subscription_may_write_it_first() {
     let mut after = sub("sub_static", 2);
@@ -451,6 +493,8 @@ fn delete(before_version: u64) -> (Commit, Request) {
             before_version,
         },
         &keys(),
+        &Vault::default(),
+        &mut NoRandom,
     )
 }
 
@@ -904,6 +948,8 @@ fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) 
                         before_version: *version,
                     },
                     &keys(),
+                    &Vault::default(),
+                    &mut NoRandom,
                 ));
             }
         }

@@ -317,7 +317,16 @@ impl Journal {
                 // delivered twice.
                 continue;
             }
-            match stored::decode(&kv.value).filter(|m| m.webhook_id == id) {
+            let value = match self.vault.open_message(&id, &kv.value) {
+                Ok(value) => value,
+                Err(why) => {
+                    log::warn!("proxy-webhooks: fleet: claimed message {id} cannot be read ({why}); dropped");
+                    outcome.unreadable += 1;
+                    broken.push(kv.key.clone());
+                    continue;
+                }
+            };
+            match stored::decode(&value).filter(|m| m.webhook_id == id) {
                 Some(message) => found.push(message),
                 None => broken.push(kv.key.clone()),
             }

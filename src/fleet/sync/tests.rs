@@ -159,3 +159,42 @@ fn garbage_answers_never_panic() {
         }
     }
 }
+
+#[test]
+fn sealed_records_are_opened_and_one_no_key_opens_is_kept_sealed_and_counted() {
+    use crate::fleet::vault::{is_sealed_secret, Vault};
+    use crate::support::sealing::{Key, Keyring};
+    use crate::tests::fixtures::seeded;
+    let vault = |b: u8| Vault::new(Some(Keyring::new(Key::new(&[b; 32]), vec![])), false);
+    let sealed = |id: &str, b: u8| {
+        let sub = Subscription::from_json(record(id, 1).to_string().as_bytes()).unwrap();
+        let bytes = vault(b).seal_record(&mut seeded(1), &sub).unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let mut sync = Sync::new(Keys::new("/pw"), 500).with_vault(vault(1));
+    sync.due(0).unwrap();
+    let body = answer(
+        9,
+        vec![
+            kv("/pw/sub/s1", Some(&sealed("s1", 1)), 5),
+            kv("/pw/sub/s2", Some(&sealed("s2", 2)), 6),
+            kv("/pw/sub/s3", Some(&record("s3", 1)), 7),
+        ],
+        3,
+    );
+    let changes = sync.on_answer(Some("200"), &body, 10).unwrap();
+    assert_eq!(ids(&changes), ["put s1 v1", "put s2 v1", "put s3 v1"]);
+    let secret = |i: usize| match &changes[i] {
+        Apply::Put(sub) => sub.secrets[0].secret.clone(),
+        Apply::Remove(_) => unreachable!(),
+    };
+    assert_eq!(secret(0), "whsec_AAAA");
+    assert!(is_sealed_secret(&secret(1)), "kept sealed, never guessed");
+    assert_eq!(
+        secret(2),
+        "whsec_AAAA",
+        "written before encryption: read as is"
+    );
+    assert_eq!(sync.take_unreadable(), 1);
+    assert_eq!(sync.take_unreadable(), 0);
+}

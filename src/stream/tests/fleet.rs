@@ -269,7 +269,7 @@ fn assert_unavailable(f: &Filter<FakeStreamHost>, reason: &str) {
     let message = body["error"]["message"].as_str().unwrap();
     assert_eq!(
         message,
-        format!("etcd did not confirm the write, nothing was changed: {reason}")
+        "the subscription store did not confirm the write, nothing was changed; try again"
     );
     assert!(headers.contains(&("retry-after".into(), "1".into())));
     let lines = logged();
@@ -314,6 +314,40 @@ fn a_refused_call_or_a_bad_answer_is_503_and_changes_nothing() {
             "cache untouched"
         );
     }
+}
+
+/// etcd's refusals name keys and the prefix: the log has them, the API's answer never does.
+#[test]
+fn etcd_error_texts_reach_the_log_not_the_api() {
+    let refusal = br#"{"error":"etcdserver: permission denied on /pw/sub/sub_1","code":7}"#;
+    logged();
+    let f = fleet_filter();
+    let mut s = create(&f);
+    answer(&f, &mut s, Some("200"), refusal);
+    let (status, body, _) = reply(&f);
+    assert_eq!(status, 503);
+    let text = body.to_string();
+    assert!(
+        !text.contains("/pw") && !text.contains("etcdserver"),
+        "{text}"
+    );
+    assert!(
+        logged()
+            .iter()
+            .any(|(_, line)| line.contains("permission denied on /pw/sub/sub_1")),
+        "the detail is logged"
+    );
+
+    let f = fleet_filter();
+    let mut s = retry(&f, "msg_1");
+    answer(&f, &mut s, Some("200"), refusal);
+    let (status, body, _) = reply(&f);
+    assert_eq!(status, 503);
+    let text = body.to_string();
+    assert!(
+        !text.contains("/pw") && !text.contains("etcdserver"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -497,18 +531,17 @@ fn a_retry_whose_kept_copy_etcd_cannot_give_is_503() {
     let f = fleet_filter();
     host(&f).refuse_etcd.set(true);
     let _s = retry(&f, "msg_1");
-    let why = "the message is not in this replica's logs and etcd could not be asked for it";
+    let why =
+        "the message is not in this replica's logs and its kept copy could not be read; try again";
     let (status, body, headers) = reply(&f);
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (503, Some("unavailable"))
     );
-    assert_eq!(
-        body["error"]["message"],
-        format!("{why}: the call could not be started")
-    );
+    assert_eq!(body["error"]["message"], why);
     assert!(headers.contains(&("retry-after".into(), "1".into())));
     host(&f).refuse_etcd.set(false);
+    let mut lines = logged();
     for (status, body, reason) in [
         (
             Some("503"),
@@ -520,14 +553,13 @@ fn a_retry_whose_kept_copy_etcd_cannot_give_is_503() {
         let mut s = retry(&f, "msg_1");
         answer(&f, &mut s, status, body);
         let (code, body, _) = reply(&f);
-        assert_eq!(
-            (code, body["error"]["message"].clone()),
-            (503, json!(format!("{why}: {reason}")))
-        );
+        assert_eq!((code, body["error"]["message"].clone()), (503, json!(why)));
+        let new = logged();
+        assert!(new.iter().any(|(_, line)| line.contains(reason)), "{new:?}");
+        lines.extend(new);
     }
     assert_eq!(host(&f).etcd_errors.get(), 3);
     assert!(host(&f).queue.borrow().is_empty());
-    let lines = logged();
     assert!(
         lines.iter().any(|(level, line)| *level == log::Level::Warn
             && line.contains("a retry could not read its message from etcd")),
@@ -625,4 +657,28 @@ fn another_consumers_delivery_log_is_not_read_from_etcd() {
     call(&f, "GET", &format!("{}/deliveries", sub_path()), "");
     assert_eq!(reply(&f).0, 404);
     assert!(host(&f).etcd_sent.borrow().is_empty());
+}
+
+/// A record etcd holds sealed with a key this replica lacks is kept sealed in the cache: every
+/// call on it answers 503, never a secret or a signature from something wrong.
+#[test]
+fn a_subscription_whose_secret_cannot_be_read_answers_503() {
+    let f = fleet_filter();
+    let mut sub = synced(&f, 2);
+    sub.secrets[0].secret = "pws1.0123456789abcdef.AAAA".into();
+    registry(&f).apply_synced(&sub).unwrap();
+    for (method, path, body) in [
+        ("GET", sub_path(), ""),
+        ("PATCH", sub_path(), r#"{"description":"x"}"#),
+        ("POST", format!("{}/rotate-secret", sub_path()), ""),
+        ("DELETE", sub_path(), ""),
+    ] {
+        let _s = call(&f, method, &path, body);
+        let (status, body, headers) = reply(&f);
+        assert_eq!(status, 503, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert!(!body.to_string().contains("0123456789abcdef"), "{body}");
+        assert!(headers.contains(&("retry-after".into(), "1".into())));
+    }
+    assert!(host(&f).etcd_sent.borrow().is_empty(), "nothing written");
 }
