@@ -2,7 +2,7 @@
 //! same `GET .../deliveries` ([`crate::fleet::log`]). A subscription is marked when new attempts
 //! reach its shared-data log; once per `sync_interval` the marked ones are written, one txn at
 //! a time; those etcd did not take stay marked and go with the next. A dead replica's claimed
-//! messages wait for one read of their subscriptions' logs, so they keep their attempt numbers.
+//! messages wait for the reads of their subscriptions' logs, so they keep their attempt numbers.
 
 use super::Dispatcher;
 use crate::fleet::log;
@@ -20,8 +20,17 @@ pub(super) struct SharedLog {
     /// The write in flight: Envoy's token and the subscriptions it carries.
     writing: Option<(u32, Vec<String>)>,
     next_ms: u64,
-    /// Claimed messages waiting for the read of their attempts: Envoy's token and the page.
-    claims: Vec<(u32, Vec<Stored>)>,
+    /// Claimed messages waiting for the reads of their attempts, by Envoy's token.
+    claims: Vec<(u32, Lookup)>,
+}
+
+/// A page of claimed messages whose subscriptions' logs are being read.
+pub(super) struct Lookup {
+    found: Vec<Stored>,
+    /// Subscriptions whose logs are still to be read.
+    unread: Vec<String>,
+    /// The highest attempt logged per webhook-id so far.
+    made: HashMap<String, u32>,
 }
 
 impl SharedLog {
@@ -40,7 +49,10 @@ impl SharedLog {
 impl SharedLog {
     /// Claimed messages waiting for their logs: they will need outbox room too.
     pub(super) fn claimed_waiting(&self) -> usize {
-        self.claims.iter().map(|(_, page)| page.len()).sum()
+        self.claims
+            .iter()
+            .map(|(_, lookup)| lookup.found.len())
+            .sum()
     }
 }
 
@@ -84,24 +96,42 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
     }
 
-    /// A dead replica's messages: their subscriptions' logs are read first (without an
-    /// answer they start again at attempt 1).
+    /// A dead replica's messages: their subscriptions' logs are read first, a few at a time
+    /// (without an answer they start again at attempt 1).
     pub(super) fn look_up_attempts(&mut self, found: Vec<Stored>) {
+        let mut unread: Vec<String> = found.iter().map(|s| s.subscription_id.clone()).collect();
+        unread.sort_unstable();
+        unread.dedup();
+        let lookup = Lookup {
+            found,
+            unread,
+            made: HashMap::default(),
+        };
+        self.read_next_logs(lookup);
+    }
+
+    /// Sends the next read of `lookup`, or hands its messages over once every log was read.
+    fn read_next_logs(&mut self, mut lookup: Lookup) {
+        let now = self.host.now_ms();
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        let mut ids: Vec<&str> = found.iter().map(|s| s.subscription_id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let request = log::lookup_many(&fleet.keys, ids);
+        if lookup.unread.is_empty() {
+            self.take_claimed(lookup.found, &lookup.made, now);
+            self.pump();
+            return;
+        }
+        let batch = lookup.unread.len().min(log::LOOKUP_SUBSCRIPTIONS);
+        let ids: Vec<String> = lookup.unread.drain(..batch).collect();
+        let request = log::lookup_many(&fleet.keys, ids.iter().map(String::as_str));
         match self.host.call_etcd(&request, &fleet.cluster) {
-            Ok(token) => fleet.log.claims.push((token, found)),
+            Ok(token) => fleet.log.claims.push((token, lookup)),
             Err(refused) => {
                 self.fleet_error(&format!(
                     "the claimed messages' logs were not read ({refused:?})"
                 ));
-                let now = self.host.now_ms();
-                self.take_claimed(found, &HashMap::default(), now);
+                lookup.unread.clear();
+                self.read_next_logs(lookup);
             }
         }
     }
@@ -112,8 +142,8 @@ impl<H: DispatchHost> Dispatcher<H> {
             return false;
         };
         if let Some(at) = fleet.log.claims.iter().position(|(t, _)| *t == token) {
-            let (_, found) = fleet.log.claims.swap_remove(at);
-            self.on_attempts_answer(found, headers, size);
+            let (_, lookup) = fleet.log.claims.swap_remove(at);
+            self.on_attempts_answer(lookup, headers, size);
             return true;
         }
         let ids = match fleet.log.writing.take() {
@@ -135,16 +165,22 @@ impl<H: DispatchHost> Dispatcher<H> {
         true
     }
 
-    fn on_attempts_answer(&mut self, found: Vec<Stored>, headers: usize, size: usize) {
+    fn on_attempts_answer(&mut self, mut lookup: Lookup, headers: usize, size: usize) {
         let answer = self.host.callout_response(headers, size);
         let status = answer.status.filter(|_| answer.headers > 0);
         let body = self.host.callout_body(size);
-        let made = log::attempts_made(status.as_deref(), &body).unwrap_or_else(|why| {
-            self.fleet_error(&format!("the claimed messages' logs were not read: {why}"));
-            HashMap::default()
-        });
-        let now = self.host.now_ms();
-        self.take_claimed(found, &made, now);
-        self.pump();
+        match log::attempts_made(status.as_deref(), &body) {
+            Ok(made) => {
+                for (id, n) in made {
+                    let highest = lookup.made.entry(id).or_default();
+                    *highest = (*highest).max(n);
+                }
+            }
+            Err(why) => {
+                self.fleet_error(&format!("the claimed messages' logs were not read: {why}"));
+                lookup.unread.clear();
+            }
+        }
+        self.read_next_logs(lookup);
     }
 }

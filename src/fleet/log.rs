@@ -19,9 +19,14 @@ use crate::support::time::format_rfc3339_millis;
 
 /// Attempts older than this are not answered (and not written again).
 pub const MAX_AGE_MS: u64 = 7 * 24 * 60 * 60 * 1000;
-/// Replicas' logs read per subscription at most (each ≤ ~11 KB): a fleet has fewer replicas;
-/// node ids of replicas gone for good stay until the subscription is deleted.
-pub const MAX_NODES: u64 = 64;
+/// Replicas' logs read per subscription at most. A full log is ~11 KB, ~15 KB as base64 in
+/// etcd's answer, so 16 of them stay under the 256 KiB Envoy buffers of an answer
+/// (`http.async_response_buffer_limit` in the shipped wiring); node ids of replicas gone for
+/// good stay until the subscription is deleted.
+pub const MAX_NODES: u64 = 16;
+/// Subscriptions whose logs one read for claimed messages covers: with 3 replicas' full logs
+/// each, an answer of ~180 KB.
+pub const LOOKUP_SUBSCRIPTIONS: usize = 4;
 
 /// The txn that writes this replica's logs: `(subscription id, its attempts newest first)`,
 /// as many as fit in one txn from the front of `logs`; the rest is for the next one. An empty
@@ -90,7 +95,8 @@ pub fn fresh(log: Vec<Attempt>, now_ms: u64) -> Vec<Attempt> {
         .collect()
 }
 
-/// One read of the logs of several subscriptions (the first [`MAX_OPS`] of `subscription_ids`).
+/// One read of the logs of several subscriptions (the first [`MAX_OPS`] of `subscription_ids`;
+/// callers send [`LOOKUP_SUBSCRIPTIONS`] at a time).
 pub fn lookup_many<'a>(
     keys: &Keys,
     subscription_ids: impl IntoIterator<Item = &'a str>,

@@ -769,3 +769,41 @@ fn fleet_mode_a_claimed_message_goes_on_from_the_attempts_any_replica_logged() {
         ("msg_dead1", 4)
     );
 }
+
+#[test]
+fn fleet_mode_reads_a_claimed_pages_logs_a_few_subscriptions_at_a_time() {
+    let mut d = synced();
+    claim_dead_lease(&mut d, 7);
+    let (page, _, _) = claimed_page(&d).unwrap();
+    let subs = ["sub_a", "sub_b", "sub_c", "sub_d", "sub_e"];
+    let ids: Vec<String> = (0..subs.len()).map(|n| format!("msg_dead{n}")).collect();
+    let messages: Vec<(&str, &str, &[u8])> = ids
+        .iter()
+        .zip(subs)
+        .map(|(id, sub)| (id.as_str(), sub, &b"{}"[..]))
+        .collect();
+    reply(&mut d, page, &page_of(&messages, false));
+    let no_logs = r#"{"header":{"revision":"8"},"succeeded":true,"responses":[]}"#;
+    let mut read = Vec::new();
+    while let Some((token, request)) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| r.body.contains("request_range"))
+    {
+        assert!(sent(&d).is_empty(), "held until every log was read");
+        read.push(txn_keys(&request));
+        reply(&mut d, token, no_logs);
+    }
+    let log = |s: &str| format!("/pw/log/{s}/");
+    assert_eq!(
+        read,
+        [
+            subs[..4].iter().map(|s| log(s)).collect::<Vec<_>>(),
+            vec![log("sub_e")]
+        ]
+    );
+    assert_eq!(
+        sent(&d).len(),
+        1,
+        "sub_a's; the others are not in the registry"
+    );
+}
