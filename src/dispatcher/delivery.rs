@@ -306,9 +306,14 @@ pub fn build_request(
     }
 }
 
-/// Why an attempt got no answer: the receiver cut its answer short (Envoy gives such a
-/// callout no headers at all).
-pub const RESET: &str = "connection reset: the receiver's answer was cut short";
+/// The most Envoy buffers of an answer to a callout: the runtime key
+/// `http.async_response_buffer_limit` in every shipped Envoy configuration. A larger answer is
+/// reset like a cut connection (docs/operations.md, "Memory").
+pub const ANSWER_LIMIT_BYTES: usize = 256 * 1024;
+
+/// Why an attempt got no answer: Envoy gives a callout no headers at all when the receiver cut
+/// its answer short, or when the answer passed [`ANSWER_LIMIT_BYTES`] (it cannot tell which).
+pub const RESET: &str = "connection reset, or an answer larger than 262144 bytes";
 const TIMEOUT: &str = "timeout";
 const CONNECTION_FAILED: &str = "connection failed";
 
@@ -612,6 +617,14 @@ mod tests {
         assert!(!clock.failed("a", 1000, 1001, 100));
         clock.retain(|id| id != "a");
         assert!(!clock.failed("a", 5000, 5001, 100));
+    }
+
+    #[test]
+    fn the_reset_reason_names_the_answer_limit() {
+        assert!(RESET.ends_with(&format!("larger than {ANSWER_LIMIT_BYTES} bytes")));
+        // A page of one stored message comes back whole (base64 value, key and revisions).
+        let page_of_one = crate::fleet::journal::MAX_VALUE_BYTES.div_ceil(3) * 4 + 2048;
+        assert!(page_of_one <= ANSWER_LIMIT_BYTES, "{page_of_one}");
     }
 
     #[test]
