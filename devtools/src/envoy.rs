@@ -70,7 +70,13 @@ pub struct EnvoyConfig {
     /// Environment variables of the Envoy process handed to both plugin VMs
     /// (`vm_config.environment_variables.host_env_keys`), as an operator gives secrets.
     pub vm_env: Vec<(String, String)>,
+    /// Keeps the runtime key `http.async_response_buffer_limit` the base configuration must
+    /// have. Default true; see [`EnvoyConfig::without_answer_limit`].
+    pub answer_limit: bool,
 }
+
+/// Envoy's runtime key capping what it buffers of a callout's answer (docs/operations.md).
+pub const ANSWER_LIMIT_KEY: &str = "http.async_response_buffer_limit";
 
 impl EnvoyConfig {
     /// The shipped configuration with `plugin_config` (a `serde_json::Value` or a raw string),
@@ -92,6 +98,7 @@ impl EnvoyConfig {
             trusted_ca: None,
             loopback_egress: true,
             vm_env: Vec::new(),
+            answer_limit: true,
         }
     }
 
@@ -147,6 +154,13 @@ impl EnvoyConfig {
         self
     }
 
+    /// Removes the runtime key capping callout answers, to show what it prevents. Only tests
+    /// that measure its absence want this.
+    pub fn without_answer_limit(mut self) -> EnvoyConfig {
+        self.answer_limit = false;
+        self
+    }
+
     /// The Envoy configuration as JSON (what is written to the `-c` file).
     pub fn render(&self) -> Result<Value> {
         let text = std::fs::read_to_string(&self.base_config)
@@ -159,6 +173,17 @@ impl EnvoyConfig {
         set_admin(&mut root, self.admin_port)?;
         set_listener(&mut root, self.listener_port)?;
         set_upstream(&mut root, self.upstream_port)?;
+        if !self.plain {
+            answer_limit(&root).with_context(|| {
+                format!(
+                    "{} must bound what Envoy buffers of a receiver's answer",
+                    self.base_config.display()
+                )
+            })?;
+        }
+        if !self.answer_limit {
+            remove_answer_limit(&mut root)?;
+        }
         if self.plain {
             remove_plugin(&mut root)?;
         } else {
@@ -175,6 +200,33 @@ impl EnvoyConfig {
         insert_filters(&mut root, &self.filters_before_plugin)?;
         Ok(root)
     }
+}
+
+/// What a configuration's static runtime layers set [`ANSWER_LIMIT_KEY`] to.
+pub fn answer_limit(root: &Value) -> Result<u64> {
+    let layers = root
+        .pointer("/layered_runtime/layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("no layered_runtime.layers"))?;
+    layers
+        .iter()
+        .find_map(|layer| {
+            layer
+                .pointer("/static_layer")?
+                .get(ANSWER_LIMIT_KEY)?
+                .as_u64()
+        })
+        .ok_or_else(|| anyhow!("no static runtime layer sets {ANSWER_LIMIT_KEY}"))
+}
+
+/// Removes [`ANSWER_LIMIT_KEY`] from every static runtime layer.
+fn remove_answer_limit(root: &mut Value) -> Result<()> {
+    for layer in array_at(root, "/layered_runtime/layers")? {
+        if let Some(Value::Object(values)) = layer.get_mut("static_layer") {
+            values.remove(ANSWER_LIMIT_KEY);
+        }
+    }
+    Ok(())
 }
 
 fn set_admin(root: &mut Value, port: u16) -> Result<()> {
@@ -610,6 +662,11 @@ impl Envoy {
         self.child.id()
     }
 
+    /// Envoy's resident memory (`VmRSS`) in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        rss_bytes(self.pid())
+    }
+
     /// A counter or gauge by name; `name` may omit the `wasmcustom.` prefix of plugin stats.
     /// `None` when Envoy has no such stat (e.g. the plugin never defined it).
     pub async fn stat(&self, name: &str) -> Result<Option<u64>> {
@@ -762,4 +819,23 @@ fn work_dir() -> Result<tempfile::TempDir> {
         .prefix("envoy-")
         .tempdir_in(&base)
         .context("creating Envoy's work directory")
+}
+
+/// `VmRSS` of a process in bytes.
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    match kb {
+        Some(kb) => Ok(kb * 1024),
+        None => bail!("no VmRSS in /proc/{pid}/status"),
+    }
 }

@@ -2,7 +2,8 @@
 //! library is too polite to send a short body, a 12-digit status or a non-UTF-8 header.
 //!
 //! Each [`HostilePeer`] reads a request (headers and the declared body), then does what its
-//! [`Misbehaviour`] says, on every connection. It counts connections and requests.
+//! [`Misbehaviour`] says, on every connection. It counts connections and requests, and the
+//! most connections it held open at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,10 +36,12 @@ pub enum Misbehaviour {
     NonUtf8Headers,
     /// Reads the request and never answers (holds the connection open).
     Hang,
+    /// `200`, then a chunked body that never ends, as fast as the peer reads it.
+    EndlessBody,
 }
 
 impl Misbehaviour {
-    pub const ALL: [Misbehaviour; 9] = [
+    pub const ALL: [Misbehaviour; 10] = [
         Misbehaviour::ResetBeforeHeaders,
         Misbehaviour::ResetAfterHeaders,
         Misbehaviour::ShortBody,
@@ -48,6 +51,7 @@ impl Misbehaviour {
         Misbehaviour::TwelveDigitStatus,
         Misbehaviour::NonUtf8Headers,
         Misbehaviour::Hang,
+        Misbehaviour::EndlessBody,
     ];
 
     /// A name usable in ids and URLs.
@@ -62,6 +66,7 @@ impl Misbehaviour {
             Misbehaviour::TwelveDigitStatus => "twelve_digit_status",
             Misbehaviour::NonUtf8Headers => "non_utf8_headers",
             Misbehaviour::Hang => "hang",
+            Misbehaviour::EndlessBody => "endless_body",
         }
     }
 }
@@ -71,7 +76,26 @@ pub struct HostilePeer {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     connections: Arc<AtomicUsize>,
+    open: Arc<Open>,
     task: JoinHandle<()>,
+}
+
+/// Connections open now, and the most open at once.
+#[derive(Default)]
+struct Open {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Open {
+    fn opened(&self) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn closed(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl HostilePeer {
@@ -82,13 +106,20 @@ impl HostilePeer {
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (req, conns) = (Arc::clone(&requests), Arc::clone(&connections));
+        let open = Arc::new(Open::default());
+        let (req, conns, opened) = (
+            Arc::clone(&requests),
+            Arc::clone(&connections),
+            Arc::clone(&open),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
-                let req = Arc::clone(&req);
+                let (req, opened) = (Arc::clone(&req), Arc::clone(&opened));
                 tokio::spawn(async move {
+                    opened.opened();
                     let _ = serve(stream, behaviour, &req).await;
+                    opened.closed();
                 });
             }
         });
@@ -96,6 +127,7 @@ impl HostilePeer {
             addr,
             requests,
             connections,
+            open,
             task,
         })
     }
@@ -112,6 +144,11 @@ impl HostilePeer {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections open at once so far.
+    pub fn peak_open(&self) -> usize {
+        self.open.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -181,7 +218,21 @@ async fn serve(
                 while stream.read(&mut sink).await? > 0 {}
                 return Ok(());
             }
+            Misbehaviour::EndlessBody => return endless_body(stream).await,
         }
+    }
+}
+
+/// A `200` whose chunked body never ends: 64 KiB chunks until the peer goes away.
+async fn endless_body(mut stream: TcpStream) -> Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await?;
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.resize(chunk.len() + 0x10000, b' ');
+    chunk.extend_from_slice(b"\r\n");
+    loop {
+        stream.write_all(&chunk).await?;
     }
 }
 

@@ -817,6 +817,198 @@ async fn a_full_queue_stays_bounded_while_attempts_hang() -> Result<()> {
     Ok(())
 }
 
+/// A second consumer's API key and its SHA-256 (`printf solo-key | sha256sum`).
+const SOLO_KEY: &str = "solo-key";
+const SOLO_KEY_SHA256: &str = "5b94cefc8f38a192c1c2bfe6007cf4a867b41a33948179e4fea0db56ea306b67";
+/// Subscriptions of consumer `fan`, each on every `orders.*` event.
+const FAN_SUBSCRIPTIONS: usize = 100;
+
+/// Consumer `fan` (key `TEST_KEY`) with [`FAN_SUBSCRIPTIONS`] subscriptions on `orders.*`, and
+/// consumer `solo` (key `SOLO_KEY`) with one on every event, all at the stack's receiver.
+fn fan_and_solo(rx: &Receiver, delivery: Value) -> Value {
+    let mut subs: Vec<Value> = (0..FAN_SUBSCRIPTIONS)
+        .map(|n| {
+            json!({"id": format!("sub_fan_{n}"), "consumer": "fan", "url": rx.url("/fan"),
+                   "events": ["orders.*"], "secret": SECRET})
+        })
+        .collect();
+    subs.push(
+        json!({"id": "sub_solo", "consumer": "solo", "url": rx.url("/solo"),
+                     "events": ["*"], "secret": SECRET}),
+    );
+    let mut config = config(json!(subs), delivery);
+    config["api"]["keys"] = json!([
+        {"consumer": "fan", "sha256": TEST_KEY_SHA256},
+        {"consumer": "solo", "sha256": SOLO_KEY_SHA256}
+    ]);
+    config
+}
+
+/// `n` events only `solo` gets (`invoices.created`), then `m` that fan out to all of `fan`'s
+/// subscriptions and to `solo` (`orders.created`), each attempted (and failed) before the next.
+async fn solo_then_fan(stack: &Stack, n: usize, m: usize) -> Result<()> {
+    for i in 0..n {
+        let body = json!({ "invoice": i }).to_string();
+        let sent = stack
+            .send("POST", "/invoices", &[("x-test-body", body.as_str())])
+            .await?;
+        ensure!(
+            sent.status == 201,
+            "POST /invoices answered {}",
+            sent.status
+        );
+        stack.webhooks(i + 1, WAIT).await?;
+    }
+    for i in 0..m {
+        stack.produce(i).await?;
+    }
+    Ok(())
+}
+
+/// Dropped messages per subscription, from the dispatcher's log lines.
+fn dropped_per_subscription(envoy: &Envoy) -> HashMap<String, usize> {
+    let mut dropped = HashMap::new();
+    for line in envoy.log_contents().lines() {
+        let Some((_, rest)) = line.split_once("delivery dropped: queue full") else {
+            continue;
+        };
+        let Some((_, sub)) = rest.split_once("subscription ") else {
+            continue;
+        };
+        let sub = sub.split(',').next().unwrap_or_default().to_string();
+        *dropped.entry(sub).or_default() += 1;
+    }
+    dropped
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_s_many_subscriptions_cannot_push_another_s_messages_out() -> Result<()> {
+    // `solo`'s one subscription has the longest lane (23 waiting) but `fan` holds the most
+    // bytes (303 messages): at the bound, fan's messages are the ones shed.
+    const SOLO_ONLY: usize = 20;
+    const ORDERS: usize = 3;
+    let delivery = json!({"max_queue": 300, "retry_schedule": ["0s", "1h"], "jitter": 0});
+    let stack = Stack::start(|rx| fan_and_solo(rx, delivery)).await?;
+    stack.receiver.set_default(Reply::status(500));
+    solo_then_fan(&stack, SOLO_ONLY, ORDERS).await?;
+    let messages = (SOLO_ONLY + ORDERS * (FAN_SUBSCRIPTIONS + 1)) as u64;
+    let over = messages - 300;
+    stack
+        .envoy
+        .wait_for_counter(
+            "webhooks_events_detected",
+            (SOLO_ONLY + ORDERS) as u64,
+            WAIT,
+        )
+        .await?;
+    let dropped = stack
+        .envoy
+        .wait_for_counter("webhooks_events_dropped", over, WAIT)
+        .await?;
+    wait_for_gauge(&stack.envoy, "webhooks_queue_depth", 300).await?;
+    // Every message is held or dropped (none delivered: the receiver fails them all).
+    let delivered = stack.envoy.counter("webhooks_deliveries_succeeded").await?;
+    ensure!(
+        messages == 300 + dropped + delivered,
+        "{messages} messages, 300 held, {dropped} dropped, {delivered} delivered"
+    );
+    let per_subscription = dropped_per_subscription(&stack.envoy);
+    let solo = per_subscription.get("sub_solo").copied().unwrap_or(0);
+    let fan: usize = per_subscription
+        .iter()
+        .filter(|(sub, _)| sub.starts_with("sub_fan_"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("{messages} messages, max_queue 300: dropped {fan} of fan's, {solo} of solo's");
+    ensure!(
+        solo == 0 && fan as u64 == dropped,
+        "dropped {solo} of solo's and {fan} of fan's, {dropped} in all"
+    );
+    Ok(())
+}
+
+/// Webhook-ids whose latest attempt-log state is kept for replay (`exhausted`, `dropped` or
+/// `failed`), over the subscriptions given, read with `key`.
+async fn kept_for_replay(stack: &Stack, key: &str, subscriptions: &[String]) -> Result<usize> {
+    let mut kept = 0;
+    for sub in subscriptions {
+        let path = format!("/webhooks/subscriptions/{sub}/deliveries");
+        let (status, body) = api(&stack.envoy, key, "GET", &path, None).await?;
+        ensure!(status == 200, "{path} answered {status}: {body}");
+        let mut latest: HashMap<String, String> = HashMap::new();
+        // Newest first: the first entry of a webhook-id is its state now.
+        for entry in body["data"].as_array().into_iter().flatten() {
+            let id = entry["webhook_id"].as_str().unwrap_or_default().to_string();
+            let state = entry["state"].as_str().unwrap_or_default().to_string();
+            latest.entry(id).or_insert(state);
+        }
+        kept += latest
+            .values()
+            .filter(|s| matches!(s.as_str(), "exhausted" | "dropped" | "failed"))
+            .count();
+    }
+    Ok(kept)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_consumer_s_dead_messages_never_evict_another_s_from_replay() -> Result<()> {
+    // Every attempt fails once and is exhausted: solo's 5 messages are kept first, then fan's
+    // 300. Kept for replay: 100 in all, 20 per consumer.
+    const SOLO_ONLY: usize = 5;
+    const ORDERS: usize = 3;
+    let delivery = json!({"retry_schedule": ["0s"], "max_replay": 100,
+                          "max_replay_per_consumer": 20});
+    let stack = Stack::start(|rx| fan_and_solo(rx, delivery)).await?;
+    stack.receiver.set_default(Reply::status(500));
+    solo_then_fan(&stack, SOLO_ONLY, ORDERS).await?;
+    let messages = SOLO_ONLY + ORDERS * (FAN_SUBSCRIPTIONS + 1);
+    stack
+        .envoy
+        .wait_for_counter("webhooks_deliveries_exhausted", messages as u64, WAIT)
+        .await?;
+    let fan_subs: Vec<String> = (0..FAN_SUBSCRIPTIONS)
+        .map(|n| format!("sub_fan_{n}"))
+        .collect();
+    let solo_subs = ["sub_solo".to_string()];
+    // The attempt log is written on the dispatcher's next tick.
+    let deadline = Instant::now() + WAIT;
+    let (mut fan, mut solo) = (0, 0);
+    while Instant::now() < deadline {
+        fan = kept_for_replay(&stack, TEST_KEY, &fan_subs).await?;
+        solo = kept_for_replay(&stack, SOLO_KEY, &solo_subs).await?;
+        if fan <= 20 && solo == SOLO_ONLY + ORDERS {
+            break;
+        }
+        tokio::time::sleep(ms(100)).await;
+    }
+    eprintln!(
+        "kept for replay: {fan} of fan's 300, {solo} of solo's {}",
+        SOLO_ONLY + ORDERS
+    );
+    ensure!(fan == 20, "{fan} of fan's kept, 20 at most per consumer");
+    // solo's oldest, kept before fan's 300, can still be sent again.
+    let first = stack
+        .receiver
+        .received()
+        .into_iter()
+        .find(|h| h.path == "/solo")
+        .context("solo got nothing")?;
+    let (status, body) = api(
+        &stack.envoy,
+        SOLO_KEY,
+        "POST",
+        &format!("/webhooks/deliveries/{}/retry", webhook_id(&first)),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 202,
+        "retry of solo's first answered {status}: {body}"
+    );
+    ensure!(solo == SOLO_ONLY + ORDERS, "{solo} of solo's kept");
+    Ok(())
+}
+
 // 9 ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use devtools::envoy::{Envoy, EnvoyConfig};
+use devtools::envoy::{answer_limit, Envoy, EnvoyConfig, ANSWER_LIMIT_KEY};
 use devtools::files::load_yaml;
 use devtools::{http_client, poll_until, workspace_root, Upstream};
 use serde_json::{json, Value};
@@ -21,6 +21,8 @@ const MANIFEST_KEY: &str = "shop-example-key";
 
 /// What a manifest set contributes to Envoy's configuration.
 struct Pieces {
+    /// Envoy's runtime layers the manifests add (the cap on callout answers).
+    layered_runtime: Value,
     bootstrap_extensions: Value,
     clusters: Vec<Value>,
     filter: Value,
@@ -65,7 +67,14 @@ fn pieces(bootstrap: &Value, filter: &Value) -> Result<Pieces> {
         .and_then(Value::as_array)
         .context("no clusters in the bootstrap")?
         .clone();
+    let shipped = answer_limit(&load_yaml(&workspace_root().join("envoy.yaml"))?)?;
+    let limit = answer_limit(bootstrap).context("the bootstrap's runtime layers")?;
+    ensure!(
+        limit == shipped,
+        "{ANSWER_LIMIT_KEY} is {limit}, envoy.yaml's {shipped}"
+    );
     Ok(Pieces {
+        layered_runtime: bootstrap["layered_runtime"].clone(),
         bootstrap_extensions: bootstrap["bootstrap_extensions"].clone(),
         clusters,
         filter: filter.clone(),
@@ -92,6 +101,7 @@ fn plugin_config(pieces: &Pieces) -> Result<String> {
 /// envoy.yaml with its dispatcher, egress clusters and wasm filter replaced by `pieces`.
 fn compose(pieces: &Pieces) -> Result<Value> {
     let mut root = load_yaml(&workspace_root().join("envoy.yaml"))?;
+    root["layered_runtime"] = pieces.layered_runtime.clone();
     root["bootstrap_extensions"] = pieces.bootstrap_extensions.clone();
     let clusters = root
         .pointer_mut("/static_resources/clusters")

@@ -166,3 +166,142 @@ async fn misbehaving_receivers_fail_attempts_and_never_stop_delivery() -> Result
     );
     Ok(())
 }
+
+/// The endless-body test: `max_in_flight`, and endless subscriptions enough to fill it even
+/// once each one's pacing window has shrunk to one (every reset halves it).
+const MAX_IN_FLIGHT: usize = 128;
+const ENDLESS_CONSUMERS: usize = 4;
+const ENDLESS_PER_CONSUMER: usize = 40;
+/// Envoy's RSS may grow at most this much while they stream.
+const RSS_GROWTH_MAX: u64 = 64 << 20;
+/// What the delivery log says when Envoy resets an answer over its buffer limit.
+const RESET_OR_TOO_LARGE: &str = "connection reset, or an answer larger than 262144 bytes";
+
+/// A healthy subscription (consumer `healthy`) beside `ENDLESS_CONSUMERS` consumers whose
+/// subscriptions all answer `200` and stream an endless body; the first of them, `endless0`,
+/// holds the test API key.
+async fn endless_stack(peer: &HostilePeer, answer_limit: bool) -> Result<Stack> {
+    Stack::start_with(
+        |rx| {
+            let mut subs = vec![subscription("sub_healthy", "healthy", &rx.url("/hook"))];
+            for c in 0..ENDLESS_CONSUMERS {
+                for s in 0..ENDLESS_PER_CONSUMER {
+                    let url = peer.url(&format!("/hook/{c}/{s}"));
+                    subs.push(subscription(
+                        &format!("sub_endless_{c}_{s}"),
+                        &format!("endless{c}"),
+                        &url,
+                    ));
+                }
+            }
+            json!({
+                "audience": "all",
+                "api": {"keys": [{"consumer": "endless0", "sha256": TEST_KEY_SHA256}]},
+                "subscriptions": subs,
+                "delivery": {"timeout": "2s", "retry_schedule": ["0s", "100ms"], "jitter": 0,
+                             "max_in_flight": MAX_IN_FLIGHT, "allow_insecure_destinations": true}
+            })
+        },
+        |cfg| {
+            if answer_limit {
+                cfg
+            } else {
+                cfg.without_answer_limit()
+            }
+        },
+    )
+    .await
+}
+
+/// Samples Envoy's RSS every 20 ms until `done` (polled every 100 ms) or `timeout`; returns
+/// the largest growth over `baseline` seen.
+async fn peak_growth<F>(stack: &Stack, baseline: u64, timeout: Duration, mut done: F) -> Result<u64>
+where
+    F: AsyncFnMut(u64) -> Result<bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut peak = 0;
+    let mut n = 0u32;
+    loop {
+        let growth = stack.envoy.rss_bytes()?.saturating_sub(baseline);
+        peak = peak.max(growth);
+        if n.is_multiple_of(5) && done(peak).await? {
+            return Ok(peak);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "not done within {timeout:?}; RSS grew by {} MB at most",
+                peak >> 20
+            );
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endless_answers_hold_little_memory_and_fail_their_attempts() -> Result<()> {
+    const EVENTS: usize = 10;
+    let peer = HostilePeer::start(Misbehaviour::EndlessBody).await?;
+    let stack = endless_stack(&peer, true).await?;
+    let baseline = stack.envoy.rss_bytes()?;
+    for n in 0..EVENTS {
+        stack.produce(n).await?;
+    }
+    // Every endless message uses up its two attempts, as many at once as max_in_flight allows.
+    let endless = (EVENTS * ENDLESS_CONSUMERS * ENDLESS_PER_CONSUMER) as u64;
+    let peak = peak_growth(&stack, baseline, Duration::from_secs(60), async |_| {
+        Ok(stack.envoy.counter("webhooks_deliveries_exhausted").await? >= endless)
+    })
+    .await?;
+    eprintln!(
+        "RSS {} MB at start, grew by {:.1} MB at most; {} endless answers at once at most, {} in all",
+        baseline >> 20,
+        peak as f64 / f64::from(1 << 20),
+        peer.peak_open(),
+        peer.requests()
+    );
+    ensure!(
+        peer.peak_open() >= MAX_IN_FLIGHT * 3 / 4,
+        "only {} endless answers at once: the test did not fill max_in_flight",
+        peer.peak_open()
+    );
+    ensure!(
+        peak <= RSS_GROWTH_MAX,
+        "Envoy's RSS grew by {} MB (at most {} MB)",
+        peak >> 20,
+        RSS_GROWTH_MAX >> 20
+    );
+    // The healthy consumer got every event: detected = delivered + dropped, none dropped.
+    let hooks = stack.webhooks(EVENTS, WAIT).await?;
+    ensure!(hooks.len() == EVENTS, "healthy got {}", describe(&hooks));
+    ensure!(stack.envoy.counter("webhooks_events_detected").await? == EVENTS as u64);
+    ensure!(stack.envoy.counter("webhooks_events_dropped").await? == 0);
+    // Each endless attempt failed, saying why (besides them, the log says which exhausted
+    // messages are no longer kept for replay: 400 of endless0's against 200 kept).
+    let log = attempt_log(&stack, "sub_endless_0_0").await?;
+    let attempts: Vec<&Value> = log.iter().filter(|e| e["state"] != "expired").collect();
+    ensure!(
+        attempts.len() == 2 * EVENTS && attempts.iter().all(|e| e["error"] == RESET_OR_TOO_LARGE),
+        "{log:?}"
+    );
+    Ok(())
+}
+
+/// The control: without `http.async_response_buffer_limit` the same receivers make Envoy
+/// hold far more (stopped as soon as it passes the bound the test above holds it to).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_answer_limit_endless_answers_hold_much_more() -> Result<()> {
+    let peer = HostilePeer::start(Misbehaviour::EndlessBody).await?;
+    let stack = endless_stack(&peer, false).await?;
+    let baseline = stack.envoy.rss_bytes()?;
+    for n in 0..2 {
+        stack.produce(n).await?;
+    }
+    let peak = peak_growth(&stack, baseline, Duration::from_secs(20), async |peak| {
+        Ok(peak > RSS_GROWTH_MAX)
+    })
+    .await?;
+    eprintln!("without the limit RSS grew by {} MB", peak >> 20);
+    Ok(())
+}

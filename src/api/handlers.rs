@@ -418,7 +418,7 @@ pub(super) fn retry<S: KvStore>(
     let (id, state) = found.ok_or_else(delivery_not_found)?;
     if !state.replayable() {
         let message = if state == attempts::State::Expired {
-            "the message is no longer kept for replay (delivery.max_replay)"
+            "the message is no longer kept for replay (delivery.max_replay or max_replay_per_consumer)"
         } else {
             "only failed, exhausted or dropped messages can be retried"
         };

@@ -125,6 +125,8 @@ pub struct DeliveryConfig {
     pub max_in_flight_per_subscription: usize,
     /// `delivery.max_replay`: failed or exhausted messages kept for replay, default 1000.
     pub max_replay: usize,
+    /// `delivery.max_replay_per_consumer`: of those, one consumer's at most, default 200.
+    pub max_replay_per_consumer: usize,
     /// `delivery.drain_timeout`: how long shutdown waits for pending deliveries, default 10 s.
     pub drain_timeout_ms: u64,
 }
@@ -225,6 +227,7 @@ impl Default for DeliveryConfig {
             max_in_flight: 256,
             max_in_flight_per_subscription: 32,
             max_replay: 1000,
+            max_replay_per_consumer: 200,
             drain_timeout_ms: 10_000,
         }
     }
@@ -354,6 +357,7 @@ const DELIVERY_FIELDS: &[&str] = &[
     "max_in_flight",
     "max_in_flight_per_subscription",
     "max_replay",
+    "max_replay_per_consumer",
     "drain_timeout",
 ];
 const CLUSTER_FIELDS: &[&str] = &["http", "https"];
@@ -549,6 +553,9 @@ fn parse_delivery(value: Option<&Value>) -> Result<DeliveryConfig, ConfigError> 
         .count("max_in_flight_per_subscription", 1)?
         .unwrap_or(d.max_in_flight_per_subscription);
     d.max_replay = o.count("max_replay", 0)?.unwrap_or(d.max_replay);
+    d.max_replay_per_consumer = o
+        .count("max_replay_per_consumer", 0)?
+        .unwrap_or(d.max_replay_per_consumer);
     d.drain_timeout_ms = o.duration("drain_timeout")?.unwrap_or(d.drain_timeout_ms);
     Ok(d)
 }

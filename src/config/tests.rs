@@ -572,6 +572,17 @@ fn delivery_errors() {
         d(r#""max_in_flight": 0"#),
         "delivery.max_in_flight: must be an integer >= 1"
     );
+    let replay = parse_str(r#"{"delivery": {"max_replay_per_consumer": 5}}"#).unwrap();
+    assert_eq!(replay.delivery.max_replay_per_consumer, 5);
+    assert_eq!(Config::default().delivery.max_replay_per_consumer, 200);
+    assert_eq!(
+        d(r#""max_replay_per_consumer": -1"#),
+        "delivery.max_replay_per_consumer: must be an integer >= 0"
+    );
+    assert_eq!(
+        d(r#""max_replay_per_consumer": "200""#),
+        "delivery.max_replay_per_consumer: must be an integer >= 0"
+    );
     assert_eq!(
         d(r#""max_payload_bytes": "64k""#),
         "delivery.max_payload_bytes: must be an integer >= 0"

@@ -13,19 +13,50 @@ use crate::model::signing::Secret;
 pub use crate::port::Request;
 use crate::support::hashing::HashMap;
 use crate::support::url::Destination;
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 /// The `user-agent` of every delivery.
 pub const USER_AGENT: &str = concat!("proxy-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// Failed, exhausted or dropped messages, kept so that a consumer can ask for them again.
-/// Bounded in messages and bytes: the oldest is forgotten first.
+/// Bounded in messages and bytes, and in messages per consumer: the oldest is forgotten first,
+/// the consumer's own oldest when it is the consumer's bound that is exceeded, so one
+/// consumer's failures never push another's out.
 #[derive(Debug, Default)]
 pub struct ReplayStore {
     /// Boxed: a map from ids to one pointer shares its table code with the dispatcher's
     /// subscription map (each element type of a map is ~1 KB of wasm).
-    messages: HashMap<String, Box<Message>>,
-    order: std::collections::VecDeque<String>,
+    messages: HashMap<String, Box<Kept>>,
+    /// (keeping number, webhook-id), oldest first; entries whose number is no longer the
+    /// message's are stale (taken, forgotten, kept again) and skipped.
+    order: VecDeque<(u64, Rc<str>)>,
+    consumers: HashMap<Rc<str>, KeptOf>,
     bytes: usize,
+    next: u64,
+}
+
+/// A kept message, the consumer it was queued for and when it was kept.
+#[derive(Debug)]
+struct Kept {
+    message: Message,
+    consumer: Rc<str>,
+    number: u64,
+}
+
+/// One consumer's kept messages.
+#[derive(Debug, Default)]
+struct KeptOf {
+    count: usize,
+    order: VecDeque<(u64, Rc<str>)>,
+}
+
+/// The bounds of a [`ReplayStore`], from `delivery`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayLimits {
+    pub max_messages: usize,
+    pub max_per_consumer: usize,
+    pub max_bytes: usize,
 }
 
 /// What a kept message costs: its payload (not shared with the outbox's accounting) and ids.
@@ -34,47 +65,100 @@ fn replay_bytes(message: &Message) -> usize {
 }
 
 impl ReplayStore {
-    /// Keeps `message`; returns the ones forgotten (the oldest) to stay within `max_messages`
-    /// and `max_bytes`.
-    pub fn keep(
-        &mut self,
-        message: Message,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> Vec<Message> {
-        let id = message.webhook_id.clone();
+    /// Keeps `message` of `consumer`'s; returns the ones forgotten to stay within `limits`.
+    pub fn keep(&mut self, message: Message, consumer: &str, limits: ReplayLimits) -> Vec<Message> {
+        let id: Rc<str> = Rc::from(message.webhook_id.as_str());
+        self.remove(&id);
+        let consumer: Rc<str> = match self.consumers.get_key_value(consumer) {
+            Some((name, _)) => Rc::clone(name),
+            None => Rc::from(consumer),
+        };
+        let number = self.next;
+        self.next += 1;
         self.bytes += replay_bytes(&message);
-        match self.messages.insert(id.clone(), Box::new(message)) {
-            Some(old) => self.bytes = self.bytes.saturating_sub(replay_bytes(&old)),
-            None => self.order.push_back(id),
-        }
+        self.order.push_back((number, Rc::clone(&id)));
+        let of = self.consumers.entry(Rc::clone(&consumer)).or_default();
+        of.count += 1;
+        of.order.push_back((number, Rc::clone(&id)));
+        let kept = Kept {
+            message,
+            consumer: Rc::clone(&consumer),
+            number,
+        };
+        self.messages.insert(id.to_string(), Box::new(kept));
         let mut forgotten = Vec::new();
-        while self.order.len() > max_messages || self.bytes > max_bytes {
-            let Some(id) = self.order.pop_front() else {
+        while self.count_of(&consumer) > limits.max_per_consumer {
+            let of = self.consumers.get_mut(&consumer);
+            let Some(entry) = of.and_then(|of| of.order.pop_front()) else {
                 break;
             };
-            if let Some(old) = self.messages.remove(&id) {
-                self.bytes = self.bytes.saturating_sub(replay_bytes(&old));
-                forgotten.push(*old);
+            forgotten.extend(self.forget(entry));
+        }
+        while self.messages.len() > limits.max_messages || self.bytes > limits.max_bytes {
+            let Some(entry) = self.order.pop_front() else {
+                break;
+            };
+            forgotten.extend(self.forget(entry));
+        }
+        self.compact(&consumer);
+        forgotten
+    }
+
+    fn count_of(&self, consumer: &str) -> usize {
+        self.consumers.get(consumer).map_or(0, |of| of.count)
+    }
+
+    /// Removes the message an order entry names, unless the entry is stale.
+    fn forget(&mut self, (number, id): (u64, Rc<str>)) -> Option<Message> {
+        let current = self.messages.get(&*id).is_some_and(|k| k.number == number);
+        if current {
+            self.remove(&id)
+        } else {
+            None
+        }
+    }
+
+    /// Removes a kept message and its accounting (its order entries become stale).
+    fn remove(&mut self, webhook_id: &str) -> Option<Message> {
+        let kept = self.messages.remove(webhook_id)?;
+        self.bytes = self.bytes.saturating_sub(replay_bytes(&kept.message));
+        if let Some(of) = self.consumers.get_mut(&kept.consumer) {
+            of.count = of.count.saturating_sub(1);
+            if of.count == 0 {
+                self.consumers.remove(&kept.consumer);
             }
         }
-        forgotten
+        Some(kept.message)
+    }
+
+    /// Drops stale order entries once they outnumber the live ones.
+    fn compact(&mut self, consumer: &str) {
+        let messages = &self.messages;
+        let live = |(number, id): &(u64, Rc<str>)| {
+            messages.get(&**id).is_some_and(|k| k.number == *number)
+        };
+        if self.order.len() > 2 * messages.len() + 64 {
+            self.order.retain(live);
+        }
+        if let Some(of) = self.consumers.get_mut(consumer) {
+            if of.order.len() > 2 * of.count + 64 {
+                of.order.retain(live);
+            }
+        }
     }
 
     /// Takes a message out for another round of attempts, counted from one again.
     pub fn take(&mut self, webhook_id: &str) -> Option<Message> {
-        let mut message = self.messages.remove(webhook_id)?;
-        self.order.retain(|id| id != webhook_id);
-        self.bytes = self.bytes.saturating_sub(replay_bytes(&message));
+        let mut message = self.remove(webhook_id)?;
         message.attempts = 0;
         message.host_waits = 0;
-        Some(*message)
+        Some(message)
     }
 
     /// [`ReplayStore::take`], only when the message kept is `subscription_id`'s.
     pub fn take_of(&mut self, webhook_id: &str, subscription_id: &str) -> Option<Message> {
         let kept = self.messages.get(webhook_id)?;
-        if &*kept.subscription_id != subscription_id {
+        if &*kept.message.subscription_id != subscription_id {
             return None;
         }
         self.take(webhook_id)
@@ -222,9 +306,14 @@ pub fn build_request(
     }
 }
 
-/// Why an attempt got no answer: the receiver cut its answer short (Envoy gives such a
-/// callout no headers at all).
-pub const RESET: &str = "connection reset: the receiver's answer was cut short";
+/// The most Envoy buffers of an answer to a callout: the runtime key
+/// `http.async_response_buffer_limit` in every shipped Envoy configuration. A larger answer is
+/// reset like a cut connection (docs/operations.md, "Memory").
+pub const ANSWER_LIMIT_BYTES: usize = 256 * 1024;
+
+/// Why an attempt got no answer: Envoy gives a callout no headers at all when the receiver cut
+/// its answer short, or when the answer passed [`ANSWER_LIMIT_BYTES`] (it cannot tell which).
+pub const RESET: &str = "connection reset, or an answer larger than 262144 bytes";
 const TIMEOUT: &str = "timeout";
 const CONNECTION_FAILED: &str = "connection failed";
 
@@ -303,7 +392,7 @@ mod tests {
     #[test]
     fn a_kept_message_is_taken_for_its_own_subscription_only() {
         let mut store = ReplayStore::default();
-        store.keep(message("msg_1", 3, 0), 10, 1 << 20);
+        store.keep(message("msg_1", 3, 0), "c", limits(10, 10, 1 << 20));
         assert!(store.take_of("msg_1", "sub_2").is_none());
         assert_eq!(store.len(), 1, "left as it was");
         let taken = store.take_of("msg_1", "sub_1").unwrap();
@@ -311,6 +400,14 @@ mod tests {
         assert!(store.is_empty());
     }
     use crate::config::Config;
+
+    fn limits(max_messages: usize, max_per_consumer: usize, max_bytes: usize) -> ReplayLimits {
+        ReplayLimits {
+            max_messages,
+            max_per_consumer,
+            max_bytes,
+        }
+    }
 
     fn config(schedule: &[u64]) -> DeliveryConfig {
         let mut c = Config::default().delivery;
@@ -380,7 +477,13 @@ mod tests {
     fn replay_store_is_bounded_and_resets_attempts() {
         let mut store = ReplayStore::default();
         let forgotten: Vec<String> = (0..5)
-            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 3, usize::MAX))
+            .flat_map(|n| {
+                store.keep(
+                    message(&format!("m{n}"), 3, n),
+                    "c",
+                    limits(3, 9, usize::MAX),
+                )
+            })
             .map(|m| m.webhook_id)
             .collect();
         assert_eq!(forgotten, ["m0", "m1"]);
@@ -396,14 +499,107 @@ mod tests {
         let mut store = ReplayStore::default();
         let cost = 2 + crate::dispatcher::outbox::MESSAGE_OVERHEAD;
         let forgotten: Vec<String> = (0..5)
-            .flat_map(|n| store.keep(message(&format!("m{n}"), 3, n), 100, 2 * cost))
+            .flat_map(|n| {
+                store.keep(
+                    message(&format!("m{n}"), 3, n),
+                    "c",
+                    limits(100, 100, 2 * cost),
+                )
+            })
             .map(|m| m.webhook_id)
             .collect();
         assert_eq!(forgotten, ["m0", "m1", "m2"]);
         assert!(store.take("m3").is_some());
         assert_eq!(store.bytes, cost);
-        assert_eq!(store.keep(message("big", 0, 9), 100, 10).len(), 2);
+        assert_eq!(
+            store
+                .keep(message("big", 0, 9), "c", limits(100, 100, 10))
+                .len(),
+            2
+        );
         assert!(store.is_empty() && store.bytes == 0);
+    }
+
+    fn keep_all(
+        store: &mut ReplayStore,
+        ids: &[&str],
+        consumer: &str,
+        l: ReplayLimits,
+    ) -> Vec<String> {
+        ids.iter()
+            .flat_map(|id| store.keep(message(id, 3, 0), consumer, l))
+            .map(|m| m.webhook_id)
+            .collect()
+    }
+
+    #[test]
+    fn one_consumer_s_failures_never_push_another_s_out() {
+        let mut store = ReplayStore::default();
+        let l = limits(10, 4, usize::MAX);
+        assert!(keep_all(&mut store, &["b0", "b1"], "bob", l).is_empty());
+        let ids: Vec<String> = (0..20).map(|n| format!("a{n}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // alice keeps her newest 4; bob's two stay.
+        let forgotten = keep_all(&mut store, &ids, "alice", l);
+        assert_eq!(forgotten.len(), 16);
+        assert_eq!(forgotten.first().map(String::as_str), Some("a0"));
+        assert_eq!(store.len(), 6);
+        assert!(store.take("b0").is_some() && store.take("a19").is_some());
+        assert!(store.take("a15").is_none(), "forgotten");
+    }
+
+    #[test]
+    fn the_global_bound_still_forgets_the_oldest_of_anyone() {
+        let mut store = ReplayStore::default();
+        let l = limits(3, 2, usize::MAX);
+        keep_all(&mut store, &["a0", "a1"], "alice", l);
+        let forgotten = keep_all(&mut store, &["b0", "b1"], "bob", l);
+        assert_eq!(forgotten, ["a0"]);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn kept_again_a_message_moves_to_the_back_once() {
+        let mut store = ReplayStore::default();
+        let l = limits(3, 3, usize::MAX);
+        keep_all(&mut store, &["m0", "m1", "m2", "m0"], "c", l);
+        assert_eq!(store.len(), 3);
+        // m0 is now the newest: m1 goes first.
+        assert_eq!(keep_all(&mut store, &["m3"], "c", l), ["m1"]);
+        assert_eq!(
+            store.bytes,
+            3 * (2 + crate::dispatcher::outbox::MESSAGE_OVERHEAD)
+        );
+    }
+
+    #[test]
+    fn replay_indexes_stay_bounded_under_churn() {
+        let mut store = ReplayStore::default();
+        let l = limits(50, 5, usize::MAX);
+        for n in 0..10_000u64 {
+            let id = format!("m{n}");
+            store.keep(message(&id, 3, n), &format!("c{}", n % 17), l);
+            if n % 3 == 0 {
+                store.take(&id);
+            }
+        }
+        assert!(store.len() <= 50);
+        assert!(store.order.len() <= 2 * store.len() + 65);
+        assert!(store
+            .consumers
+            .values()
+            .all(|of| of.order.len() <= 2 * of.count + 65));
+        assert!(store.consumers.len() <= 17);
+    }
+
+    #[test]
+    fn no_replay_per_consumer_keeps_nothing() {
+        let mut store = ReplayStore::default();
+        assert_eq!(
+            keep_all(&mut store, &["m0"], "c", limits(10, 0, usize::MAX)),
+            ["m0"]
+        );
+        assert!(store.is_empty() && store.consumers.is_empty());
     }
 
     #[test]
@@ -421,6 +617,14 @@ mod tests {
         assert!(!clock.failed("a", 1000, 1001, 100));
         clock.retain(|id| id != "a");
         assert!(!clock.failed("a", 5000, 5001, 100));
+    }
+
+    #[test]
+    fn the_reset_reason_names_the_answer_limit() {
+        assert!(RESET.ends_with(&format!("larger than {ANSWER_LIMIT_BYTES} bytes")));
+        // A page of one stored message comes back whole (base64 value, key and revisions).
+        let page_of_one = crate::fleet::journal::MAX_VALUE_BYTES.div_ceil(3) * 4 + 2048;
+        assert!(page_of_one <= ANSWER_LIMIT_BYTES, "{page_of_one}");
     }
 
     #[test]

@@ -140,7 +140,11 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         fleet.reading = None;
         let changes = match answer.headers {
-            0 => Err("the call failed (timeout or connection reset)".to_string()),
+            // A registry read larger than Envoy buffers is reset too: say so, it lasts.
+            0 => Err(format!(
+                "the call failed (timeout, {})",
+                crate::dispatcher::delivery::RESET
+            )),
             _ => fleet.sync.on_answer(answer.status.as_deref(), &body, now),
         };
         let unreadable = self.fleet.as_mut().map_or(0, |f| f.sync.take_unreadable());

@@ -10,7 +10,7 @@
 //! May use: `config`, `fleet`, `model`, `port`, `registry`, `support`.
 
 use crate::config::Config;
-use crate::dispatcher::delivery::{FailureClock, ReplayStore, Response, Verdict};
+use crate::dispatcher::delivery::{FailureClock, ReplayLimits, ReplayStore, Response, Verdict};
 use crate::dispatcher::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::dispatcher::pacing::Signal;
 use crate::fleet::vault::is_sealed_secret;
@@ -448,13 +448,13 @@ impl<H: DispatchHost> Dispatcher<H> {
             .first()
             .copied()
             .unwrap_or(0);
-        for dropped in self.outbox.push(message, consumer, now + first_delay) {
-            self.drop_message(dropped, now);
+        for (dropped, consumer) in self.outbox.push(message, consumer, now + first_delay) {
+            self.drop_message(dropped, &consumer, now);
         }
     }
 
     /// Counts, logs and keeps (for replay) a message dropped from a full queue.
-    fn drop_message(&mut self, dropped: Message, now: u64) {
+    fn drop_message(&mut self, dropped: Message, consumer: &str, now: u64) {
         self.host.add_metric(Metric::EventsDropped, 1);
         log::warn!(
             "proxy-webhooks: delivery dropped: queue full (max_queue {} / max_queue_bytes {}), subscription {}, webhook-id {}",
@@ -466,19 +466,24 @@ impl<H: DispatchHost> Dispatcher<H> {
         let error = Some("dropped: queue full".to_string());
         let entry = log_entry(&dropped, now, now, None, error, State::Dropped);
         self.log(&dropped.subscription_id, entry);
-        self.keep_for_replay(dropped, now);
+        self.keep_for_replay(dropped, consumer, now);
     }
 
     /// Keeps a failed message for replay; the ones that no longer fit are marked `expired` in
     /// the attempt log, so the API refuses to replay them instead of accepting in vain.
-    fn keep_for_replay(&mut self, message: Message, now: u64) {
+    fn keep_for_replay(&mut self, message: Message, consumer: &str, now: u64) {
         self.unjournal(&message, true);
-        for gone in self.replayable.keep(
-            message,
-            self.config.delivery.max_replay,
-            replay_bytes(&self.config),
-        ) {
-            let reason = Some("no longer kept for replay (delivery.max_replay)".to_string());
+        let d = &self.config.delivery;
+        let limits = ReplayLimits {
+            max_messages: d.max_replay,
+            max_per_consumer: d.max_replay_per_consumer,
+            max_bytes: replay_bytes(&self.config),
+        };
+        for gone in self.replayable.keep(message, consumer, limits) {
+            let reason = Some(
+                "no longer kept for replay (delivery.max_replay or max_replay_per_consumer)"
+                    .to_string(),
+            );
             let entry = log_entry(&gone, now, now, None, reason, State::Expired);
             self.log(&gone.subscription_id, entry);
         }
@@ -511,7 +516,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                 "proxy-webhooks: replay of webhook-id {webhook_id} asked, but its subscription is gone"
             ),
             (None, _) if kept.is_empty() => log::warn!(
-                "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay)"
+                "proxy-webhooks: replay of webhook-id {webhook_id} asked, but it is no longer kept (delivery.max_replay or max_replay_per_consumer)"
             ),
             (None, _) => {}
         }
@@ -543,11 +548,12 @@ impl<H: DispatchHost> Dispatcher<H> {
                 return;
             }
             Some(disabled) if !disabled.subscription.is_active() => {
+                let consumer = self.outbox.consumer_of(key);
                 if let Some(message) = self.outbox.finish(key, None, Signal::Neutral, now, now) {
                     let reason = Some("subscription disabled".to_string());
                     let entry = log_entry(&message, now, now, None, reason, State::Failed);
                     self.log(&message.subscription_id, entry);
-                    self.keep_for_replay(message, now);
+                    self.keep_for_replay(message, consumer.as_deref().unwrap_or_default(), now);
                 }
                 return;
             }
@@ -647,12 +653,13 @@ impl<H: DispatchHost> Dispatcher<H> {
         entry.next_retry_at = reschedule.map(crate::support::time::format_rfc3339_millis);
         self.log(&message.subscription_id, entry);
         self.count(verdict, message, attempts, &response, started_ms, now);
+        let consumer = self.outbox.consumer_of(key);
         if let Some(done) = self
             .outbox
             .finish(key, reschedule, response.signal(), started_ms, now)
         {
             if state.replayable() {
-                self.keep_for_replay(done, now);
+                self.keep_for_replay(done, consumer.as_deref().unwrap_or_default(), now);
             } else {
                 self.unjournal(&done, false);
             }

@@ -12,8 +12,11 @@
 //!
 //! Memory is bounded by `max_queue` messages and `max_queue_bytes`: a payload fanned out to
 //! many subscriptions is counted once, plus a fixed overhead per message. Past either bound
-//! the subscription with the most waiting messages sheds first: its oldest waiting retry, else
-//! its oldest waiting message (possibly the newcomer). Messages in flight are never shed.
+//! the consumer holding the most bytes sheds first (each payload counted once per consumer),
+//! so one consumer's many subscriptions cannot push another's messages out; within it, its
+//! subscription with the most waiting messages: its oldest waiting retry, else its oldest
+//! waiting message (possibly the newcomer). Messages in flight are never shed: a consumer
+//! whose messages are all in flight is passed over.
 
 use crate::dispatcher::pacing::{Signal, Window};
 use crate::support::hashing::HashMap;
@@ -76,6 +79,7 @@ pub struct Message {
 /// A handle on a message in the outbox.
 pub type MessageKey = u64;
 type LaneId = u64;
+type ConsumerId = u64;
 
 /// The outbox's bounds, from `delivery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +138,7 @@ fn too_stale(entries: usize, live: usize) -> bool {
 #[derive(Debug)]
 struct Lane {
     subscription: Rc<str>,
-    consumer: Rc<str>,
+    consumer: ConsumerId,
     /// (due time, key) of waiting messages.
     due: MinHeap,
     /// Drop order of waiting messages.
@@ -154,8 +158,9 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Consumer {
+    name: Rc<str>,
     lanes: usize,
     /// Lanes with due work or attempts in flight: what shares are split between.
     active_lanes: usize,
@@ -163,6 +168,24 @@ struct Consumer {
     /// Lanes with due work that wait for this consumer's share (ids of removed lanes are
     /// skipped when they come up).
     blocked: VecDeque<LaneId>,
+    /// (waiting count, lane) of its lanes: which one sheds first (the largest).
+    by_waiting: BinaryHeap<Order>,
+    /// Bytes of the messages it holds: each payload once, plus the overhead per message.
+    bytes: usize,
+}
+
+impl Consumer {
+    fn new(name: Rc<str>) -> Consumer {
+        Consumer {
+            name,
+            lanes: 0,
+            active_lanes: 0,
+            in_flight: 0,
+            blocked: VecDeque::new(),
+            by_waiting: BinaryHeap::new(),
+            bytes: 0,
+        }
+    }
 }
 
 /// Pending messages in per-subscription lanes; see the module doc.
@@ -172,13 +195,18 @@ pub struct Outbox {
     messages: HashMap<MessageKey, Held>,
     lanes: HashMap<LaneId, Lane>,
     lane_of: HashMap<Rc<str>, LaneId>,
-    consumers: HashMap<Rc<str>, Consumer>,
+    consumers: HashMap<ConsumerId, Consumer>,
+    consumer_ids: HashMap<Rc<str>, ConsumerId>,
     /// Lanes with due work and room, in turn order.
     ready: VecDeque<LaneId>,
     /// (earliest due time, lane) of lanes waiting for time to pass.
     timers: MinHeap,
-    /// (waiting count, lane): who sheds first (the largest).
-    by_waiting: BinaryHeap<Order>,
+    /// (bytes, consumer): who sheds first (the largest). An entry is pushed when a consumer's
+    /// bytes grow; one above its current bytes is corrected when it comes up.
+    by_bytes: BinaryHeap<Order>,
+    /// Messages held per (payload, consumer): a payload's bytes count once per consumer. The
+    /// payload is named by its address, stable while a message holds it.
+    shares: HashMap<(usize, ConsumerId), usize>,
     /// Consumers with an active lane.
     active_consumers: usize,
     /// Lanes of consumers past the small allowance, waiting for the reserve to be free.
@@ -187,6 +215,7 @@ pub struct Outbox {
     in_flight: usize,
     next_key: MessageKey,
     next_lane: LaneId,
+    next_consumer: ConsumerId,
 }
 
 impl Outbox {
@@ -197,15 +226,18 @@ impl Outbox {
             lanes: HashMap::default(),
             lane_of: HashMap::default(),
             consumers: HashMap::default(),
+            consumer_ids: HashMap::default(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
-            by_waiting: BinaryHeap::new(),
+            by_bytes: BinaryHeap::new(),
+            shares: HashMap::default(),
             active_consumers: 0,
             held_back: VecDeque::new(),
             bytes: 0,
             in_flight: 0,
             next_key: 0,
             next_lane: 0,
+            next_consumer: 0,
         }
     }
 
@@ -258,16 +290,38 @@ impl Outbox {
         self.lanes.get(lane).map(|lane| lane.window.limit())
     }
 
-    /// Adds a message of `consumer`'s, due at `due_ms`; returns the messages shed to make room.
-    pub fn push(&mut self, message: Message, consumer: &str, due_ms: u64) -> Vec<Message> {
+    /// The consumer a held message is queued for.
+    pub fn consumer_of(&self, key: MessageKey) -> Option<Rc<str>> {
+        let lane = self.lanes.get(&self.messages.get(&key)?.lane)?;
+        self.consumers
+            .get(&lane.consumer)
+            .map(|c| Rc::clone(&c.name))
+    }
+
+    /// Bytes a consumer's messages hold, as counted for shedding.
+    #[cfg(test)]
+    pub fn consumer_bytes(&self, consumer: &str) -> usize {
+        let id = self.consumer_ids.get(consumer);
+        id.and_then(|id| self.consumers.get(id))
+            .map_or(0, |c| c.bytes)
+    }
+
+    /// Adds a message of `consumer`'s, due at `due_ms`; returns the messages shed to make room,
+    /// each with its consumer.
+    pub fn push(
+        &mut self,
+        message: Message,
+        consumer: &str,
+        due_ms: u64,
+    ) -> Vec<(Message, Rc<str>)> {
         // One that could never fit is shed at once, not after everyone else's.
         if message.payload.len() + MESSAGE_OVERHEAD > self.limits.max_queue_bytes {
-            return vec![message];
+            return vec![(message, Rc::from(consumer))];
         }
         let lane_id = self.lane_for(&message.subscription_id, consumer);
         let key = self.next_key;
         self.next_key += 1;
-        self.count_payload(&message.payload, true);
+        self.count_payload(&message.payload, lane_id, true);
         self.messages.insert(
             key,
             Held {
@@ -282,7 +336,7 @@ impl Outbox {
 
     /// Sheds waiting messages while a bound is exceeded (see the module doc) and returns them.
     /// Only a push adds to what is held, so the bounds hold at all times.
-    fn shed_excess(&mut self) -> Vec<Message> {
+    fn shed_excess(&mut self) -> Vec<(Message, Rc<str>)> {
         let mut shed = Vec::new();
         while self.messages.len() > self.limits.max_queue
             || self.bytes > self.limits.max_queue_bytes
@@ -357,14 +411,10 @@ impl Outbox {
         }
         let id = self.next_lane;
         self.next_lane += 1;
-        let consumer: Rc<str> = match self.consumers.get_key_value(consumer) {
-            Some((name, _)) => Rc::clone(name),
-            None => Rc::from(consumer),
-        };
-        self.consumers
-            .entry(Rc::clone(&consumer))
-            .or_default()
-            .lanes += 1;
+        let consumer = self.consumer_id(consumer);
+        if let Some(c) = self.consumers.get_mut(&consumer) {
+            c.lanes += 1;
+        }
         self.lanes.insert(
             id,
             Lane {
@@ -380,6 +430,19 @@ impl Outbox {
             },
         );
         self.lane_of.insert(Rc::clone(subscription), id);
+        id
+    }
+
+    /// A consumer's id, its entry created when it has none.
+    fn consumer_id(&mut self, name: &str) -> ConsumerId {
+        if let Some(id) = self.consumer_ids.get(name) {
+            return *id;
+        }
+        let id = self.next_consumer;
+        self.next_consumer += 1;
+        let name: Rc<str> = Rc::from(name);
+        self.consumer_ids.insert(Rc::clone(&name), id);
+        self.consumers.insert(id, Consumer::new(name));
         id
     }
 
@@ -412,15 +475,19 @@ impl Outbox {
         None
     }
 
-    /// Records a lane's waiting count for shedding.
+    /// Records a lane's waiting count for shedding, in its consumer's order.
     fn note_waiting(&mut self, lane_id: LaneId) {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return;
         };
-        self.by_waiting.push((lane.waiting as u64, lane_id));
-        if too_stale(self.by_waiting.len(), self.lanes.len()) {
+        let Some(consumer) = self.consumers.get_mut(&lane.consumer) else {
+            return;
+        };
+        consumer.by_waiting.push((lane.waiting as u64, lane_id));
+        if too_stale(consumer.by_waiting.len(), consumer.lanes) {
             let lanes = &self.lanes;
-            self.by_waiting
+            consumer
+                .by_waiting
                 .retain(|(n, id)| lanes.get(id).is_some_and(|l| l.waiting as u64 == *n));
         }
     }
@@ -644,7 +711,7 @@ impl Outbox {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return;
         };
-        let consumer = Rc::clone(&lane.consumer);
+        let consumer = lane.consumer;
         if lane.is_idle() {
             self.remove_lane(lane_id);
         } else {
@@ -680,29 +747,56 @@ impl Outbox {
             self.note_waiting(held.lane);
             self.retime(held.lane);
         }
-        self.count_payload(&held.message.payload, false);
+        self.count_payload(&held.message.payload, held.lane, false);
         Some(held.message)
     }
 
-    /// Drops one waiting message of the lane with the most waiting ones.
-    fn shed_one(&mut self) -> Option<Message> {
-        let lane_id = loop {
-            let (waiting, lane_id) = *self.by_waiting.peek()?;
-            let current = self.lanes.get(&lane_id).map(|l| l.waiting as u64);
-            if current == Some(waiting) {
-                if waiting == 0 {
-                    return None;
+    /// Drops one waiting message of the consumer holding the most bytes that has one waiting.
+    fn shed_one(&mut self) -> Option<(Message, Rc<str>)> {
+        let mut passed = Vec::new();
+        let mut shed = None;
+        while let Some((bytes, id)) = self.by_bytes.pop() {
+            let Some(current) = self.consumers.get(&id).map(|c| c.bytes as u64) else {
+                continue; // gone
+            };
+            if current != bytes {
+                if current > 0 {
+                    self.by_bytes.push((current, id)); // it shrank since: in its place
                 }
-                break lane_id;
+                continue;
             }
-            self.by_waiting.pop();
-        };
+            passed.push((bytes, id));
+            if let Some(lane_id) = self.lane_to_shed(id) {
+                shed = self.shed_from(lane_id, id);
+                break;
+            }
+        }
+        self.by_bytes.extend(passed);
+        shed
+    }
+
+    /// The consumer's lane with the most waiting messages; None when none waits.
+    fn lane_to_shed(&mut self, consumer: ConsumerId) -> Option<LaneId> {
+        let lanes = &self.lanes;
+        let order = &mut self.consumers.get_mut(&consumer)?.by_waiting;
+        loop {
+            let (waiting, lane_id) = *order.peek()?;
+            if lanes.get(&lane_id).map(|l| l.waiting as u64) == Some(waiting) {
+                return (waiting > 0).then_some(lane_id);
+            }
+            order.pop();
+        }
+    }
+
+    /// Drops the lane's next victim; returns it with its consumer's name.
+    fn shed_from(&mut self, lane_id: LaneId, consumer: ConsumerId) -> Option<(Message, Rc<str>)> {
+        let name = Rc::clone(&self.consumers.get(&consumer)?.name);
         let key = self.victim(lane_id)?;
         let message = self.remove(key);
         if self.lanes.get(&lane_id).is_some_and(Lane::is_idle) {
             self.remove_lane(lane_id);
         }
-        message
+        message.map(|m| (m, name))
     }
 
     fn remove_lane(&mut self, lane_id: LaneId) {
@@ -719,6 +813,7 @@ impl Outbox {
                 }
             }
             if consumer.lanes == 0 {
+                self.consumer_ids.remove(&consumer.name);
                 self.consumers.remove(&lane.consumer);
             }
         }
@@ -727,8 +822,8 @@ impl Outbox {
     }
 
     /// Counts a payload's bytes when the first message holding it arrives and uncounts them
-    /// when the last one leaves.
-    fn count_payload(&mut self, payload: &Payload, added: bool) {
+    /// when the last one leaves: in all, and for the consumer of `lane_id`.
+    fn count_payload(&mut self, payload: &Rc<Payload>, lane_id: LaneId, added: bool) {
         let held = payload.held.get();
         if added {
             payload.held.set(held + 1);
@@ -738,6 +833,49 @@ impl Outbox {
             let freed = MESSAGE_OVERHEAD + if held == 1 { payload.len() } else { 0 };
             self.bytes = self.bytes.saturating_sub(freed);
         }
+        if let Some(consumer) = self.lanes.get(&lane_id).map(|l| l.consumer) {
+            self.count_share(payload, consumer, added);
+        }
+    }
+
+    /// A consumer's part of [`Outbox::count_payload`].
+    fn count_share(&mut self, payload: &Rc<Payload>, id: ConsumerId, added: bool) {
+        let share = (Rc::as_ptr(payload) as usize, id);
+        let held = self.shares.get(&share).copied().unwrap_or(0);
+        let first_or_last = held == usize::from(!added);
+        let size = MESSAGE_OVERHEAD + if first_or_last { payload.len() } else { 0 };
+        match (added, held) {
+            (true, _) => {
+                self.shares.insert(share, held + 1);
+            }
+            (false, 0 | 1) => {
+                self.shares.remove(&share);
+            }
+            (false, _) => {
+                self.shares.insert(share, held - 1);
+            }
+        }
+        let Some(consumer) = self.consumers.get_mut(&id) else {
+            return;
+        };
+        if added {
+            consumer.bytes += size;
+            self.by_bytes.push((consumer.bytes as u64, id));
+            if too_stale(self.by_bytes.len(), self.consumers.len()) {
+                self.rebuild_by_bytes();
+            }
+        } else {
+            consumer.bytes = consumer.bytes.saturating_sub(size);
+        }
+    }
+
+    /// One entry per consumer holding bytes, at its current bytes.
+    fn rebuild_by_bytes(&mut self) {
+        self.by_bytes.clear();
+        let consumers = self.consumers.iter();
+        let entries = consumers.filter(|(_, c)| c.bytes > 0);
+        self.by_bytes
+            .extend(entries.map(|(id, c)| (c.bytes as u64, *id)));
     }
 }
 

@@ -44,8 +44,14 @@ pub const MAX_TXNS: usize = 4;
 /// Messages held for their put at once; past it, messages go out from memory and are written
 /// later (etcd is slower than the events).
 pub const MAX_HELD: usize = 8192;
-/// Messages of a claimed lease read per page, at most.
+/// Messages of a claimed lease read per page, at most; halved for that lease after a page
+/// read failed (an answer over Envoy's buffer limit is reset: see [`MAX_VALUE_BYTES`]).
 pub const PAGE: u64 = 500;
+/// Largest stored message kept in etcd (larger ones stay in memory only): a page of one must
+/// come back whole. Envoy resets a callout answer over `http.async_response_buffer_limit`
+/// (256 KiB in the shipped configurations, docs/operations.md), and a range answer carries
+/// the value in base64 (4/3) beside its key and revisions.
+pub const MAX_VALUE_BYTES: usize = 188 * 1024;
 /// Wait before a failed start step or write is tried again.
 pub const RETRY_MS: u64 = 1000;
 
@@ -164,6 +170,8 @@ struct Claimed {
     revision: i64,
     /// Some messages read did not fit the outbox: read again from the start once all are read.
     rewind: bool,
+    /// Messages per page read: [`PAGE`], halved after a failed read.
+    page: u64,
     /// Reading from the start again: pages may hold messages finished since.
     reread: bool,
 }
@@ -307,7 +315,7 @@ impl Journal {
     /// when it can be, unless it is too large, not encodable or past `max_unwritten_bytes`
     /// (then it is in memory only).
     pub fn stage(&mut self, webhook_id: &str, value: Option<Vec<u8>>) -> bool {
-        let Some(value) = value.filter(|v| v.len() <= MAX_BATCH_BYTES) else {
+        let Some(value) = value.filter(|v| v.len() <= MAX_VALUE_BYTES) else {
             return false;
         };
         if self.entries.contains_key(webhook_id) || !self.has_room_for(value.len()) {
@@ -481,7 +489,10 @@ impl Journal {
                 "etcd answered with status {other}: {}",
                 String::from_utf8_lossy(body.get(..200).unwrap_or(body))
             )),
-            None => Err("no answer (timeout, reset or refused)".to_string()),
+            None => Err(
+                "no answer (timeout, refused, reset, or an answer over Envoy's buffer limit)"
+                    .to_string(),
+            ),
         };
         if let Err(why) = result {
             // A revoke of a lease already gone is refused: either way it is gone now.
@@ -539,9 +550,13 @@ impl Journal {
             }
             Call::Claim { .. } | Call::CountDead | Call::TrimDead => {}
             Call::Page { lease, .. } | Call::Release { lease } => {
+                let page = matches!(call, Call::Page { .. });
                 if let Some(claimed) = self.claimed_mut(*lease) {
                     claimed.busy = false;
                     claimed.retry_at = now + RETRY_MS;
+                    if page {
+                        claimed.page = (claimed.page / 2).max(1);
+                    }
                 }
             }
             Call::Puts { ids, lease } => self.puts_failed(ids, *lease, now, outcome),

@@ -130,21 +130,4 @@ pub async fn wait_for_count(receiver: &Receiver, n: u64, timeout: Duration) -> R
     }
 }
 
-/// `VmRSS` of a process in bytes.
-pub fn rss_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        });
-    match kb {
-        Some(kb) => Ok(kb * 1024),
-        None => bail!("no VmRSS in /proc/{pid}/status"),
-    }
-}
+pub use crate::envoy::rss_bytes;

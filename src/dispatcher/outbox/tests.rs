@@ -233,7 +233,7 @@ fn a_message_larger_than_the_byte_bound_is_shed_alone() {
     big.payload = Payload::new(vec![b'x'; 10_000]);
     let shed = o.push(big, "c", 10);
     assert_eq!(shed.len(), 1);
-    assert_eq!(shed[0].webhook_id, "big");
+    assert_eq!(shed[0].0.webhook_id, "big");
     assert_eq!(o.len(), 3);
 }
 
@@ -265,13 +265,13 @@ fn overflow_sheds_the_subscription_with_most_waiting_first() {
     o.push(message("b3", "busy", 0, 4), "c", 10);
     // The busy subscription (4 waiting against 1) sheds: its waiting retry first…
     let shed = o.push(message("q1", "quiet", 0, 5), "c", 10);
-    assert_eq!(shed[0].webhook_id, "b1");
+    assert_eq!(shed[0].0.webhook_id, "b1");
     // …then its oldest (3 against 2).
     let shed = o.push(message("q2", "quiet", 0, 6), "c", 10);
-    assert_eq!(shed[0].webhook_id, "b0");
+    assert_eq!(shed[0].0.webhook_id, "b0");
     // Now quiet has the most waiting (4 with the newcomer against 2).
     let shed = o.push(message("q3", "quiet", 0, 7), "c", 10);
-    assert_eq!(shed[0].webhook_id, "q0");
+    assert_eq!(shed[0].0.webhook_id, "q0");
     assert_eq!(o.len(), 5);
 }
 
@@ -303,7 +303,7 @@ fn the_byte_bound_sheds_like_the_count_bound() {
     for n in 0..10 {
         let mut m = message(&format!("m{n}"), "s", 0, n);
         m.payload = Payload::new(vec![b'x'; 100]);
-        shed.extend(o.push(m, "c", 10));
+        shed.extend(o.push(m, "c", 10).into_iter().map(|(m, _)| m));
     }
     assert_eq!(o.len(), 3);
     assert!(o.bytes() <= 3 * (MESSAGE_OVERHEAD + 100));
@@ -325,12 +325,12 @@ fn a_queue_full_of_attempts_in_flight_sheds_the_newcomer() {
     let started = start_all(&mut o, 0);
     assert_eq!(started.len(), 2);
     let shed = o.push(message("m2", "s", 0, 2), "c", 0);
-    assert_eq!(shed[0].webhook_id, "m2");
+    assert_eq!(shed[0].0.webhook_id, "m2");
     assert_eq!((o.len(), o.in_flight()), (2, 2));
     // Once one waits for a retry, it is the one a newcomer displaces.
     o.finish(started[0].0, Some(100), Signal::Neutral, 0, 1);
     let shed = o.push(message("m3", "s", 0, 3), "c", 0);
-    assert_eq!(shed[0].webhook_id, "m0");
+    assert_eq!(shed[0].0.webhook_id, "m0");
 }
 
 #[test]
@@ -361,4 +361,135 @@ fn sustained_overflow_keeps_memory_bounded() {
         o.timers.len()
     );
     assert_eq!(o.next_attempt(u64::MAX).unwrap().1.webhook_id, "m19900");
+}
+
+/// Pushes one event of `size` payload bytes fanned out to `subscriptions` of `consumer`'s.
+fn fan_out(
+    o: &mut Outbox,
+    consumer: &str,
+    subscriptions: usize,
+    size: usize,
+    n: u64,
+) -> Vec<Message> {
+    let payload = Payload::new(vec![b'x'; size]);
+    let mut shed = Vec::new();
+    for s in 0..subscriptions {
+        let mut m = message(
+            &format!("{consumer}{n}_{s}"),
+            &format!("{consumer}{s}"),
+            0,
+            n,
+        );
+        m.payload = Rc::clone(&payload);
+        shed.extend(o.push(m, consumer, 10).into_iter().map(|(m, _)| m));
+    }
+    shed
+}
+
+#[test]
+fn overflow_sheds_the_consumer_holding_most_bytes_first() {
+    // `fan` writes small events fanned out to its 100 subscriptions (2 waiting each); `solo`
+    // has one subscription with 30 larger messages waiting: the most waiting of any lane.
+    let mut o = Outbox::new(Limits {
+        max_queue: 230,
+        ..limits(1, 1)
+    });
+    for n in 0..2 {
+        assert!(fan_out(&mut o, "fan", 100, 100, n).is_empty());
+    }
+    for n in 0..30 {
+        assert!(fan_out(&mut o, "solo", 1, 1000, n).is_empty());
+    }
+    // fan holds 2 × 100 + 200 × 256 bytes, solo 30 × (1000 + 256): fan sheds.
+    let shed = fan_out(&mut o, "solo", 1, 1000, 30);
+    assert_eq!(shed.len(), 1);
+    assert!(shed[0].subscription_id.starts_with("fan"), "{shed:?}");
+    // Each shedding takes from whoever holds more then: fan's 256 bytes a message (its
+    // payloads stay while 99 others share them), until solo holds more and sheds its own.
+    let mut fan_shed = 1;
+    for n in 31..60 {
+        let fan = o.consumer_bytes("fan");
+        let solo = o.consumer_bytes("solo") + 1000 + MESSAGE_OVERHEAD;
+        let shed = fan_out(&mut o, "solo", 1, 1000, n);
+        let expected = if fan > solo { "fan" } else { "solo" };
+        assert!(
+            shed[0].subscription_id.starts_with(expected),
+            "{n}: {shed:?}"
+        );
+        fan_shed += usize::from(expected == "fan");
+    }
+    assert_eq!(o.len(), 230);
+    assert!(fan_shed > 5, "{fan_shed}");
+}
+
+#[test]
+fn shed_messages_say_whose_they_were() {
+    let mut o = Outbox::new(Limits {
+        max_queue: 1,
+        ..limits(1, 1)
+    });
+    o.push(message("a", "s1", 0, 0), "alice", 10);
+    let shed = o.push(message("b", "s2", 0, 1), "bob", 10);
+    let (m, consumer) = &shed[0];
+    assert_eq!((m.webhook_id.as_str(), &**consumer), ("b", "bob"));
+}
+
+#[test]
+fn a_consumer_with_everything_in_flight_is_passed_over() {
+    let mut o = Outbox::new(Limits {
+        max_queue: 4,
+        ..limits(256, 32)
+    });
+    let big = Payload::new(vec![b'x'; 5000]);
+    for n in 0..2 {
+        let mut m = message(&format!("big{n}"), "heavy", 0, n);
+        m.payload = Rc::clone(&big);
+        o.push(m, "heavy", 0);
+    }
+    assert_eq!(start_all(&mut o, 0).len(), 2, "heavy's both in flight");
+    o.push(message("l0", "light", 0, 5), "light", 100);
+    o.push(message("l1", "light", 1, 6), "light", 100);
+    // heavy holds the most bytes but nothing it holds waits: light's retry goes.
+    let shed = o.push(message("l2", "light", 0, 7), "light", 100);
+    assert_eq!(shed[0].0.webhook_id, "l1");
+    assert_eq!(o.len(), 4);
+}
+
+#[test]
+fn a_consumer_counts_a_payload_it_shares_once() {
+    let mut o = Outbox::new(limits(256, 32));
+    fan_out(&mut o, "c", 10, 1000, 0);
+    assert_eq!(o.consumer_bytes("c"), 1000 + 10 * MESSAGE_OVERHEAD);
+    for (key, ..) in start_all(&mut o, 10) {
+        succeed(&mut o, key, 11);
+    }
+    assert_eq!(o.consumer_bytes("c"), 0);
+    assert!(o.shares.is_empty() && o.consumers.is_empty());
+}
+
+#[test]
+fn shedding_indexes_stay_bounded_under_churn() {
+    let mut o = Outbox::new(Limits {
+        max_queue: 50,
+        ..limits(256, 32)
+    });
+    for n in 0..20_000u64 {
+        let consumer = format!("c{}", n % 7);
+        o.push(
+            message(&format!("m{n}"), &format!("s{}", n % 13), 0, n),
+            &consumer,
+            10,
+        );
+        if n % 3 == 0 {
+            if let Some((key, _)) = o.next_attempt(10) {
+                o.finish(key, Some(10), Signal::Neutral, 10, 10);
+            }
+        }
+    }
+    assert_eq!(o.len(), 50);
+    assert!(
+        o.by_bytes.len() <= 2 * o.consumers.len() + 64,
+        "{}",
+        o.by_bytes.len()
+    );
 }

@@ -244,6 +244,7 @@ impl Journal {
             retry_at: now,
             revision,
             open: self.open_under(dead),
+            page: PAGE,
             ..Claimed::default()
         };
         self.claimed.push((dead, claimed));
@@ -266,7 +267,7 @@ impl Journal {
             if claimed.busy || now < claimed.retry_at {
                 continue;
             }
-            let room = room_left.min(PAGE);
+            let room = room_left.min(claimed.page.max(1));
             let call = match &claimed.next {
                 Some(from) if room > 0 && self.synced_revision >= claimed.revision => {
                     room_left -= room;

@@ -361,14 +361,14 @@ fn messages_are_batched_within_etcd_txn_limits() {
     assert_eq!(rest, 600 - MAX_OPS * MAX_TXNS);
 
     let mut big = ready(0);
-    let large = vec![b'x'; MAX_BATCH_BYTES / 2 + 1];
-    for id in ["a", "b"] {
+    let large = vec![b'x'; MAX_VALUE_BYTES - 100];
+    for id in ["l1", "l2", "l3", "l4", "l5"] {
         let stored = stored::encode(id, "s", "t", 0, &large).unwrap();
         assert!(big.stage(id, Some(stored)));
     }
     let sizes: Vec<usize> = big.calls(0).iter().map(|(_, r)| ops(r).len()).collect();
-    assert_eq!(sizes, [1, 1], "one large message per txn");
-    let too_large = vec![b'x'; MAX_BATCH_BYTES + 1];
+    assert_eq!(sizes, [4, 1], "txns within MAX_BATCH_BYTES");
+    let too_large = vec![b'x'; MAX_VALUE_BYTES + 1];
     assert!(!big.stage("c", Some(too_large)), "kept in memory only");
     assert!(!big.stage("d", None), "not encodable");
 }
@@ -531,6 +531,28 @@ fn a_dead_replicas_messages_are_claimed_read_by_pages_and_released_once_finished
     );
     answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
     assert!(j.calls(SCAN_MS).is_empty());
+}
+
+#[test]
+fn a_page_too_large_for_envoy_is_read_again_in_halves() {
+    // Envoy resets an answer over its buffer limit: no status, no body.
+    let (mut j, id, page) = claiming(SCAN_MS);
+    assert_eq!(body(&page)["limit"], PAGE.to_string());
+    let mut limits = Vec::new();
+    let (mut id, mut now) = (id, SCAN_MS);
+    for _ in 0..10 {
+        j.on_answer(id, None, b"", now);
+        now += RETRY_MS;
+        let calls = j.calls(now);
+        let (next, page) = calls.iter().find(|(_, r)| r.path == etcd::RANGE).unwrap();
+        assert_eq!(body(page)["key"], b64(b"/p/msg/d/"), "the same page again");
+        limits.push(body(page)["limit"].as_str().unwrap().to_string());
+        id = *next;
+    }
+    assert_eq!(
+        limits,
+        ["250", "125", "62", "31", "15", "7", "3", "1", "1", "1"]
+    );
 }
 
 /// The first scan finds lease `d` dead: the claim's txn.

@@ -65,6 +65,7 @@ fn judge_and_outbox_never_panic() {
     let mut outbox = Outbox::new(limits);
     let mut in_flight: Vec<u64> = Vec::new();
     let mut now = 0u64;
+    let mut shared: Option<Rc<Payload>> = None;
     let signals = [Signal::Answered, Signal::Overrun, Signal::Neutral];
     for i in 0..scaled(20_000) {
         run("Outbox", i, &i, || match rng.below(7) {
@@ -74,13 +75,18 @@ fn judge_and_outbox_never_panic() {
                     webhook_id: format!("msg_{i}"),
                     subscription_id: Rc::from(format!("s{sub}")),
                     event_type: Rc::from("a.b"),
-                    payload: Payload::new(vec![b'x'; rng.below(2000)]),
+                    // Fan-out: messages of one event share its payload.
+                    payload: match &shared {
+                        Some(payload) if rng.chance(2) => Rc::clone(payload),
+                        _ => Payload::new(vec![b'x'; rng.below(2000)]),
+                    },
                     attempts: 0,
                     created_ms: now,
                     host_waits: 0,
                     replayed: false,
                 };
                 let consumer = format!("c{}", sub % 2);
+                shared = Some(Rc::clone(&message.payload));
                 let _ = outbox.push(message, &consumer, now + rng.below(100) as u64);
             }
             2 => {
@@ -120,4 +126,5 @@ fn judge_and_outbox_never_panic() {
         left -= 1;
     }
     assert_eq!(outbox.bytes(), 0);
+    assert_eq!(outbox.consumer_bytes("c0") + outbox.consumer_bytes("c1"), 0);
 }
