@@ -29,6 +29,8 @@ pub enum Metric {
     FleetClaims,
     /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer).
     FleetEtcdErrors,
+    /// Fleet mode: other processes found running with this replica's node id.
+    FleetNodeConflicts,
 }
 
 /// How Envoy keeps a metric.
@@ -41,7 +43,7 @@ pub enum MetricKind {
 
 impl Metric {
     /// Every metric, in the order of [`Metric::index`].
-    pub const ALL: [Metric; 17] = [
+    pub const ALL: [Metric; 18] = [
         Metric::EventsDetected,
         Metric::EventsDropped,
         Metric::DeliveriesSucceeded,
@@ -59,6 +61,7 @@ impl Metric {
         Metric::FleetOutboxSize,
         Metric::FleetClaims,
         Metric::FleetEtcdErrors,
+        Metric::FleetNodeConflicts,
     ];
 
     /// The position in [`Metric::ALL`].
@@ -86,6 +89,7 @@ impl Metric {
             Metric::FleetOutboxSize => "webhooks_fleet_outbox_size",
             Metric::FleetClaims => "webhooks_fleet_claims",
             Metric::FleetEtcdErrors => "webhooks_fleet_etcd_errors",
+            Metric::FleetNodeConflicts => "webhooks_fleet_node_conflicts",
         }
     }
 

@@ -139,6 +139,10 @@ impl<H: DispatchHost> Dispatcher<H> {
         if outcome.claims > 0 {
             self.host.add_metric(Metric::FleetClaims, outcome.claims);
         }
+        if outcome.node_conflicts > 0 {
+            self.host
+                .add_metric(Metric::FleetNodeConflicts, outcome.node_conflicts);
+        }
         let now = self.host.now_ms();
         for event in outcome.events {
             match event {

@@ -1,6 +1,7 @@
 //! Fleet mode (docs/fleet.md): several replicas share their subscriptions and a durable outbox
 //! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
-//! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), the durable outbox
+//! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), static
+//! subscriptions' shared status ([`statics`]), the durable outbox
 //! ([`journal`], [`stored`], [`dead`]). The roles send the requests through their host
 //! interface and feed the answers back.
 //!
@@ -11,5 +12,6 @@ pub mod dead;
 pub mod etcd;
 pub mod journal;
 pub mod keys;
+pub mod statics;
 pub mod stored;
 pub mod sync;
