@@ -55,7 +55,9 @@ async fn produce(envoy: &Envoy, n: u64) -> Result<()> {
     Ok(())
 }
 
-/// The `n`s `receiver` got at `path`, each checked against `secret`, sorted.
+/// The `n`s `receiver` got at `path`, each checked against `secret`, sorted, once each: a
+/// replica killed after a delivery, before etcd took its delete, has it delivered again with
+/// the same webhook-id (at-least-once).
 fn ns_at(receiver: &Receiver, path: &str, secret: &str) -> Result<Vec<u64>> {
     let mut ns = Vec::new();
     for hook in receiver.received().iter().filter(|r| r.path == path) {
@@ -63,6 +65,7 @@ fn ns_at(receiver: &Receiver, path: &str, secret: &str) -> Result<Vec<u64>> {
         ns.extend(body["data"]["object"]["n"].as_u64());
     }
     ns.sort_unstable();
+    ns.dedup();
     Ok(ns)
 }
 
@@ -99,8 +102,15 @@ async fn patch_status(envoy: &Envoy, status: &str) -> Result<()> {
     Ok(())
 }
 
-/// Stops every replica (SIGKILL: nothing runs at exit) and starts each again with `plugin`.
+/// Waits until etcd holds no pending message (every delivery's delete taken), then stops every
+/// replica (SIGKILL: nothing runs at exit) and starts each again with `plugin`: no message
+/// detected before is claimed and delivered again after.
 async fn restart_all_with(fleet: &mut Fleet, plugin: &Value) -> Result<()> {
+    let messages = format!("{}/msg/", fleet.prefix());
+    poll_until(WAIT, "no message pending in etcd", async || {
+        fleet.etcd.count(&messages).await.ok() == Some(0)
+    })
+    .await?;
     for i in 0..fleet.replicas.len() {
         fleet.stop(i, Stop::Kill).await?;
         fleet.reconfigure(i, plugin.clone())?;
