@@ -31,6 +31,8 @@ pub enum Metric {
     FleetEtcdErrors,
     /// Fleet mode: records and messages read from etcd that no configured key opens.
     FleetUnreadable,
+    /// Fleet mode: other processes found running with this replica's node id.
+    FleetNodeConflicts,
 }
 
 /// How Envoy keeps a metric.
@@ -43,7 +45,7 @@ pub enum MetricKind {
 
 impl Metric {
     /// Every metric, in the order of [`Metric::index`].
-    pub const ALL: [Metric; 18] = [
+    pub const ALL: [Metric; 19] = [
         Metric::EventsDetected,
         Metric::EventsDropped,
         Metric::DeliveriesSucceeded,
@@ -62,6 +64,7 @@ impl Metric {
         Metric::FleetClaims,
         Metric::FleetEtcdErrors,
         Metric::FleetUnreadable,
+        Metric::FleetNodeConflicts,
     ];
 
     /// The position in [`Metric::ALL`].
@@ -90,6 +93,7 @@ impl Metric {
             Metric::FleetClaims => "webhooks_fleet_claims",
             Metric::FleetEtcdErrors => "webhooks_fleet_etcd_errors",
             Metric::FleetUnreadable => "webhooks_fleet_unreadable",
+            Metric::FleetNodeConflicts => "webhooks_fleet_node_conflicts",
         }
     }
 

@@ -171,6 +171,18 @@ impl Fleet {
         }
     }
 
+    /// Gives replica `i` the plugin configuration `plugin` (completed as [`Fleet::start`]
+    /// completes it: the `fleet` section and the replica's node id) from its next start on.
+    pub fn reconfigure_plugin(&mut self, i: usize, plugin: Value) -> Result<()> {
+        let config = with_fleet_section(plugin, &node_id(i))?;
+        let envoy = self
+            .configs
+            .get_mut(i)
+            .with_context(|| format!("no replica {i}"))?;
+        envoy.plugin_config = config.to_string();
+        Ok(())
+    }
+
     /// Stops replica `i` (`how`) and starts it again with the same node id.
     pub async fn restart(&mut self, i: usize, how: Stop) -> Result<()> {
         self.stop(i, how).await?;
@@ -268,7 +280,8 @@ impl Fleet {
     }
 }
 
-/// `plugin` with its `fleet` section completed from [`default_fleet_section`] and `node_id` set.
+/// `plugin` with its `fleet` section completed from [`default_fleet_section`] and `node_id` set
+/// (unless `plugin` sets one: e.g. two replicas given the same one).
 fn with_fleet_section(mut plugin: Value, node: &str) -> Result<Value> {
     let Some(config) = plugin.as_object_mut() else {
         bail!("the plugin configuration must be a JSON object: {plugin}");
@@ -283,7 +296,9 @@ fn with_fleet_section(mut plugin: Value, node: &str) -> Result<Value> {
         }
         Some(other) => bail!("the plugin's fleet section must be an object: {other}"),
     }
-    fleet["node_id"] = json!(node);
+    if fleet.get("node_id").is_none() {
+        fleet["node_id"] = json!(node);
+    }
     config.insert("fleet".to_string(), fleet);
     Ok(plugin)
 }

@@ -196,7 +196,13 @@ pub(super) fn patch<S: KvStore>(
         return Ok(Answer::Now(json_response(200, &view(&current, None))));
     }
     if cx.config.fleet.is_some() {
-        let (write, after) = replace(&current, cx.now_ms, |sub| apply(sub, &fields));
+        let (mut write, after) = replace(&current, cx.now_ms, |sub| apply(sub, &fields));
+        if current.is_static {
+            // Only its status goes to etcd; the rest is the configuration's.
+            write = Write::Static {
+                after: after.clone(),
+            };
+        }
         let response = json_response(200, &view(&after, None));
         return Ok(Answer::Commit {
             write: Box::new(write),

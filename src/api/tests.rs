@@ -1673,6 +1673,27 @@ fn fleet_patch_and_rotate_replace_the_checked_version() {
 }
 
 #[test]
+fn fleet_patch_of_a_static_subscription_writes_its_status_alone() {
+    let mut api = fleet_api();
+    let before = api.record("sub_static_1");
+    let writes = api.writes();
+    let path = sub_path("sub_static_1", "");
+    let (write, status, shown) =
+        commit(api.fleet_call("PATCH", &path, KEY_OPS, r#"{"status":"disabled"}"#));
+    let Write::Static { after } = write else {
+        panic!("not a status write: {write:?}");
+    };
+    assert_eq!((status, &shown["status"]), (200, &json!("disabled")));
+    assert_eq!(after.disabled_reason.as_deref(), Some("manual"));
+    assert!(after.is_static && after.same_definition(&before));
+    assert_eq!(api.writes(), writes, "the cache waits for etcd");
+    // Its definition stays out of reach, in fleet mode as without.
+    let body = r#"{"status":"active","url":"https://other.example.com/in"}"#;
+    let (status, value) = now(api.fleet_call("PATCH", &path, KEY_OPS, body));
+    assert_eq!((status, code(&value)), (409, "static_subscription"));
+}
+
+#[test]
 fn fleet_delete_names_the_record_and_its_consumer() {
     let mut api = fleet_api();
     api.synced(FLEET_SUB, "acme", 4);

@@ -10,6 +10,7 @@ use crate::config::FleetConfig;
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
+use crate::fleet::statics::{Shared, Statics};
 use crate::fleet::sync::{Apply, Sync};
 use crate::fleet::vault::Vault;
 use crate::model::subscription::Subscription;
@@ -29,6 +30,9 @@ pub(super) struct Fleet {
     pub(super) sync: Sync,
     /// The token of the registry read waiting for its answer.
     reading: Option<u32>,
+    /// Static subscriptions' shared statuses, and the token of its call waiting.
+    statics: Statics,
+    statics_call: Option<u32>,
     /// Record changes the dispatcher made (a subscription disabled) on their way to etcd.
     writes: HashMap<u32, Commit>,
     started_ms: u64,
@@ -58,6 +62,11 @@ impl Fleet {
             config.delivery.max_queue_bytes / 4,
         )
         .with_vault(vault.clone());
+        let configured: Vec<Subscription> = config
+            .subscriptions
+            .iter()
+            .map(|s| Subscription::from_static(s, now))
+            .collect();
         let config = fleet;
         Fleet {
             cluster: config.cluster.clone(),
@@ -65,6 +74,12 @@ impl Fleet {
             sync: Sync::new(Keys::new(&config.prefix), config.sync_interval_ms)
                 .with_vault(vault.clone()),
             reading: None,
+            statics: Statics::new(
+                Keys::new(&config.prefix),
+                config.sync_interval_ms,
+                &configured,
+            ),
+            statics_call: None,
             writes: HashMap::default(),
             started_ms: now,
             errors: 0,
@@ -85,7 +100,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// once the lease is there).
     pub(super) fn awaiting_first_sync(&self, now: u64) -> bool {
         self.fleet.as_ref().is_some_and(|f| {
-            (!f.sync.synced() || f.durable.journal.lease().is_none())
+            (!f.sync.synced() || !f.statics.ready() || f.durable.journal.lease().is_none())
                 && now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS)
         })
     }
@@ -100,23 +115,102 @@ impl<H: DispatchHost> Dispatcher<H> {
             Metric::FleetSyncLagMs,
             fleet.sync.lag_ms(now, fleet.started_ms),
         );
-        let Some(request) = fleet.sync.due(now) else {
+        if let Some(request) = fleet.sync.due(now) {
+            match self.host.call_etcd(&request, &fleet.cluster) {
+                Ok(token) => fleet.reading = Some(token),
+                Err(refused) => {
+                    fleet.sync.on_failure(now);
+                    self.fleet_error(&refused_call(refused));
+                }
+            }
+        }
+        self.statics_tick(now);
+    }
+
+    /// Sends the static subscriptions' call when one is due.
+    fn statics_tick(&mut self, now: u64) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let Some(request) = fleet.statics.due(now) else {
             return;
         };
         match self.host.call_etcd(&request, &fleet.cluster) {
-            Ok(token) => fleet.reading = Some(token),
+            Ok(token) => fleet.statics_call = Some(token),
             Err(refused) => {
-                fleet.sync.on_failure(now);
-                let why = format!("Envoy refused the call ({refused:?}): is the cluster defined?");
-                self.fleet_error(&why);
+                fleet.statics.on_failure(now);
+                self.fleet_error(&refused_call(refused));
             }
         }
+    }
+
+    /// Takes the answer to the static subscriptions' call; false when `token` is not it.
+    fn on_statics_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return false;
+        };
+        if fleet.statics_call != Some(token) {
+            return false;
+        }
+        fleet.statics_call = None;
+        let now = self.host.now_ms();
+        let answer = self.host.callout_response(headers, body_size);
+        let body = self.host.callout_body(body_size);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return true;
+        };
+        let found = match answer.headers {
+            0 => {
+                fleet.statics.on_failure(now);
+                Err("the call failed (timeout or connection reset)".to_string())
+            }
+            _ => fleet
+                .statics
+                .on_answer(answer.status.as_deref(), &body, now),
+        };
+        match found {
+            Ok(found) => self.apply_static_statuses(found),
+            Err(why) => self.fleet_error(&why),
+        }
+        self.statics_tick(now);
+        true
+    }
+
+    /// Gives the static subscriptions the statuses etcd has for their definitions.
+    fn apply_static_statuses(&mut self, found: Vec<(String, Shared)>) {
+        for (id, shared) in found {
+            let changed = self.registry.update(&id, |s| {
+                if !s.is_static || shared.holds_in(s) {
+                    return Err(());
+                }
+                s.status = shared.status;
+                s.disabled_reason.clone_from(&shared.disabled_reason);
+                s.updated_at_ms = shared.updated_at_ms;
+                Ok(())
+            });
+            if let Ok(Ok(_)) = changed {
+                self.failing.forget(&id);
+                self.subscriptions.remove(&id);
+            }
+        }
+        self.refresh_generation();
+    }
+
+    /// Sends a static subscription's new status to etcd (its definition stays here).
+    pub(super) fn share_static_status(&mut self, after: Subscription) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let write = Write::Static { after };
+        let (commit, request) = Commit::start(write, &fleet.keys, &fleet.vault, &mut self.host);
+        self.send_write(commit, &request);
     }
 
     /// Takes an etcd answer; false when `token` is not an etcd call (a delivery's).
     pub(super) fn on_fleet_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
         if self.on_journal_answer(token, headers, body_size)
             || self.on_shared_log_answer(token, headers, body_size)
+            || self.on_statics_answer(token, headers, body_size)
         {
             return true;
         }
@@ -185,7 +279,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                 fleet.writes.insert(token, commit);
             }
             Err(refused) => {
-                let id = written_id(commit.write());
+                let id = commit.write().id().to_string();
                 self.write_lost(&id, &format!("Envoy refused the call ({refused:?})"));
             }
         }
@@ -193,7 +287,7 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// The next step of a record change on its way to etcd.
     fn on_write_answer(&mut self, mut commit: Commit, status: Option<&str>, body: &[u8]) {
-        let id = written_id(commit.write());
+        let id = commit.write().id().to_string();
         match commit.on_answer(status, body) {
             Step::Send(request) => self.send_write(commit, &request),
             Step::Committed { .. } => {}
@@ -213,12 +307,18 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.host.add_metric(Metric::FleetEtcdErrors, 1);
     }
 
-    /// Writes etcd's changes into the cache.
+    /// Writes etcd's changes into the cache. Static subscriptions are the configuration's: a
+    /// record of one in `P/sub/` (a copy an earlier version wrote) is neither applied nor
+    /// removed, and is deleted from etcd.
     fn apply_synced(&mut self, changes: Vec<Apply>) {
         // One registry batch for the puts and one for the removes: each list bucket is edited
         // once per answer, not once per record (a first sync brings the whole registry).
         let (mut puts, mut removes) = (Vec::new(), Vec::new());
         for change in changes {
+            let statics = self.fleet.as_mut().map(|f| &mut f.statics);
+            let Some(change) = not_static(change, statics) else {
+                continue;
+            };
             match change {
                 Apply::Put(sub) => {
                     self.subscriptions.remove(&sub.id);
@@ -251,10 +351,22 @@ impl<H: DispatchHost> Dispatcher<H> {
     }
 }
 
-/// The subscription a write concerns.
-fn written_id(write: &Write) -> String {
-    match write {
-        Write::Create { sub, .. } | Write::Replace { after: sub, .. } => sub.id.clone(),
-        Write::Delete { id, .. } => id.clone(),
+/// `change`, unless it concerns a static subscription (then the record is checked as a legacy
+/// copy, to delete from etcd).
+fn not_static(change: Apply, statics: Option<&mut Statics>) -> Option<Apply> {
+    let Some(statics) = statics else {
+        return Some(change);
+    };
+    match &change {
+        Apply::Put(sub) if sub.is_static || statics.is_configured(&sub.id) => {
+            statics.check_legacy(&sub.id);
+            None
+        }
+        Apply::Remove(id) if statics.is_configured(id) => None,
+        _ => Some(change),
     }
+}
+
+fn refused_call(refused: impl std::fmt::Debug) -> String {
+    format!("Envoy refused the call ({refused:?}): is the cluster defined?")
 }

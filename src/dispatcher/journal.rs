@@ -153,6 +153,10 @@ impl<H: DispatchHost> Dispatcher<H> {
             self.host
                 .add_metric(Metric::FleetUnreadable, outcome.unreadable);
         }
+        if outcome.node_conflicts > 0 {
+            self.host
+                .add_metric(Metric::FleetNodeConflicts, outcome.node_conflicts);
+        }
         let now = self.host.now_ms();
         for event in outcome.events {
             match event {

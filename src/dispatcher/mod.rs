@@ -734,7 +734,9 @@ impl<H: DispatchHost> Dispatcher<H> {
         if let Ok(Ok(after)) = changed {
             self.host.add_metric(Metric::SubscriptionsDisabled, 1);
             log::warn!("proxy-webhooks: subscription {id} disabled: {reason}");
-            if !after.is_static {
+            if after.is_static {
+                self.share_static_status(after);
+            } else {
                 let before_version = after.version.saturating_sub(1);
                 self.fleet_write(after, before_version);
             }

@@ -15,6 +15,7 @@ use crate::fleet::etcd::{
     self, Cmp, Compare, Op, OpAnswer, RangeAnswer, RangeQuery, Request, Target, TxnAnswer,
 };
 use crate::fleet::keys::Keys;
+use crate::fleet::statics::{self, Shared};
 use crate::fleet::vault::{Record, Vault};
 use crate::model::subscription::Subscription;
 use crate::support::ids::RandomSource;
@@ -38,13 +39,18 @@ pub enum Write {
         consumer: String,
         before_version: u64,
     },
+    /// The status of a static subscription, `after` (its definition stays the configuration's:
+    /// only the status goes to etcd, see [`crate::fleet::statics`]). The last writer wins.
+    Static { after: Subscription },
 }
 
 impl Write {
     /// The subscription written.
     pub fn id(&self) -> &str {
         match self {
-            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => &sub.id,
+            Write::Create { sub, .. }
+            | Write::Replace { after: sub, .. }
+            | Write::Static { after: sub } => &sub.id,
             Write::Delete { id, .. } => id,
         }
     }
@@ -106,14 +112,22 @@ impl Commit {
                 (sub.consumer.as_str(), Some(sub))
             }
             Write::Delete { consumer, .. } => (consumer.as_str(), None),
+            Write::Static { after } => (after.consumer.as_str(), None),
         };
-        let encoded = record.map(|sub| vault.seal_record(rng, sub)).transpose();
+        let encoded = match &write {
+            Write::Static { after } => Ok(Some(Shared::of(after).encode())),
+            _ => record.map(|sub| vault.seal_record(rng, sub)).transpose(),
+        };
+        let sub_key = match &write {
+            Write::Static { after } => statics::status_key(keys, after),
+            _ => keys.subscription(id),
+        };
         let (record, broken) = match encoded {
             Ok(bytes) => (bytes.unwrap_or_default(), None),
             Err(why) => (Vec::new(), Some(why)),
         };
         let commit = Commit {
-            sub_key: keys.subscription(id),
+            sub_key,
             logs_key: keys.logs(id),
             slots: keys.slots(consumer),
             write,
@@ -168,6 +182,7 @@ impl Commit {
                 self.replace_failed(&answer, *before_version)?
             }
             Write::Delete { before_version, .. } => self.delete_failed(&answer, *before_version)?,
+            Write::Static { .. } => return Err("etcd did not run the status write".into()),
         };
         if let Some(step) = step {
             return Ok(step);
@@ -365,12 +380,7 @@ impl Commit {
                     &reads,
                 )
             }
-            // A static subscription is defined on every replica: its first change writes it.
-            Write::Replace { after, .. } if after.is_static => etcd::txn(
-                &[sub_is],
-                &[put(sub(), self.record.clone())],
-                &[range(sub())],
-            ),
+            Write::Static { .. } => etcd::txn(&[], &[put(sub(), self.record.clone())], &[]),
             Write::Replace { .. } => etcd::txn(
                 &[exists, sub_is],
                 &[put(sub(), self.record.clone())],

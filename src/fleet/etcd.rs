@@ -20,6 +20,7 @@ pub const TXN: &str = "/v3/kv/txn";
 pub const LEASE_GRANT: &str = "/v3/lease/grant";
 pub const LEASE_KEEPALIVE: &str = "/v3/lease/keepalive";
 pub const LEASE_REVOKE: &str = "/v3/lease/revoke";
+pub const LEASE_TIME_TO_LIVE: &str = "/v3/lease/timetolive";
 
 /// One gateway call: POST `body` (JSON) to `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,11 @@ pub fn lease_keepalive(id: i64) -> Request {
 /// Ends lease `id` now, deleting every key attached to it.
 pub fn lease_revoke(id: i64) -> Request {
     request(LEASE_REVOKE, id_body(id))
+}
+
+/// Asks how long lease `id` has left.
+pub fn lease_time_to_live(id: i64) -> Request {
+    request(LEASE_TIME_TO_LIVE, id_body(id))
 }
 
 /// The `range_end` that makes a range cover every key starting with `prefix`: the prefix with its
@@ -480,6 +486,36 @@ pub fn parse_lease_keepalive(body: &[u8], id: i64) -> Result<KeepAlive, Error> {
         0 => Ok(KeepAlive::Gone),
         ttl => Ok(KeepAlive::Alive { ttl }),
     }
+}
+
+/// What a time-to-live answer says of a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeToLive {
+    /// Expired or revoked (etcd answers `TTL` -1).
+    Gone,
+    /// `ttl` whole seconds left (0: about to expire), of the `granted` ones.
+    Left { ttl: i64, granted: i64 },
+}
+
+/// A time-to-live answer; it must be for lease `id`.
+pub fn parse_lease_time_to_live(body: &[u8], id: i64) -> Result<TimeToLive, Error> {
+    let m = top(body)?;
+    let got = int(&m, "ID", "")?;
+    if got != id {
+        return Err(field("ID", &format!("is {got}, not the lease {id}")));
+    }
+    let gone = match m.get("TTL") {
+        Some(Value::String(s)) => s == "-1",
+        Some(Value::Number(n)) => n.as_i64() == Some(-1),
+        _ => false,
+    };
+    if gone {
+        return Ok(TimeToLive::Gone);
+    }
+    Ok(TimeToLive::Left {
+        ttl: int(&m, "TTL", "")?,
+        granted: int(&m, "grantedTTL", "")?,
+    })
 }
 
 /// A revoke's answer: the revision at which the lease's keys were deleted.

@@ -2,12 +2,19 @@
 //! answers mean. The dispatcher sends [`Journal::calls`] through its host and feeds every answer
 //! to [`Journal::on_answer`]; the [`Event`]s say when a held message may have its first attempt.
 //!
-//! - **Lease.** At start the replica reads `P/node/<node id>`; a lease found there is its former
-//!   one (a restart): it is revoked, so its messages are claimable at once, and claimed like any
-//!   dead replica's (by this replica, usually). Then a new lease is granted and `P/live/<lease>`
-//!   (attached to it), `P/owner/<lease>` and `P/node/<node id>` are written. Keepalives every
-//!   third of the TTL; a lease found gone is replaced (its messages are claimed, possibly by
-//!   another replica: delivered twice at worst, never lost).
+//! - **Lease.** At start the replica reads `P/node/<node id>`, then a new lease is granted and
+//!   `P/live/<lease>` and `P/node/<node id>` (both attached to it, so they go with it) and
+//!   `P/owner/<lease>` are written. Keepalives every third of the TTL; a lease found gone is
+//!   replaced (its messages are claimed, possibly by another replica: delivered twice at worst,
+//!   never lost).
+//! - **Node ids.** A lease found under `P/node/<node id>` at start is this node's former one (a
+//!   restart) or another process's given the same node id. Its time to live is read every
+//!   [`PROBE_MS`]: one that grows back was renewed, so another process holds it: a conflict,
+//!   logged and counted ([`Outcome::node_conflicts`]), and the lease is left alone. One that only
+//!   shrinks, below what a renewed lease ever shows, is our former one: it is revoked, so its
+//!   messages are claimable at once (claimed like any dead replica's, by this replica usually).
+//!   Every scan also reads the node key: another lease there than ours means another process
+//!   registered with our node id since (a conflict too).
 //! - **Messages.** [`Journal::stage`] holds a message until its put commits (batched: up to
 //!   [`MAX_OPS`] per txn, [`MAX_BATCH_BYTES`], [`MAX_TXNS`] txns in flight); then it is
 //!   [`Event::Written`] and its first attempt may be pending. When etcd does not take it, it is
@@ -54,6 +61,9 @@ pub const PAGE: u64 = 500;
 pub const MAX_VALUE_BYTES: usize = 188 * 1024;
 /// Wait before a failed start step or write is tried again.
 pub const RETRY_MS: u64 = 1000;
+/// Between two reads of a former lease's time to live: over a second, so that one nobody
+/// renews shows a smaller whole number of seconds each time.
+pub const PROBE_MS: u64 = 1500;
 
 /// Identifies one call for the dispatcher (it maps Envoy's tokens to these).
 pub type CallId = u64;
@@ -80,6 +90,8 @@ pub struct Outcome {
     pub claims: u64,
     /// Claimed messages no configured key opens (dropped, logged).
     pub unreadable: u64,
+    /// Other processes found running with this node id.
+    pub node_conflicts: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +112,19 @@ enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {
     FindNode,
-    Revoke(i64),
     Grant,
     Register(i64),
+}
+
+/// The lease found under our node key at start, whose holder is not known yet.
+#[derive(Debug, Clone, Copy)]
+struct Former {
+    lease: i64,
+    /// Its time to live at the last read (None: not read yet).
+    ttl: Option<i64>,
+    reads: u32,
+    at: u64,
+    waiting: bool,
 }
 
 /// One call in flight.
@@ -110,6 +132,8 @@ enum Start {
 enum Call {
     Start(Start),
     KeepAlive { lease: i64 },
+    Probe { lease: i64 },
+    Revoke,
     Scan,
     Claim { lease: i64 },
     Page { lease: i64, limit: u64 },
@@ -186,6 +210,14 @@ pub struct Journal {
     max_dead: usize,
     max_unwritten_bytes: usize,
     phase: Phase,
+    /// The lease found under our node key at start, until we know whose it is.
+    former: Option<Former>,
+    /// Our earlier leases (lost ones): not another process's when a scan finds them.
+    past_leases: Vec<i64>,
+    /// The last other process's lease reported as a conflict.
+    reported: Option<i64>,
+    /// Our former lease, to revoke.
+    revoke_due: Option<i64>,
     next_id: CallId,
     /// Calls in flight (a few: a small list is smaller in the wasm than a map).
     calls: Vec<(CallId, Call)>,
@@ -249,6 +281,10 @@ impl Journal {
                 at: 0,
                 step: Start::FindNode,
             },
+            former: None,
+            past_leases: Vec::new(),
+            reported: None,
+            revoke_due: None,
             next_id: 1,
             calls: Vec::new(),
             entries: HashMap::default(),
@@ -496,11 +532,8 @@ impl Journal {
         };
         if let Err(why) = result {
             // A revoke of a lease already gone is refused: either way it is gone now.
-            if let Call::Start(Start::Revoke(_)) = call {
-                if status.is_some() {
-                    self.next_step(Start::Grant, now);
-                    return outcome;
-                }
+            if matches!(call, Call::Revoke) && status.is_some() {
+                return outcome;
             }
             self.undo(&call, now, &mut outcome);
             outcome.error = Some(format!("{}: {why}", call_name(&call)));
@@ -519,7 +552,11 @@ impl Journal {
         match call {
             Call::Start(step) => self.on_start(*step, body, now),
             Call::KeepAlive { lease } => self.on_keepalive(*lease, body, now),
-            Call::Scan => self.on_scan(body, now),
+            Call::Probe { lease } => self.on_probe(*lease, body, now, outcome),
+            Call::Revoke => etcd::parse_lease_revoke(body)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Call::Scan => self.on_scan(body, now, outcome),
             Call::Claim { lease } => self.on_claim(*lease, body, now, outcome),
             Call::Page { lease, .. } => self.on_page(*lease, body, now, outcome),
             Call::Release { lease } => self.on_release(*lease, body),
@@ -548,7 +585,13 @@ impl Journal {
                 self.scanning = false;
                 self.scan_at = now + self.scan_every_ms;
             }
-            Call::Claim { .. } | Call::CountDead | Call::TrimDead => {}
+            Call::Probe { .. } => {
+                if let Some(former) = self.former.as_mut() {
+                    former.waiting = false;
+                    former.at = now + PROBE_MS;
+                }
+            }
+            Call::Claim { .. } | Call::CountDead | Call::TrimDead | Call::Revoke => {}
             Call::Page { lease, .. } | Call::Release { lease } => {
                 let page = matches!(call, Call::Page { .. });
                 if let Some(claimed) = self.claimed_mut(*lease) {
@@ -570,7 +613,8 @@ impl Journal {
 fn call_name(call: &Call) -> &'static str {
     match call {
         Call::Start(Start::FindNode) => "the read of the node's former lease",
-        Call::Start(Start::Revoke(_)) => "the revoke of the node's former lease",
+        Call::Probe { .. } => "the read of the node's former lease's time to live",
+        Call::Revoke => "the revoke of the node's former lease",
         Call::Start(Start::Grant) => "the lease grant",
         Call::Start(Start::Register(_)) => "the replica's registration",
         Call::KeepAlive { .. } => "the lease keepalive",

@@ -8,7 +8,11 @@
 //! - `P/owner/<lease>`: the node id, without a lease: the lease has (or had) messages.
 //! - `P/claim/<lease>`: the lease of the replica that took a dead lease's messages over,
 //!   attached to that replica's lease.
-//! - `P/node/<node id>`: the node's current lease, so a restart finds its messages.
+//! - `P/node/<node id>`: the node's current lease, attached to it (gone with it), so a restart
+//!   finds its messages and a second process given the same node id is noticed.
+//! - `P/static/<id>/<definition>`: the shared status of a static subscription (only that: its
+//!   definition is the configuration's), the definition a hash of its URL and secret (see
+//!   [`crate::fleet::statics`]).
 //! - `P/msg/<lease>/<webhook-id>`: a pending delivery owned by that lease.
 //! - `P/dead/<webhook-id>`: an exhausted or dropped delivery kept for replay (bounded).
 //! - `P/log/<subscription id>/<node id>`: that replica's delivery log of the subscription
@@ -62,6 +66,11 @@ impl Keys {
         self.key(CLAIM, &hex(lease))
     }
 
+    /// The shared status of static subscription `id` as `definition` defines it.
+    pub fn static_status(&self, id: &str, definition: &str) -> Vec<u8> {
+        self.key(STATIC, &format!("{id}/{definition}"))
+    }
+
     pub fn node(&self, node_id: &str) -> Vec<u8> {
         self.key(NODE, node_id)
     }
@@ -107,6 +116,7 @@ pub const NODE: &str = "node";
 pub const MSG: &str = "msg";
 pub const DEAD: &str = "dead";
 pub const LOG: &str = "log";
+pub const STATIC: &str = "static";
 
 /// A lease id as lowercase hex.
 pub fn hex(lease: i64) -> String {
@@ -137,6 +147,8 @@ mod tests {
         assert_eq!(k.logs("sub_1"), b"/pw/log/sub_1/");
         assert_eq!(k.log("sub_1", "n1"), b"/pw/log/sub_1/n1");
         assert_eq!(k.all(SUB), b"/pw/sub/");
+        assert_eq!(k.static_status("audit", "0a1b"), b"/pw/static/audit/0a1b");
+        assert_eq!(k.all(STATIC), b"/pw/static/");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Fleet mode (docs/fleet.md): several replicas share their subscriptions and a durable outbox
 //! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
-//! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), the durable outbox
-//! ([`journal`], [`stored`], [`dead`]), what is sealed there ([`vault`]) and the delivery log
-//! every replica answers alike ([`log`]). The roles send the requests through their host
+//! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), static
+//! subscriptions' shared status ([`statics`]), the durable outbox ([`journal`], [`stored`],
+//! [`dead`]), what is sealed there ([`vault`]) and the delivery log every replica answers alike
+//! ([`log`]). The roles send the requests through their host
 //! interface and feed the answers back.
 //!
 //! May use: `model`, `registry`, `support`.
@@ -13,6 +14,7 @@ pub mod etcd;
 pub mod journal;
 pub mod keys;
 pub mod log;
+pub mod statics;
 pub mod stored;
 pub mod sync;
 pub mod vault;

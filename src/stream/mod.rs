@@ -210,9 +210,9 @@ impl<H: StreamHost> Filter<H> {
     fn apply(&self, write: &Write) {
         let registry = Registry::new(self.host.store());
         let outcome = match write {
-            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => {
-                registry.apply_synced(sub)
-            }
+            Write::Create { sub, .. }
+            | Write::Replace { after: sub, .. }
+            | Write::Static { after: sub } => registry.apply_synced(sub),
             Write::Delete { id, .. } => registry.delete(id).map(|_| ()),
         };
         if let Err(e) = outcome {

@@ -293,6 +293,168 @@ fn fleet_mode_writes_a_disable_to_etcd_comparing_the_record_it_replaced() {
     assert_eq!(d.host().metric(Metric::FleetEtcdErrors), 0);
 }
 
+// ---- Static subscriptions ----
+
+const STATIC_URL: &str = "https://audit.example.com/in";
+
+/// A fleet-mode dispatcher with the static subscription `audit`, its statuses read (etcd had
+/// `statuses`: key and value), the registry read with `records`.
+fn with_static(statuses: &[(Vec<u8>, Vec<u8>)], records: &[Value]) -> Dispatcher<FakeHost> {
+    let config = format!(
+        r#"{{"delivery": {{"allow_private_destinations": true}}, {FLEET},
+            "subscriptions": [{{"id": "audit", "consumer": "ops", "url": "{STATIC_URL}",
+                                "events": ["*"], "secret": "{SECRET}"}}]}}"#
+    );
+    let mut d = dispatcher_with(&config);
+    let (token, _) = statics_calls(&d).into_iter().next().unwrap();
+    let kvs: Vec<Value> = statuses
+        .iter()
+        .map(|(k, v)| json!({"key": b64(k), "value": b64(v), "mod_revision": "5"}))
+        .collect();
+    let body = json!({"header": {"revision": "7"}, "kvs": kvs, "count": kvs.len().to_string()});
+    reply(&mut d, token, &body.to_string());
+    settle(&mut d);
+    answer_etcd(&mut d, records, records.len());
+    d
+}
+
+/// Every etcd call not answered yet.
+fn unanswered(d: &Dispatcher<FakeHost>) -> Vec<(u32, Request)> {
+    let host = d.host();
+    host.etcd_sent
+        .iter()
+        .filter(|(token, _, _)| !host.etcd_answered.contains(token))
+        .map(|(token, _, r)| (*token, r.clone()))
+        .collect()
+}
+
+/// The calls about `/pw/static/` not answered yet.
+fn statics_calls(d: &Dispatcher<FakeHost>) -> Vec<(u32, Request)> {
+    let statics = |k: &String| k.starts_with("/pw/static/");
+    outbox_calls(d)
+        .into_iter()
+        .filter(|(_, r)| key_of(r).is_some_and(|k| statics(&k)) || txn_keys(r).iter().any(statics))
+        .collect()
+}
+
+fn audit_key() -> Vec<u8> {
+    let def = crate::fleet::statics::definition(STATIC_URL, SECRET);
+    format!("/pw/static/audit/{def}").into_bytes()
+}
+
+#[test]
+fn fleet_mode_shares_a_static_subscriptions_disable_as_its_status_alone() {
+    let mut d = with_static(&[], &[]);
+    assert!(registry(&d).get("audit").unwrap().0.is_active());
+    event(&mut d, "order.created");
+    settle(&mut d);
+    answer_last(&mut d, 410, &[]);
+    let (_, write) = statics_calls(&d).into_iter().next().unwrap();
+    let body: Value = serde_json::from_str(&write.body).unwrap();
+    let put = &body["success"][0]["request_put"];
+    assert_eq!(put["key"], json!(b64(&audit_key())));
+    let value = STANDARD.decode(put["value"].as_str().unwrap()).unwrap();
+    let value: Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(
+        (&value["status"], &value["disabled_reason"]),
+        (&json!("disabled"), &json!("gone"))
+    );
+    assert!(!write.body.contains("whsec"), "{}", write.body);
+    assert!(d
+        .host()
+        .etcd_sent
+        .iter()
+        .all(|(_, _, r)| !txn_keys(r).contains(&"/pw/sub/audit".to_string())));
+}
+
+#[test]
+fn fleet_mode_takes_a_static_subscriptions_status_from_etcd_for_its_definition_only() {
+    let gone = br#"{"status":"disabled","disabled_reason":"gone","updated_at_ms":5}"#.to_vec();
+    let d = with_static(&[(audit_key(), gone.clone())], &[]);
+    let (sub, _) = registry(&d).get("audit").unwrap();
+    assert_eq!(
+        (sub.status, sub.disabled_reason.as_deref()),
+        (Status::Disabled, Some("gone"))
+    );
+    // Another definition's status (the URL or secret moved since): active, and that key goes.
+    let other = b"/pw/static/audit/00000000000000000000000000000000".to_vec();
+    let mut d = with_static(&[(other.clone(), gone)], &[]);
+    assert!(registry(&d).get("audit").unwrap().0.is_active());
+    let other = String::from_utf8(other).unwrap();
+    let deletes = d.host().etcd_sent.iter();
+    let deletes = deletes.filter(|(_, _, r)| r.body.contains("request_delete_range"));
+    let deleted: Vec<Vec<String>> = deletes.map(|(_, _, r)| txn_keys(r)).collect();
+    assert_eq!(deleted, [[other]]);
+    d.on_tick();
+    assert!(statics_calls(&d).is_empty());
+}
+
+#[test]
+fn fleet_mode_ignores_and_deletes_a_copy_of_a_static_subscription_an_earlier_version_wrote() {
+    let mut legacy = record_json("audit", "disabled", 3);
+    legacy["consumer"] = json!("ops");
+    legacy["url"] = json!("https://old.example.com/in");
+    legacy["is_static"] = json!(true);
+    let mut removed = legacy.clone();
+    removed["id"] = json!("gone_from_config");
+    let mut d = with_static(
+        &[],
+        &[legacy.clone(), removed, record_json("sub_a", "active", 1)],
+    );
+    let (sub, _) = registry(&d).get("audit").unwrap();
+    assert_eq!((sub.url.as_str(), sub.status), (STATIC_URL, Status::Active));
+    assert!(registry(&d).get("gone_from_config").is_none());
+    assert!(registry(&d).get("sub_a").is_some());
+    // Read again, then deleted while still the copy read (compared on its revision).
+    d.on_tick();
+    let (token, check) = unanswered(&d)
+        .into_iter()
+        .find(|(_, r)| {
+            r.body.contains("request_range") && txn_keys(r).contains(&"/pw/sub/audit".into())
+        })
+        .unwrap();
+    assert_eq!(
+        txn_keys(&check),
+        ["/pw/sub/audit", "/pw/sub/gone_from_config"]
+    );
+    let kv = |id: &str, record: &Value| {
+        let key = format!("/pw/sub/{id}");
+        json!({"response_range": {"header": {"revision": "9"}, "count": "1", "kvs": [
+            {"key": b64(key.as_bytes()), "mod_revision": "6", "value": b64(record.to_string().as_bytes())}]}})
+    };
+    let mut removed = legacy.clone();
+    removed["id"] = json!("gone_from_config");
+    let answer = json!({"header": {"revision": "9"}, "succeeded": true,
+        "responses": [kv("audit", &legacy), kv("gone_from_config", &removed)]});
+    reply(&mut d, token, &answer.to_string());
+    let mut deleted = Vec::new();
+    let is_delete = |r: &Request| {
+        r.body.contains("request_delete_range")
+            && txn_keys(r).iter().any(|k| k.starts_with("/pw/sub/"))
+    };
+    while let Some((token, delete)) = unanswered(&d).into_iter().find(|(_, r)| is_delete(r)) {
+        let body: Value = serde_json::from_str(&delete.body).unwrap();
+        assert_eq!(body["compare"][0]["mod_revision"], json!("6"));
+        deleted.extend(txn_keys(&delete));
+        reply(
+            &mut d,
+            token,
+            r#"{"header":{"revision":"10"},"succeeded":true}"#,
+        );
+    }
+    deleted.sort();
+    assert_eq!(deleted, ["/pw/sub/audit", "/pw/sub/gone_from_config"]);
+    // etcd's delete reaches the registry read as a removal: the static subscription stays.
+    sync_at(&mut d, &[], 11);
+    d.on_tick();
+    let (token, listing) = registry_reads(&d).last().cloned().unwrap();
+    assert!(listing.body.contains("keys_only"));
+    let listed = registry_answer(&[record_json("sub_a", "active", 1)], 1, 11);
+    reply(&mut d, token, &listed.to_string());
+    assert!(registry(&d).get("sub_a").is_some());
+    assert_eq!(registry(&d).get("audit").unwrap().0.url, STATIC_URL);
+}
+
 // ---- The durable outbox ----
 
 /// The puts of messages among the outbox calls not answered yet.
@@ -602,15 +764,67 @@ fn fleet_mode_stops_at_once_leaving_pending_messages_in_etcd() {
 }
 
 #[test]
-fn fleet_mode_restarts_resume_the_former_lease() {
+fn fleet_mode_restarts_resume_the_former_lease_once_nobody_renews_it() {
     let config = format!(r#"{{"delivery": {{"allow_private_destinations": true}}, {FLEET}}}"#);
     let mut d = dispatcher_with(&config);
-    let (token, find) = outbox_calls(&d).into_iter().next().unwrap();
-    assert_eq!(key_of(&find).as_deref(), Some("/pw/node/n1"));
+    let (token, _) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| key_of(r).as_deref() == Some("/pw/node/n1"))
+        .unwrap();
     let former = json!({"header": {"revision": "7"}, "kvs": [{"key": b64(b"/pw/node/n1"), "value": b64(b"99")}], "count": "1"});
     reply(&mut d, token, &former.to_string());
-    let (_, revoke) = outbox_calls(&d).into_iter().next().unwrap();
-    assert_eq!(revoke, crate::fleet::etcd::lease_revoke(0x99));
+    let revoke = crate::fleet::etcd::lease_revoke(0x99);
+    for _ in 0..20 {
+        if d.host().etcd_sent.iter().any(|(_, _, r)| *r == revoke) {
+            break;
+        }
+        for (token, request) in outbox_calls(&d) {
+            let body = match request.path {
+                crate::fleet::etcd::LEASE_TIME_TO_LIVE => {
+                    json!({"header": {"revision": "7"}, "ID": "153", "grantedTTL": "3"}).to_string()
+                }
+                _ => plain_answer(&request),
+            };
+            reply(&mut d, token, &body);
+        }
+        d.host().advance(crate::fleet::journal::PROBE_MS);
+        d.on_tick();
+    }
+    assert!(d.host().etcd_sent.iter().any(|(_, _, r)| *r == revoke));
+    assert_eq!(d.host().metric(Metric::FleetNodeConflicts), 0);
+}
+
+#[test]
+fn fleet_mode_counts_another_process_with_the_same_node_id_and_leaves_its_lease() {
+    let config = format!(r#"{{"delivery": {{"allow_private_destinations": true}}, {FLEET}}}"#);
+    let mut d = dispatcher_with(&config);
+    let (token, _) = outbox_calls(&d)
+        .into_iter()
+        .find(|(_, r)| key_of(r).as_deref() == Some("/pw/node/n1"))
+        .unwrap();
+    let former = json!({"header": {"revision": "7"}, "kvs": [{"key": b64(b"/pw/node/n1"), "value": b64(b"99")}], "count": "1"});
+    reply(&mut d, token, &former.to_string());
+    for _ in 0..10 {
+        for (token, request) in outbox_calls(&d) {
+            let body = match request.path {
+                crate::fleet::etcd::LEASE_TIME_TO_LIVE => {
+                    json!({"header": {"revision": "7"}, "ID": "153", "TTL": "2", "grantedTTL": "3"})
+                        .to_string()
+                }
+                _ => plain_answer(&request),
+            };
+            reply(&mut d, token, &body);
+        }
+        d.host().advance(crate::fleet::journal::PROBE_MS);
+        d.on_tick();
+    }
+    assert_eq!(d.host().metric(Metric::FleetNodeConflicts), 1);
+    let revoke = crate::fleet::etcd::lease_revoke(0x99);
+    assert!(!d.host().etcd_sent.iter().any(|(_, _, r)| *r == revoke));
+    assert_eq!(
+        d.fleet.as_ref().unwrap().durable.journal.lease(),
+        Some(LEASE)
+    );
 }
 
 #[test]

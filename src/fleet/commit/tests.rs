@@ -466,20 +466,46 @@ fn records_are_written_sealed_and_an_unreadable_one_is_refused() {
 }
 
 #[test]
-fn replace_of_a_static_subscription_may_write_it_first() {
-    let mut after = sub("sub_static", 2);
+fn a_static_subscriptions_change_writes_its_status_alone_under_its_definition() {
+    let mut after = sub("audit", 2);
     after.is_static = true;
-    let (_, request) = replace(&after, 1);
-    assert_eq!(
-        request_body(&request)["compare"],
-        json!([compare(
-            "/pw/sub/sub_static",
-            "MOD",
-            "EQUAL",
-            "mod_revision",
-            0
-        )])
+    after.privileged = true;
+    after.status = Status::Disabled;
+    after.disabled_reason = Some("gone".into());
+    let (mut commit, request) = Commit::start(
+        Write::Static {
+            after: after.clone(),
+        },
+        &keys(),
+        &Vault::default(),
+        &mut NoRandom,
     );
+    let body = request_body(&request);
+    assert_eq!(body["compare"], json!([]));
+    let put = &body["success"][0]["request_put"];
+    let key = STANDARD.decode(put["key"].as_str().unwrap()).unwrap();
+    let def = crate::fleet::statics::definition(&after.url, "whsec_x");
+    assert_eq!(key, format!("/pw/static/audit/{def}").into_bytes());
+    // The status only: no URL, secret, events or privileged flag.
+    let value = STANDARD.decode(put["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&value).unwrap(),
+        json!({"status": "disabled", "disabled_reason": "gone", "updated_at_ms": 2})
+    );
+    assert_eq!(
+        answer(&mut commit, &succeeded(30, 1)),
+        Step::Committed { revision: 30 }
+    );
+    let (mut commit, _) = Commit::start(
+        Write::Static { after },
+        &keys(),
+        &Vault::default(),
+        &mut NoRandom,
+    );
+    assert!(matches!(
+        answer(&mut commit, &failed(vec![])),
+        Step::Unavailable(_)
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -977,7 +1003,7 @@ fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) 
                     assert!(!etcd.slots().values().any(|s| s == id));
                     assert!(!records.contains_key(id));
                 }
-                Write::Replace { .. } => unreachable!(),
+                Write::Replace { .. } | Write::Static { .. } => unreachable!(),
             },
             Step::LimitReached(n) => {
                 assert!(n >= limit as u64);

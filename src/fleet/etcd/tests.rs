@@ -165,6 +165,46 @@ fn lease_builders() {
         (r.path, body(&r)),
         ("/v3/lease/revoke", json!({"ID": "42"}))
     );
+    let t = lease_time_to_live(42);
+    assert_eq!(
+        (t.path, body(&t)),
+        ("/v3/lease/timetolive", json!({"ID": "42"}))
+    );
+}
+
+#[test]
+fn time_to_live_answers_as_etcd_3_4_writes_them() {
+    let header = r#""header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"1","raft_term":"2"}"#;
+    let left = format!(r#"{{{header},"ID":"4111120472143332101","TTL":"7","grantedTTL":"10"}}"#);
+    assert_eq!(
+        parse_lease_time_to_live(left.as_bytes(), 4_111_120_472_143_332_101),
+        Ok(TimeToLive::Left {
+            ttl: 7,
+            granted: 10
+        })
+    );
+    // About to expire: `TTL` 0 is left out.
+    let expiring = format!(r#"{{{header},"ID":"5","grantedTTL":"3"}}"#);
+    assert_eq!(
+        parse_lease_time_to_live(expiring.as_bytes(), 5),
+        Ok(TimeToLive::Left { ttl: 0, granted: 3 })
+    );
+    let gone = format!(r#"{{{header},"ID":"5","TTL":"-1"}}"#);
+    assert_eq!(
+        parse_lease_time_to_live(gone.as_bytes(), 5),
+        Ok(TimeToLive::Gone)
+    );
+    assert_field_err(
+        parse_lease_time_to_live(gone.as_bytes(), 6),
+        "ID",
+        "is 5, not the lease 6",
+    );
+    let odd = format!(r#"{{{header},"ID":"5","TTL":"-2"}}"#);
+    assert_field_err(
+        parse_lease_time_to_live(odd.as_bytes(), 5),
+        "TTL",
+        "is not a non-negative 64-bit integer",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,12 +5,13 @@ use super::*;
 
 /// Dead leases claimed per scan, at most (the next scan takes the rest).
 const CLAIMS_PER_SCAN: usize = 8;
+/// Our lost leases remembered, at most.
+const PAST_LEASES: usize = 8;
 
 impl Journal {
     pub(super) fn start_request(&self, step: Start) -> Request {
         match step {
             Start::FindNode => etcd::range(&self.keys.node(&self.node_id)),
-            Start::Revoke(lease) => etcd::lease_revoke(lease),
             Start::Grant => etcd::lease_grant(ttl_seconds(self.ttl_ms)),
             Start::Register(lease) => {
                 let node = self.node_id.as_bytes().to_vec();
@@ -21,7 +22,7 @@ impl Journal {
                     put(
                         self.keys.node(&self.node_id),
                         keys::hex(lease).into_bytes(),
-                        0,
+                        lease,
                     ),
                 ];
                 etcd::txn(&[], &success, &[])
@@ -43,12 +44,15 @@ impl Journal {
                     .first()
                     .and_then(|kv| std::str::from_utf8(&kv.value).ok())
                     .and_then(keys::parse_hex);
-                match former {
-                    Some(lease) => self.next_step(Start::Revoke(lease), now),
-                    None => self.next_step(Start::Grant, now),
-                }
+                self.former = former.map(|lease| Former {
+                    lease,
+                    ttl: None,
+                    reads: 0,
+                    at: now,
+                    waiting: false,
+                });
+                self.next_step(Start::Grant, now);
             }
-            Start::Revoke(_) => self.next_step(Start::Grant, now),
             Start::Grant => {
                 let lease = etcd::parse_lease_grant(body).map_err(|e| e.to_string())?;
                 self.next_step(Start::Register(lease.id), now);
@@ -76,6 +80,14 @@ impl Journal {
             self.keepalive_waiting = true;
             let request = etcd::lease_keepalive(lease);
             self.push(out, Call::KeepAlive { lease }, request);
+        }
+        if let Some(former) = self.former.as_mut().filter(|f| !f.waiting && now >= f.at) {
+            former.waiting = true;
+            let lease = former.lease;
+            self.push(out, Call::Probe { lease }, etcd::lease_time_to_live(lease));
+        }
+        if let Some(former) = self.revoke_due.take() {
+            self.push(out, Call::Revoke, etcd::lease_revoke(former));
         }
         if !self.scanning && now >= self.scan_at {
             self.scanning = true;
@@ -115,6 +127,10 @@ impl Journal {
     /// Our lease expired (etcd was out of reach longer than its TTL): another replica may
     /// claim what it holds (delivered twice at worst); new messages go under a new lease.
     pub(super) fn lease_lost(&mut self, lease: i64, now: u64) {
+        if self.past_leases.len() >= PAST_LEASES {
+            self.past_leases.remove(0);
+        }
+        self.past_leases.push(lease);
         log::warn!(
             "proxy-webhooks: fleet: lease {} of node {} expired; taking a new one (its messages may be claimed and delivered by another replica as well)",
             keys::hex(lease),
@@ -123,22 +139,100 @@ impl Journal {
         self.next_step(Start::Grant, now);
     }
 
-    /// One txn reading every live key, owner and claim.
+    /// What the time to live of the lease found under our node key at start says of it.
+    pub(super) fn on_probe(
+        &mut self,
+        lease: i64,
+        body: &[u8],
+        now: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
+        let left = etcd::parse_lease_time_to_live(body, lease).map_err(|e| e.to_string())?;
+        let Some(former) = self.former.as_mut() else {
+            return Ok(());
+        };
+        former.waiting = false;
+        former.at = now + PROBE_MS;
+        former.reads += 1;
+        let (ttl, granted) = match left {
+            etcd::TimeToLive::Gone => {
+                self.former = None;
+                return Ok(());
+            }
+            etcd::TimeToLive::Left { ttl, granted } => (ttl, granted),
+        };
+        let renewed = former.ttl.is_some_and(|before| ttl >= before);
+        // Renewed every third of its TTL, a lease in use never shows less than this.
+        let in_use_floor = granted - (granted + 2) / 3 - 1;
+        // A lease nobody renews is gone after `granted` seconds: one still there later is.
+        let undecided_too_long = i64::from(former.reads) > granted + 2;
+        former.ttl = Some(ttl);
+        if renewed || undecided_too_long {
+            self.former = None;
+            self.node_conflict(lease, outcome);
+        } else if ttl < in_use_floor {
+            self.former = None;
+            log::info!(
+                "proxy-webhooks: fleet: node {} revokes its former lease {} (no longer renewed): its messages are claimed now",
+                self.node_id,
+                keys::hex(lease)
+            );
+            self.revoke_due = Some(lease);
+        }
+        Ok(())
+    }
+
+    /// Another process runs with our node id (it holds `lease`): logged and counted once per
+    /// lease; its lease is left alone.
+    fn node_conflict(&mut self, lease: i64, outcome: &mut Outcome) {
+        if self.reported == Some(lease) {
+            return;
+        }
+        self.reported = Some(lease);
+        outcome.node_conflicts += 1;
+        log::error!(
+            "proxy-webhooks: fleet: another process runs with node id {} (it holds lease {}, which it renews): give every replica its own fleet.node_id (or none, for a random one); its lease is left alone",
+            self.node_id,
+            keys::hex(lease)
+        );
+    }
+
+    /// One txn reading every live key, owner and claim, and our node key.
     fn scan_request(&self) -> Request {
         let range = |kind| Op::Range {
             key: self.keys.all(kind),
             prefix: true,
             limit: 0,
         };
-        etcd::txn(&[], &[range(LIVE), range(OWNER), range(CLAIM)], &[])
+        let node = Op::Range {
+            key: self.keys.node(&self.node_id),
+            prefix: false,
+            limit: 0,
+        };
+        etcd::txn(&[], &[range(LIVE), range(OWNER), range(CLAIM), node], &[])
     }
 
-    pub(super) fn on_scan(&mut self, body: &[u8], now: u64) -> Result<(), String> {
+    pub(super) fn on_scan(
+        &mut self,
+        body: &[u8],
+        now: u64,
+        outcome: &mut Outcome,
+    ) -> Result<(), String> {
         let answer = check_txn(body)?;
         let mut kinds = answer.responses.iter();
         let live = leases_in(&self.keys, LIVE, kinds.next());
         let owners = leases_in(&self.keys, OWNER, kinds.next());
         let claims = leases_in(&self.keys, CLAIM, kinds.next());
+        if let Some(OpAnswer::Range(node)) = kinds.next() {
+            let holder = node
+                .kvs
+                .first()
+                .and_then(|kv| keys::parse_hex(std::str::from_utf8(&kv.value).ok()?));
+            let ours = |l: i64| self.lease() == Some(l) || self.past_leases.contains(&l);
+            if let Some(other) = holder.filter(|l| !ours(*l) && live.contains(l)) {
+                self.node_conflict(other, outcome);
+            }
+        }
         self.scanning = false;
         self.scan_at = now + self.scan_every_ms;
         self.count_dead_due = true;

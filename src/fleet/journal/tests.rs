@@ -92,6 +92,9 @@ fn ready(now: u64) -> Journal {
             ("request_put".into(), "/p/node/n1".into()),
         ]
     );
+    // The node key goes with the lease (a random node id leaves nothing behind).
+    let node = &body(&register)["success"][2]["request_put"];
+    assert_eq!(node["lease"], json!(LEASE.to_string()));
     assert_eq!(j.lease(), None);
     answer(&mut j, id, &txn_body(true, vec![]), now);
     assert_eq!(j.lease(), Some(LEASE));
@@ -128,19 +131,154 @@ fn a_replica_without_a_former_lease_grants_one_and_registers() {
     assert_eq!((j.durable(), j.held()), (0, 0));
 }
 
-#[test]
-fn a_restart_revokes_the_former_lease_whatever_etcd_says_of_it() {
+/// A journal that found lease `aa` under its node key, then granted and registered [`LEASE`]
+/// at 0 (its first scan and trim count answered with nothing).
+fn found_former() -> Journal {
     let mut j = journal();
     let (id, _) = one(j.calls(0));
     let former = range_body(vec![kv(b"/p/node/n1", b"aa")], false);
     answer(&mut j, id, &former.to_string(), 0);
-    let (id, revoke) = one(j.calls(0));
-    assert_eq!(revoke, etcd::lease_revoke(0xaa));
-    // An expired lease: etcd refuses the revoke. It is gone either way.
+    let (id, grant) = one(j.calls(0));
+    assert_eq!(grant, etcd::lease_grant(3), "a restart does not wait");
+    let granted = json!({"header": header(), "ID": LEASE.to_string(), "TTL": "3"});
+    answer(&mut j, id, &granted.to_string(), 0);
+    let (id, _) = one(j.calls(0));
+    answer(&mut j, id, &txn_body(true, vec![]), 0);
+    assert_eq!(j.lease(), Some(LEASE));
+    j
+}
+
+/// The former lease's time-to-live read due at `now`, answered with `ttl` of 10 s (None:
+/// gone); the other calls due are answered as a quiet etcd would.
+fn probe(j: &mut Journal, now: u64, ttl: Option<i64>) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut probed = false;
+    for (id, request) in j.calls(now) {
+        if request == etcd::lease_time_to_live(0xaa) {
+            probed = true;
+            let body = match ttl {
+                Some(ttl) => {
+                    json!({"header": header(), "ID": "170", "TTL": ttl.to_string(), "grantedTTL": "10"})
+                }
+                None => json!({"header": header(), "ID": "170", "TTL": "-1"}),
+            };
+            outcome = answer(j, id, &body.to_string(), now);
+        } else if request.path == etcd::TXN {
+            answer(j, id, &scan_answer(&[LEASE], &[LEASE], &[]), now);
+        } else {
+            answer(j, id, &range_body(vec![], false).to_string(), now);
+        }
+    }
+    assert!(probed, "a read of the former lease's time to live at {now}");
+    outcome
+}
+
+fn revokes(calls: &[(CallId, Request)]) -> usize {
+    let revoke = etcd::lease_revoke(0xaa);
+    calls.iter().filter(|(_, r)| *r == revoke).count()
+}
+
+#[test]
+fn a_restart_revokes_its_former_lease_once_its_time_to_live_shows_nobody_renews_it() {
+    let mut j = found_former();
+    // 10 s granted, renewed every 3.3 s at most: a lease in use never shows less than 5.
+    assert_eq!(probe(&mut j, 0, Some(8)), Outcome::default());
+    assert_eq!(probe(&mut j, PROBE_MS, Some(6)), Outcome::default());
+    let calls = j.calls(PROBE_MS + 1);
+    assert!(
+        calls
+            .iter()
+            .all(|(_, r)| r.path != etcd::LEASE_TIME_TO_LIVE)
+            && revokes(&calls) == 0,
+        "undecided: read again later"
+    );
+    let outcome = probe(&mut j, 2 * PROBE_MS, Some(4));
+    assert_eq!(outcome.node_conflicts, 0);
+    let calls = j.calls(2 * PROBE_MS);
+    assert_eq!(revokes(&calls), 1, "{calls:?}");
+    // Refused (it expired meanwhile): gone either way, no error, never read again.
+    let (id, _) = calls.into_iter().next().unwrap();
     let gone = r#"{"error":"etcdserver: requested lease not found","code":5}"#;
-    j.on_answer(id, Some("404"), gone.as_bytes(), 0);
-    let (_, grant) = one(j.calls(0));
-    assert_eq!(grant, etcd::lease_grant(3));
+    assert_eq!(
+        j.on_answer(id, Some("404"), gone.as_bytes(), 2 * PROBE_MS),
+        Outcome::default()
+    );
+    assert!(j
+        .calls(10 * PROBE_MS)
+        .iter()
+        .all(|(_, r)| r.path != etcd::LEASE_TIME_TO_LIVE));
+}
+
+#[test]
+fn a_former_lease_that_is_renewed_belongs_to_another_process_counted_once_and_never_revoked() {
+    let mut j = found_former();
+    probe(&mut j, 0, Some(9));
+    // Renewed in between: another process runs with our node id.
+    let outcome = probe(&mut j, PROBE_MS, Some(9));
+    assert_eq!(outcome.node_conflicts, 1);
+    for step in 2..20 {
+        let calls = j.calls(step * PROBE_MS);
+        assert_eq!(revokes(&calls), 0);
+        assert!(calls
+            .iter()
+            .all(|(_, r)| r.path != etcd::LEASE_TIME_TO_LIVE));
+        for (id, request) in calls {
+            let body = match request.path {
+                etcd::TXN => scan_answer(&[LEASE, 0xaa], &[LEASE], &[]),
+                _ => range_body(vec![], false).to_string(),
+            };
+            answer(&mut j, id, &body, step * PROBE_MS);
+        }
+    }
+}
+
+#[test]
+fn a_former_lease_already_gone_is_left_to_the_scans() {
+    let mut j = found_former();
+    assert_eq!(probe(&mut j, 0, None), Outcome::default());
+    assert_eq!(revokes(&j.calls(PROBE_MS)), 0);
+}
+
+#[test]
+fn a_scan_finding_another_live_lease_under_our_node_key_is_a_conflict_ours_are_not() {
+    let mut j = ready(0);
+    let node = |lease: i64| {
+        let kvs = vec![kv(b"/p/node/n1", format!("{lease:x}").as_bytes())];
+        json!({"response_range": range_body(kvs, false)})
+    };
+    let scan = |j: &mut Journal, at: u64, live: &[i64], holder: i64| {
+        let (id, request) = j
+            .calls(at)
+            .into_iter()
+            .find(|(_, r)| r.path == etcd::TXN)
+            .unwrap();
+        assert_eq!(body(&request)["success"].as_array().unwrap().len(), 4);
+        let mut answer_body: Value = serde_json::from_str(&scan_answer(live, live, &[])).unwrap();
+        answer_body["responses"]
+            .as_array_mut()
+            .unwrap()
+            .push(node(holder));
+        answer(j, id, &answer_body.to_string(), at)
+    };
+    assert_eq!(scan(&mut j, SCAN_MS, &[LEASE], LEASE).node_conflicts, 0);
+    // Another process registered with our node id after us.
+    assert_eq!(
+        scan(&mut j, 2 * SCAN_MS, &[LEASE, 0x77], 0x77).node_conflicts,
+        1
+    );
+    assert_eq!(
+        scan(&mut j, 3 * SCAN_MS, &[LEASE, 0x77], 0x77).node_conflicts,
+        0,
+        "once"
+    );
+    // Its lease gone: its node key went with it.
+    assert_eq!(scan(&mut j, 4 * SCAN_MS, &[LEASE], 0x77).node_conflicts, 0);
+    // Our own lost lease, in a scan sent before we registered the new one: not a conflict.
+    lose_lease_and_take_ac(&mut j);
+    assert_eq!(
+        scan(&mut j, 5 * SCAN_MS, &[LEASE, 0xac], LEASE).node_conflicts,
+        0
+    );
 }
 
 #[test]
