@@ -154,6 +154,15 @@ pub fn etcd_unavailable() -> Response {
     response
 }
 
+/// 503 in fleet mode until the replica's first read of etcd's registry is applied: its cache is
+/// empty or partial, and a 404 or an empty list would be false.
+pub fn registry_not_read() -> Response {
+    let message = "this replica has not read the subscription registry from etcd yet; try again";
+    let mut response = error(503, "unavailable", message);
+    response.headers.push(("retry-after", "1".to_string()));
+    response
+}
+
 /// 503 for a retry of a message this replica does not know whose kept copy etcd could not be
 /// asked for. A fixed text, as [`etcd_unavailable`]'s.
 pub fn lookup_unavailable() -> Response {

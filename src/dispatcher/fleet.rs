@@ -15,6 +15,8 @@ use crate::fleet::sync::{Apply, Sync};
 use crate::fleet::vault::Vault;
 use crate::model::subscription::Subscription;
 use crate::port::{DispatchHost, Metric};
+use crate::registry::store::KvStore;
+use crate::registry::watchdog;
 use crate::support::hashing::HashMap;
 
 /// How long fan-out waits for the first read of the registry before it goes on with what it
@@ -33,6 +35,8 @@ pub(super) struct Fleet {
     /// Static subscriptions' shared statuses, and the token of its call waiting.
     statics: Statics,
     statics_call: Option<u32>,
+    /// The workers were told that the first registry read is applied.
+    announced: bool,
     /// Record changes the dispatcher made (a subscription disabled) on their way to etcd.
     writes: HashMap<u32, Commit>,
     started_ms: u64,
@@ -80,6 +84,7 @@ impl Fleet {
                 &configured,
             ),
             statics_call: None,
+            announced: false,
             writes: HashMap::default(),
             started_ms: now,
             errors: 0,
@@ -246,7 +251,12 @@ impl<H: DispatchHost> Dispatcher<H> {
             self.host.add_metric(Metric::FleetUnreadable, unreadable);
         }
         match changes {
-            Ok(changes) => self.apply_synced(changes),
+            Ok(changes) => {
+                self.apply_synced(changes);
+                self.announce_registry_read();
+                // The next page (or the listing a change read asked for) goes at once.
+                self.fleet_tick();
+            }
             Err(why) => {
                 if let Some(fleet) = self.fleet.as_mut() {
                     fleet.sync.on_failure(now);
@@ -255,6 +265,29 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
         }
         true
+    }
+
+    /// Tells the workers (shared data) whether the first registry read is applied: `false` at
+    /// start, `true` once it is, so the API answers 503 until then (`crate::registry::watchdog`).
+    pub(super) fn announce_registry_read(&mut self) {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        let read = fleet.sync.synced();
+        if read && fleet.announced {
+            return;
+        }
+        fleet.announced = read;
+        let value = watchdog::registry_read_value(read);
+        if let Err(e) = self
+            .host
+            .store()
+            .set(watchdog::REGISTRY_READ_KEY, value, None)
+        {
+            log::error!(
+                "proxy-webhooks: fleet: cannot tell the workers that the registry is read: {e:?}"
+            );
+        }
     }
 
     /// Sends a record change the dispatcher made (a disable) to etcd, so every replica has it.
@@ -291,8 +324,12 @@ impl<H: DispatchHost> Dispatcher<H> {
         match commit.on_answer(status, body) {
             Step::Send(request) => self.send_write(commit, &request),
             Step::Committed { .. } => {}
-            // Someone changed it meanwhile (a PATCH on another replica): etcd's record wins.
-            Step::Stale(fresh) => self.apply_synced(vec![Apply::Put(fresh)]),
+            // Someone changed it meanwhile (a PATCH on another replica): etcd's record wins,
+            // and the next read checks it again (it may be overtaken already).
+            Step::Stale(fresh, revision) => {
+                self.cached_outside_sync(&fresh.id, revision);
+                self.apply_synced(vec![Apply::Put(fresh)]);
+            }
             Step::Gone => self.apply_synced(vec![Apply::Remove(id)]),
             Step::LimitReached(_) => {}
             Step::Unavailable(why) => self.write_lost(&id, &why),
@@ -305,6 +342,14 @@ impl<H: DispatchHost> Dispatcher<H> {
             "proxy-webhooks: fleet: the change of subscription {id} was not written to etcd ({why}): other replicas do not see it"
         );
         self.host.add_metric(Metric::FleetEtcdErrors, 1);
+    }
+
+    /// The cache took a record etcd had at `revision` outside the registry read (see
+    /// `crate::fleet::sync`).
+    pub(super) fn cached_outside_sync(&mut self, id: &str, revision: i64) {
+        if let Some(fleet) = self.fleet.as_mut() {
+            fleet.sync.on_local(id, revision);
+        }
     }
 
     /// Writes etcd's changes into the cache. Static subscriptions are the configuration's: a

@@ -159,6 +159,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
         self.registry.prepare();
         crate::registry::ratelimit::prepare(self.host.store());
+        self.announce_registry_read();
         self.beat();
         self.registry
             .sync_static(&self.config.subscriptions, self.host.now_ms());
@@ -305,6 +306,10 @@ impl<H: DispatchHost> Dispatcher<H> {
                     }
                 }
                 Ok(QueueMessage::Replay { webhook_id, kept }) => self.replay(&webhook_id, &kept),
+                Ok(QueueMessage::Cached {
+                    subscription_id,
+                    mod_revision,
+                }) => self.cached_outside_sync(&subscription_id, mod_revision),
                 Err(e) => log::warn!("proxy-webhooks: ignoring a malformed queue message: {e}"),
             }
         }

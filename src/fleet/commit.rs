@@ -65,9 +65,9 @@ pub enum Step {
     Committed { revision: i64 },
     /// The consumer already has this many subscriptions (the limit or more).
     LimitReached(u64),
-    /// etcd has a newer record than the one checked: apply it to the cache and handle the call
-    /// again.
-    Stale(Subscription),
+    /// etcd has a newer record than the one checked (its `mod_revision` beside it): apply it to
+    /// the cache and handle the call again.
+    Stale(Subscription, i64),
     /// etcd has no such subscription.
     Gone,
     /// etcd could not be used; nothing was written. The reason names what went wrong.
@@ -260,7 +260,7 @@ impl Commit {
             return Ok(Some(Step::Gone));
         };
         if record.version != before_version {
-            return Ok(Some(Step::Stale(record)));
+            return Ok(Some(Step::Stale(record, sub_mod)));
         }
         self.sub_mod = sub_mod;
         Ok(None)
@@ -279,7 +279,7 @@ impl Commit {
             return Ok(Some(Step::Gone));
         };
         if record.version != before_version {
-            return Ok(Some(Step::Stale(record)));
+            return Ok(Some(Step::Stale(record, sub_mod)));
         }
         self.sub_mod = sub_mod;
         // The slot holding the id; none (or only odd keys or values) does not keep the record.

@@ -111,6 +111,11 @@ pub struct RangeQuery {
     /// When not empty (and not `prefix`): the keys from `key` up to this one, excluded (a page
     /// of a prefix that starts after the last key read).
     pub end: Vec<u8>,
+    /// Read the store as it was at this revision (0: now): the pages of one read see one
+    /// state. etcd refuses a compacted revision.
+    pub revision: i64,
+    /// Only the count, no keys.
+    pub count_only: bool,
 }
 
 /// Reads a range with every option of [`RangeQuery`].
@@ -132,6 +137,12 @@ fn query_body(query: &RangeQuery) -> Map<String, Value> {
     if query.oldest_first {
         body.insert("sort_target".into(), Value::String("CREATE".into()));
         body.insert("sort_order".into(), Value::String("ASCEND".into()));
+    }
+    if query.revision > 0 {
+        body.insert("revision".into(), number(query.revision));
+    }
+    if query.count_only {
+        body.insert("count_only".into(), Value::Bool(true));
     }
     body
 }

@@ -30,6 +30,13 @@ pub enum QueueMessage {
     /// dispatcher keeps, else (fleet mode) `kept`, its stored form from etcd's `P/dead/`
     /// ([`crate::fleet::stored`]; empty when the API did not look there).
     Replay { webhook_id: String, kept: Vec<u8> },
+    /// Fleet mode: a worker put into the cache the record etcd had at `mod_revision` (its own
+    /// API write, or a newer record the write found), which the dispatcher's registry read
+    /// checks again (`crate::fleet::sync`).
+    Cached {
+        subscription_id: String,
+        mod_revision: i64,
+    },
 }
 
 impl QueueMessage {
@@ -50,6 +57,19 @@ impl QueueMessage {
                 payload,
             } => ("T", subscription_id, payload),
             QueueMessage::Replay { webhook_id, kept } => ("R", webhook_id, kept),
+            QueueMessage::Cached {
+                subscription_id,
+                mod_revision,
+            } => {
+                let revision = mod_revision.to_string();
+                return [
+                    b"C\n",
+                    subscription_id.as_bytes(),
+                    b"\n",
+                    revision.as_bytes(),
+                ]
+                .concat();
+            }
         };
         let mut out = Vec::with_capacity(tag.len() + name.len() + payload.len() + 2);
         out.extend_from_slice(tag.as_bytes());
@@ -87,6 +107,13 @@ impl QueueMessage {
             b"R" => Ok(QueueMessage::Replay {
                 webhook_id: name,
                 kept: payload,
+            }),
+            b"C" => Ok(QueueMessage::Cached {
+                subscription_id: name,
+                mod_revision: std::str::from_utf8(&payload)
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .ok_or("queue message with a malformed revision")?,
             }),
             _ => Err("queue message with an unknown tag".to_string()),
         }
@@ -167,6 +194,10 @@ mod tests {
                 webhook_id: "msg_1".into(),
                 kept: b"v1\nmsg_1\nsub_1\na.b\n7\n{\"a\":\n1}".to_vec(),
             },
+            QueueMessage::Cached {
+                subscription_id: "sub_1".into(),
+                mod_revision: 42,
+            },
         ];
         for m in messages {
             assert_eq!(QueueMessage::decode(&m.encode()).unwrap(), m);
@@ -197,6 +228,8 @@ mod tests {
             b"A\na.b\n@a b\n{}",
             b"A\na.b\n*\n{}",
             b"A\n\n@acme\n{}",
+            b"C\nsub_1\n",
+            b"C\nsub_1\nseven",
         ] {
             assert!(QueueMessage::decode(bad).is_err(), "{bad:?}");
         }

@@ -17,6 +17,8 @@
 //! - `pwh:active` ([`ACTIVE_KEY`]): how many subscriptions are active, in decimal.
 //! - `pwh:static` ([`STATIC_KEY`]): the ids of the static subscriptions last synced.
 //! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::registry::watchdog`]).
+//! - `pwh:registry-read` ([`REGISTRY_READ_KEY`]): fleet mode, `1` once the dispatcher applied
+//!   its first read of etcd's registry, `0` before ([`crate::registry::watchdog`]).
 //! - `pwh:rate:<n>` ([`RATE_PREFIX`], a fixed set of keys by a hash of the consumer): the API's
 //!   per-consumer token buckets ([`crate::registry::ratelimit`]).
 
@@ -58,6 +60,8 @@ pub const ACTIVE_KEY: &str = "pwh:active";
 pub const STATIC_KEY: &str = "pwh:static";
 /// The shared-data key of the heartbeat: the dispatcher's clock in milliseconds, in decimal.
 pub const HEARTBEAT_KEY: &str = "pwh:heartbeat";
+/// Fleet mode: whether the first registry read from etcd is applied (`1`) or not yet (`0`).
+pub const REGISTRY_READ_KEY: &str = "pwh:registry-read";
 /// The rate limiter's keys are `<RATE_PREFIX>:<n>`.
 pub const RATE_PREFIX: &str = "pwh:rate";
 

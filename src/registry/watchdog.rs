@@ -7,8 +7,12 @@
 //! its age: past [`DEAD_AFTER_MS`] the worker logs an error once, shows
 //! `webhooks_dispatcher_alive` 0, and drops (and counts) events instead of queueing them where
 //! nothing reads them. Only restarting Envoy brings a dead dispatcher back.
+//!
+//! In fleet mode the dispatcher also tells the workers when its first read of etcd's registry is
+//! applied ([`REGISTRY_READ_KEY`]): until then the cache is empty or partial, and the API answers
+//! 503 rather than a false 404 or an empty list.
 
-pub use crate::registry::store::HEARTBEAT_KEY;
+pub use crate::registry::store::{HEARTBEAT_KEY, REGISTRY_READ_KEY};
 /// How often the dispatcher writes it.
 pub const BEAT_EVERY_MS: u64 = 1000;
 /// How often workers look at it.
@@ -20,6 +24,20 @@ pub const DEAD_AFTER_MS: u64 = 5000;
 /// The heartbeat's value at `now_ms`.
 pub fn beat(now_ms: u64) -> Vec<u8> {
     now_ms.to_string().into_bytes()
+}
+
+/// The value of [`REGISTRY_READ_KEY`]: whether the first registry read is applied.
+pub fn registry_read_value(read: bool) -> &'static [u8] {
+    match read {
+        true => b"1",
+        false => b"0",
+    }
+}
+
+/// Whether the first registry read is applied, from the value of [`REGISTRY_READ_KEY`] (none:
+/// the dispatcher has not started yet).
+pub fn registry_read(value: Option<&[u8]>) -> bool {
+    value == Some(b"1".as_slice())
 }
 
 /// A change the worker must report.
@@ -84,6 +102,14 @@ mod tests {
         assert_eq!(w.check(Some(&beat(10_000)), 60_000), None, "reported once");
         assert_eq!(w.check(Some(&beat(59_500)), 60_000), Some(Change::Revived));
         assert!(w.alive());
+    }
+
+    #[test]
+    fn the_registry_is_read_only_once_the_dispatcher_says_so() {
+        assert!(!registry_read(None), "the dispatcher has not started");
+        assert!(!registry_read(Some(registry_read_value(false))));
+        assert!(!registry_read(Some(b"yes")));
+        assert!(registry_read(Some(registry_read_value(true))));
     }
 
     #[test]

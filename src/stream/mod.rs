@@ -197,6 +197,16 @@ impl<H: StreamHost> Filter<H> {
         call(&mut cx)
     }
 
+    /// Whether the cache holds the registry: always without fleet mode; in fleet mode once the
+    /// dispatcher applied its first read of etcd's (`crate::registry::watchdog`).
+    fn registry_read(&self) -> bool {
+        if self.config.fleet.is_none() {
+            return true;
+        }
+        let value = self.host.store().get(watchdog::REGISTRY_READ_KEY);
+        watchdog::registry_read(value.map(|(v, _)| v).as_deref())
+    }
+
     /// Starts an etcd call on the fleet's cluster; false when there is none or Envoy refuses.
     fn call_etcd(&self, request: &crate::fleet::etcd::Request) -> bool {
         let Some(fleet) = &self.config.fleet else {
@@ -205,14 +215,25 @@ impl<H: StreamHost> Filter<H> {
         self.host.call_etcd(request, &fleet.cluster).is_some()
     }
 
-    /// Makes the cache hold a write etcd has. A failure is only logged: the write is etcd's
-    /// now, and the next sync brings it.
-    fn apply(&self, write: &Write) {
+    /// Makes the cache hold a write etcd has (at `revision`, the record's mod_revision). A
+    /// failure is only logged: the write is etcd's now, and the next sync brings it. A record
+    /// put is reported to the dispatcher, whose next registry read checks it against etcd (a
+    /// newer record, or a delete through another replica, may have overtaken it).
+    fn apply(&self, write: &Write, revision: i64) {
         let registry = Registry::new(self.host.store());
         let outcome = match write {
-            Write::Create { sub, .. }
-            | Write::Replace { after: sub, .. }
-            | Write::Static { after: sub } => registry.apply_synced(sub),
+            Write::Static { after: sub } => registry.apply_synced(sub),
+            Write::Create { sub, .. } | Write::Replace { after: sub, .. } => {
+                let put = registry.apply_synced(sub);
+                self.host.enqueue(
+                    &QueueMessage::Cached {
+                        subscription_id: sub.id.clone(),
+                        mod_revision: revision,
+                    }
+                    .encode(),
+                );
+                put
+            }
             Write::Delete { id, .. } => registry.delete(id).map(|_| ()),
         };
         if let Err(e) = outcome {
@@ -442,12 +463,12 @@ impl<H: StreamHost> Stream<H> {
         match c.commit.on_answer(status.as_deref(), &body) {
             Step::Send(request) if filter.call_etcd(&request) => self.state = State::Committing(c),
             Step::Send(_) => filter.etcd_unavailable("the call could not be started"),
-            Step::Committed { .. } => {
-                filter.apply(c.commit.write());
+            Step::Committed { revision } => {
+                filter.apply(c.commit.write(), revision);
                 filter.send(c.response);
             }
             Step::LimitReached(count) => filter.send(api::limit_reached(&filter.config, count)),
-            Step::Stale(record) => self.rehandle(c, &record),
+            Step::Stale(record, revision) => self.rehandle(c, &record, revision),
             Step::Gone => {
                 // Absent from the cache already is as good.
                 let _ = Registry::new(filter.host.store()).delete(c.commit.write().id());
@@ -470,12 +491,18 @@ impl<H: StreamHost> Stream<H> {
 
     /// etcd has a newer record than the cache: the cache takes it and the call runs again, so
     /// its checks see the current record.
-    fn rehandle(&mut self, c: Box<Committing>, record: &crate::model::subscription::Subscription) {
+    fn rehandle(
+        &mut self,
+        c: Box<Committing>,
+        record: &crate::model::subscription::Subscription,
+        revision: i64,
+    ) {
         let filter = &*self.filter;
-        filter.apply(&Write::Replace {
+        let write = Write::Replace {
             after: record.clone(),
             before_version: record.version,
-        });
+        };
+        filter.apply(&write, revision);
         if c.rehandled >= MAX_REHANDLES {
             let reason = format!("the record kept changing ({MAX_REHANDLES} times) while written");
             filter.etcd_unavailable(&reason);
@@ -535,14 +562,17 @@ impl<H: StreamHost> Stream<H> {
         false
     }
 
-    /// Answers an API call at its headers when they decide it (401, 404, 405): no body is
-    /// buffered for a caller that is refused anyway. True when answered.
+    /// Answers an API call at its headers when they decide it (401, 404, 405; 503 in fleet
+    /// mode before the first registry read is applied): no body is buffered for a caller that
+    /// is refused anyway. True when answered.
     fn api_refused_at_headers(&mut self) -> bool {
         let State::Api(call) = &self.state else {
             return false;
         };
-        let Some(response) = api::answer_before_body(&call.request(&[]), &self.filter.config)
-        else {
+        let filter = &self.filter;
+        let response = api::answer_before_body(&call.request(&[]), &filter.config)
+            .or_else(|| (!filter.registry_read()).then(api::registry_not_read));
+        let Some(response) = response else {
             return false;
         };
         self.state = State::Idle;

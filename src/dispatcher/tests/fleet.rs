@@ -224,6 +224,74 @@ fn fleet_mode_applies_changes_and_deletes_from_etcd() {
     );
 }
 
+/// The workers' flag (shared data): whether the first registry read is applied.
+fn registry_read_flag(d: &Dispatcher<FakeHost>) -> Option<Vec<u8>> {
+    let store = &d.host().store;
+    store.get(watchdog::REGISTRY_READ_KEY).map(|(v, _)| v)
+}
+
+#[test]
+fn fleet_mode_tells_the_workers_once_the_first_registry_read_is_applied() {
+    let mut d = fleet_dispatcher();
+    assert_eq!(registry_read_flag(&d).as_deref(), Some(b"0".as_slice()));
+    let token = registry_reads(&d).last().unwrap().0;
+    reply(&mut d, token, "no JSON");
+    assert_eq!(
+        registry_read_flag(&d).as_deref(),
+        Some(b"0".as_slice()),
+        "a failed read is no read"
+    );
+    d.host().advance(500);
+    d.on_tick();
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    assert_eq!(registry_read_flag(&d).as_deref(), Some(b"1".as_slice()));
+}
+
+#[test]
+fn fleet_mode_reads_the_pages_of_a_registry_read_one_after_the_other_at_once() {
+    let mut d = fleet_dispatcher();
+    let (token, first) = registry_reads(&d).last().cloned().unwrap();
+    let mut page = registry_answer(&[record_json("sub_a", "active", 1)], 2, 7);
+    page["more"] = json!(true);
+    reply(&mut d, token, &page.to_string());
+    assert_eq!(
+        registry_read_flag(&d).as_deref(),
+        Some(b"0".as_slice()),
+        "not before the last page"
+    );
+    let (token, next) = registry_reads(&d).last().cloned().unwrap();
+    assert_ne!(
+        first, next,
+        "the next page is asked for without waiting for a tick"
+    );
+    let next: Value = serde_json::from_str(&next.body).unwrap();
+    assert_eq!(next["key"], b64(b"/pw/sub/sub_a\0"));
+    assert_eq!(next["revision"], "7");
+    let page = registry_answer(&[record_json("sub_b", "active", 1)], 1, 9);
+    reply(&mut d, token, &page.to_string());
+    assert!(registry(&d).get("sub_a").is_some() && registry(&d).get("sub_b").is_some());
+    assert_eq!(registry_read_flag(&d).as_deref(), Some(b"1".as_slice()));
+}
+
+#[test]
+fn fleet_mode_reads_again_from_a_record_a_worker_put_into_the_cache() {
+    let mut d = synced();
+    let cached = QueueMessage::Cached {
+        subscription_id: "sub_new".into(),
+        mod_revision: 5,
+    };
+    d.host_mut().queue.push_back(cached.encode());
+    d.on_queue_ready();
+    d.host().advance(500);
+    d.on_tick();
+    let (_, read) = registry_reads(&d).last().cloned().unwrap();
+    let read: Value = serde_json::from_str(&read.body).unwrap();
+    assert_eq!(
+        read["min_mod_revision"], "5",
+        "not 8: from the reported record on"
+    );
+}
+
 #[test]
 fn fleet_mode_without_etcd_serves_what_it_has_and_counts_the_errors() {
     let mut d = fleet_dispatcher();

@@ -418,7 +418,7 @@ fn replace_of_a_newer_record_is_stale_and_of_none_gone() {
     let held = kv(b"/pw/sub/sub_1", &record(&newer), 21);
     assert_eq!(
         answer(&mut commit, &failed(vec![range(vec![held])])),
-        Step::Stale(newer)
+        Step::Stale(newer, 21)
     );
     let (mut commit, _) = replace(&sub("sub_1", 5), 4);
     assert_eq!(
@@ -613,7 +613,7 @@ fn delete_of_a_newer_record_is_stale_and_of_none_gone() {
     let held = kv(b"/pw/sub/sub_1", &record(&newer), 21);
     assert_eq!(
         answer(&mut commit, &failed(vec![range(vec![held]), range(vec![])])),
-        Step::Stale(newer)
+        Step::Stale(newer, 21)
     );
     let (mut commit, _) = delete(4);
     assert_eq!(

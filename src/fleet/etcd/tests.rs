@@ -681,12 +681,15 @@ fn range_query_sends_each_option_only_when_set() {
         keys_only: true,
         oldest_first: true,
         end: Vec::new(),
+        revision: 12,
+        count_only: true,
     };
     assert_eq!(
         body(&range_query(&all)),
         json!({"key": "ZmxlZXQv", "range_end": "ZmxlZXQw", "limit": "2",
                "min_mod_revision": "9", "keys_only": true,
-               "sort_target": "CREATE", "sort_order": "ASCEND"})
+               "sort_target": "CREATE", "sort_order": "ASCEND",
+               "revision": "12", "count_only": true})
     );
     let plain = RangeQuery {
         key: b"fleet/a".to_vec(),

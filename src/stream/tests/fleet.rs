@@ -20,6 +20,18 @@ fn fleet_filter() -> Rc<Filter<FakeStreamHost>> {
 }
 
 fn filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
+    let filter = unread_filter_with(fleet);
+    // The dispatcher applied its first registry read.
+    let read = watchdog::registry_read_value(true);
+    host(&filter)
+        .store()
+        .set(watchdog::REGISTRY_READ_KEY, read, None)
+        .unwrap();
+    filter
+}
+
+/// A filter whose dispatcher has not read etcd's registry yet.
+fn unread_filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
     let sha: String = Sha256::digest(KEY.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -681,4 +693,63 @@ fn a_subscription_whose_secret_cannot_be_read_answers_503() {
         assert!(headers.contains(&("retry-after".into(), "1".into())));
     }
     assert!(host(&f).etcd_sent.borrow().is_empty(), "nothing written");
+}
+/// Issue 20: a restarted replica answered 404 and empty lists until its first registry read.
+#[test]
+fn every_call_is_503_until_the_first_registry_read_is_applied() {
+    let f = unread_filter_with(true);
+    for (method, path) in [
+        ("GET", format!("{SUBSCRIPTIONS}/{ID}")),
+        ("GET", SUBSCRIPTIONS.to_string()),
+        ("POST", SUBSCRIPTIONS.to_string()),
+        ("DELETE", format!("{SUBSCRIPTIONS}/{ID}")),
+    ] {
+        host(&f).request(&[(":method", method), (":path", &path), ("x-api-key", KEY)]);
+        let mut s = Stream::new(Rc::clone(&f));
+        s.on_request_headers(false);
+        let (status, body, headers) = reply(&f);
+        assert_eq!(status, 503, "{method} {path}");
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+    }
+    assert!(host(&f).etcd_sent.borrow().is_empty());
+    // A wrong key still learns only that (401), and once the read is applied, calls run.
+    host(&f).request(&[
+        (":method", "GET"),
+        (":path", SUBSCRIPTIONS),
+        ("x-api-key", "nope"),
+    ]);
+    Stream::new(Rc::clone(&f)).on_request_headers(true);
+    assert_eq!(reply(&f).0, 401);
+    let read = watchdog::registry_read_value(true);
+    host(&f)
+        .store()
+        .set(watchdog::REGISTRY_READ_KEY, read, None)
+        .unwrap();
+    call(&f, "GET", SUBSCRIPTIONS, "").on_request_headers(true);
+    assert_eq!(reply(&f).0, 200);
+    // Without fleet mode there is no read to wait for.
+    let single = unread_filter_with(false);
+    call(&single, "GET", SUBSCRIPTIONS, "");
+    assert_eq!(reply(&single).0, 200);
+}
+
+#[test]
+fn a_committed_write_reports_the_record_it_put_into_the_cache() {
+    let f = fleet_filter();
+    let before = host(&f).queue.borrow().len();
+    let mut s = create(&f);
+    answer(&f, &mut s, Some("200"), &slots_read(&[], true));
+    answer(&f, &mut s, Some("200"), &succeeded());
+    assert_eq!(reply(&f).0, 201);
+    let queue = host(&f).queue.borrow();
+    assert_eq!(queue.len(), before + 1);
+    let id = reply(&f).1["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        QueueMessage::decode(queue.last().unwrap()).unwrap(),
+        QueueMessage::Cached {
+            subscription_id: id,
+            mod_revision: 40
+        }
+    );
 }
