@@ -39,9 +39,11 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 
 /// Records per page of a change read: ~1 KB each (~1.4 KB in etcd's base64 JSON), so a page is
-/// ~350 KB typically; a record at its largest (50 filters, 5 secrets, long URL) is ~15 KB, so
-/// never more than ~5 MB.
-pub const RECORDS_PER_PAGE: u64 = 256;
+/// ~180 KB typically, under the 256 KiB Envoy buffers of an answer in the shipped wiring
+/// (`http.async_response_buffer_limit`; a larger answer is reset). A record at its largest (50
+/// filters, 5 secrets, long URL) is ~15 KB: a page that fails is read again with half as many
+/// records, down to one, and pages grow back once a read ends.
+pub const RECORDS_PER_PAGE: u64 = 128;
 /// Keys per page of a listing (~120 bytes each in the answer: ~120 KB).
 pub const KEYS_PER_PAGE: u64 = 1000;
 
@@ -103,6 +105,8 @@ pub struct Sync {
     unreadable: u64,
     /// Records and keys per page ([`RECORDS_PER_PAGE`], [`KEYS_PER_PAGE`]; smaller in tests).
     page_sizes: (u64, u64),
+    /// The records per page pages grow back to after failures made them smaller.
+    records_max: u64,
 }
 
 impl Sync {
@@ -120,6 +124,7 @@ impl Sync {
             vault: Vault::default(),
             unreadable: 0,
             page_sizes: (RECORDS_PER_PAGE, KEYS_PER_PAGE),
+            records_max: RECORDS_PER_PAGE,
         }
     }
 
@@ -138,6 +143,7 @@ impl Sync {
     #[cfg(test)]
     pub(crate) fn with_pages(mut self, records: u64, keys: u64) -> Sync {
         self.page_sizes = (records, keys);
+        self.records_max = records;
         self
     }
 
@@ -276,6 +282,7 @@ impl Sync {
         }
         self.revision = reading.at;
         self.last_ok_ms = Some(now);
+        self.page_sizes.0 = self.page_sizes.0.saturating_mul(2).min(self.records_max);
         for (id, returned) in &reading.settling {
             if !returned {
                 self.known.remove(id.as_bytes());
@@ -353,10 +360,14 @@ impl Sync {
         *at = (*at).min(mod_revision);
     }
 
-    /// A page that failed before any answer (refused, timed out): the read starts again at the
-    /// next interval.
+    /// A page that failed before any answer (refused, timed out, reset: as an answer past
+    /// Envoy's buffer limit is): the read starts again at the next interval, a change read
+    /// with half as many records per page.
     pub fn on_failure(&mut self, now: u64) {
         if let Some(reading) = self.reading.take() {
+            if reading.kind != Kind::Listing {
+                self.page_sizes.0 = (self.page_sizes.0 / 2).max(1);
+            }
             for (id, at) in reading.reported {
                 self.on_local(&id, at);
             }

@@ -445,6 +445,33 @@ fn a_failed_page_starts_the_read_again_without_moving_the_revision() {
     assert_eq!(cache.0, etcd.live());
 }
 
+/// An answer past Envoy's buffer limit is reset: the read starts again with pages half as
+/// large, down to one record, and they grow back once a read ends.
+#[test]
+fn a_reset_page_is_read_again_smaller_and_pages_grow_back() {
+    let mut etcd = FakeEtcd::default();
+    for n in 0..5 {
+        etcd.put(&sub_key(&format!("s{n}")), &record(&format!("s{n}"), 1));
+    }
+    let mut sync = Sync::new(Keys::new("/pw"), 500).with_pages(4, 2);
+    let mut cache = Cache::default();
+    let limit = |request: &etcd::Request| sent(request)["limit"].as_str().unwrap().to_string();
+    let mut now = 0;
+    for expected in ["4", "2", "1", "1"] {
+        let page = sync.due(now).unwrap();
+        assert_eq!(limit(&page), expected);
+        sync.on_failure(now);
+        now += 500;
+    }
+    settle(&mut sync, &etcd, &mut cache, now);
+    assert_eq!(cache.0, etcd.live());
+    assert_eq!(
+        limit(&sync.due(now + 500).unwrap()),
+        "2",
+        "twice as large after a read"
+    );
+}
+
 fn parsed(value: &Value) -> Subscription {
     Subscription::from_json(value.to_string().as_bytes()).unwrap()
 }
