@@ -33,6 +33,9 @@ pub enum Metric {
     FleetUnreadable,
     /// Fleet mode: other processes found running with this replica's node id.
     FleetNodeConflicts,
+    /// Fleet mode: 1 once this replica's first registry read is applied (its API answers 503
+    /// before): a readiness signal.
+    FleetRegistryRead,
 }
 
 /// How Envoy keeps a metric.
@@ -45,7 +48,7 @@ pub enum MetricKind {
 
 impl Metric {
     /// Every metric, in the order of [`Metric::index`].
-    pub const ALL: [Metric; 19] = [
+    pub const ALL: [Metric; 20] = [
         Metric::EventsDetected,
         Metric::EventsDropped,
         Metric::DeliveriesSucceeded,
@@ -65,6 +68,7 @@ impl Metric {
         Metric::FleetEtcdErrors,
         Metric::FleetUnreadable,
         Metric::FleetNodeConflicts,
+        Metric::FleetRegistryRead,
     ];
 
     /// The position in [`Metric::ALL`].
@@ -94,6 +98,7 @@ impl Metric {
             Metric::FleetEtcdErrors => "webhooks_fleet_etcd_errors",
             Metric::FleetUnreadable => "webhooks_fleet_unreadable",
             Metric::FleetNodeConflicts => "webhooks_fleet_node_conflicts",
+            Metric::FleetRegistryRead => "webhooks_fleet_registry_read",
         }
     }
 
@@ -105,7 +110,8 @@ impl Metric {
             | Metric::DispatcherAlive
             | Metric::SubscriptionsActive
             | Metric::FleetSyncLagMs
-            | Metric::FleetOutboxSize => MetricKind::Gauge,
+            | Metric::FleetOutboxSize
+            | Metric::FleetRegistryRead => MetricKind::Gauge,
             Metric::DeliveryLatencyMs => MetricKind::Histogram,
             _ => MetricKind::Counter,
         }

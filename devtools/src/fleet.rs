@@ -113,6 +113,9 @@ impl Fleet {
         }
         let starts = configs.iter().cloned().map(Envoy::start);
         let replicas = futures_util::future::try_join_all(starts).await?;
+        for envoy in &replicas {
+            wait_registry_read(envoy).await?;
+        }
         Ok(Fleet {
             replicas,
             receiver,
@@ -151,8 +154,16 @@ impl Fleet {
     }
 
     /// Starts stopped replica `i` again with its configuration (same node id) and waits until
-    /// it is ready. Its ports are new ones: use [`Envoy::url`] of the new replica.
+    /// it has read the registry from etcd. Its ports are new ones: use [`Envoy::url`] of the
+    /// new replica.
     pub async fn start_again(&mut self, i: usize) -> Result<()> {
+        self.start_again_at_ready(i).await?;
+        wait_registry_read(self.replica(i)).await
+    }
+
+    /// [`Fleet::start_again`] returning as soon as Envoy is ready, before its first registry
+    /// read (its API answers 503 until then).
+    pub async fn start_again_at_ready(&mut self, i: usize) -> Result<()> {
         let config = self
             .configs
             .get(i)
@@ -301,4 +312,20 @@ fn with_fleet_section(mut plugin: Value, node: &str) -> Result<Value> {
     }
     config.insert("fleet".to_string(), fleet);
     Ok(plugin)
+}
+
+/// How long a started replica may take to apply its first registry read.
+const REGISTRY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until `envoy` has applied its first registry read (`webhooks_fleet_registry_read` 1):
+/// before that its subscription API answers 503. A test that means to see those 503s starts
+/// Envoy itself.
+pub async fn wait_registry_read(envoy: &Envoy) -> Result<()> {
+    poll_until(
+        REGISTRY_READ_TIMEOUT,
+        "the first registry read",
+        async || envoy.gauge("webhooks_fleet_registry_read").await.ok() == Some(1),
+    )
+    .await
+    .with_context(|| format!("log tail:\n{}", envoy.log_tail(20)))
 }

@@ -236,7 +236,7 @@ async fn a_restarted_replica_answers_503_or_the_right_answer_never_404_or_empty(
     fleet.wait_active(1, N as u64, WAIT).await?;
     let probe = &records[N / 2].0;
     fleet.stop(1, Stop::Term).await?;
-    fleet.start_again(1).await?;
+    fleet.start_again_at_ready(1).await?;
     let envoy = fleet.replica(1);
     let (mut unavailable, mut right) = (0, 0);
     let deadline = Instant::now() + WAIT;
@@ -312,7 +312,7 @@ async fn a_20000_subscription_registry_is_read_by_pages_with_memory_bounded() ->
     let registry_bytes: usize = records.iter().map(|(_, r)| r.to_string().len()).sum();
     put_records(&fleet, &records).await?;
     fleet.stop(0, Stop::Term).await?;
-    fleet.start_again(0).await?;
+    fleet.start_again_at_ready(0).await?;
     let envoy = fleet.replica(0);
     let pid = envoy.pid();
     let at_ready = rss_bytes(pid)?;

@@ -278,6 +278,8 @@ impl<H: DispatchHost> Dispatcher<H> {
             return;
         }
         fleet.announced = read;
+        self.host
+            .record_metric(Metric::FleetRegistryRead, u64::from(read));
         let value = watchdog::registry_read_value(read);
         if let Err(e) = self
             .host

@@ -213,8 +213,10 @@ impl Fleet {
         ))
     }
 
-    /// Creates a subscription through replica `i` (it must answer 201); its id.
+    /// Creates a subscription through replica `i` (it must answer 201) once the replica has
+    /// read the registry (503 before); its id.
     pub async fn create(&self, i: usize, body: Value) -> Result<String> {
+        crate::fleet::wait_registry_read(self.envoy(i)?).await?;
         let (status, created) = self
             .api(
                 i,
