@@ -71,14 +71,17 @@ async fn produce(envoy: &Envoy, n: u64) -> Result<()> {
     Ok(())
 }
 
-/// Waits until `receiver` got an event with `n`, then checks its signature with `secret`.
-async fn delivered(receiver: &Receiver, n: u64, secret: &str) -> Result<()> {
+/// Waits until `receiver` got an event with `n` at `path`, then checks its signature with
+/// `secret`.
+async fn delivered(receiver: &Receiver, path: &str, n: u64, secret: &str) -> Result<()> {
     let has = || {
         receiver.received().into_iter().find(|hook| {
-            hook.json()
-                .ok()
-                .and_then(|b| b["data"]["object"]["n"].as_u64())
-                == Some(n)
+            hook.path == path
+                && hook
+                    .json()
+                    .ok()
+                    .and_then(|b| b["data"]["object"]["n"].as_u64())
+                    == Some(n)
         })
     };
     poll_until(WAIT, &format!("event {n} delivered"), async || {
@@ -125,7 +128,7 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     let (down_id, down_secret) = create(fleet.replica(1), &down.url("/down")).await?;
     fleet.wait_all_active(2, WAIT).await?;
     produce(fleet.replica(0), 1).await?;
-    delivered(&fleet.receiver, 1, &up_secret).await?;
+    delivered(&fleet.receiver, "/up", 1, &up_secret).await?;
     // The event to `down` failed once and waits an hour: pending in etcd.
     down.wait_for(1, WAIT).await?;
     let pending = format!("{}/msg/", fleet.prefix());
@@ -172,10 +175,10 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     fleet.wait_all_active(2, WAIT).await?;
     // The pending message (sealed with key 1) is resumed and signed with `down`'s secret (its
     // record sealed with key 1 too).
-    delivered(&down, 1, &down_secret).await?;
+    delivered(&down, "/down", 1, &down_secret).await?;
     produce(fleet.replica(1), 2).await?;
-    delivered(&fleet.receiver, 2, &up_secret).await?;
-    delivered(&down, 2, &down_secret).await?;
+    delivered(&fleet.receiver, "/up", 2, &up_secret).await?;
+    delivered(&down, "/down", 2, &down_secret).await?;
 
     // Written after the rotation: the new key's id.
     let (new_id, new_secret) = create(fleet.replica(1), &fleet.receiver.url("/new")).await?;
@@ -190,7 +193,7 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     );
     fleet.wait_all_active(3, WAIT).await?;
     produce(fleet.replica(0), 3).await?;
-    delivered(&fleet.receiver, 3, &up_secret).await?;
+    delivered(&fleet.receiver, "/up", 3, &up_secret).await?;
     for (k, v) in etcd_values(&fleet).await? {
         ensure!(
             !v.contains("whsec_") && !v.contains(&new_secret[6..]),

@@ -109,6 +109,7 @@ enum Call {
     Statuses,
     Legacy,
     Delete,
+    DeleteLogs,
 }
 
 /// The statuses of the configured static subscriptions, read from etcd; see the module doc.
@@ -126,6 +127,9 @@ pub struct Statics {
     legacy: Vec<String>,
     /// Keys to delete, each compared on its mod revision.
     deletes: Vec<(Vec<u8>, i64)>,
+    /// Static subscriptions removed from the configuration whose delivery logs
+    /// (`P/log/<id>/`) go too.
+    stale_logs: Vec<String>,
 }
 
 impl Statics {
@@ -144,6 +148,7 @@ impl Statics {
             next_at: 0,
             legacy: Vec::new(),
             deletes: Vec::new(),
+            stale_logs: Vec::new(),
         }
     }
 
@@ -172,6 +177,8 @@ impl Statics {
         }
         let (call, request) = if let Some((key, revision)) = self.deletes.last() {
             (Call::Delete, delete_request(key, *revision))
+        } else if let Some(id) = self.stale_logs.last() {
+            (Call::DeleteLogs, etcd::delete(&self.keys.logs(id), true))
         } else if !self.legacy.is_empty() {
             (Call::Legacy, self.legacy_request())
         } else if now >= self.next_at && (self.revision == 0 || !self.wanted.is_empty()) {
@@ -232,6 +239,9 @@ impl Statics {
             Some(Call::Delete) => etcd::parse_txn(body)
                 .map(|_| Vec::new())
                 .map_err(|e| e.to_string()),
+            Some(Call::DeleteLogs) => etcd::parse_delete(body)
+                .map(|_| Vec::new())
+                .map_err(|e| e.to_string()),
             None => Ok(Vec::new()),
         }
     }
@@ -243,6 +253,9 @@ impl Statics {
             Some(Call::Statuses) => self.next_at = now + self.interval_ms,
             Some(Call::Delete) => {
                 self.deletes.pop();
+            }
+            Some(Call::DeleteLogs) => {
+                self.stale_logs.pop();
             }
             Some(Call::Legacy) => {
                 let read = self.legacy.len().min(LEGACY_PER_READ);
@@ -266,7 +279,13 @@ impl Statics {
                     "proxy-webhooks: fleet: etcd key {} is not a static subscription's status; ignored",
                     String::from_utf8_lossy(&kv.key)
                 ),
-                (false, _) if first => self.deletes.push((kv.key.clone(), kv.mod_revision)),
+                (false, _) if first => {
+                    self.deletes.push((kv.key.clone(), kv.mod_revision));
+                    let removed = !self.is_configured(id);
+                    if removed && !self.stale_logs.iter().any(|s| s == id) {
+                        self.stale_logs.push(id.to_string());
+                    }
+                }
                 (false, _) => {}
             }
         }

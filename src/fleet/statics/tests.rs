@@ -155,9 +155,21 @@ fn the_first_read_deletes_keys_no_configured_definition_owns_and_later_reads_do_
     );
     // The configured one's value is not a status: ignored (it stays active).
     assert!(s.on_answer(Some("200"), &answer, 0).unwrap().is_empty());
-    let mut deleted = Vec::new();
+    let (mut deleted, mut logs) = (Vec::new(), Vec::new());
     while let Some(request) = s.due(0) {
         let b = body(&request);
+        if request.path == crate::fleet::etcd::DELETE_RANGE {
+            logs.push((
+                STANDARD.decode(b["key"].as_str().unwrap()).unwrap(),
+                b["range_end"].clone(),
+            ));
+            let ok = json!({"header": {"revision": "51"}, "deleted": "2"}).to_string();
+            assert!(s
+                .on_answer(Some("200"), ok.as_bytes(), 0)
+                .unwrap()
+                .is_empty());
+            continue;
+        }
         assert_eq!(b["compare"][0]["target"], json!("MOD"));
         let key = STANDARD.decode(
             b["success"][0]["request_delete_range"]["key"]
@@ -182,6 +194,9 @@ fn the_first_read_deletes_keys_no_configured_definition_owns_and_later_reads_do_
     ];
     want.sort();
     assert_eq!(deleted, want);
+    // The removed one's delivery logs go too; the moved one keeps its.
+    let end = STANDARD.encode(crate::fleet::etcd::prefix_end(b"/pw/log/old/"));
+    assert_eq!(logs, [(b"/pw/log/old/".to_vec(), json!(end))]);
     // Written later by a replica still on another configuration: left to it.
     s.due(INTERVAL).unwrap();
     let later = range(
@@ -213,6 +228,10 @@ fn without_static_subscriptions_one_read_cleans_up_and_none_follow() {
         0,
     )
     .unwrap();
+    let logs = s.due(0).expect("the removed one's delivery logs");
+    assert_eq!(logs.path, crate::fleet::etcd::DELETE_RANGE);
+    s.on_answer(Some("200"), br#"{"header":{"revision":"11"}}"#, 0)
+        .unwrap();
     assert!(s.due(INTERVAL * 10).is_none());
 }
 
@@ -272,6 +291,8 @@ fn failures_are_retried_after_the_interval_and_deletes_are_tried_once() {
     );
     s.on_answer(Some("200"), &answer, 3 * INTERVAL).unwrap();
     s.due(3 * INTERVAL).unwrap();
+    s.on_failure(3 * INTERVAL);
+    s.due(3 * INTERVAL).expect("its delivery logs' delete");
     s.on_failure(3 * INTERVAL);
     assert!(
         s.due(3 * INTERVAL).is_none(),
