@@ -4,6 +4,7 @@
 //! every message in etcd from the first).
 
 use super::journal::Durable;
+use super::session::Session;
 use super::shared_log::SharedLog;
 use super::Dispatcher;
 use crate::config::FleetConfig;
@@ -39,6 +40,8 @@ pub(super) struct Fleet {
     pub(super) log: SharedLog,
     /// How secrets and messages are sealed in etcd.
     pub(super) vault: Vault,
+    /// etcd's token, with `fleet.username`.
+    pub(super) session: Option<Session>,
 }
 
 impl Fleet {
@@ -71,11 +74,8 @@ impl Fleet {
             durable: Durable::new(journal),
             log: SharedLog::new(node_id, config.sync_interval_ms),
             vault,
+            session: config.credentials.as_ref().map(Session::new),
         }
-    }
-
-    pub(super) fn cluster(&self) -> &str {
-        &self.cluster
     }
 }
 
@@ -93,6 +93,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Sends the registry read when it is due; records the sync lag.
     pub(super) fn fleet_tick(&mut self) {
         let now = self.host.now_ms();
+        let waits = self.awaiting_token();
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -100,14 +101,26 @@ impl<H: DispatchHost> Dispatcher<H> {
             Metric::FleetSyncLagMs,
             fleet.sync.lag_ms(now, fleet.started_ms),
         );
+        if waits {
+            return;
+        }
         let Some(request) = fleet.sync.due(now) else {
             return;
         };
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match sent {
             Ok(token) => fleet.reading = Some(token),
             Err(refused) => {
                 fleet.sync.on_failure(now);
-                let why = format!("Envoy refused the call ({refused:?}): is the cluster defined?");
+                let why = match refused.no_token {
+                    true => "no token from etcd's authentication".to_string(),
+                    false => {
+                        format!("Envoy refused the call ({refused:?}): is the cluster defined?")
+                    }
+                };
                 self.fleet_error(&why);
             }
         }
@@ -173,10 +186,11 @@ impl<H: DispatchHost> Dispatcher<H> {
     }
 
     fn send_write(&mut self, commit: Commit, request: &crate::fleet::etcd::Request) {
+        let sent = self.call_etcd(request);
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        match self.host.call_etcd(request, &fleet.cluster) {
+        match sent {
             Ok(token) => {
                 fleet.writes.insert(token, commit);
             }

@@ -55,6 +55,9 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Writes the changed logs when due and no write is in flight.
     pub(super) fn shared_log_send(&mut self) {
         let now = self.host.now_ms();
+        if self.awaiting_token() {
+            return;
+        }
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -71,7 +74,11 @@ impl<H: DispatchHost> Dispatcher<H> {
             .collect();
         let (request, taken) = log::writes(&fleet.keys, &shared.node, &logs);
         let ids: Vec<String> = logs.into_iter().take(taken).map(|(id, _)| id).collect();
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(shared) = self.fleet.as_mut().map(|f| &mut f.log) else {
+            return;
+        };
+        match sent {
             Ok(token) => {
                 for id in &ids {
                     shared.changed.remove(id);
@@ -94,7 +101,11 @@ impl<H: DispatchHost> Dispatcher<H> {
         ids.sort_unstable();
         ids.dedup();
         let request = log::lookup_many(&fleet.keys, ids);
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match sent {
             Ok(token) => fleet.log.claims.push((token, found)),
             Err(refused) => {
                 self.fleet_error(&format!(

@@ -20,12 +20,27 @@ pub const TXN: &str = "/v3/kv/txn";
 pub const LEASE_GRANT: &str = "/v3/lease/grant";
 pub const LEASE_KEEPALIVE: &str = "/v3/lease/keepalive";
 pub const LEASE_REVOKE: &str = "/v3/lease/revoke";
+pub const AUTHENTICATE: &str = "/v3/auth/authenticate";
 
 /// One gateway call: POST `body` (JSON) to `path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Request {
     pub path: &'static str,
     pub body: String,
+}
+
+/// Never shows an authenticate call's body: it holds the password.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body: &dyn std::fmt::Debug = match self.path {
+            AUTHENTICATE => &"(credentials)",
+            _ => &self.body,
+        };
+        f.debug_struct("Request")
+            .field("path", &self.path)
+            .field("body", body)
+            .finish()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +185,15 @@ pub fn lease_keepalive(id: i64) -> Request {
 /// Ends lease `id` now, deleting every key attached to it.
 pub fn lease_revoke(id: i64) -> Request {
     request(LEASE_REVOKE, id_body(id))
+}
+
+/// Asks etcd for a token of user `name` (etcd's own authentication): every later call carries
+/// it in its `Authorization` header.
+pub fn authenticate(name: &str, password: &str) -> Request {
+    let mut body = Map::new();
+    body.insert("name".into(), Value::String(name.into()));
+    body.insert("password".into(), Value::String(password.into()));
+    request(AUTHENTICATE, body)
 }
 
 /// The `range_end` that makes a range cover every key starting with `prefix`: the prefix with its
@@ -485,6 +509,25 @@ pub fn parse_lease_keepalive(body: &[u8], id: i64) -> Result<KeepAlive, Error> {
 /// A revoke's answer: the revision at which the lease's keys were deleted.
 pub fn parse_lease_revoke(body: &[u8]) -> Result<i64, Error> {
     revision(&top(body)?, "")
+}
+
+/// An authenticate call's token. It goes out as a header value, so anything but printable
+/// ASCII is refused (an answer cannot smuggle a header in).
+pub fn parse_authenticate(body: &[u8]) -> Result<String, Error> {
+    let m = top(body)?;
+    match m.get("token") {
+        Some(Value::String(t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(t.clone())
+        }
+        Some(Value::String(_)) => Err(field("token", "is not a non-empty printable ASCII string")),
+        Some(other) => Err(field("token", &format!("is {}, not a string", kind(other)))),
+        None => Err(field("token", "is missing")),
+    }
+}
+
+/// etcd's refusal in an answer (`{"error", "message", "code"}`), if it is one.
+pub fn refusal(body: &[u8]) -> Option<Error> {
+    top(body).err().filter(|e| matches!(e, Error::Etcd { .. }))
 }
 
 /// The answer as an object, or etcd's error object as [`Error::Etcd`].

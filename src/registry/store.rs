@@ -17,6 +17,7 @@
 //! - `pwh:active` ([`ACTIVE_KEY`]): how many subscriptions are active, in decimal.
 //! - `pwh:static` ([`STATIC_KEY`]): the ids of the static subscriptions last synced.
 //! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::registry::watchdog`]).
+//! - `pwh:fleet:pass` ([`FLEET_PASS_KEY`]): the dispatcher's etcd token ([`crate::fleet::auth`]).
 //! - `pwh:rate:<n>` ([`RATE_PREFIX`], a fixed set of keys by a hash of the consumer): the API's
 //!   per-consumer token buckets ([`crate::registry::ratelimit`]).
 
@@ -58,6 +59,8 @@ pub const ACTIVE_KEY: &str = "pwh:active";
 pub const STATIC_KEY: &str = "pwh:static";
 /// The shared-data key of the heartbeat: the dispatcher's clock in milliseconds, in decimal.
 pub const HEARTBEAT_KEY: &str = "pwh:heartbeat";
+/// Fleet mode with `fleet.username`: the dispatcher's etcd token for the workers' calls.
+pub const FLEET_PASS_KEY: &str = "pwh:fleet:pass";
 /// The rate limiter's keys are `<RATE_PREFIX>:<n>`.
 pub const RATE_PREFIX: &str = "pwh:rate";
 
