@@ -27,7 +27,8 @@ pub enum Metric {
     FleetOutboxSize,
     /// Fleet mode: dead replicas' leases whose messages this replica took over.
     FleetClaims,
-    /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer).
+    /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer, no token)
+    /// and failed authentications.
     FleetEtcdErrors,
     /// Fleet mode: records and messages read from etcd that no configured key opens.
     FleetUnreadable,
