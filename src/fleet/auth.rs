@@ -270,11 +270,6 @@ impl Auth {
         Verdict::Held
     }
 
-    /// Forgets a sent call whose answer will never come.
-    pub fn forget(&mut self, token: u32) {
-        self.sent.retain(|s| s.token != token);
-    }
-
     /// A worker found `shared` (the pass it read) no longer there: etcd rejected ours.
     pub fn check_shared(&mut self, shared: &Pass) {
         if *shared != self.pass && !self.authenticating {
