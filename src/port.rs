@@ -27,7 +27,8 @@ pub enum Metric {
     FleetOutboxSize,
     /// Fleet mode: dead replicas' leases whose messages this replica took over.
     FleetClaims,
-    /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer).
+    /// Fleet mode: etcd calls that failed (refused, timed out, non-200, bad answer, no token)
+    /// and failed authentications.
     FleetEtcdErrors,
     /// Fleet mode: records and messages read from etcd that no configured key opens.
     FleetUnreadable,
@@ -126,6 +127,8 @@ pub struct CalloutRefused {
     /// Envoy's InternalFailure: for a callout with a body, the egress cluster has no address
     /// for the host yet (its DNS cache is resolving it), or never will.
     pub unresolved: bool,
+    /// Not sent at all: an etcd call with `fleet.username` while etcd has given no token.
+    pub no_token: bool,
 }
 
 /// What Envoy tells about a callout's answer in `on_http_call_response`.
@@ -178,12 +181,14 @@ pub trait DispatchHost: crate::support::ids::RandomSource {
     /// Tells Envoy a shutdown that waited for deliveries may go on.
     fn done(&mut self);
 
-    /// Starts a call to etcd's HTTP/JSON gateway on `cluster` (fleet mode); its answer comes to
-    /// `on_http_call_response` with the token and is read with `callout_response`/`callout_body`.
+    /// Starts a call to etcd's HTTP/JSON gateway on `cluster` (fleet mode), with etcd's token
+    /// in `Authorization` when `auth` is Some; its answer comes to `on_http_call_response` with
+    /// the token and is read with `callout_response`/`callout_body`.
     fn call_etcd(
         &mut self,
         request: &crate::fleet::etcd::Request,
         cluster: &str,
+        auth: Option<&str>,
     ) -> Result<u32, CalloutRefused>;
     /// Envoy's node id (`--service-node`), when it has one.
     fn node_id(&self) -> Option<String>;
@@ -222,9 +227,15 @@ pub trait StreamHost {
     fn add_metric(&self, metric: Metric, n: u64);
     /// Sets a gauge (`webhooks_dispatcher_alive`).
     fn record_metric(&self, metric: Metric, value: u64);
-    /// Starts a call to etcd's gateway on `cluster` for this stream (fleet mode); its answer
-    /// comes to the stream's `on_etcd_answer`. None when Envoy refuses to start it.
-    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32>;
+    /// Starts a call to etcd's gateway on `cluster` for this stream (fleet mode), with etcd's
+    /// token in `Authorization` when `auth` is Some; its answer comes to the stream's
+    /// `on_etcd_answer`. None when Envoy refuses to start it.
+    fn call_etcd(
+        &self,
+        request: &crate::fleet::etcd::Request,
+        cluster: &str,
+        auth: Option<&str>,
+    ) -> Option<u32>;
     /// The answer of the etcd call being reported: its `:status` and body (as far as read).
     fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>);
 }

@@ -5,10 +5,16 @@
 //! ports, same data directory), for tests of an etcd outage. [`Etcd::put`], [`Etcd::get`],
 //! [`Etcd::delete`] and [`Etcd::count`] talk to its HTTP/JSON gateway with plain keys and values
 //! (base64 is done here).
+//!
+//! [`Etcd::start_with`] runs it as production should ([`EtcdOptions`]): clients over TLS with a
+//! client certificate (a CA and certificates made at start, [`Etcd::tls`] names the files for
+//! Envoy), and [`Etcd::enable_auth`] turns etcd's own authentication on with a user for the
+//! plugin; the helpers then authenticate as `root` themselves.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -16,7 +22,75 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::util::{free_port, http_client, workspace_root};
+use crate::receiver::tls::TestCa;
+use crate::util::{free_port, http_client, lock, workspace_root};
+
+/// The password [`Etcd::enable_auth`] gives etcd's `root` user.
+const ROOT_PASSWORD: &str = "root-test-password";
+
+/// How [`Etcd::start_with`] runs etcd.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// The binary; default [`etcd_bin`].
+    pub bin: Option<PathBuf>,
+    /// Clients over TLS only, each with a certificate signed by the test CA
+    /// (`--client-cert-auth`); [`Etcd::tls`] names the files.
+    pub tls: bool,
+    /// `--auth-token simple --auth-token-ttl <seconds>`: how long an unused token lives.
+    pub auth_token_ttl: Option<u32>,
+}
+
+/// The PEM files of a TLS etcd, in its work directory.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's certificate and the client's.
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate (empty subject) and its key, for Envoy.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A CA, etcd's certificate (for 127.0.0.1) and a client certificate, written to `dir`.
+    fn make(dir: &Path) -> Result<EtcdTls> {
+        let ca = TestCa::new()?;
+        let tls = EtcdTls {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server-key.pem"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
+        };
+        std::fs::copy(ca.pem_path(), &tls.ca).context("copying the test CA")?;
+        // Not a user's name: with --client-cert-auth, etcd takes the name of the gateway's own
+        // certificate (its server certificate) as the user of a call that carries no token.
+        let (cert, key) = ca.server_pem("etcd-server", &["127.0.0.1", "localhost"])?;
+        std::fs::write(&tls.server_cert, cert)?;
+        std::fs::write(&tls.server_key, key)?;
+        // No common name: etcd 3.4's gateway refuses one once authentication is on ("CommonName
+        // of client sending a request against gateway will be ignored").
+        let (cert, key) = ca.client_pem(None)?;
+        std::fs::write(&tls.client_cert, cert)?;
+        std::fs::write(&tls.client_key, key)?;
+        Ok(tls)
+    }
+
+    /// A client that trusts the CA and presents the client certificate.
+    fn client(&self) -> Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca)?)?;
+        let mut pem = std::fs::read(&self.client_cert)?;
+        pem.extend(std::fs::read(&self.client_key)?);
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(ca)
+            .identity(reqwest::Identity::from_pem(&pem)?)
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+}
 
 /// etcd 3.4 is ready in about a second; this is the limit on a loaded machine.
 const START_DEADLINE: Duration = Duration::from_secs(20);
@@ -33,29 +107,38 @@ pub fn etcd_bin() -> PathBuf {
 }
 
 pub struct Etcd {
+    launch: Launch,
+    /// The `root` token the helpers send once [`Etcd::enable_auth`] ran.
+    root_token: Mutex<Option<String>>,
     child: Child,
     /// Whether `child` was stopped by [`Etcd::stop`] (and not started again).
     stopped: bool,
-    bin: PathBuf,
     dir: Option<tempfile::TempDir>,
+    client: reqwest::Client,
+}
+
+/// What starts the same etcd again: binary, directories, ports, TLS files, token TTL.
+struct Launch {
+    bin: PathBuf,
     data_dir: PathBuf,
     log_path: PathBuf,
     client_port: u16,
     peer_port: u16,
-    client: reqwest::Client,
+    tls: Option<EtcdTls>,
+    auth_token_ttl: Option<u32>,
 }
 
 impl Etcd {
     /// Starts [`etcd_bin`] and waits until it answers `/health` as healthy.
     pub async fn start() -> Result<Etcd> {
-        Etcd::start_with(&etcd_bin()).await
+        Etcd::start_with(EtcdOptions::default()).await
     }
 
-    /// Starts the etcd binary `bin` (a missing one fails, naming `make etcd`).
-    pub async fn start_with(bin: &Path) -> Result<Etcd> {
+    /// Starts etcd as `options` say (a missing binary fails, naming `make etcd`).
+    pub async fn start_with(options: EtcdOptions) -> Result<Etcd> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            let mut etcd = Etcd::spawn(bin)?;
+            let mut etcd = Etcd::spawn(&options)?;
             match etcd.wait_ready().await {
                 Ok(()) => return Ok(etcd),
                 Err(e) if etcd.log_contents().contains("address already in use") => last = Some(e),
@@ -65,22 +148,32 @@ impl Etcd {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    fn spawn(bin: &Path) -> Result<Etcd> {
+    fn spawn(options: &EtcdOptions) -> Result<Etcd> {
         let dir = work_dir()?;
-        let (client_port, peer_port) = (free_port()?, free_port()?);
-        let log_path = dir.path().join("etcd.log");
-        let data_dir = dir.path().join("data");
-        let child = run(bin, &data_dir, &log_path, client_port, peer_port)?;
+        let tls = match options.tls {
+            true => Some(EtcdTls::make(dir.path())?),
+            false => None,
+        };
+        let client = match &tls {
+            Some(tls) => tls.client()?,
+            None => http_client(),
+        };
+        let launch = Launch {
+            bin: options.bin.clone().unwrap_or_else(etcd_bin),
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("etcd.log"),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            tls,
+            auth_token_ttl: options.auth_token_ttl,
+        };
         Ok(Etcd {
-            child,
+            child: launch.run()?,
+            launch,
+            root_token: Mutex::new(None),
             stopped: false,
-            bin: bin.to_path_buf(),
             dir: Some(dir),
-            data_dir,
-            log_path,
-            client_port,
-            peer_port,
-            client: http_client(),
+            client,
         })
     }
 
@@ -118,18 +211,12 @@ impl Etcd {
     /// same cluster, with everything it held, comes back) and waits until it is healthy.
     pub async fn start_again(&mut self) -> Result<()> {
         ensure!(self.stopped, "etcd is running: stop it first");
-        self.child = run(
-            &self.bin,
-            &self.data_dir,
-            &self.log_path,
-            self.client_port,
-            self.peer_port,
-        )?;
+        self.child = self.launch.run()?;
         self.stopped = false;
         self.wait_ready().await.with_context(|| {
             format!(
                 "etcd restarted on its ports {} and {}",
-                self.client_port, self.peer_port
+                self.launch.client_port, self.launch.peer_port
             )
         })
     }
@@ -171,7 +258,7 @@ impl Etcd {
 
     /// The client port (the gRPC API and the HTTP/JSON gateway under `/v3/`).
     pub fn client_port(&self) -> u16 {
-        self.client_port
+        self.launch.client_port
     }
 
     /// The process id (a new one after [`Etcd::start_again`]), e.g. to read etcd's CPU time.
@@ -179,22 +266,91 @@ impl Etcd {
         self.child.id()
     }
 
-    /// `http://127.0.0.1:<client port><path>`.
+    /// `http(s)://127.0.0.1:<client port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.client_port)
+        self.launch.url(path)
+    }
+
+    /// The TLS files, when clients must use TLS with a certificate.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.launch.tls.as_ref()
     }
 
     /// POSTs `body` to the gateway at `path` (e.g. `/v3/kv/range`): the status and the body.
+    /// Once authentication is on, as `root` (authenticating again when etcd forgot the token).
     pub async fn post(&self, path: &str, body: &str) -> Result<(u16, String)> {
-        let resp = self
-            .client
-            .post(self.url(path))
-            .body(body.to_string())
+        let token = lock(&self.root_token).clone();
+        let (status, text) = self.post_as(token.as_deref(), path, body).await?;
+        if token.is_none() || !text.contains("invalid auth token") {
+            return Ok((status, text));
+        }
+        let token = self.authenticate("root", ROOT_PASSWORD).await?;
+        *lock(&self.root_token) = Some(token.clone());
+        self.post_as(Some(&token), path, body).await
+    }
+
+    /// POSTs with `token` in `Authorization` (None: without).
+    pub async fn post_as(
+        &self,
+        token: Option<&str>,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
+        let mut request = self.client.post(self.url(path)).body(body.to_string());
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        let resp = request
             .send()
             .await
             .with_context(|| format!("POST {path} to etcd"))?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await?))
+    }
+
+    /// A token of `user` (`/v3/auth/authenticate`).
+    pub async fn authenticate(&self, user: &str, password: &str) -> Result<String> {
+        let body = json!({"name": user, "password": password}).to_string();
+        let (status, text) = self.post_as(None, "/v3/auth/authenticate", &body).await?;
+        ensure!(
+            status == 200,
+            "authenticating {user} answered {status}: {text}"
+        );
+        let answer: Value = serde_json::from_str(&text)?;
+        Ok(answer["token"].as_str().context("no token")?.to_string())
+    }
+
+    /// Turns etcd's authentication on: a `root` user (whom the helpers act as from now on), and
+    /// `user` with `password` and a role that may read and write every key under `prefix`.
+    pub async fn enable_auth(&self, user: &str, password: &str, prefix: &str) -> Result<()> {
+        let role = format!("{user}-role");
+        let range = json!({"permType": "READWRITE", "key": STANDARD.encode(prefix),
+                           "range_end": STANDARD.encode(range_end(prefix))});
+        let steps = [
+            (
+                "/v3/auth/user/add",
+                json!({"name": "root", "password": ROOT_PASSWORD}),
+            ),
+            ("/v3/auth/role/add", json!({"name": "root"})),
+            (
+                "/v3/auth/user/grant",
+                json!({"user": "root", "role": "root"}),
+            ),
+            ("/v3/auth/role/add", json!({"name": role})),
+            ("/v3/auth/role/grant", json!({"name": role, "perm": range})),
+            (
+                "/v3/auth/user/add",
+                json!({"name": user, "password": password}),
+            ),
+            ("/v3/auth/user/grant", json!({"user": user, "role": role})),
+            ("/v3/auth/enable", json!({})),
+        ];
+        for (path, body) in steps {
+            self.call(path, &body).await?;
+        }
+        let token = self.authenticate("root", ROOT_PASSWORD).await?;
+        *lock(&self.root_token) = Some(token);
+        Ok(())
     }
 
     /// POSTs `body` (JSON) to the gateway at `path`, expecting 200 and a JSON answer.
@@ -254,7 +410,7 @@ impl Etcd {
     }
 
     pub fn log_contents(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        std::fs::read_to_string(&self.launch.log_path).unwrap_or_default()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -286,41 +442,62 @@ fn work_dir() -> Result<tempfile::TempDir> {
         .context("creating etcd's work directory")
 }
 
-/// Starts the etcd process on these ports and this data directory, appending to the log.
-fn run(
-    bin: &Path,
-    data_dir: &Path,
-    log_path: &Path,
-    client_port: u16,
-    peer_port: u16,
-) -> Result<Child> {
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let child = Command::new(bin)
-        .args(["--name", "default", "--logger", "zap"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--listen-client-urls", &client_url])
-        .args(["--advertise-client-urls", &client_url])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("default={peer_url}")])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn();
-    match child {
-        Ok(child) => Ok(child),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "etcd is not installed ({} not found): run `make etcd` (installs Debian's etcd-server)",
-            bin.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("starting {}", bin.display())),
+impl Launch {
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.client_port)
+    }
+
+    /// Starts the etcd process on its ports and data directory, appending to the log.
+    fn run(&self) -> Result<Child> {
+        let client_url = self.url("");
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["--name", "default", "--logger", "zap"])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("default={peer_url}")]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key);
+        }
+        if let Some(ttl) = self.auth_token_ttl {
+            command.args([
+                "--auth-token",
+                "simple",
+                "--auth-token-ttl",
+                &ttl.to_string(),
+            ]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(child) => Ok(child),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "etcd is not installed ({} not found): run `make etcd` (installs Debian's etcd-server)",
+                self.bin.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("starting {}", self.bin.display())),
+        }
     }
 }
 

@@ -39,14 +39,34 @@ pub fn node_id(i: usize) -> String {
     }
 }
 
-/// The Envoy cluster (named [`ETCD_CLUSTER`]) of `etcd`'s client port.
+/// The Envoy cluster (named [`ETCD_CLUSTER`]) of `etcd`'s client port; over TLS with the
+/// client certificate and etcd's CA when etcd requires them (as docs/fleet.md wires it).
 pub fn etcd_cluster(etcd: &Etcd) -> Value {
-    json!({
+    let mut cluster = json!({
         "name": ETCD_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": ETCD_CLUSTER, "endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address":
                 {"address": "127.0.0.1", "port_value": etcd.client_port()}}}}]}]}
-    })
+    });
+    if let Some(tls) = etcd.tls() {
+        let file = |path: &std::path::Path| json!({"filename": path.display().to_string()});
+        cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": file(&tls.client_cert),
+                                          "private_key": file(&tls.client_key)}],
+                    "validation_context": {
+                        "trusted_ca": file(&tls.ca),
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "IP_ADDRESS", "matcher": {"exact": "127.0.0.1"}}]
+                    }
+                }
+            }
+        });
+    }
+    cluster
 }
 
 /// How a replica is stopped.
@@ -96,8 +116,18 @@ impl Fleet {
         plugin: impl Fn(usize, &Receiver) -> Value,
         tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
     ) -> Result<Fleet> {
+        Fleet::start_on(Etcd::start().await?, n, plugin, tweak).await
+    }
+
+    /// Like [`Fleet::start_each`], on an etcd the test started (e.g. with TLS and
+    /// authentication, [`crate::etcd::EtcdOptions`]).
+    pub async fn start_on(
+        etcd: Etcd,
+        n: usize,
+        plugin: impl Fn(usize, &Receiver) -> Value,
+        tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Result<Fleet> {
         ensure!(n > 0, "a fleet needs at least one replica");
-        let etcd = Etcd::start().await?;
         let upstream = Upstream::start().await?;
         let receiver = Receiver::start().await?;
         let mut configs = Vec::with_capacity(n);

@@ -42,7 +42,11 @@ async fn put(etcd: &Etcd, key: &str, value: &str) -> Result<Value> {
 #[tokio::test]
 async fn the_harness_names_make_etcd_when_etcd_is_missing() {
     let missing = std::path::Path::new("/nonexistent/etcd");
-    let err = Etcd::start_with(missing)
+    let options = devtools::etcd::EtcdOptions {
+        bin: Some(missing.into()),
+        ..Default::default()
+    };
+    let err = Etcd::start_with(options)
         .await
         .err()
         .expect("no etcd there");

@@ -62,6 +62,26 @@ pub struct FleetConfig {
     pub keyring: Option<Keyring>,
     /// `fleet.encrypt_payloads`: pending and kept messages are sealed too. Default false.
     pub encrypt_payloads: bool,
+    /// `fleet.username` and `fleet.password`: etcd's own authentication. None: calls carry no
+    /// token.
+    pub credentials: Option<EtcdCredentials>,
+}
+
+/// `fleet.username` and `fleet.password` (given as a value or `{"env": "NAME"}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// Never shows the password.
+impl std::fmt::Debug for EtcdCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCredentials")
+            .field("username", &self.username)
+            .field("password", &"(hidden)")
+            .finish()
+    }
 }
 
 impl FleetConfig {
@@ -315,6 +335,8 @@ const FLEET_FIELDS: &[&str] = &[
     "encryption_key",
     "previous_encryption_keys",
     "encrypt_payloads",
+    "username",
+    "password",
 ];
 const EVENT_FIELDS: &[&str] = &[
     "type",
@@ -366,7 +388,7 @@ const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 /// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
 /// test holds docs/configuration.md to exactly these fields.
 #[cfg(test)]
-pub(crate) const FIELD_TABLES: [(&str, &[&str]); 13] = [
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 14] = [
     ("", TOP_FIELDS),
     ("events[]", EVENT_FIELDS),
     ("events[].audience", AUDIENCE_FIELDS),
@@ -380,6 +402,7 @@ pub(crate) const FIELD_TABLES: [(&str, &[&str]); 13] = [
     ("subscriptions[].secret", secrets::ENV_FIELDS),
     ("fleet.encryption_key", secrets::ENV_FIELDS),
     ("fleet.previous_encryption_keys[]", secrets::ENV_FIELDS),
+    ("fleet.password", secrets::ENV_FIELDS),
 ];
 
 /// Out of line: inlined, each of the many error paths would carry its own copy.
@@ -599,6 +622,7 @@ fn parse_fleet(value: &Value, env: Env<'_>) -> Result<FleetConfig, ConfigError> 
         ));
     }
     let (keyring, encrypt_payloads) = parse_keyring(&o, env)?;
+    let credentials = parse_credentials(&o, env)?;
     Ok(FleetConfig {
         cluster: cluster.to_string(),
         prefix: prefix.to_string(),
@@ -607,7 +631,34 @@ fn parse_fleet(value: &Value, env: Env<'_>) -> Result<FleetConfig, ConfigError> 
         lease_ttl_ms,
         keyring,
         encrypt_payloads,
+        credentials,
     })
+}
+
+/// `fleet.username` and `fleet.password`: both or neither.
+fn parse_credentials(o: &Obj<'_>, env: Env<'_>) -> Result<Option<EtcdCredentials>, ConfigError> {
+    let username = o.str("username")?;
+    let password = o
+        .get("password")
+        .map(|v| secrets::secret(&o.field("password"), v, env))
+        .transpose()?;
+    match (username, password) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(err(
+            o.field("username"),
+            "needs fleet.password (etcd's authentication takes both)",
+        )),
+        (None, Some(_)) => Err(err(
+            o.field("password"),
+            "needs fleet.username (etcd's authentication takes both)",
+        )),
+        (Some(""), _) => Err(err(o.field("username"), "must not be empty")),
+        (_, Some(p)) if p.is_empty() => Err(err(o.field("password"), "must not be empty")),
+        (Some(username), Some(password)) => Ok(Some(EtcdCredentials {
+            username: username.to_string(),
+            password,
+        })),
+    }
 }
 
 /// `fleet.encryption_key`, `previous_encryption_keys` and `encrypt_payloads`.

@@ -126,6 +126,7 @@ fn with_env(json: &str) -> Result<Config, ConfigError> {
         "WH_OLD_KEY" => Some(KEY_1.to_string()),
         "WH_TEXT" => Some("s3cret".to_string()),
         "WH_SECRET" => Some(SECRET.to_string()),
+        "ETCD_PASSWORD" => Some("etcd-s3cret".to_string()),
         _ => None,
     };
     parse_with_env(json.as_bytes(), &env)
@@ -167,6 +168,75 @@ fn fleet_encryption_keys_from_values_or_the_environment() {
         c.unwrap().fleet.unwrap().keyring,
         Some(Keyring::new(key(1), vec![]))
     );
+}
+
+#[test]
+fn fleet_credentials_from_values_or_the_environment_never_shown() {
+    let inline = with_env(
+        r#"{"fleet": {"cluster": "e", "username": "webhooks", "password": "etcd-s3cret"}}"#,
+    )
+    .unwrap();
+    let from_env = with_env(
+        r#"{"fleet": {"cluster": "e", "username": "webhooks", "password": {"env": "ETCD_PASSWORD"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(inline, from_env);
+    let credentials = from_env.fleet.unwrap().credentials.unwrap();
+    assert_eq!(
+        (credentials.username.as_str(), credentials.password.as_str()),
+        ("webhooks", "etcd-s3cret")
+    );
+    let shown = format!("{credentials:?}");
+    assert!(
+        shown.contains("webhooks") && !shown.contains("etcd-s3cret"),
+        "{shown}"
+    );
+    let plain = parse_str(r#"{"fleet": {"cluster": "e"}}"#).unwrap();
+    assert_eq!(plain.fleet.unwrap().credentials, None);
+}
+
+#[test]
+fn bad_fleet_credentials_are_named() {
+    let fleet = |fields: &str| format!(r#"{{"fleet": {{"cluster": "e", {fields}}}}}"#);
+    let cases = [
+        (
+            fleet(r#""username": "u""#),
+            "fleet.username: needs fleet.password (etcd's authentication takes both)",
+        ),
+        (
+            fleet(r#""password": "p""#),
+            "fleet.password: needs fleet.username (etcd's authentication takes both)",
+        ),
+        (
+            fleet(r#""username": "", "password": "p""#),
+            "fleet.username: must not be empty",
+        ),
+        (
+            fleet(r#""username": "u", "password": """#),
+            "fleet.password: must not be empty",
+        ),
+        (
+            fleet(r#""username": 5, "password": "p""#),
+            "fleet.username: must be a string",
+        ),
+        (
+            fleet(r#""username": "u", "password": {"env": "NOPE"}"#),
+            r#"fleet.password: the environment variable "NOPE" is not set in the Wasm VM"#,
+        ),
+        (
+            fleet(r#""username": "u", "password": {"env": "ETCD_PASSWORD", "x": 1}"#),
+            "fleet.password.x: unknown field",
+        ),
+        (
+            fleet(r#""username": "u", "password": 7"#),
+            r#"fleet.password: must be a string or {"env": "NAME"}"#,
+        ),
+    ];
+    for (json, want) in cases {
+        let got = with_env(&json).unwrap_err().to_string();
+        assert!(got.starts_with(want), "{json}: {got}");
+        assert!(!got.contains("etcd-s3cret"), "{got}");
+    }
 }
 
 #[test]

@@ -52,6 +52,8 @@ pub struct FakeHost {
     pub fills: usize,
     /// Every etcd call started, in order: token, cluster, request.
     pub etcd_sent: Vec<(u32, String, crate::fleet::etcd::Request)>,
+    /// The `Authorization` each etcd call carried, in the order of `etcd_sent`.
+    pub etcd_auth: Vec<Option<String>>,
     /// When set, `call_etcd` refuses.
     pub refuse_etcd: bool,
     /// etcd calls a test answered already.
@@ -81,6 +83,7 @@ impl FakeHost {
             done_calls: 0,
             fills: 0,
             etcd_sent: Vec::new(),
+            etcd_auth: Vec::new(),
             refuse_etcd: false,
             etcd_answered: HashSet::new(),
             node: None,
@@ -157,6 +160,10 @@ impl DispatchHost for FakeHost {
     }
 
     fn callout_response(&self, headers: usize, body_size: usize) -> CalloutResponse {
+        // As Envoy: no header map for a call without an answer.
+        if headers == 0 {
+            return CalloutResponse::default();
+        }
         assert_eq!(
             (headers, body_size),
             (self.answer.headers, self.answer.body_size)
@@ -192,14 +199,19 @@ impl DispatchHost for FakeHost {
         &mut self,
         request: &crate::fleet::etcd::Request,
         cluster: &str,
+        auth: Option<&str>,
     ) -> Result<u32, CalloutRefused> {
         if self.refuse_etcd {
-            return Err(CalloutRefused { unresolved: false });
+            return Err(CalloutRefused {
+                unresolved: false,
+                no_token: false,
+            });
         }
         let token = self.next_token;
         self.next_token += 1;
         self.etcd_sent
             .push((token, cluster.to_string(), request.clone()));
+        self.etcd_auth.push(auth.map(str::to_string));
         Ok(token)
     }
 

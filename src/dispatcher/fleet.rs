@@ -4,6 +4,7 @@
 //! every message in etcd from the first).
 
 use super::journal::Durable;
+use super::session::Session;
 use super::shared_log::SharedLog;
 use super::Dispatcher;
 use crate::config::FleetConfig;
@@ -47,6 +48,8 @@ pub(super) struct Fleet {
     pub(super) log: SharedLog,
     /// How secrets and messages are sealed in etcd.
     pub(super) vault: Vault,
+    /// etcd's token, with `fleet.username`.
+    pub(super) session: Option<Session>,
 }
 
 impl Fleet {
@@ -91,11 +94,8 @@ impl Fleet {
             durable: Durable::new(journal),
             log: SharedLog::new(node_id, config.sync_interval_ms),
             vault,
+            session: config.credentials.as_ref().map(Session::new),
         }
-    }
-
-    pub(super) fn cluster(&self) -> &str {
-        &self.cluster
     }
 }
 
@@ -113,6 +113,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Sends the registry read when it is due; records the sync lag.
     pub(super) fn fleet_tick(&mut self) {
         let now = self.host.now_ms();
+        let waits = self.awaiting_token();
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -120,12 +121,18 @@ impl<H: DispatchHost> Dispatcher<H> {
             Metric::FleetSyncLagMs,
             fleet.sync.lag_ms(now, fleet.started_ms),
         );
+        if waits {
+            return;
+        }
         if let Some(request) = fleet.sync.due(now) {
-            match self.host.call_etcd(&request, &fleet.cluster) {
-                Ok(token) => fleet.reading = Some(token),
-                Err(refused) => {
-                    fleet.sync.on_failure(now);
-                    self.fleet_error(&refused_call(refused));
+            let sent = self.call_etcd(&request);
+            if let Some(fleet) = self.fleet.as_mut() {
+                match sent {
+                    Ok(token) => fleet.reading = Some(token),
+                    Err(refused) => {
+                        fleet.sync.on_failure(now);
+                        self.fleet_error(&refused_call(refused));
+                    }
                 }
             }
         }
@@ -140,7 +147,11 @@ impl<H: DispatchHost> Dispatcher<H> {
         let Some(request) = fleet.statics.due(now) else {
             return;
         };
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match sent {
             Ok(token) => fleet.statics_call = Some(token),
             Err(refused) => {
                 fleet.statics.on_failure(now);
@@ -306,10 +317,11 @@ impl<H: DispatchHost> Dispatcher<H> {
     }
 
     fn send_write(&mut self, commit: Commit, request: &crate::fleet::etcd::Request) {
+        let sent = self.call_etcd(request);
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        match self.host.call_etcd(request, &fleet.cluster) {
+        match sent {
             Ok(token) => {
                 fleet.writes.insert(token, commit);
             }
@@ -414,6 +426,9 @@ fn not_static(change: Apply, statics: Option<&mut Statics>) -> Option<Apply> {
     }
 }
 
-fn refused_call(refused: impl std::fmt::Debug) -> String {
-    format!("Envoy refused the call ({refused:?}): is the cluster defined?")
+fn refused_call(refused: crate::port::CalloutRefused) -> String {
+    match refused.no_token {
+        true => "no token from etcd's authentication".to_string(),
+        false => format!("Envoy refused the call ({refused:?}): is the cluster defined?"),
+    }
 }

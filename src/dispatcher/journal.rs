@@ -84,17 +84,19 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Sends the journal's due calls.
     pub(super) fn journal_send(&mut self) {
         let now = self.host.now_ms();
+        if self.awaiting_token() {
+            return;
+        }
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
-        let cluster = fleet.cluster().to_string();
         let waiting = fleet.durable.held.len() + fleet.log.claimed_waiting();
         let room = self.outbox.room(waiting);
         let journal = &mut fleet.durable.journal;
         journal.set_intake(room, fleet.sync.revision());
         let calls = journal.calls(now);
         for (id, request) in calls {
-            match self.host.call_etcd(&request, &cluster) {
+            match self.call_etcd(&request) {
                 Ok(token) => {
                     if let Some(durable) = self.durable_mut() {
                         durable.calls.push((token, id));

@@ -5,7 +5,7 @@
 //!
 //! This folder also owns what only the dispatcher needs: the [`outbox`] of pending messages,
 //! [`pacing`] per receiver, [`delivery`] (requests, verdicts, the replay store) and the glue to
-//! fleet mode's outbox ([`journal`]) and registry reads ([`fleet`]).
+//! fleet mode's outbox ([`journal`]), registry reads ([`fleet`]) and etcd's token ([`session`]).
 //!
 //! May use: `config`, `fleet`, `model`, `port`, `registry`, `support`.
 
@@ -34,6 +34,7 @@ mod fleet;
 mod journal;
 pub mod outbox;
 pub mod pacing;
+mod session;
 mod shared_log;
 
 #[cfg(test)]
@@ -169,6 +170,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             log::error!("proxy-webhooks: cannot register the shared queue {QUEUE_NAME}");
             return false;
         }
+        self.session_tick();
         self.fleet_tick();
         self.journal_send();
         self.host.set_tick_period_ms(TICK_MS)
@@ -184,6 +186,9 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     pub fn on_http_call_response(&mut self, token: u32, headers: usize, body_size: usize) {
         self.beat();
+        let Some(token) = self.on_session_answer(token, headers, body_size) else {
+            return;
+        };
         if self.on_fleet_answer(token, headers, body_size) {
             return;
         }
@@ -202,6 +207,7 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     pub fn on_tick(&mut self) {
         self.beat();
+        self.session_tick();
         self.fleet_tick();
         self.refresh_generation();
         self.drain_queue();
@@ -594,13 +600,14 @@ impl<H: DispatchHost> Dispatcher<H> {
             // A host the egress cluster has not resolved yet: Envoy refuses a callout with a body
             // until its DNS cache has the host, and starts resolving it. Try again shortly; this
             // is not an attempt (the receiver saw nothing), unless it lasts a whole timeout.
-            Err(CalloutRefused { unresolved: true })
-                if u64::from(message.host_waits) * FAST_TICK_MS < request.timeout_ms =>
-            {
+            Err(CalloutRefused {
+                unresolved: true,
+                no_token: false,
+            }) if u64::from(message.host_waits) * FAST_TICK_MS < request.timeout_ms => {
                 self.outbox.defer(key, now + FAST_TICK_MS);
                 self.tick_fast_until(now + FAST_TICK_FOR_MS);
             }
-            Err(CalloutRefused { unresolved }) => {
+            Err(CalloutRefused { unresolved, .. }) => {
                 self.host.add_metric(Metric::DeliveryAttempts, 1);
                 let reason = delivery::refused_callout(unresolved, &request.cluster);
                 self.conclude(key, message, now, now, Response::NotSent(reason));

@@ -67,6 +67,9 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// Writes the changed logs when due and no write is in flight.
     pub(super) fn shared_log_send(&mut self) {
         let now = self.host.now_ms();
+        if self.awaiting_token() {
+            return;
+        }
         let Some(fleet) = self.fleet.as_mut() else {
             return;
         };
@@ -83,7 +86,11 @@ impl<H: DispatchHost> Dispatcher<H> {
             .collect();
         let (request, taken) = log::writes(&fleet.keys, &shared.node, &logs);
         let ids: Vec<String> = logs.into_iter().take(taken).map(|(id, _)| id).collect();
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(shared) = self.fleet.as_mut().map(|f| &mut f.log) else {
+            return;
+        };
+        match sent {
             Ok(token) => {
                 for id in &ids {
                     shared.changed.remove(id);
@@ -124,7 +131,11 @@ impl<H: DispatchHost> Dispatcher<H> {
         let batch = lookup.unread.len().min(log::LOOKUP_SUBSCRIPTIONS);
         let ids: Vec<String> = lookup.unread.drain(..batch).collect();
         let request = log::lookup_many(&fleet.keys, ids.iter().map(String::as_str));
-        match self.host.call_etcd(&request, &fleet.cluster) {
+        let sent = self.call_etcd(&request);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match sent {
             Ok(token) => fleet.log.claims.push((token, lookup)),
             Err(refused) => {
                 self.fleet_error(&format!(

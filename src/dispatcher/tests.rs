@@ -322,7 +322,10 @@ fn shutdown_gives_up_waiting_after_drain_timeout() {
 fn an_unresolved_host_is_waited_for_without_counting_an_attempt() {
     let mut d = dispatcher(NO_JITTER);
     subscribe(&d, "sub_a", URL, &["order.*"]);
-    d.host_mut().refuse = Some(CalloutRefused { unresolved: true });
+    d.host_mut().refuse = Some(CalloutRefused {
+        unresolved: true,
+        no_token: false,
+    });
     event(&mut d, "order.created");
     assert_eq!(d.host().refusals, 1);
     assert_eq!(d.host().tick_ms, Some(FAST_TICK_MS), "the tick speeds up");
@@ -352,7 +355,10 @@ fn an_unresolved_host_is_waited_for_without_counting_an_attempt() {
 fn a_host_that_never_resolves_fails_as_unreachable_after_the_timeout() {
     let mut d = dispatcher(r#""jitter": 0, "retry_schedule": ["0s", "5s"], "timeout": "1s""#);
     subscribe(&d, "sub_a", URL, &["order.*"]);
-    d.host_mut().refuse = Some(CalloutRefused { unresolved: true });
+    d.host_mut().refuse = Some(CalloutRefused {
+        unresolved: true,
+        no_token: false,
+    });
     event(&mut d, "order.created");
     run_for(&mut d, 990, FAST_TICK_MS);
     assert_eq!(
@@ -372,7 +378,10 @@ fn a_host_that_never_resolves_fails_as_unreachable_after_the_timeout() {
 fn any_other_refusal_is_a_failed_attempt_at_once() {
     let mut d = dispatcher(NO_JITTER);
     subscribe(&d, "sub_a", URL, &["order.*"]);
-    d.host_mut().refuse = Some(CalloutRefused { unresolved: false });
+    d.host_mut().refuse = Some(CalloutRefused {
+        unresolved: false,
+        no_token: false,
+    });
     event(&mut d, "order.created");
     let log = log_of(&mut d, "sub_a");
     let error = log[0].error.clone().unwrap();
@@ -582,7 +591,10 @@ fn a_test_event_goes_to_its_subscription_only() {
 fn a_ticks_attempt_log_holds_the_newest_max_entries_only() {
     let mut d = dispatcher(r#""retry_schedule": ["0s", "1h"]"#);
     subscribe(&d, "sub_a", URL, &["order.*"]);
-    d.host_mut().refuse = Some(CalloutRefused { unresolved: false });
+    d.host_mut().refuse = Some(CalloutRefused {
+        unresolved: false,
+        no_token: false,
+    });
     for n in 0..(attempts::MAX_ENTRIES + 10) {
         enqueue(&mut d, &format!("order.n{n}"), "{}");
     }
@@ -630,3 +642,4 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
 }
 
 mod fleet;
+mod session;

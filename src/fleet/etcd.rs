@@ -21,12 +21,27 @@ pub const LEASE_GRANT: &str = "/v3/lease/grant";
 pub const LEASE_KEEPALIVE: &str = "/v3/lease/keepalive";
 pub const LEASE_REVOKE: &str = "/v3/lease/revoke";
 pub const LEASE_TIME_TO_LIVE: &str = "/v3/lease/timetolive";
+pub const AUTHENTICATE: &str = "/v3/auth/authenticate";
 
 /// One gateway call: POST `body` (JSON) to `path`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Request {
     pub path: &'static str,
     pub body: String,
+}
+
+/// Never shows an authenticate call's body: it holds the password.
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body: &dyn std::fmt::Debug = match self.path {
+            AUTHENTICATE => &"(credentials)",
+            _ => &self.body,
+        };
+        f.debug_struct("Request")
+            .field("path", &self.path)
+            .field("body", body)
+            .finish()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -187,6 +202,15 @@ pub fn lease_revoke(id: i64) -> Request {
 /// Asks how long lease `id` has left.
 pub fn lease_time_to_live(id: i64) -> Request {
     request(LEASE_TIME_TO_LIVE, id_body(id))
+}
+
+/// Asks etcd for a token of user `name` (etcd's own authentication): every later call carries
+/// it in its `Authorization` header.
+pub fn authenticate(name: &str, password: &str) -> Request {
+    let mut body = Map::new();
+    body.insert("name".into(), Value::String(name.into()));
+    body.insert("password".into(), Value::String(password.into()));
+    request(AUTHENTICATE, body)
 }
 
 /// The `range_end` that makes a range cover every key starting with `prefix`: the prefix with its
@@ -532,6 +556,25 @@ pub fn parse_lease_time_to_live(body: &[u8], id: i64) -> Result<TimeToLive, Erro
 /// A revoke's answer: the revision at which the lease's keys were deleted.
 pub fn parse_lease_revoke(body: &[u8]) -> Result<i64, Error> {
     revision(&top(body)?, "")
+}
+
+/// An authenticate call's token. It goes out as a header value, so anything but printable
+/// ASCII is refused (an answer cannot smuggle a header in).
+pub fn parse_authenticate(body: &[u8]) -> Result<String, Error> {
+    let m = top(body)?;
+    match m.get("token") {
+        Some(Value::String(t)) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(t.clone())
+        }
+        Some(Value::String(_)) => Err(field("token", "is not a non-empty printable ASCII string")),
+        Some(other) => Err(field("token", &format!("is {}, not a string", kind(other)))),
+        None => Err(field("token", "is missing")),
+    }
+}
+
+/// etcd's refusal in an answer (`{"error", "message", "code"}`), if it is one.
+pub fn refusal(body: &[u8]) -> Option<Error> {
+    top(body).err().filter(|e| matches!(e, Error::Etcd { .. }))
 }
 
 /// The answer as an object, or etcd's error object as [`Error::Etcd`].

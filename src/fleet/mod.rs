@@ -2,12 +2,13 @@
 //! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
 //! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), static
 //! subscriptions' shared status ([`statics`]), the durable outbox ([`journal`], [`stored`],
-//! [`dead`]), what is sealed there ([`vault`]) and the delivery log every replica answers alike
-//! ([`log`]). The roles send the requests through their host
+//! [`dead`]), what is sealed there ([`vault`]), the delivery log every replica answers alike
+//! ([`log`]) and etcd's own authentication ([`auth`]). The roles send the requests through their host
 //! interface and feed the answers back.
 //!
 //! May use: `model`, `registry`, `support`.
 
+pub mod auth;
 pub mod commit;
 pub mod dead;
 pub mod etcd;

@@ -100,6 +100,7 @@ impl DispatchHost for WasmHost {
         hostcalls::dispatch_http_call(&request.cluster, headers, Some(body), vec![], timeout)
             .map_err(|status| CalloutRefused {
                 unresolved: status == Status::InternalFailure,
+                no_token: false,
             })
     }
 
@@ -141,9 +142,11 @@ impl DispatchHost for WasmHost {
         &mut self,
         request: &crate::fleet::etcd::Request,
         cluster: &str,
+        auth: Option<&str>,
     ) -> Result<u32, CalloutRefused> {
-        io::call_etcd(request, cluster).map_err(|status| CalloutRefused {
+        io::call_etcd(request, cluster, auth).map_err(|status| CalloutRefused {
             unresolved: status == Status::InternalFailure,
+            no_token: false,
         })
     }
 

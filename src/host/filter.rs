@@ -79,8 +79,13 @@ impl StreamHost for Envoy {
         self.metrics.get(metric).record(value);
     }
 
-    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32> {
-        io::call_etcd(request, cluster).ok()
+    fn call_etcd(
+        &self,
+        request: &crate::fleet::etcd::Request,
+        cluster: &str,
+        auth: Option<&str>,
+    ) -> Option<u32> {
+        io::call_etcd(request, cluster, auth).ok()
     }
 
     fn etcd_answer(&self, body_size: usize) -> (Option<String>, Vec<u8>) {

@@ -119,14 +119,22 @@ impl Metrics {
     }
 }
 
-/// POSTs an etcd gateway request on `cluster` (the cluster's name is also the authority).
-pub fn call_etcd(request: &crate::fleet::etcd::Request, cluster: &str) -> Result<u32, Status> {
-    let headers = vec![
+/// POSTs an etcd gateway request on `cluster` (the cluster's name is also the authority), with
+/// etcd's token in `Authorization` when there is one.
+pub fn call_etcd(
+    request: &crate::fleet::etcd::Request,
+    cluster: &str,
+    auth: Option<&str>,
+) -> Result<u32, Status> {
+    let mut headers = vec![
         (":method", "POST"),
         (":path", request.path),
         (":authority", cluster),
         ("content-type", "application/json"),
     ];
+    if let Some(token) = auth {
+        headers.push(("authorization", token));
+    }
     let timeout = std::time::Duration::from_millis(crate::port::ETCD_TIMEOUT_MS);
     hostcalls::dispatch_http_call(
         cluster,

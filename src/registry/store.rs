@@ -19,6 +19,7 @@
 //! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::registry::watchdog`]).
 //! - `pwh:registry-read` ([`REGISTRY_READ_KEY`]): fleet mode, `1` once the dispatcher applied
 //!   its first read of etcd's registry, `0` before ([`crate::registry::watchdog`]).
+//! - `pwh:fleet:pass` ([`FLEET_PASS_KEY`]): the dispatcher's etcd token ([`crate::fleet::auth`]).
 //! - `pwh:rate:<n>` ([`RATE_PREFIX`], a fixed set of keys by a hash of the consumer): the API's
 //!   per-consumer token buckets ([`crate::registry::ratelimit`]).
 
@@ -62,6 +63,8 @@ pub const STATIC_KEY: &str = "pwh:static";
 pub const HEARTBEAT_KEY: &str = "pwh:heartbeat";
 /// Fleet mode: whether the first registry read from etcd is applied (`1`) or not yet (`0`).
 pub const REGISTRY_READ_KEY: &str = "pwh:registry-read";
+/// Fleet mode with `fleet.username`: the dispatcher's etcd token for the workers' calls.
+pub const FLEET_PASS_KEY: &str = "pwh:fleet:pass";
 /// The rate limiter's keys are `<RATE_PREFIX>:<n>`.
 pub const RATE_PREFIX: &str = "pwh:rate";
 

@@ -41,6 +41,8 @@ pub(crate) struct FakeStreamHost {
     pub alive_gauge: Cell<Option<bool>>,
     /// Every etcd call started: token, cluster, request.
     pub etcd_sent: RefCell<Vec<(u32, String, crate::fleet::etcd::Request)>>,
+    /// The `Authorization` each etcd call carried, in the order of `etcd_sent`.
+    pub etcd_auth: RefCell<Vec<Option<String>>>,
     /// When set, `call_etcd` refuses.
     pub refuse_etcd: Cell<bool>,
     /// The etcd answer being reported: `:status` and body.
@@ -66,6 +68,7 @@ impl Default for FakeStreamHost {
             etcd_errors: Cell::new(0),
             alive_gauge: Cell::new(None),
             etcd_sent: RefCell::default(),
+            etcd_auth: RefCell::default(),
             refuse_etcd: Cell::new(false),
             etcd_reply: RefCell::default(),
         }
@@ -179,13 +182,19 @@ impl StreamHost for FakeStreamHost {
         }
     }
 
-    fn call_etcd(&self, request: &crate::fleet::etcd::Request, cluster: &str) -> Option<u32> {
+    fn call_etcd(
+        &self,
+        request: &crate::fleet::etcd::Request,
+        cluster: &str,
+        auth: Option<&str>,
+    ) -> Option<u32> {
         if self.refuse_etcd.get() {
             return None;
         }
         let mut sent = self.etcd_sent.borrow_mut();
         let token = u32::try_from(sent.len()).ok()? + 1;
         sent.push((token, cluster.to_string(), request.clone()));
+        self.etcd_auth.borrow_mut().push(auth.map(str::to_string));
         Some(token)
     }
 
@@ -195,34 +204,4 @@ impl StreamHost for FakeStreamHost {
     }
 }
 
-thread_local! {
-    static LINES: RefCell<Vec<(log::Level, String)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Keeps what this thread logs, so a test can read its own lines (tests run on many threads).
-struct ThreadLog;
-
-impl log::Log for ThreadLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        LINES.with(|l| {
-            l.borrow_mut()
-                .push((record.level(), record.args().to_string()))
-        });
-    }
-
-    fn flush(&self) {}
-}
-
-/// What this thread logged since the last call (the first call installs the logger).
-pub(crate) fn logged() -> Vec<(log::Level, String)> {
-    static INSTALL: std::sync::Once = std::sync::Once::new();
-    INSTALL.call_once(|| {
-        let _ = log::set_logger(&ThreadLog);
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-    LINES.with(|l| std::mem::take(&mut *l.borrow_mut()))
-}
+pub(crate) use crate::tests::fixtures::logged;

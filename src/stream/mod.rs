@@ -9,8 +9,10 @@
 
 use crate::api;
 use crate::config::Config;
+use crate::fleet::auth::{self, Pass};
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::dead;
+use crate::fleet::etcd::Request;
 use crate::fleet::keys::Keys;
 use crate::fleet::log as fleet_log;
 use crate::fleet::vault::Vault;
@@ -207,12 +209,33 @@ impl<H: StreamHost> Filter<H> {
         watchdog::registry_read(value.map(|(v, _)| v).as_deref())
     }
 
-    /// Starts an etcd call on the fleet's cluster; false when there is none or Envoy refuses.
-    fn call_etcd(&self, request: &crate::fleet::etcd::Request) -> bool {
+    /// Starts an etcd call on the fleet's cluster, with the dispatcher's etcd token when
+    /// `fleet.username` is set (then `sent` keeps the call, to send it once more if etcd
+    /// rejects that token); false when there is no cluster or token, or Envoy refuses.
+    fn call_etcd(&self, request: &Request, sent: &mut Option<EtcdCall>) -> bool {
         let Some(fleet) = &self.config.fleet else {
             return false;
         };
-        self.host.call_etcd(request, &fleet.cluster).is_some()
+        let pass = match fleet.credentials {
+            Some(_) => auth::shared_pass(&self.host.store()).0,
+            None => Pass::Open,
+        };
+        if !pass.usable() {
+            return false;
+        }
+        if self
+            .host
+            .call_etcd(request, &fleet.cluster, pass.header())
+            .is_none()
+        {
+            return false;
+        }
+        *sent = fleet.credentials.as_ref().map(|_| EtcdCall {
+            request: request.clone(),
+            pass,
+            retried: false,
+        });
+        true
     }
 
     /// Makes the cache hold a write etcd has (at `revision`, the record's mod_revision). A
@@ -367,6 +390,15 @@ struct Pending {
 pub struct Stream<H> {
     filter: Rc<Filter<H>>,
     state: State,
+    /// The etcd call waiting for its answer (with `fleet.username`).
+    etcd_call: Option<EtcdCall>,
+}
+
+/// An etcd call kept to be sent once more when etcd rejects the token it carried.
+struct EtcdCall {
+    request: Request,
+    pass: Pass,
+    retried: bool,
 }
 
 impl<H: StreamHost> Stream<H> {
@@ -374,6 +406,7 @@ impl<H: StreamHost> Stream<H> {
         Stream {
             filter,
             state: State::Idle,
+            etcd_call: None,
         }
     }
 
@@ -449,6 +482,9 @@ impl<H: StreamHost> Stream<H> {
 
     /// An etcd call this stream started (fleet mode's API writes and retries) has answered.
     pub fn on_etcd_answer(&mut self, body_size: usize) {
+        if self.sent_again_with_a_fresh_token(body_size) {
+            return;
+        }
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Committing(c) => self.on_commit_answer(c, body_size),
             State::Finding(call) => self.on_kept_answer(&call, body_size),
@@ -457,11 +493,50 @@ impl<H: StreamHost> Stream<H> {
         }
     }
 
+    /// etcd rejected the token the call carried: sent once more when the dispatcher has a
+    /// newer one; else the shared one is cleared (the dispatcher authenticates again) and the
+    /// rejection is the call's answer (503, as with etcd down).
+    fn sent_again_with_a_fresh_token(&mut self, body_size: usize) -> bool {
+        let Some(call) = self.etcd_call.take().filter(|c| !c.retried) else {
+            return false;
+        };
+        let filter = &*self.filter;
+        let (status, _) = filter.host.etcd_answer(0);
+        if !auth::may_be_rejection(status.as_deref()) {
+            return false;
+        }
+        let (status, body) = filter.host.etcd_answer(body_size);
+        if !auth::rejected(status.as_deref(), &body) {
+            return false;
+        }
+        let Some(fresh) = auth::after_rejection(&filter.host.store(), &call.pass) else {
+            return false;
+        };
+        let Some(fleet) = &filter.config.fleet else {
+            return false;
+        };
+        if filter
+            .host
+            .call_etcd(&call.request, &fleet.cluster, fresh.header())
+            .is_none()
+        {
+            return false;
+        }
+        self.etcd_call = Some(EtcdCall {
+            request: call.request,
+            pass: fresh,
+            retried: true,
+        });
+        true
+    }
+
     fn on_commit_answer(&mut self, mut c: Box<Committing>, body_size: usize) {
         let filter = &*self.filter;
         let (status, body) = filter.host.etcd_answer(body_size);
         match c.commit.on_answer(status.as_deref(), &body) {
-            Step::Send(request) if filter.call_etcd(&request) => self.state = State::Committing(c),
+            Step::Send(request) if filter.call_etcd(&request, &mut self.etcd_call) => {
+                self.state = State::Committing(c)
+            }
             Step::Send(_) => filter.etcd_unavailable("the call could not be started"),
             Step::Committed { revision } => {
                 filter.apply(c.commit.write(), revision);
@@ -602,7 +677,7 @@ impl<H: StreamHost> Stream<H> {
         };
         let mut rng = HostRandom(&filter.host);
         let (commit, request) = Commit::start(*write, keys, &filter.vault, &mut rng);
-        if !filter.call_etcd(&request) {
+        if !filter.call_etcd(&request, &mut self.etcd_call) {
             return filter.etcd_unavailable("the call could not be started");
         }
         self.state = State::Committing(Box::new(Committing {
@@ -620,7 +695,7 @@ impl<H: StreamHost> Stream<H> {
         let Some(keys) = &filter.keys else {
             return filter.lookup_unavailable("fleet mode is not configured");
         };
-        if !filter.call_etcd(&dead::lookup(keys, webhook_id)) {
+        if !filter.call_etcd(&dead::lookup(keys, webhook_id), &mut self.etcd_call) {
             return filter.lookup_unavailable("the call could not be started");
         }
         self.state = State::Finding(call);
@@ -630,10 +705,12 @@ impl<H: StreamHost> Stream<H> {
     /// etcd, answers with this replica's own log.
     fn read_log(&mut self, subscription_id: String) {
         let filter = &*self.filter;
-        let started = filter
-            .keys
-            .as_ref()
-            .is_some_and(|keys| filter.call_etcd(&fleet_log::lookup(keys, &subscription_id)));
+        let started = filter.keys.as_ref().is_some_and(|keys| {
+            filter.call_etcd(
+                &fleet_log::lookup(keys, &subscription_id),
+                &mut self.etcd_call,
+            )
+        });
         match started {
             true => self.state = State::ReadingLog(subscription_id),
             false => filter.send_own_log(&subscription_id, "the call could not be started"),

@@ -361,3 +361,40 @@ fn the_json_oracle_agrees_with_known_cases() {
     let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
     assert!(is_strict_json(deep.as_bytes()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Log lines
+
+use std::cell::RefCell;
+
+thread_local! {
+    static LINES: RefCell<Vec<(log::Level, String)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps what this thread logs, so a test can read its own lines (tests run on many threads).
+struct ThreadLog;
+
+impl log::Log for ThreadLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        LINES.with(|l| {
+            l.borrow_mut()
+                .push((record.level(), record.args().to_string()))
+        });
+    }
+
+    fn flush(&self) {}
+}
+
+/// What this thread logged since the last call (the first call installs the logger).
+pub(crate) fn logged() -> Vec<(log::Level, String)> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let _ = log::set_logger(&ThreadLog);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+    LINES.with(|l| std::mem::take(&mut *l.borrow_mut()))
+}

@@ -3,6 +3,7 @@
 //! left as etcd has it.
 
 use crate::config;
+use crate::fleet::auth::Pass;
 use crate::model::subscription::{Status, Subscription};
 use crate::stream::fake::{logged, FakeStreamHost};
 use crate::stream::*;
@@ -20,8 +21,22 @@ fn fleet_filter() -> Rc<Filter<FakeStreamHost>> {
 }
 
 fn filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
-    let filter = unread_filter_with(fleet);
-    // The dispatcher applied its first registry read.
+    read_filter_of(fleet.then(fleet_section))
+}
+
+/// Fleet mode with etcd's authentication (`fleet.username`).
+fn authed_filter() -> Rc<Filter<FakeStreamHost>> {
+    read_filter_of(Some(json!({"cluster": "webhooks_etcd", "prefix": "/pw",
+                               "username": "webhooks", "password": "s3cret-pw"})))
+}
+
+fn fleet_section() -> Value {
+    json!({"cluster": "webhooks_etcd", "prefix": "/pw"})
+}
+
+/// A filter whose dispatcher applied its first registry read.
+fn read_filter_of(fleet: Option<Value>) -> Rc<Filter<FakeStreamHost>> {
+    let filter = filter_of(fleet);
     let read = watchdog::registry_read_value(true);
     host(&filter)
         .store()
@@ -32,6 +47,10 @@ fn filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
 
 /// A filter whose dispatcher has not read etcd's registry yet.
 fn unread_filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
+    filter_of(fleet.then(fleet_section))
+}
+
+fn filter_of(fleet: Option<Value>) -> Rc<Filter<FakeStreamHost>> {
     let sha: String = Sha256::digest(KEY.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -41,8 +60,8 @@ fn unread_filter_with(fleet: bool) -> Rc<Filter<FakeStreamHost>> {
         "api": {"keys": [{"consumer": "acme", "sha256": sha}],
                 "max_subscriptions_per_consumer": 2}
     });
-    if fleet {
-        config["fleet"] = json!({"cluster": "webhooks_etcd", "prefix": "/pw"});
+    if let Some(fleet) = fleet {
+        config["fleet"] = fleet;
     }
     let config = config::parse(config.to_string().as_bytes()).unwrap();
     let filter = Rc::new(Filter::new(Rc::new(config), FakeStreamHost::default()));
@@ -752,4 +771,95 @@ fn a_committed_write_reports_the_record_it_put_into_the_cache() {
             mod_revision: 40
         }
     );
+}
+
+// ---- etcd's authentication (`fleet.username`) -------------------------------------------------
+
+const INVALID_TOKEN: &str = r#"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#;
+
+fn publish(f: &Filter<FakeStreamHost>, token: &str) {
+    crate::fleet::auth::publish(&host(f).store(), &Pass::Token(token.into()));
+}
+
+fn shared(f: &Filter<FakeStreamHost>) -> Pass {
+    crate::fleet::auth::shared_pass(&host(f).store()).0
+}
+
+/// The Authorization of every etcd call so far.
+fn carried(f: &Filter<FakeStreamHost>) -> Vec<Option<String>> {
+    host(f).etcd_auth.borrow().clone()
+}
+
+#[test]
+fn a_write_carries_the_dispatchers_token_and_none_goes_without_one() {
+    let f = authed_filter();
+    let _ = logged();
+    create(&f);
+    assert!(
+        host(&f).etcd_sent.borrow().is_empty(),
+        "no token yet: nothing sent"
+    );
+    assert_unavailable(&f, "could not be started");
+    publish(&f, "t1.1");
+    let mut s = create(&f);
+    answer(&f, &mut s, Some("200"), &slots_read(&[], true));
+    answer(&f, &mut s, Some("200"), &succeeded());
+    assert_eq!(reply(&f).0, 201);
+    assert_eq!(
+        carried(&f),
+        [Some("t1.1".to_string()), Some("t1.1".to_string())]
+    );
+    // Without fleet.username nothing carries a token, whatever shared data holds.
+    let plain = fleet_filter();
+    publish(&plain, "t1.1");
+    create(&plain);
+    assert_eq!(carried(&plain), [None]);
+}
+
+#[test]
+fn a_rejected_token_is_replaced_by_the_dispatchers_newer_one_once() {
+    let f = authed_filter();
+    publish(&f, "t1.1");
+    let mut s = create(&f);
+    let first = host(&f).etcd_sent.borrow()[0].2.clone();
+    publish(&f, "t2.2");
+    answer(&f, &mut s, Some("401"), INVALID_TOKEN.as_bytes());
+    assert_eq!(replies(&f), 0, "sent again, not answered");
+    assert_eq!(host(&f).etcd_sent.borrow()[1].2, first, "the same call");
+    assert_eq!(carried(&f)[1].as_deref(), Some("t2.2"));
+    answer(&f, &mut s, Some("200"), &slots_read(&[], true));
+    answer(&f, &mut s, Some("200"), &succeeded());
+    assert_eq!(reply(&f).0, 201);
+    assert_eq!(host(&f).etcd_errors.get(), 0);
+}
+
+#[test]
+fn a_token_rejected_with_no_newer_one_is_cleared_and_the_write_is_503() {
+    let f = authed_filter();
+    let _ = logged();
+    publish(&f, "t1.1");
+    let mut s = create(&f);
+    answer(&f, &mut s, Some("401"), INVALID_TOKEN.as_bytes());
+    assert_eq!(shared(&f), Pass::None, "the dispatcher authenticates again");
+    assert_eq!(host(&f).etcd_sent.borrow().len(), 1);
+    let (status, body, _) = reply(&f);
+    assert_eq!(status, 503);
+    assert!(!body.to_string().contains("etcdserver"), "{body}");
+    assert_unavailable_logged("answered HTTP 401");
+    // Rejected again after one more try: answered, not sent a third time.
+    publish(&f, "t2.2");
+    let mut s = create(&f);
+    publish(&f, "t3.3");
+    answer(&f, &mut s, Some("401"), INVALID_TOKEN.as_bytes());
+    answer(&f, &mut s, Some("401"), INVALID_TOKEN.as_bytes());
+    assert_eq!(reply(&f).0, 503);
+    assert_eq!(host(&f).etcd_sent.borrow().len(), 3);
+}
+
+fn assert_unavailable_logged(text: &str) {
+    let lines = logged();
+    assert!(lines.iter().any(|(_, l)| l.contains(text)), "{lines:?}");
+    assert!(lines
+        .iter()
+        .all(|(_, l)| !l.contains("t1.1") && !l.contains("s3cret")));
 }
