@@ -4,7 +4,9 @@
 //! [`Etcd::stop`] and [`Etcd::start_again`] take it down and bring the same cluster back (same
 //! ports, same data directory), for tests of an etcd outage. [`Etcd::put`], [`Etcd::get`],
 //! [`Etcd::delete`] and [`Etcd::count`] talk to its HTTP/JSON gateway with plain keys and values
-//! (base64 is done here).
+//! (base64 is done here). [`Etcd::start_with_args`] adds flags (e.g. a tiny
+//! `--quota-backend-bytes`); [`Etcd::alarms`], [`Etcd::compact`], [`Etcd::defragment`] and
+//! [`Etcd::disarm`] are an operator's maintenance calls.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     client: reqwest::Client,
+    /// Flags added to every start (and start again).
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
@@ -53,9 +57,18 @@ impl Etcd {
 
     /// Starts the etcd binary `bin` (a missing one fails, naming `make etcd`).
     pub async fn start_with(bin: &Path) -> Result<Etcd> {
+        Etcd::start_with_bin_and_args(bin, &[]).await
+    }
+
+    /// Starts [`etcd_bin`] with `args` added to its flags, e.g. `--quota-backend-bytes`.
+    pub async fn start_with_args(args: &[&str]) -> Result<Etcd> {
+        Etcd::start_with_bin_and_args(&etcd_bin(), args).await
+    }
+
+    async fn start_with_bin_and_args(bin: &Path, args: &[&str]) -> Result<Etcd> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            let mut etcd = Etcd::spawn(bin)?;
+            let mut etcd = Etcd::spawn(bin, args)?;
             match etcd.wait_ready().await {
                 Ok(()) => return Ok(etcd),
                 Err(e) if etcd.log_contents().contains("address already in use") => last = Some(e),
@@ -65,12 +78,14 @@ impl Etcd {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    fn spawn(bin: &Path) -> Result<Etcd> {
+    fn spawn(bin: &Path, args: &[&str]) -> Result<Etcd> {
         let dir = work_dir()?;
         let (client_port, peer_port) = (free_port()?, free_port()?);
         let log_path = dir.path().join("etcd.log");
         let data_dir = dir.path().join("data");
-        let child = run(bin, &data_dir, &log_path, client_port, peer_port)?;
+        let extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let ports = (client_port, peer_port);
+        let child = run(bin, &data_dir, &log_path, ports, &extra_args)?;
         Ok(Etcd {
             child,
             stopped: false,
@@ -81,6 +96,7 @@ impl Etcd {
             client_port,
             peer_port,
             client: http_client(),
+            extra_args,
         })
     }
 
@@ -122,8 +138,8 @@ impl Etcd {
             &self.bin,
             &self.data_dir,
             &self.log_path,
-            self.client_port,
-            self.peer_port,
+            (self.client_port, self.peer_port),
+            &self.extra_args,
         )?;
         self.stopped = false;
         self.wait_ready().await.with_context(|| {
@@ -253,6 +269,54 @@ impl Etcd {
         Ok(out)
     }
 
+    /// The alarms raised, as etcd names them (`NOSPACE`, `CORRUPT`).
+    pub async fn alarms(&self) -> Result<Vec<String>> {
+        let answer = self
+            .call("/v3/maintenance/alarm", &json!({"action": "GET"}))
+            .await?;
+        let alarms = answer["alarms"].as_array().into_iter().flatten();
+        Ok(alarms
+            .filter_map(|a| a["alarm"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Compacts the history up to the current revision (physically, so the space is free for
+    /// [`Etcd::defragment`] to give back).
+    pub async fn compact(&self) -> Result<()> {
+        let answer = self
+            .call("/v3/kv/range", &json!({"key": STANDARD.encode("\0")}))
+            .await?;
+        let revision = number(&answer["header"]["revision"])?;
+        let body = json!({"revision": revision.to_string(), "physical": true});
+        self.call("/v3/kv/compaction", &body).await?;
+        Ok(())
+    }
+
+    /// Defragments the member, returning freed space to the quota.
+    pub async fn defragment(&self) -> Result<()> {
+        self.call("/v3/maintenance/defragment", &json!({})).await?;
+        Ok(())
+    }
+
+    /// Clears every alarm raised (an operator's `etcdctl alarm disarm`).
+    pub async fn disarm(&self) -> Result<()> {
+        let answer = self
+            .call("/v3/maintenance/alarm", &json!({"action": "GET"}))
+            .await?;
+        for alarm in answer["alarms"].as_array().into_iter().flatten() {
+            let mut body = alarm.clone();
+            body["action"] = json!("DEACTIVATE");
+            self.call("/v3/maintenance/alarm", &body).await?;
+        }
+        Ok(())
+    }
+
+    /// The backend's size in bytes (`dbSize` of the member's status).
+    pub async fn db_size(&self) -> Result<u64> {
+        let answer = self.call("/v3/maintenance/status", &json!({})).await?;
+        number(&answer["dbSize"])
+    }
+
     pub fn log_contents(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -286,13 +350,14 @@ fn work_dir() -> Result<tempfile::TempDir> {
         .context("creating etcd's work directory")
 }
 
-/// Starts the etcd process on these ports and this data directory, appending to the log.
+/// Starts the etcd process on these ports (client, peer) and this data directory with the
+/// `extra` flags, appending to the log.
 fn run(
     bin: &Path,
     data_dir: &Path,
     log_path: &Path,
-    client_port: u16,
-    peer_port: u16,
+    (client_port, peer_port): (u16, u16),
+    extra: &[String],
 ) -> Result<Child> {
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -310,6 +375,7 @@ fn run(
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("default={peer_url}")])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

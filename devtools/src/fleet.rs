@@ -96,8 +96,18 @@ impl Fleet {
         plugin: impl Fn(usize, &Receiver) -> Value,
         tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
     ) -> Result<Fleet> {
+        Fleet::start_each_on(Etcd::start().await?, n, plugin, tweak).await
+    }
+
+    /// Like [`Fleet::start_each`], on an etcd the caller started (e.g. with
+    /// [`Etcd::start_with_args`]).
+    pub async fn start_each_on(
+        etcd: Etcd,
+        n: usize,
+        plugin: impl Fn(usize, &Receiver) -> Value,
+        tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Result<Fleet> {
         ensure!(n > 0, "a fleet needs at least one replica");
-        let etcd = Etcd::start().await?;
         let upstream = Upstream::start().await?;
         let receiver = Receiver::start().await?;
         let mut configs = Vec::with_capacity(n);
