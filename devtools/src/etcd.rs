@@ -9,7 +9,9 @@
 //! [`Etcd::start_with`] runs it as production should ([`EtcdOptions`]): clients over TLS with a
 //! client certificate (a CA and certificates made at start, [`Etcd::tls`] names the files for
 //! Envoy), and [`Etcd::enable_auth`] turns etcd's own authentication on with a user for the
-//! plugin; the helpers then authenticate as `root` themselves.
+//! plugin; the helpers then authenticate as `root` themselves. [`Etcd::start_with_args`] adds
+//! flags (e.g. a tiny `--quota-backend-bytes`); [`Etcd::alarms`], [`Etcd::compact`],
+//! [`Etcd::defragment`] and [`Etcd::disarm`] are an operator's maintenance calls.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ pub struct EtcdOptions {
     pub tls: bool,
     /// `--auth-token simple --auth-token-ttl <seconds>`: how long an unused token lives.
     pub auth_token_ttl: Option<u32>,
+    /// Flags added to every start (and start again), e.g. a tiny `--quota-backend-bytes`.
+    pub extra_args: Vec<String>,
 }
 
 /// The PEM files of a TLS etcd, in its work directory.
@@ -126,12 +130,23 @@ struct Launch {
     peer_port: u16,
     tls: Option<EtcdTls>,
     auth_token_ttl: Option<u32>,
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
     /// Starts [`etcd_bin`] and waits until it answers `/health` as healthy.
     pub async fn start() -> Result<Etcd> {
         Etcd::start_with(EtcdOptions::default()).await
+    }
+
+    /// Starts [`etcd_bin`] with `args` added to its flags, e.g. `--quota-backend-bytes`.
+    pub async fn start_with_args(args: &[&str]) -> Result<Etcd> {
+        let extra_args = args.iter().map(|a| a.to_string()).collect();
+        Etcd::start_with(EtcdOptions {
+            extra_args,
+            ..EtcdOptions::default()
+        })
+        .await
     }
 
     /// Starts etcd as `options` say (a missing binary fails, naming `make etcd`).
@@ -166,6 +181,7 @@ impl Etcd {
             peer_port: free_port()?,
             tls,
             auth_token_ttl: options.auth_token_ttl,
+            extra_args: options.extra_args.clone(),
         };
         Ok(Etcd {
             child: launch.run()?,
@@ -409,6 +425,54 @@ impl Etcd {
         Ok(out)
     }
 
+    /// The alarms raised, as etcd names them (`NOSPACE`, `CORRUPT`).
+    pub async fn alarms(&self) -> Result<Vec<String>> {
+        let answer = self
+            .call("/v3/maintenance/alarm", &json!({"action": "GET"}))
+            .await?;
+        let alarms = answer["alarms"].as_array().into_iter().flatten();
+        Ok(alarms
+            .filter_map(|a| a["alarm"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// Compacts the history up to the current revision (physically, so the space is free for
+    /// [`Etcd::defragment`] to give back).
+    pub async fn compact(&self) -> Result<()> {
+        let answer = self
+            .call("/v3/kv/range", &json!({"key": STANDARD.encode("\0")}))
+            .await?;
+        let revision = number(&answer["header"]["revision"])?;
+        let body = json!({"revision": revision.to_string(), "physical": true});
+        self.call("/v3/kv/compaction", &body).await?;
+        Ok(())
+    }
+
+    /// Defragments the member, returning freed space to the quota.
+    pub async fn defragment(&self) -> Result<()> {
+        self.call("/v3/maintenance/defragment", &json!({})).await?;
+        Ok(())
+    }
+
+    /// Clears every alarm raised (an operator's `etcdctl alarm disarm`).
+    pub async fn disarm(&self) -> Result<()> {
+        let answer = self
+            .call("/v3/maintenance/alarm", &json!({"action": "GET"}))
+            .await?;
+        for alarm in answer["alarms"].as_array().into_iter().flatten() {
+            let mut body = alarm.clone();
+            body["action"] = json!("DEACTIVATE");
+            self.call("/v3/maintenance/alarm", &body).await?;
+        }
+        Ok(())
+    }
+
+    /// The backend's size in bytes (`dbSize` of the member's status).
+    pub async fn db_size(&self) -> Result<u64> {
+        let answer = self.call("/v3/maintenance/status", &json!({})).await?;
+        number(&answer["dbSize"])
+    }
+
     pub fn log_contents(&self) -> String {
         std::fs::read_to_string(&self.launch.log_path).unwrap_or_default()
     }
@@ -485,6 +549,7 @@ impl Launch {
                 &ttl.to_string(),
             ]);
         }
+        command.args(&self.extra_args);
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -127,6 +127,21 @@ impl Fleet {
         plugin: impl Fn(usize, &Receiver) -> Value,
         tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
     ) -> Result<Fleet> {
+        let fleet = Fleet::start_on_at_ready(etcd, n, plugin, tweak).await?;
+        for envoy in &fleet.replicas {
+            wait_registry_read(envoy).await?;
+        }
+        Ok(fleet)
+    }
+
+    /// [`Fleet::start_on`] returning as soon as every Envoy is ready, before their first
+    /// registry reads (for a replica that cannot read etcd at all).
+    pub async fn start_on_at_ready(
+        etcd: Etcd,
+        n: usize,
+        plugin: impl Fn(usize, &Receiver) -> Value,
+        tweak: impl Fn(EnvoyConfig) -> EnvoyConfig,
+    ) -> Result<Fleet> {
         ensure!(n > 0, "a fleet needs at least one replica");
         let upstream = Upstream::start().await?;
         let receiver = Receiver::start().await?;
@@ -143,9 +158,6 @@ impl Fleet {
         }
         let starts = configs.iter().cloned().map(Envoy::start);
         let replicas = futures_util::future::try_join_all(starts).await?;
-        for envoy in &replicas {
-            wait_registry_read(envoy).await?;
-        }
         Ok(Fleet {
             replicas,
             receiver,

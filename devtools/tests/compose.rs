@@ -543,6 +543,13 @@ fn compose_fleet_replicas_are_distinct_nodes_on_one_etcd_that_keeps_its_data() -
         etcd["healthcheck"]["test"].is_array(),
         "etcd needs a healthcheck for the Envoys to wait on"
     );
+    // The outbox and the delivery logs rewrite keys all the time: without compaction etcd's
+    // history fills its quota (docs/fleet.md, sizing).
+    ensure!(
+        flag(&etcd_command, "--auto-compaction-mode").as_deref() == Some("periodic")
+            && flag(&etcd_command, "--auto-compaction-retention").is_some(),
+        "etcd needs periodic auto-compaction: {etcd_command:?}"
+    );
     let client_url =
         flag(&etcd_command, "--listen-client-urls").context("etcd has no --listen-client-urls")?;
     let client_port: u64 = client_url

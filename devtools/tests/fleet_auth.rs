@@ -57,10 +57,17 @@ fn plugin(receiver: &Receiver) -> Value {
     })
 }
 
+/// `n` replicas logging in with `password`, once each has read the registry (a wrong password:
+/// once each is ready, since none ever reads it).
 async fn start_fleet(etcd: Etcd, n: usize, password: &str) -> Result<Fleet> {
+    let right = password == PASSWORD;
     let password = password.to_string();
     let env = move |cfg: EnvoyConfig| cfg.with_vm_env("PW_ETCD_PASSWORD", &password);
-    let fleet = Fleet::start_on(etcd, n, |_, receiver| plugin(receiver), env).await?;
+    let plugin = |_: usize, receiver: &Receiver| plugin(receiver);
+    let fleet = match right {
+        true => Fleet::start_on(etcd, n, plugin, env).await?,
+        false => Fleet::start_on_at_ready(etcd, n, plugin, env).await?,
+    };
     fleet.receiver.set_default(Reply::status(204));
     Ok(fleet)
 }

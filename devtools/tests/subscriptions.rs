@@ -692,6 +692,101 @@ async fn concurrent_creates_lose_nothing() -> Result<()> {
     Ok(())
 }
 
+/// `api.max_subscriptions` 30 for every consumer together: 40 creates at once from two
+/// consumers over both workers give exactly 30 201s and 10 409 `limit_reached` naming the
+/// registry-wide limit; the static subscription of the configuration does not count; a delete
+/// makes room for one more.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_limit_holds_against_concurrent_creates_of_two_consumers() -> Result<()> {
+    const CAP: usize = 30;
+    const CREATES: usize = 40;
+    let stack = start(|rx| {
+        let mut config = config(true);
+        config["api"]["max_subscriptions"] = json!(CAP);
+        config["subscriptions"] = json!([{
+            "id": "sub_static_alpha", "consumer": "alpha", "url": rx.url("/static"),
+            "events": ["orders.*"], "secret": STATIC_SECRET
+        }]);
+        config
+    })
+    .await?;
+    let (alpha, beta) = (Api::new(&stack, ALPHA.1), Api::new(&stack, BETA.1));
+    let url = stack.receiver.url("/capped");
+    let mut tasks = Vec::new();
+    for n in 0..CREATES {
+        let api = if n % 2 == 0 {
+            alpha.fresh()
+        } else {
+            beta.fresh()
+        };
+        let body = json!({"url": url, "events": ["orders.created"]});
+        tasks.push(tokio::spawn(async move {
+            api.call("POST", "/subscriptions", Some(&body)).await
+        }));
+    }
+    let (mut created, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        let sent = task.await??;
+        match sent.status.as_u16() {
+            201 => created.push(id_of(&sent.json()?)),
+            409 => {
+                let body = sent.json()?;
+                ensure!(body["error"]["code"] == "limit_reached", "{body}");
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                ensure!(
+                    message == format!("at most {CAP} subscriptions in all (every consumer together); delete some first"),
+                    "{message}"
+                );
+                refused += 1;
+            }
+            other => bail!(
+                "a create answered {other}: {}",
+                String::from_utf8_lossy(&sent.body)
+            ),
+        }
+    }
+    ensure!(
+        (created.len(), refused) == (CAP, CREATES - CAP),
+        "sent {CREATES}: {} created, {refused} refused",
+        created.len()
+    );
+    // The registry holds exactly those, and the static one besides.
+    let (listed_alpha, listed_beta) = (alpha.list().await?, beta.list().await?);
+    let mut listed: BTreeSet<String> = listed_alpha.iter().chain(&listed_beta).map(id_of).collect();
+    ensure!(
+        listed.remove("sub_static_alpha"),
+        "the static one is listed"
+    );
+    let created_set: BTreeSet<String> = created.iter().cloned().collect();
+    ensure!(
+        listed == created_set,
+        "listed {} ids, created {}",
+        listed.len(),
+        created.len()
+    );
+
+    let body = json!({"url": url, "events": ["orders.created"]});
+    let sent = beta.call("POST", "/subscriptions", Some(&body)).await?;
+    ensure!(
+        sent.status == 409,
+        "a create past the limit answered {}",
+        sent.status
+    );
+    let gone = created.first().context("none created")?;
+    let owner = if listed_alpha.iter().any(|s| id_of(s) == *gone) {
+        &alpha
+    } else {
+        &beta
+    };
+    owner
+        .expect(204, "DELETE", &format!("/subscriptions/{gone}"), None)
+        .await?;
+    beta.create(&url, &["orders.created"]).await?;
+    let sent = alpha.call("POST", "/subscriptions", Some(&body)).await?;
+    ensure!(sent.status == 409, "full again: {}", sent.status);
+    Ok(())
+}
+
 /// Many PATCHes of the same subscriptions' events at once, from connections on both workers:
 /// afterwards every subscription gets exactly the events its stored filters name (the index
 /// follows the record even when two workers change it at the same moment).

@@ -84,15 +84,16 @@ pub(super) fn create<S: KvStore>(
     let location = format!("{}/subscriptions/{}", config.api.path_prefix, sub.id);
     response.headers.push(("location", location));
     let limit = config.api.max_subscriptions_per_consumer;
+    let cap = config.api.max_subscriptions;
     if config.fleet.is_some() {
-        let write = Write::Create { sub, limit };
+        let write = Write::Create { sub, limit, cap };
         return Ok(Answer::Commit {
             write: Box::new(write),
             response,
         });
     }
     cx.registry
-        .insert(&sub, Some(limit))
+        .insert_within(&sub, Some(limit), Some(cap))
         .map_err(|e| registry_error(e, config))?;
     Ok(Answer::Now(response))
 }

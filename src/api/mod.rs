@@ -139,6 +139,13 @@ pub fn limit_reached(config: &Config, count: u64) -> Response {
     registry_error(RegistryError::LimitReached(count), config)
 }
 
+/// The answer to a create past `api.max_subscriptions` (fleet mode: etcd's count says so),
+/// the same as without fleet mode.
+pub fn registry_full(config: &Config, count: u64) -> Response {
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    registry_error(RegistryError::RegistryFull(count), config)
+}
+
 /// The answer for a subscription that does not exist (fleet mode: etcd has none).
 pub fn not_found() -> Response {
     subscription_not_found()

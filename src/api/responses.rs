@@ -104,6 +104,14 @@ pub(super) fn registry_error(e: RegistryError, config: &Config) -> Response {
                 config.api.max_subscriptions_per_consumer
             ),
         ),
+        RegistryError::RegistryFull(_) => error(
+            409,
+            "limit_reached",
+            format!(
+                "at most {} subscriptions in all (every consumer together); delete some first",
+                config.api.max_subscriptions
+            ),
+        ),
         RegistryError::Unavailable(_) => {
             let mut response = error(
                 503,

@@ -1068,6 +1068,41 @@ fn per_consumer_limit() {
     api.create(KEY_B, URL, &["*"]);
 }
 
+/// `api.max_subscriptions` caps every consumer together; the static subscription of the
+/// configuration does not count, and a delete makes room again.
+#[test]
+fn registry_limit_counts_every_consumer_but_not_static_subscriptions() {
+    let mut config: Value = serde_json::from_str(&config_json(true, false)).unwrap();
+    config["api"]["max_subscriptions"] = json!(4);
+    let mut api = Api::with(&config.to_string());
+    let mut ids = Vec::new();
+    for key in [KEY_A, KEY_B, KEY_A, KEY_B] {
+        ids.push(
+            api.create(key, URL, &["*"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let writes = api.writes();
+    let body = json!({"url": URL, "events": ["*"]}).to_string();
+    for key in [KEY_A, KEY_B] {
+        let (status, value) = api.call("POST", "/webhooks/subscriptions", key, &body);
+        assert_eq!((status, code(&value)), (409, "limit_reached"));
+        assert_eq!(
+            value["error"]["message"],
+            json!("at most 4 subscriptions in all (every consumer together); delete some first")
+        );
+    }
+    assert_eq!(api.writes(), writes, "a refused create writes nothing");
+    assert_eq!(api.registry.count(), 4);
+    let (status, _) = api.call("DELETE", &sub_path(&ids[0], ""), KEY_A, "");
+    assert_eq!(status, 204);
+    assert_eq!(api.registry.count(), 3);
+    api.create(KEY_B, URL, &["*"]);
+    assert_eq!(api.registry.count(), 4);
+}
+
 #[test]
 fn store_failure_answers_503() {
     let mut api = Api::new();
@@ -1608,10 +1643,11 @@ fn fleet_create_is_checked_but_left_to_etcd() {
     let Answer::Commit { write, response } = answer else {
         panic!("not a commit: {answer:?}");
     };
-    let Write::Create { sub, limit } = *write else {
+    let Write::Create { sub, limit, cap } = *write else {
         panic!("not a create: {write:?}");
     };
     assert_eq!((limit, sub.version, sub.consumer.as_str()), (3, 1, "acme"));
+    assert_eq!(cap, 100_000);
     assert_eq!(response.status, 201);
     let shown = parse(&response);
     assert_eq!(shown["id"], json!(sub.id));

@@ -98,6 +98,9 @@ pub struct ApiConfig {
     pub consumer_header: Option<String>,
     /// `api.max_subscriptions_per_consumer`, default 100.
     pub max_subscriptions_per_consumer: usize,
+    /// `api.max_subscriptions`, default 100000: API subscriptions in all (static ones aside),
+    /// at most [`MAX_SUBSCRIPTIONS_BOUND`].
+    pub max_subscriptions: usize,
     /// `api.max_body_bytes`, default 65536: larger API request bodies answer 413.
     pub max_body_bytes: usize,
 }
@@ -215,6 +218,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             consumer_header: None,
             max_subscriptions_per_consumer: 100,
+            max_subscriptions: 100_000,
             max_body_bytes: 65536,
         }
     }
@@ -347,11 +351,15 @@ const EVENT_FIELDS: &[&str] = &[
     "include_object",
 ];
 const AUDIENCE_FIELDS: &[&str] = &["param", "header", "response_header", "json"];
+/// The largest `api.max_subscriptions`: ten million records of ~1 KB are already more than
+/// etcd's largest recommended quota (8 GB), and fleet mode's cap slots have 8 digits.
+pub const MAX_SUBSCRIPTIONS_BOUND: usize = 10_000_000;
 const API_FIELDS: &[&str] = &[
     "path_prefix",
     "keys",
     "consumer_header",
     "max_subscriptions_per_consumer",
+    "max_subscriptions",
     "max_body_bytes",
 ];
 const KEY_FIELDS: &[&str] = &["consumer", "sha256"];
@@ -992,6 +1000,16 @@ fn parse_api(value: Option<&Value>) -> Result<ApiConfig, ConfigError> {
     api.max_subscriptions_per_consumer = o
         .count("max_subscriptions_per_consumer", 1)?
         .unwrap_or(api.max_subscriptions_per_consumer);
+    if let Some(max) = o.count("max_subscriptions", 1)? {
+        if max > MAX_SUBSCRIPTIONS_BOUND {
+            let bound = MAX_SUBSCRIPTIONS_BOUND;
+            return Err(err(
+                o.field("max_subscriptions"),
+                format!("must be at most {bound} (fleet mode numbers its slots with 8 digits)"),
+            ));
+        }
+        api.max_subscriptions = max;
+    }
     api.max_body_bytes = o
         .count("max_body_bytes", 1024)?
         .unwrap_or(api.max_body_bytes);

@@ -390,6 +390,7 @@ fn defaults() {
     assert_eq!(d.api.path_prefix, "/webhooks");
     assert!(d.api.keys.is_empty());
     assert_eq!(d.api.max_subscriptions_per_consumer, 100);
+    assert_eq!(d.api.max_subscriptions, 100_000);
     assert_eq!(d.api.max_body_bytes, 65536);
     let dl = &d.delivery;
     assert_eq!(dl.timeout_ms, 15_000);
@@ -444,7 +445,7 @@ fn rule_defaults_and_normalisation() {
 fn overrides() {
     let c = parse_str(
         r#"{"api": {"path_prefix": "/hooks/v1//", "max_subscriptions_per_consumer": 1,
-                        "max_body_bytes": 1024},
+                        "max_subscriptions": 10000000, "max_body_bytes": 1024},
                 "delivery": {"timeout": "250ms", "retry_schedule": ["1s"], "jitter": 0,
                              "disable_after": "1h", "max_queue": 1, "max_payload_bytes": 0,
                              "clusters": {"https": "egress"}, "max_in_flight": 1}}"#,
@@ -452,6 +453,7 @@ fn overrides() {
     .unwrap();
     assert_eq!(c.api.path_prefix, "/hooks/v1");
     assert_eq!(c.api.max_subscriptions_per_consumer, 1);
+    assert_eq!(c.api.max_subscriptions, 10_000_000);
     assert_eq!(c.api.max_body_bytes, 1024);
     let d = &c.delivery;
     assert_eq!((d.timeout_ms, d.disable_after_ms), (250, 3_600_000));
@@ -755,6 +757,16 @@ fn api_errors() {
     assert_eq!(
         api(r#""max_subscriptions_per_consumer": 0"#),
         "api.max_subscriptions_per_consumer: must be an integer >= 1"
+    );
+    for bad in ["0", "-1", "1.5", "\"100\""] {
+        assert_eq!(
+            api(&format!(r#""max_subscriptions": {bad}"#)),
+            "api.max_subscriptions: must be an integer >= 1"
+        );
+    }
+    assert_eq!(
+        api(r#""max_subscriptions": 10000001"#),
+        "api.max_subscriptions: must be at most 10000000 (fleet mode numbers its slots with 8 digits)"
     );
     assert_eq!(
         api(r#""max_body_bytes": 1023"#),

@@ -345,7 +345,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                 self.apply_synced(vec![Apply::Put(fresh)]);
             }
             Step::Gone => self.apply_synced(vec![Apply::Remove(id)]),
-            Step::LimitReached(_) => {}
+            Step::LimitReached(_) | Step::RegistryFull(_) => {}
             Step::Unavailable(why) => self.write_lost(&id, &why),
         }
     }

@@ -10,11 +10,22 @@
 //! absent: creates contend only when they pick the same slot, and the loser's failure branch
 //! reads the slots again for its next pick. A delete removes the record (compared on its mod
 //! revision) and the slot holding its id, if there is one. A replace touches no slot.
+//!
+//! `api.max_subscriptions` is kept the same way with cap slots, `P/cap/<n>` (n zero-padded, so
+//! key order is number order), taken in the same txn: the record, its consumer slot and its cap
+//! slot are written together or not at all, so no crash leaves a slot without its record. The
+//! registry may hold 100,000 of them, more than an answer may carry, so a create reads counts
+//! and windows: how many cap slots and records there are (count-only: at or over the limit, 409),
+//! how many slots lie at or above the end of the usable range (only after a lowered limit), and
+//! the taken slots (keys only, [`WINDOW`] at most) from a random point of that range, wrapping
+//! to its start; it takes a free slot of the windows at random. A create that lost its slot
+//! reads another window. The consumer's slot holds the cap slot's number beside the id, so the
+//! delete frees both.
 
 use crate::fleet::etcd::{
     self, Cmp, Compare, Op, OpAnswer, RangeAnswer, RangeQuery, Request, Target, TxnAnswer,
 };
-use crate::fleet::keys::Keys;
+use crate::fleet::keys::{self, Keys};
 use crate::fleet::statics::{self, Shared};
 use crate::fleet::vault::{Record, Vault};
 use crate::model::subscription::Subscription;
@@ -23,11 +34,21 @@ use crate::support::ids::RandomSource;
 /// Rounds one write may take before it gives up (other replicas keep winning).
 pub const MAX_ROUNDS: u32 = 64;
 
+/// Cap slots a create's window lists at most, on each side of its random point: ~110 bytes a
+/// key in etcd's keys-only JSON, ~56 KB for both, well inside the answer cap the shipped
+/// wiring sets (256 KiB, `http.async_response_buffer_limit`).
+pub const WINDOW: u64 = 256;
+
 /// What the API asks etcd to hold.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    /// A new subscription, within `limit` API subscriptions for its consumer.
-    Create { sub: Subscription, limit: usize },
+    /// A new subscription, within `limit` API subscriptions for its consumer and `cap` in all
+    /// (`api.max_subscriptions`).
+    Create {
+        sub: Subscription,
+        limit: usize,
+        cap: usize,
+    },
     /// `after` replaces the record the API checked, which had `before_version`.
     Replace {
         after: Subscription,
@@ -65,6 +86,8 @@ pub enum Step {
     Committed { revision: i64 },
     /// The consumer already has this many subscriptions (the limit or more).
     LimitReached(u64),
+    /// The registry already holds this many API subscriptions (`api.max_subscriptions` or more).
+    RegistryFull(u64),
     /// etcd has a newer record than the one checked (its `mod_revision` beside it): apply it to
     /// the cache and handle the call again.
     Stale(Subscription, i64),
@@ -85,6 +108,13 @@ pub struct Commit {
     slots: Vec<u8>,
     /// The slot the next txn takes (a create) or frees (a delete, when one holds the id).
     slot: Option<Vec<u8>>,
+    /// The cap slot the next txn takes (a create) or frees (a delete, when its consumer slot
+    /// names one).
+    cap_slot: Option<u64>,
+    /// The cap slots a create's next read lists: from `.0` up to `.1`, then from 0 up to `.0`;
+    /// `.1` is the end of the usable range (the limit, unless it was lowered below slots taken).
+    window: (u64, u64),
+    keys: Keys,
     /// The record as etcd keeps it (its secrets sealed), for creates and replaces.
     record: Vec<u8>,
     /// How records read back are opened.
@@ -126,18 +156,22 @@ impl Commit {
             Ok(bytes) => (bytes.unwrap_or_default(), None),
             Err(why) => (Vec::new(), Some(why)),
         };
-        let commit = Commit {
+        let mut commit = Commit {
             sub_key,
             logs_key: keys.logs(id),
             slots: keys.slots(consumer),
             write,
             slot: None,
+            cap_slot: None,
+            window: (0, 0),
+            keys: keys.clone(),
             record,
             vault: vault.clone(),
             broken,
             sub_mod: 0,
             rounds: 1,
         };
+        commit.next_window(commit.cap());
         let request = match commit.broken {
             // A harmless read: its answer is refused in `on_answer`.
             Some(_) => etcd::range(&commit.sub_key),
@@ -169,8 +203,8 @@ impl Commit {
             None => return Err("did not answer (timeout or reset)".into()),
         }
         let answer = etcd::parse_txn(body).map_err(|e| e.to_string())?;
-        // A create's first txn only reads (it has no slot yet).
-        let read = matches!(self.write, Write::Create { .. }) && self.slot.is_none();
+        // A create's txn only reads until it has both slots.
+        let read = self.reading();
         if answer.succeeded && !read {
             return Ok(Step::Committed {
                 revision: answer.revision,
@@ -196,16 +230,110 @@ impl Commit {
         Ok(Step::Send(self.request()))
     }
 
-    /// The slots read (None: send a txn taking one).
+    /// A create whose txn only reads: it has not picked both slots yet.
+    fn reading(&self) -> bool {
+        matches!(self.write, Write::Create { .. })
+            && (self.slot.is_none() || self.cap_slot.is_none())
+    }
+
+    /// `api.max_subscriptions` of a create (0 for other writes).
+    fn cap(&self) -> u64 {
+        match &self.write {
+            Write::Create { cap, .. } => u64::try_from(*cap).unwrap_or(u64::MAX),
+            _ => 0,
+        }
+    }
+
+    /// The slots read (None: send a txn taking both, or read again).
     fn create_failed(&mut self, answer: &TxnAnswer) -> Result<Option<Step>, String> {
         let found = ranges(answer)?;
-        let [slots, sub] = found.as_slice() else {
-            return Err(miscounted(found.len(), 2));
+        let [slots, sub, caps, records, above, window, wrapped] = found.as_slice() else {
+            return Err(miscounted(found.len(), 7));
         };
         if !sub.kvs.is_empty() {
             return Err("the new subscription's id is already taken in etcd".into());
         }
-        self.take_slot(slots)
+        (self.slot, self.cap_slot) = (None, None);
+        if let Some(refused) = self.take_slot(slots)? {
+            return Ok(Some(refused));
+        }
+        let count = caps.count.max(records.count);
+        let count = u64::try_from(count).unwrap_or(0);
+        if count >= self.cap() {
+            return Ok(Some(Step::RegistryFull(count)));
+        }
+        let above = u64::try_from(above.count).unwrap_or(u64::MAX);
+        self.take_cap_slot(above, window, wrapped)?;
+        Ok(None)
+    }
+
+    /// Picks a free cap slot in the windows read (`cap_slot`), or sets the next read's window:
+    /// the usable range's end found again when slots at or above it make it too long, another
+    /// window when these were full. Either way the next txn's failure branch reads a new
+    /// window, so a create that loses its slot looks elsewhere.
+    fn take_cap_slot(
+        &mut self,
+        above: u64,
+        window: &RangeAnswer,
+        wrapped: &RangeAnswer,
+    ) -> Result<(), String> {
+        let (cap, (start, end)) = (self.cap(), self.window);
+        // Creates take slots below `end` only, so with `end` + the slots at or above it within
+        // the cap, no race passes the cap (as [`usable`] for the per-consumer slots). It is
+        // too long only after the cap was lowered below slots taken: a shorter end is tried,
+        // down to the largest that fits.
+        if end.saturating_add(above) > cap {
+            self.next_window(cap.saturating_sub(above));
+            return Ok(());
+        }
+        let spans = [
+            self.span(window, start, end)?,
+            self.span(wrapped, 0, start)?,
+        ];
+        let free: u64 = spans.iter().map(Span::free).sum();
+        if free == 0 {
+            // All of `0..end` taken with fewer than the cap in all: slots above were freed
+            // since `end` was found, which is found again from the cap down.
+            let whole = !window.more && !wrapped.more;
+            self.next_window(if whole { cap } else { end });
+            return Ok(());
+        }
+        let mut pick = spread(self.write.id(), self.rounds ^ PICK) % free;
+        for span in &spans {
+            if pick < span.free() {
+                self.cap_slot = Some(span.nth_free(pick));
+                break;
+            }
+            pick -= span.free();
+        }
+        self.next_window(end);
+        Ok(())
+    }
+
+    /// The window the next read lists: from a random point below `end` (the usable end).
+    fn next_window(&mut self, end: u64) {
+        let start = spread(self.write.id(), self.rounds ^ START) % end.max(1);
+        self.window = (start, end);
+    }
+
+    /// The cap slots a window read lists, all in `from..to`; a window cut short by the limit
+    /// covers up to its last key.
+    fn span(&self, range: &RangeAnswer, from: u64, to: u64) -> Result<Span, String> {
+        let mut taken = Vec::with_capacity(range.kvs.len());
+        for kv in &range.kvs {
+            let n = self.keys.cap_number(&kv.key);
+            let n = n.filter(|n| (from..to).contains(n)).ok_or_else(|| {
+                format!("`{}` is not a cap slot of the range read", lossy(&kv.key))
+            })?;
+            taken.push(n);
+        }
+        taken.sort_unstable();
+        taken.dedup();
+        let to = match (range.more, taken.last()) {
+            (true, Some(last)) => last.saturating_add(1),
+            _ => to,
+        };
+        Ok(Span { from, to, taken })
     }
 
     /// Picks a free slot for the create's next txn (None), or finds the consumer at its limit.
@@ -282,13 +410,17 @@ impl Commit {
             return Ok(Some(Step::Stale(record, sub_mod)));
         }
         self.sub_mod = sub_mod;
-        // The slot holding the id; none (or only odd keys or values) does not keep the record.
-        let id = self.write.id().as_bytes();
-        self.slot = slots
-            .kvs
-            .iter()
-            .find(|kv| kv.value == id)
-            .map(|kv| kv.key.clone());
+        // The slot holding the id, and the cap slot it names; none (or only odd keys or
+        // values) does not keep the record.
+        let id = self.write.id();
+        let held = slots.kvs.iter().find_map(|kv| {
+            let (holder, cap) = slot_value(&kv.value)?;
+            (holder == id).then(|| (kv.key.clone(), cap))
+        });
+        (self.slot, self.cap_slot) = match held {
+            Some((key, cap)) => (Some(key), cap),
+            None => (None, None),
+        };
         Ok(None)
     }
 
@@ -338,6 +470,45 @@ impl Commit {
         }
     }
 
+    /// What a create reads (its first txn, and the failure branch of each that takes slots):
+    /// the consumer's slots, the record, the counts of cap slots and records, the count of cap
+    /// slots at or above the window's end, and the window (keys only).
+    fn create_reads(&self) -> Vec<Op> {
+        let (start, end) = self.window;
+        let caps = self.keys.caps();
+        let count = |key: Vec<u8>, prefix: bool, end: Vec<u8>| {
+            Op::Query(RangeQuery {
+                key,
+                prefix,
+                end,
+                count_only: true,
+                ..RangeQuery::default()
+            })
+        };
+        let window = |key: Vec<u8>, end: Vec<u8>| {
+            Op::Query(RangeQuery {
+                key,
+                end,
+                limit: WINDOW,
+                keys_only: true,
+                ..RangeQuery::default()
+            })
+        };
+        vec![
+            Op::Query(self.read_slots(true)),
+            Op::Range {
+                key: self.sub_key.clone(),
+                prefix: false,
+                limit: 0,
+            },
+            count(caps.clone(), true, Vec::new()),
+            count(self.keys.all(keys::SUB), true, Vec::new()),
+            count(self.keys.cap(end), false, etcd::prefix_end(&caps)),
+            window(self.keys.cap(start), self.keys.cap(end)),
+            window(caps, self.keys.cap(start)),
+        ]
+    }
+
     /// The txn for the current guess.
     fn request(&self) -> Request {
         let sub = || self.sub_key.clone();
@@ -364,18 +535,22 @@ impl Commit {
         let slot = self.slot.clone();
         match &self.write {
             Write::Create { sub: created, .. } => {
-                let reads = [Op::Query(self.read_slots(true)), range(sub())];
-                let Some(slot) = slot else {
+                let reads = self.create_reads();
+                let (Some(slot), Some(n)) = (slot, self.cap_slot) else {
                     return etcd::txn(&[], &reads, &[]);
                 };
+                let cap = self.keys.cap(n);
+                let id = created.id.clone().into_bytes();
                 etcd::txn(
                     &[
                         compare(slot.clone(), Target::Create, Cmp::Equal, 0),
+                        compare(cap.clone(), Target::Create, Cmp::Equal, 0),
                         compare(sub(), Target::Create, Cmp::Equal, 0),
                     ],
                     &[
                         put(sub(), self.record.clone()),
-                        put(slot, created.id.clone().into_bytes()),
+                        put(slot, format!("{} {n}", created.id).into_bytes()),
+                        put(cap, id),
                     ],
                     &reads,
                 )
@@ -394,6 +569,9 @@ impl Commit {
                 let mut success = vec![delete(sub()), logs];
                 if let Some(slot) = slot {
                     success.push(delete(slot));
+                }
+                if let Some(n) = self.cap_slot {
+                    success.push(delete(self.keys.cap(n)));
                 }
                 etcd::txn(
                     &[exists, sub_is],
@@ -422,6 +600,45 @@ fn usable(limit: u64, from: impl Fn(u64) -> u64) -> u64 {
     }
     low
 }
+
+/// The cap slots a window read found taken (ascending), in `from..to`.
+struct Span {
+    from: u64,
+    to: u64,
+    taken: Vec<u64>,
+}
+
+impl Span {
+    fn free(&self) -> u64 {
+        let len = self.to.saturating_sub(self.from);
+        len.saturating_sub(self.taken.len() as u64)
+    }
+
+    /// The `pick`-th free slot (`pick` below [`Span::free`]).
+    fn nth_free(&self, pick: u64) -> u64 {
+        let mut n = self.from.saturating_add(pick);
+        for taken in &self.taken {
+            if *taken > n {
+                break;
+            }
+            n = n.saturating_add(1);
+        }
+        n
+    }
+}
+
+/// A consumer slot's value: the id, and the number of its cap slot when it has one.
+fn slot_value(value: &[u8]) -> Option<(&str, Option<u64>)> {
+    let value = std::str::from_utf8(value).ok()?;
+    Some(match value.split_once(' ') {
+        Some((id, cap)) => (id, cap.parse().ok()),
+        None => (value, None),
+    })
+}
+
+/// What [`spread`]'s round is salted with: the window's random point, the cap slot picked.
+const START: u32 = 1 << 20;
+const PICK: u32 = 2 << 20;
 
 /// Spreads concurrent creates over the free slots: a hash of the new subscription's (random)
 /// id and the round, so a create that lost its slot also tries elsewhere next time.

@@ -4,6 +4,11 @@
 //!   below `api.max_subscriptions_per_consumer`. A create takes a free slot in the txn that
 //!   writes its record, a delete frees it, so the limit holds across replicas while creates that
 //!   pick different slots do not contend (see [`crate::fleet::commit`]).
+//!   Its value is the id, a space and the subscription's cap slot number (below), or the id
+//!   alone for subscriptions created before `api.max_subscriptions` (they hold no cap slot).
+//! - `P/cap/<n>`: the id of one API subscription, `n` zero-padded to 8 digits (so key order is
+//!   number order) below `api.max_subscriptions`: the registry-wide limit, kept like the
+//!   per-consumer one (taken with the record, freed with it; see [`crate::fleet::commit`]).
 //! - `P/live/<lease>`: a replica's node id, attached to its lease (gone: the replica is dead).
 //! - `P/owner/<lease>`: the node id, without a lease: the lease has (or had) messages.
 //! - `P/claim/<lease>`: the lease of the replica that took a dead lease's messages over,
@@ -52,6 +57,23 @@ impl Keys {
         let mut key = self.key(SLOT, consumer);
         key.push(b'/');
         key
+    }
+
+    /// The prefix of every cap slot.
+    pub fn caps(&self) -> Vec<u8> {
+        self.all(CAP)
+    }
+
+    /// Cap slot `n` (zero-padded: [`CAP_DIGITS`] digits).
+    pub fn cap(&self, n: u64) -> Vec<u8> {
+        self.key(CAP, &format!("{n:0width$}", width = CAP_DIGITS))
+    }
+
+    /// The number of cap slot `key` (None: not a cap slot as [`Keys::cap`] writes it).
+    pub fn cap_number(&self, key: &[u8]) -> Option<u64> {
+        let digits = key.strip_prefix(self.caps().as_slice())?;
+        let all_digits = digits.len() == CAP_DIGITS && digits.iter().all(u8::is_ascii_digit);
+        all_digits.then(|| std::str::from_utf8(digits).ok()?.parse().ok())?
     }
 
     pub fn live(&self, lease: i64) -> Vec<u8> {
@@ -109,6 +131,10 @@ impl Keys {
 
 pub const SUB: &str = "sub";
 pub const SLOT: &str = "slot";
+pub const CAP: &str = "cap";
+/// Digits of a cap slot's number: `api.max_subscriptions` is at most 10,000,000, whose slots
+/// are numbered below it.
+pub const CAP_DIGITS: usize = 8;
 pub const LIVE: &str = "live";
 pub const OWNER: &str = "owner";
 pub const CLAIM: &str = "claim";
@@ -137,6 +163,17 @@ mod tests {
         let k = Keys::new("/pw");
         assert_eq!(k.subscription("sub_1"), b"/pw/sub/sub_1");
         assert_eq!(k.slots("acme"), b"/pw/slot/acme/");
+        assert_eq!(k.cap(42), b"/pw/cap/00000042");
+        assert_eq!(k.cap(10_000_000), b"/pw/cap/10000000");
+        assert_eq!(k.cap_number(b"/pw/cap/00000042"), Some(42));
+        for bad in [
+            "/pw/cap/42",
+            "/pw/cap/0000004x",
+            "/pw/cap/000000042",
+            "/pw/slot/00000042",
+        ] {
+            assert_eq!(k.cap_number(bad.as_bytes()), None, "{bad}");
+        }
         assert_eq!(k.live(255), b"/pw/live/ff");
         assert_eq!(k.owner(255), b"/pw/owner/ff");
         assert_eq!(k.claim(255), b"/pw/claim/ff");

@@ -34,8 +34,8 @@ pub mod watchdog;
 use crate::model::subscription::{lookup_filters, StaticSubscription, Subscription};
 use crate::registry::buckets::{Bucket, Change};
 use crate::registry::store::{
-    index_key, owner_key, record_key, KvStore, StoreError, ACTIVE_KEY, GEN_KEY, PREPARED_BUCKETS,
-    STATIC_KEY,
+    index_key, owner_key, record_key, KvStore, StoreError, ACTIVE_KEY, COUNT_KEY, GEN_KEY,
+    PREPARED_BUCKETS, STATIC_KEY,
 };
 use crate::support::hashing::{HashMap, HashSet};
 
@@ -44,6 +44,8 @@ pub enum RegistryError {
     NotFound,
     /// The consumer already has the maximum number of subscriptions.
     LimitReached(usize),
+    /// The registry already holds `api.max_subscriptions` API subscriptions (this many).
+    RegistryFull(usize),
     /// Too much contention or a store failure; nothing was changed.
     Unavailable(String),
 }
@@ -111,6 +113,7 @@ impl<S: KvStore> Registry<S> {
             }
         }
         self.create_if_absent(ACTIVE_KEY);
+        self.create_if_absent(COUNT_KEY);
         self.create_if_absent(GEN_KEY);
     }
 
@@ -180,6 +183,38 @@ impl<S: KvStore> Registry<S> {
 
     /// Adds a new subscription. `limit` caps the consumer's subscriptions (checked atomically).
     pub fn insert(&self, sub: &Subscription, limit: Option<usize>) -> Result<(), RegistryError> {
+        self.insert_within(sub, limit, None)
+    }
+
+    /// [`Registry::insert`] within `total` API subscriptions in all (`api.max_subscriptions`):
+    /// the create's place is counted in [`COUNT_KEY`] first (compare-and-swap, so creates on
+    /// every worker at once never pass it) and given back if the create fails.
+    pub fn insert_within(
+        &self,
+        sub: &Subscription,
+        limit: Option<usize>,
+        total: Option<usize>,
+    ) -> Result<(), RegistryError> {
+        // Refused without a write when the consumer is at its limit already (checked again,
+        // atomically, when its owner line is added).
+        let owned = || self.ids_for_consumer(&sub.consumer).len();
+        if let Some(max) = limit.filter(|max| owned() >= *max) {
+            return Err(RegistryError::LimitReached(owned().max(max)));
+        }
+        // Static subscriptions are the configuration's: never counted.
+        let counted = !sub.is_static;
+        if counted {
+            self.reserve(total.unwrap_or(usize::MAX))?;
+        }
+        let inserted = self.insert_owned(sub, limit);
+        if inserted.is_err() && counted {
+            self.adjust_count(-1);
+        }
+        inserted
+    }
+
+    /// The records, index and owner lines of a new subscription, within `limit` for its consumer.
+    fn insert_owned(&self, sub: &Subscription, limit: Option<usize>) -> Result<(), RegistryError> {
         let (id, consumer) = (sub.id.as_str(), sub.consumer.as_str());
         let record =
             serde_json::to_vec(sub).map_err(|e| RegistryError::Unavailable(e.to_string()))?;
@@ -209,6 +244,36 @@ impl<S: KvStore> Registry<S> {
         Ok(())
     }
 
+    /// How many API subscriptions the registry holds (static ones aside).
+    pub fn count(&self) -> u64 {
+        read_count(self.store.get(COUNT_KEY).unwrap_or_default().0.as_slice())
+    }
+
+    /// Takes a place among `max` API subscriptions, or finds them all taken.
+    fn reserve(&self, max: usize) -> Result<(), RegistryError> {
+        let max = u64::try_from(max).unwrap_or(u64::MAX);
+        for _ in 0..MAX_CAS_RETRIES {
+            let (value, cas) = self.store.get(COUNT_KEY).unwrap_or_default();
+            let count = read_count(&value);
+            if count >= max {
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                return Err(RegistryError::RegistryFull(count));
+            }
+            let next = (count + 1).to_string();
+            match self.store.set(COUNT_KEY, next.as_bytes(), Some(cas)) {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Failed(e)) => return Err(RegistryError::Unavailable(e)),
+            }
+        }
+        Err(RegistryError::Unavailable("too much contention".into()))
+    }
+
+    /// Moves the API subscription count by `delta` (never below 0).
+    fn adjust_count(&self, delta: i64) {
+        self.adjust(COUNT_KEY, delta);
+    }
+
     /// How many subscriptions are active.
     pub fn active_count(&self) -> u64 {
         self.store
@@ -224,17 +289,19 @@ impl<S: KvStore> Registry<S> {
     }
 
     fn adjust_active(&self, delta: i64) {
+        self.adjust(ACTIVE_KEY, delta);
+    }
+
+    /// Moves the decimal count under `key` by `delta` (never below 0), with compare-and-swap.
+    fn adjust(&self, key: &str, delta: i64) {
         if delta == 0 {
             return;
         }
         for _ in 0..MAX_CAS_RETRIES {
-            let (value, cas) = self.store.get(ACTIVE_KEY).unwrap_or_default();
-            let count: i64 = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let (value, cas) = self.store.get(key).unwrap_or_default();
+            let count = i64::try_from(read_count(&value)).unwrap_or(i64::MAX);
             let next = count.saturating_add(delta).max(0).to_string();
-            if self.store.set(ACTIVE_KEY, next.as_bytes(), Some(cas)) != Err(StoreError::Conflict) {
+            if self.store.set(key, next.as_bytes(), Some(cas)) != Err(StoreError::Conflict) {
                 return;
             }
         }
@@ -497,6 +564,11 @@ impl<S: KvStore> Registry<S> {
         let active = i64::try_from(subs.iter().filter(|s| s.is_active()).count());
         let active = active.unwrap_or(i64::MAX);
         self.adjust_active(if add { active } else { -active });
+        // API subscriptions (a create reserved its own place in `insert_within`; those synced
+        // from etcd and every delete are counted here).
+        let api = i64::try_from(subs.iter().filter(|s| !s.is_static).count());
+        let api = api.unwrap_or(i64::MAX);
+        self.adjust_count(if add { api } else { -api });
         self.bump_generation();
     }
 
@@ -628,6 +700,14 @@ fn parsed_record(bucket: &Bucket, id: &str) -> Option<Subscription> {
 /// Logs a change of subscription `id` the store did not take.
 fn not_stored(id: &str, e: &RegistryError) {
     log::error!("proxy-webhooks: subscription {id}: change not stored: {e:?}");
+}
+
+/// A decimal count as stored (0 when absent or not a number).
+fn read_count(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn add_line(lines: &mut Vec<String>, name: &str, id: &str) {

@@ -15,6 +15,8 @@
 //! - `pwh:own:<n>` (n < [`LIST_BUCKETS`], by a hash of the consumer): lines `<consumer> <id>`.
 //! - `pwh:gen` ([`GEN_KEY`]): its version moves after every registry change.
 //! - `pwh:active` ([`ACTIVE_KEY`]): how many subscriptions are active, in decimal.
+//! - `pwh:count` ([`COUNT_KEY`]): how many API subscriptions the registry holds (static ones
+//!   aside), in decimal; `api.max_subscriptions` is checked against it.
 //! - `pwh:static` ([`STATIC_KEY`]): the ids of the static subscriptions last synced.
 //! - `pwh:heartbeat` ([`HEARTBEAT_KEY`]): the dispatcher's clock ([`crate::registry::watchdog`]).
 //! - `pwh:registry-read` ([`REGISTRY_READ_KEY`]): fleet mode, `1` once the dispatcher applied
@@ -57,6 +59,10 @@ impl<S: KvStore + ?Sized> KvStore for &S {
 pub const GEN_KEY: &str = "pwh:gen";
 /// How many subscriptions are active, kept by every writer (the `subscriptions_active` gauge).
 pub const ACTIVE_KEY: &str = "pwh:active";
+/// How many API subscriptions exist (static ones aside): a create reserves its place here
+/// with compare-and-swap before it writes anything, so `api.max_subscriptions` holds however
+/// many workers create at once.
+pub const COUNT_KEY: &str = "pwh:count";
 /// The ids of the static subscriptions last synced from the configuration.
 pub const STATIC_KEY: &str = "pwh:static";
 /// The shared-data key of the heartbeat: the dispatcher's clock in milliseconds, in decimal.

@@ -523,7 +523,8 @@ fn create_delete_churn_leaves_the_keys_as_they_were() {
         .unwrap();
     let before = footprint(&store);
     let buckets = 2 * LIST_BUCKETS + RECORD_BUCKETS + LOG_BUCKETS;
-    assert_eq!(before.0, buckets as usize + 2);
+    // The buckets, the generation, the active count and the API subscription count.
+    assert_eq!(before.0, buckets as usize + 3);
     for n in 0..10_000 {
         let id = format!("sub_{n:024}");
         let consumer = format!("consumer{}", n % 7);
@@ -682,4 +683,70 @@ fn a_delete_racing_a_log_write_leaves_no_log() {
             .0,
         b""
     );
+}
+
+#[test]
+fn the_registry_limit_counts_api_subscriptions_only_and_deletes_free_room() {
+    let r = registry();
+    r.sync_static(&[static_sub("audit", "https://example.com/a")], 1);
+    r.insert_within(&sub("s1", "c", &["a"]), None, Some(2))
+        .unwrap();
+    r.insert_within(&sub("s2", "d", &["a"]), None, Some(2))
+        .unwrap();
+    assert_eq!(
+        r.insert_within(&sub("s3", "e", &["a"]), None, Some(2)),
+        Err(RegistryError::RegistryFull(2))
+    );
+    assert!(r.get("s3").is_none());
+    assert_eq!(r.count(), 2, "the static subscription is not counted");
+    // The per-consumer limit refusing gives the place back.
+    assert_eq!(
+        r.insert_within(&sub("s4", "c", &["a"]), Some(1), Some(3)),
+        Err(RegistryError::LimitReached(1))
+    );
+    assert_eq!(r.count(), 2);
+    r.delete("s1").unwrap();
+    r.delete_batch(&["s2".to_string()]);
+    assert_eq!(r.count(), 0);
+    // Records synced from etcd (fleet mode) are counted as they come and go.
+    r.apply_synced_batch(vec![sub("s5", "c", &["a"]), sub("s6", "c", &["a"])]);
+    assert_eq!(r.count(), 2);
+    r.sync_static(&[], 2);
+    assert_eq!(r.count(), 2);
+}
+
+#[test]
+fn a_failed_insert_gives_its_place_back() {
+    let r = Registry::new(FailingIndex(MemoryStore::default()));
+    r.prepare();
+    let out = r.insert_within(&sub("s1", "c", &["a"]), None, Some(1));
+    assert!(matches!(out, Err(RegistryError::Unavailable(_))));
+    assert_eq!(r.count(), 0);
+}
+
+/// Two workers at the last place: the one whose compare-and-swap loses reads the count again
+/// and is refused, so the limit is never passed.
+#[test]
+fn racing_creates_at_the_last_place_never_pass_the_registry_limit() {
+    let shared = std::rc::Rc::new(MemoryStore::default());
+    let plain = Registry::new(std::rc::Rc::clone(&shared));
+    plain.prepare();
+    plain
+        .insert_within(&sub("s0", "c", &["a"]), None, Some(2))
+        .unwrap();
+    let other = std::rc::Rc::clone(&shared);
+    let store = AfterRead {
+        inner: std::rc::Rc::clone(&shared),
+        key: crate::registry::store::COUNT_KEY.to_string(),
+        hook: std::cell::RefCell::new(Some(Box::new(move || {
+            Registry::new(other)
+                .insert_within(&sub("s1", "d", &["a"]), None, Some(2))
+                .unwrap();
+        }))),
+    };
+    let late = Registry::new(&store).insert_within(&sub("s2", "e", &["a"]), None, Some(2));
+    assert!(store.hook.borrow().is_none(), "the race happened");
+    assert_eq!(late, Err(RegistryError::RegistryFull(2)));
+    assert_eq!(plain.count(), 2);
+    assert!(plain.get("s1").is_some() && plain.get("s2").is_none());
 }

@@ -543,6 +543,7 @@ impl<H: StreamHost> Stream<H> {
                 filter.send(c.response);
             }
             Step::LimitReached(count) => filter.send(api::limit_reached(&filter.config, count)),
+            Step::RegistryFull(count) => filter.send(api::registry_full(&filter.config, count)),
             Step::Stale(record, revision) => self.rehandle(c, &record, revision),
             Step::Gone => {
                 // Absent from the cache already is as good.

@@ -87,11 +87,82 @@ fn range(kvs: Vec<Value>) -> Value {
     json!({"response_range": range_fields(kvs)})
 }
 
-/// The answer to a create's first txn, which only reads: acme's slots `kvs`, no record.
+/// A count-only range answer inside a txn's answer.
+fn counted(n: u64) -> Value {
+    let mut r = json!({"header": header(9)});
+    if n > 0 {
+        r["count"] = json!(n.to_string());
+    }
+    json!({ "response_range": r })
+}
+
+/// Cap slots `ns`, keys only.
+fn caps(ns: &[u64]) -> Vec<Value> {
+    ns.iter()
+        .map(|n| key_only(&format!("/pw/cap/{n:08}")))
+        .collect()
+}
+
+/// What a create reads: acme's slots `kvs`, the record `held`, the counts of cap slots
+/// (`caps`) and of records (`records`), of cap slots at or above the window's end (`above`),
+/// and the two windows' cap slots.
+struct Reads {
+    slots: Vec<Value>,
+    held: Vec<Value>,
+    caps: u64,
+    records: u64,
+    above: u64,
+    window: Vec<Value>,
+    wrapped: Vec<Value>,
+}
+
+impl Reads {
+    fn of(slots: Vec<Value>) -> Reads {
+        Reads {
+            slots,
+            held: vec![],
+            caps: 0,
+            records: 0,
+            above: 0,
+            window: vec![],
+            wrapped: vec![],
+        }
+    }
+
+    fn ranges(self) -> Vec<Value> {
+        vec![
+            range(self.slots),
+            range(self.held),
+            counted(self.caps),
+            counted(self.records),
+            counted(self.above),
+            range(self.window),
+            range(self.wrapped),
+        ]
+    }
+
+    /// The answer to a create's first txn, which only reads.
+    fn first(self) -> Vec<u8> {
+        json!({"header": header(9), "succeeded": true, "responses": self.ranges()})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// The answer to a create's txn that lost.
+    fn lost(self) -> Vec<u8> {
+        failed(self.ranges())
+    }
+}
+
+/// The answer to a create's first txn, which only reads: acme's slots `kvs`, no record, no
+/// cap slot.
 fn read_answer(kvs: Vec<Value>) -> Vec<u8> {
-    json!({"header": header(9), "succeeded": true, "responses": [range(kvs), range(vec![])]})
-        .to_string()
-        .into_bytes()
+    Reads::of(kvs).first()
+}
+
+/// The answer to a create's txn that lost: acme's slots `kvs`, no record, no cap slot.
+fn lost(kvs: Vec<Value>) -> Vec<u8> {
+    Reads::of(kvs).lost()
 }
 
 /// A txn whose compares failed: no `succeeded`, its failure branch's ranges.
@@ -152,10 +223,15 @@ fn remove_logs() -> Value {
 }
 
 fn create_of(s: &Subscription, limit: usize) -> (Commit, Request) {
+    capped_create_of(s, limit, 100_000)
+}
+
+fn capped_create_of(s: &Subscription, limit: usize, cap: usize) -> (Commit, Request) {
     Commit::start(
         Write::Create {
             sub: s.clone(),
             limit,
+            cap,
         },
         &keys(),
         &Vault::default(),
@@ -183,6 +259,48 @@ fn slot_taken(step: &Step) -> u64 {
     key.strip_prefix("/pw/slot/acme/").unwrap().parse().unwrap()
 }
 
+/// The cap slot a create's txn takes.
+fn cap_taken(step: &Step) -> u64 {
+    let sent = body(step);
+    let key = STANDARD
+        .decode(sent["compare"][1]["key"].as_str().unwrap())
+        .unwrap();
+    let key = String::from_utf8(key).unwrap();
+    key.strip_prefix("/pw/cap/").unwrap().parse().unwrap()
+}
+
+/// The window a create's request reads: its random point and its end.
+fn window_of(sent: &Value) -> (u64, u64) {
+    let number = |v: &Value| -> u64 {
+        let key = String::from_utf8(STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap();
+        key.strip_prefix("/pw/cap/").unwrap().parse().unwrap()
+    };
+    let reads = sent["compare"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+        .map_or(&sent["success"], |_| &sent["failure"]);
+    let window = &reads[5]["request_range"];
+    (number(&window["key"]), number(&window["range_end"]))
+}
+
+/// The reads of a create whose window is `start..end`, as sent.
+fn create_reads(start: u64, end: u64) -> Value {
+    let cap = |n: u64| b64(format!("/pw/cap/{n:08}").as_bytes());
+    json!([
+        read_slots(true),
+        read("/pw/sub/sub_1"),
+        {"request_range": {"key": b64(b"/pw/cap/"), "range_end": b64(b"/pw/cap0"),
+                           "count_only": true}},
+        {"request_range": {"key": b64(b"/pw/sub/"), "range_end": b64(b"/pw/sub0"),
+                           "count_only": true}},
+        {"request_range": {"key": cap(end), "range_end": b64(b"/pw/cap0"), "count_only": true}},
+        {"request_range": {"key": cap(start), "range_end": cap(end), "limit": "256",
+                           "keys_only": true}},
+        {"request_range": {"key": b64(b"/pw/cap/"), "range_end": cap(start), "limit": "256",
+                           "keys_only": true}}
+    ])
+}
+
 /// The slot a create of `id` takes when acme's slots `taken` are read.
 fn pick(id: &str, limit: usize, taken: &[u64]) -> u64 {
     let (mut commit, _) = create_of(&sub(id, 1), limit);
@@ -194,29 +312,66 @@ fn pick(id: &str, limit: usize, taken: &[u64]) -> u64 {
 
 #[test]
 fn create_reads_the_slots_then_takes_a_free_one_with_the_record() {
-    let (mut commit, request, s) = create(3);
+    let (_, request, s) = create(3);
+    let sent = request_body(&request);
+    let (start, end) = window_of(&sent);
+    assert!(start < 100_000 && end == 100_000, "{start}..{end}");
     assert_eq!(
-        request_body(&request),
-        json!({"compare": [], "success": [read_slots(true), read("/pw/sub/sub_1")],
-               "failure": []})
+        sent,
+        json!({"compare": [], "success": create_reads(start, end), "failure": []})
     );
-    let next = answer(&mut commit, &read_answer(slots(&[0, 2])));
+    // Cap slots 0 and 2 taken, in a cap of 3: slot 1 is the only free one.
+    let (mut commit, request) = capped_create_of(&s, 3, 3);
+    let (start, _) = window_of(&request_body(&request));
+    let mut read = Reads::of(slots(&[0, 2]));
+    read.caps = 2;
+    read.records = 2;
+    let taken: Vec<u64> = [0, 2].into();
+    read.window = caps(
+        &taken
+            .iter()
+            .copied()
+            .filter(|n| *n >= start)
+            .collect::<Vec<_>>(),
+    );
+    read.wrapped = caps(
+        &taken
+            .iter()
+            .copied()
+            .filter(|n| *n < start)
+            .collect::<Vec<_>>(),
+    );
+    let next = answer(&mut commit, &read.first());
+    let sent = body(&next);
+    let (start, end) = window_of(&sent);
     assert_eq!(
-        body(&next),
+        sent,
         json!({
             "compare": [
                 compare("/pw/slot/acme/1", "CREATE", "EQUAL", "create_revision", 0),
+                compare("/pw/cap/00000001", "CREATE", "EQUAL", "create_revision", 0),
                 compare("/pw/sub/sub_1", "CREATE", "EQUAL", "create_revision", 0)
             ],
-            "success": [put("/pw/sub/sub_1", &record(&s)), put("/pw/slot/acme/1", b"sub_1")],
-            "failure": [read_slots(true), read("/pw/sub/sub_1")]
+            "success": [
+                put("/pw/sub/sub_1", &record(&s)),
+                put("/pw/slot/acme/1", b"sub_1 1"),
+                put("/pw/cap/00000001", b"sub_1")
+            ],
+            "failure": create_reads(start, end)
         })
     );
     assert_eq!(
-        answer(&mut commit, &succeeded(12, 2)),
+        answer(&mut commit, &succeeded(12, 3)),
         Step::Committed { revision: 12 }
     );
-    assert_eq!(commit.write(), &Write::Create { sub: s, limit: 3 });
+    assert_eq!(
+        commit.write(),
+        &Write::Create {
+            sub: s,
+            limit: 3,
+            cap: 3
+        }
+    );
 }
 
 #[test]
@@ -238,24 +393,26 @@ fn creates_pick_only_free_slots_and_spread_over_them() {
 fn create_that_lost_its_slot_reads_the_slots_again_and_tries_another() {
     let (mut commit, _, s) = create(3);
     let first = answer(&mut commit, &read_answer(slots(&[])));
-    let lost = slot_taken(&first);
+    let gone = slot_taken(&first);
     // Another create took it meanwhile, and slot 0 or 2 besides: one is left.
-    let others: Vec<u64> = [lost, (lost + 1) % 3].into();
-    let next = answer(
-        &mut commit,
-        &failed(vec![range(slots(&others)), range(vec![])]),
-    );
-    let left = (lost + 2) % 3;
+    let others: Vec<u64> = [gone, (gone + 1) % 3].into();
+    let next = answer(&mut commit, &lost(slots(&others)));
+    let left = (gone + 2) % 3;
     assert_eq!(slot_taken(&next), left);
+    let cap = cap_taken(&next);
     assert_eq!(
         body(&next)["success"],
         json!([
             put("/pw/sub/sub_1", &record(&s)),
-            put(&format!("/pw/slot/acme/{left}"), b"sub_1")
+            put(
+                &format!("/pw/slot/acme/{left}"),
+                format!("sub_1 {cap}").as_bytes()
+            ),
+            put(&format!("/pw/cap/{cap:08}"), b"sub_1")
         ])
     );
     assert_eq!(
-        answer(&mut commit, &succeeded(13, 2)),
+        answer(&mut commit, &succeeded(13, 3)),
         Step::Committed { revision: 13 }
     );
 }
@@ -271,10 +428,7 @@ fn create_stops_at_the_limit_without_writing() {
     let (mut commit, _, _) = create(3);
     answer(&mut commit, &read_answer(slots(&[0, 1])));
     assert_eq!(
-        answer(
-            &mut commit,
-            &failed(vec![range(slots(&[0, 1, 2])), range(vec![])])
-        ),
+        answer(&mut commit, &lost(slots(&[0, 1, 2]))),
         Step::LimitReached(3)
     );
 }
@@ -334,19 +488,13 @@ fn create_gives_up_after_the_rounds_other_writers_win() {
     let mut taken = Vec::new();
     for round in 2..MAX_ROUNDS {
         taken.push(slot_taken(&step));
-        step = answer(
-            &mut commit,
-            &failed(vec![range(slots(&taken)), range(vec![])]),
-        );
+        step = answer(&mut commit, &lost(slots(&taken)));
         assert!(matches!(step, Step::Send(_)), "round {round}: {step:?}");
         assert!(!taken.contains(&slot_taken(&step)), "round {round}");
     }
     taken.push(slot_taken(&step));
     assert_eq!(
-        answer(
-            &mut commit,
-            &failed(vec![range(slots(&taken)), range(vec![])])
-        ),
+        answer(&mut commit, &lost(slots(&taken))),
         Step::Unavailable("too much contention (64 rounds lost to other writers)".into())
     );
 }
@@ -355,9 +503,10 @@ fn create_gives_up_after_the_rounds_other_writers_win() {
 fn create_whose_id_etcd_has_already_is_refused() {
     let (mut commit, _, _) = create(3);
     answer(&mut commit, &read_answer(vec![]));
-    let held = vec![kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 1)), 5)];
+    let mut read = Reads::of(vec![]);
+    read.held = vec![kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 1)), 5)];
     assert_eq!(
-        answer(&mut commit, &failed(vec![range(vec![]), range(held)])),
+        answer(&mut commit, &read.lost()),
         Step::Unavailable("the new subscription's id is already taken in etcd".into())
     );
 }
@@ -668,7 +817,7 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
     let one = json!({"header": header(9), "succeeded": true, "responses": [range(vec![])]});
     assert_eq!(
         unavailable(&mut c, Some("200"), one.to_string().as_bytes()),
-        "etcd's answer: the txn has 1 responses, not 2"
+        "etcd's answer: the txn has 1 responses, not 7"
     );
 
     // A slot whose last part is not a number (as this module writes it) is no slot.
@@ -704,7 +853,7 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
     let mut c = create_sent();
     assert_eq!(
         unavailable(&mut c, Some("200"), &failed(vec![range(vec![])])),
-        "etcd's answer: the txn has 1 responses, not 2"
+        "etcd's answer: the txn has 1 responses, not 7"
     );
     let mut c = create_sent();
     let put = json!({"response_put": {"header": header(9)}});
@@ -713,14 +862,21 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
         "etcd's answer: the txn's `responses[0]` is not a range answer"
     );
     let mut c = create_sent();
-    let bad = failed(vec![
-        range(vec![key_only("/pw/slot/acme/1x")]),
-        range(vec![]),
-    ]);
+    let bad = lost(vec![key_only("/pw/slot/acme/1x")]);
     assert_eq!(
         unavailable(&mut c, Some("200"), &bad),
         "`/pw/slot/acme/1x` is not a numbered slot"
     );
+    // A window's key that is no cap slot of the range read.
+    for bad in ["/pw/cap/7", "/pw/cap/0000000x", "/pw/sub/sub_2"] {
+        let mut c = create_sent();
+        let mut read = Reads::of(vec![]);
+        read.wrapped = vec![key_only(bad)];
+        assert_eq!(
+            unavailable(&mut c, Some("200"), &read.lost()),
+            format!("`{bad}` is not a cap slot of the range read")
+        );
+    }
 
     let (mut c, _) = replace(&sub("sub_1", 5), 4);
     let junk = kv(b"/pw/sub/sub_1", b"{\"id\":1}", 21);
@@ -744,9 +900,9 @@ fn every_bad_answer_is_unavailable_with_its_reason() {
 fn garbage_never_panics() {
     let held = kv(b"/pw/sub/sub_1", &record(&sub("sub_1", 4)), 21);
     let samples = [
-        succeeded(12, 2),
+        succeeded(12, 3),
         read_answer(slots(&[0, 2])),
-        failed(vec![range(slots(&[1])), range(vec![])]),
+        lost(slots(&[1])),
         failed(vec![range(vec![held.clone()])]),
         failed(vec![range(vec![held]), range(held_slots(&[(4, "sub_1")]))]),
     ];
@@ -825,8 +981,19 @@ impl Model {
 
     fn range(&self, r: &Value) -> Value {
         let keys_only = r["keys_only"] == json!(true);
-        let kvs: Vec<Value> = self
-            .keys_of(r)
+        let all = self.keys_of(r);
+        let limit = r.get("limit").map_or(0, number) as usize;
+        let shown = if limit > 0 {
+            limit.min(all.len())
+        } else {
+            all.len()
+        };
+        let shown = if r["count_only"] == json!(true) {
+            0
+        } else {
+            shown
+        };
+        let kvs: Vec<Value> = all[..shown]
             .iter()
             .map(|k| {
                 let (value, create, modified, version) = &self.kvs[k];
@@ -839,9 +1006,14 @@ impl Model {
             })
             .collect();
         let mut answer = json!({"header": {"revision": self.revision.max(1).to_string()}});
+        if !all.is_empty() {
+            answer["count"] = json!(all.len().to_string());
+        }
         if !kvs.is_empty() {
-            answer["count"] = json!(kvs.len().to_string());
             answer["kvs"] = json!(kvs);
+        }
+        if limit > 0 && all.len() > limit && !kvs.is_empty() {
+            answer["more"] = json!(true);
         }
         answer
     }
@@ -908,12 +1080,31 @@ impl Model {
 
     /// acme's slots: number → id.
     fn slots(&self) -> BTreeMap<u64, String> {
+        self.slot_values()
+            .into_iter()
+            .map(|(n, v)| (n, v.split(' ').next().unwrap().to_string()))
+            .collect()
+    }
+
+    /// acme's slots: number → value (the id and the cap slot's number).
+    fn slot_values(&self) -> BTreeMap<u64, String> {
         self.kvs
             .iter()
             .filter_map(|(k, (v, ..))| {
                 let n = std::str::from_utf8(k)
                     .ok()?
                     .strip_prefix("/pw/slot/acme/")?;
+                Some((n.parse().unwrap(), String::from_utf8(v.clone()).unwrap()))
+            })
+            .collect()
+    }
+
+    /// The cap slots: number → id.
+    fn caps(&self) -> BTreeMap<u64, String> {
+        self.kvs
+            .iter()
+            .filter_map(|(k, (v, ..))| {
+                let n = std::str::from_utf8(k).ok()?.strip_prefix("/pw/cap/")?;
                 Some((n.parse().unwrap(), String::from_utf8(v.clone()).unwrap()))
             })
             .collect()
@@ -931,29 +1122,73 @@ impl Model {
     }
 }
 
-/// `creates` creates (and some deletes of what exists) for acme, all in flight at once, their
-/// requests served one at a time in random order: how many creates committed and how many
-/// were refused for the limit. After every request: no create takes acme past `limit` (the
-/// slots already there may exceed it, from a higher limit), every slot names a record, and a
-/// committed create or delete has its slot and record written or removed together.
-fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) -> (usize, usize) {
+/// One race: `creates` creates for acme (and, with `deletes`, deletes of what exists) within
+/// `limit` for acme and `cap` in all; acme holds the slots `before` (earlier records, as an
+/// earlier version wrote them: no cap slot) and the cap slots `before_caps` (each with its
+/// record and an acme slot from 500 on) from higher limits.
+struct Race<'a> {
+    limit: usize,
+    cap: usize,
+    creates: usize,
+    deletes: bool,
+    before: &'a [u64],
+    before_caps: &'a [u64],
+}
+
+impl Default for Race<'_> {
+    fn default() -> Self {
+        Race {
+            limit: 1000,
+            cap: 100_000,
+            creates: 0,
+            deletes: false,
+            before: &[],
+            before_caps: &[],
+        }
+    }
+}
+
+impl Model {
+    fn hold(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.revision += 1;
+        let rev = self.revision;
+        self.kvs.insert(key, (value, rev, rev, 1));
+    }
+}
+
+/// Runs `race`, its requests served one at a time in random order: how many creates committed
+/// and how many were refused for a limit. After every request: no create takes acme past
+/// `limit` nor the registry past `cap` (slots already there may exceed them, from higher
+/// limits), every slot names a record, and a committed create or delete has its slots and
+/// record written or removed together.
+fn race(seed: u64, race: Race<'_>) -> (usize, usize) {
+    let Race {
+        limit,
+        cap,
+        creates,
+        deletes,
+        before,
+        before_caps,
+    } = race;
     let mut etcd = Model::default();
     for n in before {
         let s = sub(&format!("sub_old{n}"), 1);
-        let key = format!("/pw/slot/acme/{n}").into_bytes();
-        etcd.revision += 1;
-        etcd.kvs.insert(
-            key,
-            (s.id.clone().into_bytes(), etcd.revision, etcd.revision, 1),
+        etcd.hold(
+            format!("/pw/slot/acme/{n}").into_bytes(),
+            s.id.clone().into_bytes(),
         );
-        etcd.kvs.insert(
-            keys().subscription(&s.id),
-            (record(&s), etcd.revision, etcd.revision, 1),
-        );
+        etcd.hold(keys().subscription(&s.id), record(&s));
+    }
+    for n in before_caps {
+        let s = sub(&format!("sub_cap{n}"), 1);
+        let slot = format!("/pw/slot/acme/{}", 500 + n).into_bytes();
+        etcd.hold(slot, format!("{} {n}", s.id).into_bytes());
+        etcd.hold(keys().cap(*n), s.id.clone().into_bytes());
+        etcd.hold(keys().subscription(&s.id), record(&s));
     }
     let mut rng = seeded(seed);
     let mut flight: Vec<(Commit, Request)> = (0..creates)
-        .map(|n| create_of(&sub(&format!("sub_r{seed}x{n}"), 1), limit))
+        .map(|n| capped_create_of(&sub(&format!("sub_r{seed}x{n}"), 1), limit, cap))
         .collect();
     let (mut committed, mut refused) = (0, 0);
     let mut deleted = BTreeSet::new();
@@ -980,27 +1215,34 @@ fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) 
             }
         }
         let (mut commit, request) = flight.swap_remove(rng.below(flight.len()));
-        let count_before = etcd.slots().len();
+        let (slots_before, caps_before) = (etcd.slots().len(), etcd.caps().len());
         let answer = etcd.serve(&request);
-        let count = etcd.slots().len();
+        let (count, held) = (etcd.slots().len(), etcd.caps().len());
         assert!(
-            count <= count_before || count <= limit,
+            count <= slots_before || count <= limit,
             "{count} slots for limit {limit}"
         );
+        assert!(
+            held <= caps_before || held <= cap,
+            "{held} cap slots for cap {cap}"
+        );
         let records = etcd.records();
-        for id in etcd.slots().values() {
+        for id in etcd.slots().values().chain(etcd.caps().values()) {
             assert!(records.contains_key(id), "slot of {id} without its record");
         }
         match commit.on_answer(Some("200"), &answer) {
             Step::Send(next) => flight.push((commit, next)),
             Step::Committed { .. } => match commit.write() {
                 Write::Create { sub, .. } => {
-                    assert!(etcd.slots().values().any(|id| *id == sub.id));
+                    let (&n, _) = etcd.caps().iter().find(|(_, id)| **id == sub.id).unwrap();
+                    let value = format!("{} {n}", sub.id);
+                    assert!(etcd.slot_values().values().any(|v| *v == value));
                     assert!(records.contains_key(&sub.id));
                     committed += 1;
                 }
                 Write::Delete { id, .. } => {
                     assert!(!etcd.slots().values().any(|s| s == id));
+                    assert!(!etcd.caps().values().any(|s| s == id));
                     assert!(!records.contains_key(id));
                 }
                 Write::Replace { .. } | Write::Static { .. } => unreachable!(),
@@ -1009,46 +1251,150 @@ fn race(seed: u64, limit: usize, creates: usize, deletes: bool, before: &[u64]) 
                 assert!(n >= limit as u64);
                 refused += 1;
             }
+            Step::RegistryFull(n) => {
+                assert!(n >= cap as u64);
+                refused += 1;
+            }
             other => panic!("{other:?}"),
         }
     }
-    // Every record has its slot too.
+    // Every record has its slot, and every one but the earlier version's its cap slot.
     let held: BTreeSet<String> = etcd.slots().into_values().collect();
     let records: BTreeSet<String> = etcd.records().into_keys().collect();
     assert_eq!(held, records);
+    let capped: BTreeSet<String> = etcd.caps().into_values().collect();
+    let old: BTreeSet<String> = records
+        .iter()
+        .filter(|id| id.starts_with("sub_old"))
+        .cloned()
+        .collect();
+    assert_eq!(capped, &records - &old);
     (committed, refused)
 }
 
 #[test]
 fn racing_creates_within_the_limit_all_commit() {
     for seed in 0..scaled(5) as u64 {
-        assert_eq!(race(seed, 1000, 200, false, &[]), (200, 0));
+        let race_of = |creates| Race {
+            creates,
+            ..Race::default()
+        };
+        assert_eq!(race(seed, race_of(200)), (200, 0));
     }
 }
 
 #[test]
 fn racing_creates_past_the_limit_commit_exactly_up_to_it() {
     for seed in 0..scaled(20) as u64 {
-        assert_eq!(race(seed, 40, 60, false, &[]), (40, 20));
-        assert_eq!(race(seed, 3, 30, false, &[1]), (2, 28));
+        let race_of = |limit, creates, before| Race {
+            limit,
+            creates,
+            before,
+            ..Race::default()
+        };
+        assert_eq!(race(seed, race_of(40, 60, &[])), (40, 20));
+        assert_eq!(race(seed, race_of(3, 30, &[1])), (2, 28));
     }
 }
 
 #[test]
 fn racing_creates_under_a_lowered_limit_never_pass_it() {
     for seed in 0..scaled(20) as u64 {
+        let race_of = |limit, creates, before| Race {
+            limit,
+            creates,
+            before,
+            ..Race::default()
+        };
         // Limit 5 now; 3 slots from when it was 10: two more commit.
-        assert_eq!(race(seed, 5, 20, false, &[5, 8, 9]), (2, 18));
+        assert_eq!(race(seed, race_of(5, 20, &[5, 8, 9])), (2, 18));
         // Limit 3 now, 4 slots: none.
-        assert_eq!(race(seed, 3, 10, false, &[0, 4, 6, 7]), (0, 10));
+        assert_eq!(race(seed, race_of(3, 10, &[0, 4, 6, 7])), (0, 10));
     }
 }
 
 #[test]
 fn racing_creates_and_deletes_keep_the_limit_and_a_slot_per_record() {
     for seed in 0..scaled(20) as u64 {
-        let (committed, refused) = race(seed, 10, 40, true, &[2, 12]);
+        let r = Race {
+            limit: 10,
+            creates: 40,
+            deletes: true,
+            before: &[2, 12],
+            ..Race::default()
+        };
+        let (committed, refused) = race(seed, r);
         assert_eq!(committed + refused, 40);
         assert!(committed >= 8, "{committed} committed");
+    }
+}
+
+#[test]
+fn racing_creates_past_the_registry_limit_commit_exactly_up_to_it() {
+    for seed in 0..scaled(8) as u64 {
+        let race_of = |cap, creates, before, before_caps| Race {
+            cap,
+            creates,
+            before,
+            before_caps,
+            ..Race::default()
+        };
+        assert_eq!(race(seed, race_of(40, 60, &[], &[])), (40, 20));
+        // Records of an earlier version hold no cap slot; they are counted, but only the cap
+        // slots make the count exact under racing creates: at most the cap besides them.
+        let (committed, refused) = race(seed, race_of(40, 60, &[3, 4], &[]));
+        assert!((38..=40).contains(&committed), "{committed}");
+        assert_eq!(committed + refused, 60);
+        assert_eq!(race(seed, race_of(3, 30, &[], &[1])), (2, 28));
+    }
+}
+
+#[test]
+fn racing_creates_under_a_lowered_registry_limit_never_pass_it() {
+    for seed in 0..scaled(20) as u64 {
+        let race_of = |cap, creates, before_caps| Race {
+            cap,
+            creates,
+            before_caps,
+            ..Race::default()
+        };
+        // Cap 5 now; 3 cap slots from when it was 10: two more commit.
+        assert_eq!(race(seed, race_of(5, 20, &[5, 8, 9])), (2, 18));
+        // Slots 3, 4 and 6: the usable range is found down to 0..2.
+        assert_eq!(race(seed, race_of(5, 20, &[3, 4, 6])), (2, 18));
+        // Cap 3 now, 4 cap slots: none.
+        assert_eq!(race(seed, race_of(3, 10, &[0, 4, 6, 7])), (0, 10));
+    }
+}
+
+#[test]
+fn racing_creates_and_deletes_keep_the_registry_limit() {
+    for seed in 0..scaled(20) as u64 {
+        let r = Race {
+            cap: 10,
+            creates: 40,
+            deletes: true,
+            before_caps: &[2, 12],
+            ..Race::default()
+        };
+        let (committed, refused) = race(seed, r);
+        assert_eq!(committed + refused, 40);
+        assert!(committed >= 8, "{committed} committed");
+    }
+}
+
+/// A registry of a thousand cap slots, more than a window lists: creates find the free ones
+/// in the windows, and the last free slot is found too.
+#[test]
+fn creates_find_free_cap_slots_beyond_one_window() {
+    for seed in 0..scaled(3) as u64 {
+        let taken: Vec<u64> = (0..1000).filter(|n| *n != 777 && *n != 3).collect();
+        let r = Race {
+            cap: 1000,
+            creates: 4,
+            before_caps: &taken,
+            ..Race::default()
+        };
+        assert_eq!(race(seed, r), (2, 2));
     }
 }

@@ -184,6 +184,11 @@ fn failed(found: &[Option<Value>]) -> Vec<u8> {
 /// A create's reads, acme's slots `taken` (keys only) and no record: the answer to its first
 /// txn (`first`) or to one that failed.
 fn slots_read(taken: &[u64], first: bool) -> Vec<u8> {
+    create_read(taken, first, 0)
+}
+
+/// [`slots_read`] with `caps` cap slots in the registry (none in the windows read).
+fn create_read(taken: &[u64], first: bool, caps: u64) -> Vec<u8> {
     let kvs: Vec<Value> = taken
         .iter()
         .map(|n| {
@@ -196,9 +201,14 @@ fn slots_read(taken: &[u64], first: bool) -> Vec<u8> {
         slots["count"] = json!(kvs.len().to_string());
         slots["kvs"] = json!(kvs);
     }
-    let record = json!({"header": header()});
+    let empty = json!({"response_range": {"header": header()}});
+    let mut counted = json!({"header": header()});
+    if caps > 0 {
+        counted["count"] = json!(caps.to_string());
+    }
+    let counted = json!({ "response_range": counted });
     let mut answer = json!({"header": header(),
-        "responses": [{"response_range": slots}, {"response_range": record}]});
+        "responses": [{"response_range": slots}, empty, counted, counted, empty, empty, empty]});
     if first {
         answer["succeeded"] = json!(true);
     }
@@ -270,7 +280,12 @@ fn a_create_that_lost_its_slot_tries_another_then_stops_at_the_limit() {
     let first = slot_taken(&f);
     // Taken meanwhile by another create: the other of the limit's two slots is tried.
     let lost = kv(&first, ID.as_bytes(), 7);
-    answer(&f, &mut s, Some("200"), &failed(&[Some(lost), None]));
+    answer(
+        &f,
+        &mut s,
+        Some("200"),
+        &failed(&[Some(lost), None, None, None, None, None, None]),
+    );
     assert_eq!((replies(&f), host(&f).etcd_sent.borrow().len()), (0, 3));
     let second = slot_taken(&f);
     assert!(
@@ -291,6 +306,28 @@ fn a_create_that_lost_its_slot_tries_another_then_stops_at_the_limit() {
         "at most 2 subscriptions per consumer"
     );
     assert_eq!(registry(&f).ids_for_consumer("acme").len(), 0);
+}
+
+#[test]
+fn a_create_past_the_registry_limit_is_refused_with_its_message() {
+    let f = fleet_filter();
+    let cap = f.config.api.max_subscriptions as u64;
+    let mut s = create(&f);
+    answer(&f, &mut s, Some("200"), &create_read(&[], true, cap - 1));
+    assert_eq!(replies(&f), 0, "one place left: the create's txn is sent");
+    answer(&f, &mut s, Some("200"), &create_read(&[], false, cap));
+    let (status, body, _) = reply(&f);
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("limit_reached")),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["message"],
+        format!("at most {cap} subscriptions in all (every consumer together); delete some first")
+    );
+    assert_eq!(registry(&f).ids_for_consumer("acme").len(), 0);
+    assert_eq!(host(&f).etcd_errors.get(), 0);
 }
 
 fn assert_unavailable(f: &Filter<FakeStreamHost>, reason: &str) {
