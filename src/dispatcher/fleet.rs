@@ -101,12 +101,14 @@ impl Fleet {
 
 impl<H: DispatchHost> Dispatcher<H> {
     /// Whether fan-out waits: fleet mode before the first registry read and the outbox's
-    /// lease (at most [`FIRST_SYNC_WAIT_MS`]; then messages go out from memory, and are written
-    /// once the lease is there).
+    /// lease (at most [`FIRST_SYNC_WAIT_MS`], or as long as a large first read keeps making
+    /// progress; then messages go out from memory, and are written once the lease is there).
     pub(super) fn awaiting_first_sync(&self, now: u64) -> bool {
         self.fleet.as_ref().is_some_and(|f| {
-            (!f.sync.synced() || !f.statics.ready() || f.durable.journal.lease().is_none())
-                && now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS)
+            let early = now < f.started_ms.saturating_add(FIRST_SYNC_WAIT_MS);
+            let not_yet =
+                !f.sync.synced() || !f.statics.ready() || f.durable.journal.lease().is_none();
+            (not_yet && early) || f.sync.first_read_progressing(now)
         })
     }
 
@@ -130,7 +132,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                 match sent {
                     Ok(token) => fleet.reading = Some(token),
                     Err(refused) => {
-                        fleet.sync.on_failure(now);
+                        fleet.sync.on_refused(now);
                         self.fleet_error(&refused_call(refused));
                     }
                 }
@@ -250,11 +252,15 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         fleet.reading = None;
         let changes = match answer.headers {
-            // A registry read larger than Envoy buffers is reset too: say so, it lasts.
-            0 => Err(format!(
-                "the call failed (timeout, {})",
-                crate::dispatcher::delivery::RESET
-            )),
+            // A registry read larger than Envoy buffers is reset too: the page is read again
+            // smaller.
+            0 => {
+                fleet.sync.on_failure(now);
+                Err(format!(
+                    "the call failed (timeout, {})",
+                    crate::dispatcher::delivery::RESET
+                ))
+            }
             _ => fleet.sync.on_answer(answer.status.as_deref(), &body, now),
         };
         let unreadable = self.fleet.as_mut().map_or(0, |f| f.sync.take_unreadable());
@@ -268,12 +274,7 @@ impl<H: DispatchHost> Dispatcher<H> {
                 // The next page (or the listing a change read asked for) goes at once.
                 self.fleet_tick();
             }
-            Err(why) => {
-                if let Some(fleet) = self.fleet.as_mut() {
-                    fleet.sync.on_failure(now);
-                }
-                self.fleet_error(&why);
-            }
+            Err(why) => self.fleet_error(&why),
         }
         true
     }
@@ -385,6 +386,9 @@ impl<H: DispatchHost> Dispatcher<H> {
                 }
                 Apply::Remove(id) => {
                     self.subscriptions.remove(&id);
+                    // Its delivery log key goes too, should a write of ours have raced its
+                    // delete (which took `P/log/<id>/` along).
+                    self.log_changed(&id);
                     removes.push(id);
                 }
             }

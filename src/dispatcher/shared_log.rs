@@ -1,22 +1,28 @@
 //! Fleet mode: this replica's delivery logs copied to etcd, so that every replica answers the
-//! same `GET .../deliveries` ([`crate::fleet::log`]). A subscription is marked when new attempts
-//! reach its shared-data log; once per `sync_interval` the marked ones are written, one txn at
-//! a time; those etcd did not take stay marked and go with the next. A dead replica's claimed
+//! same `GET .../deliveries` ([`crate::fleet::log`]). A subscription is queued when new attempts
+//! reach its shared-data log (or it leaves the registry: its key goes); once per
+//! `sync_interval` the queue is written in txns of up to [`MAX_OPS`] from its front, one
+//! at a time and the next as soon as one is answered while a backlog remains, so only the logs
+//! written are read; those etcd did not take go back to the queue. A dead replica's claimed
 //! messages wait for the reads of their subscriptions' logs, so they keep their attempt numbers.
 
 use super::Dispatcher;
+use crate::fleet::journal::MAX_OPS;
 use crate::fleet::log;
 use crate::fleet::stored::Stored;
 use crate::port::DispatchHost;
 use crate::registry::attempts;
 use crate::support::hashing::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 /// The copy of this replica's delivery logs in etcd.
 pub(super) struct SharedLog {
     node: String,
     interval_ms: u64,
-    /// Subscriptions whose log changed since it was last written.
-    changed: HashSet<String>,
+    /// Subscriptions whose log changed since it was last written, oldest change first (and
+    /// the same ids as a set, so each is queued once).
+    changed: VecDeque<String>,
+    queued: HashSet<String>,
     /// The write in flight: Envoy's token and the subscriptions it carries.
     writing: Option<(u32, Vec<String>)>,
     next_ms: u64,
@@ -38,7 +44,8 @@ impl SharedLog {
         SharedLog {
             node: node.to_string(),
             interval_ms,
-            changed: HashSet::default(),
+            changed: VecDeque::new(),
+            queued: HashSet::default(),
             writing: None,
             next_ms: 0,
             claims: Vec::new(),
@@ -47,6 +54,22 @@ impl SharedLog {
 }
 
 impl SharedLog {
+    fn queue(&mut self, id: String) {
+        if self.queued.insert(id.clone()) {
+            self.changed.push_back(id);
+        }
+    }
+
+    /// The front of the queue, as many as one write takes at most.
+    fn take_front(&mut self) -> Vec<String> {
+        let n = self.changed.len().min(MAX_OPS);
+        let ids: Vec<String> = self.changed.drain(..n).collect();
+        for id in &ids {
+            self.queued.remove(id);
+        }
+        ids
+    }
+
     /// Claimed messages waiting for their logs: they will need outbox room too.
     pub(super) fn claimed_waiting(&self) -> usize {
         self.claims
@@ -60,7 +83,7 @@ impl<H: DispatchHost> Dispatcher<H> {
     /// New attempts of `id` are in its shared-data log.
     pub(super) fn log_changed(&mut self, id: &str) {
         if let Some(fleet) = self.fleet.as_mut() {
-            fleet.log.changed.insert(id.to_string());
+            fleet.log.queue(id.to_string());
         }
     }
 
@@ -78,26 +101,32 @@ impl<H: DispatchHost> Dispatcher<H> {
             return;
         }
         shared.next_ms = now.saturating_add(shared.interval_ms);
+        let front = shared.take_front();
         let store = self.host.store();
-        let logs: Vec<(String, Vec<attempts::Attempt>)> = shared
-            .changed
-            .iter()
-            .map(|id| (id.clone(), log::fresh(attempts::read(store, id), now)))
+        let logs: Vec<(String, Vec<attempts::Attempt>)> = front
+            .into_iter()
+            .map(|id| {
+                let own = log::fresh(attempts::read(store, &id), now);
+                (id, own)
+            })
             .collect();
         let (request, taken) = log::writes(&fleet.keys, &shared.node, &logs);
-        let ids: Vec<String> = logs.into_iter().take(taken).map(|(id, _)| id).collect();
+        let mut ids: Vec<String> = logs.into_iter().map(|(id, _)| id).collect();
+        // What did not fit in this txn goes back to the front, in order.
+        for id in ids.drain(taken..).rev() {
+            shared.queued.insert(id.clone());
+            shared.changed.push_front(id);
+        }
         let sent = self.call_etcd(&request);
         let Some(shared) = self.fleet.as_mut().map(|f| &mut f.log) else {
             return;
         };
         match sent {
-            Ok(token) => {
-                for id in &ids {
-                    shared.changed.remove(id);
-                }
-                shared.writing = Some((token, ids));
-            }
+            Ok(token) => shared.writing = Some((token, ids)),
             Err(refused) => {
+                for id in ids {
+                    shared.queue(id);
+                }
                 self.fleet_error(&format!("the delivery log write was refused ({refused:?})"))
             }
         }
@@ -167,11 +196,22 @@ impl<H: DispatchHost> Dispatcher<H> {
         let answer = self.host.callout_response(headers, size);
         let status = answer.status.filter(|_| answer.headers > 0);
         let body = self.host.callout_body(size);
-        if let Err(why) = log::written(status.as_deref(), &body) {
-            if let Some(fleet) = self.fleet.as_mut() {
-                fleet.log.changed.extend(ids);
+        match log::written(status.as_deref(), &body) {
+            // A backlog goes on at once, not an interval later.
+            Ok(()) => {
+                if let Some(fleet) = self.fleet.as_mut().filter(|f| !f.log.changed.is_empty()) {
+                    fleet.log.next_ms = 0;
+                    self.shared_log_send();
+                }
             }
-            self.fleet_error(&format!("the delivery log was not written: {why}"));
+            Err(why) => {
+                if let Some(fleet) = self.fleet.as_mut() {
+                    for id in ids {
+                        fleet.log.queue(id);
+                    }
+                }
+                self.fleet_error(&format!("the delivery log was not written: {why}"));
+            }
         }
         true
     }
@@ -193,5 +233,26 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
         }
         self.read_next_logs(lookup);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_keeps_change_order_holds_each_id_once_and_is_taken_from_its_front() {
+        let mut log = SharedLog::new("n1", 500);
+        for n in (0..MAX_OPS + 3).chain([0, 1]) {
+            log.queue(format!("s{n}"));
+        }
+        assert_eq!(log.changed.len(), MAX_OPS + 3, "s0 and s1 once");
+        let first = log.take_front();
+        assert_eq!(first.len(), MAX_OPS);
+        assert_eq!((first[0].as_str(), first[1].as_str()), ("s0", "s1"));
+        log.queue("s0".into());
+        let rest = log.take_front();
+        assert_eq!(rest, ["s128", "s129", "s130", "s0"]);
+        assert!(log.changed.is_empty() && log.queued.is_empty());
     }
 }

@@ -198,6 +198,9 @@ struct Claimed {
     page: u64,
     /// Reading from the start again: pages may hold messages finished since.
     reread: bool,
+    /// Some messages were sealed with a key this replica lacks: the release leaves them (and
+    /// the owner key) in etcd, for a replica that has the key to claim.
+    sealed: bool,
 }
 
 /// The durable outbox's state; see the module doc.

@@ -46,6 +46,8 @@ use std::ops::Bound;
 pub const RECORDS_PER_PAGE: u64 = 128;
 /// Keys per page of a listing (~120 bytes each in the answer: ~120 KB).
 pub const KEYS_PER_PAGE: u64 = 1000;
+/// A first read whose last page answered within this long is still making progress.
+const PROGRESS_MS: u64 = 5000;
 
 /// A change to make to the cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +79,8 @@ struct Reading {
     count: i64,
     /// A page was sent and its answer is awaited.
     sent: bool,
+    /// After a failed page: not sent again before this time.
+    not_before: u64,
     /// The records reported before the read started: whether a page returned each.
     settling: HashMap<String, bool>,
     /// The reports' revisions, for the next read if this one fails.
@@ -105,8 +109,11 @@ pub struct Sync {
     unreadable: u64,
     /// Records and keys per page ([`RECORDS_PER_PAGE`], [`KEYS_PER_PAGE`]; smaller in tests).
     page_sizes: (u64, u64),
-    /// The records per page pages grow back to after failures made them smaller.
+    /// The records and keys per page pages grow back to after failures made them smaller.
     records_max: u64,
+    keys_max: u64,
+    /// When a page was last answered.
+    last_page_ms: Option<u64>,
 }
 
 impl Sync {
@@ -125,6 +132,8 @@ impl Sync {
             unreadable: 0,
             page_sizes: (RECORDS_PER_PAGE, KEYS_PER_PAGE),
             records_max: RECORDS_PER_PAGE,
+            keys_max: KEYS_PER_PAGE,
+            last_page_ms: None,
         }
     }
 
@@ -144,6 +153,7 @@ impl Sync {
     pub(crate) fn with_pages(mut self, records: u64, keys: u64) -> Sync {
         self.page_sizes = (records, keys);
         self.records_max = records;
+        self.keys_max = keys;
         self
     }
 
@@ -167,7 +177,7 @@ impl Sync {
     /// read every interval.
     pub fn due(&mut self, now: u64) -> Option<etcd::Request> {
         match &mut self.reading {
-            Some(reading) if reading.sent => return None,
+            Some(reading) if reading.sent || now < reading.not_before => return None,
             Some(reading) => reading.sent = true,
             None if now < self.next_at => return None,
             None => {
@@ -185,6 +195,7 @@ impl Sync {
                     after: None,
                     count: 0,
                     sent: true,
+                    not_before: 0,
                     settling: reported.keys().map(|id| (id.clone(), false)).collect(),
                     reported,
                 });
@@ -226,8 +237,9 @@ impl Sync {
     }
 
     /// Takes the answer to the page sent by [`Sync::due`]: the changes for the cache, or why
-    /// the answer is not usable (then the read starts again at the next interval; what earlier
-    /// pages applied stays, and is read again).
+    /// the answer is not usable (then the same page is asked again at the next interval, or,
+    /// when etcd compacted the revision the read's pages read at, the read starts again; what
+    /// earlier pages applied stays).
     pub fn on_answer(
         &mut self,
         status: Option<&str>,
@@ -235,7 +247,9 @@ impl Sync {
         now: u64,
     ) -> Result<Vec<Apply>, String> {
         if status != Some("200") {
-            self.on_failure(now);
+            // etcd's text, for the log only: "mvcc: required revision has been compacted".
+            let compacted = String::from_utf8_lossy(body).contains("compacted");
+            self.pause(now, compacted);
             return Err(format!(
                 "etcd answered the registry read with status {}",
                 status.unwrap_or("none")
@@ -244,7 +258,7 @@ impl Sync {
         let answer = match etcd::parse_range(body) {
             Ok(answer) => answer,
             Err(e) => {
-                self.on_failure(now);
+                self.pause(now, false);
                 return Err(e.to_string());
             }
         };
@@ -261,6 +275,8 @@ impl Sync {
             Kind::Changes => self.changed(&answer, &mut reading.settling),
             Kind::Listing => self.removed(reading.after.as_deref(), &answer),
         };
+        self.grow_pages(reading.kind);
+        self.last_page_ms = Some(now);
         match answer.kvs.last() {
             Some(last) if answer.more => {
                 reading.after = Some(last.key.clone());
@@ -282,7 +298,6 @@ impl Sync {
         }
         self.revision = reading.at;
         self.last_ok_ms = Some(now);
-        self.page_sizes.0 = self.page_sizes.0.saturating_mul(2).min(self.records_max);
         for (id, returned) in &reading.settling {
             if !returned {
                 self.known.remove(id.as_bytes());
@@ -360,19 +375,62 @@ impl Sync {
         *at = (*at).min(mod_revision);
     }
 
-    /// A page that failed before any answer (refused, timed out, reset: as an answer past
-    /// Envoy's buffer limit is): the read starts again at the next interval, a change read
-    /// with half as many records per page.
+    /// A page that got no answer (timed out, or reset: as an answer past Envoy's buffer limit
+    /// is): the same page is asked again at the next interval, half as large.
     pub fn on_failure(&mut self, now: u64) {
-        if let Some(reading) = self.reading.take() {
-            if reading.kind != Kind::Listing {
-                self.page_sizes.0 = (self.page_sizes.0 / 2).max(1);
+        let kind = self.reading.as_ref().map(|r| r.kind);
+        match kind {
+            Some(Kind::Changes) => self.page_sizes.0 = (self.page_sizes.0 / 2).max(1),
+            Some(Kind::Listing) => self.page_sizes.1 = (self.page_sizes.1 / 2).max(1),
+            None => {}
+        }
+        self.pause(now, false);
+    }
+
+    /// A page Envoy refused to send (no cluster, no token): asked again at the next interval.
+    pub fn on_refused(&mut self, now: u64) {
+        self.pause(now, false);
+    }
+
+    /// The read in progress goes on from the same page after an interval, or, when it cannot
+    /// (`restart`: its revision was compacted), starts again then.
+    fn pause(&mut self, now: u64, restart: bool) {
+        self.next_at = now + self.interval_ms;
+        match self.reading.take() {
+            Some(reading) if restart => {
+                for (id, at) in reading.reported {
+                    self.on_local(&id, at);
+                }
             }
-            for (id, at) in reading.reported {
-                self.on_local(&id, at);
+            Some(mut reading) => {
+                reading.sent = false;
+                reading.not_before = self.next_at;
+                self.reading = Some(reading);
+            }
+            None => {}
+        }
+    }
+
+    /// A page answered: pages a failure made smaller grow back.
+    fn grow_pages(&mut self, kind: Kind) {
+        match kind {
+            Kind::Changes => {
+                self.page_sizes.0 = self.page_sizes.0.saturating_mul(2).min(self.records_max)
+            }
+            Kind::Listing => {
+                self.page_sizes.1 = self.page_sizes.1.saturating_mul(2).min(self.keys_max)
             }
         }
-        self.next_at = now + self.interval_ms;
+    }
+
+    /// Whether the first read is under way and its last page answered lately: fan-out may
+    /// wait for it past its first seconds (a registry of 100,000 takes ~10 s to read).
+    pub fn first_read_progressing(&self, now: u64) -> bool {
+        !self.synced()
+            && self.reading.is_some()
+            && self
+                .last_page_ms
+                .is_some_and(|at| now < at.saturating_add(PROGRESS_MS))
     }
 }
 

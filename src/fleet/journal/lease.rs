@@ -379,7 +379,7 @@ impl Journal {
                 }
                 None if claimed.open == 0 => (
                     Call::Release { lease: *lease },
-                    release_request(&self.keys, *lease),
+                    release_request(&self.keys, *lease, claimed.sealed),
                 ),
                 _ => continue,
             };
@@ -403,6 +403,7 @@ impl Journal {
         let reread = self.claimed.iter().any(|(l, c)| *l == dead && c.reread);
         let mut found = Vec::new();
         let mut broken = Vec::new();
+        let mut sealed = 0;
         for kv in &answer.kvs {
             let id = kv.key.strip_prefix(prefix.as_slice()).unwrap_or_default();
             let id = String::from_utf8_lossy(id);
@@ -415,9 +416,11 @@ impl Journal {
             let value = match self.vault.open_message(&id, &kv.value) {
                 Ok(value) => value,
                 Err(why) => {
-                    log::warn!("proxy-webhooks: fleet: claimed message {id} cannot be read ({why}); dropped");
+                    if sealed == 0 {
+                        log::warn!("proxy-webhooks: fleet: claimed message {id} cannot be read ({why}); left in etcd for a replica with its key");
+                    }
+                    sealed += 1;
                     outcome.unreadable += 1;
-                    broken.push(kv.key.clone());
                     continue;
                 }
             };
@@ -446,6 +449,7 @@ impl Journal {
         if let Some(claimed) = self.claimed_mut(dead) {
             claimed.busy = false;
             claimed.open += open;
+            claimed.sealed |= sealed > 0;
             claimed.next = match answer.kvs.last() {
                 Some(last) if answer.more => Some([last.key.as_slice(), b"\0"].concat()),
                 _ if std::mem::take(&mut claimed.rewind) => {
@@ -504,14 +508,19 @@ impl Journal {
     }
 }
 
-/// Removes a released lease's keys: its owner, the claim, and any message left under it.
-fn release_request(keys: &Keys, dead: i64) -> Request {
+/// Removes a released lease's keys: its owner, the claim, and any message left under it; with
+/// messages sealed with a key this replica lacks (`sealed`), the claim only, so that a replica
+/// with the key claims and delivers them.
+fn release_request(keys: &Keys, dead: i64, sealed: bool) -> Request {
     let delete = |key, prefix| Op::Delete { key, prefix };
-    let ops = [
-        delete(keys.owner(dead), false),
-        delete(keys.claim(dead), false),
-        delete(keys.messages(dead), true),
-    ];
+    let ops = match sealed {
+        true => vec![delete(keys.claim(dead), false)],
+        false => vec![
+            delete(keys.owner(dead), false),
+            delete(keys.claim(dead), false),
+            delete(keys.messages(dead), true),
+        ],
+    };
     etcd::txn(&[], &ops, &[])
 }
 

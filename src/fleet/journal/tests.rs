@@ -996,3 +996,48 @@ fn while_etcd_refuses_puts_new_messages_go_out_at_once_and_are_written_later() {
         "held again once etcd takes puts"
     );
 }
+
+/// Review of issue 20: a claimed message sealed with a key this replica lacks (a key rotation
+/// under way) used to be deleted. It stays in etcd, and the release frees only the claim, so a
+/// replica with the key claims and delivers it.
+#[test]
+fn a_claimed_message_no_key_here_opens_stays_in_etcd_for_a_replica_with_the_key() {
+    use crate::fleet::vault::Vault;
+    use crate::support::sealing::{Key, Keyring};
+    use crate::tests::fixtures::seeded;
+    let other = Vault::new(Some(Keyring::new(Key::new(&[7; 32]), vec![])), true);
+    let sealed = other
+        .seal_message(&mut seeded(1), "m2", value("m2"))
+        .unwrap();
+    let (mut j, id, _) = claiming(SCAN_MS);
+    let page = range_body(
+        vec![
+            kv(b"/p/msg/d/m1", &value("m1")),
+            kv(b"/p/msg/d/m2", &sealed),
+        ],
+        false,
+    );
+    let outcome = answer(&mut j, id, &page.to_string(), SCAN_MS);
+    assert_eq!(outcome.unreadable, 1);
+    let Event::Claimed(found) = &outcome.events[0] else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(found.len(), 1, "m1 only");
+    j.finished("m1", None);
+    let (id, delete) = one(j.calls(SCAN_MS));
+    assert_eq!(
+        ops(&delete),
+        [(
+            "request_delete_range".to_string(),
+            "/p/msg/d/m1".to_string()
+        )]
+    );
+    answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+    let (id, release) = one(j.calls(SCAN_MS));
+    assert_eq!(
+        ops(&release),
+        [("request_delete_range".to_string(), "/p/claim/d".to_string())],
+        "the owner key and m2 stay"
+    );
+    answer(&mut j, id, &txn_body(true, vec![]), SCAN_MS);
+}

@@ -445,31 +445,80 @@ fn a_failed_page_starts_the_read_again_without_moving_the_revision() {
     assert_eq!(cache.0, etcd.live());
 }
 
-/// An answer past Envoy's buffer limit is reset: the read starts again with pages half as
-/// large, down to one record, and they grow back once a read ends.
+/// An answer past Envoy's buffer limit is reset: the same page is read again after an
+/// interval, half as large, down to one record, and pages grow back as pages are answered.
+/// Review of issue 20: a failure used to start the read over, and only a whole read grew
+/// pages back, so a large first read could shrink to one record a page for good.
 #[test]
-fn a_reset_page_is_read_again_smaller_and_pages_grow_back() {
+fn a_reset_page_is_read_again_smaller_from_where_it_was_and_pages_grow_back() {
     let mut etcd = FakeEtcd::default();
-    for n in 0..5 {
+    for n in 0..9 {
         etcd.put(&sub_key(&format!("s{n}")), &record(&format!("s{n}"), 1));
     }
     let mut sync = Sync::new(Keys::new("/pw"), 500).with_pages(4, 2);
     let mut cache = Cache::default();
     let limit = |request: &etcd::Request| sent(request)["limit"].as_str().unwrap().to_string();
+    let first = sync.due(0).unwrap();
+    cache.apply(sync.on_answer(Some("200"), &etcd.serve(&first), 0).unwrap());
     let mut now = 0;
     for expected in ["4", "2", "1", "1"] {
-        let page = sync.due(now).unwrap();
+        let page = sync.due(now).expect("the second page");
         assert_eq!(limit(&page), expected);
+        assert_eq!(
+            sent(&page)["key"],
+            STANDARD.encode(b"/pw/sub/s3\0"),
+            "where it was"
+        );
         sync.on_failure(now);
+        assert!(sync.due(now + 499).is_none(), "again after an interval");
         now += 500;
     }
-    settle(&mut sync, &etcd, &mut cache, now);
-    assert_eq!(cache.0, etcd.live());
+    let page = sync.due(now).unwrap();
+    cache.apply(
+        sync.on_answer(Some("200"), &etcd.serve(&page), now)
+            .unwrap(),
+    );
+    assert_eq!(
+        limit(&sync.due(now).unwrap()),
+        "2",
+        "twice as large after a page"
+    );
+    sync.on_refused(now);
     assert_eq!(
         limit(&sync.due(now + 500).unwrap()),
         "2",
-        "twice as large after a read"
+        "a refusal shrinks nothing"
     );
+}
+
+/// etcd compacted the revision a read's pages read at: the read starts over.
+#[test]
+fn a_compacted_revision_starts_the_read_over() {
+    let mut etcd = FakeEtcd::default();
+    for n in 0..5 {
+        etcd.put(&sub_key(&format!("s{n}")), &record(&format!("s{n}"), 1));
+    }
+    let mut sync = Sync::new(Keys::new("/pw"), 500).with_pages(2, 2);
+    let mut cache = Cache::default();
+    let first = sync.due(0).unwrap();
+    cache.apply(sync.on_answer(Some("200"), &etcd.serve(&first), 0).unwrap());
+    sync.due(0).unwrap();
+    let compacted =
+        br#"{"error":"etcdserver: mvcc: required revision has been compacted","code":11}"#;
+    assert!(sync.on_answer(Some("400"), compacted, 1).is_err());
+    let again = sync.due(501).unwrap();
+    assert_eq!(
+        sent(&again).get("revision"),
+        None,
+        "a new read at etcd's revision"
+    );
+    assert_eq!(sent(&again)["key"], STANDARD.encode(b"/pw/sub/"));
+    cache.apply(
+        sync.on_answer(Some("200"), &etcd.serve(&again), 501)
+            .unwrap(),
+    );
+    settle(&mut sync, &etcd, &mut cache, 501);
+    assert_eq!(cache.0, etcd.live());
 }
 
 fn parsed(value: &Value) -> Subscription {
