@@ -323,6 +323,9 @@ const EVENT_FIELDS: &[&str] = &[
     "status",
     "audience",
     "include_object",
+    "description",
+    "schema",
+    "example",
 ];
 const AUDIENCE_FIELDS: &[&str] = &["param", "header", "response_header", "json"];
 const API_FIELDS: &[&str] = &[
@@ -714,6 +717,7 @@ fn parse_rule(path: &str, value: &Value, default: &Audience) -> Result<EventRule
         status,
         audience,
         include_object: o.bool("include_object")?.unwrap_or(true),
+        doc: catalog::parse_doc(&o)?,
     })
 }
 
@@ -1095,6 +1099,7 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
     })
 }
 
+pub mod catalog;
 pub mod secrets;
 #[cfg(test)]
 mod tests;
