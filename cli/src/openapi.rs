@@ -167,15 +167,23 @@ impl Operation<'_> {
 }
 
 /// Every POST, PUT, PATCH and DELETE operation, paths in the document's key order (sorted,
-/// since JSON objects are read into sorted maps), methods in [`METHODS`] order.
-pub fn operations(doc: &Value) -> Result<Vec<Operation<'_>>, String> {
+/// since JSON objects are read into sorted maps), methods in [`METHODS`] order; and the paths
+/// whose `$ref` could not be followed.
+pub fn operations(doc: &Value) -> Result<(Vec<Operation<'_>>, Vec<String>), String> {
     let document_base = base_path(doc.get("servers"))?;
-    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
+    let mut unread = Vec::new();
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return Ok((out, unread));
+    };
     for (path, item) in paths {
-        let item = deref(doc, item).map_err(|e| format!("paths.{path}: {e}"))?;
+        let item = match deref(doc, item) {
+            Ok(item) => item,
+            Err(e) => {
+                unread.push(format!("{path}: left out: {e}"));
+                continue;
+            }
+        };
         let path_base = servers_base(item, &document_base)?;
         for method in METHODS {
             let Some(object) = item.get(method).filter(|o| o.is_object()) else {
@@ -189,7 +197,7 @@ pub fn operations(doc: &Value) -> Result<Vec<Operation<'_>>, String> {
             });
         }
     }
-    Ok(out)
+    Ok((out, unread))
 }
 
 /// The base path of `object.servers` when it has some, else `inherited`.
@@ -392,11 +400,16 @@ mod tests {
             "servers": [{"url": "https://x.example.com/api"}],
             "paths": {
                 "/a": {"get": {}, "post": {}, "delete": {}, "parameters": []},
+                "/c": {"$ref": "#/components/pathItems/C"},
                 "/b": {"servers": [{"url": "/b-api"}], "put": {"servers": [{"url": "/put-api"}]}, "patch": {}}
             }
         });
-        let ops: Vec<(String, String, String)> = operations(&doc)
-            .unwrap()
+        let (ops, unread) = operations(&doc).unwrap();
+        assert_eq!(
+            unread,
+            ["/c: left out: $ref \"#/components/pathItems/C\" points to nothing in the document"]
+        );
+        let ops: Vec<(String, String, String)> = ops
             .into_iter()
             .map(|o| (o.method, o.path, o.base))
             .collect();

@@ -48,9 +48,9 @@ pub struct Rule {
 /// The rules of `doc`, an OpenAPI 3.0 or 3.1 document read as JSON.
 pub fn generate(doc: &Value) -> Result<Generated, String> {
     let version = openapi::version(doc)?;
-    let mut warnings = Vec::new();
+    let (operations, mut warnings) = openapi::operations(doc)?;
     let mut drafts: Vec<(Named, Rule)> = Vec::new();
-    for op in openapi::operations(doc)? {
+    for op in operations {
         match draft(doc, version, &op, &mut warnings) {
             Ok(Some(d)) => drafts.push(d),
             Ok(None) => {}
