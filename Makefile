@@ -3,6 +3,7 @@
 #   make test         everything a fresh machine needs, then lint, unit and integration tests
 #   make run          the demo: orders API :8080, receiver :9000, Envoy :10000 (admin :9901)
 #   make wasm         the plugin: target/wasm32-wasip1/release/proxy_webhooks.wasm
+#   make cli          the command line: target/release/proxy-webhooks (rules, check)
 #   make integration  the integration tests (real Envoy, real .wasm, real etcd)
 #   make etcd         etcd for fleet mode (Debian's etcd-server), if missing
 #   make bench        the benchmarks, side by side with plain Envoy (~2 min; see BENCHMARKS.md)
@@ -23,13 +24,13 @@ ENVOY_VERSION := 1.40.0
 SCHEMATHESIS := $(VENV)/bin/schemathesis
 SCHEMATHESIS_VERSION := 4.32.5
 
-.PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit integration devtools clean-tmp \
+.PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit cli cli-test integration devtools clean-tmp \
 	bench bench-smoke compose-check demo-tour etcd
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,13p' Makefile
 
-test: wasm-target envoy schemathesis etcd lint wasm unit compose-check integration demo-tour bench-smoke
+test: wasm-target envoy schemathesis etcd lint wasm unit cli-test compose-check integration demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -83,6 +84,15 @@ lint: rust-tools wasm-target
 
 unit:
 	cargo test -p proxy-webhooks --lib
+
+# The command line, its own crate so that its dependencies (YAML, clap) stay out of the plugin.
+cli:
+	cargo build --release -p proxy-webhooks-cli
+	@echo "target/release/proxy-webhooks: $$(target/release/proxy-webhooks --version)"
+
+# Its unit tests, `rules` against the reviewed outputs, `check` against the plugin's messages.
+cli-test:
+	cargo test -p proxy-webhooks-cli
 
 # Fleet mode's store: the integration tests start a one-member etcd per test (devtools/src/etcd.rs).
 etcd:

@@ -21,6 +21,7 @@ use crate::registry::ratelimit;
 use crate::registry::store::KvStore;
 use crate::support::ids::random_id;
 use serde::Serialize;
+use serde_json::Value;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
 pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
@@ -475,23 +476,47 @@ pub(super) struct EventTypeView<'c> {
     event_type: &'c str,
     methods: &'c [String],
     path: Option<&'c str>,
+    /// Whether the events carry the response body in `data.object` (else it is null).
+    include_object: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'c str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<&'c Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    example: Option<&'c Value>,
 }
 
-/// The configured rules in order, then `webhook.test` (no method or path: it is sent on request).
+/// What `webhook.test` is, for the catalog.
+const TEST_EVENT_DESCRIPTION: &str =
+    "Sent on request to one subscription (POST .../subscriptions/{id}/test), to check an endpoint.";
+
+/// The configured rules in order, each with its catalog fields, then `webhook.test` (no method
+/// or path: it is sent on request).
 pub(super) fn event_types(config: &Config) -> Outcome {
     let mut data: Vec<EventTypeView<'_>> = config
         .events
         .iter()
-        .map(|rule| EventTypeView {
-            event_type: &rule.event_type,
-            methods: &rule.methods,
-            path: Some(rule.path.as_str()),
+        .map(|rule| {
+            let doc = rule.doc.as_deref();
+            EventTypeView {
+                event_type: &rule.event_type,
+                methods: &rule.methods,
+                path: Some(rule.path.as_str()),
+                include_object: rule.include_object,
+                description: doc.and_then(|d| d.description.as_deref()),
+                schema: doc.and_then(|d| d.schema.as_ref()),
+                example: doc.and_then(|d| d.example.as_ref()),
+            }
         })
         .collect();
     data.push(EventTypeView {
         event_type: TEST_EVENT_TYPE,
         methods: &[],
         path: None,
+        include_object: true,
+        description: Some(TEST_EVENT_DESCRIPTION),
+        schema: None,
+        example: None,
     });
     Ok(json_response(
         200,

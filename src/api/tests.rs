@@ -44,8 +44,12 @@ const NOW: u64 = 1_795_000_000_000;
 fn config_json(infer: bool, insecure: bool) -> String {
     json!({
         "events": [
-            {"type": "order.created", "method": "POST", "path": "/orders", "status": [201]},
-            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"}
+            {"type": "order.created", "method": "POST", "path": "/orders", "status": [201],
+             "description": "An order was placed.",
+             "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
+             "example": {"id": 42}},
+            {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}",
+             "include_object": false}
         ],
         "infer_events": infer,
         "api": {
@@ -1416,16 +1420,22 @@ fn retry_follows_the_newest_state() {
 }
 
 #[test]
-fn event_types_list_rules_and_test() {
+fn event_types_list_rules_with_their_catalog_fields_and_test() {
     let mut api = Api::new();
     let (status, value) = api.call("GET", "/webhooks/event-types", KEY_B, "");
     assert_eq!(status, 200);
+    let test_description = "Sent on request to one subscription (POST .../subscriptions/{id}/test), to check an endpoint.";
     assert_eq!(
         value,
         json!({"data": [
-            {"type": "order.created", "methods": ["POST"], "path": "/orders"},
-            {"type": "order.updated", "methods": ["PUT", "PATCH"], "path": "/orders/{id}"},
-            {"type": "webhook.test", "methods": [], "path": null}
+            {"type": "order.created", "methods": ["POST"], "path": "/orders",
+             "include_object": true, "description": "An order was placed.",
+             "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
+             "example": {"id": 42}},
+            {"type": "order.updated", "methods": ["PUT", "PATCH"], "path": "/orders/{id}",
+             "include_object": false},
+            {"type": "webhook.test", "methods": [], "path": null, "include_object": true,
+             "description": test_description}
         ], "infer_events": true})
     );
 }

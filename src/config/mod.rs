@@ -349,6 +349,9 @@ const EVENT_FIELDS: &[&str] = &[
     "status",
     "audience",
     "include_object",
+    "description",
+    "schema",
+    "example",
 ];
 const AUDIENCE_FIELDS: &[&str] = &["param", "header", "response_header", "json"];
 /// The largest `api.max_subscriptions`: ten million records of ~1 KB are already more than
@@ -773,6 +776,7 @@ fn parse_rule(path: &str, value: &Value, default: &Audience) -> Result<EventRule
         status,
         audience,
         include_object: o.bool("include_object")?.unwrap_or(true),
+        doc: catalog::parse_doc(&o)?,
     })
 }
 
@@ -1164,6 +1168,7 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
     })
 }
 
+pub mod catalog;
 pub mod secrets;
 #[cfg(test)]
 mod tests;

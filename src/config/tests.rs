@@ -1114,3 +1114,92 @@ fn privileged_static_subscriptions() {
         "subscriptions[0].privileged: must be a boolean"
     );
 }
+
+#[test]
+fn catalog_fields_are_kept_as_given() {
+    let c = parse_str(
+        r#"{"events": [
+            {"type": "a.b", "path": "/a", "description": "An a was made.",
+             "schema": {"type": "object", "properties": {"id": {"type": "integer"}}},
+             "example": {"id": 7}},
+            {"type": "a.c", "path": "/c", "schema": false, "example": [1, "two", null]},
+            {"type": "a.d", "path": "/d", "description": null, "schema": null, "example": null}
+        ]}"#,
+    )
+    .unwrap();
+    let doc = c.events[0].doc.as_deref().unwrap();
+    assert_eq!(doc.description.as_deref(), Some("An a was made."));
+    assert_eq!(
+        doc.schema.as_ref().unwrap()["properties"]["id"]["type"],
+        "integer"
+    );
+    assert_eq!(doc.example, Some(serde_json::json!({"id": 7})));
+    let doc = c.events[1].doc.as_deref().unwrap();
+    assert_eq!(
+        (doc.description.as_deref(), doc.schema.clone()),
+        (None, Some(Value::Bool(false)))
+    );
+    assert_eq!(doc.example, Some(serde_json::json!([1, "two", null])));
+    // Null counts as absent, as everywhere in the configuration.
+    assert_eq!(c.events[2].doc, None);
+}
+
+/// `{"a": {"a": ... 1 ...}}` with `levels` objects.
+fn nested(levels: usize) -> String {
+    format!("{}1{}", r#"{"a":"#.repeat(levels), "}".repeat(levels))
+}
+
+#[test]
+fn catalog_field_errors() {
+    let ev = |body: &str| {
+        error(&format!(
+            r#"{{"events": [{{"type": "a.b", "path": "/a", {body}}}]}}"#
+        ))
+    };
+    assert_eq!(
+        ev(r#""description": 5"#),
+        "events[0].description: must be a string"
+    );
+    let long = "é".repeat(1001);
+    assert_eq!(
+        ev(&format!(r#""description": "{long}""#)),
+        "events[0].description: must be at most 1000 characters"
+    );
+    assert!(parse_str(&format!(
+        r#"{{"events": [{{"type": "a.b", "path": "/a", "description": "{}"}}]}}"#,
+        &long[2..]
+    ))
+    .is_ok());
+    for bad in ["1", r#""object""#, "[]", r#"[{"type": "object"}]"#] {
+        assert_eq!(
+            ev(&format!(r#""schema": {bad}"#)),
+            "events[0].schema: must be a JSON Schema (2020-12): an object or a boolean",
+            "{bad}"
+        );
+    }
+    assert!(parse_str(&format!(
+        r#"{{"events": [{{"type": "a.b", "path": "/a", "schema": {}, "example": {}}}]}}"#,
+        nested(64),
+        nested(64)
+    ))
+    .is_ok());
+    for field in ["schema", "example"] {
+        assert_eq!(
+            ev(&format!(r#""{field}": {}"#, nested(65))),
+            format!("events[0].{field}: must nest at most 64 arrays and objects deep")
+        );
+        // 65536 bytes pass, one more does not: `{"p":"…"}` is 8 bytes around the padding.
+        let padded = |n: usize| format!(r#"{{"p":"{}"}}"#, "x".repeat(n - 8));
+        assert!(parse_str(&format!(
+            r#"{{"events": [{{"type": "a.b", "path": "/a", "{field}": {}}}]}}"#,
+            padded(65536)
+        ))
+        .is_ok());
+        assert_eq!(
+            ev(&format!(r#""{field}": {}"#, padded(65537))),
+            format!("events[0].{field}: is 65537 bytes as JSON; at most 65536 are allowed")
+        );
+    }
+    // An example may be any JSON value, a scalar too.
+    assert!(parse_str(r#"{"events": [{"type": "a.b", "path": "/a", "example": "text"}]}"#).is_ok());
+}

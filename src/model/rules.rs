@@ -4,6 +4,7 @@
 //! an event is actually produced.
 
 use crate::model::audience::Audience;
+use serde_json::Value;
 
 /// The methods that change state; only they ever produce events.
 pub const MUTATING_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
@@ -23,6 +24,18 @@ pub struct EventRule {
     pub audience: Audience,
     /// `include_object` (default true): whether `data.object` carries the response body.
     pub include_object: bool,
+    /// What the event catalog tells consumers of these events; None when the rule says nothing.
+    /// Boxed so that detection, which walks the rules on every response, never touches it.
+    pub doc: Option<Box<EventDoc>>,
+}
+
+/// A rule's `description`, `schema` (a JSON Schema 2020-12 of `data.object`) and `example`: read
+/// by the event catalog and the API description, never by detection.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventDoc {
+    pub description: Option<String>,
+    pub schema: Option<Value>,
+    pub example: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,6 +41,7 @@ fn rule(ty: &str, methods: &[&str], path: &str, status: StatusMatch) -> EventRul
         status,
         audience: Audience::Requester,
         include_object: true,
+        doc: None,
     }
 }
 

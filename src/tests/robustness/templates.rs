@@ -88,6 +88,7 @@ fn templates_never_panic_and_match_only_what_they_declare() {
                 status: StatusMatch::Class(2),
                 audience: crate::model::audience::Audience::All,
                 include_object: true,
+                doc: None,
             };
             let method = *rng.pick(&["POST", "PUT", "PATCH", "DELETE", "GET", "post"]);
             let status = rng.below(700) as u16;
