@@ -371,3 +371,44 @@ pub async fn wait_registry_read(envoy: &Envoy) -> Result<()> {
     .await
     .with_context(|| format!("log tail:\n{}", envoy.log_tail(20)))
 }
+
+/// `POST /orders` through `envoy`, answered 201 by the test upstream: one `orders.created`
+/// event whose `data.object` is `{"n": n}`.
+pub async fn produce(envoy: &Envoy, n: impl serde::Serialize) -> Result<()> {
+    let response = envoy
+        .client()
+        .post(envoy.url("/orders"))
+        .header("x-test-body", json!({ "n": n }).to_string())
+        .send()
+        .await?;
+    let sent = crate::stack::Sent::read(response).await?;
+    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
+    Ok(())
+}
+
+/// Waits (up to `timeout`) until `receiver` got event `n` of [`produce`] at `path`, then
+/// checks its signature with `secret`.
+pub async fn delivered(
+    receiver: &Receiver,
+    path: &str,
+    n: u64,
+    secret: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let find = || {
+        receiver.received().into_iter().find(|hook| {
+            let event = hook.json().ok();
+            hook.path == path && event.and_then(|b| b["data"]["object"]["n"].as_u64()) == Some(n)
+        })
+    };
+    poll_until(timeout, &format!("event {n} at {path}"), async || {
+        find().is_some()
+    })
+    .await
+    .with_context(|| crate::receiver::describe(&receiver.received()))?;
+    find()
+        .context("gone")?
+        .verify(secret)
+        .with_context(|| format!("event {n} signed with the subscription's secret"))?;
+    Ok(())
+}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use devtools::fleet::node_id;
+use devtools::fleet::produce;
 use devtools::receiver::describe;
 use devtools::{api, api_sent, poll_until, Envoy, Fleet, Receiver, Reply, Sent, Stop};
 use serde_json::{json, Value};
@@ -47,20 +48,6 @@ fn record(id: &str, url: &str) -> Value {
     json!({"id": id, "consumer": "tests", "url": url, "events": ["*"], "status": "active",
            "created_at_ms": 1_795_000_000_000u64, "updated_at_ms": 1_795_000_000_000u64,
            "secrets": [{"secret": SECRET}], "version": 1})
-}
-
-/// `POST /orders` through `envoy`, answered 201 by the upstream: one `orders.created` event
-/// whose `data.object` is `{"n": n}`.
-async fn produce(envoy: &Envoy, n: usize) -> Result<()> {
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", json!({ "n": n }).to_string())
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
 }
 
 /// The `n` of an event made by [`produce`].

@@ -16,8 +16,8 @@ use anyhow::{ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use devtools::etcd::{Etcd, EtcdOptions};
-use devtools::receiver::describe;
-use devtools::{api, poll_until, Envoy, EnvoyConfig, Fleet, Receiver, Reply, Sent};
+use devtools::fleet::{delivered, produce};
+use devtools::{api, poll_until, Envoy, EnvoyConfig, Fleet, Receiver, Reply};
 use serde_json::{json, Value};
 
 const TEST_KEY: &str = "test-key";
@@ -92,40 +92,6 @@ async fn create(envoy: &Envoy, receiver: &Receiver, path: &str) -> Result<(u16, 
     api(envoy, TEST_KEY, "POST", SUBSCRIPTIONS, Some(body)).await
 }
 
-/// `POST /orders` through `envoy`: one `orders.created` event with `n`.
-async fn produce(envoy: &Envoy, n: u64) -> Result<()> {
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", json!({"n": n}).to_string())
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
-}
-
-/// Waits until `receiver` got event `n` at `path`, signed with `secret`.
-async fn delivered(receiver: &Receiver, path: &str, n: u64, secret: &str) -> Result<()> {
-    let find = || {
-        receiver.received().into_iter().find(|hook| {
-            hook.path == path
-                && hook
-                    .json()
-                    .ok()
-                    .and_then(|b| b["data"]["object"]["n"].as_u64())
-                    == Some(n)
-        })
-    };
-    poll_until(WAIT, &format!("event {n} at {path}"), async || {
-        find().is_some()
-    })
-    .await
-    .with_context(|| describe(&receiver.received()))?;
-    find().context("gone")?.verify(secret)?;
-    Ok(())
-}
-
 /// No log line of any replica holds the password.
 fn password_nowhere(fleet: &Fleet, password: &str) -> Result<()> {
     for envoy in &fleet.replicas {
@@ -167,8 +133,8 @@ async fn a_fleet_reaches_etcd_over_tls_with_a_client_certificate_and_a_password(
     ensure!(fleet.stored(id).await?.is_some(), "etcd has the record");
     fleet.wait_all_active(2, WAIT).await?;
     produce(fleet.replica(1), 1).await?;
-    delivered(&fleet.receiver, "/a", 1, secret).await?;
-    delivered(&fleet.receiver, "/static", 1, STATIC_SECRET).await?;
+    delivered(&fleet.receiver, "/a", 1, secret, WAIT).await?;
+    delivered(&fleet.receiver, "/static", 1, STATIC_SECRET, WAIT).await?;
     for envoy in &fleet.replicas {
         ensure!(
             envoy
@@ -207,8 +173,8 @@ async fn a_fleet_reaches_etcd_over_tls_with_a_client_certificate_and_a_password(
     let second_secret = second["secret"].as_str().context("secret")?;
     fleet.wait_all_active(3, WAIT).await?;
     produce(fleet.replica(0), 2).await?;
-    delivered(&fleet.receiver, "/a", 2, secret).await?;
-    delivered(&fleet.receiver, "/b", 2, second_secret).await?;
+    delivered(&fleet.receiver, "/a", 2, secret, WAIT).await?;
+    delivered(&fleet.receiver, "/b", 2, second_secret, WAIT).await?;
     password_nowhere(&fleet, PASSWORD)
 }
 
@@ -234,6 +200,6 @@ async fn a_wrong_password_is_logged_writes_answer_503_and_events_go_from_memory(
     ensure!(envoy.counter("webhooks_fleet_etcd_errors").await? > 0);
     // Fail-open: the static subscription still gets events (from memory, as with etcd down).
     produce(envoy, 1).await?;
-    delivered(&fleet.receiver, "/static", 1, STATIC_SECRET).await?;
+    delivered(&fleet.receiver, "/static", 1, STATIC_SECRET, WAIT).await?;
     password_nowhere(&fleet, wrong)
 }

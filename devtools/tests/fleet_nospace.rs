@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use devtools::fleet::node_id;
+use devtools::fleet::produce;
 use devtools::receiver::describe;
 use devtools::{api, api_sent, poll_until, Envoy, Etcd, Fleet, Reply, Sent, Stop};
 use serde_json::{json, Value};
@@ -34,19 +35,6 @@ fn plugin() -> Value {
         "delivery": {"timeout": "2s", "retry_schedule": ["0s", "300ms"],
                      "allow_http": true, "allow_private_destinations": true}
     })
-}
-
-/// `POST /orders` through `envoy`, answered 201 by the upstream: one `orders.created` event.
-async fn produce(envoy: &Envoy, n: usize) -> Result<()> {
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", json!({ "n": n }).to_string())
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
 }
 
 async fn create(envoy: &Envoy, url: &str) -> Result<String> {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use devtools::receiver::describe;
-use devtools::{api, poll_until, Envoy, Fleet, Receiver, Reply, Sent, Stop};
+use devtools::fleet::{delivered, produce};
+use devtools::{api, poll_until, Envoy, Fleet, Receiver, Reply, Stop};
 use serde_json::{json, Value};
 
 const TEST_KEY: &str = "test-key";
@@ -57,44 +57,6 @@ async fn create(envoy: &Envoy, url: &str) -> Result<(String, String)> {
     Ok((id, secret))
 }
 
-/// `POST /orders` through `envoy`: one `orders.created` event carrying [`MARKER`] and `n`.
-async fn produce(envoy: &Envoy, n: u64) -> Result<()> {
-    let body = json!({"n": n, "card": MARKER}).to_string();
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", body)
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
-}
-
-/// Waits until `receiver` got an event with `n` at `path`, then checks its signature with
-/// `secret`.
-async fn delivered(receiver: &Receiver, path: &str, n: u64, secret: &str) -> Result<()> {
-    let has = || {
-        receiver.received().into_iter().find(|hook| {
-            hook.path == path
-                && hook
-                    .json()
-                    .ok()
-                    .and_then(|b| b["data"]["object"]["n"].as_u64())
-                    == Some(n)
-        })
-    };
-    poll_until(WAIT, &format!("event {n} delivered"), async || {
-        has().is_some()
-    })
-    .await
-    .with_context(|| describe(&receiver.received()))?;
-    let hook = has().context("gone")?;
-    hook.verify(secret)
-        .with_context(|| format!("event {n} signed with the subscription's secret"))?;
-    Ok(())
-}
-
 /// Every value under the fleet's prefix, as text (lossy).
 async fn etcd_values(fleet: &Fleet) -> Result<Vec<(String, String)>> {
     let all = fleet.etcd.range(fleet.prefix()).await?;
@@ -128,7 +90,7 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     let (down_id, down_secret) = create(fleet.replica(1), &down.url("/down")).await?;
     fleet.wait_all_active(2, WAIT).await?;
     produce(fleet.replica(0), 1).await?;
-    delivered(&fleet.receiver, "/up", 1, &up_secret).await?;
+    delivered(&fleet.receiver, "/up", 1, &up_secret, WAIT).await?;
     // The event to `down` failed once and waits an hour: pending in etcd.
     down.wait_for(1, WAIT).await?;
     let pending = format!("{}/msg/", fleet.prefix());
@@ -175,10 +137,10 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     fleet.wait_all_active(2, WAIT).await?;
     // The pending message (sealed with key 1) is resumed and signed with `down`'s secret (its
     // record sealed with key 1 too).
-    delivered(&down, "/down", 1, &down_secret).await?;
+    delivered(&down, "/down", 1, &down_secret, WAIT).await?;
     produce(fleet.replica(1), 2).await?;
-    delivered(&fleet.receiver, "/up", 2, &up_secret).await?;
-    delivered(&down, "/down", 2, &down_secret).await?;
+    delivered(&fleet.receiver, "/up", 2, &up_secret, WAIT).await?;
+    delivered(&down, "/down", 2, &down_secret, WAIT).await?;
 
     // Written after the rotation: the new key's id.
     let (new_id, new_secret) = create(fleet.replica(1), &fleet.receiver.url("/new")).await?;
@@ -193,7 +155,7 @@ async fn secrets_and_payloads_are_sealed_in_etcd_and_the_key_rotates() -> Result
     );
     fleet.wait_all_active(3, WAIT).await?;
     produce(fleet.replica(0), 3).await?;
-    delivered(&fleet.receiver, "/up", 3, &up_secret).await?;
+    delivered(&fleet.receiver, "/up", 3, &up_secret, WAIT).await?;
     for (k, v) in etcd_values(&fleet).await? {
         ensure!(
             !v.contains("whsec_") && !v.contains(&new_secret[6..]),

@@ -12,8 +12,9 @@ use anyhow::{ensure, Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use devtools::fleet::node_id;
+use devtools::fleet::produce;
 use devtools::receiver::describe;
-use devtools::{api, poll_until, Envoy, Fleet, Receiver, Reply, Sent, Stop};
+use devtools::{api, poll_until, Envoy, Fleet, Receiver, Reply, Stop};
 use serde_json::{json, Value};
 
 const KEY: &str = "test-key";
@@ -40,19 +41,6 @@ fn plugin(statics: Option<(&str, &str)>) -> Value {
                      "allow_http": true, "allow_private_destinations": true},
         "subscriptions": subscriptions
     })
-}
-
-/// `POST /orders` through `envoy`: one `orders.created` event carrying `{"n": n}`.
-async fn produce(envoy: &Envoy, n: u64) -> Result<()> {
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", json!({ "n": n }).to_string())
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
-    Ok(())
 }
 
 /// The `n`s `receiver` got at `path`, each checked against `secret`, sorted, once each: a

@@ -13,8 +13,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use devtools::bench::sites::rss_bytes;
 use devtools::fleet::node_id;
+use devtools::fleet::produce;
 use devtools::receiver::describe;
-use devtools::{api, api_sent, poll_until, Envoy, Fleet, Receiver, Reply, Sent, Stop};
+use devtools::{api, api_sent, poll_until, Envoy, Fleet, Receiver, Reply, Stop};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -58,20 +59,6 @@ async fn put_records(fleet: &Fleet, records: &[(String, Value)]) -> Result<()> {
             .call("/v3/kv/txn", &json!({"success": success}))
             .await?;
     }
-    Ok(())
-}
-
-/// `POST /orders` through `envoy`, answered 201 by the upstream: one `orders.created` event
-/// whose `data.object` is `{"n": n}`.
-async fn produce(envoy: &Envoy, n: usize) -> Result<()> {
-    let response = envoy
-        .client()
-        .post(envoy.url("/orders"))
-        .header("x-test-body", json!({ "n": n }).to_string())
-        .send()
-        .await?;
-    let sent = Sent::read(response).await?;
-    ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
     Ok(())
 }
 

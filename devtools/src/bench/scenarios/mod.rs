@@ -24,7 +24,7 @@ use crate::envoy::wasm_path;
 use crate::util::workspace_root;
 
 /// The size budget of the release `.wasm`.
-const WASM_BUDGET_BYTES: u64 = 400 * 1024;
+const WASM_BUDGET_BYTES: u64 = 1024 * 1024;
 
 /// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
 /// pacing one, 10–15 of the fleet one). 3 needs 2's throughput: asking for 3 runs 2.
@@ -114,7 +114,7 @@ fn wasm_size(report: &mut Report) -> Result<()> {
         "7 size",
         "`.wasm` (release)",
         format!("{} bytes ({:.0} KB)", bytes, bytes as f64 / 1024.0),
-        "≤ 400 KB",
+        "≤ 1 MiB",
         bytes <= WASM_BUDGET_BYTES,
     );
     Ok(())
