@@ -193,7 +193,12 @@ pub(super) fn parse_page(query: &str) -> Result<Page<'_>, Response> {
                         invalid_field(format!("limit must be an integer from 1 to {MAX_PAGE}"))
                     })?;
             }
-            Some(("after", id)) => page.after = Some(id),
+            Some(("after", id)) if subscription::is_valid_id(id) => page.after = Some(id),
+            Some(("after", _)) => {
+                return Err(invalid_field(
+                    "after must be a subscription id ([A-Za-z0-9_-], 1 to 64 characters)",
+                ))
+            }
             _ => {}
         }
     }

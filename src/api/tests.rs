@@ -1484,7 +1484,17 @@ fn list_pagination() {
     );
     let last = format!("?after={}", ids[2]);
     assert_eq!(page(&mut api, &last).1, Vec::<String>::new());
-    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?after=sub_unknown"] {
+    // A cursor that is not one of the caller's (unknown, or another consumer's) ends the list.
+    let other = api.create(KEY_B, URL, &["*"])["id"].as_str().unwrap().to_string();
+    for cursor in ["sub_unknown".to_string(), other] {
+        let query = format!("?after={cursor}");
+        assert_eq!(
+            page(&mut api, &query),
+            (200, vec![], json!(false), "<none>".into()),
+            "{cursor}"
+        );
+    }
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?after=a%20b"] {
         let (status, _, _, error_code) = page(&mut api, bad);
         assert_eq!(
             (status, error_code.as_str()),
