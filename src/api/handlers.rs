@@ -3,8 +3,8 @@
 use super::auth::Caller;
 use super::fields::{missing, parse_fields, parse_page, Fields};
 use super::responses::{
-    base_headers, error, invalid_field, json_response, no_randomness, registry_error,
-    secret_unreadable, static_subscription, subscription_not_found, view, SubscriptionView,
+    base_headers, error, json_response, no_randomness, registry_error, secret_unreadable,
+    static_subscription, subscription_not_found, view, SubscriptionView,
 };
 use super::{
     Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
