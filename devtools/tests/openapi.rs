@@ -513,3 +513,24 @@ async fn insecure_url_refusal_conforms_to_openapi_yaml() -> Result<()> {
     }
     Ok(())
 }
+
+/// The plugin embeds `src/api/openapi.base.json` (JSON: a YAML parser would cost the .wasm too
+/// much) and builds each deployment's `openapi.json` from it: it must say what `openapi.yaml`
+/// says. `PROXY_WEBHOOKS_UPDATE_EXPECTED=1` writes it again from `openapi.yaml`.
+#[test]
+fn the_embedded_json_base_is_openapi_yaml() -> Result<()> {
+    let root = workspace_root();
+    let yaml = load_yaml(&root.join("openapi.yaml"))?;
+    let base = root.join("src/api/openapi.base.json");
+    if std::env::var_os("PROXY_WEBHOOKS_UPDATE_EXPECTED").is_some() {
+        std::fs::write(&base, serde_json::to_string(&yaml)? + "\n")?;
+    }
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&base)?)?;
+    ensure!(
+        json == yaml,
+        "src/api/openapi.base.json differs from openapi.yaml: run \
+         PROXY_WEBHOOKS_UPDATE_EXPECTED=1 cargo test -p devtools --test openapi \
+         the_embedded_json_base_is_openapi_yaml"
+    );
+    Ok(())
+}

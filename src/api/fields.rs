@@ -75,13 +75,13 @@ pub(super) fn parse_url(config: &Config, url: &str) -> Result<String, Response> 
     Ok(url.to_string())
 }
 
-/// The event filters of a subscription ([`subscription::check_filters`]): exact types must be
-/// ones this API knows.
+/// The event filters of a subscription ([`subscription::check_filters`]): each must name a type
+/// this API can send ([`Config::knows_filter`]: exact, or a wildcard over at least one).
 pub(super) fn parse_events(config: &Config, value: &Value) -> Result<Vec<String>, Response> {
     let list = value
         .as_array()
         .ok_or_else(|| invalid_field("events must be an array of event filters"))?;
-    let known = |event_type: &str| config.knows_event_type(event_type);
+    let known = |filter: &str| config.knows_filter(filter);
     subscription::check_filters(list.iter().map(Value::as_str), known).map_err(|e| match e {
         FilterError::Count => error(
             422,
@@ -98,7 +98,7 @@ pub(super) fn parse_events(config: &Config, value: &Value) -> Result<Vec<String>
             error(
                 422,
                 "unknown_event_type",
-                format!("events[{i}]: {filter:?} is not an event type of this API (see GET event-types)"),
+                format!("events[{i}]: {filter:?} is not an event type of this API, nor a wildcard over one (see GET event-types)"),
             )
         }
     })
@@ -193,7 +193,12 @@ pub(super) fn parse_page(query: &str) -> Result<Page<'_>, Response> {
                         invalid_field(format!("limit must be an integer from 1 to {MAX_PAGE}"))
                     })?;
             }
-            Some(("after", id)) => page.after = Some(id),
+            Some(("after", id)) if subscription::is_valid_id(id) => page.after = Some(id),
+            Some(("after", _)) => {
+                return Err(invalid_field(
+                    "after must be a subscription id ([A-Za-z0-9_-], 1 to 64 characters)",
+                ))
+            }
             _ => {}
         }
     }

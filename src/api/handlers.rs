@@ -3,8 +3,8 @@
 use super::auth::Caller;
 use super::fields::{missing, parse_fields, parse_page, Fields};
 use super::responses::{
-    base_headers, error, invalid_field, json_response, no_randomness, registry_error,
-    secret_unreadable, static_subscription, subscription_not_found, view, SubscriptionView,
+    base_headers, error, json_response, no_randomness, registry_error, secret_unreadable,
+    static_subscription, subscription_not_found, view, SubscriptionView,
 };
 use super::{
     Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
@@ -29,6 +29,10 @@ pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "stat
 
 /// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
 /// of subscriptions pays for the page it asks for, not for all of them.
+///
+/// `after` is a cursor, never refused: the list is in creation order, so an id that is not one
+/// of the caller's (deleted meanwhile, another consumer's, never made) has no place in it and
+/// gives an empty last page, the same whoever owns it.
 pub(super) fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &str) -> Outcome {
     let page = parse_page(query)?;
     let ids = cx.registry.ids_for_consumer(caller.consumer);
@@ -37,8 +41,7 @@ pub(super) fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &
         Some(after) => ids
             .iter()
             .position(|id| id == after)
-            .map(|i| i + 1)
-            .ok_or_else(|| invalid_field("after must be the id of one of your subscriptions"))?,
+            .map_or(ids.len(), |i| i + 1),
     };
     // Ids whose record is gone (being created or deleted) are skipped, as everywhere.
     let mut subs = ids

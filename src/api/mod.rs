@@ -13,6 +13,7 @@
 mod auth;
 mod fields;
 mod handlers;
+pub mod openapi;
 mod responses;
 mod routes;
 
@@ -195,6 +196,10 @@ fn check_headers<'a>(
 ) -> Result<(Route<'a>, Caller<'a>), Response> {
     let route = route(&config.api.path_prefix, request.path)
         .ok_or_else(|| error(404, "not_found", "no such path"))?;
+    if route == Route::OpenApi {
+        // Public, like any API description: answered here, before authentication and body.
+        return Err(openapi::answer(request.method, config));
+    }
     let consumer = authenticate(request, config).ok_or_else(|| unauthorized(config))?;
     if !route.allows(request.method) {
         return Err(method_not_allowed(route.allow()));
@@ -241,6 +246,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Writt
         (Route::Deliveries(id), _) => return deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
         (Route::EventTypes, _) => event_types(config),
+        (Route::OpenApi, _) => Ok(openapi::answer(request.method, config)),
     };
     now.map(Answer::Now)
 }

@@ -13,6 +13,8 @@ pub(super) enum Route<'p> {
     Deliveries(&'p str),
     Retry(&'p str),
     EventTypes,
+    /// This deployment's OpenAPI document, answered without authentication.
+    OpenApi,
 }
 
 impl Route<'_> {
@@ -23,6 +25,7 @@ impl Route<'_> {
             Route::Subscription(_) => "GET, PATCH, DELETE",
             Route::RotateSecret(_) | Route::Test(_) | Route::Retry(_) => "POST",
             Route::Deliveries(_) | Route::EventTypes => "GET",
+            Route::OpenApi => "GET, HEAD",
         }
     }
 
@@ -52,6 +55,7 @@ pub(super) fn route<'p>(prefix: &str, path: &'p str) -> Option<Route<'p>> {
         [Some("subscriptions"), Some(id), Some("deliveries"), None] => Route::Deliveries(id),
         [Some("deliveries"), Some(id), Some("retry"), None] => Route::Retry(id),
         [Some("event-types"), None, ..] => Route::EventTypes,
+        [Some("openapi.json"), None, ..] => Route::OpenApi,
         _ => return None,
     };
     route_id(found)
@@ -66,6 +70,6 @@ pub(super) fn route_id(route: Route<'_>) -> Option<&str> {
         | Route::Test(id)
         | Route::Deliveries(id)
         | Route::Retry(id) => Some(id),
-        Route::Subscriptions | Route::EventTypes => None,
+        Route::Subscriptions | Route::EventTypes | Route::OpenApi => None,
     }
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// `fleet`: several replicas sharing subscriptions and a durable outbox in etcd. None: one
     /// process with shared data only.
     pub fleet: Option<FleetConfig>,
+    /// This deployment's `openapi.json`, built from the rest by `api` on first use (the host
+    /// builds it at configure time) and kept: not a configuration field.
+    pub api_document: std::cell::OnceCell<Vec<u8>>,
 }
 
 /// `fleet` (docs/fleet.md).
@@ -207,6 +210,7 @@ impl Default for Config {
             subscriptions: Vec::new(),
             delivery: DeliveryConfig::default(),
             fleet: None,
+            api_document: std::cell::OnceCell::new(),
         }
     }
 }
@@ -318,6 +322,7 @@ pub fn parse_with_env(json: &[u8], env: Env<'_>) -> Result<Config, ConfigError> 
         subscriptions,
         delivery,
         fleet,
+        api_document: std::cell::OnceCell::new(),
     })
 }
 
@@ -876,6 +881,21 @@ impl Config {
         event_type == TEST_EVENT_TYPE
             || self.events.iter().any(|r| r.event_type == event_type)
             || (self.infer_events && rules::is_inferable_type(event_type))
+    }
+
+    /// Whether a subscription may name `filter`: `*`, a type [`Config::knows_event_type`], or
+    /// `prefix.*` when one of those starts with `prefix.` (with inference, any resource's).
+    pub fn knows_filter(&self, filter: &str) -> bool {
+        let Some(prefix) = filter.strip_suffix(".*") else {
+            return filter == "*" || self.knows_event_type(filter);
+        };
+        let under = |t: &str| {
+            t.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+        };
+        under(TEST_EVENT_TYPE)
+            || self.events.iter().any(|r| under(&r.event_type))
+            || (self.infer_events && rules::is_inferable_type(&format!("{prefix}.created")))
     }
 
     /// Whether inference applies to `path` (query stripped): on, and under one of the prefixes

@@ -24,6 +24,10 @@ pub fn plugin_config(root_id: &str) -> Result<Rc<Config>, String> {
         .map_err(|e| format!("cannot read the plugin configuration: {e:?}"))?
         .unwrap_or_default();
     let config = config::parse(&bytes).map_err(|e| e.to_string())?;
+    // Built now, once per configuration, so that serving it is a copy.
+    config
+        .api_document
+        .get_or_init(|| crate::api::openapi::document(&config));
     log::info!(
         "proxy-webhooks {} ({root_id}) configured",
         env!("CARGO_PKG_VERSION")

@@ -5,7 +5,7 @@
 //! (`webhooks_dispatcher`). Envoy creates root contexts before it tells them their root_id, so a
 //! root starts undecided and becomes one or the other in `on_configure`.
 //!
-//! May use: `config`, `dispatcher`, `fleet`, `model`, `port`, `registry`, `stream`, `support`.
+//! May use: `api`, `config`, `dispatcher`, `fleet`, `model`, `port`, `registry`, `stream`, `support`.
 
 mod dispatcher;
 mod filter;

@@ -213,8 +213,7 @@ pub enum FilterError {
 }
 
 /// A subscription's event filters from `entries` (None: an entry that is not a string): 1 to
-/// [`MAX_EVENTS`] valid filters, exact types known to `is_known`; duplicates are dropped, order
-/// kept.
+/// [`MAX_EVENTS`] valid filters, each known to `is_known`; duplicates are dropped, order kept.
 pub fn check_filters<'v>(
     entries: impl ExactSizeIterator<Item = Option<&'v str>>,
     is_known: impl Fn(&str) -> bool,
@@ -227,7 +226,7 @@ pub fn check_filters<'v>(
         let filter = entry
             .filter(|f| rules::is_valid_event_filter(f))
             .ok_or(FilterError::NotAFilter(i))?;
-        if is_exact(filter) && !is_known(filter) {
+        if !is_known(filter) {
             return Err(FilterError::Unknown(i));
         }
         if !filters.iter().any(|f| f == filter) {
@@ -235,11 +234,6 @@ pub fn check_filters<'v>(
         }
     }
     Ok(filters)
-}
-
-/// An exact event type rather than `*` or `prefix.*`.
-fn is_exact(filter: &str) -> bool {
-    filter != "*" && !filter.ends_with(".*")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -329,7 +323,7 @@ mod tests {
     }
 
     fn check(entries: &[Option<&str>]) -> Result<Vec<String>, FilterError> {
-        check_filters(entries.iter().copied(), |t| t != "nope")
+        check_filters(entries.iter().copied(), |t| t != "nope" && t != "nope.*")
     }
 
     #[test]
@@ -347,7 +341,7 @@ mod tests {
             check(&[Some("a"), Some("nope")]),
             Err(FilterError::Unknown(1))
         );
-        assert_eq!(check(&[Some("nope.*")]), Ok(vec!["nope.*".into()]));
+        assert_eq!(check(&[Some("nope.*")]), Err(FilterError::Unknown(0)));
     }
 
     #[test]
