@@ -1,6 +1,7 @@
 //! A third-party OpenAPI fuzzer against the live API: schemathesis (installed into `.venv` by
-//! `make schemathesis`, a pinned version) runs `openapi.yaml` with every one of its checks
-//! against a real Envoy with the real plugin, and must report no failure.
+//! `make schemathesis`, a pinned version) runs the deployment's own document, fetched from the
+//! real Envoy at `GET /webhooks/openapi.json` (event filters typed to the configured types), with
+//! every one of its checks against that Envoy and the real plugin, and must report no failure.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,7 +49,7 @@ fn schemathesis_bin() -> Result<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn schemathesis_finds_no_mismatch_between_openapi_yaml_and_the_live_api() -> Result<()> {
+async fn schemathesis_finds_no_mismatch_between_the_live_openapi_json_and_the_api() -> Result<()> {
     let bin = schemathesis_bin()?;
     // Every delivery goes to the test receiver through a static cluster, whatever URL the fuzzer
     // registered: the run reaches nothing beyond 127.0.0.1 (no DNS, no connection elsewhere).
@@ -77,7 +78,7 @@ async fn schemathesis_finds_no_mismatch_between_openapi_yaml_and_the_live_api() 
         .arg("--config-file")
         .arg(root.join("devtools/schemathesis.toml"))
         .arg("run")
-        .arg(root.join("openapi.yaml"))
+        .arg(stack.envoy.url("/webhooks/openapi.json"))
         .args(["--url", &stack.envoy.url("")])
         .args([
             "--checks",
