@@ -124,6 +124,10 @@ pub struct Commit {
     /// The record's mod_revision the next txn compares (0, "absent", until read).
     sub_mod: i64,
     rounds: u32,
+    /// A create's write got no answer and its record is being read back: the txn may have
+    /// committed, and a 503 "nothing was changed" would be false (the client would create it
+    /// twice).
+    verifying: bool,
 }
 
 impl Commit {
@@ -170,6 +174,7 @@ impl Commit {
             broken,
             sub_mod: 0,
             rounds: 1,
+            verifying: false,
         };
         commit.next_window(commit.cap());
         let request = match commit.broken {
@@ -197,9 +202,18 @@ impl Commit {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
+        if std::mem::take(&mut self.verifying) {
+            return self.read_back(status, body);
+        }
+        let wrote = matches!(self.write, Write::Create { .. }) && !self.reading();
         match status {
             Some("200") => {}
             Some(other) => return Err(format!("answered HTTP {other}")),
+            // The create's txn may have committed: read its record back before answering.
+            None if wrote => {
+                self.verifying = true;
+                return Ok(Step::Send(etcd::range(&self.sub_key)));
+            }
             None => return Err("did not answer (timeout or reset)".into()),
         }
         let answer = etcd::parse_txn(body).map_err(|e| e.to_string())?;
@@ -231,6 +245,24 @@ impl Commit {
     }
 
     /// A create whose txn only reads: it has not picked both slots yet.
+    /// The answer to reading a create's record back after its write got no answer: committed
+    /// when etcd holds exactly the record written (its id is this create's alone).
+    fn read_back(&self, status: Option<&str>, body: &[u8]) -> Result<Step, String> {
+        let lost = "did not answer (timeout or reset)";
+        if status != Some("200") {
+            return Err(format!(
+                "{lost}, and whether it was written could not be read"
+            ));
+        }
+        let answer = etcd::parse_range(body).map_err(|e| e.to_string())?;
+        match answer.kvs.first() {
+            Some(kv) if kv.value == self.record => Ok(Step::Committed {
+                revision: kv.mod_revision,
+            }),
+            _ => Err(format!("{lost}; it was not written")),
+        }
+    }
+
     fn reading(&self) -> bool {
         matches!(self.write, Write::Create { .. })
             && (self.slot.is_none() || self.cap_slot.is_none())

@@ -1398,3 +1398,39 @@ fn creates_find_free_cap_slots_beyond_one_window() {
         assert_eq!(race(seed, r), (2, 2));
     }
 }
+
+/// A create whose write txn got no answer may have committed: its record is read back, and the
+/// create is committed when etcd holds it, refused (nothing written) when it does not. Before,
+/// it answered 503 "nothing was changed" either way, and a client's retry created it twice.
+#[test]
+fn a_create_whose_write_got_no_answer_reads_its_record_back() {
+    let s = sub("sub_1", 1);
+    let write_of = |s: &Subscription| {
+        let (mut commit, _) = capped_create_of(s, 3, 3);
+        let read = Reads::of(slots(&[]));
+        let write = answer(&mut commit, &read.first());
+        assert!(body(&write)["success"][0].get("request_put").is_some());
+        commit
+    };
+    let mut commit = write_of(&s);
+    let Step::Send(check) = commit.on_answer(None, b"") else {
+        panic!("no read back");
+    };
+    assert_eq!(check, etcd::range(b"/pw/sub/sub_1"));
+    let held = json!({"header": {"revision": "13"},
+                      "kvs": [kv(b"/pw/sub/sub_1", &record(&s), 12)], "count": "1"});
+    assert_eq!(
+        commit.on_answer(Some("200"), held.to_string().as_bytes()),
+        Step::Committed { revision: 12 }
+    );
+    let mut commit = write_of(&s);
+    assert!(matches!(commit.on_answer(None, b""), Step::Send(_)));
+    let none = json!({"header": {"revision": "13"}});
+    let Step::Unavailable(why) = commit.on_answer(Some("200"), none.to_string().as_bytes()) else {
+        panic!("not refused");
+    };
+    assert!(why.ends_with("it was not written"), "{why}");
+    // A read (no write yet) that gets no answer is refused at once.
+    let (mut reading, _) = capped_create_of(&s, 3, 3);
+    assert!(matches!(reading.on_answer(None, b""), Step::Unavailable(_)));
+}
