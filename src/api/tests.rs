@@ -212,13 +212,15 @@ fn round_trip_field_by_field() {
     let expected = json!({
         "id": id, "url": URL, "events": ["order.created", "orders.*"], "description": "",
         "status": "active", "disabled_reason": null, "created_at": stamp,
-        "updated_at": stamp, "static": false, "secret": secret
+        "updated_at": stamp, "static": false, "secret": secret, "signature_scheme": "v1",
+        "header_names": [], "headers": {}
     });
     assert_eq!(created, expected);
 
     let (status, list) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
     let mut shown = expected.clone();
     shown.as_object_mut().unwrap().remove("secret");
+    shown.as_object_mut().unwrap().remove("headers");
     assert_eq!(
         (status, list),
         (200, json!({"data": [shown], "has_more": false}))
@@ -315,7 +317,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
         (
             422,
             "unknown_field",
-            Some("unknown field \"secret\"; allowed: url, events, description")
+            Some("unknown field \"secret\"; allowed: url, events, description, signature_scheme, headers")
         )
     );
     let created = api.create(KEY_A, URL, &["*"]);
@@ -326,7 +328,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
         (
             422,
             "unknown_field",
-            Some("unknown field \"x\"; allowed: url, events, description, status")
+            Some("unknown field \"x\"; allowed: url, events, description, status, headers")
         )
     );
     // Null fields count as absent; the others are kept.
@@ -1914,3 +1916,5 @@ fn fleet_delivery_logs_are_read_from_etcd_for_the_owner_only() {
     let (status, value) = now(api.fleet_call("GET", &path, KEY_B, ""));
     assert_eq!((status, code(&value)), (404, "not_found"), "{value}");
 }
+
+mod schemes;

@@ -49,6 +49,7 @@ fn subscribe(d: &Dispatcher<FakeHost>, id: &str, url: &str, events: &[&str]) {
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         version: 1,
     };
@@ -643,3 +644,4 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
 
 mod fleet;
 mod session;
+mod signing;

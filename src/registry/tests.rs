@@ -18,6 +18,7 @@ fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         version: 1,
     }
@@ -413,7 +414,8 @@ fn static_sub(id: &str, url: &str) -> StaticSubscription {
         consumer: "ops".into(),
         url: url.into(),
         events: vec!["*".into()],
-        secret: "whsec_AAAA".into(),
+        secret: Some("whsec_AAAA".into()),
+        signing_key: None,
         description: String::new(),
         privileged: false,
     }

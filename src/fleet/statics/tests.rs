@@ -25,6 +25,7 @@ fn configured(id: &str, url: &str, secret: &str) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: true,
+        headers: Vec::new(),
         privileged: true,
         version: 1,
     }
