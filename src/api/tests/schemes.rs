@@ -132,7 +132,7 @@ fn a_bad_scheme_is_refused_and_nothing_written() {
 #[test]
 fn headers_are_shown_at_create_only_and_replaced_by_patch() {
     let mut api = Api::new();
-    let headers = json!({"Authorization": "Bearer t0ken", "X-Tenant": "acme"});
+    let headers = json!({"authorization": "Bearer t0ken", "x-tenant": "acme"});
     let (status, created) = create_with(&mut api, json!({"headers": headers}));
     assert_eq!(status, 201, "{created}");
     assert_eq!(
@@ -179,6 +179,7 @@ fn reserved_and_bad_headers_are_refused_naming_the_header() {
         (json!({"a b": "x"}), "headers: \"a b\" is not a header name"),
         (json!({"x-a": "line\r\nx-b: 1"}), "headers: the value of \"x-a\" must be"),
         (json!({"x-a": 1}), "headers: the value of \"x-a\" must be"),
+        (json!({"Authorization": "x"}), "headers: \"Authorization\" must be lowercase"),
     ];
     for (headers, want) in cases {
         let (status, value) = create_with(&mut api, json!({"headers": headers}));
