@@ -296,16 +296,20 @@ fn check_view(
         "description",
         "disabled_reason",
         "events",
+        "header_names",
         "id",
+        "signature_scheme",
         "static",
         "status",
         "updated_at",
         "url",
     ];
+    // `with_secret`: a create answer, which also shows the receiver headers' values.
     if with_secret {
-        expected.push("secret");
+        expected.extend(["headers", "secret"]);
         expected.sort_unstable();
     }
+    ensure!(sub["signature_scheme"] == "v1", "signature_scheme in {sub}");
     ensure!(fields == expected, "fields {fields:?} in {sub}");
     Ok(())
 }
