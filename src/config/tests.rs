@@ -276,7 +276,7 @@ fn static_subscriptions_choose_their_signature_scheme() {
         (no_secret(r#", "signature_scheme": "v1a""#), r#"subscriptions[0].signing_key: is required with signature_scheme "v1a""#),
         (no_secret(""), r#"subscriptions[0].secret: is required with signature_scheme "v1""#),
         (sub(&format!(r#", "signing_key": "{SIGNING_KEY}""#)), r#"subscriptions[0].signing_key: is not used with signature_scheme "v1""#),
-        (sub(r#", "signature_scheme": "v1,v1a", "signing_key": "whsk_AAAA""#), "subscriptions[0].signing_key: signing_key must be whsk_ followed by the base64 of 32 bytes"),
+        (sub(r#", "signature_scheme": "v1,v1a", "signing_key": "whsk_AAAA""#), "subscriptions[0].signing_key: signing_key must be whsk_ followed by the base64 of a 32-byte seed"),
         (sub(r#", "signature_scheme": "v1,v1a", "signing_key": {"env": "NOPE"}"#), r#"subscriptions[0].signing_key: the environment variable "NOPE" is not set"#),
     ];
     for (json, want) in cases {

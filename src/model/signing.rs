@@ -1,7 +1,8 @@
 //! Standard Webhooks signatures over `"{id}.{timestamp}.{body}"`: `v1,` + base64 of its
 //! HMAC-SHA256 with a `whsec_` secret, and `v1a,` + base64 of its ed25519 signature with a key
-//! pair the plugin generates (stored as `whsk_` + base64 of the 32-byte seed; receivers get the
-//! public key as `whpk_` + base64 of its 32 bytes).
+//! pair the plugin generates (stored as `whsk_` + base64 of the 32-byte seed and the 32-byte
+//! public key, so that showing the public key costs no curve arithmetic; receivers get it as
+//! `whpk_` + base64 of its 32 bytes).
 
 use crate::support::ids::{RandomSource, RandomUnavailable};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
@@ -19,7 +20,7 @@ const PREFIX: &str = "whsec_";
 pub const SIGNING_KEY_PREFIX: &str = "whsk_";
 /// An ed25519 public key as the API shows it.
 pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
-const SIGNING_KEY_ERROR: &str = "signing_key must be whsk_ followed by the base64 of 32 bytes";
+const SIGNING_KEY_ERROR: &str = "signing_key must be whsk_ followed by the base64 of a 32-byte seed (or of 64 bytes: the seed and its public key)";
 /// Bytes of an ed25519 seed and of a public key.
 const ED25519_KEY_BYTES: usize = 32;
 /// `v1a,` + 88 base64 characters of a 64-byte signature.
@@ -67,11 +68,25 @@ impl Secret {
         Secret::parse_sized(s, 1)
     }
 
-    /// Parses `whsk_` + standard base64 (padding optional) of a 32-byte ed25519 seed.
+    /// Parses `whsk_` + standard base64 (padding optional) of a 32-byte ed25519 seed, or of
+    /// the seed and its public key (64 bytes, as generated: a public key that is not the seed's
+    /// is refused).
     pub fn parse_signing_key(s: &str) -> Result<Secret, String> {
-        let seed = decode_seed(s).ok_or(SIGNING_KEY_ERROR)?;
-        let key = Key::Ed25519(Box::new(SigningKey::from_bytes(&seed)));
-        Ok(Secret { key })
+        let key = match decode_key(s).ok_or(SIGNING_KEY_ERROR)? {
+            (seed, None) => SigningKey::from_bytes(&seed),
+            (seed, Some(public)) => {
+                let mut pair = [0u8; 2 * ED25519_KEY_BYTES];
+                let (first, second) = pair.split_at_mut(ED25519_KEY_BYTES);
+                first.copy_from_slice(&seed);
+                second.copy_from_slice(&public);
+                let key = SigningKey::from_keypair_bytes(&pair);
+                pair.fill(0);
+                key.map_err(|_| SIGNING_KEY_ERROR.to_string())?
+            }
+        };
+        Ok(Secret {
+            key: Key::Ed25519(Box::new(key)),
+        })
     }
 
     /// Whether this secret signs `v1a` (ed25519) rather than `v1` (HMAC).
@@ -117,14 +132,16 @@ impl Secret {
     }
 
     /// A fresh ed25519 key in its stored form: `whsk_` + base64 of a 32-byte seed from the same
-    /// randomness as secrets; none without randomness.
+    /// randomness as secrets, followed by its public key; none without randomness.
     pub fn generate_signing_key(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
         let mut seed = [0u8; ED25519_KEY_BYTES];
         rng.fill(&mut seed)?;
-        let mut out = String::with_capacity(SIGNING_KEY_PREFIX.len() + 44);
-        out.push_str(SIGNING_KEY_PREFIX);
-        STANDARD.encode_string(seed, &mut out);
+        let mut pair = SigningKey::from_bytes(&seed).to_keypair_bytes();
         seed.fill(0);
+        let mut out = String::with_capacity(SIGNING_KEY_PREFIX.len() + 88);
+        out.push_str(SIGNING_KEY_PREFIX);
+        STANDARD.encode_string(pair, &mut out);
+        pair.fill(0);
         Ok(out)
     }
 
@@ -180,13 +197,16 @@ impl Secret {
 }
 
 /// The public key of a stored [`SIGNING_KEY_PREFIX`] key as the API shows it: `whpk_` + base64
-/// of its 32 bytes; None for anything else (an HMAC secret, a sealed or broken value).
+/// of its 32 bytes (read from the stored form when it has it, else derived from the seed); None
+/// for anything else (an HMAC secret, a sealed or broken value).
 pub fn public_key(stored: &str) -> Option<String> {
-    let seed = decode_seed(stored)?;
-    let public = SigningKey::from_bytes(&seed).verifying_key();
+    let public = match decode_key(stored)? {
+        (_, Some(public)) => public,
+        (seed, None) => SigningKey::from_bytes(&seed).verifying_key().to_bytes(),
+    };
     let mut out = String::with_capacity(PUBLIC_KEY_PREFIX.len() + 44);
     out.push_str(PUBLIC_KEY_PREFIX);
-    STANDARD.encode_string(public.as_bytes(), &mut out);
+    STANDARD.encode_string(public, &mut out);
     Some(out)
 }
 
@@ -195,10 +215,18 @@ pub fn is_signing_key(stored: &str) -> bool {
     stored.starts_with(SIGNING_KEY_PREFIX)
 }
 
-fn decode_seed(s: &str) -> Option<[u8; ED25519_KEY_BYTES]> {
+/// The seed of a stored key, and its public key when stored beside it.
+type Decoded = ([u8; ED25519_KEY_BYTES], Option<[u8; ED25519_KEY_BYTES]>);
+
+fn decode_key(s: &str) -> Option<Decoded> {
     let encoded = s.strip_prefix(SIGNING_KEY_PREFIX)?;
     let bytes = LENIENT_BASE64.decode(encoded).ok()?;
-    <[u8; ED25519_KEY_BYTES]>::try_from(bytes).ok()
+    let seed = bytes.get(..ED25519_KEY_BYTES)?.try_into().ok()?;
+    match bytes.get(ED25519_KEY_BYTES..) {
+        Some([]) => Some((seed, None)),
+        Some(rest) => Some((seed, Some(rest.try_into().ok()?))),
+        None => None,
+    }
 }
 
 /// The `webhook-signature` value: one space-separated signature per secret, in the given order
@@ -389,11 +417,26 @@ mod tests {
             format!("{:?}", Secret::parse(&a).unwrap()),
             "Secret(redacted)"
         );
+        // The stored form carries the public key: read back, not derived.
+        let stored = STANDARD.decode(&a[5..]).unwrap();
+        assert_eq!(stored.len(), 64);
+        let derived = SigningKey::from_bytes(&stored[..32].try_into().unwrap()).verifying_key();
+        assert_eq!(&stored[32..], derived.as_bytes());
+        let seed_only = format!("whsk_{}", STANDARD.encode(&stored[..32]));
+        assert_eq!(public_key(&a), public_key(&seed_only));
+        let sig = |k: &str| Secret::parse(k).unwrap().sign("m", 1, b"b");
+        assert_eq!(sig(&a), sig(&seed_only));
+        // A public key that is not the seed's is refused.
+        let mut wrong = stored.clone();
+        wrong[40] ^= 1;
+        let wrong = format!("whsk_{}", STANDARD.encode(&wrong));
+        assert_eq!(Secret::parse(&wrong).unwrap_err(), SIGNING_KEY_ERROR);
         for bad in [
             "whsk_",
             "whsk_!!",
             "whsk_AAAA",
             &format!("whsk_{}", STANDARD.encode([1u8; 33])),
+            &format!("whsk_{}", STANDARD.encode([1u8; 65])),
         ] {
             assert_eq!(Secret::parse(bad).unwrap_err(), SIGNING_KEY_ERROR, "{bad}");
         }

@@ -19,9 +19,13 @@ fn shows_private_key(answer: &Value, sub: &Subscription) -> bool {
         .filter(|s| signing::is_signing_key(&s.secret))
         .any(|s| {
             let encoded = s.secret.trim_start_matches("whsk_");
-            let raw = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
-                .unwrap();
-            text.contains(encoded) || text.contains(&hex_of(&raw))
+            let engine = &base64::engine::general_purpose::STANDARD;
+            let raw = base64::Engine::decode(engine, encoded).unwrap();
+            // The seed alone (the stored form is the seed and then the public key).
+            let seed = base64::Engine::encode(engine, &raw[..32]);
+            text.contains(encoded)
+                || text.contains(seed.trim_end_matches('='))
+                || text.contains(&hex_of(&raw[..32]))
         })
 }
 
