@@ -64,6 +64,7 @@ fn shipped() -> Result<Vec<(String, Value)>> {
     let mut configs = Vec::new();
     for file in [
         "envoy.yaml",
+        "deploy/envoy-1.36/envoy.yaml",
         "deploy/demo/envoy.yaml",
         "deploy/compose/envoy.yaml",
         "deploy/compose-fleet/envoy.yaml",
@@ -357,7 +358,7 @@ fn plugin() -> Value {
 
 /// A fleet-mode Envoy with two workers, after an event delivered and one failed attempt: its
 /// `/stats/prometheus` names every metric of the contract under its own name (no `envoy_`
-/// prefix), shows the queue bounds as configured (not summed over the workers' VMs), and has
+/// prefix), shows the queue bounds as configured and gauges not summed over the VMs, and has
 /// every metric the alert rules and the dashboard use.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fleet_envoy_exports_every_metric_the_monitoring_files_use() -> Result<()> {
@@ -379,9 +380,11 @@ async fn a_fleet_envoy_exports_every_metric_the_monitoring_files_use() -> Result
     fleet.wait_active(0, 1, WAIT).await?;
     produce(envoy, 1).await?;
     delivered(&fleet.receiver, "/hook", 1, secret, WAIT).await?;
+    // Both workers set webhooks_dispatcher_alive to 1: summed, it would read 2 or more.
     for (gauge, bound) in [
         ("webhooks_queue_max", MAX_QUEUE),
         ("webhooks_queue_max_bytes", MAX_QUEUE_BYTES),
+        ("webhooks_dispatcher_alive", 1),
     ] {
         poll_until(WAIT, &format!("{gauge} {bound}"), async || {
             envoy.gauge(gauge).await.ok() == Some(bound)
