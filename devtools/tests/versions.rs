@@ -151,15 +151,31 @@ fn shipped_configurations_validate() -> Result<()> {
     let wasm = workspace_root().join(devtools::envoy::WASM_RELATIVE_PATH);
     ensure!(wasm.exists(), "{} is missing: `make wasm`", wasm.display());
     let configs = shipped()?;
-    let mut failures = Vec::new();
-    for bin in matrix()? {
-        let version = version_of(&bin)?;
-        for (name, config) in &configs {
-            if let Err(e) = check_one(&bin, version, name, config) {
-                failures.push(format!("{e:#}"));
+    // One thread per Envoy: validating loads the .wasm, which takes V8 a second or so.
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let runs: Vec<_> = matrix()?
+            .into_iter()
+            .map(|bin| {
+                let configs = &configs;
+                scope.spawn(move || -> Result<Vec<String>> {
+                    let version = version_of(&bin)?;
+                    Ok(configs
+                        .iter()
+                        .filter_map(|(name, config)| check_one(&bin, version, name, config).err())
+                        .map(|e| format!("{e:#}"))
+                        .collect())
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for run in runs {
+            match run.join() {
+                Ok(found) => failures.extend(found?),
+                Err(_) => bail!("a validation thread panicked"),
             }
         }
-    }
+        Ok(failures)
+    })?;
     ensure!(failures.is_empty(), "{}", failures.join("\n\n"));
     Ok(())
 }
