@@ -170,6 +170,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             log::error!("proxy-webhooks: cannot register the shared queue {QUEUE_NAME}");
             return false;
         }
+        self.record_bounds();
         self.session_tick();
         self.fleet_tick();
         self.journal_send();
@@ -219,6 +220,17 @@ impl<H: DispatchHost> Dispatcher<H> {
         self.finish_drain_if_done();
         self.host
             .record_metric(Metric::SubscriptionsActive, self.registry.active_count());
+        self.record_bounds();
+    }
+
+    /// The queue's bounds as gauges (at start and every tick), so that alerts compare depth
+    /// and bytes with them as ratios, whatever the configuration.
+    fn record_bounds(&self) {
+        let delivery = &self.config.delivery;
+        self.host
+            .record_metric(Metric::QueueMax, delivery.max_queue as u64);
+        self.host
+            .record_metric(Metric::QueueMaxBytes, delivery.max_queue_bytes as u64);
     }
 
     /// Envoy asks to stop: true when nothing is pending; otherwise the pending messages are

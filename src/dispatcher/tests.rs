@@ -431,6 +431,15 @@ fn attempts_stay_within_max_in_flight() {
 }
 
 #[test]
+fn the_queue_bounds_are_gauges_from_the_start() {
+    let mut d = dispatcher(r#""max_queue": 7, "max_queue_bytes": 4096"#);
+    assert_eq!(d.host().metric(Metric::QueueMax), 7);
+    assert_eq!(d.host().metric(Metric::QueueMaxBytes), 4096);
+    run_for(&mut d, 2_000, TICK_MS);
+    assert_eq!(d.host().metric(Metric::QueueMax), 7);
+}
+
+#[test]
 fn a_changed_url_and_secret_are_used_once_the_generation_moves() {
     let mut d = dispatcher(NO_JITTER);
     subscribe(&d, "sub_a", URL, &["order.*"]);
