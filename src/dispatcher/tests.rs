@@ -643,3 +643,51 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
 
 mod fleet;
 mod session;
+
+#[test]
+fn recover_sends_the_kept_messages_since_a_time_in_detection_order() {
+    let mut d = dispatcher(r#""retry_schedule": ["0s"], "max_replay_per_consumer": 3"#);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    // Five messages a millisecond apart, each failing once: exhausted, kept (three at most).
+    for _ in 0..5 {
+        event(&mut d, "order.created");
+        answer_last(&mut d, 500, &[]);
+        d.host().advance(1);
+    }
+    d.on_tick();
+    let ids: Vec<String> = sent(&d)
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap().to_string())
+        .collect();
+    let index = crate::registry::kept::read(&*d.host().store, "sub_a");
+    assert_eq!(index.kept.len(), 3);
+    assert_eq!(index.lost.len(), 2, "the two oldest are no longer kept");
+    let since = index.kept[1];
+    assert_eq!(index.count_since(since), (2, 0));
+    assert_eq!(index.count_since(0), (3, 2));
+
+    d.host_mut().queue.push_back(
+        QueueMessage::Recover {
+            subscription_id: "sub_a".into(),
+            since_ms: since,
+        }
+        .encode(),
+    );
+    d.on_queue_ready();
+    run_for(&mut d, 1_000, TICK_MS);
+    let again: Vec<&str> = sent(&d)[5..]
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(
+        again,
+        [ids[3].as_str(), ids[4].as_str()],
+        "same ids, in order"
+    );
+    let index = crate::registry::kept::read(&*d.host().store, "sub_a");
+    assert_eq!(
+        index.count_since(since),
+        (0, 0),
+        "in flight: no longer kept"
+    );
+}

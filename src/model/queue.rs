@@ -30,6 +30,12 @@ pub enum QueueMessage {
     /// dispatcher keeps, else (fleet mode) `kept`, its stored form from etcd's `P/dead/`
     /// ([`crate::fleet::stored`]; empty when the API did not look there).
     Replay { webhook_id: String, kept: Vec<u8> },
+    /// Send again every message of a subscription detected at or after `since_ms` that the
+    /// dispatcher keeps for replay, in detection order (`POST .../recover`).
+    Recover {
+        subscription_id: String,
+        since_ms: u64,
+    },
     /// Fleet mode: a worker put into the cache the record etcd had at `mod_revision` (its own
     /// API write, or a newer record the write found), which the dispatcher's registry read
     /// checks again (`crate::fleet::sync`).
@@ -57,6 +63,10 @@ impl QueueMessage {
                 payload,
             } => ("T", subscription_id, payload),
             QueueMessage::Replay { webhook_id, kept } => ("R", webhook_id, kept),
+            QueueMessage::Recover {
+                subscription_id,
+                since_ms,
+            } => return format!("V\n{subscription_id}\n{since_ms}").into_bytes(),
             QueueMessage::Cached {
                 subscription_id,
                 mod_revision,
@@ -107,6 +117,13 @@ impl QueueMessage {
             b"R" => Ok(QueueMessage::Replay {
                 webhook_id: name,
                 kept: payload,
+            }),
+            b"V" => Ok(QueueMessage::Recover {
+                subscription_id: name,
+                since_ms: std::str::from_utf8(&payload)
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .ok_or("queue message with a malformed time")?,
             }),
             b"C" => Ok(QueueMessage::Cached {
                 subscription_id: name,
@@ -198,6 +215,10 @@ mod tests {
                 subscription_id: "sub_1".into(),
                 mod_revision: 42,
             },
+            QueueMessage::Recover {
+                subscription_id: "sub_1".into(),
+                since_ms: 1_700_000_000_000,
+            },
         ];
         for m in messages {
             assert_eq!(QueueMessage::decode(&m.encode()).unwrap(), m);
@@ -230,6 +251,8 @@ mod tests {
             b"A\n\n@acme\n{}",
             b"C\nsub_1\n",
             b"C\nsub_1\nseven",
+            b"V\nsub_1\n",
+            b"V\nsub_1\n-1",
         ] {
             assert!(QueueMessage::decode(bad).is_err(), "{bad:?}");
         }
