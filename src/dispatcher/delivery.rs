@@ -314,22 +314,26 @@ pub fn build_request(
     } else {
         &config.cluster_http
     };
+    let mut headers = vec![
+        (":method", "POST".to_string()),
+        (":path", destination.path_and_query.clone()),
+        (":authority", destination.authority.clone()),
+        (
+            ":scheme",
+            if destination.https { "https" } else { "http" }.to_string(),
+        ),
+        ("content-type", "application/json".to_string()),
+        ("user-agent", USER_AGENT.to_string()),
+        ("webhook-id", message.webhook_id.clone()),
+        ("webhook-timestamp", timestamp_s.to_string()),
+        ("webhook-signature", signature),
+    ];
+    if let Some(trace) = message.payload.trace() {
+        headers.extend(trace.headers());
+    }
     Request {
         cluster: cluster.clone(),
-        headers: vec![
-            (":method", "POST".to_string()),
-            (":path", destination.path_and_query.clone()),
-            (":authority", destination.authority.clone()),
-            (
-                ":scheme",
-                if destination.https { "https" } else { "http" }.to_string(),
-            ),
-            ("content-type", "application/json".to_string()),
-            ("user-agent", USER_AGENT.to_string()),
-            ("webhook-id", message.webhook_id.clone()),
-            ("webhook-timestamp", timestamp_s.to_string()),
-            ("webhook-signature", signature),
-        ],
+        headers,
         timeout_ms: config.timeout_ms,
     }
 }

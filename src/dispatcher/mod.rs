@@ -18,6 +18,7 @@ use crate::model::audience::{self, Target};
 use crate::model::queue::{QueueMessage, QUEUE_NAME};
 use crate::model::signing::Secret;
 use crate::model::subscription::{SigningSecret, Subscription};
+use crate::model::trace::TraceContext;
 use crate::port::{CalloutRefused, DispatchHost, Metric};
 use crate::registry::attempts::{self, Attempt, State};
 use crate::registry::store::KvStore;
@@ -302,7 +303,8 @@ impl<H: DispatchHost> Dispatcher<H> {
                     event_type,
                     payload,
                     audience,
-                }) => self.fan_out(&event_type, payload, &audience),
+                    trace,
+                }) => self.fan_out(&event_type, payload, &audience, trace),
                 Ok(QueueMessage::Test {
                     subscription_id,
                     payload,
@@ -331,12 +333,18 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// One message per matching, active subscription the audience reaches; the payload is
     /// shared, not copied.
-    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>, audience: &Target) {
+    fn fan_out(
+        &mut self,
+        event_type: &str,
+        payload: Vec<u8>,
+        audience: &Target,
+        trace: Option<TraceContext>,
+    ) {
         if *audience == Target::Nobody {
             self.host.add_metric(Metric::EventsUnaddressed, 1);
         }
         let event_type: Rc<str> = Rc::from(event_type);
-        let payload = Payload::new(payload);
+        let payload = Payload::traced(payload, trace);
         for id in self.candidates_for(&event_type).iter() {
             let Some(resolved) = self.resolve(id) else {
                 continue;

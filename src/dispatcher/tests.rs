@@ -60,6 +60,7 @@ fn enqueue(d: &mut Dispatcher<FakeHost>, event_type: &str, payload: &str) {
         event_type: event_type.into(),
         payload: payload.as_bytes().to_vec(),
         audience: Target::All,
+        trace: None,
     };
     d.host_mut().queue.push_back(message.encode());
 }
@@ -690,4 +691,41 @@ fn recover_sends_the_kept_messages_since_a_time_in_detection_order() {
         (0, 0),
         "in flight: no longer kept"
     );
+}
+
+#[test]
+fn a_traced_event_s_webhooks_carry_its_trace_context_on_every_attempt() {
+    use crate::model::trace::TraceContext;
+    let mut d = dispatcher(NO_JITTER);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    let trace = TraceContext {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: "rojo=1".into(),
+    };
+    let traced = QueueMessage::Event {
+        event_type: "order.created".into(),
+        payload: b"{}".to_vec(),
+        audience: Target::All,
+        trace: Some(trace.clone()),
+    };
+    d.host_mut().queue.push_back(traced.encode());
+    d.on_queue_ready();
+    answer_last(&mut d, 500, &[]);
+    run_for(&mut d, 5_000, TICK_MS);
+    event(&mut d, "order.updated");
+    let sent = sent(&d);
+    assert_eq!(
+        sent.len(),
+        3,
+        "two attempts of the traced event, one of the other"
+    );
+    for attempt in &sent[..2] {
+        assert_eq!(
+            attempt.header("traceparent"),
+            Some(trace.traceparent.as_str())
+        );
+        assert_eq!(attempt.header("tracestate"), Some("rojo=1"));
+    }
+    assert_eq!(sent[2].header("traceparent"), None);
+    assert_eq!(sent[2].header("tracestate"), None);
 }
