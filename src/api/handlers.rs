@@ -24,7 +24,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
-pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
+pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description", "ordering"];
+/// Not `ordering`: it is fixed at create, so messages waiting under one rule are never
+/// reordered under another (a PATCH naming it is refused 422 `unknown_field`).
 pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status"];
 
 /// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
@@ -82,6 +84,7 @@ pub(super) fn create<S: KvStore>(
         }],
         is_static: false,
         privileged: false,
+        ordering: fields.ordering.unwrap_or_default(),
         version: 1,
     };
     let mut response = json_response(201, &view(&sub, Some(&secret)));

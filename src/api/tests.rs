@@ -212,7 +212,7 @@ fn round_trip_field_by_field() {
     let expected = json!({
         "id": id, "url": URL, "events": ["order.created", "orders.*"], "description": "",
         "status": "active", "disabled_reason": null, "created_at": stamp,
-        "updated_at": stamp, "static": false, "secret": secret
+        "updated_at": stamp, "static": false, "ordering": "none", "secret": secret
     });
     assert_eq!(created, expected);
 
@@ -315,7 +315,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
         (
             422,
             "unknown_field",
-            Some("unknown field \"secret\"; allowed: url, events, description")
+            Some("unknown field \"secret\"; allowed: url, events, description, ordering")
         )
     );
     let created = api.create(KEY_A, URL, &["*"]);
@@ -1982,4 +1982,39 @@ fn recover_counts_from_the_index_and_hands_the_rest_to_the_dispatcher() {
         last = api.call("POST", &path, KEY_A, body);
     }
     assert_eq!((last.0, code(&last.1)), (429, "rate_limited"));
+}
+
+#[test]
+fn ordering_is_chosen_at_create_and_fixed_afterwards() {
+    let mut api = Api::new();
+    let body = json!({"url": URL, "events": ["*"], "ordering": "fifo"}).to_string();
+    let (status, created) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!(
+        (status, &created["ordering"]),
+        (201, &json!("fifo")),
+        "{created}"
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(api.record(&id).ordering.is_fifo());
+    let (_, got) = api.call("GET", &sub_path(&id, ""), KEY_A, "");
+    assert_eq!(got["ordering"], "fifo");
+    let (status, value) = api.call("PATCH", &sub_path(&id, ""), KEY_A, r#"{"ordering":"none"}"#);
+    assert_eq!(
+        (status, code(&value)),
+        (422, "unknown_field"),
+        "fixed at create"
+    );
+    let body = json!({"url": URL, "events": ["*"], "ordering": "lifo"}).to_string();
+    let (status, value) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!(
+        (status, code(&value), value["error"]["message"].as_str()),
+        (
+            422,
+            "invalid_field",
+            Some("ordering must be \"none\" or \"fifo\"")
+        )
+    );
+    let body = json!({"url": URL, "events": ["*"], "ordering": null}).to_string();
+    let (status, created) = api.call("POST", "/webhooks/subscriptions", KEY_A, &body);
+    assert_eq!((status, &created["ordering"]), (201, &json!("none")));
 }

@@ -475,7 +475,11 @@ impl<H: DispatchHost> Dispatcher<H> {
             .first()
             .copied()
             .unwrap_or(0);
-        for (dropped, consumer) in self.outbox.push(message, consumer, now + first_delay) {
+        let fifo = self
+            .resolve(&message.subscription_id)
+            .is_some_and(|r| r.subscription.ordering.is_fifo());
+        let due = now + first_delay;
+        for (dropped, consumer) in self.outbox.push_ordered(message, consumer, due, fifo) {
             self.drop_message(dropped, &consumer, now);
         }
     }

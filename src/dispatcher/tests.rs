@@ -50,6 +50,7 @@ fn subscribe(d: &Dispatcher<FakeHost>, id: &str, url: &str, events: &[&str]) {
         }],
         is_static: false,
         privileged: false,
+        ordering: Default::default(),
         version: 1,
     };
     registry(d).insert(&sub, None).unwrap();
@@ -728,4 +729,62 @@ fn a_traced_event_s_webhooks_carry_its_trace_context_on_every_attempt() {
     }
     assert_eq!(sent[2].header("traceparent"), None);
     assert_eq!(sent[2].header("tracestate"), None);
+}
+
+#[test]
+fn a_fifo_subscription_gets_one_attempt_at_a_time_in_detection_order() {
+    let mut d = dispatcher(NO_JITTER);
+    let mut sub = record_of_new(&d, "sub_f");
+    sub.ordering = crate::model::subscription::Ordering::Fifo;
+    registry(&d).insert(&sub, None).unwrap();
+    subscribe(&d, "sub_c", "https://other.example.com/in", &["order.*"]);
+    for _ in 0..3 {
+        event(&mut d, "order.created");
+    }
+    let to = |d: &Dispatcher<FakeHost>, host: &str| -> Vec<Sent> {
+        sent(d)
+            .iter()
+            .filter(|s| s.header(":authority") == Some(host))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(to(&d, "hooks.example.com").len(), 1, "one in flight");
+    assert_eq!(
+        to(&d, "other.example.com").len(),
+        3,
+        "the concurrent one is not held back"
+    );
+    let first = to(&d, "hooks.example.com")[0].clone();
+    answer(&mut d, first.token, 500, &[]);
+    run_for(&mut d, 4_000, TICK_MS);
+    assert_eq!(
+        to(&d, "hooks.example.com").len(),
+        1,
+        "the failure holds the rest back"
+    );
+    run_for(&mut d, 1_000, TICK_MS);
+    let retried = to(&d, "hooks.example.com");
+    assert_eq!(retried.len(), 2);
+    assert_eq!(retried[1].header("webhook-id"), first.header("webhook-id"));
+    answer(&mut d, retried[1].token, 204, &[]);
+    for n in 3..=4 {
+        let now = to(&d, "hooks.example.com");
+        assert_eq!(now.len(), n, "the next one, after the previous succeeded");
+        answer(&mut d, now[n - 1].token, 204, &[]);
+    }
+    let ids: Vec<_> = to(&d, "hooks.example.com")
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap().to_string())
+        .collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3);
+}
+
+/// A subscription record like [`subscribe`]'s, not inserted.
+fn record_of_new(d: &Dispatcher<FakeHost>, id: &str) -> Subscription {
+    subscribe(d, id, URL, &["order.*"]);
+    let sub = record(d, id);
+    registry(d).delete(id).unwrap();
+    sub
 }
