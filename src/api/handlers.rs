@@ -345,7 +345,7 @@ pub(super) fn enqueue<S: KvStore>(
     hand_over(cx, message)
 }
 
-/// Takes one of the caller's test and retry calls; 429 when none is left.
+/// Takes one of the caller's test, retry and recover calls; 429 when none is left.
 pub(super) fn within_rate_limit<S: KvStore>(
     cx: &Context<'_, S>,
     caller: Caller<'_>,
@@ -357,7 +357,7 @@ pub(super) fn within_rate_limit<S: KvStore>(
         429,
         "rate_limited",
         format!(
-            "at most {} test and retry calls at once, then one per second; try again later",
+            "at most {} test, retry and recover calls at once, then one per second; try again later",
             ratelimit::BURST
         ),
     );
