@@ -5,7 +5,7 @@ use super::{Request, Response, MAX_PAGE};
 use crate::config::Config;
 use crate::model::event;
 use crate::model::subscription;
-use crate::model::subscription::{FilterError, Status, MAX_EVENTS};
+use crate::model::subscription::{FilterError, Ordering, Status, MAX_EVENTS};
 use crate::support::url::check_destination;
 use serde_json::{Map, Value};
 
@@ -133,6 +133,7 @@ pub(super) struct Fields {
     pub(super) events: Option<Vec<String>>,
     pub(super) description: Option<String>,
     pub(super) status: Option<Status>,
+    pub(super) ordering: Option<Ordering>,
 }
 
 impl Fields {
@@ -163,7 +164,18 @@ pub(super) fn parse_fields(
         events,
         description: parse_description(&map)?,
         status: parse_status(&map)?,
+        ordering: parse_ordering(&map)?,
     })
+}
+
+/// `"none"` or `"fifo"`.
+pub(super) fn parse_ordering(map: &Map<String, Value>) -> Result<Option<Ordering>, Response> {
+    map.get("ordering")
+        .map(|v| {
+            Ordering::from_value(v)
+                .ok_or_else(|| invalid_field("ordering must be \"none\" or \"fifo\""))
+        })
+        .transpose()
 }
 
 pub(super) fn missing(field: &str) -> Response {

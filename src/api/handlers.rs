@@ -24,7 +24,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
-pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description"];
+pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description", "ordering"];
+/// Not `ordering`: it is fixed at create, so messages waiting under one rule are never
+/// reordered under another (a PATCH naming it is refused 422 `unknown_field`).
 pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status"];
 
 /// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
@@ -82,6 +84,7 @@ pub(super) fn create<S: KvStore>(
         }],
         is_static: false,
         privileged: false,
+        ordering: fields.ordering.unwrap_or_default(),
         version: 1,
     };
     let mut response = json_response(201, &view(&sub, Some(&secret)));
@@ -342,8 +345,11 @@ pub(super) fn enqueue<S: KvStore>(
     hand_over(cx, message)
 }
 
-/// Takes one of the caller's test and retry calls; 429 when none is left.
-fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Result<(), Response> {
+/// Takes one of the caller's test, retry and recover calls; 429 when none is left.
+pub(super) fn within_rate_limit<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+) -> Result<(), Response> {
     let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) else {
         return Ok(());
     };
@@ -351,7 +357,7 @@ fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Res
         429,
         "rate_limited",
         format!(
-            "at most {} test and retry calls at once, then one per second; try again later",
+            "at most {} test, retry and recover calls at once, then one per second; try again later",
             ratelimit::BURST
         ),
     );

@@ -2,7 +2,7 @@
 
 use super::Response;
 use crate::config::Config;
-use crate::model::subscription::{Status, Subscription};
+use crate::model::subscription::{Ordering, Status, Subscription};
 use crate::registry::RegistryError;
 use crate::support::ids::RandomUnavailable;
 use crate::support::time::format_rfc3339_millis;
@@ -137,6 +137,7 @@ pub(super) struct SubscriptionView<'s> {
     updated_at: String,
     #[serde(rename = "static")]
     is_static: bool,
+    ordering: Ordering,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'s str>,
 }
@@ -152,6 +153,7 @@ pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> Subscr
         created_at: format_rfc3339_millis(sub.created_at_ms),
         updated_at: format_rfc3339_millis(sub.updated_at_ms),
         is_static: sub.is_static,
+        ordering: sub.ordering,
         secret,
     }
 }

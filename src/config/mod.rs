@@ -379,6 +379,7 @@ const SUBSCRIPTION_FIELDS: &[&str] = &[
     "secret",
     "description",
     "privileged",
+    "ordering",
 ];
 const DELIVERY_FIELDS: &[&str] = &[
     "timeout",
@@ -1143,6 +1144,11 @@ fn parse_subscription(
     Secret::parse_chosen(&secret).map_err(|problem| err(o.field("secret"), problem))?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
+    let ordering = match o.str("ordering")? {
+        None => subscription::Ordering::None,
+        Some(name) => subscription::Ordering::from_value(&Value::from(name))
+            .ok_or_else(|| err(o.field("ordering"), "must be \"none\" or \"fifo\""))?,
+    };
     subscription::check_description(description)
         .map_err(|problem| err(o.field("description"), problem))?;
     Ok(StaticSubscription {
@@ -1153,6 +1159,7 @@ fn parse_subscription(
         secret,
         description: description.to_string(),
         privileged,
+        ordering,
     })
 }
 

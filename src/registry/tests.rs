@@ -19,6 +19,7 @@ fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
         }],
         is_static: false,
         privileged: false,
+        ordering: Default::default(),
         version: 1,
     }
 }
@@ -416,6 +417,7 @@ fn static_sub(id: &str, url: &str) -> StaticSubscription {
         secret: "whsec_AAAA".into(),
         description: String::new(),
         privileged: false,
+        ordering: Default::default(),
     }
 }
 
@@ -465,6 +467,7 @@ fn static_sync_follows_privileged() {
     assert!(!r.get("a").unwrap().0.privileged);
     let privileged = StaticSubscription {
         privileged: true,
+        ordering: Default::default(),
         ..static_sub("a", "https://x/1")
     };
     r.sync_static(std::slice::from_ref(&privileged), 6);

@@ -32,6 +32,7 @@ fn sub(id: &str, version: u64) -> Subscription {
         }],
         is_static: false,
         privileged: false,
+        ordering: Default::default(),
         version,
     }
 }

@@ -26,6 +26,7 @@ fn configured(id: &str, url: &str, secret: &str) -> Subscription {
         }],
         is_static: true,
         privileged: true,
+        ordering: Default::default(),
         version: 1,
     }
 }

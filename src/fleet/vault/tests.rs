@@ -34,6 +34,7 @@ fn sub(id: &str) -> Subscription {
         ],
         is_static: false,
         privileged: false,
+        ordering: Default::default(),
         version: 3,
     }
 }

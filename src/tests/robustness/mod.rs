@@ -413,6 +413,7 @@ pub(crate) fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscript
         }],
         is_static: false,
         privileged: false,
+        ordering: Default::default(),
         version: 1,
     }
 }
