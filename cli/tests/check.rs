@@ -92,6 +92,7 @@ fn shipped() -> Vec<String> {
         "deploy/compose",
         "deploy/compose-fleet",
         "deploy/demo",
+        "deploy/envoy-1.36",
         "deploy/istio",
         "deploy/envoy-gateway",
     ] {

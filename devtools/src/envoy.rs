@@ -196,6 +196,9 @@ impl EnvoyConfig {
         if self.loopback_egress {
             allow_loopback_egress(&mut root)?;
         }
+        if !has_resolved_address_filter()? {
+            remove_resolved_address_filter(&mut root)?;
+        }
         add_clusters(&mut root, &self.extra_clusters)?;
         insert_filters(&mut root, &self.filters_before_plugin)?;
         Ok(root)
@@ -303,6 +306,23 @@ fn allow_loopback_egress(root: &mut Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The DNS cache field that Envoy before 1.39 lacks (docs/envoy-versions.md).
+pub const RESOLVED_ADDRESS_FILTER: &str = "resolved_address_filter";
+
+/// Removes [`RESOLVED_ADDRESS_FILTER`] from every dynamic-forward-proxy cluster's DNS cache (what
+/// an Envoy before 1.39 needs to load the configuration at all); how many it removed.
+pub fn remove_resolved_address_filter(root: &mut Value) -> Result<usize> {
+    let mut removed = 0;
+    for cluster in array_at(root, "/static_resources/clusters")? {
+        if let Some(Value::Object(cache)) =
+            cluster.pointer_mut("/cluster_type/typed_config/dns_cache_config")
+        {
+            removed += usize::from(cache.remove(RESOLVED_ADDRESS_FILTER).is_some());
+        }
+    }
+    Ok(removed)
 }
 
 /// Points both plugin instances at `wasm` with `configuration`; fails unless both were found.
@@ -471,6 +491,38 @@ pub fn envoy_bin() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The version of the Envoy at [`envoy_bin`] (`(1, 36, 4)`), from `envoy --version`; read once.
+pub fn envoy_version() -> Result<(u32, u32, u32)> {
+    static VERSION: std::sync::OnceLock<Option<(u32, u32, u32)>> = std::sync::OnceLock::new();
+    let version = VERSION.get_or_init(|| version_of(&envoy_bin().ok()?).ok());
+    version.ok_or_else(|| anyhow!("cannot read the version of {:?}", envoy_bin().ok()))
+}
+
+/// The version `envoy --version` of `bin` prints (`envoy  version: <sha>/1.36.4/Clean/...`).
+pub fn version_of(bin: &Path) -> Result<(u32, u32, u32)> {
+    let output = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = text
+        .split_once("version:")
+        .and_then(|(_, rest)| rest.split('/').nth(1))
+        .with_context(|| format!("no version in {text:?}"))?;
+    let mut parts = field.split('.').map(str::parse::<u32>);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor)), Some(Ok(patch))) => Ok((major, minor, patch)),
+        _ => bail!("no version in {text:?}"),
+    }
+}
+
+/// Whether the Envoy under test has the DNS cache's `resolved_address_filter` (1.39 and later):
+/// the harness removes it from configurations for older ones, which then do not refuse what a
+/// name resolves to (docs/envoy-versions.md).
+pub fn has_resolved_address_filter() -> Result<bool> {
+    Ok(envoy_version()? >= (1, 39, 0))
 }
 
 /// A running Envoy. Dropping it kills the process; the work directory (configuration and log) is

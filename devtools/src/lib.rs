@@ -15,6 +15,7 @@
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
 //! - [`hostile`]: raw-socket receivers that misbehave (resets, garbage, short bodies, hangs);
+//! - [`manifests`]: the Envoy parts of the Istio and Envoy Gateway manifests in `deploy/`;
 //! - [`files`]: the repository's YAML files as JSON, the plugin configuration inside envoy.yaml;
 //! - [`paced`]: a healthy but slow receiver (a rate, a small backlog, a connection limit);
 //! - [`orders`]: the in-memory demo "orders" API used by `make run`;
@@ -30,6 +31,7 @@ pub mod etcd;
 pub mod files;
 pub mod fleet;
 pub mod hostile;
+pub mod manifests;
 pub mod orders;
 pub mod paced;
 pub mod receiver;

@@ -4,12 +4,13 @@
 //! URL in. Plus a check of the shipped envoy.yaml itself, so that it cannot quietly turn
 //! permissive again.
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use devtools::envoy::{has_resolved_address_filter, RESOLVED_ADDRESS_FILTER};
 use devtools::files::{load_yaml, plugin_config};
 use devtools::{poll_until, workspace_root, Stack};
 use serde_json::{json, Value};
@@ -23,33 +24,76 @@ const LOOPBACK_NAME: &str = "proxy-webhooks-ssrf.test";
 /// What the delivery log says when Envoy refused every address the host resolved to.
 const REFUSED: &str = "destination unreachable: the host does not resolve, or resolves only to \
                        addresses the egress cluster refuses (private or special-purpose ranges)";
+/// The configuration shipped for Envoy 1.36 and 1.37, whose egress guard replaces
+/// `resolved_address_filter` (docs/envoy-versions.md).
+const OLDER_ENVOY_YAML: &str = "deploy/envoy-1.36/envoy.yaml";
 /// Envoy's counter of resolved addresses the DNS cache's `resolved_address_filter` dropped.
 const FILTERED_OUT: &str = "dns_cache.webhooks_dns.dns_address_filter_out";
 
-/// A TCP listener on 127.0.0.1 that counts the connections it accepts (and closes them).
+/// A TCP listener on 127.0.0.1 that counts the connections it accepts and the bytes they send
+/// within a second (then closes them).
 struct CountingListener {
     port: u16,
     accepted: Arc<AtomicUsize>,
+    /// Connections read until their end or for a second.
+    read: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
 }
 
 impl CountingListener {
     async fn start() -> Result<CountingListener> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let (accepted, read, bytes): (Arc<AtomicUsize>, Arc<AtomicUsize>, Arc<AtomicUsize>) =
+            Default::default();
+        let counters = (Arc::clone(&accepted), Arc::clone(&read), Arc::clone(&bytes));
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                drop(socket);
+                counters.0.fetch_add(1, Ordering::SeqCst);
+                let (read, bytes) = (Arc::clone(&counters.1), Arc::clone(&counters.2));
+                tokio::spawn(async move {
+                    let n = read_for_a_second(socket).await;
+                    bytes.fetch_add(n, Ordering::SeqCst);
+                    read.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
-        Ok(CountingListener { port, accepted })
+        Ok(CountingListener {
+            port,
+            accepted,
+            read,
+            bytes,
+        })
+    }
+
+    /// Waits until every accepted connection is read; then the bytes they sent.
+    async fn bytes_once_read(&self) -> Result<usize> {
+        let load = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        poll_until(Duration::from_secs(5), "connections read", async || {
+            load(&self.read) == load(&self.accepted)
+        })
+        .await?;
+        Ok(load(&self.bytes))
     }
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+/// What a connection sends within a second (or until it closes).
+async fn read_for_a_second(mut socket: tokio::net::TcpStream) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut total = 0;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
 }
 
 /// Makes sure [`LOOPBACK_NAME`] resolves to 127.0.0.1 on this machine: adds it to /etc/hosts when
@@ -95,11 +139,19 @@ fn plugin(allow_private_destinations: bool) -> Value {
     })
 }
 
-/// Envoy with the shipped egress clusters, unchanged.
+/// Envoy with the shipped egress clusters, unchanged: envoy.yaml's, or on an Envoy before 1.39
+/// those of [`OLDER_ENVOY_YAML`].
 async fn start(allow_private_destinations: bool) -> Result<Stack> {
+    let older = !has_resolved_address_filter()?;
     Stack::start_with(
         |_| plugin(allow_private_destinations),
-        |cfg| cfg.shipped_egress(),
+        |cfg| {
+            let mut cfg = cfg.shipped_egress();
+            if older {
+                cfg.base_config = workspace_root().join(OLDER_ENVOY_YAML);
+            }
+            cfg
+        },
     )
     .await
 }
@@ -188,15 +240,29 @@ fn failed_attempt(log: &Value, reason: &str) -> Result<()> {
 }
 
 /// `allow_http` on and private destinations off, as a platform might run it: the plugin accepts
-/// the name (it cannot know where it points), Envoy's DNS cache drops 127.0.0.1, nothing connects.
+/// the name (it cannot know where it points). From Envoy 1.39 the DNS cache drops 127.0.0.1 and
+/// nothing connects; before, the egress guard of [`OLDER_ENVOY_YAML`] refuses the callout and
+/// the listener gets no byte, though Envoy may open a connection (docs/envoy-versions.md). The
+/// delivery log says the same on every version.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_name_that_resolves_to_loopback_is_never_connected_to() -> Result<()> {
+async fn a_name_that_resolves_to_loopback_gets_no_request() -> Result<()> {
     map_name_to_loopback()?;
     let target = CountingListener::start().await?;
     let stack = start(false).await?;
     let url = format!("http://{LOOPBACK_NAME}:{}/hook", target.port);
     let log = attempt_test_delivery(&stack, &url).await?;
     failed_attempt(&log, REFUSED)?;
+    if !has_resolved_address_filter()? {
+        let bytes = target.bytes_once_read().await?;
+        ensure!(bytes == 0, "the receiver behind {url} got {bytes} bytes");
+        // What docs/envoy-versions.md says of the guard: it refuses after Envoy has started to
+        // connect (the plugin tries again every tick while it waits for DNS).
+        ensure!(
+            target.accepted() >= 1,
+            "Envoy opened no connection to {url}: update docs/envoy-versions.md"
+        );
+        return Ok(());
+    }
     ensure!(
         target.accepted() == 0,
         "the receiver behind {url} saw {} connections",
@@ -229,7 +295,7 @@ async fn envoy_admin_is_not_reachable_through_the_shipped_egress() -> Result<()>
         "Envoy admin /ready: {}",
         ready.status()
     );
-    ensure!(stack.envoy.counter(FILTERED_OUT).await? >= 1);
+    ensure!(!has_resolved_address_filter()? || stack.envoy.counter(FILTERED_OUT).await? >= 1);
     Ok(())
 }
 
@@ -356,6 +422,108 @@ fn the_shipped_envoy_yaml_is_safe_for_production() -> Result<()> {
         ensure!(
             held.is_empty(),
             "{name}'s resolved_address_filter refuses public {held:?}"
+        );
+    }
+    Ok(())
+}
+
+const HTTP_OPTIONS: &str =
+    "/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Where the egress guard's regex is, in its filter list.
+const GUARD_REGEX: &str = "/0/typed_config/xds_matcher/matcher_list/matchers/0/predicate/\
+    single_predicate/custom_match/typed_config/expr_match/parsed_expr/expr/call_expr/args/0/\
+    call_expr/args/0/const_expr/string_value";
+
+/// [`OLDER_ENVOY_YAML`]'s egress clusters' upstream filters (the guard), removed with what
+/// only they need, so that the rest can be compared with envoy.yaml.
+fn take_guards(older: &mut Value) -> Result<Vec<Value>> {
+    let clusters = older
+        .pointer_mut("/static_resources/clusters")
+        .and_then(Value::as_array_mut)
+        .context("no clusters")?;
+    let mut guards = Vec::new();
+    for cluster in clusters.iter_mut().filter(|c| {
+        c["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("webhooks_egress"))
+    }) {
+        let name = cluster["name"].clone();
+        let options = cluster
+            .pointer_mut(HTTP_OPTIONS)
+            .and_then(Value::as_object_mut)
+            .with_context(|| format!("{name} has no HttpProtocolOptions"))?;
+        guards.push(options.remove("http_filters").context("no http_filters")?);
+        if name == "webhooks_egress_http" {
+            if let Some(object) = cluster.as_object_mut() {
+                object.remove("typed_extension_protocol_options");
+            }
+            if let Some(Value::Object(dfp)) = cluster.pointer_mut("/cluster_type/typed_config") {
+                dfp.remove("allow_insecure_cluster_options");
+            }
+        }
+    }
+    Ok(guards)
+}
+
+/// The configuration for Envoy 1.36 and 1.37 is envoy.yaml with the same egress guard on both
+/// egress clusters in place of `resolved_address_filter`, nothing else changed; and the guard's
+/// expression refuses exactly the filter's IPv4 blocks (checked on every first and second byte,
+/// and every third where a /24 block starts with it) and every IPv6 address (the DNS cache
+/// resolves to IPv4 only; IPv6 literals are refused whole).
+#[test]
+fn the_older_envoy_yaml_is_envoy_yaml_with_the_guard_for_the_filter() -> Result<()> {
+    let root = workspace_root();
+    let mut shipped = load_yaml(&root.join("envoy.yaml"))?;
+    let ranges = shipped
+        .pointer("/static_resources/clusters/1/cluster_type/typed_config/dns_cache_config")
+        .and_then(|cache| cache[RESOLVED_ADDRESS_FILTER]["ranges"].as_array())
+        .context("envoy.yaml's second cluster has no resolved_address_filter")?
+        .clone();
+    let mut older = load_yaml(&root.join(OLDER_ENVOY_YAML))?;
+    devtools::envoy::remove_resolved_address_filter(&mut shipped)?;
+    let guards = take_guards(&mut older)?;
+    ensure!(
+        shipped == older,
+        "{OLDER_ENVOY_YAML} differs from envoy.yaml beyond the egress guard"
+    );
+    ensure!(
+        guards.len() == 2 && guards[0] == guards[1],
+        "both egress clusters need the same guard: {guards:?}"
+    );
+    let pattern = guards[0]
+        .pointer(GUARD_REGEX)
+        .and_then(Value::as_str)
+        .context("no regex in the guard")?;
+    let refuses = regex::Regex::new(pattern)?;
+    let mut wrong = Vec::new();
+    for a in 0..=255u8 {
+        let thirds: Vec<u8> = if [192, 198, 203].contains(&a) {
+            (0..=255).collect()
+        } else {
+            vec![0, 255]
+        };
+        for b in 0..=255u8 {
+            for &c in &thirds {
+                let ip = Ipv4Addr::new(a, b, c, 1);
+                let refused = refuses.is_match(&format!("{ip}:443"));
+                if refused != filter_holds(&ranges, IpAddr::V4(ip)) && wrong.len() < 10 {
+                    wrong.push(format!("{ip} refused: {refused}"));
+                }
+            }
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "the guard and the filter disagree: {wrong:?}"
+    );
+    for ip in MUST_REFUSE
+        .iter()
+        .filter(|a| a.contains(':'))
+        .chain(&["2606:4700::1111"])
+    {
+        ensure!(
+            refuses.is_match(&format!("[{ip}]:443")),
+            "the guard lets IPv6 {ip} through"
         );
     }
     Ok(())

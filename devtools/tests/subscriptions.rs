@@ -273,6 +273,7 @@ fn check_view(
         "disabled_reason in {sub}"
     );
     ensure!(sub["static"] == false, "static in {sub}");
+    ensure!(sub["ordering"] == "none", "ordering in {sub}");
     let created = rfc3339(&sub["created_at"])?;
     let updated = rfc3339(&sub["updated_at"])?;
     ensure!(updated >= created, "updated_at before created_at: {sub}");
@@ -298,6 +299,7 @@ fn check_view(
         "events",
         "header_names",
         "id",
+        "ordering",
         "signature_scheme",
         "static",
         "status",

@@ -5,7 +5,9 @@ use super::{Request, Response, MAX_PAGE};
 use crate::config::Config;
 use crate::model::event;
 use crate::model::subscription;
-use crate::model::subscription::{FilterError, ReceiverHeader, Scheme, Status, MAX_EVENTS};
+use crate::model::subscription::{
+    FilterError, Ordering, ReceiverHeader, Scheme, Status, MAX_EVENTS,
+};
 use crate::support::url::check_destination;
 use serde_json::{Map, Value};
 
@@ -165,6 +167,7 @@ pub(super) struct Fields {
     pub(super) status: Option<Status>,
     pub(super) signature_scheme: Option<Scheme>,
     pub(super) headers: Option<Vec<ReceiverHeader>>,
+    pub(super) ordering: Option<Ordering>,
 }
 
 impl Fields {
@@ -198,7 +201,18 @@ pub(super) fn parse_fields(
         status: parse_status(&map)?,
         signature_scheme: parse_scheme(&map)?,
         headers: parse_headers(&map)?,
+        ordering: parse_ordering(&map)?,
     })
+}
+
+/// `"none"` or `"fifo"`.
+pub(super) fn parse_ordering(map: &Map<String, Value>) -> Result<Option<Ordering>, Response> {
+    map.get("ordering")
+        .map(|v| {
+            Ordering::from_value(v)
+                .ok_or_else(|| invalid_field("ordering must be \"none\" or \"fifo\""))
+        })
+        .transpose()
 }
 
 pub(super) fn missing(field: &str) -> Response {

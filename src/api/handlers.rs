@@ -30,9 +30,13 @@ pub(super) const CREATE_FIELDS: &[&str] = &[
     "url",
     "events",
     "description",
+    "ordering",
     "signature_scheme",
     "headers",
 ];
+/// Not `ordering` nor `signature_scheme`: they are fixed at create (so messages waiting under
+/// one ordering are never reordered under another; a PATCH naming one is refused 422
+/// `unknown_field`). `headers` is write-only: replaced whole.
 pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status", "headers"];
 
 /// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
@@ -95,6 +99,7 @@ pub(super) fn create<S: KvStore>(
         is_static: false,
         headers: fields.headers.unwrap_or_default(),
         privileged: false,
+        ordering: fields.ordering.unwrap_or_default(),
         version: 1,
     };
     let mut response = json_response(201, &view(&sub, Shown::Created));
@@ -387,8 +392,11 @@ pub(super) fn enqueue<S: KvStore>(
     hand_over(cx, message)
 }
 
-/// Takes one of the caller's test and retry calls; 429 when none is left.
-fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Result<(), Response> {
+/// Takes one of the caller's test, retry and recover calls; 429 when none is left.
+pub(super) fn within_rate_limit<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+) -> Result<(), Response> {
     let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) else {
         return Ok(());
     };
@@ -396,7 +404,7 @@ fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Res
         429,
         "rate_limited",
         format!(
-            "at most {} test and retry calls at once, then one per second; try again later",
+            "at most {} test, retry and recover calls at once, then one per second; try again later",
             ratelimit::BURST
         ),
     );

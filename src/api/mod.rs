@@ -14,6 +14,7 @@ mod auth;
 mod fields;
 mod handlers;
 pub mod openapi;
+mod recover;
 mod responses;
 mod routes;
 
@@ -31,6 +32,7 @@ use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
     send_test,
 };
+use recover::recover;
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route};
 
@@ -245,6 +247,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Writt
         (Route::Test(id), _) => send_test(cx, caller, id),
         (Route::Deliveries(id), _) => return deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
+        (Route::Recover(id), _) => recover(cx, caller, id, request),
         (Route::EventTypes, _) => event_types(config),
         (Route::OpenApi, _) => Ok(openapi::answer(request.method, config)),
     };

@@ -3,7 +3,7 @@
 use super::Response;
 use crate::config::Config;
 use crate::model::signing;
-use crate::model::subscription::{Scheme, Status, Subscription};
+use crate::model::subscription::{Ordering, Scheme, Status, Subscription};
 use crate::registry::RegistryError;
 use crate::support::ids::RandomUnavailable;
 use crate::support::time::format_rfc3339_millis;
@@ -169,6 +169,7 @@ pub(super) struct SubscriptionView<'s> {
     public_key: Option<String>,
     /// The receiver headers' names (lowercase, sorted); their values are write-only.
     header_names: Vec<&'s str>,
+    ordering: Ordering,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'s str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +194,7 @@ pub(super) fn view(sub: &Subscription, shown: Shown) -> SubscriptionView<'_> {
         signature_scheme: sub.signature_scheme(),
         public_key: sub.current_signing_key().and_then(signing::public_key),
         header_names: sub.headers.iter().map(|h| h.name.as_str()).collect(),
+        ordering: sub.ordering,
         secret,
         headers: (shown == Shown::Created).then_some(HeaderValues(&sub.headers)),
     }

@@ -382,6 +382,7 @@ const SUBSCRIPTION_FIELDS: &[&str] = &[
     "privileged",
     "signature_scheme",
     "signing_key",
+    "ordering",
 ];
 const DELIVERY_FIELDS: &[&str] = &[
     "timeout",
@@ -1146,6 +1147,11 @@ fn parse_subscription(
     let (secret, signing_key) = parse_signing(&o, env)?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
+    let ordering = match o.str("ordering")? {
+        None => subscription::Ordering::None,
+        Some(name) => subscription::Ordering::from_value(&Value::from(name))
+            .ok_or_else(|| err(o.field("ordering"), "must be \"none\" or \"fifo\""))?,
+    };
     subscription::check_description(description)
         .map_err(|problem| err(o.field("description"), problem))?;
     Ok(StaticSubscription {
@@ -1157,6 +1163,7 @@ fn parse_subscription(
         signing_key,
         description: description.to_string(),
         privileged,
+        ordering,
     })
 }
 

@@ -393,6 +393,7 @@ fn spec_example_parses() {
             signing_key: None,
             description: String::new(),
             privileged: false,
+            ordering: Default::default(),
         }]
     );
     assert_eq!(c.delivery, DeliveryConfig::default());
@@ -1244,4 +1245,25 @@ fn catalog_field_errors() {
     }
     // An example may be any JSON value, a scalar too.
     assert!(parse_str(r#"{"events": [{"type": "a.b", "path": "/a", "example": "text"}]}"#).is_ok());
+}
+
+#[test]
+fn static_subscriptions_may_be_fifo() {
+    use crate::model::subscription::Ordering;
+    assert_eq!(
+        parse_str(&sub("")).unwrap().subscriptions[0].ordering,
+        Ordering::None
+    );
+    let c = parse_str(&sub(r#", "ordering": "fifo""#)).unwrap();
+    assert_eq!(c.subscriptions[0].ordering, Ordering::Fifo);
+    let c = parse_str(&sub(r#", "ordering": "none""#)).unwrap();
+    assert_eq!(c.subscriptions[0].ordering, Ordering::None);
+    assert_eq!(
+        error(&sub(r#", "ordering": "FIFO""#)),
+        r#"subscriptions[0].ordering: must be "none" or "fifo""#
+    );
+    assert_eq!(
+        error(&sub(r#", "ordering": 1"#)),
+        "subscriptions[0].ordering: must be a string"
+    );
 }

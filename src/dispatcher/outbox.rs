@@ -10,6 +10,12 @@
 //! is a reserve for consumers with fewer than `max_in_flight / 64` attempts in flight, so
 //! consumers whose receivers all hang leave room for eight more to arrive and be served at once.
 //!
+//! A FIFO lane (a subscription with `ordering: "fifo"`) has one attempt in flight at most and
+//! offers only its first message in detection order (created time, then arrival here): a later
+//! message waits behind it, due or not, until it leaves the lane (delivered, exhausted, gone,
+//! or shed). Everything else (turns, shares, shedding) is the same for FIFO lanes, so a FIFO
+//! subscription holds back nobody else's messages: only its own.
+//!
 //! Memory is bounded by `max_queue` messages and `max_queue_bytes`: a payload fanned out to
 //! many subscriptions is counted once, plus a fixed overhead per message. Past either bound
 //! the consumer holding the most bytes sheds first (each payload counted once per consumer),
@@ -19,6 +25,7 @@
 //! whose messages are all in flight is passed over.
 
 use crate::dispatcher::pacing::{Signal, Window};
+use crate::model::trace::TraceContext;
 use crate::support::hashing::HashMap;
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -34,14 +41,27 @@ pub const MESSAGE_OVERHEAD: usize = 256;
 pub struct Payload {
     bytes: Box<[u8]>,
     held: Cell<usize>,
+    /// The trace context of the request that caused the event (boxed: nothing is allocated,
+    /// and one word is held, for the many events without one).
+    trace: Option<Box<TraceContext>>,
 }
 
 impl Payload {
     pub fn new(bytes: impl Into<Box<[u8]>>) -> Rc<Payload> {
+        Payload::traced(bytes, None)
+    }
+
+    /// A payload whose webhooks carry `trace`'s headers.
+    pub fn traced(bytes: impl Into<Box<[u8]>>, trace: Option<TraceContext>) -> Rc<Payload> {
         Rc::new(Payload {
             bytes: bytes.into(),
             held: Cell::new(0),
+            trace: trace.map(Box::new),
         })
+    }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_deref()
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -111,6 +131,19 @@ fn drop_order(key: MessageKey, message: &Message) -> Order {
     (first_attempt | (message.created_ms & !(1 << 63)), key)
 }
 
+/// A waiting message's entry in its lane's `due` index: (due time, key), or in a FIFO lane
+/// (created time, key), so that the lane offers its messages in detection order.
+fn due_entry(fifo: bool, key: MessageKey, due_ms: u64, created_ms: u64) -> Order {
+    (if fifo { created_ms } else { due_ms }, key)
+}
+
+/// When the message an index entry names is due, if the entry is current (the message waits
+/// and the entry is the one it was queued with).
+fn current_due(fifo: bool, entry: Order, held: &Held) -> Option<u64> {
+    let due = held.due_ms?;
+    (due_entry(fifo, entry.1, due, held.message.created_ms) == entry).then_some(due)
+}
+
 /// Moves up to `n` ids of lanes that still exist off the front of a blocked list into `out`.
 fn release(
     blocked: &mut VecDeque<LaneId>,
@@ -138,6 +171,8 @@ fn too_stale(entries: usize, live: usize) -> bool {
 #[derive(Debug)]
 struct Lane {
     subscription: Rc<str>,
+    /// One attempt at a time, in detection order: `due` is keyed by (created time, key).
+    fifo: bool,
     consumer: ConsumerId,
     /// (due time, key) of waiting messages.
     due: MinHeap,
@@ -314,11 +349,23 @@ impl Outbox {
         consumer: &str,
         due_ms: u64,
     ) -> Vec<(Message, Rc<str>)> {
+        self.push_ordered(message, consumer, due_ms, false)
+    }
+
+    /// [`Outbox::push`] for a subscription that is `fifo` or not (a lane keeps the rule it was
+    /// made with: a subscription's ordering is fixed at create).
+    pub fn push_ordered(
+        &mut self,
+        message: Message,
+        consumer: &str,
+        due_ms: u64,
+        fifo: bool,
+    ) -> Vec<(Message, Rc<str>)> {
         // One that could never fit is shed at once, not after everyone else's.
         if message.payload.len() + MESSAGE_OVERHEAD > self.limits.max_queue_bytes {
             return vec![(message, Rc::from(consumer))];
         }
-        let lane_id = self.lane_for(&message.subscription_id, consumer);
+        let lane_id = self.lane_for(&message.subscription_id, consumer, fifo);
         let key = self.next_key;
         self.next_key += 1;
         self.count_payload(&message.payload, lane_id, true);
@@ -405,7 +452,7 @@ impl Outbox {
     }
 
     /// The lane of a subscription, created (with its consumer's entry) when it has none.
-    fn lane_for(&mut self, subscription: &Rc<str>, consumer: &str) -> LaneId {
+    fn lane_for(&mut self, subscription: &Rc<str>, consumer: &str, fifo: bool) -> LaneId {
         if let Some(id) = self.lane_of.get(subscription) {
             return *id;
         }
@@ -419,6 +466,7 @@ impl Outbox {
             id,
             Lane {
                 subscription: Rc::clone(subscription),
+                fifo,
                 consumer,
                 due: BinaryHeap::new(),
                 drops: BinaryHeap::new(),
@@ -446,16 +494,14 @@ impl Outbox {
         id
     }
 
-    /// The lane's earliest waiting message, skipping stale entries.
+    /// The lane's next waiting message (earliest due; in a FIFO lane, first detected) and
+    /// when it is due, skipping stale entries.
     fn head(&mut self, lane_id: LaneId) -> Option<(u64, MessageKey)> {
         let lane = self.lanes.get_mut(&lane_id)?;
-        while let Some(Reverse((due, key))) = lane.due.peek().copied() {
-            if self
-                .messages
-                .get(&key)
-                .is_some_and(|h| h.due_ms == Some(due))
-            {
-                return Some((due, key));
+        while let Some(Reverse(entry)) = lane.due.peek().copied() {
+            let held = self.messages.get(&entry.1);
+            if let Some(due) = held.and_then(|h| current_due(lane.fifo, entry, h)) {
+                return Some((due, entry.1));
             }
             lane.due.pop();
         }
@@ -617,6 +663,9 @@ impl Outbox {
         let Some(lane) = self.lanes.get(&lane_id) else {
             return 0;
         };
+        if lane.fifo {
+            return 1;
+        }
         let lanes = self
             .consumers
             .get(&lane.consumer)
@@ -675,8 +724,10 @@ impl Outbox {
         held.due_ms = Some(at);
         let lane_id = held.lane;
         let order = drop_order(key, &held.message);
+        let created = held.message.created_ms;
         if let Some(lane) = self.lanes.get_mut(&lane_id) {
-            lane.due.push(Reverse((at, key)));
+            lane.due
+                .push(Reverse(due_entry(lane.fifo, key, at, created)));
             lane.drops.push(Reverse(order));
             lane.waiting += 1;
         }
@@ -692,8 +743,10 @@ impl Outbox {
             return;
         };
         if too_stale(lane.due.len(), lane.waiting) {
-            lane.due.retain(|Reverse((due, key))| {
-                messages.get(key).is_some_and(|h| h.due_ms == Some(*due))
+            let fifo = lane.fifo;
+            lane.due.retain(|Reverse(entry)| {
+                let held = messages.get(&entry.1);
+                held.and_then(|h| current_due(fifo, *entry, h)).is_some()
             });
         }
         if too_stale(lane.drops.len(), lane.waiting) {

@@ -39,6 +39,34 @@ pub enum Status {
     Disabled,
 }
 
+/// How a subscription's messages are delivered: `none` (paced and concurrent, the default) or
+/// `fifo` (one attempt at a time, in detection order: see `crate::dispatcher::outbox`). Set at
+/// create and fixed afterwards, so a lane never changes its rule while messages wait in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    #[default]
+    None,
+    Fifo,
+}
+
+impl Ordering {
+    pub const NAMES: [&'static str; 2] = ["none", "fifo"];
+
+    pub fn from_value(v: &Value) -> Option<Ordering> {
+        record::variant(v, &Ordering::NAMES, &[Ordering::None, Ordering::Fifo])
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == Ordering::None
+    }
+
+    pub fn is_fifo(self) -> bool {
+        self == Ordering::Fifo
+    }
+}
+
 /// A signing secret; old ones keep signing beside the new one until they expire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(test, derive(Deserialize))]
@@ -167,6 +195,9 @@ pub struct Subscription {
     /// A static subscription that receives events whatever their audience (never API-made).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// Stored only when not the default, so records without it read as before.
+    #[serde(default, skip_serializing_if = "Ordering::is_none")]
+    pub ordering: Ordering,
     #[serde(default)]
     pub version: u64,
 }
@@ -194,6 +225,10 @@ impl Subscription {
                 record::as_list(v, ReceiverHeader::from_value)
             })?,
             privileged: record::defaulted(o, "privileged", Value::as_bool)?,
+            ordering: match o.get("ordering") {
+                None => Ordering::None,
+                Some(v) => Ordering::from_value(v)?,
+            },
             version: record::defaulted(o, "version", record::as_uint)?,
         })
     }
@@ -261,6 +296,7 @@ impl Subscription {
             is_static: true,
             headers: Vec::new(),
             privileged: s.privileged,
+            ordering: s.ordering,
             version: 1,
         }
     }
@@ -275,6 +311,7 @@ impl Subscription {
             &self.description,
             &self.secrets,
             self.privileged,
+            self.ordering,
         ) == (
             &want.consumer,
             &want.url,
@@ -282,6 +319,7 @@ impl Subscription {
             &want.description,
             &want.secrets,
             want.privileged,
+            want.ordering,
         )
     }
 }
@@ -301,6 +339,7 @@ pub struct StaticSubscription {
     pub description: String,
     /// Receives every event its filters match, whatever the event's audience.
     pub privileged: bool,
+    pub ordering: Ordering,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,6 +704,7 @@ mod tests {
                 signing_key: None,
                 description: String::new(),
                 privileged: false,
+                ordering: Ordering::None,
             },
             0,
         );

@@ -20,6 +20,7 @@ fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
         is_static: false,
         headers: Vec::new(),
         privileged: false,
+        ordering: Default::default(),
         version: 1,
     }
 }
@@ -418,6 +419,7 @@ fn static_sub(id: &str, url: &str) -> StaticSubscription {
         signing_key: None,
         description: String::new(),
         privileged: false,
+        ordering: Default::default(),
     }
 }
 
@@ -467,6 +469,7 @@ fn static_sync_follows_privileged() {
     assert!(!r.get("a").unwrap().0.privileged);
     let privileged = StaticSubscription {
         privileged: true,
+        ordering: Default::default(),
         ..static_sub("a", "https://x/1")
     };
     r.sync_static(std::slice::from_ref(&privileged), 6);

@@ -139,6 +139,34 @@ pub fn fairness(
     config(subs, delivery)
 }
 
+/// The API key of [`ordered`]'s consumer `bench` (`printf test-key | sha256sum`).
+pub const API_KEY: &str = "test-key";
+const API_KEY_SHA256: &str = "62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef";
+
+/// One subscription per receiver (`sub_bench_<i>`), `fifo` or concurrent, and the API for
+/// consumer `bench` (scenario 17). With `backlog`, one attempt per message and room to keep
+/// every failed one for `recover`.
+pub fn ordered(subscriptions: &[(&Receiver, bool)], backlog: bool) -> Value {
+    let subs = subscriptions
+        .iter()
+        .enumerate()
+        .map(|(i, (receiver, fifo))| {
+            let mut sub = subscription(i, receiver.url("/hook"), EVENT_TYPE);
+            sub["ordering"] = json!(if *fifo { "fifo" } else { "none" });
+            sub
+        })
+        .collect();
+    let mut delivery = delivery();
+    if backlog {
+        delivery["retry_schedule"] = json!(["0s"]);
+        delivery["max_replay"] = json!(10_000);
+        delivery["max_replay_per_consumer"] = json!(10_000);
+    }
+    let mut config = config(subs, delivery);
+    config["api"] = json!({"keys": [{"consumer": "bench", "sha256": API_KEY_SHA256}]});
+    config
+}
+
 /// The request that makes one event: `POST /orders` with a small order (echoed back with 201).
 pub fn order_request() -> Shape {
     Shape::Post(

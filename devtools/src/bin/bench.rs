@@ -26,7 +26,7 @@ struct Args {
     /// Client connections in closed-loop runs.
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Only these scenarios (numbers 1–12, comma-separated).
+    /// Only these scenarios (numbers 1–15 and 17, comma-separated).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<u8>>,
     /// Start every Envoy from this configuration instead of the workspace's `envoy.yaml`.

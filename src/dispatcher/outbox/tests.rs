@@ -493,3 +493,74 @@ fn shedding_indexes_stay_bounded_under_churn() {
         o.by_bytes.len()
     );
 }
+
+#[test]
+fn a_fifo_lane_sends_one_at_a_time_in_detection_order_and_a_failure_holds_the_rest() {
+    let mut o = Outbox::new(limits(256, 32));
+    // Arrival order differs from detection order (a claim): detection order wins; the same
+    // millisecond keeps arrival order.
+    for (id, created) in [("m2", 20), ("m0", 10), ("m1", 10), ("m3", 30)] {
+        o.push_ordered(message(id, "f", 0, created), "c", 0, true);
+    }
+    o.push(message("other", "s", 0, 0), "c", 0);
+    let started = start_all(&mut o, 0);
+    let ids: Vec<_> = started.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["m0", "other"],
+        "one at a time; the other lane is not held back"
+    );
+    // m0 fails: a retry due at 100; m1 (due now) still waits behind it.
+    let m0 = started[0].0;
+    assert!(o.finish(m0, Some(100), Signal::Overrun, 0, 5).is_none());
+    assert!(start_all(&mut o, 50).is_empty());
+    let again = start_all(&mut o, 100);
+    assert_eq!((again.len(), again[0].1.as_str()), (1, "m0"));
+    succeed(&mut o, again[0].0, 101);
+    let mut order = Vec::new();
+    let mut now = 101;
+    while let Some((key, m)) = o.next_attempt(now) {
+        order.push(m.webhook_id.clone());
+        assert!(o.next_attempt(now).is_none(), "never two in flight");
+        succeed(&mut o, key, now);
+        now += 1;
+    }
+    assert_eq!(order, ["m1", "m2", "m3"]);
+    assert_eq!(o.len(), 1, "only the other lane's message is left");
+}
+
+#[test]
+fn an_exhausted_or_shed_fifo_head_lets_the_next_go() {
+    let mut o = Outbox::new(Limits {
+        max_queue: 3,
+        ..limits(256, 32)
+    });
+    for (n, id) in ["m0", "m1", "m2"].iter().enumerate() {
+        o.push_ordered(message(id, "f", 0, n as u64), "c", 0, true);
+    }
+    let (m0, _) = o
+        .next_attempt(0)
+        .map(|(k, m)| (k, m.webhook_id.clone()))
+        .unwrap();
+    // Exhausted (no reschedule): removed, m1 goes next.
+    assert_eq!(
+        o.finish(m0, None, Signal::Neutral, 0, 1)
+            .unwrap()
+            .webhook_id,
+        "m0"
+    );
+    let (m1, _) = o
+        .next_attempt(1)
+        .map(|(k, m)| (k, m.webhook_id.clone()))
+        .unwrap();
+    o.finish(m1, Some(1_000), Signal::Neutral, 1, 2);
+    // A full queue sheds the waiting retry m1 first: m2 is no longer held back by it.
+    assert!(o
+        .push_ordered(message("m3", "f", 0, 3), "c", 0, true)
+        .is_empty());
+    let shed = o.push_ordered(message("m4", "f", 0, 4), "c", 0, true);
+    let shed: Vec<_> = shed.iter().map(|(m, _)| m.webhook_id.as_str()).collect();
+    assert_eq!(shed, ["m1"]);
+    let next: Vec<_> = start_all(&mut o, 2).into_iter().map(|s| s.1).collect();
+    assert_eq!(next, ["m2"]);
+}

@@ -1089,3 +1089,39 @@ fn fleet_mode_reads_a_claimed_pages_logs_a_few_subscriptions_at_a_time() {
         "sub_a's; the others are not in the registry"
     );
 }
+
+#[test]
+fn fleet_mode_recovers_what_this_replica_keeps_and_its_dead_copy_goes_once_delivered() {
+    let mut d = fleet_dispatcher_with(r#", "retry_schedule": ["0s"]"#);
+    answer_etcd(&mut d, &[record_json("sub_a", "active", 1)], 1);
+    event(&mut d, "order.created");
+    settle(&mut d);
+    let webhook_id = sent(&d)[0].header("webhook-id").unwrap().to_string();
+    answer_last(&mut d, 500, &[]);
+    d.on_tick();
+    let dead = format!("/pw/dead/{webhook_id}");
+    let dead_writes = |d: &Dispatcher<FakeHost>| {
+        let calls = outbox_calls(d).into_iter();
+        let txns = calls.filter(|(_, r)| r.path == crate::fleet::etcd::TXN);
+        let keys: Vec<String> = txns.flat_map(|(_, r)| txn_keys(&r)).collect();
+        keys.iter().filter(|k| **k == dead).count()
+    };
+    assert_eq!(dead_writes(&d), 1, "kept under dead");
+    settle(&mut d);
+    assert_eq!(dead_writes(&d), 0);
+    let puts_before = message_puts(&d).len();
+    let recover = QueueMessage::Recover {
+        subscription_id: "sub_a".into(),
+        since_ms: 0,
+    };
+    d.host_mut().queue.push_back(recover.encode());
+    d.on_queue_ready();
+    let puts = message_puts(&d);
+    assert_eq!(puts.len(), puts_before + 1, "journaled again: {puts:?}");
+    settle(&mut d);
+    assert_eq!(sent(&d).len(), 2);
+    assert_eq!(sent(&d)[1].header("webhook-id"), Some(webhook_id.as_str()));
+    answer_last(&mut d, 200, &[]);
+    d.on_tick();
+    assert_eq!(dead_writes(&d), 1, "and deleted once delivered");
+}

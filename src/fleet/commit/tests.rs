@@ -33,6 +33,7 @@ fn sub(id: &str, version: u64) -> Subscription {
         is_static: false,
         headers: Vec::new(),
         privileged: false,
+        ordering: Default::default(),
         version,
     }
 }

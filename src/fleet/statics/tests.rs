@@ -27,6 +27,7 @@ fn configured(id: &str, url: &str, secret: &str) -> Subscription {
         is_static: true,
         headers: Vec::new(),
         privileged: true,
+        ordering: Default::default(),
         version: 1,
     }
 }

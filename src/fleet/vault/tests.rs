@@ -35,6 +35,7 @@ fn sub(id: &str) -> Subscription {
         is_static: false,
         headers: Vec::new(),
         privileged: false,
+        ordering: Default::default(),
         version: 3,
     }
 }

@@ -240,6 +240,7 @@ fn synced(f: &Filter<FakeStreamHost>, version: u64) -> Subscription {
         is_static: false,
         headers: Vec::new(),
         privileged: false,
+        ordering: Default::default(),
         version,
     };
     registry(f).apply_synced(&sub).unwrap();

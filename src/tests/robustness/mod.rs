@@ -414,6 +414,7 @@ pub(crate) fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscript
         is_static: false,
         headers: Vec::new(),
         privileged: false,
+        ordering: Default::default(),
         version: 1,
     }
 }

@@ -4,6 +4,7 @@
 mod etcd_transport;
 mod fairness;
 mod fanout;
+mod fifo;
 mod first_sync;
 mod latency;
 mod memory;
@@ -28,13 +29,14 @@ use crate::util::workspace_root;
 const WASM_BUDGET_BYTES: u64 = 1024 * 1024;
 
 /// Which scenarios to run, by the issues' numbers (1–7 of the benchmark issue, 8 and 9 of the
-/// pacing one, 10–15 of the fleet one, 16 of the delivery features one). 3 needs 2's throughput: asking for 3 runs 2.
+/// pacing one, 10–15 of the fleet one, 16 and 17 of the delivery features one: signatures,
+/// FIFO). 3 needs 2's throughput: asking for 3 runs 2.
 #[derive(Clone, Debug)]
 pub struct Selection(pub Vec<u8>);
 
 impl Selection {
     pub fn all() -> Selection {
-        Selection((1..=16).collect())
+        Selection((1..=17).collect())
     }
 
     pub fn has(&self, n: u8) -> bool {
@@ -101,6 +103,10 @@ pub async fn run(opts: &Options, selection: &Selection) -> Result<Report> {
     if selection.has(16) {
         let result = signatures::run(&upstream, opts, &mut report).await;
         note_failure(&mut report, "16 signatures", result);
+    }
+    if selection.has(17) {
+        let result = fifo::run(&upstream, &mut report).await;
+        note_failure(&mut report, "17 FIFO ordering", result);
     }
     Ok(report)
 }
