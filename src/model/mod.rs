@@ -9,5 +9,6 @@ pub mod event;
 pub mod identity;
 pub mod queue;
 pub mod rules;
+pub mod session;
 pub mod signing;
 pub mod subscription;
