@@ -72,7 +72,8 @@ pub(super) fn authenticate<S: KvStore>(
     admin: bool,
 ) -> Result<Who, Response> {
     let config = cx.config;
-    if let Some(token) = request.session {
+    // An empty header is no session (a page in cookie mode may send it so).
+    if let Some(token) = request.session.filter(|t| !t.trim_ascii().is_empty()) {
         let who = session_caller(token, cx)?;
         return match admin {
             true => Err(forbidden(

@@ -253,6 +253,15 @@ fn minted_sessions_act_as_their_consumer_until_revoked() {
     });
     let refused = (response.status, code(&parse(&response)).to_string());
     assert_eq!(refused, (401, "session_invalid".to_string()));
+    // An empty session header is no session: the key counts.
+    let response = api.send(&Request {
+        method: "GET",
+        path: list,
+        authorization: Some(auth.as_bytes()),
+        session: Some(b" "),
+        ..Request::default()
+    });
+    assert_eq!(response.status, 200);
 
     api.now_ms = NOW + 1;
     assert_eq!(api.call("DELETE", path, KEY_OPERATOR, "").0, 204);
