@@ -34,6 +34,7 @@ pub mod hostile;
 pub mod manifests;
 pub mod orders;
 pub mod paced;
+pub mod portal;
 pub mod receiver;
 pub mod server;
 pub mod show;

@@ -1,5 +1,6 @@
 //! The answers: JSON bodies, error shapes and the public views of records.
 
+use super::admin::Health;
 use super::Response;
 use crate::config::Config;
 use crate::model::signing;
@@ -174,6 +175,12 @@ pub(super) struct SubscriptionView<'s> {
     secret: Option<&'s str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<HeaderValues<'s>>,
+    /// The operator API's answers name the consumer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) consumer: Option<&'s str>,
+    /// Reads carry the delivery health.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health: Option<Health>,
 }
 
 pub(super) fn view(sub: &Subscription, shown: Shown) -> SubscriptionView<'_> {
@@ -197,5 +204,7 @@ pub(super) fn view(sub: &Subscription, shown: Shown) -> SubscriptionView<'_> {
         ordering: sub.ordering,
         secret,
         headers: (shown == Shown::Created).then_some(HeaderValues(&sub.headers)),
+        consumer: None,
+        health: None,
     }
 }
