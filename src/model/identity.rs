@@ -12,6 +12,15 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
 }
 
+/// One entry of `api.operator_keys`: an operator (a person or team of the platform) and the
+/// SHA-256 of its key. Operator keys work only under `<prefix>/admin/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorKey {
+    pub operator: String,
+    /// The SHA-256 of the key, from 64 hex digits.
+    pub sha256: [u8; 32],
+}
+
 /// The two settings of `api` that say how callers are identified: the configured keys, and
 /// whether `api.consumer_header` replaces them. Passed instead of the whole configuration.
 #[derive(Debug, Clone, Copy)]
