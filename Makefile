@@ -10,6 +10,8 @@
 #   make bench-smoke  a few seconds of write load, checking every event is delivered
 #   make demo-tour    a scripted walk through the demo on free ports; fails if no webhook arrives
 #   make compose-check  validate docker-compose.yml and the fleet example (installs docker-compose if missing)
+#   make browser      what the portal's browser tests need: Debian's chromium + chromium-driver, axe-core
+#   make screenshots  the portal's screenshots in docs/images/, taken by devtools/tests/portal.rs
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -25,12 +27,12 @@ SCHEMATHESIS := $(VENV)/bin/schemathesis
 SCHEMATHESIS_VERSION := 4.32.5
 
 .PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit cli cli-test integration devtools clean-tmp \
-	bench bench-smoke compose-check demo-tour etcd
+	bench bench-smoke compose-check demo-tour etcd browser screenshots
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,15p' Makefile
 
-test: wasm-target envoy schemathesis etcd lint wasm unit cli-test compose-check integration demo-tour bench-smoke
+test: wasm-target envoy schemathesis etcd browser lint wasm unit cli-test compose-check integration demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -100,8 +102,25 @@ etcd:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server; }
 	@etcd --version | sed -n 1p
 
-integration: wasm envoy schemathesis etcd
+integration: wasm envoy schemathesis etcd browser
 	cargo test -p devtools
+
+# The portal's browser tests (devtools/tests/portal.rs): headless Chromium driven through
+# chromedriver (Debian's), and axe-core pinned by devtools/browser/package-lock.json (npm ci
+# into the git-ignored devtools/browser/node_modules). Debian's npm brings node.
+AXE := devtools/browser/node_modules/axe-core/axe.min.js
+browser: $(AXE)
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { echo "installing chromium, chromium-driver"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core; }
+
+$(AXE): devtools/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "installing npm"; apt-get update -qq && apt-get install -y -qq --no-install-recommends npm; }
+	cd devtools/browser && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $(AXE)
+
+# Regenerates docs/images/portal-*.png: the browser tests with screenshots turned on.
+screenshots: wasm envoy browser
+	PORTAL_SCREENSHOTS=docs/images cargo test -p devtools --test portal -- consumer_journey
 
 devtools:
 	cargo build -p devtools --bins

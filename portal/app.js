@@ -88,6 +88,7 @@ async function render() {
     for (const link of document.querySelectorAll('nav a')) {
       link.toggleAttribute('aria-current', link.getAttribute('href') === hash);
     }
+    if (!performance.getEntriesByName('portal-ready').length) performance.mark('portal-ready');
   } catch (error) {
     if (mine !== rendering) return;
     main.replaceChildren(h('h1', {}, 'Could not load this page'));

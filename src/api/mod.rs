@@ -14,6 +14,7 @@ mod auth;
 mod fields;
 mod handlers;
 pub mod openapi;
+mod page;
 mod responses;
 mod routes;
 
@@ -31,6 +32,7 @@ use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
     send_test,
 };
+pub use page::serve_page;
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route};
 
