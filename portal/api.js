@@ -46,7 +46,7 @@ const SESSION_TEXT = {
 export function describe(status, code, message, retryAfter) {
   const wait = retryAfter ? ` Try again in ${retryAfter} second${retryAfter === '1' ? '' : 's'}.` : ' Try again shortly.';
   if (status === 401) {
-    return SESSION_TEXT[code] || 'You are not signed in to the portal. Open the link you were given.';
+    return SESSION_TEXT[code] || 'You are not signed in to the portal. Open the portal link you were given.';
   }
   if (status === 403 && code === 'read_only') {
     return 'This session is read-only: you can look at everything, but not change anything.';
@@ -64,7 +64,8 @@ export function describe(status, code, message, retryAfter) {
 
 /** Calls the API; resolves to the JSON answer (null for 204), rejects with an ApiError. */
 export async function call(token, method, path, body) {
-  const headers = { 'x-webhooks-session': token || '' };
+  // Without a token the gateway may authenticate the browser itself (api.consumer_header).
+  const headers = token ? { 'x-webhooks-session': token } : {};
   if (body !== undefined) headers['content-type'] = 'application/json';
   let response;
   try {

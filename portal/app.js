@@ -69,10 +69,6 @@ let rendering = 0;
 async function render() {
   const mine = ++rendering;
   app.clear();
-  if (!token) {
-    ended('There is no session in this page. Open the portal link you were given.', 'none');
-    return;
-  }
   const hash = location.hash || '#/';
   const found = ROUTES.map(([re, screen]) => [re.exec(hash), screen]).find(([m]) => m);
   try {

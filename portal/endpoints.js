@@ -47,12 +47,14 @@ export async function listScreen(app) {
 
 /** The events fieldset: a checkbox per catalog type, `*`, and free filters (`order.*`). */
 function eventPicker(catalog, chosen) {
-  const known = catalog.data.map((t) => t.type).filter((t) => t !== 'webhook.test');
-  const boxes = ['*', ...known].map((type) => {
+  const types = catalog.data.filter((t) => t.type !== 'webhook.test');
+  const known = types.map((t) => t.type);
+  const boxes = [{ type: '*' }, ...types].map(({ type, description }) => {
     const id = newId('event');
     return h('div', { class: 'check' },
       h('input', { type: 'checkbox', id, name: 'event', value: type, checked: chosen.includes(type) }),
-      h('label', { for: id }, type === '*' ? 'All events' : h('code', {}, type)));
+      h('label', { for: id }, type === '*' ? 'All events' : h('code', {}, type),
+        description ? h('span', { class: 'hint' }, ` — ${description}`) : null));
   });
   const otherId = newId('other');
   const other = chosen.filter((t) => t !== '*' && !known.includes(t)).join(', ');

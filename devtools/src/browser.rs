@@ -154,16 +154,17 @@ impl Browser {
         }
     }
 
-    /// Clicks the button or link whose text is `label` (exactly, trimmed), within `scope` (CSS).
+    /// Clicks the first button or link whose text is `label` (trimmed) inside the first
+    /// element matching `scope` (CSS), waiting for both.
     pub async fn click_text(&self, scope: &str, label: &str) -> Result<()> {
-        let xpath = format!(
-            "//*[self::button or self::a][normalize-space(.)='{label}'][ancestor-or-self::{scope}]"
-        );
+        let xpath = format!(".//*[self::button or self::a][normalize-space(.)='{label}']");
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(element) = self.client.find(Locator::XPath(&xpath)).await {
-                if element.click().await.is_ok() {
-                    return Ok(());
+            if let Ok(within) = self.client.find(Locator::Css(scope)).await {
+                if let Ok(element) = within.find(Locator::XPath(&xpath)).await {
+                    if element.click().await.is_ok() {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() >= deadline {
