@@ -343,7 +343,10 @@ pub(super) fn enqueue<S: KvStore>(
 }
 
 /// Takes one of the caller's test and retry calls; 429 when none is left.
-fn within_rate_limit<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>) -> Result<(), Response> {
+pub(super) fn within_rate_limit<S: KvStore>(
+    cx: &Context<'_, S>,
+    caller: Caller<'_>,
+) -> Result<(), Response> {
     let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) else {
         return Ok(());
     };

@@ -15,6 +15,7 @@ mod fields;
 mod handlers;
 pub mod openapi;
 mod page;
+mod recover;
 mod responses;
 mod routes;
 
@@ -33,6 +34,7 @@ use handlers::{
     send_test,
 };
 pub use page::serve_page;
+use recover::recover;
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route};
 
@@ -247,6 +249,7 @@ fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Writt
         (Route::Test(id), _) => send_test(cx, caller, id),
         (Route::Deliveries(id), _) => return deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
+        (Route::Recover(id), _) => recover(cx, caller, id, request),
         (Route::EventTypes, _) => event_types(config),
         (Route::OpenApi, _) => Ok(openapi::answer(request.method, config)),
     };

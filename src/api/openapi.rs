@@ -243,7 +243,7 @@ fn entry(about: &str, body: Value, example: Option<&Value>) -> Value {
     if let (Some(example), Some(map)) = (example, media.as_object_mut()) {
         map.insert("x-object-example".into(), example.clone());
     }
-    json!({"post": {
+    let mut webhook = json!({"post": {
         "summary": about,
         "parameters": [
             header("webhook-id", "The message id, the same on every attempt.", "^msg_[A-Za-z0-9]{1,60}$"),
@@ -253,7 +253,25 @@ fn entry(about: &str, body: Value, example: Option<&Value>) -> Value {
         ],
         "requestBody": {"required": true, "content": {"application/json": media}},
         "responses": {"2XX": {"description": "Received. Any other status, or none within `delivery.timeout`, is retried."}}
-    }})
+    }});
+    if let Some(Value::Array(parameters)) = webhook.pointer_mut("/post/parameters") {
+        parameters.extend(trace_headers());
+    }
+    webhook
+}
+
+/// The W3C Trace Context headers a webhook carries when the API request had them
+/// (`crate::model::trace`).
+fn trace_headers() -> [Value; 2] {
+    [
+        json!({"name": "traceparent", "in": "header", "required": false,
+               "description": "The API request's W3C `traceparent`, unchanged, when it had a valid one.",
+               "schema": {"type": "string", "maxLength": crate::model::trace::MAX_TRACEPARENT,
+                          "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"}}),
+        json!({"name": "tracestate", "in": "header", "required": false,
+               "description": "The API request's W3C `tracestate`, unchanged, when it had a valid `traceparent` and a valid `tracestate`.",
+               "schema": {"type": "string", "maxLength": crate::model::trace::MAX_TRACESTATE}}),
+    ]
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub(super) enum Route<'p> {
     Test(&'p str),
     Deliveries(&'p str),
     Retry(&'p str),
+    /// `POST .../subscriptions/{id}/recover`.
+    Recover(&'p str),
     EventTypes,
     /// This deployment's OpenAPI document, answered without authentication.
     OpenApi,
@@ -23,7 +25,7 @@ impl Route<'_> {
         match self {
             Route::Subscriptions => "GET, POST",
             Route::Subscription(_) => "GET, PATCH, DELETE",
-            Route::RotateSecret(_) | Route::Test(_) | Route::Retry(_) => "POST",
+            Route::RotateSecret(_) | Route::Test(_) | Route::Retry(_) | Route::Recover(_) => "POST",
             Route::Deliveries(_) | Route::EventTypes => "GET",
             Route::OpenApi => "GET, HEAD",
         }
@@ -53,6 +55,7 @@ pub(super) fn route<'p>(prefix: &str, path: &'p str) -> Option<Route<'p>> {
         [Some("subscriptions"), Some(id), Some("rotate-secret"), None] => Route::RotateSecret(id),
         [Some("subscriptions"), Some(id), Some("test"), None] => Route::Test(id),
         [Some("subscriptions"), Some(id), Some("deliveries"), None] => Route::Deliveries(id),
+        [Some("subscriptions"), Some(id), Some("recover"), None] => Route::Recover(id),
         [Some("deliveries"), Some(id), Some("retry"), None] => Route::Retry(id),
         [Some("event-types"), None, ..] => Route::EventTypes,
         [Some("openapi.json"), None, ..] => Route::OpenApi,
@@ -69,7 +72,8 @@ pub(super) fn route_id(route: Route<'_>) -> Option<&str> {
         | Route::RotateSecret(id)
         | Route::Test(id)
         | Route::Deliveries(id)
-        | Route::Retry(id) => Some(id),
+        | Route::Retry(id)
+        | Route::Recover(id) => Some(id),
         Route::Subscriptions | Route::EventTypes | Route::OpenApi => None,
     }
 }

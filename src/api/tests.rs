@@ -1914,3 +1914,72 @@ fn fleet_delivery_logs_are_read_from_etcd_for_the_owner_only() {
     let (status, value) = now(api.fleet_call("GET", &path, KEY_B, ""));
     assert_eq!((status, code(&value)), (404, "not_found"), "{value}");
 }
+
+#[test]
+fn recover_counts_from_the_index_and_hands_the_rest_to_the_dispatcher() {
+    let mut api = Api::new();
+    let id = api.create(KEY_A, URL, &["order.created"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = sub_path(&id, "/recover");
+    let t = |s: &str| crate::support::time::parse_rfc3339_millis(s).unwrap();
+    let kept = vec![t("2026-11-27T10:00:00Z"), t("2026-11-27T10:00:01Z")];
+    api.registry
+        .record_kept(&id, kept, &[t("2026-11-27T09:59:59Z")])
+        .unwrap();
+
+    let (status, value) = api.call(
+        "POST",
+        &path,
+        KEY_A,
+        r#"{"since": "2026-11-27T10:00:00.5Z"}"#,
+    );
+    assert_eq!((status, value), (202, json!({"count": 1, "not_kept": 0})));
+    let (status, value) = api.call("POST", &path, KEY_A, r#"{"since": "2026-11-27T09:00:00Z"}"#);
+    assert_eq!((status, value), (202, json!({"count": 2, "not_kept": 1})));
+    let want = QueueMessage::Recover {
+        subscription_id: id.clone(),
+        since_ms: t("2026-11-27T09:00:00Z"),
+    };
+    assert_eq!(api.sent.last(), Some(&want));
+    let sent = api.sent.len();
+    let (status, value) = api.call("POST", &path, KEY_A, r#"{"since": "2030-01-01T00:00:00Z"}"#);
+    assert_eq!((status, value), (202, json!({"count": 0, "not_kept": 0})));
+    assert_eq!(api.sent.len(), sent, "nothing to send: nothing handed over");
+
+    for (body, want) in [
+        (r#"{}"#, (422, "missing_field")),
+        (r#"{"since": 5}"#, (422, "invalid_field")),
+        (r#"{"since": "yesterday"}"#, (422, "invalid_since")),
+        (
+            r#"{"since": "2026-11-27T10:00:00Z", "x": 1}"#,
+            (422, "unknown_field"),
+        ),
+    ] {
+        let (status, value) = api.call("POST", &path, KEY_A, body);
+        assert_eq!((status, code(&value)), want, "{body}");
+    }
+    let (_, value) = api.call("POST", &path, KEY_A, r#"{"since": "2026-11-27 10:00:00"}"#);
+    assert_eq!(
+        value["error"]["message"],
+        "since must be an RFC 3339 date-time such as 2026-11-27T10:00:00Z"
+    );
+    let body = r#"{"since": "2026-11-27T10:00:00Z"}"#;
+    let (status, value) = api.call("POST", &path, KEY_B, body);
+    assert_eq!(
+        (status, code(&value)),
+        (404, "not_found"),
+        "another consumer's"
+    );
+    let (status, value) = api.call("POST", &sub_path("sub_nope", "/recover"), KEY_A, body);
+    assert_eq!((status, code(&value)), (404, "not_found"));
+    let (status, _) = api.call("GET", &path, KEY_A, "");
+    assert_eq!(status, 405);
+    // Rate-limited with test and retry calls (three taken above).
+    let mut last = (0, Value::Null);
+    for _ in 0..crate::registry::ratelimit::BURST {
+        last = api.call("POST", &path, KEY_A, body);
+    }
+    assert_eq!((last.0, code(&last.1)), (429, "rate_limited"));
+}

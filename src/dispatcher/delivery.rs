@@ -164,6 +164,34 @@ impl ReplayStore {
         self.take(webhook_id)
     }
 
+    /// Detection times of the messages kept for `subscription_id` (the recover index).
+    pub fn times_of(&self, subscription_id: &str) -> Vec<u64> {
+        let of = self.messages.values();
+        let mut times: Vec<u64> = of
+            .filter(|k| &*k.message.subscription_id == subscription_id)
+            .map(|k| k.message.created_ms)
+            .collect();
+        times.sort_unstable();
+        times
+    }
+
+    /// Takes out every message of `subscription_id` detected at or after `since_ms`, in
+    /// detection order (same millisecond: the order they were kept in), as [`ReplayStore::take`].
+    pub fn take_since(&mut self, subscription_id: &str, since_ms: u64) -> Vec<Message> {
+        let mut found: Vec<(u64, u64, String)> = self
+            .messages
+            .iter()
+            .filter(|(_, k)| &*k.message.subscription_id == subscription_id)
+            .filter(|(_, k)| k.message.created_ms >= since_ms)
+            .map(|(id, k)| (k.message.created_ms, k.number, id.clone()))
+            .collect();
+        found.sort_unstable();
+        found
+            .into_iter()
+            .filter_map(|(_, _, id)| self.take(&id))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.messages.len()
     }
@@ -286,22 +314,26 @@ pub fn build_request(
     } else {
         &config.cluster_http
     };
+    let mut headers = vec![
+        (":method", "POST".to_string()),
+        (":path", destination.path_and_query.clone()),
+        (":authority", destination.authority.clone()),
+        (
+            ":scheme",
+            if destination.https { "https" } else { "http" }.to_string(),
+        ),
+        ("content-type", "application/json".to_string()),
+        ("user-agent", USER_AGENT.to_string()),
+        ("webhook-id", message.webhook_id.clone()),
+        ("webhook-timestamp", timestamp_s.to_string()),
+        ("webhook-signature", signature),
+    ];
+    if let Some(trace) = message.payload.trace() {
+        headers.extend(trace.headers());
+    }
     Request {
         cluster: cluster.clone(),
-        headers: vec![
-            (":method", "POST".to_string()),
-            (":path", destination.path_and_query.clone()),
-            (":authority", destination.authority.clone()),
-            (
-                ":scheme",
-                if destination.https { "https" } else { "http" }.to_string(),
-            ),
-            ("content-type", "application/json".to_string()),
-            ("user-agent", USER_AGENT.to_string()),
-            ("webhook-id", message.webhook_id.clone()),
-            ("webhook-timestamp", timestamp_s.to_string()),
-            ("webhook-signature", signature),
-        ],
+        headers,
         timeout_ms: config.timeout_ms,
     }
 }

@@ -34,11 +34,12 @@ impl Durable {
 
 /// A message's stored form, sealed with `fleet.encrypt_payloads`.
 fn encode(message: &Message, vault: &Vault, rng: &mut dyn RandomSource) -> Option<Vec<u8>> {
-    let plain = stored::encode(
+    let plain = stored::encode_traced(
         &message.webhook_id,
         &message.subscription_id,
         &message.event_type,
         message.created_ms,
+        message.payload.trace(),
         message.payload.bytes(),
     )?;
     vault.seal_message(rng, &message.webhook_id, plain)
@@ -258,7 +259,7 @@ fn message_of(stored: Stored, subscription_id: Rc<str>) -> Message {
         webhook_id: stored.webhook_id,
         subscription_id,
         event_type: Rc::from(stored.event_type),
-        payload: Payload::new(stored.payload),
+        payload: Payload::traced(stored.payload, stored.trace),
         attempts: 0,
         created_ms: stored.created_ms,
         host_waits: 0,

@@ -18,6 +18,7 @@ use crate::model::audience::{self, Target};
 use crate::model::queue::{QueueMessage, QUEUE_NAME};
 use crate::model::signing::Secret;
 use crate::model::subscription::{SigningSecret, Subscription};
+use crate::model::trace::TraceContext;
 use crate::port::{CalloutRefused, DispatchHost, Metric};
 use crate::registry::attempts::{self, Attempt, State};
 use crate::registry::store::KvStore;
@@ -97,6 +98,9 @@ pub struct Dispatcher<H: DispatchHost> {
     replayable: ReplayStore,
     /// Attempts not yet written to the shared attempt log, per subscription (flushed per tick).
     unlogged: HashMap<String, Vec<Attempt>>,
+    /// Subscriptions whose kept messages changed since the last tick, with the detection times
+    /// of those no longer kept: their recover index is written at the tick.
+    unindexed: HashMap<String, Vec<u64>>,
     /// Since when each subscription has failed without a success in between.
     failing: FailureClock,
     /// Set once Envoy asked to stop: the time after which we stop waiting.
@@ -122,6 +126,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             candidates: (0, HashMap::default()),
             replayable: ReplayStore::default(),
             unlogged: HashMap::default(),
+            unindexed: HashMap::default(),
             failing: FailureClock::default(),
             drain_deadline: None,
             fast_tick_until: None,
@@ -298,7 +303,8 @@ impl<H: DispatchHost> Dispatcher<H> {
                     event_type,
                     payload,
                     audience,
-                }) => self.fan_out(&event_type, payload, &audience),
+                    trace,
+                }) => self.fan_out(&event_type, payload, &audience, trace),
                 Ok(QueueMessage::Test {
                     subscription_id,
                     payload,
@@ -312,6 +318,10 @@ impl<H: DispatchHost> Dispatcher<H> {
                     }
                 }
                 Ok(QueueMessage::Replay { webhook_id, kept }) => self.replay(&webhook_id, &kept),
+                Ok(QueueMessage::Recover {
+                    subscription_id,
+                    since_ms,
+                }) => self.recover(&subscription_id, since_ms),
                 Ok(QueueMessage::Cached {
                     subscription_id,
                     mod_revision,
@@ -323,12 +333,18 @@ impl<H: DispatchHost> Dispatcher<H> {
 
     /// One message per matching, active subscription the audience reaches; the payload is
     /// shared, not copied.
-    fn fan_out(&mut self, event_type: &str, payload: Vec<u8>, audience: &Target) {
+    fn fan_out(
+        &mut self,
+        event_type: &str,
+        payload: Vec<u8>,
+        audience: &Target,
+        trace: Option<TraceContext>,
+    ) {
         if *audience == Target::Nobody {
             self.host.add_metric(Metric::EventsUnaddressed, 1);
         }
         let event_type: Rc<str> = Rc::from(event_type);
-        let payload = Payload::new(payload);
+        let payload = Payload::traced(payload, trace);
         for id in self.candidates_for(&event_type).iter() {
             let Some(resolved) = self.resolve(id) else {
                 continue;
@@ -490,7 +506,9 @@ impl<H: DispatchHost> Dispatcher<H> {
             max_per_consumer: d.max_replay_per_consumer,
             max_bytes: replay_bytes(&self.config),
         };
+        self.reindex(&message.subscription_id, None);
         for gone in self.replayable.keep(message, consumer, limits) {
+            self.reindex(&gone.subscription_id, Some(gone.created_ms));
             let reason = Some(
                 "no longer kept for replay (delivery.max_replay or max_replay_per_consumer)"
                     .to_string(),
@@ -510,6 +528,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         if let Some(message) = taken.as_mut() {
             message.replayed = true;
+            self.reindex(&message.subscription_id, None);
         }
         let owner = taken
             .as_ref()
@@ -531,6 +550,37 @@ impl<H: DispatchHost> Dispatcher<H> {
             ),
             (None, _) => {}
         }
+    }
+
+    /// Sends again every message of `subscription_id` detected since `since_ms` that is kept
+    /// in memory, in detection order (`POST .../recover`).
+    fn recover(&mut self, subscription_id: &str, since_ms: u64) {
+        let Some(owner) = self.resolve(subscription_id) else {
+            log::warn!(
+                "proxy-webhooks: recover of subscription {subscription_id} asked, but it is gone"
+            );
+            return;
+        };
+        let messages = self.replayable.take_since(subscription_id, since_ms);
+        log::info!(
+            "proxy-webhooks: recovering {} message(s) of subscription {subscription_id}",
+            messages.len()
+        );
+        self.reindex(subscription_id, None);
+        let now = self.host.now_ms();
+        for mut message in messages {
+            message.replayed = true;
+            self.schedule(message, &owner.subscription.consumer, now);
+        }
+    }
+
+    /// Marks a subscription's recover index for the next tick, with a message no longer kept.
+    fn reindex(&mut self, subscription_id: &str, lost_ms: Option<u64>) {
+        let lost = self
+            .unindexed
+            .entry(subscription_id.to_string())
+            .or_default();
+        lost.extend(lost_ms);
     }
 
     // ---- Attempts ----
@@ -778,8 +828,19 @@ impl<H: DispatchHost> Dispatcher<H> {
         entries.push(attempt);
     }
 
+    /// Writes the recover index of every subscription whose kept messages changed.
+    fn flush_kept_index(&mut self) {
+        for (id, lost) in std::mem::take(&mut self.unindexed) {
+            let kept = self.replayable.times_of(&id);
+            if let Err(e) = self.registry.record_kept(&id, kept, &lost) {
+                log::warn!("proxy-webhooks: recover index of subscription {id} not written: {e:?}");
+            }
+        }
+    }
+
     /// Writes the attempts gathered since the last tick, one store write per subscription.
     fn flush_log(&mut self) {
+        self.flush_kept_index();
         for (id, entries) in std::mem::take(&mut self.unlogged) {
             // A subscription deleted meanwhile keeps no log (the API cleared it).
             if self.registry.get_raw(&id).is_none() {

@@ -19,6 +19,7 @@
 //! whose messages are all in flight is passed over.
 
 use crate::dispatcher::pacing::{Signal, Window};
+use crate::model::trace::TraceContext;
 use crate::support::hashing::HashMap;
 use std::cell::Cell;
 use std::cmp::Reverse;
@@ -34,14 +35,27 @@ pub const MESSAGE_OVERHEAD: usize = 256;
 pub struct Payload {
     bytes: Box<[u8]>,
     held: Cell<usize>,
+    /// The trace context of the request that caused the event (boxed: nothing is allocated,
+    /// and one word is held, for the many events without one).
+    trace: Option<Box<TraceContext>>,
 }
 
 impl Payload {
     pub fn new(bytes: impl Into<Box<[u8]>>) -> Rc<Payload> {
+        Payload::traced(bytes, None)
+    }
+
+    /// A payload whose webhooks carry `trace`'s headers.
+    pub fn traced(bytes: impl Into<Box<[u8]>>, trace: Option<TraceContext>) -> Rc<Payload> {
         Rc::new(Payload {
             bytes: bytes.into(),
             held: Cell::new(0),
+            trace: trace.map(Box::new),
         })
+    }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_deref()
     }
 
     pub fn bytes(&self) -> &[u8] {

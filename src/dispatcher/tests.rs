@@ -60,6 +60,7 @@ fn enqueue(d: &mut Dispatcher<FakeHost>, event_type: &str, payload: &str) {
         event_type: event_type.into(),
         payload: payload.as_bytes().to_vec(),
         audience: Target::All,
+        trace: None,
     };
     d.host_mut().queue.push_back(message.encode());
 }
@@ -643,3 +644,88 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
 
 mod fleet;
 mod session;
+
+#[test]
+fn recover_sends_the_kept_messages_since_a_time_in_detection_order() {
+    let mut d = dispatcher(r#""retry_schedule": ["0s"], "max_replay_per_consumer": 3"#);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    // Five messages a millisecond apart, each failing once: exhausted, kept (three at most).
+    for _ in 0..5 {
+        event(&mut d, "order.created");
+        answer_last(&mut d, 500, &[]);
+        d.host().advance(1);
+    }
+    d.on_tick();
+    let ids: Vec<String> = sent(&d)
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap().to_string())
+        .collect();
+    let index = crate::registry::kept::read(&*d.host().store, "sub_a");
+    assert_eq!(index.kept.len(), 3);
+    assert_eq!(index.lost.len(), 2, "the two oldest are no longer kept");
+    let since = index.kept[1];
+    assert_eq!(index.count_since(since), (2, 0));
+    assert_eq!(index.count_since(0), (3, 2));
+
+    d.host_mut().queue.push_back(
+        QueueMessage::Recover {
+            subscription_id: "sub_a".into(),
+            since_ms: since,
+        }
+        .encode(),
+    );
+    d.on_queue_ready();
+    run_for(&mut d, 1_000, TICK_MS);
+    let again: Vec<&str> = sent(&d)[5..]
+        .iter()
+        .map(|s| s.header("webhook-id").unwrap())
+        .collect();
+    assert_eq!(
+        again,
+        [ids[3].as_str(), ids[4].as_str()],
+        "same ids, in order"
+    );
+    let index = crate::registry::kept::read(&*d.host().store, "sub_a");
+    assert_eq!(
+        index.count_since(since),
+        (0, 0),
+        "in flight: no longer kept"
+    );
+}
+
+#[test]
+fn a_traced_event_s_webhooks_carry_its_trace_context_on_every_attempt() {
+    use crate::model::trace::TraceContext;
+    let mut d = dispatcher(NO_JITTER);
+    subscribe(&d, "sub_a", URL, &["order.*"]);
+    let trace = TraceContext {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: "rojo=1".into(),
+    };
+    let traced = QueueMessage::Event {
+        event_type: "order.created".into(),
+        payload: b"{}".to_vec(),
+        audience: Target::All,
+        trace: Some(trace.clone()),
+    };
+    d.host_mut().queue.push_back(traced.encode());
+    d.on_queue_ready();
+    answer_last(&mut d, 500, &[]);
+    run_for(&mut d, 5_000, TICK_MS);
+    event(&mut d, "order.updated");
+    let sent = sent(&d);
+    assert_eq!(
+        sent.len(),
+        3,
+        "two attempts of the traced event, one of the other"
+    );
+    for attempt in &sent[..2] {
+        assert_eq!(
+            attempt.header("traceparent"),
+            Some(trace.traceparent.as_str())
+        );
+        assert_eq!(attempt.header("tracestate"), Some("rojo=1"));
+    }
+    assert_eq!(sent[2].header("traceparent"), None);
+    assert_eq!(sent[2].header("tracestate"), None);
+}

@@ -2,7 +2,7 @@
 //! and the dispatcher see (proxy-wasm shared data in Envoy, an in-memory map in tests; in fleet
 //! mode it is the cache of etcd's registry, see `crate::fleet`): the store's keys ([`store`]),
 //! bucketed lists ([`buckets`]), the subscriptions themselves (this file), delivery logs
-//! ([`attempts`]), per-consumer rate limits ([`ratelimit`]) and the dispatcher's heartbeat
+//! ([`attempts`]) and the recover index beside them ([`kept`]), per-consumer rate limits ([`ratelimit`]) and the dispatcher's heartbeat
 //! ([`watchdog`]).
 //!
 //! May use: `model`, `support`.
@@ -27,6 +27,7 @@
 
 pub mod attempts;
 pub(crate) mod buckets;
+pub mod kept;
 pub mod ratelimit;
 pub mod store;
 pub mod watchdog;
@@ -143,6 +144,19 @@ impl<S: KvStore> Registry<S> {
     /// (see [`attempts::record`]).
     pub fn record_attempts(&self, id: &str, new: Vec<attempts::Attempt>) -> Result<(), StoreError> {
         attempts::record(&self.store, id, new, || {
+            stored_record(&self.store, id).is_some()
+        })
+    }
+
+    /// Sets the recover index of `id` ([`kept`]): the detection times of its kept messages, and
+    /// those newly no longer kept; only while its record exists.
+    pub fn record_kept(
+        &self,
+        id: &str,
+        kept_ms: Vec<u64>,
+        lost_ms: &[u64],
+    ) -> Result<(), StoreError> {
+        kept::record(&self.store, id, kept_ms, lost_ms, || {
             stored_record(&self.store, id).is_some()
         })
     }
@@ -482,6 +496,7 @@ impl<S: KvStore> Registry<S> {
             match bucket.replace(&self.store, &key, &bucket.with(id, None)) {
                 Ok(()) => {
                     attempts::clear(&self.store, id);
+                    kept::clear(&self.store, id);
                     return Ok(sub);
                 }
                 Err(StoreError::Conflict) => continue,

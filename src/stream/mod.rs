@@ -21,6 +21,7 @@ use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
 use crate::model::identity::OwnedCredentials;
 use crate::model::queue::QueueMessage;
 use crate::model::rules::{self, Detected};
+use crate::model::trace::TraceContext;
 use crate::port::{Metric, StreamHost};
 use crate::registry::attempts;
 use crate::registry::store::KvStore;
@@ -145,6 +146,14 @@ impl<H: StreamHost> Filter<H> {
 
     fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.request_header(name)
+    }
+
+    /// The request's `traceparent` and `tracestate` when valid (`tracestate` is read only
+    /// after a valid `traceparent`; nothing is allocated without one).
+    fn trace_context(&self) -> Option<TraceContext> {
+        let traceparent = self.header("traceparent")?;
+        let tracestate = self.header("tracestate");
+        TraceContext::from_headers(Some(&traceparent), tracestate.as_deref())
     }
 
     fn header_str(&self, name: &str) -> Option<String> {
@@ -372,6 +381,8 @@ struct Seen {
     credentials: OwnedCredentials,
     /// The request headers audiences name, where present.
     headers: Vec<(String, Vec<u8>)>,
+    /// The request's valid trace context, forwarded on its webhooks.
+    trace: Option<TraceContext>,
 }
 
 struct Pending {
@@ -633,6 +644,7 @@ impl<H: StreamHost> Stream<H> {
                 path,
                 credentials,
                 headers,
+                trace: filter.trace_context(),
             }));
         }
         false
@@ -870,6 +882,7 @@ impl<H: StreamHost> Stream<H> {
             event_type: detected.event_type,
             payload,
             audience: target,
+            trace: seen.trace,
         };
         self.filter.enqueue(&message);
     }

@@ -55,6 +55,7 @@ fn queued(filter: &Filter<FakeStreamHost>) -> (String, Value, Target) {
             event_type,
             payload,
             audience,
+            ..
         } => (
             event_type,
             serde_json::from_slice(&payload).unwrap(),
@@ -449,4 +450,34 @@ fn a_dead_dispatcher_is_logged_once_and_drops_warn_once_per_thousand() {
         ),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_valid_trace_context_is_carried_with_the_event_and_an_invalid_one_dropped() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let trace_of = |headers: &[(&str, &str)]| {
+        let f = filter();
+        let mut request = vec![(":method", "POST"), (":path", "/orders")];
+        request.extend_from_slice(headers);
+        host(&f).request(&request);
+        let mut s = Stream::new(Rc::clone(&f));
+        s.on_request_headers(true);
+        host(&f).response(&[(":status", "201")]);
+        s.on_response_headers(true);
+        s.on_log();
+        let queue = host(&f).queue.borrow();
+        match QueueMessage::decode(&queue[0]).unwrap() {
+            QueueMessage::Event { trace, .. } => trace.map(|t| (t.traceparent, t.tracestate)),
+            other => panic!("not an event: {other:?}"),
+        }
+    };
+    let both = [("traceparent", TP), ("tracestate", "rojo=1,congo=2")];
+    assert_eq!(trace_of(&both), Some((TP.into(), "rojo=1,congo=2".into())));
+    let bad_state = [("traceparent", TP), ("tracestate", "Rojo=1")];
+    assert_eq!(trace_of(&bad_state), Some((TP.into(), String::new())));
+    let upper = TP.to_uppercase();
+    let bad_parent = [("traceparent", upper.as_str()), ("tracestate", "rojo=1")];
+    assert_eq!(trace_of(&bad_parent), None);
+    assert_eq!(trace_of(&[("tracestate", "rojo=1")]), None);
+    assert_eq!(trace_of(&[]), None);
 }

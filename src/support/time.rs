@@ -27,6 +27,65 @@ pub fn format_rfc3339_millis(unix_ms: u64) -> String {
     )
 }
 
+/// An RFC 3339 date-time (`2026-11-27T10:00:00Z`, `2026-11-27T11:00:00.5+01:00`) as Unix
+/// milliseconds; fractions beyond milliseconds are cut. `T`/`Z` may be lower case, as RFC 3339
+/// allows; a time before 1970 reads as 0. `Err` says what is wrong, for an API answer.
+pub fn parse_rfc3339_millis(s: &str) -> Result<u64, &'static str> {
+    const SHAPE: &str = "must be an RFC 3339 date-time such as 2026-11-27T10:00:00Z";
+    let (date, rest) = s.split_at_checked(10).ok_or(SHAPE)?;
+    let rest = rest.strip_prefix(['T', 't']).ok_or(SHAPE)?;
+    let mut ymd = date.split('-');
+    let mut part = |n| ymd.next().and_then(|p| digits(p, n, n)).ok_or(SHAPE);
+    let (year, month, day) = (part(4)?, part(2)?, part(2)?);
+    let (clock, rest) = rest.split_at_checked(8).ok_or(SHAPE)?;
+    let secs = clock_secs(clock).ok_or(SHAPE)?;
+    let (fraction, offset) = match rest.strip_prefix('.') {
+        Some(after) => {
+            let end = after.find(|c: char| !c.is_ascii_digit()).ok_or(SHAPE)?;
+            after.split_at_checked(end).ok_or(SHAPE)?
+        }
+        None => ("", rest),
+    };
+    if rest.starts_with('.') && fraction.is_empty() {
+        return Err(SHAPE);
+    }
+    let millis = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0, |n, b| n * 10 + u64::from(b - b'0'));
+    let offset_secs: i64 = match offset {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match offset.get(..1) {
+                Some("+") => 1,
+                Some("-") => -1,
+                _ => return Err(SHAPE),
+            };
+            let hm = offset.get(1..).ok_or(SHAPE)?;
+            let (h, m) = hm.split_once(':').ok_or(SHAPE)?;
+            let (h, m) = (digits(h, 2, 2).ok_or(SHAPE)?, digits(m, 2, 2).ok_or(SHAPE)?);
+            if h > 23 || m > 59 {
+                return Err(SHAPE);
+            }
+            sign * i64::try_from(h * 3600 + m * 60).map_err(|_| SHAPE)?
+        }
+    };
+    let days = month_length(year, month).ok_or("must be a valid date")?;
+    if day == 0 || day > days {
+        return Err("must be a valid date");
+    }
+    // Before the epoch is before anything the plugin saw: the epoch itself.
+    let Some(local) = unix_secs(year, month, day, secs) else {
+        return Ok(0);
+    };
+    let utc = i64::try_from(local).map_err(|_| SHAPE)? - offset_secs;
+    let Ok(utc) = u64::try_from(utc) else {
+        return Ok(0);
+    };
+    Ok(utc.saturating_mul(1000).saturating_add(millis))
+}
+
 /// An HTTP date as Unix seconds. Accepts IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) and the
 /// obsolete RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`)
 /// forms that HTTP recipients must still understand. Dates before 1970 are `None`.
@@ -187,6 +246,37 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_reads_offsets_fractions_and_refuses_the_rest() {
+        use super::{format_rfc3339_millis, parse_rfc3339_millis as parse};
+        assert_eq!(parse("1970-01-01T00:00:00Z"), Ok(0));
+        let ms = parse("2026-11-27T10:00:00.123Z").unwrap();
+        assert_eq!(format_rfc3339_millis(ms), "2026-11-27T10:00:00.123Z");
+        assert_eq!(parse("2026-11-27T11:00:00.1239+01:00"), Ok(ms));
+        assert_eq!(parse("2026-11-27T10:00:00.1Z"), Ok(ms - 23));
+        assert_eq!(parse("2026-11-27t08:30:00.123-01:30"), Ok(ms));
+        assert_eq!(parse("2026-11-27t10:00:00.123z"), Ok(ms));
+        assert_eq!(parse("1969-12-31T23:59:59Z"), Ok(0));
+        assert_eq!(parse("0000-02-29T00:00:00Z"), Ok(0));
+        assert_eq!(parse("1970-01-01T00:00:00+00:01"), Ok(0));
+        for bad in [
+            "",
+            "2026-11-27",
+            "2026-11-27 10:00:00Z",
+            "2026-11-27T10:00:00",
+            "2026-13-01T00:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-11-27T24:00:00Z",
+            "2026-11-27T10:00:00.Z",
+            "2026-11-27T10:00:00+0100",
+            "2026-11-27T10:00:00+24:00",
+            "2026-11-27T10:00:00Zjunk",
+            "２026-11-27T10:00:00Z",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     const DAY: u64 = SECS_PER_DAY;

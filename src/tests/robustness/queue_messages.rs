@@ -29,6 +29,7 @@ fn queue_messages_round_trip_and_garbage_is_refused_cleanly() {
                     1 => crate::model::audience::Target::Nobody,
                     _ => crate::model::audience::Target::Consumer(format!("c{}", rng.below(1000))),
                 },
+                trace: None,
             },
             1 => QueueMessage::Test {
                 subscription_id: name,
