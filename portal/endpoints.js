@@ -37,6 +37,7 @@ export async function listScreen(app) {
       h('td', {}, healthText(sub.health))));
   return h('section', {},
     h('div', { class: 'heading' }, h('h1', {}, 'Endpoints'), h('a', { class: 'button', href: '#/new' }, 'Add endpoint')),
+    list.has_more ? h('p', { class: 'hint' }, 'Showing the first 1000 endpoints.') : null,
     rows.length === 0
       ? h('p', { id: 'empty' }, 'No endpoints yet. Add one to start receiving webhooks.')
       : h('table', { id: 'endpoints' },
