@@ -34,6 +34,7 @@ pub mod fleet;
 pub mod hostile;
 pub mod orders;
 pub mod paced;
+pub mod portal;
 pub mod receiver;
 pub mod server;
 pub mod show;

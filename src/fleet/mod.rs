@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod journal;
 pub mod keys;
 pub mod log;
+pub mod revocations;
 pub mod statics;
 pub mod stored;
 pub mod sync;

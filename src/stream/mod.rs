@@ -24,9 +24,11 @@ use crate::model::rules::{self, Detected};
 use crate::model::trace::TraceContext;
 use crate::port::{Metric, StreamHost};
 use crate::registry::attempts;
+use crate::registry::portal;
 use crate::registry::store::KvStore;
 use crate::registry::watchdog::{self, Change, Watchdog};
 use crate::registry::Registry;
+use crate::registry::RegistryError;
 use crate::support::ids::{RandomSource, RandomUnavailable};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -267,6 +269,13 @@ impl<H: StreamHost> Filter<H> {
                 put
             }
             Write::Delete { id, .. } => registry.delete(id).map(|_| ()),
+            // This replica knows at once; the others within `sync_interval`.
+            Write::Revoke { consumer, up_to_ms } => {
+                let now = self.host.now_ms();
+                let store = self.host.store();
+                portal::revoke(&store, consumer, *up_to_ms, now)
+                    .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
+            }
         };
         if let Err(e) = outcome {
             log::warn!(
@@ -357,6 +366,13 @@ struct ApiCall {
     path: String,
     credentials: OwnedCredentials,
     content_type: Option<Vec<u8>>,
+    /// The other headers the API reads: `api.operator_header`, `x-webhooks-session`, `origin`,
+    /// `sec-fetch-site`, `:authority`.
+    operator_header: Option<Vec<u8>>,
+    session: Option<Vec<u8>>,
+    origin: Option<Vec<u8>>,
+    sec_fetch_site: Option<Vec<u8>>,
+    authority: Option<Vec<u8>>,
 }
 
 impl ApiCall {
@@ -368,6 +384,11 @@ impl ApiCall {
             api_key: self.credentials.api_key.as_deref(),
             consumer_header: self.credentials.consumer_header.as_deref(),
             content_type: self.content_type.as_deref(),
+            operator_header: self.operator_header.as_deref(),
+            session: self.session.as_deref(),
+            origin: self.origin.as_deref(),
+            sec_fetch_site: self.sec_fetch_site.as_deref(),
+            authority: self.authority.as_deref(),
             body,
         }
     }
@@ -619,11 +640,22 @@ impl<H: StreamHost> Stream<H> {
             return false;
         };
         if api::is_api_path(&filter.config.api.path_prefix, &path) {
+            let operator_header = filter.config.api.operator_header.as_deref();
             let call = ApiCall {
                 method,
                 path,
-                credentials: filter.credentials(),
+                // Operator keys come in these headers whatever identifies consumers.
+                credentials: OwnedCredentials {
+                    authorization: filter.header("authorization"),
+                    api_key: filter.header("x-api-key"),
+                    ..filter.credentials()
+                },
                 content_type: filter.header("content-type"),
+                operator_header: operator_header.and_then(|name| filter.header(name)),
+                session: filter.header("x-webhooks-session"),
+                origin: filter.header("origin"),
+                sec_fetch_site: filter.header("sec-fetch-site"),
+                authority: filter.header(":authority"),
             };
             self.state = State::Api(Box::new(call));
             return true;
@@ -676,7 +708,8 @@ impl<H: StreamHost> Stream<H> {
             return false;
         };
         let filter = &self.filter;
-        let response = api::answer_before_body(&call.request(&[]), &filter.config)
+        let response = filter
+            .with_api(|cx| api::answer_before_body(&call.request(&[]), cx))
             .or_else(|| (!filter.registry_read()).then(api::registry_not_read));
         let Some(response) = response else {
             return false;

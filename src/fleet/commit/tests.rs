@@ -1245,7 +1245,9 @@ fn race(seed: u64, race: Race<'_>) -> (usize, usize) {
                     assert!(!etcd.caps().values().any(|s| s == id));
                     assert!(!records.contains_key(id));
                 }
-                Write::Replace { .. } | Write::Static { .. } => unreachable!(),
+                Write::Replace { .. } | Write::Static { .. } | Write::Revoke { .. } => {
+                    unreachable!()
+                }
             },
             Step::LimitReached(n) => {
                 assert!(n >= limit as u64);
