@@ -53,7 +53,7 @@ function sessionLine() {
   const line = document.getElementById('session');
   const c = token && claims(token);
   if (!c) return;
-  line.replaceChildren(`Signed in as ${c.consumer} until ${c.expires.toLocaleString()}`,
+  line.replaceChildren(`Signed in as ${c.consumer} until ${c.expires.toLocaleString()} `,
     c.readOnly ? h('strong', { class: 'badge', id: 'read-only' }, 'Read-only') : '');
 }
 
@@ -92,6 +92,14 @@ async function render() {
   }
 }
 
-window.addEventListener('hashchange', render);
+window.addEventListener('hashchange', () => {
+  // A new link opened in this tab: take its session, and start again with it.
+  if (/token=pws_/.test(location.hash)) {
+    adoptToken();
+    location.reload();
+    return;
+  }
+  render();
+});
 sessionLine();
 render();

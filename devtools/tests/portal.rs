@@ -157,7 +157,9 @@ async fn a_bad_link_is_refused_in_plain_words_and_the_token_leaves_the_address_b
         "the token is still in the address bar: {url}"
     );
     let text = browser.main_text().await;
-    ensure!(text.contains("Session ended"), "{text}");
+    ensure!(text.contains("This portal link is not valid"), "{text}");
+    browser.find("#ended[data-code=session_invalid]").await?;
+    browser.screenshot("session-invalid").await?;
     check_screen(&browser, &origin, "bad link").await?;
     browser.close().await?;
     Ok(())
@@ -301,7 +303,6 @@ async fn take_secret(browser: &Browser, origin: &str, screen: &str) -> Result<St
 }
 
 #[tokio::test]
-#[ignore = "needs portal-api's sessions (merged next)"]
 async fn consumer_journey() -> Result<()> {
     let stack = start(portal_on()).await?;
     let browser = Browser::start().await?;
@@ -428,6 +429,7 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     browser.click_text("main", "Send test event").await?;
     let failed = wait_log_row(browser, "#log tr[data-state=exhausted]").await?;
     ensure!(!failed.contains("HTTP"), "an error, not a status: {failed}");
+    browser.wait_text("main .facts", "Failing since").await?;
     browser
         .find("input[type=checkbox][id^=only-failed]")
         .await?
@@ -510,7 +512,6 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
 /// Creating an endpoint with the keyboard alone: Tab through the form, Space on a checkbox,
 /// Enter to submit; the secret dialog has the focus, and gives it back when closed.
 #[tokio::test]
-#[ignore = "needs portal-api's sessions (merged next)"]
 async fn an_endpoint_is_created_with_the_keyboard_alone() -> Result<()> {
     let stack = start(portal_on()).await?;
     let browser = Browser::start().await?;
@@ -577,7 +578,6 @@ async fn an_endpoint_is_created_with_the_keyboard_alone() -> Result<()> {
 /// A read-only session: the page says so, every write is refused by the API and the page says
 /// why; an expired and a revoked session: the page says which.
 #[tokio::test]
-#[ignore = "needs portal-api's sessions (merged next)"]
 async fn read_only_expired_and_revoked_sessions_are_explained() -> Result<()> {
     let stack = start(portal_on()).await?;
     let origin = stack.envoy.url("");
@@ -611,7 +611,7 @@ async fn read_only_expired_and_revoked_sessions_are_explained() -> Result<()> {
     eprintln!("read-only: {said}");
 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let expired = mint_session(
+    let expired = devtools::portal::mint_session(
         SESSION_KEY,
         "alpha",
         now.as_secs() - 60,
@@ -661,7 +661,6 @@ async fn read_only_expired_and_revoked_sessions_are_explained() -> Result<()> {
 
 /// Beta's session never shows alpha's endpoints, nor one of them by its id.
 #[tokio::test]
-#[ignore = "needs portal-api's sessions (merged next)"]
 async fn a_second_consumers_session_never_shows_the_firsts_data() -> Result<()> {
     let stack = start(portal_on()).await?;
     let (status, alpha) = devtools::api(
@@ -689,24 +688,4 @@ async fn a_second_consumers_session_never_shows_the_firsts_data() -> Result<()> 
     );
     browser.close().await?;
     Ok(())
-}
-
-/// A session token signed with the test's key (the format of shared-portal.md), for sessions the
-/// operator API would not mint (expired ones).
-fn mint_session(
-    key: &[u8],
-    consumer: &str,
-    expires: u64,
-    issued_ms: u64,
-    read_only: bool,
-) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let payload = json!({"c": consumer, "x": expires, "i": issued_ms, "r": read_only});
-    let signed = format!("pws_{}", b64.encode(payload.to_string()));
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
-        signed.as_bytes(),
-    );
-    format!("{signed}.{}", b64.encode(tag.as_ref()))
 }
