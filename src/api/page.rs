@@ -141,15 +141,17 @@ fn accepts_gzip(value: &[u8]) -> bool {
     for item in value.split(',') {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or_default().trim();
-        let q = parts
+        // A qvalue is 0 to 1 with up to three decimals: it allows the coding unless all its
+        // digits are 0 (no float parsing: it would cost the .wasm more than the rest of this).
+        let allowed = parts
             .filter_map(|p| p.trim().strip_prefix("q=").or(p.trim().strip_prefix("Q=")))
-            .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
+            .map(|q| q.trim().bytes().any(|b| (b'1'..=b'9').contains(&b)))
             .next()
-            .unwrap_or(1.0);
+            .unwrap_or(true);
         if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-            gzip = Some(q > 0.0);
+            gzip = Some(allowed);
         } else if coding == "*" {
-            any = Some(q > 0.0);
+            any = Some(allowed);
         }
     }
     gzip.or(any).unwrap_or(false)

@@ -108,6 +108,10 @@ fn gzip_follows_accept_encoding_q_values() {
         ("gzip; q=0.0, *", false),
         ("*;q=0", false),
         ("br, *;q=0.1", true),
+        ("gzip;q=0.001", true),
+        ("gzip;q=1.000", true),
+        ("gzip;q=0.000, *;q=1", false),
+        ("gzip;q=junk", false),
         ("", false),
     ] {
         assert_eq!(accepts_gzip(value.as_bytes()), gzip, "{value:?}");
