@@ -2,6 +2,11 @@
 //! installed by `make browser`) with the `fantoccini` WebDriver client, for the portal's tests:
 //! the browser's own network log (chromedriver's performance log), axe-core injected into the
 //! page, keyboard input, and screenshots when `PORTAL_SCREENSHOTS` names a folder.
+//!
+//! `PORTAL_BROWSER=firefox` runs the same tests in Debian's `firefox-esr` through a
+//! `geckodriver` on the PATH (not installed by make: a manual check). Firefox has no
+//! performance log: the network log is then the page's Resource Timing entries, and console
+//! errors are not read.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -21,6 +26,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// One Chromium with its own profile and chromedriver. Stops both when dropped.
 pub struct Browser {
     pub client: Client,
+    firefox: bool,
     driver: Child,
     driver_url: String,
     session: String,
@@ -42,8 +48,14 @@ fn find_binary(names: &[&str]) -> Result<PathBuf> {
 impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium (1280×900) through it.
     pub async fn start() -> Result<Browser> {
-        let chromium = find_binary(&["chromium"])?;
-        let driver_bin = find_binary(&["chromedriver"])?;
+        let firefox = std::env::var("PORTAL_BROWSER").is_ok_and(|b| b == "firefox");
+        let (binary, driver_bin) = match firefox {
+            true => (
+                find_binary(&["firefox-esr", "firefox"])?,
+                which("geckodriver")?,
+            ),
+            false => (find_binary(&["chromium"])?, find_binary(&["chromedriver"])?),
+        };
         let port = free_port()?;
         let mut command = Command::new(driver_bin);
         command
@@ -57,11 +69,11 @@ impl Browser {
         let driver_url = format!("http://127.0.0.1:{port}");
         wait_ready(&driver_url).await?;
         let profile = tempfile::tempdir()?;
-        let caps = json!({
+        let chrome = json!({
             "browserName": "chrome",
             "goog:loggingPrefs": {"performance": "ALL", "browser": "ALL"},
             "goog:chromeOptions": {
-                "binary": chromium,
+                "binary": binary,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                          "--window-size=1280,900", "--no-first-run", "--disable-background-networking",
                          "--disable-component-update", "--disable-sync", "--disable-extensions",
@@ -69,6 +81,11 @@ impl Browser {
                 "perfLoggingPrefs": {"enableNetwork": true, "enablePage": false}
             }
         });
+        let gecko = json!({
+            "browserName": "firefox",
+            "moz:firefoxOptions": {"binary": binary, "args": ["-headless", "--width=1280", "--height=900"]}
+        });
+        let caps = if firefox { gecko } else { chrome };
         let Value::Object(caps) = caps else {
             bail!("capabilities are an object");
         };
@@ -84,6 +101,7 @@ impl Browser {
             .context("chromedriver gave no session id")?;
         let browser = Browser {
             client,
+            firefox,
             driver,
             driver_url,
             session,
@@ -198,6 +216,15 @@ impl Browser {
 
     /// Every URL the page requested since the last call, from chromedriver's performance log.
     pub async fn requests(&self) -> Result<Vec<String>> {
+        if self.firefox {
+            let script = "return performance.getEntriesByType('resource').map(e => e.name)";
+            let names = self.client.execute(script, vec![]).await?;
+            let names = names.as_array().cloned().unwrap_or_default();
+            return Ok(names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect());
+        }
         let url = format!("{}/session/{}/se/log", self.driver_url, self.session);
         let answer: Value = http_client()
             .post(url)
@@ -224,6 +251,9 @@ impl Browser {
 
     /// The browser console's errors since the last call (CSP violations show up there).
     pub async fn console_errors(&self) -> Result<Vec<String>> {
+        if self.firefox {
+            return Ok(Vec::new());
+        }
         let url = format!("{}/session/{}/se/log", self.driver_url, self.session);
         let answer: Value = http_client()
             .post(url)
@@ -293,6 +323,15 @@ pub const TAB: &str = "\u{e004}";
 pub const ENTER: &str = "\u{e007}";
 /// WebDriver key code for Space.
 pub const SPACE: &str = " ";
+
+/// A program on the PATH.
+fn which(name: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("{name} is not on the PATH"))
+}
 
 async fn wait_ready(driver_url: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
