@@ -364,6 +364,14 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     // Create an endpoint: the secret is shown once.
     browser.click_text("main", "Add endpoint").await?;
     let url = browser.find("input[name=url]").await?;
+    // A URL the API refuses first (422): its message is shown.
+    url.send_keys("ftp://example.com/hook").await?;
+    browser.find("input[value='*']").await?.click().await?;
+    browser.click_text("main", "Create endpoint").await?;
+    let said = browser.wait_text("#alert", "Please correct this").await?;
+    ensure!(said.contains("url"), "{said}");
+    browser.find("input[value='*']").await?.click().await?;
+    url.clear().await?;
     url.send_keys(&stack.receiver.url("/hooks/billing")).await?;
     browser
         .find("input[name=description]")
@@ -469,6 +477,11 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     browser.click_text("main", "Disable").await?;
     browser
         .wait_text("main .facts", "Disabled (by you)")
+        .await?;
+    // A test to a disabled endpoint is refused (409), in plain words.
+    browser.click_text("main", "Send test event").await?;
+    browser
+        .wait_text("#alert", "conflicts with the current state")
         .await?;
     browser.click_text("main", "Enable").await?;
     browser.wait_text("main .facts", "Active").await?;
