@@ -20,6 +20,10 @@ use tokio::process::{Child, Command};
 
 use crate::util::{free_port, http_client, workspace_root};
 
+/// Browsers running at once in one test binary: each is a few processes, and the timing a test
+/// measures (first screen under a second) should not be the machine's contention.
+static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 /// How long a wait for the page gives up after.
 pub const WAIT: Duration = Duration::from_secs(15);
 
@@ -31,6 +35,7 @@ pub struct Browser {
     driver_url: String,
     session: String,
     _profile: tempfile::TempDir,
+    _slot: tokio::sync::SemaphorePermit<'static>,
 }
 
 fn find_binary(names: &[&str]) -> Result<PathBuf> {
@@ -48,6 +53,7 @@ fn find_binary(names: &[&str]) -> Result<PathBuf> {
 impl Browser {
     /// Starts chromedriver on a free port and a headless Chromium (1280×900) through it.
     pub async fn start() -> Result<Browser> {
+        let slot = SLOTS.acquire().await?;
         let firefox = std::env::var("PORTAL_BROWSER").is_ok_and(|b| b == "firefox");
         let (binary, driver_bin) = match firefox {
             true => (
@@ -106,6 +112,7 @@ impl Browser {
             driver_url,
             session,
             _profile: profile,
+            _slot: slot,
         };
         // Chromium opens its new-tab page first: leave it, and forget what it loaded.
         browser.goto("about:blank").await?;
