@@ -159,7 +159,6 @@ async fn a_bad_link_is_refused_in_plain_words_and_the_token_leaves_the_address_b
     let text = browser.main_text().await;
     ensure!(text.contains("This portal link is not valid"), "{text}");
     browser.find("#ended[data-code=session_invalid]").await?;
-    browser.screenshot("session-invalid").await?;
     check_screen(&browser, &origin, "bad link").await?;
     browser.close().await?;
     Ok(())
@@ -501,6 +500,14 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     browser.click_text("nav", "Event catalog").await?;
     let catalog = browser.wait_text("main", "An order was placed.").await?;
     ensure!(catalog.contains("order.created"), "{catalog}");
+    for summary in browser
+        .client
+        .find_all(Locator::Css("main details summary"))
+        .await?
+    {
+        summary.click().await?;
+    }
+    browser.wait_text("main details pre", "\"integer\"").await?;
     browser.screenshot("catalog").await?;
     check_screen(browser, &origin, "catalog").await?;
 
