@@ -486,6 +486,8 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     browser.wait_text("main .facts", "Active").await?;
 
     browser.click_text("main", "Edit").await?;
+    browser.wait_text("main h1", "Change endpoint").await?;
+    check_screen(browser, &origin, "edit").await?;
     browser
         .find("input[value='order.created']")
         .await?
