@@ -74,25 +74,17 @@ pub(super) fn health(log: &[Attempt]) -> Health {
 }
 
 /// A subscription as reads answer it: with its health, and its consumer for an operator.
-#[derive(Serialize)]
-pub(super) struct ReadView<'s> {
-    #[serde(flatten)]
-    sub: SubscriptionView<'s>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    consumer: Option<&'s str>,
-    health: Health,
-}
+pub(super) type ReadView<'s> = SubscriptionView<'s>;
 
 pub(super) fn read_view<'s, S: KvStore>(
     cx: &Context<'_, S>,
     caller: Caller<'_>,
     sub: &'s Subscription,
 ) -> ReadView<'s> {
-    ReadView {
-        sub: view(sub, None),
-        consumer: caller.operator.map(|_| sub.consumer.as_str()),
-        health: health(&attempts::read(cx.store, &sub.id)),
-    }
+    let mut shown = view(sub, None);
+    shown.consumer = caller.operator.map(|_| sub.consumer.as_str());
+    shown.health = Some(health(&attempts::read(cx.store, &sub.id)));
+    shown
 }
 
 /// `GET admin/subscriptions`: the query's filters.

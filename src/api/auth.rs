@@ -21,7 +21,8 @@ pub(super) struct Who {
     pub(super) operator: Option<String>,
     /// A read-only portal session.
     pub(super) read_only: bool,
-    /// Named by `api.consumer_header` (so a browser may be calling with a cookie).
+    /// Named by `api.consumer_header` or `api.operator_header` (so a browser may be calling
+    /// with a cookie the gateway checks).
     pub(super) by_header: bool,
 }
 
@@ -83,11 +84,11 @@ pub(super) fn authenticate<S: KvStore>(
     let consumer = identity::identify(config.api.identification(), &credentials(request));
     let operator = operator_of(request, config);
     match (admin, consumer, operator) {
-        (true, _, Some(operator)) => Ok(Who {
+        (true, _, Some((operator, by_header))) => Ok(Who {
             consumer: String::new(),
             operator: Some(operator),
             read_only: false,
-            by_header: false,
+            by_header,
         }),
         (true, Some(_), None) => Err(forbidden(
             "consumer credentials cannot use the operator API; use an operator key",
@@ -153,9 +154,10 @@ fn session_caller<S: KvStore>(token: &[u8], cx: &mut Context<'_, S>) -> Result<W
     })
 }
 
-/// The operator an operator key or `api.operator_header` names. Every key is compared, in
-/// constant time and without stopping at a match, as for consumers' keys.
-fn operator_of(request: &Request<'_>, config: &Config) -> Option<String> {
+/// The operator an operator key or `api.operator_header` names, and whether the header did.
+/// Every key is compared, in constant time and without stopping at a match, as for consumers'
+/// keys.
+fn operator_of(request: &Request<'_>, config: &Config) -> Option<(String, bool)> {
     let by_key = identity::presented_key(&credentials(request)).and_then(|presented| {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut found: Option<&OperatorKey> = None;
@@ -164,14 +166,14 @@ fn operator_of(request: &Request<'_>, config: &Config) -> Option<String> {
                 found = Some(key);
             }
         }
-        found.map(|k| k.operator.clone())
+        found.map(|k| (k.operator.clone(), false))
     });
     by_key.or_else(|| {
         config.api.operator_header.as_ref()?;
         request
             .operator_header
             .and_then(consumer_name)
-            .map(str::to_string)
+            .map(|name| (name.to_string(), true))
     })
 }
 
@@ -205,7 +207,8 @@ pub(super) fn unauthorized(config: &Config, admin: bool) -> Response {
     response
 }
 
-/// With `api.consumer_header` a browser may be authenticated by a cookie the gateway checks,
+/// With `api.consumer_header` (or `api.operator_header`) a browser may be authenticated by a
+/// cookie the gateway checks,
 /// which any site could make it send: a write without a session is accepted only when the
 /// browser says it comes from the same origin. `Sec-Fetch-Site` (sent by current browsers)
 /// must be `same-origin` or `none`; without it, an `Origin` must name the request's own

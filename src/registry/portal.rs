@@ -10,7 +10,6 @@
 use super::store::{KvStore, StoreError, PORTAL_KEY_KEY, REVOKED_KEY};
 use crate::model::session::MAX_TTL_MS;
 use crate::support::ids::RandomSource;
-use std::collections::BTreeMap;
 
 const CAS_ATTEMPTS: usize = 8;
 /// Bytes of a key the plugin makes.
@@ -25,14 +24,25 @@ pub fn prepare<S: KvStore>(store: &S) {
     }
 }
 
-fn parse(bytes: &[u8]) -> BTreeMap<String, u64> {
-    serde_json::from_slice(bytes).unwrap_or_default()
+/// The stored revocations as `(consumer, up to)` pairs (an absent or unreadable object is
+/// empty). A plain list rather than a map type of its own: the JSON object is read and written
+/// through `serde_json::Value`, whose code the `.wasm` has anyway.
+fn parse(bytes: &[u8]) -> Vec<(String, u64)> {
+    let Some(o) = crate::support::record::parse_object(bytes) else {
+        return Vec::new();
+    };
+    o.iter()
+        .filter_map(|(consumer, v)| Some((consumer.clone(), v.as_u64()?)))
+        .collect()
 }
 
 /// The time up to which `consumer`'s sessions are revoked, if they are.
 pub fn revoked_up_to<S: KvStore>(store: &S, consumer: &str) -> Option<u64> {
     let (bytes, _) = store.get(REVOKED_KEY)?;
-    parse(&bytes).get(consumer).copied()
+    parse(&bytes)
+        .into_iter()
+        .find(|(c, _)| c == consumer)
+        .map(|(_, up_to)| up_to)
 }
 
 /// Revokes every session of `consumer` issued up to `up_to_ms` (a later revocation is kept).
@@ -42,42 +52,35 @@ pub fn revoke<S: KvStore>(
     up_to_ms: u64,
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    update(store, now_ms, |map| {
-        let entry = map.entry(consumer.to_string()).or_insert(0);
-        *entry = (*entry).max(up_to_ms);
-    })
+    merge(store, &[(consumer.to_string(), up_to_ms)], now_ms)
 }
 
-/// Takes every revocation of `synced` (etcd's, in fleet mode), keeping later local ones.
+/// Takes every revocation of `synced` (etcd's, in fleet mode), keeping later local ones; drops
+/// those that can refuse nothing any more.
 pub fn merge<S: KvStore>(
     store: &S,
     synced: &[(String, u64)],
     now_ms: u64,
 ) -> Result<(), StoreError> {
-    update(store, now_ms, |map| {
-        for (consumer, up_to) in synced {
-            let entry = map.entry(consumer.clone()).or_insert(0);
-            *entry = (*entry).max(*up_to);
-        }
-    })
-}
-
-fn update<S: KvStore>(
-    store: &S,
-    now_ms: u64,
-    change: impl Fn(&mut BTreeMap<String, u64>),
-) -> Result<(), StoreError> {
+    let live = |up_to: u64| up_to.saturating_add(MAX_TTL_MS) > now_ms;
     let mut last = StoreError::Conflict;
     for _ in 0..CAS_ATTEMPTS {
         let (bytes, cas) = store.get(REVOKED_KEY).unwrap_or_default();
-        let mut map = parse(&bytes);
-        let before = map.clone();
-        change(&mut map);
-        map.retain(|_, up_to| up_to.saturating_add(MAX_TTL_MS) > now_ms);
-        if map == before {
+        let before = parse(&bytes);
+        let mut after: Vec<(String, u64)> =
+            before.iter().filter(|(_, t)| live(*t)).cloned().collect();
+        for (consumer, up_to) in synced.iter().filter(|(_, t)| live(*t)) {
+            match after.iter_mut().find(|(c, _)| c == consumer) {
+                Some((_, kept)) => *kept = (*kept).max(*up_to),
+                None => after.push((consumer.clone(), *up_to)),
+            }
+        }
+        if after == before {
             return Ok(());
         }
-        let value = serde_json::to_vec(&map).unwrap_or_default();
+        let object: serde_json::Map<String, serde_json::Value> =
+            after.into_iter().map(|(c, t)| (c, t.into())).collect();
+        let value = serde_json::to_vec(&object).unwrap_or_default();
         match store.set(REVOKED_KEY, &value, Some(cas)) {
             Err(StoreError::Conflict) => last = StoreError::Conflict,
             other => return other,

@@ -189,6 +189,20 @@ fn the_operator_header_names_an_operator_under_admin_only() {
     };
     assert_eq!(call("/webhooks/admin/subscriptions").0, 200);
     assert_eq!(call("/webhooks/subscriptions"), (403, "forbidden".into()));
+    // Named by a header, an operator's writes must come from the same origin, as a consumer's.
+    let path = "/webhooks/admin/consumers/acme/portal-sessions";
+    let mut write = |site: &[u8]| {
+        let response = api.send(&Request {
+            method: "DELETE",
+            path,
+            operator_header: Some(b"alice"),
+            sec_fetch_site: Some(site),
+            ..Request::default()
+        });
+        (response.status, code(&parse(&response)).to_string())
+    };
+    assert_eq!(write(b"cross-site"), (403, "cross_origin".into()));
+    assert_eq!(write(b"same-origin").0, 204);
 }
 
 #[test]
