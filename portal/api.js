@@ -10,7 +10,9 @@ export function adoptToken() {
   const match = /(?:^#|&)token=(pws_[A-Za-z0-9_.-]+)/.exec(location.hash);
   if (match) {
     sessionStorage.setItem(KEY, match[1]);
-    history.replaceState(null, '', location.pathname + location.search + '#/');
+    // What the link asked for besides the token (`#/endpoints/sub_...&token=...`) stays.
+    const rest = location.hash.replace(/[#&]?token=pws_[A-Za-z0-9_.-]+/, '').replace(/^#?/, '#');
+    history.replaceState(null, '', location.pathname + location.search + (rest.length > 1 ? rest : '#/'));
   }
   return sessionStorage.getItem(KEY);
 }

@@ -711,3 +711,37 @@ async fn a_second_consumers_session_never_shows_the_firsts_data() -> Result<()> 
     browser.close().await?;
     Ok(())
 }
+
+/// Past the test/retry rate limit the page says how long to wait (429 and its Retry-After).
+#[tokio::test]
+async fn too_many_tests_say_how_long_to_wait() -> Result<()> {
+    let stack = start(portal_on()).await?;
+    let (status, sub) = call(
+        &stack,
+        ALPHA_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(json!({"url": stack.receiver.url("/many"), "events": ["*"], "description": "Busy"})),
+    )
+    .await?;
+    ensure!(status == 201, "{sub}");
+    let browser = Browser::start().await?;
+    let id = sub["id"].as_str().unwrap_or_default();
+    let link = mint(&stack, "alpha", false).await?;
+    open(
+        &browser,
+        &link.replace("#token=", &format!("#/endpoints/{id}&token=")),
+    )
+    .await?;
+    browser.wait_text("main h1", "Busy").await?;
+    // The burst (10 calls) is used up with the page's own session, then the page tries.
+    let token = page_token(&browser).await?;
+    let path = format!("/webhooks/subscriptions/{id}/test");
+    for _ in 0..12 {
+        call(&stack, ("x-webhooks-session", &token), "POST", &path, None).await?;
+    }
+    browser.click_text("main", "Send test event").await?;
+    let said = browser.wait_text("#alert", "Too many requests").await?;
+    ensure!(said.contains("Try again in ") && said.contains(" second"), "{said}");
+    browser.close().await
+}
