@@ -742,6 +742,9 @@ async fn too_many_tests_say_how_long_to_wait() -> Result<()> {
     }
     browser.click_text("main", "Send test event").await?;
     let said = browser.wait_text("#alert", "Too many requests").await?;
-    ensure!(said.contains("Try again in ") && said.contains(" second"), "{said}");
+    ensure!(
+        said.contains("Try again in ") && said.contains(" second"),
+        "{said}"
+    );
     browser.close().await
 }
