@@ -15,6 +15,7 @@ mod auth;
 mod fields;
 mod handlers;
 pub mod openapi;
+mod page;
 mod recover;
 mod responses;
 mod routes;
@@ -33,6 +34,7 @@ use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
     send_test,
 };
+pub use page::serve_page;
 use recover::recover;
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route, Scope};

@@ -446,7 +446,7 @@ impl<H: StreamHost> Stream<H> {
         if !self.on_request() {
             return Flow::Continue;
         }
-        if self.api_refused_at_headers() {
+        if self.page_served() || self.api_refused_at_headers() {
             return Flow::Pause;
         }
         let declared = self
@@ -680,6 +680,24 @@ impl<H: StreamHost> Stream<H> {
             }));
         }
         false
+    }
+
+    /// Answers a request for the portal's page or assets (`api.portal`): no body, no
+    /// authentication. True when answered.
+    fn page_served(&mut self) -> bool {
+        let State::Api(call) = &self.state else {
+            return false;
+        };
+        let filter = &self.filter;
+        let accept_encoding = || filter.header("accept-encoding");
+        let Some(response) =
+            api::serve_page(&filter.config, &call.method, &call.path, accept_encoding)
+        else {
+            return false;
+        };
+        self.state = State::Idle;
+        self.filter.send(response);
+        true
     }
 
     /// Answers an API call at its headers when they decide it (401, 404, 405; 503 in fleet
