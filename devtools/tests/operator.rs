@@ -213,6 +213,14 @@ async fn every_admin_route_acts_for_any_consumer_and_reports_health() -> Result<
     let retry = format!("/webhooks/admin/deliveries/{webhook_id}/retry");
     let (status, value) = api(envoy, OPS.1, "POST", &retry, None).await?;
     ensure!(status == 202, "retry: {status} {value}");
+    // Recover is the consumer's handler too: 202 with its two counts.
+    let since = json!({"since": "2000-01-01T00:00:00Z"});
+    let recover = admin(&format!("/{failing}/recover"));
+    let (status, value) = api(envoy, OPS.1, "POST", &recover, Some(since)).await?;
+    ensure!(
+        status == 202 && value["count"].is_u64() && value["not_kept"].is_u64(),
+        "recover: {status} {value}"
+    );
     let (status, _) = api(envoy, OPS.1, "POST", &admin(&format!("/{good}/test")), None).await?;
     ensure!(status == 202, "test: {status}");
     stack.receiver.wait_for(2, WAIT).await?;
