@@ -561,7 +561,7 @@ async fn a_session_minted_on_one_replica_is_used_and_revoked_on_another() -> Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_of_deliveries_made_by_one_replica_is_fleet_wide_through_another() -> Result<()> {
-    let fleet = Fleet::start(2, plugin).await?;
+    let mut fleet = Fleet::start(2, plugin).await?;
     let (a, b) = (fleet.replica(0), fleet.replica(1));
     fleet.receiver.set_default(Reply::status(500));
     let sub = create(a, ALPHA.1, &fleet.receiver.url("/flaky")).await?;
@@ -610,6 +610,29 @@ async fn health_of_deliveries_made_by_one_replica_is_fleet_wide_through_another(
         own["health"]["failing_since"].is_string(),
         "the consumer's read: {own}"
     );
+
+    // etcd down: b answers from shared data (its own attempts and a's last summary read),
+    // while its reads of etcd fail and are counted.
+    fleet.etcd.stop().await?;
+    let errors = fleet
+        .replica(1)
+        .counter("webhooks_fleet_etcd_errors")
+        .await?;
+    poll_until(WAIT, "b's etcd reads failing", async || {
+        fleet
+            .replica(1)
+            .counter("webhooks_fleet_etcd_errors")
+            .await
+            .is_ok_and(|n| n > errors)
+    })
+    .await?;
+    let (status, during) = api(fleet.replica(1), OPS.1, "GET", failing, None).await?;
+    ensure!(
+        status == 200 && ids(&during) == [sub.clone()],
+        "b with etcd down: {status} {during}"
+    );
+    fleet.etcd.start_again().await?;
+    let (a, b) = (fleet.replica(0), fleet.replica(1));
 
     // The receiver recovers; a's next delivery succeeds: healthy through b.
     fleet.receiver.set_default(Reply::status(200));

@@ -523,7 +523,8 @@ impl<S: KvStore> Registry<S> {
         self.relist(&gone, false);
     }
 
-    /// Removes the record of `id` (compare-and-swap on its bucket), then its attempt log.
+    /// Removes the record of `id` (compare-and-swap on its bucket), then its attempt log and
+    /// the other replicas' health summaries.
     fn take_record(&self, id: &str) -> Result<Subscription, RegistryError> {
         let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
