@@ -71,7 +71,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         };
         let page = match answer.headers {
             0 => {
-                health.read.on_failure(now);
+                health.read.on_lost(now);
                 Err("the call failed (timeout or connection reset)".to_string())
             }
             _ => health.read.on_answer(answer.status.as_deref(), &body, now),

@@ -26,10 +26,13 @@ use crate::fleet::keys::{Keys, HEALTH};
 use crate::registry::attempts::Attempt;
 use crate::registry::health::{summarize, Summary};
 
-/// Summaries per page: at most ~570 bytes each in etcd's answer (a 128-byte node id, base64
-/// key and value, revisions), so a page stays under ~150 KB, inside the 256 KiB Envoy buffers
-/// of an answer in the shipped wiring; ~400 bytes typically.
+/// Summaries per page: ~400 bytes each in etcd's answer (base64 key and value, revisions),
+/// ~570 with a 128-byte node id, so a page stays under ~150 KB, inside the 256 KiB Envoy
+/// buffers of an answer in the shipped wiring. A page that gets no answer (Envoy resets one
+/// over its buffer: very long node ids or prefix) is asked again with half as many, down to
+/// [`MIN_PAGE`], and pages grow back after each answer.
 pub const PER_PAGE: u64 = 256;
+pub const MIN_PAGE: u64 = 8;
 
 /// The write of `node`'s summary of `subscription_id` beside its log, newest attempt first
 /// (an empty log deletes it, as it deletes the log).
@@ -66,6 +69,8 @@ pub struct HealthRead {
     /// before.
     reading: Option<(i64, Option<Vec<u8>>)>,
     waiting: bool,
+    /// Keys asked per page.
+    page_size: u64,
 }
 
 impl HealthRead {
@@ -77,6 +82,7 @@ impl HealthRead {
             revision: 0,
             reading: None,
             waiting: false,
+            page_size: PER_PAGE,
         }
     }
 
@@ -106,7 +112,7 @@ impl HealthRead {
             key,
             prefix,
             end,
-            limit: PER_PAGE,
+            limit: self.page_size,
             min_mod_revision: match self.revision {
                 0 => 0,
                 r => r.saturating_add(1),
@@ -120,6 +126,13 @@ impl HealthRead {
     pub fn on_failure(&mut self, now: u64) {
         self.waiting = false;
         self.next_at = now.saturating_add(self.interval_ms);
+    }
+
+    /// The page got no answer (a timeout, or a reset: Envoy resets an answer over its buffer):
+    /// asked again after `sync_interval`, with half as many keys.
+    pub fn on_lost(&mut self, now: u64) {
+        self.on_failure(now);
+        self.page_size = (self.page_size / 2).max(MIN_PAGE);
     }
 
     /// etcd's answer to the page [`HealthRead::due`] sent; `Err` says why it is not usable
@@ -145,6 +158,7 @@ impl HealthRead {
         let answer =
             etcd::parse_range(body).map_err(|e| format!("the read of health summaries: {e}"))?;
         let (at, _) = self.reading.take().unwrap_or_default();
+        self.page_size = (self.page_size * 2).min(PER_PAGE);
         let page = self.page(&answer.kvs);
         match answer.kvs.last() {
             Some(last) if answer.more => {

@@ -102,17 +102,34 @@ fn a_failed_page_is_asked_again_and_a_compacted_read_starts_over() {
     assert_eq!(r.due(505, 50), Some(second.clone()), "the same page again");
     let bad = r.on_answer(Some("200"), b"not json", 505).unwrap_err();
     assert!(bad.starts_with("the read of health summaries: "), "{bad}");
-    r.on_failure(1005);
+    r.on_lost(1005);
     assert_eq!(r.due(1005, 50), None);
+    let mut smaller = body(&second);
+    smaller["limit"] = json!("128");
     assert_eq!(
-        r.due(1505, 50),
-        Some(second),
-        "no answer at all: the same page again"
+        body(&r.due(1505, 50).unwrap()),
+        smaller,
+        "no answer at all: the same page, half as large"
+    );
+    let mut now = 1505;
+    let mut limit = Value::Null;
+    for _ in 0..10 {
+        r.on_lost(now);
+        now += 500;
+        limit = body(&r.due(now, 50).unwrap())["limit"].clone();
+    }
+    assert_eq!(limit, "8", "down to MIN_PAGE");
+    let page = answer(40, &[("/pw/health/sub_1/b", summary(1).to_json())], true);
+    r.on_answer(Some("200"), &page, now).unwrap();
+    assert_eq!(
+        body(&r.due(now, 50).unwrap())["limit"],
+        "16",
+        "growing back"
     );
     let compacted =
         br#"{"error":"etcdserver: mvcc: required revision has been compacted","code":11}"#;
-    assert!(r.on_answer(Some("400"), compacted, 1505).is_err());
-    let restarted = body(&r.due(2005, 60).unwrap());
+    assert!(r.on_answer(Some("400"), compacted, now).is_err());
+    let restarted = body(&r.due(now + 500, 60).unwrap());
     assert_eq!(restarted["key"], b64("/pw/health/"));
     assert_eq!(
         restarted["revision"], "60",
