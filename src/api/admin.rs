@@ -25,15 +25,20 @@ use serde::Serialize;
 /// summaries the dispatcher keeps in shared data ([`crate::registry::health`]).
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub(super) struct Health {
-    #[serde(flatten)]
-    summary: Summary,
+    last_success_at: Option<String>,
+    last_failure_at: Option<String>,
+    /// The first failure of the failures since the last success, while the newest attempt
+    /// failed.
+    failing_since: Option<String>,
+    /// Failed attempts since the last success.
+    consecutive_failures: u32,
     /// Messages waiting for another attempt on this replica.
     pending: u32,
 }
 
 impl Health {
     pub(super) fn failing(&self) -> bool {
-        self.summary.consecutive_failures > 0
+        self.consecutive_failures > 0
     }
 }
 
@@ -49,11 +54,17 @@ pub(super) fn health(log: &[Attempt], others: &[Summary]) -> Health {
             pending += u32::from(attempt.state == State::Retrying);
         }
     }
-    let summary = match others.is_empty() {
+    let fleet = match others.is_empty() {
         true => own,
         false => merge(others.iter().chain([&own])),
     };
-    Health { summary, pending }
+    Health {
+        last_success_at: fleet.last_success_at,
+        last_failure_at: fleet.last_failure_at,
+        failing_since: fleet.failing_since,
+        consecutive_failures: fleet.consecutive_failures,
+        pending,
+    }
 }
 
 /// The health of `id` as this replica knows it.

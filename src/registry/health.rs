@@ -12,8 +12,7 @@ use crate::registry::attempts::{Attempt, State};
 use crate::registry::buckets::{self, Bucket, Change};
 use crate::registry::store::{health_key, KvStore, StoreError};
 use crate::support::record::{self, Fields};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Replicas whose summaries are kept per subscription (as many as the delivery log reads).
 pub const MAX_NODES: usize = 16;
@@ -22,7 +21,7 @@ const MAX_CAS_RETRIES: usize = 100;
 
 /// What one replica's delivery log says of a subscription's health (the pending messages
 /// aside: those are each replica's own).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
     pub last_success_at: Option<String>,
     pub last_failure_at: Option<String>,
@@ -99,7 +98,21 @@ pub fn merge<'a>(parts: impl IntoIterator<Item = &'a Summary> + Clone) -> Summar
 impl Summary {
     /// The summary as etcd and shared data keep it (JSON).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(&self.to_value()).unwrap_or_default()
+    }
+
+    /// Built by hand: a derived `Serialize` costs the .wasm more.
+    fn to_value(&self) -> Value {
+        let text = |t: &Option<String>| t.clone().map_or(Value::Null, Value::String);
+        let mut o = Fields::new();
+        o.insert("last_success_at".into(), text(&self.last_success_at));
+        o.insert("last_failure_at".into(), text(&self.last_failure_at));
+        o.insert("failing_since".into(), text(&self.failing_since));
+        o.insert(
+            "consecutive_failures".into(),
+            Value::from(self.consecutive_failures),
+        );
+        Value::Object(o)
     }
 
     /// A summary's JSON, or None when it is not one.
@@ -153,9 +166,7 @@ pub fn keep<S: KvStore>(
         if !exists() {
             return Ok(Change::Remove);
         }
-        let mut nodes = current
-            .and_then(|json| serde_json::from_slice::<Map<String, Value>>(json).ok())
-            .unwrap_or_default();
+        let mut nodes = current.and_then(record::parse_object).unwrap_or_default();
         nodes.remove(node);
         while nodes.len() >= MAX_NODES {
             let oldest = nodes
@@ -168,8 +179,7 @@ pub fn keep<S: KvStore>(
             let Some(oldest) = oldest else { break };
             nodes.remove(&oldest);
         }
-        let value = serde_json::to_value(summary).unwrap_or_default();
-        nodes.insert(node.to_string(), value);
+        nodes.insert(node.to_string(), summary.to_value());
         serde_json::to_vec(&nodes)
             .map(Change::Put)
             .map_err(|e| StoreError::Failed(e.to_string()))
