@@ -663,5 +663,12 @@ async fn health_of_deliveries_made_by_one_replica_is_fleet_wide_through_another(
     let key = |node: &str| format!("{}/health/{sub}/{node}", fleet.prefix());
     ensure!(fleet.etcd.get(&key("a")).await?.is_some(), "a's summary");
     ensure!(fleet.etcd.get(&key("b")).await?.is_none(), "b's summary");
+    // The delete (through b) takes a's summary along, as its log.
+    let (status, _) = api(b, OPS.1, "DELETE", &one, None).await?;
+    ensure!(status == 204, "delete through b: {status}");
+    ensure!(
+        fleet.etcd.get(&key("a")).await?.is_none(),
+        "a's summary after the delete"
+    );
     Ok(())
 }
