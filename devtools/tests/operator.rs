@@ -3,7 +3,8 @@
 //! refused, `health` of a failing receiver and the `status=failing` filter, `operator_header`
 //! through Envoy's real jwt_authn filter with a client's forged copy removed, sessions (read-only,
 //! expired, revoked, another consumer's), and in fleet mode a session minted through one replica
-//! used and revoked through another.
+//! used and revoked through another, and `health` of deliveries one replica made seen through
+//! another.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use base64::Engine;
 use devtools::fleet::wait_registry_read;
 use devtools::portal::mint_session;
-use devtools::{api, poll_until, Envoy, Fleet, Receiver, Sent, Stack};
+use devtools::{api, poll_until, Envoy, Fleet, Receiver, Reply, Sent, Stack};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -563,5 +564,119 @@ async fn a_session_minted_on_one_replica_is_used_and_revoked_on_another() -> Res
     // etcd has it, so a replica started later would refuse the token too.
     let key = format!("{}/revoked/{}", fleet.prefix(), ALPHA.0);
     ensure!(fleet.etcd.get(&key).await?.is_some(), "{key} not in etcd");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_of_deliveries_made_by_one_replica_is_fleet_wide_through_another() -> Result<()> {
+    let mut fleet = Fleet::start(2, plugin).await?;
+    let (a, b) = (fleet.replica(0), fleet.replica(1));
+    fleet.receiver.set_default(Reply::status(500));
+    let sub = create(a, ALPHA.1, &fleet.receiver.url("/flaky")).await?;
+    let one = format!("/webhooks/admin/subscriptions/{sub}");
+    let failing = "/webhooks/admin/subscriptions?status=failing";
+    poll_until(WAIT, "the subscription on b", async || {
+        api(b, OPS.1, "GET", &one, None)
+            .await
+            .is_ok_and(|r| r.0 == 200)
+    })
+    .await?;
+
+    // An event detected by a: a delivers it (and its retry), the receiver answers 500.
+    let (status, _) = call(a, "POST", "/orders", &[], None).await?;
+    ensure!(status < 300, "the order through a: {status}");
+    fleet.receiver.wait_for(1, WAIT).await?;
+    let failed_at = std::time::Instant::now();
+    let mut listed = Value::Null;
+    poll_until(WAIT, "b lists the subscription as failing", async || {
+        listed = api(b, OPS.1, "GET", failing, None)
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        ids(&listed) == [sub.clone()]
+    })
+    .await
+    .with_context(|| format!("b's last answer {listed}"))?;
+    println!("a's failure seen through b after {:?}", failed_at.elapsed());
+    let health = &listed["data"][0]["health"];
+    ensure!(
+        health["consecutive_failures"].as_u64() >= Some(1)
+            && health["failing_since"].is_string()
+            && health["last_success_at"].is_null(),
+        "{health}"
+    );
+    ensure!(health["pending"] == 0, "pending is b's own: {health}");
+    let (_, own) = api(
+        b,
+        ALPHA.1,
+        "GET",
+        &format!("/webhooks/subscriptions/{sub}"),
+        None,
+    )
+    .await?;
+    ensure!(
+        own["health"]["failing_since"].is_string(),
+        "the consumer's read: {own}"
+    );
+
+    // etcd down: b answers from shared data (its own attempts and a's last summary read),
+    // while its reads of etcd fail and are counted.
+    fleet.etcd.stop().await?;
+    let errors = fleet
+        .replica(1)
+        .counter("webhooks_fleet_etcd_errors")
+        .await?;
+    poll_until(WAIT, "b's etcd reads failing", async || {
+        fleet
+            .replica(1)
+            .counter("webhooks_fleet_etcd_errors")
+            .await
+            .is_ok_and(|n| n > errors)
+    })
+    .await?;
+    let (status, during) = api(fleet.replica(1), OPS.1, "GET", failing, None).await?;
+    ensure!(
+        status == 200 && ids(&during) == [sub.clone()],
+        "b with etcd down: {status} {during}"
+    );
+    fleet.etcd.start_again().await?;
+    let (a, b) = (fleet.replica(0), fleet.replica(1));
+
+    // The receiver recovers; a's next delivery succeeds: healthy through b.
+    fleet.receiver.set_default(Reply::status(200));
+    let delivered = fleet.receiver.received().len();
+    let (status, _) = call(a, "POST", "/orders", &[], None).await?;
+    ensure!(status < 300, "the second order through a: {status}");
+    fleet.receiver.wait_for(delivered + 1, WAIT).await?;
+    let succeeded_at = std::time::Instant::now();
+    let mut got = Value::Null;
+    poll_until(WAIT, "b shows the subscription healthy", async || {
+        got = api(b, OPS.1, "GET", &one, None)
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        got["health"]["consecutive_failures"] == 0 && got["health"]["last_success_at"].is_string()
+    })
+    .await
+    .with_context(|| format!("b's last answer {got}"))?;
+    println!(
+        "a's success seen through b after {:?}",
+        succeeded_at.elapsed()
+    );
+    ensure!(got["health"]["failing_since"].is_null(), "{got}");
+    ensure!(got["health"]["last_failure_at"].is_string(), "{got}");
+    let (_, listed) = api(b, OPS.1, "GET", failing, None).await?;
+    ensure!(ids(&listed).is_empty(), "no longer failing: {listed}");
+    // etcd holds a's summary beside its log, b's none (it delivered nothing).
+    let key = |node: &str| format!("{}/health/{sub}/{node}", fleet.prefix());
+    ensure!(fleet.etcd.get(&key("a")).await?.is_some(), "a's summary");
+    ensure!(fleet.etcd.get(&key("b")).await?.is_none(), "b's summary");
+    // The delete (through b) takes a's summary along, as its log.
+    let (status, _) = api(b, OPS.1, "DELETE", &one, None).await?;
+    ensure!(status == 204, "delete through b: {status}");
+    ensure!(
+        fleet.etcd.get(&key("a")).await?.is_none(),
+        "a's summary after the delete"
+    );
     Ok(())
 }

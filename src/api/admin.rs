@@ -10,18 +10,21 @@ use super::responses::{
 use super::{Answer, Context, Outcome, Request, Response, Written, MAX_PAGE};
 use crate::config::parse_duration;
 use crate::fleet::commit::Write;
+use crate::fleet::log::MAX_AGE_MS;
 use crate::model::identity::consumer_name;
 use crate::model::rules::is_valid_event_type;
 use crate::model::session::{self, Claims, MAX_TTL_MS, MIN_TTL_MS};
 use crate::model::subscription::{filter_matches, is_valid_id, Status, Subscription};
 use crate::registry::attempts::{self, Attempt, State};
+use crate::registry::health::{merge, others, summarize, Summary};
 use crate::registry::portal;
 use crate::registry::store::KvStore;
 use crate::support::time::format_rfc3339_millis;
 use serde::Serialize;
 
-/// A subscription's recent delivery health, from its delivery log (the last
-/// [`attempts::MAX_ENTRIES`] attempts).
+/// A subscription's recent delivery health: this replica's delivery log (the last
+/// [`attempts::MAX_ENTRIES`] attempts), merged in fleet mode with the other replicas'
+/// summaries the dispatcher keeps in shared data ([`crate::registry::health`]).
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub(super) struct Health {
     last_success_at: Option<String>,
@@ -31,7 +34,7 @@ pub(super) struct Health {
     failing_since: Option<String>,
     /// Failed attempts since the last success.
     consecutive_failures: u32,
-    /// Messages waiting for another attempt.
+    /// Messages waiting for another attempt on this replica.
     pending: u32,
 }
 
@@ -41,38 +44,38 @@ impl Health {
     }
 }
 
-fn is_failure(state: State) -> bool {
-    matches!(
-        state,
-        State::Retrying | State::Exhausted | State::Failed | State::Expired
-    )
-}
-
-/// Health from a delivery log, newest first.
-pub(super) fn health(log: &[Attempt]) -> Health {
-    let mut health = Health::default();
-    let mut run_open = true;
+/// Health from a delivery log, newest first, and other replicas' summaries.
+pub(super) fn health(log: &[Attempt], others: &[Summary]) -> Health {
+    let own = summarize(log);
+    let mut pending = 0;
     let mut seen: Vec<&str> = Vec::new();
     for attempt in log {
-        let success = attempt.state == State::Succeeded;
-        if success && health.last_success_at.is_none() {
-            health.last_success_at = Some(attempt.timestamp.clone());
-        }
-        if is_failure(attempt.state) && health.last_failure_at.is_none() {
-            health.last_failure_at = Some(attempt.timestamp.clone());
-        }
-        run_open &= !success;
-        if run_open && is_failure(attempt.state) {
-            health.consecutive_failures += 1;
-            health.failing_since = Some(attempt.timestamp.clone());
-        }
         // A message's newest entry comes first: it says whether it still waits.
         if !seen.contains(&attempt.webhook_id.as_str()) {
             seen.push(&attempt.webhook_id);
-            health.pending += u32::from(attempt.state == State::Retrying);
+            pending += u32::from(attempt.state == State::Retrying);
         }
     }
-    health
+    let fleet = match others.is_empty() {
+        true => own,
+        false => merge(others.iter().chain([&own])),
+    };
+    Health {
+        last_success_at: fleet.last_success_at,
+        last_failure_at: fleet.last_failure_at,
+        failing_since: fleet.failing_since,
+        consecutive_failures: fleet.consecutive_failures,
+        pending,
+    }
+}
+
+/// The health of `id` as this replica knows it.
+fn health_of<S: KvStore>(cx: &Context<'_, S>, id: &str) -> Health {
+    let oldest = format_rfc3339_millis(cx.now_ms.saturating_sub(MAX_AGE_MS));
+    health(
+        &attempts::read(cx.store, id),
+        &others(cx.store, id, &oldest),
+    )
 }
 
 /// A subscription as reads answer it: with its health, and its consumer for an operator.
@@ -85,7 +88,7 @@ pub(super) fn read_view<'s, S: KvStore>(
 ) -> ReadView<'s> {
     let mut shown = view(sub, Shown::Public);
     shown.consumer = caller.operator.map(|_| sub.consumer.as_str());
-    shown.health = Some(health(&attempts::read(cx.store, &sub.id)));
+    shown.health = Some(health_of(cx, &sub.id));
     shown
 }
 
@@ -185,7 +188,7 @@ pub(super) fn list_all<S: KvStore>(
                 .is_none_or(|t| sub.events.iter().any(|filter| filter_matches(filter, t)))
         })
         .map(|sub| {
-            let health = health(&attempts::read(cx.store, &sub.id));
+            let health = health_of(cx, &sub.id);
             (sub, health)
         })
         .filter(|(_, health)| f.status != Some("failing") || health.failing());

@@ -5,6 +5,7 @@
 
 use super::journal::Durable;
 use super::session::Session;
+use super::shared_health::SharedHealth;
 use super::shared_log::SharedLog;
 use super::Dispatcher;
 use crate::config::FleetConfig;
@@ -50,6 +51,8 @@ pub(super) struct Fleet {
     pub(super) durable: Durable,
     /// This replica's delivery logs, copied to etcd.
     pub(super) log: SharedLog,
+    /// The other replicas' health summaries, read from etcd.
+    pub(super) health: SharedHealth,
     /// How secrets and messages are sealed in etcd.
     pub(super) vault: Vault,
     /// etcd's token, with `fleet.username`.
@@ -99,6 +102,7 @@ impl Fleet {
             errors: 0,
             durable: Durable::new(journal),
             log: SharedLog::new(node_id, config.sync_interval_ms),
+            health: SharedHealth::new(Keys::new(&config.prefix), node_id, config.sync_interval_ms),
             vault,
             session: config.credentials.as_ref().map(Session::new),
         }
@@ -146,6 +150,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         }
         self.statics_tick(now);
         self.revocations_tick(now);
+        self.shared_health_tick(now);
     }
 
     /// Sends the read of portal revocations when it is due.
@@ -290,6 +295,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             || self.on_shared_log_answer(token, headers, body_size)
             || self.on_statics_answer(token, headers, body_size)
             || self.on_revocations_answer(token, headers, body_size)
+            || self.on_shared_health_answer(token, headers, body_size)
         {
             return true;
         }

@@ -36,6 +36,7 @@ mod journal;
 pub mod outbox;
 pub mod pacing;
 mod session;
+mod shared_health;
 mod shared_log;
 
 #[cfg(test)]

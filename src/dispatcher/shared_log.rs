@@ -1,13 +1,13 @@
 //! Fleet mode: this replica's delivery logs copied to etcd, so that every replica answers the
 //! same `GET .../deliveries` ([`crate::fleet::log`]). A subscription is queued when new attempts
 //! reach its shared-data log (or it leaves the registry: its key goes); once per
-//! `sync_interval` the queue is written in txns of up to [`MAX_OPS`] from its front, one
+//! `sync_interval` the queue is written in txns of up to [`log::PER_WRITE`] logs (each with its
+//! health summary) from its front, one
 //! at a time and the next as soon as one is answered while a backlog remains, so only the logs
 //! written are read; those etcd did not take go back to the queue. A dead replica's claimed
 //! messages wait for the reads of their subscriptions' logs, so they keep their attempt numbers.
 
 use super::Dispatcher;
-use crate::fleet::journal::MAX_OPS;
 use crate::fleet::log;
 use crate::fleet::stored::Stored;
 use crate::port::DispatchHost;
@@ -62,7 +62,7 @@ impl SharedLog {
 
     /// The front of the queue, as many as one write takes at most.
     fn take_front(&mut self) -> Vec<String> {
-        let n = self.changed.len().min(MAX_OPS);
+        let n = self.changed.len().min(log::PER_WRITE);
         let ids: Vec<String> = self.changed.drain(..n).collect();
         for id in &ids {
             self.queued.remove(id);
@@ -243,16 +243,16 @@ mod tests {
     #[test]
     fn the_queue_keeps_change_order_holds_each_id_once_and_is_taken_from_its_front() {
         let mut log = SharedLog::new("n1", 500);
-        for n in (0..MAX_OPS + 3).chain([0, 1]) {
+        for n in (0..log::PER_WRITE + 3).chain([0, 1]) {
             log.queue(format!("s{n}"));
         }
-        assert_eq!(log.changed.len(), MAX_OPS + 3, "s0 and s1 once");
+        assert_eq!(log.changed.len(), log::PER_WRITE + 3, "s0 and s1 once");
         let first = log.take_front();
-        assert_eq!(first.len(), MAX_OPS);
+        assert_eq!(first.len(), log::PER_WRITE);
         assert_eq!((first[0].as_str(), first[1].as_str()), ("s0", "s1"));
         log.queue("s0".into());
         let rest = log.take_front();
-        assert_eq!(rest, ["s128", "s129", "s130", "s0"]);
+        assert_eq!(rest, ["s64", "s65", "s66", "s0"]);
         assert!(log.changed.is_empty() && log.queued.is_empty());
     }
 }

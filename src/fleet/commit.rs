@@ -609,7 +609,11 @@ impl Commit {
                     key: self.logs_key.clone(),
                     prefix: true,
                 };
-                let mut success = vec![delete(sub()), logs];
+                let health = Op::Delete {
+                    key: self.keys.healths(self.write.id()),
+                    prefix: true,
+                };
+                let mut success = vec![delete(sub()), logs, health];
                 if let Some(slot) = slot {
                     success.push(delete(slot));
                 }

@@ -22,6 +22,8 @@
 //! - `P/dead/<webhook-id>`: an exhausted or dropped delivery kept for replay (bounded).
 //! - `P/log/<subscription id>/<node id>`: that replica's delivery log of the subscription
 //!   (see [`crate::fleet::log`]).
+//! - `P/health/<subscription id>/<node id>`: that replica's health summary of the subscription,
+//!   written with its log (see [`crate::fleet::health`]).
 //! - `P/revoked/<consumer>`: the time (unix ms, decimal) up to which the consumer's portal
 //!   sessions are revoked (see [`crate::fleet::revocations`]).
 //!
@@ -122,6 +124,16 @@ impl Keys {
         self.key(LOG, &format!("{subscription_id}/{node_id}"))
     }
 
+    /// The prefix of every replica's health summary of `subscription_id`.
+    pub fn healths(&self, subscription_id: &str) -> Vec<u8> {
+        self.key(HEALTH, &format!("{subscription_id}/"))
+    }
+
+    /// `node_id`'s health summary of `subscription_id`.
+    pub fn health(&self, subscription_id: &str, node_id: &str) -> Vec<u8> {
+        self.key(HEALTH, &format!("{subscription_id}/{node_id}"))
+    }
+
     /// When `consumer`'s portal sessions were last revoked.
     pub fn revoked(&self, consumer: &str) -> Vec<u8> {
         self.key(REVOKED, consumer)
@@ -151,6 +163,7 @@ pub const DEAD: &str = "dead";
 pub const LOG: &str = "log";
 pub const STATIC: &str = "static";
 pub const REVOKED: &str = "revoked";
+pub const HEALTH: &str = "health";
 
 /// A lease id as lowercase hex.
 pub fn hex(lease: i64) -> String {
@@ -195,6 +208,8 @@ mod tests {
         assert_eq!(k.static_status("audit", "0a1b"), b"/pw/static/audit/0a1b");
         assert_eq!(k.all(STATIC), b"/pw/static/");
         assert_eq!(k.revoked("acme"), b"/pw/revoked/acme");
+        assert_eq!(k.healths("sub_1"), b"/pw/health/sub_1/");
+        assert_eq!(k.health("sub_1", "n1"), b"/pw/health/sub_1/n1");
     }
 
     #[test]

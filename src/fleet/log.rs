@@ -3,7 +3,8 @@
 //! `P/log/<subscription>/<node id>` at most once per `sync_interval` after new attempts, in one
 //! txn for up to [`MAX_OPS`] subscriptions. The API reads `P/log/<subscription>/`: every
 //! replica's attempts, merged newest first and cut to the last 50 of the last 7 days, so any
-//! replica gives the same answer, a dead replica's attempts included. A subscription's delete
+//! replica gives the same answer, a dead replica's attempts included. Each log is written with
+//! its health summary ([`crate::fleet::health`]). A subscription's delete
 //! takes its `P/log/` keys with it ([`crate::fleet::commit`]).
 //!
 //! A claimed message keeps its attempt number: before a dead replica's page of messages joins
@@ -11,6 +12,7 @@
 //! on from the highest attempt any replica logged for its webhook-id ([`attempts_made`]).
 
 use crate::fleet::etcd::{self, Op, OpAnswer, Request};
+use crate::fleet::health;
 use crate::fleet::journal::{MAX_BATCH_BYTES, MAX_OPS};
 use crate::fleet::keys::Keys;
 use crate::registry::attempts::{self, Attempt, MAX_ENTRIES};
@@ -28,13 +30,17 @@ pub const MAX_NODES: u64 = 16;
 /// each, an answer of ~180 KB.
 pub const LOOKUP_SUBSCRIPTIONS: usize = 4;
 
-/// The txn that writes this replica's logs: `(subscription id, its attempts newest first)`,
-/// as many as fit in one txn from the front of `logs`; the rest is for the next one. An empty
-/// log deletes the key (a subscription whose attempts all aged out).
+/// Subscriptions whose logs one txn writes: two operations each (the log and its health
+/// summary, [`crate::fleet::health`]).
+pub const PER_WRITE: usize = MAX_OPS / 2;
+
+/// The txn that writes this replica's logs and their health summaries: `(subscription id, its
+/// attempts newest first)`, as many as fit in one txn from the front of `logs`; the rest is for
+/// the next one. An empty log deletes the keys (a subscription whose attempts all aged out).
 pub fn writes(keys: &Keys, node: &str, logs: &[(String, Vec<Attempt>)]) -> (Request, usize) {
     let mut ops = Vec::new();
     let mut bytes = 0;
-    for (id, log) in logs.iter().take(MAX_OPS) {
+    for (id, log) in logs.iter().take(PER_WRITE) {
         let key = keys.log(id, node);
         let value = serde_json::to_vec(log).unwrap_or_default();
         if !ops.is_empty() && bytes + value.len() > MAX_BATCH_BYTES {
@@ -49,8 +55,9 @@ pub fn writes(keys: &Keys, node: &str, logs: &[(String, Vec<Attempt>)]) -> (Requ
                 lease: 0,
             },
         });
+        ops.push(health::write(keys, node, id, log));
     }
-    let taken = ops.len();
+    let taken = ops.len() / 2;
     (etcd::txn(&[], &ops, &[]), taken)
 }
 

@@ -3,7 +3,7 @@
 //! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), static
 //! subscriptions' shared status ([`statics`]), the durable outbox ([`journal`], [`stored`],
 //! [`dead`]), what is sealed there ([`vault`]), the delivery log every replica answers alike
-//! ([`log`]) and etcd's own authentication ([`auth`]). The roles send the requests through their host
+//! ([`log`]) with each replica's health summaries ([`health`]), and etcd's own authentication ([`auth`]). The roles send the requests through their host
 //! interface and feed the answers back.
 //!
 //! May use: `model`, `registry`, `support`.
@@ -12,6 +12,7 @@ pub mod auth;
 pub mod commit;
 pub mod dead;
 pub mod etcd;
+pub mod health;
 pub mod journal;
 pub mod keys;
 pub mod log;

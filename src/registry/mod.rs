@@ -2,7 +2,7 @@
 //! and the dispatcher see (proxy-wasm shared data in Envoy, an in-memory map in tests; in fleet
 //! mode it is the cache of etcd's registry, see `crate::fleet`): the store's keys ([`store`]),
 //! bucketed lists ([`buckets`]), the subscriptions themselves (this file), delivery logs
-//! ([`attempts`]) and the recover index beside them ([`kept`]), per-consumer rate limits ([`ratelimit`]) and the dispatcher's heartbeat
+//! ([`attempts`]) with other replicas' health summaries ([`health`]) and the recover index beside them ([`kept`]), per-consumer rate limits ([`ratelimit`]) and the dispatcher's heartbeat
 //! ([`watchdog`]).
 //!
 //! May use: `model`, `support`.
@@ -27,6 +27,7 @@
 
 pub mod attempts;
 pub(crate) mod buckets;
+pub mod health;
 pub mod kept;
 pub mod portal;
 pub mod ratelimit;
@@ -146,6 +147,19 @@ impl<S: KvStore> Registry<S> {
     /// (see [`attempts::record`]).
     pub fn record_attempts(&self, id: &str, new: Vec<attempts::Attempt>) -> Result<(), StoreError> {
         attempts::record(&self.store, id, new, || {
+            stored_record(&self.store, id).is_some()
+        })
+    }
+
+    /// Keeps another replica's health summary of `id` ([`health`]); only while its record
+    /// exists.
+    pub fn record_health(
+        &self,
+        id: &str,
+        node: &str,
+        summary: &health::Summary,
+    ) -> Result<(), StoreError> {
+        health::keep(&self.store, id, node, summary, || {
             stored_record(&self.store, id).is_some()
         })
     }
@@ -509,7 +523,8 @@ impl<S: KvStore> Registry<S> {
         self.relist(&gone, false);
     }
 
-    /// Removes the record of `id` (compare-and-swap on its bucket), then its attempt log.
+    /// Removes the record of `id` (compare-and-swap on its bucket), then its attempt log and
+    /// the other replicas' health summaries.
     fn take_record(&self, id: &str) -> Result<Subscription, RegistryError> {
         let key = record_key(id);
         for _ in 0..MAX_CAS_RETRIES {
@@ -518,6 +533,7 @@ impl<S: KvStore> Registry<S> {
             match bucket.replace(&self.store, &key, &bucket.with(id, None)) {
                 Ok(()) => {
                     attempts::clear(&self.store, id);
+                    health::clear(&self.store, id);
                     kept::clear(&self.store, id);
                     return Ok(sub);
                 }

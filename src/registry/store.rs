@@ -10,6 +10,8 @@
 //!   lines `<id> <stamp> <record JSON>` ([`crate::registry`]).
 //! - `pwh:log:<n>` (n < [`LOG_BUCKETS`], same hash): the attempt logs, one line per subscription
 //!   ([`crate::registry::attempts`]).
+//! - `pwh:health:<n>` (n < [`HEALTH_BUCKETS`], same hash): fleet mode, the other replicas'
+//!   health summaries, one line per subscription ([`crate::registry::health`]).
 //! - `pwh:idx:<n>` (n < [`LIST_BUCKETS`], by a hash of the filter): lines `<filter> <id>`, the
 //!   index fan-out reads.
 //! - `pwh:own:<n>` (n < [`LIST_BUCKETS`], by a hash of the consumer): lines `<consumer> <id>`.
@@ -92,6 +94,11 @@ const RECORD_PREFIX: &str = "pwh:sub";
 pub const LOG_BUCKETS: u32 = 8192;
 const LOG_PREFIX: &str = "pwh:log";
 
+/// Health buckets: other replicas' health summaries (fleet mode), ~150 bytes per replica and
+/// subscription.
+pub const HEALTH_BUCKETS: u32 = 1024;
+const HEALTH_PREFIX: &str = "pwh:health";
+
 /// Buckets per list kind (index, owners): enough that a bucket stays small with 10,000
 /// subscriptions.
 pub const LIST_BUCKETS: u32 = 256;
@@ -99,11 +106,12 @@ const INDEX_PREFIX: &str = "pwh:idx";
 pub(crate) const OWNER_PREFIX: &str = "pwh:own";
 
 /// Every bucketed kind made at start-up: prefix and bucket count.
-pub const PREPARED_BUCKETS: [(&str, u32); 4] = [
+pub const PREPARED_BUCKETS: [(&str, u32); 5] = [
     (INDEX_PREFIX, LIST_BUCKETS),
     (OWNER_PREFIX, LIST_BUCKETS),
     (RECORD_PREFIX, RECORD_BUCKETS),
     (LOG_PREFIX, LOG_BUCKETS),
+    (HEALTH_PREFIX, HEALTH_BUCKETS),
 ];
 
 /// The bucket holding the record of subscription `id`.
@@ -114,6 +122,11 @@ pub fn record_key(id: &str) -> String {
 /// The bucket holding the attempt log of subscription `id`.
 pub fn log_key(id: &str) -> String {
     bucket_key(LOG_PREFIX, LOG_BUCKETS, id)
+}
+
+/// The bucket holding the other replicas' health summaries of subscription `id`.
+pub fn health_key(id: &str) -> String {
+    bucket_key(HEALTH_PREFIX, HEALTH_BUCKETS, id)
 }
 
 /// The index bucket listing the subscriptions of event filter `filter`.

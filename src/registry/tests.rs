@@ -1,8 +1,10 @@
 use super::*;
 use crate::model::subscription::{SigningSecret, Status};
-use crate::registry::store::{MemoryStore, LIST_BUCKETS, LOG_BUCKETS, RECORD_BUCKETS};
+use crate::registry::store::{
+    MemoryStore, HEALTH_BUCKETS, LIST_BUCKETS, LOG_BUCKETS, RECORD_BUCKETS,
+};
 
-fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
+pub(crate) fn sub(id: &str, consumer: &str, events: &[&str]) -> Subscription {
     Subscription {
         id: id.into(),
         consumer: consumer.into(),
@@ -527,7 +529,7 @@ fn create_delete_churn_leaves_the_keys_as_they_were() {
         .record_attempts("keeper", vec![attempt(0)])
         .unwrap();
     let before = footprint(&store);
-    let buckets = 2 * LIST_BUCKETS + RECORD_BUCKETS + LOG_BUCKETS;
+    let buckets = 2 * LIST_BUCKETS + RECORD_BUCKETS + LOG_BUCKETS + HEALTH_BUCKETS;
     // The buckets, the generation, the active count, the API subscription count and the
     // portal's two keys.
     assert_eq!(before.0, buckets as usize + 5);

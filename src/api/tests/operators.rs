@@ -118,6 +118,69 @@ fn operators_see_every_consumer_with_health() {
 }
 
 #[test]
+fn health_merges_other_replicas_summaries_with_this_replicas_log() {
+    use crate::registry::health::Summary;
+    let mut api = operator_api();
+    let id = id_of(api.create(KEY_A, URL, &["order.created"]));
+    // This replica delivered msg_1 (succeeded at NOW - 10 s), msg_3 waits for another attempt.
+    let own_ok = format_rfc3339_millis(NOW - 10_000);
+    let mut ok = attempt("msg_1", 1, State::Succeeded);
+    ok.timestamp = own_ok.clone();
+    api.registry.record_attempts(&id, vec![ok]).unwrap();
+    let health = |api: &mut Api| {
+        let path = format!("/webhooks/admin/subscriptions/{id}");
+        let (status, got) = api.call("GET", &path, KEY_OPERATOR, "");
+        assert_eq!(status, 200, "{got}");
+        got["health"].clone()
+    };
+    assert_eq!(health(&mut api)["consecutive_failures"], 0);
+    // Replica n2 failed twice since NOW - 5 s: the fleet is failing, through this replica.
+    let other = Summary {
+        last_success_at: None,
+        last_failure_at: Some(format_rfc3339_millis(NOW - 1_000)),
+        failing_since: Some(format_rfc3339_millis(NOW - 5_000)),
+        consecutive_failures: 2,
+    };
+    api.registry.record_health(&id, "n2", &other).unwrap();
+    assert_eq!(
+        health(&mut api),
+        json!({"last_success_at": own_ok, "last_failure_at": format_rfc3339_millis(NOW - 1_000),
+               "failing_since": format_rfc3339_millis(NOW - 5_000),
+               "consecutive_failures": 2, "pending": 0})
+    );
+    let (_, failing) = api.call(
+        "GET",
+        "/webhooks/admin/subscriptions?status=failing",
+        KEY_OPERATOR,
+        "",
+    );
+    assert_eq!(failing["data"][0]["id"], json!(id), "{failing}");
+    // The consumer's own read says the same.
+    let (_, own) = api.call("GET", &format!("/webhooks/subscriptions/{id}"), KEY_A, "");
+    assert_eq!(own["health"]["consecutive_failures"], 2);
+    // n2 then succeeded: healthy again.
+    let recovered = Summary {
+        last_success_at: Some(format_rfc3339_millis(NOW)),
+        ..other.clone()
+    };
+    let recovered = Summary {
+        consecutive_failures: 0,
+        failing_since: None,
+        ..recovered
+    };
+    api.registry.record_health(&id, "n2", &recovered).unwrap();
+    assert_eq!(health(&mut api)["consecutive_failures"], 0);
+    assert_eq!(
+        health(&mut api)["last_success_at"],
+        format_rfc3339_millis(NOW)
+    );
+    // A summary whose newest attempt is older than the delivery logs keep is left out.
+    api.registry.record_health(&id, "n2", &other).unwrap();
+    api.now_ms = NOW + crate::fleet::log::MAX_AGE_MS;
+    assert_eq!(health(&mut api)["consecutive_failures"], 0);
+}
+
+#[test]
 fn operators_act_on_any_subscription_through_the_consumer_handlers() {
     let mut api = operator_api();
     let id = id_of(api.create(KEY_A, URL, &["*"]));

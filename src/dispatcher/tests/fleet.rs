@@ -982,7 +982,7 @@ fn fleet_mode_copies_a_subscriptions_delivery_log_to_etcd_under_its_node() {
     let writes = log_writes(&d);
     assert_eq!(writes.len(), 1, "{writes:?}");
     let (token, keys) = writes[0].clone();
-    assert_eq!(keys, ["/pw/log/sub_a/n1"]);
+    assert_eq!(keys, ["/pw/log/sub_a/n1", "/pw/health/sub_a/n1"]);
     let request = d
         .host()
         .etcd_sent
@@ -1001,6 +1001,11 @@ fn fleet_mode_copies_a_subscriptions_delivery_log_to_etcd_under_its_node() {
         crate::registry::attempts::read(&d.host().store, "sub_a")
     );
     assert_eq!((log.len(), log[0].attempt), (1, 1));
+    let summary = STANDARD
+        .decode(body["success"][1]["request_put"]["value"].as_str().unwrap())
+        .unwrap();
+    let summary = crate::registry::health::Summary::parse(&summary).unwrap();
+    assert_eq!(summary.last_success_at.as_ref(), Some(&log[0].timestamp));
     d.on_tick();
     assert_eq!(log_writes(&d).len(), 1, "one write in flight at a time");
 }
@@ -1017,7 +1022,7 @@ fn fleet_mode_writes_a_delivery_log_etcd_did_not_take_again() {
     d.on_tick();
     let again = log_writes(&d);
     assert_eq!(again.len(), 1, "{again:?}");
-    assert_eq!(again[0].1, ["/pw/log/sub_a/n1"]);
+    assert_eq!(again[0].1, ["/pw/log/sub_a/n1", "/pw/health/sub_a/n1"]);
 }
 
 #[test]
@@ -1158,4 +1163,129 @@ fn fleet_mode_reads_portal_revocations_into_shared_data_every_sync_interval() {
     // Not again before the interval has passed.
     d.on_tick();
     assert!(revocation_reads(&d).is_empty());
+}
+
+/// The unanswered reads of `/pw/health/`.
+fn health_reads(d: &Dispatcher<FakeHost>) -> Vec<(u32, Value)> {
+    unanswered(d)
+        .into_iter()
+        .filter(|(_, r)| key_of(r).is_some_and(|k| k.starts_with("/pw/health/")))
+        .map(|(token, r)| (token, serde_json::from_str(&r.body).unwrap()))
+        .collect()
+}
+
+fn failing_summary(failures: u32) -> crate::registry::health::Summary {
+    crate::registry::health::Summary {
+        last_failure_at: Some(crate::support::time::format_rfc3339_millis(T0)),
+        failing_since: Some(crate::support::time::format_rfc3339_millis(T0 - 1000)),
+        consecutive_failures: failures,
+        ..Default::default()
+    }
+}
+
+fn health_answer(kvs: &[(&str, Vec<u8>)]) -> String {
+    let kvs: Vec<Value> = kvs
+        .iter()
+        .map(|(k, v)| json!({"key": b64(k.as_bytes()), "value": b64(v), "mod_revision": "8"}))
+        .collect();
+    json!({"header": {"revision": "9"}, "kvs": kvs, "count": kvs.len().to_string()}).to_string()
+}
+
+#[test]
+fn fleet_mode_reads_other_replicas_health_into_shared_data_but_not_its_own() {
+    let mut d = synced();
+    assert!(
+        health_reads(&d).is_empty(),
+        "none before the registry was read"
+    );
+    crate::tests::fixtures::logged();
+    d.host().advance(500);
+    d.on_tick();
+    let reads = health_reads(&d);
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    let (token, body) = reads[0].clone();
+    assert_eq!(body["revision"], "7", "at the registry's revision");
+    let other = failing_summary(3);
+    let body = health_answer(&[
+        ("/pw/health/sub_a/n1", failing_summary(9).to_json()),
+        ("/pw/health/sub_a/n2", other.to_json()),
+        ("/pw/health/sub_a/n3", b"garbage".to_vec()),
+        ("/pw/health/sub_gone/n2", other.to_json()),
+    ]);
+    reply(&mut d, token, &body);
+    let store = d.host().store.clone();
+    assert_eq!(
+        crate::registry::health::others(&store, "sub_a", ""),
+        [other],
+        "n1 is this replica: its own log is newer"
+    );
+    assert!(crate::registry::health::others(&store, "sub_gone", "").is_empty());
+    let lines = crate::tests::fixtures::logged();
+    assert!(
+        lines.iter().any(|(_, l)| l.ends_with(
+            "fleet: etcd on cluster etcd: 1 key(s) under health/ are no health summary and were skipped, first /pw/health/sub_a/n3 (1 failure(s) so far); serving the last synced registry"
+        )),
+        "{lines:?}"
+    );
+    // The next read waits for the interval and a newer registry read.
+    d.on_tick();
+    assert!(health_reads(&d).is_empty());
+}
+
+#[test]
+fn fleet_mode_asks_for_a_health_page_etcd_failed_again_and_loses_nothing() {
+    let mut d = synced();
+    d.host().advance(500);
+    d.on_tick();
+    let (token, first) = health_reads(&d)[0].clone();
+    let errors = d.host().metric(Metric::FleetEtcdErrors);
+    crate::tests::fixtures::logged();
+    d.host_mut().etcd_answered.insert(token);
+    answer_with_body(&mut d, token, 503, &[], b"etcd is down");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), errors + 1);
+    let lines = crate::tests::fixtures::logged();
+    assert!(
+        lines.iter().any(|(_, l)| l.contains(
+            "the health summaries were not read: etcd answered the read of health summaries with status 503"
+        )),
+        "{lines:?}"
+    );
+    d.on_tick();
+    assert!(health_reads(&d).is_empty(), "not before an interval");
+    d.host().advance(500);
+    d.on_tick();
+    let (token, again) = health_reads(&d)[0].clone();
+    assert_eq!(again, first, "the same page");
+    let other = failing_summary(2);
+    reply(
+        &mut d,
+        token,
+        &health_answer(&[("/pw/health/sub_a/n2", other.to_json())]),
+    );
+    let store = d.host().store.clone();
+    assert_eq!(
+        crate::registry::health::others(&store, "sub_a", ""),
+        [other]
+    );
+    // An answer that is not etcd's JSON is counted the same way (logged one line per 100
+    // failures) and read again an interval later.
+    d.host().advance(500);
+    d.on_tick();
+    let newer = registry_answer(&[], 1, 12).to_string();
+    let read = registry_reads(&d).last().unwrap().0;
+    reply(&mut d, read, &newer);
+    d.host().advance(500);
+    d.on_tick();
+    let (token, page) = health_reads(&d)[0].clone();
+    assert_eq!(
+        (&page["min_mod_revision"], &page["revision"]),
+        (&json!("8"), &json!("12"))
+    );
+    let errors = d.host().metric(Metric::FleetEtcdErrors);
+    d.host_mut().etcd_answered.insert(token);
+    answer_with_body(&mut d, token, 200, &[], b"not json");
+    assert_eq!(d.host().metric(Metric::FleetEtcdErrors), errors + 1);
+    d.host().advance(500);
+    d.on_tick();
+    assert_eq!(health_reads(&d)[0].1, page, "the same page again");
 }

@@ -219,6 +219,11 @@ fn remove(key: &str) -> Value {
 }
 
 /// The delete of every replica's delivery log of `sub_1`, which goes with its record.
+fn remove_health() -> Value {
+    let end = crate::fleet::etcd::prefix_end(b"/pw/health/sub_1/");
+    json!({"request_delete_range": {"key": b64(b"/pw/health/sub_1/"), "range_end": b64(&end)}})
+}
+
 fn remove_logs() -> Value {
     let end = crate::fleet::etcd::prefix_end(b"/pw/log/sub_1/");
     json!({"request_delete_range": {"key": b64(b"/pw/log/sub_1/"), "range_end": b64(&end)}})
@@ -704,7 +709,7 @@ fn delete_reads_the_record_and_the_slots_then_frees_the_slot_holding_its_id() {
                 compare("/pw/sub/sub_1", "VERSION", "GREATER", "version", 0),
                 compare("/pw/sub/sub_1", "MOD", "EQUAL", "mod_revision", 21)
             ],
-            "success": [remove("/pw/sub/sub_1"), remove_logs(), remove("/pw/slot/acme/4")],
+            "success": [remove("/pw/sub/sub_1"), remove_logs(), remove_health(), remove("/pw/slot/acme/4")],
             "failure": [read("/pw/sub/sub_1"), read_slots(false)]
         })
     );
@@ -738,6 +743,7 @@ fn delete_frees_only_the_slot_holding_its_id_and_without_one_deletes_the_record(
         json!([
             remove("/pw/sub/sub_1"),
             remove_logs(),
+            remove_health(),
             remove("/pw/slot/acme/6")
         ])
     );
@@ -749,7 +755,7 @@ fn delete_frees_only_the_slot_holding_its_id_and_without_one_deletes_the_record(
     ));
     assert_eq!(
         sent["success"],
-        json!([remove("/pw/sub/sub_1"), remove_logs()])
+        json!([remove("/pw/sub/sub_1"), remove_logs(), remove_health()])
     );
     assert_eq!(
         answer(&mut commit, &succeeded(31, 1)),

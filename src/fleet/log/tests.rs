@@ -1,5 +1,6 @@
 use super::*;
 use crate::registry::attempts::State;
+use crate::registry::health::{summarize, Summary};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -104,7 +105,7 @@ fn bad_answers_say_why() {
 }
 
 #[test]
-fn the_write_puts_each_log_under_the_node_and_deletes_an_empty_one() {
+fn the_write_puts_each_log_and_its_health_under_the_node_and_deletes_an_empty_one() {
     let keys = Keys::new("/pw");
     let log = vec![attempt("msg_1", 1, NOW)];
     let logs = vec![("s1".to_string(), log.clone()), ("s2".to_string(), vec![])];
@@ -118,14 +119,28 @@ fn the_write_puts_each_log_under_the_node_and_deletes_an_empty_one() {
                 value: serde_json::to_vec(&log).unwrap(),
                 lease: 0,
             },
+            Op::Put {
+                key: b"/pw/health/s1/node-a".to_vec(),
+                value: summarize(&log).to_json(),
+                lease: 0,
+            },
             Op::Delete {
                 key: b"/pw/log/s2/node-a".to_vec(),
+                prefix: false,
+            },
+            Op::Delete {
+                key: b"/pw/health/s2/node-a".to_vec(),
                 prefix: false,
             },
         ],
         &[],
     );
     assert_eq!(request, expected);
+    let written = Summary::parse(&summarize(&log).to_json()).unwrap();
+    assert_eq!(
+        written.last_failure_at.as_deref(),
+        Some(log[0].timestamp.as_str())
+    );
 }
 
 #[test]
@@ -134,7 +149,13 @@ fn a_write_takes_no_more_than_one_txn_holds() {
     let many: Vec<(String, Vec<Attempt>)> = (0..MAX_OPS + 5)
         .map(|n| (format!("s{n}"), vec![attempt("m", 1, NOW)]))
         .collect();
-    assert_eq!(writes(&keys, "n", &many).1, MAX_OPS);
+    let (request, taken) = writes(&keys, "n", &many);
+    assert_eq!(taken, PER_WRITE, "two operations each");
+    let ops = serde_json::from_str::<serde_json::Value>(&request.body).unwrap()["success"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(ops, MAX_OPS);
     let big = vec![attempt(&"x".repeat(MAX_BATCH_BYTES / 2), 1, NOW)];
     let large: Vec<(String, Vec<Attempt>)> =
         (0..3).map(|n| (format!("s{n}"), big.clone())).collect();

@@ -509,14 +509,18 @@ fn a_delete_is_answered_204_once_etcd_has_it() {
     let deleted = &sent(&f)["success"];
     let logs = format!("/pw/log/{ID}/");
     let logs_end = crate::fleet::etcd::prefix_end(logs.as_bytes());
+    let health = format!("/pw/health/{ID}/");
+    let health_end = crate::fleet::etcd::prefix_end(health.as_bytes());
     assert_eq!(
-        (deleted[0].clone(), deleted[1].clone(), deleted[2].clone()),
-        (
-            json!({"request_delete_range": {"key": STANDARD.encode(format!("/pw/sub/{ID}"))}}),
-            json!({"request_delete_range": {"key": STANDARD.encode(&logs),
-                                            "range_end": STANDARD.encode(logs_end)}}),
-            json!({"request_delete_range": {"key": STANDARD.encode("/pw/slot/acme/1")}})
-        )
+        deleted,
+        &json!([
+            {"request_delete_range": {"key": STANDARD.encode(format!("/pw/sub/{ID}"))}},
+            {"request_delete_range": {"key": STANDARD.encode(&logs),
+                                      "range_end": STANDARD.encode(logs_end)}},
+            {"request_delete_range": {"key": STANDARD.encode(&health),
+                                      "range_end": STANDARD.encode(health_end)}},
+            {"request_delete_range": {"key": STANDARD.encode("/pw/slot/acme/1")}}
+        ])
     );
     assert!(registry(&f).get(ID).is_some());
     answer(&f, &mut s, Some("200"), &succeeded());
