@@ -2,7 +2,7 @@
 //! in etcd. Pure logic over [`etcd`]'s builders and parsers (the v3 HTTP/JSON gateway): the
 //! key layout ([`keys`]), API writes ([`commit`]), registry reads ([`sync`]), static
 //! subscriptions' shared status ([`statics`]), the durable outbox ([`journal`], [`stored`],
-//! [`dead`]), what is sealed there ([`vault`]), the delivery log every replica answers alike
+//! [`dead`], [`recover`]), what is sealed there ([`vault`]), the delivery log every replica answers alike
 //! ([`log`]) and etcd's own authentication ([`auth`]). The roles send the requests through their host
 //! interface and feed the answers back.
 //!
@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod journal;
 pub mod keys;
 pub mod log;
+pub mod recover;
 pub mod statics;
 pub mod stored;
 pub mod sync;
