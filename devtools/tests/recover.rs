@@ -233,11 +233,17 @@ async fn past_the_replay_bound_not_kept_counts_what_is_gone() -> Result<()> {
 
 /// Events `range` produced through `envoy`, one at a time (so detected in this order).
 async fn produce_through(envoy: &Envoy, range: std::ops::Range<usize>) -> Result<()> {
+    produce_padded(envoy, range, 0).await
+}
+
+/// [`produce_through`], each event's object padded with `pad` bytes.
+async fn produce_padded(envoy: &Envoy, range: std::ops::Range<usize>, pad: usize) -> Result<()> {
     let client = http_client();
     for n in range {
+        let body = json!({ "n": n, "pad": "x".repeat(pad) }).to_string();
         let request = client
             .post(envoy.url("/orders"))
-            .header("x-test-body", json!({ "n": n }).to_string());
+            .header("x-test-body", body);
         let sent = Sent::read(request.send().await?).await?;
         ensure!(sent.status == 201, "POST /orders answered {}", sent.status);
     }
@@ -377,5 +383,43 @@ async fn fleet_recover_through_b_sends_what_a_exhausted_once_across_the_fleet() 
         + b.counter("webhooks_deliveries_succeeded").await?;
     ensure!(succeeded == 20, "delivered {succeeded} times");
     eprintln!("13 events exhausted on A (3 before since): recover through B sent the 10 once each; 10 more recovered through A and B at once: counts {counts:?}, each once; the 3 from before since stay in etcd");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_recover_reads_large_copies_in_pages_under_envoys_answer_cap() -> Result<()> {
+    const EVENTS: usize = 40;
+    // ~20 KB each, ~27 KB in etcd's base64: a first page of 64 is ~1.7 MB, far past Envoy's
+    // 256 KiB buffer for a callout's answer, so the scan halves its pages until they fit.
+    const PAD: usize = 20_000;
+    let fleet = Fleet::start(2, |rx| config(rx, json!({}))).await?;
+    let (a, b) = (fleet.replica(0), fleet.replica(1));
+    fleet.receiver.set_default(Reply::status(500));
+    let since = now_rfc3339()?;
+    produce_padded(a, 0..EVENTS, PAD).await?;
+    wait_dead(&fleet, EVENTS as u64).await?;
+    let refused = refused_ids(&fleet.receiver, 0..EVENTS as u64);
+    ensure!(refused.len() == EVENTS, "one id per event");
+    fleet.receiver.set_default(Reply::status(204));
+    let started = std::time::Instant::now();
+    let (status, answer) = api(b, TEST_KEY, "POST", RECOVER, Some(json!({"since": since}))).await?;
+    let took = started.elapsed();
+    ensure!(
+        (status, &answer) == (202, &json!({"count": EVENTS, "not_kept": 0})),
+        "recover through B answered {status} {answer}\n{}",
+        b.log_tail(20)
+    );
+    let halved = b
+        .log_contents()
+        .matches("kept copies (past Envoy's answer buffer?)")
+        .count();
+    ensure!(
+        halved >= 1,
+        "the first page was past the cap: {}",
+        b.log_tail(20)
+    );
+    accepted_once(&fleet, &refused).await?;
+    wait_dead(&fleet, 0).await?;
+    eprintln!("{EVENTS} copies of ~{PAD} bytes exhausted on A, recovered through B in {} ms (pages halved {halved} times under the 256 KiB answer cap), each delivered once", took.as_millis());
     Ok(())
 }

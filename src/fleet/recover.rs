@@ -117,6 +117,11 @@ impl Recovery {
             (Some(other), _) => return Step::Unavailable(format!("answered HTTP {other}")),
             (None, _) if self.page > 1 => {
                 // Likely an answer past Envoy's buffer: ask again for half as many.
+                log::info!(
+                    "proxy-webhooks: recover: no answer to a page of {} kept copies (past Envoy's answer buffer?); asking for {}",
+                    self.page,
+                    self.page / 2
+                );
                 self.page /= 2;
                 return Step::Send(self.scan_request(from));
             }
