@@ -5,7 +5,8 @@
 //! `P/dead/<webhook-id>` names no subscription, so the copies are found by a scan of `P/dead/`
 //! with values, a page at a time in key order (each copy is opened and decoded to see its
 //! subscription and detection time). The scan is bounded: replicas trim `P/dead/` to
-//! `delivery.max_replay` copies fleet-wide, and at most `max` are kept from it. No index is kept
+//! `delivery.max_replay` copies fleet-wide, and at most `max` are kept from it (the oldest;
+//! held with one page more while a page is read). No index is kept
 //! beside the copies, so nothing can disagree with them when a replica dies between two writes.
 //! Pages start at [`FIRST_PAGE`] copies and halve when etcd's answer does not arrive (an answer
 //! past Envoy's 256 KiB buffer is reset), down to one; a page of one that fails gives up.
@@ -130,6 +131,10 @@ impl Recovery {
         for kv in &answer.kvs {
             self.consider(vault, kv);
         }
+        // Bounded while scanning: at most `max` plus one page, the oldest kept.
+        self.found
+            .sort_by_key(|f| (f.created_ms, f.create_revision));
+        self.found.truncate(self.max);
         match answer.kvs.last().filter(|_| answer.more) {
             Some(last) => {
                 let mut after = last.key.clone();
@@ -139,9 +144,6 @@ impl Recovery {
             }
             None => {
                 self.next = None;
-                self.found
-                    .sort_by_key(|f| (f.created_ms, f.create_revision));
-                self.found.truncate(self.max);
                 self.found.reverse(); // taken from the end: oldest first
                 self.take_next()
             }
@@ -160,12 +162,6 @@ impl Recovery {
         };
         if decoded.subscription_id != self.subscription_id || decoded.created_ms < self.since_ms {
             return;
-        }
-        if self.found.len() >= self.max.saturating_mul(2).max(1) {
-            // Bounded while scanning: drop the newest beyond twice the bound.
-            self.found
-                .sort_by_key(|f| (f.created_ms, f.create_revision));
-            self.found.truncate(self.max);
         }
         self.found.push(Found {
             created_ms: decoded.created_ms,

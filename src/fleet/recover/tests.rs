@@ -243,3 +243,21 @@ fn a_sealed_copy_is_opened_and_sent_opened() {
         }]
     );
 }
+
+#[test]
+fn the_oldest_max_are_kept_across_pages() {
+    let keys = Keys::new("/pw");
+    let vault = Vault::default();
+    let (mut r, _) = Recovery::start(&keys, "s", 0, 2);
+    let one = page(
+        &[("m5", "s", 5, 1), ("m6", "s", 6, 2), ("m7", "s", 7, 3)],
+        true,
+    );
+    let _ = r.on_answer(&vault, Some("200"), &one);
+    assert_eq!(r.found.len(), 2, "bounded while scanning");
+    let two = page(&[("m8", "s", 1, 4)], false);
+    assert_eq!(
+        r.on_answer(&vault, Some("200"), &two),
+        Step::Send(deletes(&["m8", "m5"]))
+    );
+}
