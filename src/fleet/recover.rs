@@ -221,10 +221,16 @@ impl Recovery {
             }
         };
         let taking = std::mem::take(&mut self.taking);
+        let asked = taking.len();
+        let before = self.taken.len();
         for (found, op) in taking.into_iter().zip(answer.responses.iter()) {
             if matches!(op, OpAnswer::Delete(d) if d.deleted == 1) {
                 self.taken.push(found);
             }
+        }
+        let took = self.taken.len() - before;
+        if took < asked {
+            log::info!("proxy-webhooks: recover: {took} of {asked} kept copies taken here, the others by another call meanwhile");
         }
         self.take_next()
     }
