@@ -12,6 +12,8 @@
 #   make compose-check  validate docker-compose.yml and the fleet example (installs docker-compose if missing)
 #   make envoy-matrix   the smoke suite on each older supported Envoy (1.36, 1.37, 1.39; docs/envoy-versions.md)
 #   make monitoring     promtool check/test of deploy/prometheus (installs Debian's prometheus if missing)
+#   make browser      what the portal's browser tests need: Debian's chromium + chromium-driver, axe-core
+#   make screenshots  the portal's screenshots in docs/images/, taken by devtools/tests/portal.rs
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -33,13 +35,13 @@ SCHEMATHESIS_VERSION := 4.32.5
 
 .PHONY: help test run wasm wasm-target wasm-opt envoy schemathesis rust-tools lint unit cli cli-test integration devtools clean-tmp \
 	bench bench-smoke compose-check demo-tour etcd envoy-matrix-install envoy-matrix \
-	promtool monitoring
+	promtool monitoring browser screenshots
 
 help:
-	@sed -n '1,15p' Makefile
+	@sed -n '1,17p' Makefile
 
-test: wasm-target envoy schemathesis etcd promtool lint wasm unit cli-test compose-check monitoring integration \
-	envoy-matrix demo-tour bench-smoke
+test: wasm-target envoy schemathesis etcd promtool browser lint wasm unit cli-test compose-check monitoring \
+	integration envoy-matrix demo-tour bench-smoke
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -149,8 +151,25 @@ etcd:
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends etcd-server; }
 	@etcd --version | sed -n 1p
 
-integration: wasm envoy schemathesis etcd envoy-matrix-install
+integration: wasm envoy schemathesis etcd envoy-matrix-install browser
 	cargo test -p devtools
+
+# The portal's browser tests (devtools/tests/portal.rs): headless Chromium driven through
+# chromedriver (Debian's), and axe-core pinned by devtools/browser/package-lock.json (npm ci
+# into the git-ignored devtools/browser/node_modules). Debian's npm brings node.
+AXE := devtools/browser/node_modules/axe-core/axe.min.js
+browser: $(AXE)
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { echo "installing chromium, chromium-driver"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core; }
+
+$(AXE): devtools/browser/package-lock.json
+	@command -v npm >/dev/null || { echo "installing npm"; apt-get update -qq && apt-get install -y -qq --no-install-recommends npm; }
+	cd devtools/browser && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $(AXE)
+
+# Regenerates docs/images/portal-*.png: the browser tests with screenshots turned on.
+screenshots: wasm envoy browser
+	PORTAL_SCREENSHOTS=docs/images cargo test -p devtools --test portal -- consumer_journey read_only a_bad_link
 
 devtools:
 	cargo build -p devtools --bins

@@ -11,6 +11,7 @@
 //! - [`fleet`]: etcd and several Envoy replicas in fleet mode (node ids a, b, c...), restarted
 //!   with SIGTERM or SIGKILL;
 //! - [`api`]: calls to the subscription API through an Envoy with an API key;
+//! - [`browser`]: a headless Chromium through chromedriver (network log, axe-core, screenshots);
 //! - [`envoy`]: render the shipped `envoy.yaml` for a test and run Envoy on free ports;
 //! - [`upstream`]: a programmable API server that answers anything (behaviour from request headers);
 //! - [`receiver`]: a recording, programmable webhook receiver;
@@ -26,6 +27,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod browser;
 pub mod envoy;
 pub mod etcd;
 pub mod files;
@@ -34,6 +36,7 @@ pub mod hostile;
 pub mod manifests;
 pub mod orders;
 pub mod paced;
+pub mod portal;
 pub mod receiver;
 pub mod server;
 pub mod show;

@@ -2,6 +2,8 @@
 //! `make schemathesis`, a pinned version) runs the deployment's own document, fetched from the
 //! real Envoy at `GET /webhooks/openapi.json` (event filters typed to the configured types), with
 //! every one of its checks against that Envoy and the real plugin, and must report no failure.
+//! The consumer paths run with a consumer's key and the operator paths (`/webhooks/admin/`) with
+//! an operator's (devtools/schemathesis.toml), so both APIs are fuzzed past authentication.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +15,9 @@ use serde_json::json;
 /// SHA-256 of "test-key" and of "other-key".
 const TEST_KEY_SHA256: &str = "62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef";
 const OTHER_KEY_SHA256: &str = "580843d03d2216ff1a275d0991bad66e4d1af871171d929e9de604b7959f9bca";
+/// SHA-256 of "operator-key" (the key devtools/schemathesis.toml sends under `/webhooks/admin/`).
+const OPERATOR_KEY_SHA256: &str =
+    "c9736463f555cdb7d2a78cfd7aa8b8c4f09d906d78f8dab9228eda30a28c2818";
 /// Test cases per operation and phase: enough to cover every answer, short enough for `make test`.
 const MAX_EXAMPLES: &str = "40";
 /// A fixed seed, so a failure can be reproduced with the same command.
@@ -28,7 +33,9 @@ fn plugin_config(receiver_url: &str) -> serde_json::Value {
             {"type": "order.updated", "method": ["PUT", "PATCH"], "path": "/orders/{id}"}
         ],
         "api": {"keys": [{"consumer": "tests", "sha256": TEST_KEY_SHA256},
-                         {"consumer": "others", "sha256": OTHER_KEY_SHA256}]},
+                         {"consumer": "others", "sha256": OTHER_KEY_SHA256}],
+                "operator_keys": [{"operator": "fuzzer", "sha256": OPERATOR_KEY_SHA256}],
+                "portal": {"session_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}},
         "subscriptions": [{"id": "sub_static_1", "consumer": "tests", "url": receiver_url,
                            "events": ["order.*"], "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}],
         "delivery": {"timeout": "2s", "retry_schedule": ["0s"], "allow_http": true,
@@ -88,7 +95,6 @@ async fn schemathesis_finds_no_mismatch_between_the_live_openapi_json_and_the_ap
             "--seed",
             SEED,
         ])
-        .args(["--header", "Authorization: Bearer test-key"])
         // No example database in the work tree: each run starts from the seed alone.
         .args([
             "--no-color",

@@ -306,8 +306,13 @@ fn check_view(
     ];
     if with_secret {
         expected.push("secret");
-        expected.sort_unstable();
     }
+    // Reads (GET one, GET the list) carry the delivery health too.
+    if let Some(health) = sub.get("health") {
+        ensure!(health["consecutive_failures"].is_u64(), "health in {sub}");
+        expected.push("health");
+    }
+    expected.sort_unstable();
     ensure!(fields == expected, "fields {fields:?} in {sub}");
     Ok(())
 }
@@ -485,13 +490,20 @@ async fn round_trip_field_by_field() -> Result<()> {
     let delivered = hooks[0].verify(&secret)?;
     ensure!(delivered["type"] == "orders.created", "{delivered}");
 
-    // List and get: the same view, without the secret.
+    // List and get: the same view, without the secret, with the delivery health (the one
+    // delivery above may not be logged yet: nothing failed, in any case).
     let listed = api.list().await?;
     ensure!(listed.len() == 1, "{listed:?}");
     let mut expected = created.clone();
     if let Some(o) = expected.as_object_mut() {
         o.remove("secret");
+        o.insert("health".into(), listed[0]["health"].clone());
     }
+    let health = &listed[0]["health"];
+    ensure!(
+        health["consecutive_failures"] == 0 && health["last_failure_at"].is_null(),
+        "health {health}"
+    );
     ensure!(
         listed[0] == expected,
         "listed {} != created {expected}",
@@ -514,9 +526,14 @@ async fn round_trip_field_by_field() -> Result<()> {
         rfc3339(&patched["updated_at"])? >= rfc3339(&created["updated_at"])?,
         "{patched}"
     );
-    let got = api
+    let mut got = api
         .expect(200, "GET", &format!("/subscriptions/{id}"), None)
         .await?;
+    // A read has the health beside what the write answered.
+    ensure!(got
+        .as_object_mut()
+        .and_then(|o| o.remove("health"))
+        .is_some());
     ensure!(got == patched, "get after patch {got} != {patched}");
     // The patch takes effect at once: the next event goes to the new url, with the same secret.
     stack.send("DELETE", "/orders/7", &[]).await?;
@@ -1210,6 +1227,7 @@ async fn bad_requests_are_refused_and_write_nothing() -> Result<()> {
     let mut expected = existing.clone();
     if let Some(o) = expected.as_object_mut() {
         o.remove("secret");
+        o.insert("health".into(), after["health"].clone());
     }
     ensure!(after == expected, "changed: {after}");
     ensure!(api.list().await?.len() == 1);

@@ -1,10 +1,11 @@
 //! One handler per call, run after the route, the caller and the method are checked.
 
+use super::admin::{read_view, ReadView};
 use super::auth::Caller;
 use super::fields::{missing, parse_fields, parse_page, Fields};
 use super::responses::{
     base_headers, error, json_response, no_randomness, registry_error, secret_unreadable,
-    static_subscription, subscription_not_found, view, SubscriptionView,
+    static_subscription, subscription_not_found, view,
 };
 use super::{
     Answer, Context, Outcome, Request, Response, Written, MAX_SECRETS, ROTATION_OVERLAP_MS,
@@ -54,7 +55,7 @@ pub(super) fn list<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, query: &
         .filter(|sub| caller.owns(sub));
     let found: Vec<Subscription> = subs.by_ref().take(page.limit).collect();
     let has_more = subs.next().is_some();
-    let data: Vec<SubscriptionView<'_>> = found.iter().map(|s| view(s, None)).collect();
+    let data: Vec<ReadView<'_>> = found.iter().map(|s| read_view(cx, caller, s)).collect();
     Ok(json_response(200, &Page { data, has_more }))
 }
 
@@ -158,7 +159,7 @@ pub(super) fn changeable<S: KvStore>(
 
 pub(super) fn get<S: KvStore>(cx: &Context<'_, S>, caller: Caller<'_>, id: &str) -> Outcome {
     let sub = owned(cx, caller, id)?;
-    Ok(json_response(200, &view(&sub, None)))
+    Ok(json_response(200, &read_view(cx, caller, &sub)))
 }
 
 /// Runs `change` on the caller's subscription with compare-and-swap; ownership and (unless
@@ -350,7 +351,7 @@ pub(super) fn within_rate_limit<S: KvStore>(
     cx: &Context<'_, S>,
     caller: Caller<'_>,
 ) -> Result<(), Response> {
-    let Err(wait_s) = ratelimit::take(cx.store, caller.consumer, cx.now_ms) else {
+    let Err(wait_s) = ratelimit::take(cx.store, &caller.rate_key(), cx.now_ms) else {
         return Ok(());
     };
     let mut response = error(
@@ -408,11 +409,17 @@ pub(super) fn retry<S: KvStore>(
     caller: Caller<'_>,
     webhook_id: &str,
 ) -> Written {
-    let bound = cx.config.api.max_subscriptions_per_consumer + cx.config.subscriptions.len();
     let store = cx.store;
-    let found = cx
-        .registry
-        .ids_for_consumer(caller.consumer)
+    // An operator's message may be any consumer's.
+    let (ids, bound) = match caller.operator {
+        Some(_) => (cx.registry.all_ids(), cx.config.api.max_subscriptions),
+        None => (
+            cx.registry.ids_for_consumer(caller.consumer),
+            cx.config.api.max_subscriptions_per_consumer,
+        ),
+    };
+    let bound = bound + cx.config.subscriptions.len();
+    let found = ids
         .into_iter()
         .take(bound)
         .filter(|id| owned(cx, caller, id).is_ok())

@@ -10,10 +10,12 @@
 //!
 //! May use: `config`, `fleet`, `model`, `registry`, `support`.
 
+mod admin;
 mod auth;
 mod fields;
 mod handlers;
 pub mod openapi;
+mod page;
 mod recover;
 mod responses;
 mod routes;
@@ -26,18 +28,19 @@ use crate::registry::store::KvStore;
 use crate::registry::Registry;
 use crate::registry::RegistryError;
 use crate::support::ids::RandomSource;
-use auth::{authenticate, unauthorized, Caller};
+use auth::{authenticate, Caller, Who};
 pub use handlers::delivery_log;
 use handlers::{
     create, delete, deliveries, event_types, get, list, patch, retry, retry_stored, rotate_secret,
     send_test,
 };
+pub use page::serve_page;
 use recover::{recover, recover_taken as taken_answer};
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
-use routes::{query_of, route, Route};
+use routes::{query_of, route, Route, Scope};
 
 /// An API request as the filter saw it. `path` is the full `:path`, query string included.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Request<'a> {
     /// `:method`, compared case-sensitively as HTTP requires.
     pub method: &'a str,
@@ -48,6 +51,15 @@ pub struct Request<'a> {
     pub api_key: Option<&'a [u8]>,
     /// The raw value of the `api.consumer_header` header (None when not configured).
     pub consumer_header: Option<&'a [u8]>,
+    /// The raw value of the `api.operator_header` header (None when not configured).
+    pub operator_header: Option<&'a [u8]>,
+    /// `x-webhooks-session`: a portal session token.
+    pub session: Option<&'a [u8]>,
+    /// `origin`, `sec-fetch-site` and `:authority`: the same-origin check of writes a gateway
+    /// authenticated by cookie (`api.consumer_header`).
+    pub origin: Option<&'a [u8]>,
+    pub sec_fetch_site: Option<&'a [u8]>,
+    pub authority: Option<&'a [u8]>,
     /// The raw `content-type` header value.
     pub content_type: Option<&'a [u8]>,
     /// The whole request body (empty when there is none).
@@ -190,36 +202,41 @@ pub fn lookup_unavailable() -> Response {
 }
 
 /// The answer a call gets before its body is read, if any: 404 for an unknown path, 401
-/// without a valid key, 405 for a method the path does not answer. The filter asks at request
-/// headers, so an unauthenticated client never gets a body buffered. `None`: read the body and
-/// [`handle`] the call (`request.body` is not looked at here).
-pub fn answer_before_body(request: &Request<'_>, config: &Config) -> Option<Response> {
-    check_headers(request, config).err()
+/// without valid credentials, 403 for credentials of the other API, a read-only session's
+/// write or a cross-origin write, 405 for a method the path does not answer. The filter asks
+/// at request headers, so an unauthenticated client never gets a body buffered. `None`: read
+/// the body and [`handle`] the call (`request.body` is not looked at here).
+pub fn answer_before_body<S: KvStore>(
+    request: &Request<'_>,
+    cx: &mut Context<'_, S>,
+) -> Option<Response> {
+    check_headers(request, cx).err()
 }
 
-/// The route and the caller of a call, from its headers alone.
-fn check_headers<'a>(
-    request: &Request<'a>,
-    config: &'a Config,
-) -> Result<(Route<'a>, Caller<'a>), Response> {
-    let route = route(&config.api.path_prefix, request.path)
+/// The scope, route and caller of a call, from its headers alone.
+fn check_headers<'p, S: KvStore>(
+    request: &Request<'p>,
+    cx: &mut Context<'_, S>,
+) -> Result<(Scope, Route<'p>, Who), Response> {
+    let config = cx.config;
+    let (scope, route) = route(&config.api.path_prefix, request.path)
         .ok_or_else(|| error(404, "not_found", "no such path"))?;
     if route == Route::OpenApi {
         // Public, like any API description: answered here, before authentication and body.
         return Err(openapi::answer(request.method, config));
     }
-    let consumer = authenticate(request, config).ok_or_else(|| unauthorized(config))?;
-    if !route.allows(request.method) {
-        return Err(method_not_allowed(route.allow()));
+    let who = authenticate(request, cx, scope == Scope::Admin)?;
+    if !route.allows(scope, request.method) {
+        return Err(method_not_allowed(route.allow(scope)));
     }
-    let sees_static = config.api.consumer_header.is_none();
-    Ok((
-        route,
-        Caller {
-            consumer,
-            sees_static,
-        },
-    ))
+    let write = admin::is_write(request.method);
+    if write && who.read_only {
+        return Err(auth::read_only());
+    }
+    if write && who.by_header && !auth::same_origin(request) {
+        return Err(auth::cross_origin());
+    }
+    Ok((scope, route, who))
 }
 
 /// Answers a retry that [`handle`] sent to etcd ([`Answer::FindKept`]) with etcd's kept copy of
@@ -229,8 +246,11 @@ pub fn retry_kept<S: KvStore>(
     cx: &mut Context<'_, S>,
     kept: Option<&[u8]>,
 ) -> Response {
-    let answer = check_headers(request, cx.config).and_then(|(route, caller)| match route {
-        Route::Retry(webhook_id) => retry_stored(cx, caller, webhook_id, kept),
+    let answer = check_headers(request, cx).and_then(|(_, route, who)| match route {
+        Route::Retry(webhook_id) => {
+            let caller = who.caller(cx.config);
+            retry_stored(cx, caller, webhook_id, kept)
+        }
         _ => Err(error(404, "not_found", "no such path")),
     });
     answer.unwrap_or_else(|response| response)
@@ -257,13 +277,41 @@ pub fn recover_unavailable() -> Response {
 
 fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Written {
     let config = cx.config;
-    let (route, caller) = check_headers(request, config)?;
+    let (scope, route, who) = check_headers(request, cx)?;
+    let caller = who.caller(config);
+    let answer = route_call(request, cx, scope, route, caller);
+    if let Some(operator) = caller.operator.filter(|_| admin::is_write(request.method)) {
+        let shown = match &answer {
+            Ok(answer) => answer,
+            Err(response) => &Answer::Now(response.clone()),
+        };
+        admin::log_write(operator, request, shown);
+    }
+    answer
+}
+
+/// Runs the handler of an authenticated call. Operators run the consumers' handlers with an
+/// operator [`Caller`], who owns every subscription: any call the consumer API gains, the
+/// operator API has too (unless [`Route`] keeps it for consumers).
+fn route_call<S: KvStore>(
+    request: &Request<'_>,
+    cx: &mut Context<'_, S>,
+    scope: Scope,
+    route: Route<'_>,
+    caller: Caller<'_>,
+) -> Written {
+    let config = cx.config;
     if request.body.len() > config.api.max_body_bytes {
         return Err(too_large(config.api.max_body_bytes));
     }
     // The method is one the route allows, so a catch-all arm is that route's remaining method.
     let now = match (route, request.method) {
+        (Route::Subscriptions, "GET") if scope == Scope::Admin => {
+            admin::list_all(cx, caller, query_of(request.path))
+        }
         (Route::Subscriptions, "GET") => list(cx, caller, query_of(request.path)),
+        (Route::PortalSessions(consumer), "POST") => admin::mint_session(cx, consumer, request),
+        (Route::PortalSessions(consumer), _) => return admin::revoke_sessions(cx, consumer),
         (Route::Subscriptions, _) => return create(cx, caller, request),
         (Route::Subscription(id), "GET") => get(cx, caller, id),
         (Route::Subscription(id), "PATCH") => return patch(cx, caller, id, request),

@@ -1,5 +1,6 @@
 //! The answers: JSON bodies, error shapes and the public views of records.
 
+use super::admin::Health;
 use super::Response;
 use crate::config::Config;
 use crate::model::subscription::{Ordering, Status, Subscription};
@@ -140,6 +141,12 @@ pub(super) struct SubscriptionView<'s> {
     ordering: Ordering,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'s str>,
+    /// The operator API's answers name the consumer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) consumer: Option<&'s str>,
+    /// Reads carry the delivery health.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) health: Option<Health>,
 }
 
 pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> SubscriptionView<'s> {
@@ -155,5 +162,7 @@ pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> Subscr
         is_static: sub.is_static,
         ordering: sub.ordering,
         secret,
+        consumer: None,
+        health: None,
     }
 }

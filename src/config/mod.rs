@@ -9,8 +9,8 @@
 //! May use: `model`, `support`.
 
 use crate::model::audience::{self, Audience};
-pub use crate::model::identity::ApiKey;
 use crate::model::identity::Identification;
+pub use crate::model::identity::{ApiKey, OperatorKey};
 use crate::model::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::model::signing::Secret;
 use crate::model::subscription::{
@@ -18,6 +18,7 @@ use crate::model::subscription::{
 };
 pub use crate::support::sealing::Keyring;
 use crate::support::url::{check_destination, Policy};
+pub use portal::PortalConfig;
 use secrets::Env;
 use serde_json::{Map, Value};
 use std::fmt;
@@ -106,6 +107,13 @@ pub struct ApiConfig {
     pub max_subscriptions: usize,
     /// `api.max_body_bytes`, default 65536: larger API request bodies answer 413.
     pub max_body_bytes: usize,
+    /// `api.operator_keys`: keys of operators, valid only under `<prefix>/admin/`.
+    pub operator_keys: Vec<OperatorKey>,
+    /// `api.operator_header` (lowercase): a request header an authentication filter earlier in
+    /// the chain sets to the operator's name; valid only under `<prefix>/admin/`.
+    pub operator_header: Option<String>,
+    /// `api.portal`; None when absent or disabled.
+    pub portal: Option<PortalConfig>,
 }
 
 impl ApiConfig {
@@ -224,6 +232,9 @@ impl Default for ApiConfig {
             max_subscriptions_per_consumer: 100,
             max_subscriptions: 100_000,
             max_body_bytes: 65536,
+            operator_keys: Vec::new(),
+            operator_header: None,
+            portal: None,
         }
     }
 }
@@ -307,12 +318,20 @@ pub fn parse_with_env(json: &[u8], env: Env<'_>) -> Result<Config, ConfigError> 
         Some(v) => parse_inference("infer_events", v)?,
         None => (events.is_empty(), Vec::new()),
     };
-    let api = parse_api(top.get("api"))?;
+    let api = parse_api(top.get("api"), env)?;
     let subscriptions = parse_subscriptions(top.get("subscriptions"), delivery.url_policy(), env)?;
     let fleet = top
         .get("fleet")
         .map(|fleet| parse_fleet(fleet, env))
         .transpose()?;
+    if let (Some(portal), Some(_)) = (&api.portal, &fleet) {
+        if portal.session_key.is_empty() {
+            return Err(err(
+                "api.portal.session_key",
+                "is required in fleet mode (every replica must accept every session)",
+            ));
+        }
+    }
     Ok(Config {
         events,
         infer_events,
@@ -369,6 +388,9 @@ const API_FIELDS: &[&str] = &[
     "max_subscriptions_per_consumer",
     "max_subscriptions",
     "max_body_bytes",
+    "operator_keys",
+    "operator_header",
+    "portal",
 ];
 const KEY_FIELDS: &[&str] = &["consumer", "sha256"];
 const SUBSCRIPTION_FIELDS: &[&str] = &[
@@ -405,13 +427,16 @@ const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 /// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
 /// test holds docs/configuration.md to exactly these fields.
 #[cfg(test)]
-pub(crate) const FIELD_TABLES: [(&str, &[&str]); 14] = [
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 17] = [
     ("", TOP_FIELDS),
     ("events[]", EVENT_FIELDS),
     ("events[].audience", AUDIENCE_FIELDS),
     ("audience", AUDIENCE_FIELDS),
     ("api", API_FIELDS),
     ("api.keys[]", KEY_FIELDS),
+    ("api.operator_keys[]", portal::OPERATOR_KEY_FIELDS),
+    ("api.portal", portal::PORTAL_FIELDS),
+    ("api.portal.session_key", secrets::ENV_FIELDS),
     ("subscriptions[]", SUBSCRIPTION_FIELDS),
     ("delivery", DELIVERY_FIELDS),
     ("delivery.clusters", CLUSTER_FIELDS),
@@ -1000,7 +1025,7 @@ fn parse_status_class(s: &str) -> Option<StatusMatch> {
     }
 }
 
-fn parse_api(value: Option<&Value>) -> Result<ApiConfig, ConfigError> {
+fn parse_api(value: Option<&Value>, env: Env<'_>) -> Result<ApiConfig, ConfigError> {
     let mut api = ApiConfig::default();
     let Some(value) = value else {
         return Ok(api);
@@ -1038,7 +1063,41 @@ fn parse_api(value: Option<&Value>) -> Result<ApiConfig, ConfigError> {
     api.max_body_bytes = o
         .count("max_body_bytes", 1024)?
         .unwrap_or(api.max_body_bytes);
+    parse_operators(&o, &mut api)?;
+    api.portal = o
+        .get("portal")
+        .map(|v| portal::parse_portal(v, env))
+        .transpose()?
+        .flatten();
     Ok(api)
+}
+
+/// `api.operator_keys` and `api.operator_header`.
+fn parse_operators(o: &Obj<'_>, api: &mut ApiConfig) -> Result<(), ConfigError> {
+    if let Some(list) = o.array("operator_keys")? {
+        let api_keys: Vec<[u8; 32]> = api.keys.iter().map(|k| k.sha256).collect();
+        api.operator_keys =
+            portal::parse_operator_keys(&o.field("operator_keys"), list, &api_keys)?;
+    }
+    if let Some(name) = o.str("operator_header")? {
+        let field = o.field("operator_header");
+        let name = parse_header_name(&field, name)?;
+        if api.consumer_header.as_deref() == Some(name.as_str()) {
+            return Err(err(
+                field,
+                "must not be api.consumer_header: one header cannot name both a consumer and an operator",
+            ));
+        }
+        let reserved = ["authorization", "x-api-key", "x-webhooks-session"];
+        if reserved.contains(&name.as_str()) {
+            return Err(err(
+                field,
+                format!("{name:?} carries credentials of its own; name the header your authentication filter sets"),
+            ));
+        }
+        api.operator_header = Some(name);
+    }
+    Ok(())
 }
 
 /// Trailing slashes are trimmed; the root itself is refused because the API would then shadow
@@ -1196,6 +1255,7 @@ fn parse_filters(field: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
 }
 
 pub mod catalog;
+pub mod portal;
 pub mod secrets;
 #[cfg(test)]
 mod tests;

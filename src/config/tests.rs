@@ -1225,3 +1225,141 @@ fn static_subscriptions_may_be_fifo() {
         "subscriptions[0].ordering: must be a string"
     );
 }
+
+const KEY32: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+
+#[test]
+fn portal_every_field_and_defaults() {
+    assert_eq!(Config::default().api.portal, None);
+    let c = parse_str(&format!(
+        r#"{{"api": {{"portal": {{"enabled": true, "session_key": "{KEY32}", "title": "Acme webhooks",
+             "frame_ancestors": ["https://app.example.com", "'self'", "https://*.example.org:8443/"],
+             "public_url": "https://api.example.com/base/"}}}}}}"#
+    ))
+    .unwrap();
+    let p = c.api.portal.unwrap();
+    assert_eq!(p.session_key, b"0123456789abcdef0123456789abcdef");
+    assert_eq!(p.title, "Acme webhooks");
+    assert_eq!(
+        p.frame_ancestors,
+        [
+            "https://app.example.com",
+            "'self'",
+            "https://*.example.org:8443"
+        ]
+    );
+    assert_eq!(
+        p.public_url.as_deref(),
+        Some("https://api.example.com/base")
+    );
+    assert!(!format!("{p:?}").contains("0123"), "the key is never shown");
+    let p = parse_str(r#"{"api": {"portal": {}}}"#)
+        .unwrap()
+        .api
+        .portal
+        .unwrap();
+    assert_eq!((p.title.as_str(), p.session_key.len()), ("Webhooks", 0));
+    assert_eq!((p.frame_ancestors.len(), p.public_url), (0, None));
+    let off = format!(r#"{{"api": {{"portal": {{"enabled": false, "session_key": "{KEY32}"}}}}}}"#);
+    assert_eq!(parse_str(&off).unwrap().api.portal, None);
+}
+
+#[test]
+fn portal_session_key_from_the_environment_and_fleet_needs_it() {
+    let env = |name: &str| (name == "PORTAL_KEY").then(|| KEY32.to_string());
+    let doc =
+        r#"{"api": {"portal": {"session_key": {"env": "PORTAL_KEY"}}}, "fleet": {"cluster": "e"}}"#;
+    let c = parse_with_env(doc.as_bytes(), &env).unwrap();
+    assert_eq!(c.api.portal.unwrap().session_key.len(), 32);
+    assert_eq!(
+        error(r#"{"api": {"portal": {"enabled": true}}, "fleet": {"cluster": "e"}}"#),
+        "api.portal.session_key: is required in fleet mode (every replica must accept every session)"
+    );
+    // A disabled portal needs no key, in fleet mode either.
+    parse_str(r#"{"api": {"portal": {"enabled": false}}, "fleet": {"cluster": "e"}}"#).unwrap();
+}
+
+#[test]
+fn portal_errors_name_the_field() {
+    let short = base64::engine::general_purpose::STANDARD.encode([7u8; 31]);
+    let long = base64::engine::general_purpose::STANDARD.encode([7u8; 65]);
+    let key_problem = "api.portal.session_key: must be the base64 of 32 to 64 bytes (make one with `openssl rand -base64 32`)";
+    for (portal, expected) in [
+        (format!(r#"{{"session_key": "{short}"}}"#), key_problem.to_string()),
+        (format!(r#"{{"session_key": "{long}"}}"#), key_problem.to_string()),
+        (r#"{"session_key": "not base64!"}"#.into(), key_problem.to_string()),
+        (
+            r#"{"session_key": 5}"#.into(),
+            "api.portal.session_key: must be a string or {\"env\": \"NAME\"} naming an environment variable".into(),
+        ),
+        (r#"{"enabled": "yes"}"#.into(), "api.portal.enabled: must be a boolean".into()),
+        (
+            r#"{"title": "  "}"#.into(),
+            "api.portal.title: must be 1 to 100 characters, not blank, no control characters".into(),
+        ),
+        (
+            r#"{"frame_ancestors": ["app.example.com"]}"#.into(),
+            "api.portal.frame_ancestors[0]: \"app.example.com\" is not an origin like \"https://app.example.com\" or 'self'".into(),
+        ),
+        (
+            r#"{"frame_ancestors": ["https://a.example.com; script-src *"]}"#.into(),
+            "api.portal.frame_ancestors[0]: \"https://a.example.com; script-src *\" is not an origin like \"https://app.example.com\" or 'self'".into(),
+        ),
+        (
+            r#"{"frame_ancestors": "https://a.example.com"}"#.into(),
+            "api.portal.frame_ancestors: must be an array".into(),
+        ),
+        (
+            r#"{"public_url": "api.example.com"}"#.into(),
+            "api.portal.public_url: \"api.example.com\" is not an absolute http(s) URL without query or fragment, like \"https://api.example.com\"".into(),
+        ),
+        (
+            r#"{"public_url": "https://api.example.com/?x=1"}"#.into(),
+            "api.portal.public_url: \"https://api.example.com/?x=1\" is not an absolute http(s) URL without query or fragment, like \"https://api.example.com\"".into(),
+        ),
+        (r#"{"colour": "red"}"#.into(), "api.portal.colour: unknown field".into()),
+        (r#"[]"#.into(), "api.portal: must be an object".into()),
+    ] {
+        assert_eq!(error(&format!(r#"{{"api": {{"portal": {portal}}}}}"#)), expected);
+    }
+}
+
+#[test]
+fn operator_keys_and_header() {
+    let c = parse_str(&format!(
+        r#"{{"api": {{"operator_keys": [{{"operator": "ops", "sha256": "{}"}}],
+             "operator_header": "X-Operator"}}}}"#,
+        SHA.to_ascii_uppercase()
+    ))
+    .unwrap();
+    assert_eq!(c.api.operator_keys[0].operator, "ops");
+    assert_eq!(c.api.operator_keys[0].sha256[0], 0xc4);
+    assert_eq!(c.api.operator_header.as_deref(), Some("x-operator"));
+    assert_eq!(Config::default().api.operator_keys, []);
+    let twice = format!(
+        r#"{{"api": {{"operator_keys": [{{"operator": "a", "sha256": "{SHA}"}}, {{"operator": "b", "sha256": "{SHA}"}}]}}}}"#
+    );
+    assert_eq!(
+        error(&twice),
+        "api.operator_keys[1].sha256: the same key is configured twice"
+    );
+    let shared = format!(
+        r#"{{"api": {{"keys": [{{"consumer": "c", "sha256": "{SHA}"}}], "operator_keys": [{{"operator": "a", "sha256": "{SHA}"}}]}}}}"#
+    );
+    assert_eq!(
+        error(&shared),
+        "api.operator_keys[0].sha256: is also in api.keys: an operator key must not be a consumer's key"
+    );
+    for (api, expected) in [
+        (r#"{"operator_keys": [{"operator": "a b", "sha256": "00"}]}"#, "api.operator_keys[0].operator: must be 1 to 64 letters, digits, '_', '.' or '-'"),
+        (r#"{"operator_keys": [{"operator": "a", "sha256": "00"}]}"#, "api.operator_keys[0].sha256: must be 64 hex digits"),
+        (r#"{"operator_keys": [{"sha256": "00"}]}"#, "api.operator_keys[0].operator: is required"),
+        (r#"{"operator_keys": [{"consumer": "a"}]}"#, "api.operator_keys[0].consumer: unknown field"),
+        (r#"{"operator_keys": {}}"#, "api.operator_keys: must be an array"),
+        (r#"{"operator_header": "x op"}"#, "api.operator_header: \"x op\" is not a header name"),
+        (r#"{"consumer_header": "x-who", "operator_header": "X-Who"}"#, "api.operator_header: must not be api.consumer_header: one header cannot name both a consumer and an operator"),
+        (r#"{"operator_header": "Authorization"}"#, "api.operator_header: \"authorization\" carries credentials of its own; name the header your authentication filter sets"),
+    ] {
+        assert_eq!(error(&format!(r#"{{"api": {api}}}"#)), expected, "{api}");
+    }
+}

@@ -11,6 +11,7 @@ use crate::config::FleetConfig;
 use crate::fleet::commit::{Commit, Step, Write};
 use crate::fleet::journal::Journal;
 use crate::fleet::keys::Keys;
+use crate::fleet::revocations::Revocations;
 use crate::fleet::statics::{Shared, Statics};
 use crate::fleet::sync::{Apply, Sync};
 use crate::fleet::vault::Vault;
@@ -36,6 +37,9 @@ pub(super) struct Fleet {
     /// Static subscriptions' shared statuses, and the token of its call waiting.
     statics: Statics,
     statics_call: Option<u32>,
+    /// Portal sessions' revocations, and the token of their read waiting.
+    revocations: Revocations,
+    revocations_call: Option<u32>,
     /// The workers were told that the first registry read is applied.
     announced: bool,
     /// Record changes the dispatcher made (a subscription disabled) on their way to etcd.
@@ -87,6 +91,8 @@ impl Fleet {
                 &configured,
             ),
             statics_call: None,
+            revocations: Revocations::new(Keys::new(&config.prefix), config.sync_interval_ms),
+            revocations_call: None,
             announced: false,
             writes: HashMap::default(),
             started_ms: now,
@@ -139,6 +145,60 @@ impl<H: DispatchHost> Dispatcher<H> {
             }
         }
         self.statics_tick(now);
+        self.revocations_tick(now);
+    }
+
+    /// Sends the read of portal revocations when it is due.
+    fn revocations_tick(&mut self, now: u64) {
+        let Some(request) = self.fleet.as_mut().and_then(|f| f.revocations.due(now)) else {
+            return;
+        };
+        let sent = self.call_etcd(&request);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return;
+        };
+        match sent {
+            Ok(token) => fleet.revocations_call = Some(token),
+            Err(refused) => {
+                fleet.revocations.on_failure(now);
+                self.fleet_error(&refused_call(refused));
+            }
+        }
+    }
+
+    /// Takes the answer to the read of portal revocations into shared data, where every worker
+    /// checks sessions; false when `token` is not that read.
+    fn on_revocations_answer(&mut self, token: u32, headers: usize, body_size: usize) -> bool {
+        let Some(fleet) = self.fleet.as_mut() else {
+            return false;
+        };
+        if fleet.revocations_call != Some(token) {
+            return false;
+        }
+        fleet.revocations_call = None;
+        let now = self.host.now_ms();
+        let answer = self.host.callout_response(headers, body_size);
+        let body = self.host.callout_body(body_size);
+        let Some(fleet) = self.fleet.as_mut() else {
+            return true;
+        };
+        let found = match answer.headers {
+            0 => {
+                fleet.revocations.on_failure(now);
+                Err("the call failed (timeout or connection reset)".to_string())
+            }
+            _ => fleet
+                .revocations
+                .on_answer(answer.status.as_deref(), &body, now),
+        };
+        let merged = found.and_then(|found| {
+            crate::registry::portal::merge(self.host.store(), &found, now)
+                .map_err(|e| format!("portal revocations could not be kept: {e:?}"))
+        });
+        if let Err(why) = merged {
+            self.fleet_error(&why);
+        }
+        true
     }
 
     /// Sends the static subscriptions' call when one is due.
@@ -229,6 +289,7 @@ impl<H: DispatchHost> Dispatcher<H> {
         if self.on_journal_answer(token, headers, body_size)
             || self.on_shared_log_answer(token, headers, body_size)
             || self.on_statics_answer(token, headers, body_size)
+            || self.on_revocations_answer(token, headers, body_size)
         {
             return true;
         }

@@ -63,6 +63,9 @@ pub enum Write {
     /// The status of a static subscription, `after` (its definition stays the configuration's:
     /// only the status goes to etcd, see [`crate::fleet::statics`]). The last writer wins.
     Static { after: Subscription },
+    /// Every portal session of `consumer` minted up to `up_to_ms` ends
+    /// ([`crate::fleet::revocations`]). The last writer wins.
+    Revoke { consumer: String, up_to_ms: u64 },
 }
 
 impl Write {
@@ -73,6 +76,7 @@ impl Write {
             | Write::Replace { after: sub, .. }
             | Write::Static { after: sub } => &sub.id,
             Write::Delete { id, .. } => id,
+            Write::Revoke { consumer, .. } => consumer,
         }
     }
 }
@@ -147,13 +151,16 @@ impl Commit {
             }
             Write::Delete { consumer, .. } => (consumer.as_str(), None),
             Write::Static { after } => (after.consumer.as_str(), None),
+            Write::Revoke { consumer, .. } => (consumer.as_str(), None),
         };
         let encoded = match &write {
             Write::Static { after } => Ok(Some(Shared::of(after).encode())),
+            Write::Revoke { up_to_ms, .. } => Ok(Some(up_to_ms.to_string().into_bytes())),
             _ => record.map(|sub| vault.seal_record(rng, sub)).transpose(),
         };
         let sub_key = match &write {
             Write::Static { after } => statics::status_key(keys, after),
+            Write::Revoke { consumer, .. } => keys.revoked(consumer),
             _ => keys.subscription(id),
         };
         let (record, broken) = match encoded {
@@ -230,7 +237,9 @@ impl Commit {
                 self.replace_failed(&answer, *before_version)?
             }
             Write::Delete { before_version, .. } => self.delete_failed(&answer, *before_version)?,
-            Write::Static { .. } => return Err("etcd did not run the status write".into()),
+            Write::Static { .. } | Write::Revoke { .. } => {
+                return Err("etcd did not run the write".into())
+            }
         };
         if let Some(step) = step {
             return Ok(step);
@@ -587,7 +596,9 @@ impl Commit {
                     &reads,
                 )
             }
-            Write::Static { .. } => etcd::txn(&[], &[put(sub(), self.record.clone())], &[]),
+            Write::Static { .. } | Write::Revoke { .. } => {
+                etcd::txn(&[], &[put(sub(), self.record.clone())], &[])
+            }
             Write::Replace { .. } => etcd::txn(
                 &[exists, sub_is],
                 &[put(sub(), self.record.clone())],

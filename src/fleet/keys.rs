@@ -22,6 +22,8 @@
 //! - `P/dead/<webhook-id>`: an exhausted or dropped delivery kept for replay (bounded).
 //! - `P/log/<subscription id>/<node id>`: that replica's delivery log of the subscription
 //!   (see [`crate::fleet::log`]).
+//! - `P/revoked/<consumer>`: the time (unix ms, decimal) up to which the consumer's portal
+//!   sessions are revoked (see [`crate::fleet::revocations`]).
 //!
 //! Leases are written in lowercase hex, as etcdctl shows them.
 
@@ -120,6 +122,11 @@ impl Keys {
         self.key(LOG, &format!("{subscription_id}/{node_id}"))
     }
 
+    /// When `consumer`'s portal sessions were last revoked.
+    pub fn revoked(&self, consumer: &str) -> Vec<u8> {
+        self.key(REVOKED, consumer)
+    }
+
     /// The last segment of a key of `kind` (an id, a consumer, a lease in hex), when `key` is one.
     pub fn name_in<'k>(&self, kind: &str, key: &'k [u8]) -> Option<&'k str> {
         let key = std::str::from_utf8(key).ok()?;
@@ -143,6 +150,7 @@ pub const MSG: &str = "msg";
 pub const DEAD: &str = "dead";
 pub const LOG: &str = "log";
 pub const STATIC: &str = "static";
+pub const REVOKED: &str = "revoked";
 
 /// A lease id as lowercase hex.
 pub fn hex(lease: i64) -> String {
@@ -186,6 +194,7 @@ mod tests {
         assert_eq!(k.all(SUB), b"/pw/sub/");
         assert_eq!(k.static_status("audit", "0a1b"), b"/pw/static/audit/0a1b");
         assert_eq!(k.all(STATIC), b"/pw/static/");
+        assert_eq!(k.revoked("acme"), b"/pw/revoked/acme");
     }
 
     #[test]

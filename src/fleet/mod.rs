@@ -16,6 +16,7 @@ pub mod journal;
 pub mod keys;
 pub mod log;
 pub mod recover;
+pub mod revocations;
 pub mod statics;
 pub mod stored;
 pub mod sync;

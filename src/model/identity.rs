@@ -12,6 +12,15 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
 }
 
+/// One entry of `api.operator_keys`: an operator (a person or team of the platform) and the
+/// SHA-256 of its key. Operator keys work only under `<prefix>/admin/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorKey {
+    pub operator: String,
+    /// The SHA-256 of the key, from 64 hex digits.
+    pub sha256: [u8; 32],
+}
+
 /// The two settings of `api` that say how callers are identified: the configured keys, and
 /// whether `api.consumer_header` replaces them. Passed instead of the whole configuration.
 #[derive(Debug, Clone, Copy)]
@@ -80,20 +89,23 @@ fn consumer_for_key<'a>(keys: &'a [ApiKey], credentials: &Credentials<'_>) -> Op
     let digest: [u8; 32] = Sha256::digest(presented).into();
     let mut found = None;
     for key in keys {
-        let diff = key
-            .sha256
-            .iter()
-            .zip(digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff == 0 {
+        if same_digest(&key.sha256, &digest) {
             found = Some(key.consumer.as_str());
         }
     }
     found
 }
 
+/// Whether two digests are equal, compared in constant time.
+pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// `Authorization: Bearer <key>` (scheme case-insensitive), else `X-API-Key: <key>`.
-fn presented_key<'r>(credentials: &Credentials<'r>) -> Option<&'r [u8]> {
+pub fn presented_key<'r>(credentials: &Credentials<'r>) -> Option<&'r [u8]> {
     let bearer = credentials.authorization.and_then(|value| {
         let value = value.trim_ascii();
         let scheme = value.get(..6)?;

@@ -9,6 +9,7 @@ pub mod event;
 pub mod identity;
 pub mod queue;
 pub mod rules;
+pub mod session;
 pub mod signing;
 pub mod subscription;
 pub mod trace;

@@ -28,6 +28,7 @@
 pub mod attempts;
 pub(crate) mod buckets;
 pub mod kept;
+pub mod portal;
 pub mod ratelimit;
 pub mod store;
 pub mod watchdog;
@@ -36,7 +37,7 @@ use crate::model::subscription::{lookup_filters, StaticSubscription, Subscriptio
 use crate::registry::buckets::{Bucket, Change};
 use crate::registry::store::{
     index_key, owner_key, record_key, KvStore, StoreError, ACTIVE_KEY, COUNT_KEY, GEN_KEY,
-    PREPARED_BUCKETS, STATIC_KEY,
+    LIST_BUCKETS, OWNER_PREFIX, PREPARED_BUCKETS, STATIC_KEY,
 };
 use crate::support::hashing::{HashMap, HashSet};
 
@@ -113,6 +114,7 @@ impl<S: KvStore> Registry<S> {
                 self.create_if_absent(&format!("{prefix}:{n}"));
             }
         }
+        portal::prepare(&self.store);
         self.create_if_absent(ACTIVE_KEY);
         self.create_if_absent(COUNT_KEY);
         self.create_if_absent(GEN_KEY);
@@ -183,6 +185,26 @@ impl<S: KvStore> Registry<S> {
             .get(&owner_key(consumer))
             .map(|(value, _)| ids_under(&value, consumer).map(str::to_string).collect())
             .unwrap_or_default()
+    }
+
+    /// Every subscription id of every consumer, in id order (the operator's list pages by it),
+    /// at most `api.max_subscriptions` and the static ones.
+    pub fn all_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for n in 0..LIST_BUCKETS {
+            let Some((value, _)) = self.store.get(&format!("{OWNER_PREFIX}:{n}")) else {
+                continue;
+            };
+            let text = std::str::from_utf8(&value).unwrap_or_default();
+            ids.extend(
+                text.lines()
+                    .filter_map(|line| line.rsplit_once(' '))
+                    .map(|(_, id)| id.to_string()),
+            );
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Every subscription of a consumer, oldest first, skipping ones being created or deleted

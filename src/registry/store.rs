@@ -22,6 +22,8 @@
 //! - `pwh:registry-read` ([`REGISTRY_READ_KEY`]): fleet mode, `1` once the dispatcher applied
 //!   its first read of etcd's registry, `0` before ([`crate::registry::watchdog`]).
 //! - `pwh:fleet:pass` ([`FLEET_PASS_KEY`]): the dispatcher's etcd token ([`crate::fleet::auth`]).
+//! - `pwh:portal:revoked` ([`REVOKED_KEY`]) and `pwh:portal:key` ([`PORTAL_KEY_KEY`]): portal
+//!   sessions' revocations and the session key the plugin made ([`crate::registry::portal`]).
 //! - `pwh:rate:<n>` ([`RATE_PREFIX`], a fixed set of keys by a hash of the consumer): the API's
 //!   per-consumer token buckets ([`crate::registry::ratelimit`]).
 
@@ -71,6 +73,10 @@ pub const HEARTBEAT_KEY: &str = "pwh:heartbeat";
 pub const REGISTRY_READ_KEY: &str = "pwh:registry-read";
 /// Fleet mode with `fleet.username`: the dispatcher's etcd token for the workers' calls.
 pub const FLEET_PASS_KEY: &str = "pwh:fleet:pass";
+/// Portal sessions' revocations, a JSON object `{consumer: unix ms}`.
+pub const REVOKED_KEY: &str = "pwh:portal:revoked";
+/// The session key the plugin made when none is configured.
+pub const PORTAL_KEY_KEY: &str = "pwh:portal:key";
 /// The rate limiter's keys are `<RATE_PREFIX>:<n>`.
 pub const RATE_PREFIX: &str = "pwh:rate";
 
@@ -90,7 +96,7 @@ const LOG_PREFIX: &str = "pwh:log";
 /// subscriptions.
 pub const LIST_BUCKETS: u32 = 256;
 const INDEX_PREFIX: &str = "pwh:idx";
-const OWNER_PREFIX: &str = "pwh:own";
+pub(crate) const OWNER_PREFIX: &str = "pwh:own";
 
 /// Every bucketed kind made at start-up: prefix and bucket count.
 pub const PREPARED_BUCKETS: [(&str, u32); 4] = [

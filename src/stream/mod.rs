@@ -25,9 +25,11 @@ use crate::model::rules::{self, Detected};
 use crate::model::trace::TraceContext;
 use crate::port::{Metric, StreamHost};
 use crate::registry::attempts;
+use crate::registry::portal;
 use crate::registry::store::KvStore;
 use crate::registry::watchdog::{self, Change, Watchdog};
 use crate::registry::Registry;
+use crate::registry::RegistryError;
 use crate::support::ids::{RandomSource, RandomUnavailable};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -268,6 +270,13 @@ impl<H: StreamHost> Filter<H> {
                 put
             }
             Write::Delete { id, .. } => registry.delete(id).map(|_| ()),
+            // This replica knows at once; the others within `sync_interval`.
+            Write::Revoke { consumer, up_to_ms } => {
+                let now = self.host.now_ms();
+                let store = self.host.store();
+                portal::revoke(&store, consumer, *up_to_ms, now)
+                    .map_err(|e| RegistryError::Unavailable(format!("{e:?}")))
+            }
         };
         if let Err(e) = outcome {
             log::warn!(
@@ -373,6 +382,13 @@ struct ApiCall {
     path: String,
     credentials: OwnedCredentials,
     content_type: Option<Vec<u8>>,
+    /// The other headers the API reads: `api.operator_header`, `x-webhooks-session`, `origin`,
+    /// `sec-fetch-site`, `:authority`.
+    operator_header: Option<Vec<u8>>,
+    session: Option<Vec<u8>>,
+    origin: Option<Vec<u8>>,
+    sec_fetch_site: Option<Vec<u8>>,
+    authority: Option<Vec<u8>>,
 }
 
 impl ApiCall {
@@ -384,6 +400,11 @@ impl ApiCall {
             api_key: self.credentials.api_key.as_deref(),
             consumer_header: self.credentials.consumer_header.as_deref(),
             content_type: self.content_type.as_deref(),
+            operator_header: self.operator_header.as_deref(),
+            session: self.session.as_deref(),
+            origin: self.origin.as_deref(),
+            sec_fetch_site: self.sec_fetch_site.as_deref(),
+            authority: self.authority.as_deref(),
             body,
         }
     }
@@ -441,7 +462,7 @@ impl<H: StreamHost> Stream<H> {
         if !self.on_request() {
             return Flow::Continue;
         }
-        if self.api_refused_at_headers() {
+        if self.page_served() || self.api_refused_at_headers() {
             return Flow::Pause;
         }
         let declared = self
@@ -636,11 +657,22 @@ impl<H: StreamHost> Stream<H> {
             return false;
         };
         if api::is_api_path(&filter.config.api.path_prefix, &path) {
+            let operator_header = filter.config.api.operator_header.as_deref();
             let call = ApiCall {
                 method,
                 path,
-                credentials: filter.credentials(),
+                // Operator keys come in these headers whatever identifies consumers.
+                credentials: OwnedCredentials {
+                    authorization: filter.header("authorization"),
+                    api_key: filter.header("x-api-key"),
+                    ..filter.credentials()
+                },
                 content_type: filter.header("content-type"),
+                operator_header: operator_header.and_then(|name| filter.header(name)),
+                session: filter.header("x-webhooks-session"),
+                origin: filter.header("origin"),
+                sec_fetch_site: filter.header("sec-fetch-site"),
+                authority: filter.header(":authority"),
             };
             self.state = State::Api(Box::new(call));
             return true;
@@ -667,6 +699,24 @@ impl<H: StreamHost> Stream<H> {
         false
     }
 
+    /// Answers a request for the portal's page or assets (`api.portal`): no body, no
+    /// authentication. True when answered.
+    fn page_served(&mut self) -> bool {
+        let State::Api(call) = &self.state else {
+            return false;
+        };
+        let filter = &self.filter;
+        let accept_encoding = || filter.header("accept-encoding");
+        let Some(response) =
+            api::serve_page(&filter.config, &call.method, &call.path, accept_encoding)
+        else {
+            return false;
+        };
+        self.state = State::Idle;
+        self.filter.send(response);
+        true
+    }
+
     /// Answers an API call at its headers when they decide it (401, 404, 405; 503 in fleet
     /// mode before the first registry read is applied): no body is buffered for a caller that
     /// is refused anyway. True when answered.
@@ -675,7 +725,8 @@ impl<H: StreamHost> Stream<H> {
             return false;
         };
         let filter = &self.filter;
-        let response = api::answer_before_body(&call.request(&[]), &filter.config)
+        let response = filter
+            .with_api(|cx| api::answer_before_body(&call.request(&[]), cx))
             .or_else(|| (!filter.registry_read()).then(api::registry_not_read));
         let Some(response) = response else {
             return false;

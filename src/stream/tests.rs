@@ -166,6 +166,40 @@ fn an_api_call_without_a_body_is_answered_at_its_headers() {
 }
 
 #[test]
+fn the_portal_page_is_answered_at_its_headers_without_authentication_gzipped_when_accepted() {
+    let config = json!({"api": {"portal": {"enabled": true}}});
+    let config = config::parse(config.to_string().as_bytes()).unwrap();
+    let f = Rc::new(Filter::new(Rc::new(config), FakeStreamHost::default()));
+    f.configure();
+    host(&f).request(&[(":method", "GET"), (":path", "/webhooks/portal")]);
+    let mut s = Stream::new(Rc::clone(&f));
+    assert_eq!(s.on_request_headers(false), Flow::Pause);
+    let html = {
+        let replies = host(&f).replies.borrow();
+        assert_eq!(replies.len(), 1);
+        assert_eq!(replies[0].status, 200);
+        String::from_utf8(replies[0].body.clone()).unwrap()
+    };
+    let start = html.find("/webhooks/portal/assets/").unwrap();
+    let script = html[start..]
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("/icon.svg", "/app.js");
+    host(&f).request(&[
+        (":method", "GET"),
+        (":path", &script),
+        ("accept-encoding", "gzip, br"),
+    ]);
+    let mut s = Stream::new(Rc::clone(&f));
+    assert_eq!(s.on_request_headers(true), Flow::Pause);
+    let replies = host(&f).replies.borrow();
+    assert_eq!(replies.len(), 2);
+    assert_eq!(replies[1].status, 200, "{script}");
+    assert!(replies[1].body.starts_with(&[0x1f, 0x8b]), "gzipped");
+}
+
+#[test]
 fn an_api_body_over_the_limit_is_answered_413_declared_or_streamed() {
     // Declared too large: refused at the headers.
     let f = filter();

@@ -1125,3 +1125,37 @@ fn fleet_mode_recovers_what_this_replica_keeps_and_its_dead_copy_goes_once_deliv
     d.on_tick();
     assert_eq!(dead_writes(&d), 1, "and deleted once delivered");
 }
+
+/// The unanswered reads of `/pw/revoked/`.
+fn revocation_reads(d: &Dispatcher<FakeHost>) -> Vec<u32> {
+    unanswered(d)
+        .into_iter()
+        .filter(|(_, r)| key_of(r).is_some_and(|k| k == "/pw/revoked/"))
+        .map(|(token, _)| token)
+        .collect()
+}
+
+#[test]
+fn fleet_mode_reads_portal_revocations_into_shared_data_every_sync_interval() {
+    let mut d = fleet_dispatcher();
+    // The first read went out at start (and the stand-in answered it: none).
+    assert!(revocation_reads(&d).is_empty());
+    d.host().advance(500);
+    d.on_tick();
+    let reads = revocation_reads(&d);
+    assert_eq!(reads.len(), 1, "one read per sync_interval");
+    let up_to = T0 + 500;
+    let kvs = json!([{"key": b64(b"/pw/revoked/acme"), "value": b64(up_to.to_string().as_bytes()),
+                      "mod_revision": "9"}]);
+    let body = json!({"header": {"revision": "9"}, "kvs": kvs, "count": "1"});
+    reply(&mut d, reads[0], &body.to_string());
+    let store = d.host().store.clone();
+    assert_eq!(
+        crate::registry::portal::revoked_up_to(&store, "acme"),
+        Some(up_to)
+    );
+    assert_eq!(crate::registry::portal::revoked_up_to(&store, "beta"), None);
+    // Not again before the interval has passed.
+    d.on_tick();
+    assert!(revocation_reads(&d).is_empty());
+}

@@ -1246,7 +1246,9 @@ fn race(seed: u64, race: Race<'_>) -> (usize, usize) {
                     assert!(!etcd.caps().values().any(|s| s == id));
                     assert!(!records.contains_key(id));
                 }
-                Write::Replace { .. } | Write::Static { .. } => unreachable!(),
+                Write::Replace { .. } | Write::Static { .. } | Write::Revoke { .. } => {
+                    unreachable!()
+                }
             },
             Step::LimitReached(n) => {
                 assert!(n >= limit as u64);
@@ -1434,4 +1436,24 @@ fn a_create_whose_write_got_no_answer_reads_its_record_back() {
     // A read (no write yet) that gets no answer is refused at once.
     let (mut reading, _) = capped_create_of(&s, 3, 3);
     assert!(matches!(reading.on_answer(None, b""), Step::Unavailable(_)));
+}
+
+#[test]
+fn a_revocation_is_a_put_of_its_time_under_p_revoked() {
+    let keys = Keys::new("/pw");
+    let write = Write::Revoke {
+        consumer: "acme".into(),
+        up_to_ms: 1_800_000_000_123,
+    };
+    let (mut commit, request) = Commit::start(write, &keys, &Vault::default(), &mut seeded(1));
+    let body: serde_json::Value = serde_json::from_str(&request.body).unwrap();
+    let put = &body["success"][0]["request_put"];
+    assert_eq!(put["key"], STANDARD.encode("/pw/revoked/acme"));
+    assert_eq!(put["value"], STANDARD.encode("1800000000123"));
+    assert!(body["compare"].as_array().is_none_or(Vec::is_empty));
+    let answer = r#"{"header": {"revision": "12"}, "succeeded": true}"#;
+    assert_eq!(
+        commit.on_answer(Some("200"), answer.as_bytes()),
+        Step::Committed { revision: 12 }
+    );
 }

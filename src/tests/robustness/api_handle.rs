@@ -52,6 +52,7 @@ impl ApiHarness {
             consumer_header: None,
             content_type: Some(b"application/json"),
             body: body.as_bytes(),
+            ..Request::default()
         });
         let value: Value = serde_json::from_slice(&response.body).ok()?;
         value["id"].as_str().map(str::to_string)
@@ -208,6 +209,7 @@ fn api_handle_answers_json_and_refusals_write_nothing() {
             consumer_header: None,
             content_type: content_type.as_deref(),
             body: &body,
+            ..Request::default()
         };
         // The rate limiter's bookkeeping is no change of subscriptions or logs.
         let state = |api: &ApiHarness| {
