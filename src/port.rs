@@ -158,7 +158,8 @@ pub struct CalloutResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub cluster: String,
-    pub headers: Vec<(&'static str, String)>,
+    /// Fixed names are static; a subscription's receiver headers bring their own.
+    pub headers: Vec<(std::borrow::Cow<'static, str>, String)>,
     pub timeout_ms: u64,
 }
 

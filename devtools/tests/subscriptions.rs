@@ -297,16 +297,20 @@ fn check_view(
         "description",
         "disabled_reason",
         "events",
+        "header_names",
         "id",
         "ordering",
+        "signature_scheme",
         "static",
         "status",
         "updated_at",
         "url",
     ];
+    // `with_secret`: a create answer, which also shows the receiver headers' values.
     if with_secret {
-        expected.push("secret");
+        expected.extend(["headers", "secret"]);
     }
+    ensure!(sub["signature_scheme"] == "v1", "signature_scheme in {sub}");
     // Reads (GET one, GET the list) carry the delivery health too.
     if let Some(health) = sub.get("health") {
         ensure!(health["consecutive_failures"].is_u64(), "health in {sub}");
@@ -497,6 +501,7 @@ async fn round_trip_field_by_field() -> Result<()> {
     let mut expected = created.clone();
     if let Some(o) = expected.as_object_mut() {
         o.remove("secret");
+        o.remove("headers");
         o.insert("health".into(), listed[0]["health"].clone());
     }
     let health = &listed[0]["health"];
@@ -1227,6 +1232,7 @@ async fn bad_requests_are_refused_and_write_nothing() -> Result<()> {
     let mut expected = existing.clone();
     if let Some(o) = expected.as_object_mut() {
         o.remove("secret");
+        o.remove("headers");
         o.insert("health".into(), after["health"].clone());
     }
     ensure!(after == expected, "changed: {after}");

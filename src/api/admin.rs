@@ -4,7 +4,9 @@
 
 use super::auth::Caller;
 use super::fields::parse_object;
-use super::responses::{base_headers, error, invalid_field, json_response, view, SubscriptionView};
+use super::responses::{
+    base_headers, error, invalid_field, json_response, view, Shown, SubscriptionView,
+};
 use super::{Answer, Context, Outcome, Request, Response, Written, MAX_PAGE};
 use crate::config::parse_duration;
 use crate::fleet::commit::Write;
@@ -81,7 +83,7 @@ pub(super) fn read_view<'s, S: KvStore>(
     caller: Caller<'_>,
     sub: &'s Subscription,
 ) -> ReadView<'s> {
-    let mut shown = view(sub, None);
+    let mut shown = view(sub, Shown::Public);
     shown.consumer = caller.operator.map(|_| sub.consumer.as_str());
     shown.health = Some(health(&attempts::read(cx.store, &sub.id)));
     shown

@@ -5,7 +5,9 @@ use super::{Request, Response, MAX_PAGE};
 use crate::config::Config;
 use crate::model::event;
 use crate::model::subscription;
-use crate::model::subscription::{FilterError, Ordering, Status, MAX_EVENTS};
+use crate::model::subscription::{
+    FilterError, Ordering, ReceiverHeader, Scheme, Status, MAX_EVENTS,
+};
 use crate::support::url::check_destination;
 use serde_json::{Map, Value};
 
@@ -126,6 +128,36 @@ pub(super) fn parse_status(map: &Map<String, Value>) -> Result<Option<Status>, R
     }
 }
 
+pub(super) fn parse_scheme(map: &Map<String, Value>) -> Result<Option<Scheme>, Response> {
+    let Some(scheme) = string_field(map, "signature_scheme")? else {
+        return Ok(None);
+    };
+    let scheme = Scheme::parse(scheme).ok_or_else(|| {
+        error(
+            422,
+            "invalid_signature_scheme",
+            format!("signature_scheme {}", Scheme::RULE),
+        )
+    })?;
+    Ok(Some(scheme))
+}
+
+/// `headers`: an object of header names to values ([`subscription::check_headers`]).
+pub(super) fn parse_headers(
+    map: &Map<String, Value>,
+) -> Result<Option<Vec<ReceiverHeader>>, Response> {
+    let Some(value) = map.get("headers") else {
+        return Ok(None);
+    };
+    let object = value.as_object().ok_or_else(|| {
+        invalid_field("headers must be an object of header names to string values")
+    })?;
+    let entries = object.iter().map(|(name, v)| (name.as_str(), v.as_str()));
+    let headers = subscription::check_headers(entries)
+        .map_err(|problem| error(422, "invalid_headers", problem))?;
+    Ok(Some(headers))
+}
+
 /// The validated fields of a create or patch body; None means "not given".
 #[derive(Debug, Default)]
 pub(super) struct Fields {
@@ -133,6 +165,8 @@ pub(super) struct Fields {
     pub(super) events: Option<Vec<String>>,
     pub(super) description: Option<String>,
     pub(super) status: Option<Status>,
+    pub(super) signature_scheme: Option<Scheme>,
+    pub(super) headers: Option<Vec<ReceiverHeader>>,
     pub(super) ordering: Option<Ordering>,
 }
 
@@ -142,6 +176,7 @@ impl Fields {
             && self.events.is_none()
             && self.description.is_none()
             && self.status.is_none()
+            && self.headers.is_none()
     }
 }
 
@@ -164,6 +199,8 @@ pub(super) fn parse_fields(
         events,
         description: parse_description(&map)?,
         status: parse_status(&map)?,
+        signature_scheme: parse_scheme(&map)?,
+        headers: parse_headers(&map)?,
         ordering: parse_ordering(&map)?,
     })
 }

@@ -3,6 +3,7 @@
 use super::admin::{read_view, ReadView};
 use super::auth::Caller;
 use super::fields::{missing, parse_fields, parse_page, Fields};
+use super::responses::Shown;
 use super::responses::{
     base_headers, error, json_response, no_randomness, registry_error, secret_unreadable,
     static_subscription, subscription_not_found, view,
@@ -12,23 +13,32 @@ use super::{
 };
 use crate::config::Config;
 use crate::fleet::commit::Write;
-use crate::fleet::vault::is_sealed_secret;
+use crate::fleet::vault::has_sealed_values;
 use crate::model::event;
 use crate::model::queue::QueueMessage;
 use crate::model::signing::Secret;
-use crate::model::subscription::{SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
+use crate::model::subscription::{Scheme, SigningSecret, Status, Subscription, TEST_EVENT_TYPE};
 use crate::registry::attempts;
 use crate::registry::ratelimit;
 use crate::registry::store::KvStore;
 use crate::support::ids::random_id;
+use crate::support::ids::{RandomSource, RandomUnavailable};
 use serde::Serialize;
 use serde_json::Value;
 
 pub(super) const SUBSCRIPTION_ID_LEN: usize = 24;
-pub(super) const CREATE_FIELDS: &[&str] = &["url", "events", "description", "ordering"];
-/// Not `ordering`: it is fixed at create, so messages waiting under one rule are never
-/// reordered under another (a PATCH naming it is refused 422 `unknown_field`).
-pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status"];
+pub(super) const CREATE_FIELDS: &[&str] = &[
+    "url",
+    "events",
+    "description",
+    "ordering",
+    "signature_scheme",
+    "headers",
+];
+/// Not `ordering` nor `signature_scheme`: they are fixed at create (so messages waiting under
+/// one ordering are never reordered under another; a PATCH naming one is refused 422
+/// `unknown_field`). `headers` is write-only: replaced whole.
+pub(super) const PATCH_FIELDS: &[&str] = &["url", "events", "description", "status", "headers"];
 
 /// Reads only the records of the page (and one more, for `has_more`): a consumer with thousands
 /// of subscriptions pays for the page it asks for, not for all of them.
@@ -68,7 +78,8 @@ pub(super) fn create<S: KvStore>(
     let fields = parse_fields(config, request, CREATE_FIELDS)?;
     let url = fields.url.ok_or_else(|| missing("url"))?;
     let events = fields.events.ok_or_else(|| missing("events"))?;
-    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
+    let scheme = fields.signature_scheme.unwrap_or_default();
+    let secrets = generate_secrets(cx.rng, scheme).map_err(no_randomness)?;
     let sub = Subscription {
         id: random_id(cx.rng, "sub_", SUBSCRIPTION_ID_LEN).map_err(no_randomness)?,
         consumer: caller.consumer.to_string(),
@@ -79,16 +90,20 @@ pub(super) fn create<S: KvStore>(
         disabled_reason: None,
         created_at_ms: cx.now_ms,
         updated_at_ms: cx.now_ms,
-        secrets: vec![SigningSecret {
-            secret: secret.clone(),
-            expires_at_ms: None,
-        }],
+        secrets: secrets
+            .into_iter()
+            .map(|secret| SigningSecret {
+                secret,
+                expires_at_ms: None,
+            })
+            .collect(),
         is_static: false,
+        headers: fields.headers.unwrap_or_default(),
         privileged: false,
         ordering: fields.ordering.unwrap_or_default(),
         version: 1,
     };
-    let mut response = json_response(201, &view(&sub, Some(&secret)));
+    let mut response = json_response(201, &view(&sub, Shown::Created));
     let location = format!("{}/subscriptions/{}", config.api.path_prefix, sub.id);
     response.headers.push(("location", location));
     let limit = config.api.max_subscriptions_per_consumer;
@@ -138,7 +153,7 @@ pub(super) fn owned<S: KvStore>(
         .ok_or_else(subscription_not_found)?;
     // Fleet mode: a record whose secrets no configured key opened is kept sealed; nothing is
     // answered from it rather than something wrong.
-    if sub.secrets.iter().any(|s| is_sealed_secret(&s.secret)) {
+    if has_sealed_values(&sub) {
         return Err(secret_unreadable());
     }
     Ok(sub)
@@ -195,14 +210,19 @@ pub(super) fn patch<S: KvStore>(
     let fields = parse_fields(cx.config, request, PATCH_FIELDS)?;
     // A static subscription's definition belongs to the configuration, but its status is
     // operational (a receiver's 410 or long failure disables it): its owner may switch it.
-    let status_only =
-        fields.url.is_none() && fields.events.is_none() && fields.description.is_none();
+    let status_only = fields.url.is_none()
+        && fields.events.is_none()
+        && fields.description.is_none()
+        && fields.headers.is_none();
     let current = owned(cx, caller, id)?;
     if current.is_static && !status_only {
         return Err(static_subscription());
     }
     if fields.is_empty() {
-        return Ok(Answer::Now(json_response(200, &view(&current, None))));
+        return Ok(Answer::Now(json_response(
+            200,
+            &view(&current, Shown::Public),
+        )));
     }
     if cx.config.fleet.is_some() {
         let (mut write, after) = replace(&current, cx.now_ms, |sub| apply(sub, &fields));
@@ -212,14 +232,17 @@ pub(super) fn patch<S: KvStore>(
                 after: after.clone(),
             };
         }
-        let response = json_response(200, &view(&after, None));
+        let response = json_response(200, &view(&after, Shown::Public));
         return Ok(Answer::Commit {
             write: Box::new(write),
             response,
         });
     }
     let updated = update_owned(cx, caller, id, status_only, |sub| apply(sub, &fields))?;
-    Ok(Answer::Now(json_response(200, &view(&updated, None))))
+    Ok(Answer::Now(json_response(
+        200,
+        &view(&updated, Shown::Public),
+    )))
 }
 
 /// Applies a patch. Enabling clears the reason; disabling an active subscription records
@@ -233,6 +256,10 @@ pub(super) fn apply(sub: &mut Subscription, fields: &Fields) {
     }
     if let Some(description) = &fields.description {
         sub.description.clone_from(description);
+    }
+    // Write-only: replaced whole, never read back (an empty object removes them all).
+    if let Some(headers) = &fields.headers {
+        sub.headers.clone_from(headers);
     }
     match fields.status {
         Some(Status::Active) => {
@@ -277,38 +304,58 @@ pub(super) fn rotate_secret<S: KvStore>(
     id: &str,
 ) -> Written {
     let current = changeable(cx, caller, id)?;
-    let secret = Secret::generate(cx.rng).map_err(no_randomness)?;
+    let fresh = generate_secrets(cx.rng, current.signature_scheme()).map_err(no_randomness)?;
     let now_ms = cx.now_ms;
     if cx.config.fleet.is_some() {
-        let (write, after) = replace(&current, now_ms, |sub| rotate(sub, &secret, now_ms));
-        let response = json_response(200, &view(&after, Some(&secret)));
+        let (write, after) = replace(&current, now_ms, |sub| rotate(sub, &fresh, now_ms));
+        let response = json_response(200, &view(&after, Shown::Rotated));
         return Ok(Answer::Commit {
             write: Box::new(write),
             response,
         });
     }
-    let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &secret, now_ms))?;
+    let updated = update_owned(cx, caller, id, false, |sub| rotate(sub, &fresh, now_ms))?;
     Ok(Answer::Now(json_response(
         200,
-        &view(&updated, Some(&secret)),
+        &view(&updated, Shown::Rotated),
     )))
 }
 
-/// Puts `secret` first; the old current one signs beside it for [`ROTATION_OVERLAP_MS`], expired
-/// ones are dropped, and only the newest [`MAX_SECRETS`] are kept.
-pub(super) fn rotate(sub: &mut Subscription, secret: &str, now_ms: u64) {
+/// New secrets for `scheme`, in the order they sign: a `whsec_` secret for `v1`, then an
+/// ed25519 key for `v1a`.
+fn generate_secrets(
+    rng: &mut dyn RandomSource,
+    scheme: Scheme,
+) -> Result<Vec<String>, RandomUnavailable> {
+    let mut secrets = Vec::with_capacity(2);
+    if scheme.hmac() {
+        secrets.push(Secret::generate(rng)?);
+    }
+    if scheme.ed25519() {
+        secrets.push(Secret::generate_signing_key(rng)?);
+    }
+    Ok(secrets)
+}
+
+/// Puts `fresh` first; the old current ones sign beside them for [`ROTATION_OVERLAP_MS`],
+/// expired ones are dropped, and only the newest [`MAX_SECRETS`] generations are kept (a
+/// `v1,v1a` generation is two secrets).
+pub(super) fn rotate(sub: &mut Subscription, fresh: &[String], now_ms: u64) {
     let expires = now_ms.saturating_add(ROTATION_OVERLAP_MS);
-    let mut secrets = vec![SigningSecret {
-        secret: secret.to_string(),
-        expires_at_ms: None,
-    }];
+    let mut secrets: Vec<SigningSecret> = fresh
+        .iter()
+        .map(|secret| SigningSecret {
+            secret: secret.clone(),
+            expires_at_ms: None,
+        })
+        .collect();
     for old in sub.secrets.iter().filter(|s| s.signs_at(now_ms)) {
         secrets.push(SigningSecret {
             secret: old.secret.clone(),
             expires_at_ms: Some(old.expires_at_ms.unwrap_or(expires)),
         });
     }
-    secrets.truncate(MAX_SECRETS);
+    secrets.truncate(MAX_SECRETS * fresh.len().max(1));
     sub.secrets = secrets;
 }
 

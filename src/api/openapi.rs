@@ -248,8 +248,8 @@ fn entry(about: &str, body: Value, example: Option<&Value>) -> Value {
         "parameters": [
             header("webhook-id", "The message id, the same on every attempt.", "^msg_[A-Za-z0-9]{1,60}$"),
             header("webhook-timestamp", "Unix seconds of this attempt.", "^[0-9]{1,20}$"),
-            header("webhook-signature", "`v1,<base64 HMAC-SHA256>`, one per valid secret, space-separated.",
-                   "^v1,[A-Za-z0-9+/]+={0,2}( v1,[A-Za-z0-9+/]+={0,2})*$")
+            header("webhook-signature", "`v1,<base64 HMAC-SHA256>` and/or `v1a,<base64 ed25519 signature>` (the subscription's `signature_scheme`), one per valid key, space-separated.",
+                   "^v1a?,[A-Za-z0-9+/]+={0,2}( v1a?,[A-Za-z0-9+/]+={0,2})*$")
         ],
         "requestBody": {"required": true, "content": {"application/json": media}},
         "responses": {"2XX": {"description": "Received. Any other status, or none within `delivery.timeout`, is retried."}}

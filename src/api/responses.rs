@@ -3,10 +3,12 @@
 use super::admin::Health;
 use super::Response;
 use crate::config::Config;
-use crate::model::subscription::{Ordering, Status, Subscription};
+use crate::model::signing;
+use crate::model::subscription::{Ordering, Scheme, Status, Subscription};
 use crate::registry::RegistryError;
 use crate::support::ids::RandomUnavailable;
 use crate::support::time::format_rfc3339_millis;
+use serde::ser::SerializeMap;
 use serde::Serialize;
 
 pub(super) fn base_headers() -> Vec<(&'static str, String)> {
@@ -125,7 +127,32 @@ pub(super) fn registry_error(e: RegistryError, config: &Config) -> Response {
     }
 }
 
-/// The public shape of a subscription; `secret` only in the create and rotate answers.
+/// What an answer shows beyond the public fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shown {
+    /// Every read: no secret, no header values.
+    Public,
+    /// The create answer: the `whsec_` secret and the receiver headers' values.
+    Created,
+    /// The rotate answer: the new `whsec_` secret.
+    Rotated,
+}
+
+/// The receiver headers as an object of name to value (only in the create answer).
+pub(super) struct HeaderValues<'s>(&'s [crate::model::subscription::ReceiverHeader]);
+
+impl Serialize for HeaderValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for header in self.0 {
+            map.serialize_entry(&header.name, &header.value)?;
+        }
+        map.end()
+    }
+}
+
+/// The public shape of a subscription; `secret` only in the create and rotate answers, header
+/// values only in the create answer; the ed25519 public key on every read, the private key never.
 #[derive(Serialize)]
 pub(super) struct SubscriptionView<'s> {
     id: &'s str,
@@ -138,9 +165,16 @@ pub(super) struct SubscriptionView<'s> {
     updated_at: String,
     #[serde(rename = "static")]
     is_static: bool,
+    signature_scheme: Scheme,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    /// The receiver headers' names (lowercase, sorted); their values are write-only.
+    header_names: Vec<&'s str>,
     ordering: Ordering,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<&'s str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<HeaderValues<'s>>,
     /// The operator API's answers name the consumer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) consumer: Option<&'s str>,
@@ -149,7 +183,11 @@ pub(super) struct SubscriptionView<'s> {
     pub(super) health: Option<Health>,
 }
 
-pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> SubscriptionView<'s> {
+pub(super) fn view(sub: &Subscription, shown: Shown) -> SubscriptionView<'_> {
+    let secret = match shown {
+        Shown::Public => None,
+        Shown::Created | Shown::Rotated => sub.current_secret(),
+    };
     SubscriptionView {
         id: &sub.id,
         url: &sub.url,
@@ -160,8 +198,12 @@ pub(super) fn view<'s>(sub: &'s Subscription, secret: Option<&'s str>) -> Subscr
         created_at: format_rfc3339_millis(sub.created_at_ms),
         updated_at: format_rfc3339_millis(sub.updated_at_ms),
         is_static: sub.is_static,
+        signature_scheme: sub.signature_scheme(),
+        public_key: sub.current_signing_key().and_then(signing::public_key),
+        header_names: sub.headers.iter().map(|h| h.name.as_str()).collect(),
         ordering: sub.ordering,
         secret,
+        headers: (shown == Shown::Created).then_some(HeaderValues(&sub.headers)),
         consumer: None,
         health: None,
     }

@@ -213,13 +213,15 @@ fn round_trip_field_by_field() {
     let expected = json!({
         "id": id, "url": URL, "events": ["order.created", "orders.*"], "description": "",
         "status": "active", "disabled_reason": null, "created_at": stamp,
-        "updated_at": stamp, "static": false, "ordering": "none", "secret": secret
+        "updated_at": stamp, "static": false, "ordering": "none", "secret": secret,
+        "signature_scheme": "v1", "header_names": [], "headers": {}
     });
     assert_eq!(created, expected);
 
     let (status, list) = api.call("GET", "/webhooks/subscriptions", KEY_A, "");
     let mut shown = expected.clone();
     shown.as_object_mut().unwrap().remove("secret");
+    shown.as_object_mut().unwrap().remove("headers");
     // Reads carry the delivery health too.
     let mut read = shown.clone();
     read["health"] = json!({"last_success_at": null, "last_failure_at": null,
@@ -322,7 +324,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
         (
             422,
             "unknown_field",
-            Some("unknown field \"secret\"; allowed: url, events, description, ordering")
+            Some("unknown field \"secret\"; allowed: url, events, description, ordering, signature_scheme, headers")
         )
     );
     let created = api.create(KEY_A, URL, &["*"]);
@@ -333,7 +335,7 @@ fn unknown_fields_are_named_with_the_allowed_ones() {
         (
             422,
             "unknown_field",
-            Some("unknown field \"x\"; allowed: url, events, description, status")
+            Some("unknown field \"x\"; allowed: url, events, description, status, headers")
         )
     );
     // Null fields count as absent; the others are kept.
@@ -1931,6 +1933,8 @@ fn fleet_delivery_logs_are_read_from_etcd_for_the_owner_only() {
     let (status, value) = now(api.fleet_call("GET", &path, KEY_B, ""));
     assert_eq!((status, code(&value)), (404, "not_found"), "{value}");
 }
+
+mod schemes;
 
 #[test]
 fn recover_counts_from_the_index_and_hands_the_rest_to_the_dispatcher() {

@@ -14,7 +14,8 @@ pub use crate::model::identity::{ApiKey, OperatorKey};
 use crate::model::rules::{self, EventRule, PathTemplate, StatusMatch};
 use crate::model::signing::Secret;
 use crate::model::subscription::{
-    self, FilterError, StaticSubscription, MAX_EVENTS, RESERVED_TYPE_PREFIX, TEST_EVENT_TYPE,
+    self, FilterError, Scheme, StaticSubscription, MAX_EVENTS, RESERVED_TYPE_PREFIX,
+    TEST_EVENT_TYPE,
 };
 pub use crate::support::sealing::Keyring;
 use crate::support::url::{check_destination, Policy};
@@ -401,6 +402,8 @@ const SUBSCRIPTION_FIELDS: &[&str] = &[
     "secret",
     "description",
     "privileged",
+    "signature_scheme",
+    "signing_key",
     "ordering",
 ];
 const DELIVERY_FIELDS: &[&str] = &[
@@ -427,7 +430,7 @@ const CLUSTER_FIELDS: &[&str] = &["http", "https"];
 /// `a[]` an item of array `a`): the tables [`parse`] refuses unknown fields with. The docs
 /// test holds docs/configuration.md to exactly these fields.
 #[cfg(test)]
-pub(crate) const FIELD_TABLES: [(&str, &[&str]); 17] = [
+pub(crate) const FIELD_TABLES: [(&str, &[&str]); 18] = [
     ("", TOP_FIELDS),
     ("events[]", EVENT_FIELDS),
     ("events[].audience", AUDIENCE_FIELDS),
@@ -442,6 +445,7 @@ pub(crate) const FIELD_TABLES: [(&str, &[&str]); 17] = [
     ("delivery.clusters", CLUSTER_FIELDS),
     ("fleet", FLEET_FIELDS),
     ("subscriptions[].secret", secrets::ENV_FIELDS),
+    ("subscriptions[].signing_key", secrets::ENV_FIELDS),
     ("fleet.encryption_key", secrets::ENV_FIELDS),
     ("fleet.previous_encryption_keys[]", secrets::ENV_FIELDS),
     ("fleet.password", secrets::ENV_FIELDS),
@@ -1199,8 +1203,7 @@ fn parse_subscription(
     let url = o.required_str("url")?;
     check_destination(url, policy).map_err(|e| err(o.field("url"), e.message))?;
     let events = parse_filters(&o.field("events"), o.required("events")?)?;
-    let secret = secrets::secret(&o.field("secret"), o.required("secret")?, env)?;
-    Secret::parse_chosen(&secret).map_err(|problem| err(o.field("secret"), problem))?;
+    let (secret, signing_key) = parse_signing(&o, env)?;
     let description = o.str("description")?.unwrap_or_default();
     let privileged = o.bool("privileged")?.unwrap_or(false);
     let ordering = match o.str("ordering")? {
@@ -1216,10 +1219,55 @@ fn parse_subscription(
         url: url.to_string(),
         events,
         secret,
+        signing_key,
         description: description.to_string(),
         privileged,
         ordering,
     })
+}
+
+/// A static subscription's `secret` and `signing_key`, as its `signature_scheme` asks: each one
+/// the scheme uses is required, the other refused.
+fn parse_signing(
+    o: &Obj<'_>,
+    env: Env<'_>,
+) -> Result<(Option<String>, Option<String>), ConfigError> {
+    let scheme = match o.str("signature_scheme")? {
+        None => Scheme::V1,
+        Some(s) => {
+            Scheme::parse(s).ok_or_else(|| err(o.field("signature_scheme"), Scheme::RULE))?
+        }
+    };
+    // Given values are read first, so that a bad one is named before a missing one.
+    let given = |name: &str, parse: fn(&str) -> Result<Secret, String>| {
+        let field = o.field(name);
+        o.get(name)
+            .map(|v| {
+                let text = secrets::secret(&field, v, env)?;
+                parse(&text).map_err(|problem| err(&field, problem))?;
+                Ok(text)
+            })
+            .transpose()
+    };
+    let secret = given("secret", Secret::parse_chosen)?;
+    let signing_key = given("signing_key", Secret::parse_signing_key)?;
+    let wanted = [
+        ("secret", secret.is_some(), scheme.hmac()),
+        ("signing_key", signing_key.is_some(), scheme.ed25519()),
+    ];
+    for (name, present, wanted) in wanted {
+        let problem = match (present, wanted) {
+            (false, true) => "is required",
+            (true, false) => "is not used",
+            _ => continue,
+        };
+        let scheme = scheme.as_str();
+        return Err(err(
+            o.field(name),
+            format!("{problem} with signature_scheme {scheme:?}"),
+        ));
+    }
+    Ok((secret, signing_key))
 }
 
 fn parse_subscription_id(field: &str, s: &str) -> Result<String, ConfigError> {

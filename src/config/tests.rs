@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::subscription::Subscription;
 use base64::Engine;
 
 const SHA: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
@@ -242,7 +243,47 @@ fn bad_fleet_credentials_are_named() {
 #[test]
 fn a_static_subscriptions_secret_may_come_from_the_environment() {
     let c = with_env(&sub("").replace(&format!(r#""{SECRET}""#), r#"{"env": "WH_SECRET"}"#));
-    assert_eq!(c.unwrap().subscriptions[0].secret, SECRET);
+    assert_eq!(c.unwrap().subscriptions[0].secret.as_deref(), Some(SECRET));
+}
+
+/// `whsk_` + base64 of 32 bytes of 7.
+const SIGNING_KEY: &str = "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+#[test]
+fn static_subscriptions_choose_their_signature_scheme() {
+    let no_secret = |fields: &str| sub(fields).replace(&format!(r#", "secret": "{SECRET}""#), "");
+    let v1a = no_secret(&format!(
+        r#", "signature_scheme": "v1a", "signing_key": "{SIGNING_KEY}""#
+    ));
+    let s = parse_str(&v1a).unwrap().subscriptions.remove(0);
+    assert_eq!(
+        (s.secret, s.signing_key.as_deref()),
+        (None, Some(SIGNING_KEY))
+    );
+    let both = sub(&format!(
+        r#", "signature_scheme": "v1,v1a", "signing_key": "{SIGNING_KEY}""#
+    ));
+    let s = parse_str(&both).unwrap().subscriptions.remove(0);
+    assert_eq!(
+        (s.secret.as_deref(), s.signing_key.as_deref()),
+        (Some(SECRET), Some(SIGNING_KEY))
+    );
+    let record = Subscription::from_static(&s, 1);
+    assert_eq!(record.signature_scheme(), Scheme::Both);
+    let cases = [
+        (sub(r#", "signature_scheme": "v2""#), r#"subscriptions[0].signature_scheme: must be "v1", "v1a" or "v1,v1a""#),
+        (sub(r#", "signature_scheme": "v1a""#), r#"subscriptions[0].secret: is not used with signature_scheme "v1a""#),
+        (no_secret(r#", "signature_scheme": "v1a""#), r#"subscriptions[0].signing_key: is required with signature_scheme "v1a""#),
+        (no_secret(""), r#"subscriptions[0].secret: is required with signature_scheme "v1""#),
+        (sub(&format!(r#", "signing_key": "{SIGNING_KEY}""#)), r#"subscriptions[0].signing_key: is not used with signature_scheme "v1""#),
+        (sub(r#", "signature_scheme": "v1,v1a", "signing_key": "whsk_AAAA""#), "subscriptions[0].signing_key: signing_key must be whsk_ followed by the base64 of a 32-byte seed"),
+        (sub(r#", "signature_scheme": "v1,v1a", "signing_key": {"env": "NOPE"}"#), r#"subscriptions[0].signing_key: the environment variable "NOPE" is not set"#),
+    ];
+    for (json, want) in cases {
+        let got = with_env(&json).unwrap_err().to_string();
+        assert!(got.starts_with(want), "{json}: {got}");
+        assert!(!got.contains("BwcHBwcH"), "{got}");
+    }
 }
 
 #[test]
@@ -348,7 +389,8 @@ fn spec_example_parses() {
             consumer: "ops".into(),
             url: "https://hooks.example.com/in".into(),
             events: vec!["order.*".into()],
-            secret: SECRET.into(),
+            secret: Some(SECRET.into()),
+            signing_key: None,
             description: String::new(),
             privileged: false,
             ordering: Default::default(),

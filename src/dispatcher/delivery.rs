@@ -10,9 +10,11 @@ use crate::config::DeliveryConfig;
 pub use crate::dispatcher::outbox::Message;
 use crate::dispatcher::pacing::Signal;
 use crate::model::signing::Secret;
+use crate::model::subscription::ReceiverHeader;
 pub use crate::port::Request;
 use crate::support::hashing::HashMap;
 use crate::support::url::Destination;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -295,13 +297,16 @@ fn apply_jitter(delay_ms: u64, jitter: f64, unit: f64) -> u64 {
     (delay_ms as f64 * factor).round().max(0.0) as u64
 }
 
-/// The callout for one attempt: Standard Webhooks headers, signed with every valid secret.
+/// The callout for one attempt: Standard Webhooks headers, signed with every valid secret, then
+/// the subscription's own headers for its receiver (their names were checked against the
+/// reserved ones, so none replaces a header above).
 pub fn build_request(
     destination: &Destination,
     config: &DeliveryConfig,
     message: &Message,
     timestamp_s: u64,
     secrets: &[&Secret],
+    receiver_headers: &[ReceiverHeader],
 ) -> Request {
     let signature = crate::model::signing::signature_header(
         secrets,
@@ -314,23 +319,28 @@ pub fn build_request(
     } else {
         &config.cluster_http
     };
-    let mut headers = vec![
+    let scheme = if destination.https { "https" } else { "http" };
+    let fixed = [
         (":method", "POST".to_string()),
         (":path", destination.path_and_query.clone()),
         (":authority", destination.authority.clone()),
-        (
-            ":scheme",
-            if destination.https { "https" } else { "http" }.to_string(),
-        ),
+        (":scheme", scheme.to_string()),
         ("content-type", "application/json".to_string()),
         ("user-agent", USER_AGENT.to_string()),
         ("webhook-id", message.webhook_id.clone()),
         ("webhook-timestamp", timestamp_s.to_string()),
         ("webhook-signature", signature),
     ];
+    let mut headers = Vec::with_capacity(fixed.len() + 2 + receiver_headers.len());
+    headers.extend(fixed.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)));
     if let Some(trace) = message.payload.trace() {
-        headers.extend(trace.headers());
+        headers.extend(trace.headers().map(|(k, v)| (Cow::Borrowed(k), v)));
     }
+    headers.extend(
+        receiver_headers
+            .iter()
+            .map(|h| (Cow::Owned(h.name.clone()), h.value.clone())),
+    );
     Request {
         cluster: cluster.clone(),
         headers,

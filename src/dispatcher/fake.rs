@@ -21,7 +21,7 @@ pub struct Sent {
 
 impl Sent {
     pub fn header(&self, name: &str) -> Option<&str> {
-        let found = self.request.headers.iter().find(|(k, _)| *k == name);
+        let found = self.request.headers.iter().find(|(k, _)| k == name);
         found.map(|(_, v)| v.as_str())
     }
 }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::dispatcher::delivery::{FailureClock, ReplayLimits, ReplayStore, Response, Verdict};
 use crate::dispatcher::outbox::{Limits, Message, MessageKey, Outbox, Payload};
 use crate::dispatcher::pacing::Signal;
-use crate::fleet::vault::is_sealed_secret;
+use crate::fleet::vault::has_sealed_values;
 use crate::model::audience::{self, Target};
 use crate::model::queue::{QueueMessage, QUEUE_NAME};
 use crate::model::signing::Secret;
@@ -425,10 +425,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             return Some(Rc::clone(cached));
         }
         let subscription = Subscription::from_json(&bytes)?;
-        let sealed = subscription
-            .secrets
-            .iter()
-            .any(|s| is_sealed_secret(&s.secret));
+        let sealed = has_sealed_values(&subscription);
         let destination = match sealed {
             // Never sent unsigned or signed with the wrong secret: it waits for its retries.
             true => Err("its signing secret cannot be read on this replica (sealed with a key it is not configured with)".to_string()),
@@ -656,6 +653,7 @@ impl<H: DispatchHost> Dispatcher<H> {
             message,
             now / 1000,
             &secret_refs,
+            &resolved.subscription.headers,
         );
         match self.host.dispatch(&request, message.payload.bytes()) {
             Ok(token) => {

@@ -49,6 +49,7 @@ fn subscribe(d: &Dispatcher<FakeHost>, id: &str, url: &str, events: &[&str]) {
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         ordering: Default::default(),
         version: 1,
@@ -654,6 +655,7 @@ fn a_stored_url_the_policy_now_refuses_is_not_delivered_to() {
 
 mod fleet;
 mod session;
+mod signing;
 
 #[test]
 fn recover_sends_the_kept_messages_since_a_time_in_detection_order() {

@@ -84,18 +84,25 @@ impl Shared {
 /// SHA-256(url, 0, secret) in hex. It changes when the URL or the secret does, and tells
 /// nothing of the secret (a random one of at least 24 bytes).
 pub fn definition(url: &str, secret: &str) -> String {
-    let mut hash = Sha256::new();
-    hash.update(url.as_bytes());
-    hash.update([0u8]);
-    hash.update(secret.as_bytes());
-    let digest = hash.finalize();
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    definition_of_secrets(url, [secret])
 }
 
-/// The definition of a static subscription's record (its one secret).
+/// The definition of a static subscription's record: SHA-256(url, 0, secret, 0, key...) over
+/// its secrets in order (the `whsec_` secret and the ed25519 key of a `v1,v1a` one), the same
+/// as [`definition`] for one secret.
 pub fn definition_of(sub: &Subscription) -> String {
-    let secret = sub.secrets.first().map_or("", |s| s.secret.as_str());
-    definition(&sub.url, secret)
+    definition_of_secrets(&sub.url, sub.secrets.iter().map(|s| s.secret.as_str()))
+}
+
+fn definition_of_secrets<'s>(url: &str, secrets: impl IntoIterator<Item = &'s str>) -> String {
+    let mut hash = Sha256::new();
+    hash.update(url.as_bytes());
+    for secret in secrets {
+        hash.update([0u8]);
+        hash.update(secret.as_bytes());
+    }
+    let digest = hash.finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The key of `sub`'s shared status.

@@ -330,7 +330,7 @@ impl Sync {
                 Some(Record::Readable(sub)) if sub.id == id => changes.push(Apply::Put(sub)),
                 // Kept with its secrets sealed: it never signs, and the API answers 503 for it.
                 Some(Record::Unreadable(sub, why)) if sub.id == id => {
-                    log::warn!("proxy-webhooks: fleet: the signing secrets of subscription {id} cannot be read ({why}); nothing is delivered to it and the API answers 503 for it");
+                    log::warn!("proxy-webhooks: fleet: the signing secrets or receiver headers of subscription {id} cannot be read ({why}); nothing is delivered to it and the API answers 503 for it");
                     self.unreadable += 1;
                     changes.push(Apply::Put(sub));
                 }

@@ -1,6 +1,6 @@
 //! What fleet mode keeps sealed in etcd (`fleet.encryption_key`, docs/fleet.md): the signing
-//! secrets of every record (`"secret": "pws1.<key id>.…"` inside the record's JSON, bound to
-//! the subscription's id), and with `fleet.encrypt_payloads` whole messages (`P/msg/`,
+//! secrets and ed25519 keys of every record (`"secret": "pws1.<key id>.…"` inside the record's
+//! JSON, bound to the subscription's id) and its receiver headers' values (likewise), and with `fleet.encrypt_payloads` whole messages (`P/msg/`,
 //! `P/dead/`, bound to their webhook-id). Values written before encryption was turned on are
 //! read as they are and sealed when next written; a value no configured key opens is reported,
 //! never guessed at.
@@ -33,7 +33,7 @@ impl Vault {
         Vault { keyring, payloads }
     }
 
-    /// A record as etcd keeps it: its JSON, each secret sealed.
+    /// A record as etcd keeps it: its JSON, each secret and receiver header value sealed.
     pub fn seal_record(
         &self,
         rng: &mut dyn RandomSource,
@@ -45,11 +45,11 @@ impl Vault {
             Some(keyring) => {
                 sealed = sub.clone();
                 let context = record_context(&sub.id);
-                for secret in &mut sealed.secrets {
+                for value in sealed_values(&mut sealed) {
                     // One still sealed with a key this replica lacks is written as it was.
-                    if !is_sealed_secret(&secret.secret) {
-                        secret.secret = keyring
-                            .seal_text(rng, &context, &secret.secret)
+                    if !is_sealed_secret(value) {
+                        *value = keyring
+                            .seal_text(rng, &context, value)
                             .map_err(no_randomness)?;
                     }
                 }
@@ -63,24 +63,31 @@ impl Vault {
     pub fn open_record(&self, bytes: &[u8]) -> Option<Record> {
         let mut sub = Subscription::from_json(bytes)?;
         let context = record_context(&sub.id);
-        for secret in &mut sub.secrets {
-            if !is_sealed_secret(&secret.secret) {
+        let mut failed = None;
+        for value in sealed_values(&mut sub) {
+            if !is_sealed_secret(value) {
                 continue;
             }
             let opened = match &self.keyring {
-                Some(keyring) => keyring.open_text(&context, &secret.secret),
+                Some(keyring) => keyring.open_text(&context, value),
                 None => Err(OpenError::UnknownKey(
-                    sealing::key_id_of(secret.secret.as_bytes())
+                    sealing::key_id_of(value.as_bytes())
                         .unwrap_or_default()
                         .to_string(),
                 )),
             };
             match opened {
-                Ok(plain) => secret.secret = plain,
-                Err(why) => return Some(Record::Unreadable(sub, why)),
+                Ok(plain) => *value = plain,
+                Err(why) => {
+                    failed = Some(why);
+                    break;
+                }
             }
         }
-        Some(Record::Readable(sub))
+        match failed {
+            Some(why) => Some(Record::Unreadable(sub, why)),
+            None => Some(Record::Readable(sub)),
+        }
     }
 
     /// A message's stored form (see [`crate::fleet::stored`]) as etcd keeps it: sealed with
@@ -111,6 +118,22 @@ impl Vault {
         };
         keyring.open(&message_context(webhook_id), value)
     }
+}
+
+/// The values of a record that are sealed in etcd: its secrets (HMAC secrets and ed25519 keys)
+/// and its receiver headers' values.
+fn sealed_values(sub: &mut Subscription) -> impl Iterator<Item = &mut String> {
+    let secrets = sub.secrets.iter_mut().map(|s| &mut s.secret);
+    secrets.chain(sub.headers.iter_mut().map(|h| &mut h.value))
+}
+
+/// Whether any of a record's sealed values is still sealed (no configured key opened it): such
+/// a record never signs nor delivers, and the API answers 503 for it.
+pub fn has_sealed_values(sub: &Subscription) -> bool {
+    let secrets = sub.secrets.iter().map(|s| &s.secret);
+    secrets
+        .chain(sub.headers.iter().map(|h| &h.value))
+        .any(|v| is_sealed_secret(v))
 }
 
 /// Whether a record's secret is (still) sealed: one read from etcd that no configured key

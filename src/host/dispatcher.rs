@@ -94,7 +94,7 @@ impl DispatchHost for WasmHost {
         let headers: Vec<(&str, &str)> = request
             .headers
             .iter()
-            .map(|(k, v)| (*k, v.as_str()))
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
             .collect();
         let timeout = Duration::from_millis(request.timeout_ms);
         hostcalls::dispatch_http_call(&request.cluster, headers, Some(body), vec![], timeout)

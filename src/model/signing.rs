@@ -1,9 +1,14 @@
-//! Standard Webhooks v1 signatures: `v1,` + base64(HMAC-SHA256(secret, "{id}.{timestamp}.{body}")).
+//! Standard Webhooks signatures over `"{id}.{timestamp}.{body}"`: `v1,` + base64 of its
+//! HMAC-SHA256 with a `whsec_` secret, and `v1a,` + base64 of its ed25519 signature with a key
+//! pair the plugin generates (stored as `whsk_` + base64 of the 32-byte seed and the 32-byte
+//! public key, so that showing the public key costs no curve arithmetic; receivers get it as
+//! `whpk_` + base64 of its 32 bytes).
 
 use crate::support::ids::{RandomSource, RandomUnavailable};
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use base64::engine::DecodePaddingMode;
 use base64::{alphabet, Engine};
+use ed25519_dalek::{Signer, SigningKey};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::fmt;
@@ -11,6 +16,15 @@ use std::fmt;
 type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "whsec_";
+/// A stored ed25519 private key (its seed); never shown by the API.
+pub const SIGNING_KEY_PREFIX: &str = "whsk_";
+/// An ed25519 public key as the API shows it.
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
+const SIGNING_KEY_ERROR: &str = "signing_key must be whsk_ followed by the base64 of a 32-byte seed (or of 64 bytes: the seed and its public key)";
+/// Bytes of an ed25519 seed and of a public key.
+const ED25519_KEY_BYTES: usize = 32;
+/// `v1a,` + 88 base64 characters of a 64-byte signature.
+const V1A_SIGNATURE_LEN: usize = 92;
 const PARSE_ERROR: &str = "secret must be whsec_ followed by base64";
 /// Longest secret accepted, in decoded bytes (the Standard Webhooks range).
 const MAX_KEY_BYTES: usize = 64;
@@ -18,8 +32,6 @@ const MAX_KEY_BYTES: usize = 64;
 const MIN_CHOSEN_KEY_BYTES: usize = 24;
 /// Bytes of randomness in a generated secret.
 const GENERATED_KEY_BYTES: usize = 32;
-/// `v1,` + 44 base64 characters of a 32-byte tag.
-const SIGNATURE_LEN: usize = 47;
 
 /// Standard base64 that accepts the padding being present or left out, as secrets come both ways.
 const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -27,11 +39,17 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-/// A signing secret. Holds the HMAC already keyed, so each signature skips re-deriving the key
-/// pads and cannot fail. `Debug` never shows the key.
+/// A signing secret: an HMAC already keyed (each signature skips re-deriving the key pads), or
+/// an ed25519 key pair already expanded. Signing cannot fail. `Debug` never shows the key.
 #[derive(Clone)]
 pub struct Secret {
-    mac: HmacSha256,
+    key: Key,
+}
+
+#[derive(Clone)]
+enum Key {
+    Hmac(HmacSha256),
+    Ed25519(Box<SigningKey>),
 }
 
 impl fmt::Debug for Secret {
@@ -41,9 +59,39 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// Parses `whsec_` + standard base64 (padding optional) of 1 to 64 bytes.
+    /// Parses `whsec_` + standard base64 (padding optional) of 1 to 64 bytes, or a
+    /// [`SIGNING_KEY_PREFIX`] key ([`Secret::parse_signing_key`]).
     pub fn parse(s: &str) -> Result<Secret, String> {
+        if s.starts_with(SIGNING_KEY_PREFIX) {
+            return Secret::parse_signing_key(s);
+        }
         Secret::parse_sized(s, 1)
+    }
+
+    /// Parses `whsk_` + standard base64 (padding optional) of a 32-byte ed25519 seed, or of
+    /// the seed and its public key (64 bytes, as generated: a public key that is not the seed's
+    /// is refused).
+    pub fn parse_signing_key(s: &str) -> Result<Secret, String> {
+        let key = match decode_key(s).ok_or(SIGNING_KEY_ERROR)? {
+            (seed, None) => SigningKey::from_bytes(&seed),
+            (seed, Some(public)) => {
+                let mut pair = [0u8; 2 * ED25519_KEY_BYTES];
+                let (first, second) = pair.split_at_mut(ED25519_KEY_BYTES);
+                first.copy_from_slice(&seed);
+                second.copy_from_slice(&public);
+                let key = SigningKey::from_keypair_bytes(&pair);
+                pair.fill(0);
+                key.map_err(|_| SIGNING_KEY_ERROR.to_string())?
+            }
+        };
+        Ok(Secret {
+            key: Key::Ed25519(Box::new(key)),
+        })
+    }
+
+    /// Whether this secret signs `v1a` (ed25519) rather than `v1` (HMAC).
+    pub fn is_ed25519(&self) -> bool {
+        matches!(self.key, Key::Ed25519(_))
     }
 
     /// [`Secret::parse`] for a secret someone chose (a static subscription's): the Standard
@@ -67,7 +115,9 @@ impl Secret {
             ));
         }
         let mac = HmacSha256::new_from_slice(&key).map_err(|_| PARSE_ERROR.to_string())?;
-        Ok(Secret { mac })
+        Ok(Secret {
+            key: Key::Hmac(mac),
+        })
     }
 
     /// A fresh secret in its textual form: `whsec_` + base64 of 32 random bytes; none without
@@ -81,40 +131,114 @@ impl Secret {
         Ok(out)
     }
 
-    /// `v1,` + base64(HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")).
+    /// A fresh ed25519 key in its stored form: `whsk_` + base64 of a 32-byte seed from the same
+    /// randomness as secrets, followed by its public key; none without randomness.
+    pub fn generate_signing_key(rng: &mut dyn RandomSource) -> Result<String, RandomUnavailable> {
+        let mut seed = [0u8; ED25519_KEY_BYTES];
+        rng.fill(&mut seed)?;
+        let mut pair = SigningKey::from_bytes(&seed).to_keypair_bytes();
+        seed.fill(0);
+        let mut out = String::with_capacity(SIGNING_KEY_PREFIX.len() + 88);
+        out.push_str(SIGNING_KEY_PREFIX);
+        STANDARD.encode_string(pair, &mut out);
+        pair.fill(0);
+        Ok(out)
+    }
+
+    /// `v1,` + base64(HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")), or `v1a,` +
+    /// base64(ed25519 signature of the same bytes).
     ///
     /// The three parts are fed to the MAC one after the other, so the body is never copied.
     /// Tests sign one at a time; deliveries sign through [`signature_header`].
     #[cfg(test)]
     pub fn sign(&self, msg_id: &str, timestamp: u64, body: &[u8]) -> String {
-        let mut out = String::with_capacity(SIGNATURE_LEN);
-        self.sign_into(msg_id, timestamp, body, &mut out);
+        let mut out = String::with_capacity(V1A_SIGNATURE_LEN);
+        self.sign_into(msg_id, timestamp, body, &mut Vec::new(), &mut out);
         out
     }
 
-    /// Appends the signature to `out`.
-    fn sign_into(&self, msg_id: &str, timestamp: u64, body: &[u8], out: &mut String) {
+    /// Appends the signature to `out`; `signed` holds the signed bytes once an ed25519 key
+    /// needed them (ed25519 reads its message twice, so it is written out once per header).
+    fn sign_into(
+        &self,
+        msg_id: &str,
+        timestamp: u64,
+        body: &[u8],
+        signed: &mut Vec<u8>,
+        out: &mut String,
+    ) {
         let mut digits = [0u8; 20];
-        let mut mac = self.mac.clone();
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(decimal(timestamp, &mut digits));
-        mac.update(b".");
-        mac.update(body);
-        out.push_str("v1,");
-        STANDARD.encode_string(mac.finalize().into_bytes(), out);
+        let digits = decimal(timestamp, &mut digits);
+        match &self.key {
+            Key::Hmac(mac) => {
+                let mut mac = mac.clone();
+                mac.update(msg_id.as_bytes());
+                mac.update(b".");
+                mac.update(digits);
+                mac.update(b".");
+                mac.update(body);
+                out.push_str("v1,");
+                STANDARD.encode_string(mac.finalize().into_bytes(), out);
+            }
+            Key::Ed25519(key) => {
+                if signed.is_empty() {
+                    signed.reserve_exact(msg_id.len() + digits.len() + 2 + body.len());
+                    signed.extend_from_slice(msg_id.as_bytes());
+                    signed.push(b'.');
+                    signed.extend_from_slice(digits);
+                    signed.push(b'.');
+                    signed.extend_from_slice(body);
+                }
+                out.push_str("v1a,");
+                STANDARD.encode_string(key.sign(signed).to_bytes(), out);
+            }
+        }
+    }
+}
+
+/// The public key of a stored [`SIGNING_KEY_PREFIX`] key as the API shows it: `whpk_` + base64
+/// of its 32 bytes (read from the stored form when it has it, else derived from the seed); None
+/// for anything else (an HMAC secret, a sealed or broken value).
+pub fn public_key(stored: &str) -> Option<String> {
+    let public = match decode_key(stored)? {
+        (_, Some(public)) => public,
+        (seed, None) => SigningKey::from_bytes(&seed).verifying_key().to_bytes(),
+    };
+    let mut out = String::with_capacity(PUBLIC_KEY_PREFIX.len() + 44);
+    out.push_str(PUBLIC_KEY_PREFIX);
+    STANDARD.encode_string(public, &mut out);
+    Some(out)
+}
+
+/// Whether a stored secret is an ed25519 key (by its prefix; a sealed one is neither).
+pub fn is_signing_key(stored: &str) -> bool {
+    stored.starts_with(SIGNING_KEY_PREFIX)
+}
+
+/// The seed of a stored key, and its public key when stored beside it.
+type Decoded = ([u8; ED25519_KEY_BYTES], Option<[u8; ED25519_KEY_BYTES]>);
+
+fn decode_key(s: &str) -> Option<Decoded> {
+    let encoded = s.strip_prefix(SIGNING_KEY_PREFIX)?;
+    let bytes = LENIENT_BASE64.decode(encoded).ok()?;
+    let seed = bytes.get(..ED25519_KEY_BYTES)?.try_into().ok()?;
+    match bytes.get(ED25519_KEY_BYTES..) {
+        Some([]) => Some((seed, None)),
+        Some(rest) => Some((seed, Some(rest.try_into().ok()?))),
+        None => None,
     }
 }
 
 /// The `webhook-signature` value: one space-separated signature per secret, in the given order
 /// (the newest secret first, then old ones still valid during a rotation).
 pub fn signature_header(secrets: &[&Secret], msg_id: &str, timestamp: u64, body: &[u8]) -> String {
-    let mut out = String::with_capacity(secrets.len() * (SIGNATURE_LEN + 1));
+    let mut out = String::with_capacity(secrets.len() * (V1A_SIGNATURE_LEN + 1));
+    let mut signed = Vec::new();
     for (i, secret) in secrets.iter().enumerate() {
         if i > 0 {
             out.push(' ');
         }
-        secret.sign_into(msg_id, timestamp, body, &mut out);
+        secret.sign_into(msg_id, timestamp, body, &mut signed, &mut out);
     }
     out
 }
@@ -224,6 +348,98 @@ mod tests {
         assert_eq!(header, expected);
         assert_eq!(signature_header(&[&old], KAT_ID, KAT_TS, KAT_BODY), KAT_SIG);
         assert_eq!(signature_header(&[], KAT_ID, KAT_TS, KAT_BODY), "");
+    }
+
+    /// RFC 8032, test 1: the seed's public key.
+    const RFC_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    const RFC_PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn rfc_key() -> String {
+        format!("{SIGNING_KEY_PREFIX}{}", STANDARD.encode(hex(RFC_SEED)))
+    }
+
+    #[test]
+    fn public_key_of_a_known_seed() {
+        let expected = format!("whpk_{}", STANDARD.encode(hex(RFC_PUBLIC)));
+        assert_eq!(public_key(&rfc_key()).as_deref(), Some(expected.as_str()));
+        assert_eq!(public_key(KAT_SECRET), None);
+        assert_eq!(public_key("whsk_AAAA"), None);
+    }
+
+    #[test]
+    fn v1a_signs_id_timestamp_and_body() {
+        let key = Secret::parse(&rfc_key()).unwrap();
+        assert!(key.is_ed25519());
+        let sig = key.sign(KAT_ID, KAT_TS, KAT_BODY);
+        let encoded = sig.strip_prefix("v1a,").unwrap();
+        assert_eq!(sig.len(), V1A_SIGNATURE_LEN);
+        let bytes: [u8; 64] = STANDARD.decode(encoded).unwrap().try_into().unwrap();
+        let public: [u8; 32] = hex(RFC_PUBLIC).try_into().unwrap();
+        let public = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+        let signed = format!(
+            "{KAT_ID}.{KAT_TS}.{}",
+            std::str::from_utf8(KAT_BODY).unwrap()
+        );
+        let signature = ed25519_dalek::Signature::from_bytes(&bytes);
+        assert!(public.verify_strict(signed.as_bytes(), &signature).is_ok());
+        // Deterministic: the same message signs the same.
+        assert_eq!(key.sign(KAT_ID, KAT_TS, KAT_BODY), sig);
+    }
+
+    #[test]
+    fn header_mixes_v1_and_v1a() {
+        let hmac = Secret::parse(KAT_SECRET).unwrap();
+        let ed = Secret::parse(&rfc_key()).unwrap();
+        let header = signature_header(&[&hmac, &ed, &hmac], KAT_ID, KAT_TS, KAT_BODY);
+        let parts: Vec<&str> = header.split(' ').collect();
+        assert_eq!(
+            parts,
+            [KAT_SIG, &ed.sign(KAT_ID, KAT_TS, KAT_BODY), KAT_SIG]
+        );
+    }
+
+    #[test]
+    fn signing_keys_generate_parse_and_hide() {
+        let mut rng = Rng(9);
+        let a = Secret::generate_signing_key(&mut rng).unwrap();
+        let b = Secret::generate_signing_key(&mut rng).unwrap();
+        assert_ne!(a, b);
+        assert!(is_signing_key(&a) && !is_signing_key(KAT_SECRET));
+        assert!(Secret::parse(&a).unwrap().is_ed25519());
+        assert!(!Secret::parse(KAT_SECRET).unwrap().is_ed25519());
+        assert_eq!(
+            format!("{:?}", Secret::parse(&a).unwrap()),
+            "Secret(redacted)"
+        );
+        // The stored form carries the public key: read back, not derived.
+        let stored = STANDARD.decode(&a[5..]).unwrap();
+        assert_eq!(stored.len(), 64);
+        let derived = SigningKey::from_bytes(&stored[..32].try_into().unwrap()).verifying_key();
+        assert_eq!(&stored[32..], derived.as_bytes());
+        let seed_only = format!("whsk_{}", STANDARD.encode(&stored[..32]));
+        assert_eq!(public_key(&a), public_key(&seed_only));
+        let sig = |k: &str| Secret::parse(k).unwrap().sign("m", 1, b"b");
+        assert_eq!(sig(&a), sig(&seed_only));
+        // A public key that is not the seed's is refused.
+        let mut wrong = stored.clone();
+        wrong[40] ^= 1;
+        let wrong = format!("whsk_{}", STANDARD.encode(&wrong));
+        assert_eq!(Secret::parse(&wrong).unwrap_err(), SIGNING_KEY_ERROR);
+        for bad in [
+            "whsk_",
+            "whsk_!!",
+            "whsk_AAAA",
+            &format!("whsk_{}", STANDARD.encode([1u8; 33])),
+            &format!("whsk_{}", STANDARD.encode([1u8; 65])),
+        ] {
+            assert_eq!(Secret::parse(bad).unwrap_err(), SIGNING_KEY_ERROR, "{bad}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! API), and how its event filters match event types (beside the index lookup that must agree).
 
 use crate::model::rules;
+use crate::model::signing;
 use crate::support::record::{self, Fields};
 #[cfg(test)]
 use serde::Deserialize;
@@ -21,6 +22,13 @@ pub const MAX_DESCRIPTION_CHARS: usize = 256;
 pub const ID_MAX_LEN: usize = 64;
 /// What [`is_valid_id`] asks, for error messages.
 pub const ID_RULE: &str = "must be 1 to 64 letters, digits, '_' or '-'";
+/// Headers for the receiver per subscription at most.
+pub const MAX_HEADERS: usize = 10;
+/// Bytes of a header name at most.
+pub const MAX_HEADER_NAME_BYTES: usize = 64;
+/// Bytes of a header value at most (a long bearer token fits; with [`MAX_HEADERS`] a record's
+/// headers stay under 21 KiB).
+pub const MAX_HEADER_VALUE_BYTES: usize = 2048;
 
 /// Stored records are read by [`Subscription::from_json`]; `Deserialize` is derived for tests only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -66,6 +74,73 @@ pub struct SigningSecret {
     pub secret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at_ms: Option<u64>,
+}
+
+/// A header sent to the receiver with every delivery (its name in lowercase). Its value is a
+/// secret like the signing secrets: sealed in etcd, shown only in the create answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(test, derive(Deserialize))]
+pub struct ReceiverHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl ReceiverHeader {
+    fn from_value(v: &Value) -> Option<ReceiverHeader> {
+        let o = v.as_object()?;
+        Some(ReceiverHeader {
+            name: record::string(o, "name")?,
+            value: record::string(o, "value")?,
+        })
+    }
+}
+
+/// How a subscription signs: `v1` (HMAC-SHA256 with a `whsec_` secret), `v1a` (ed25519 with a
+/// key pair the plugin generates) or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    V1,
+    V1a,
+    Both,
+}
+
+impl Scheme {
+    /// What [`Scheme::parse`] accepts, for error messages.
+    pub const RULE: &'static str = "must be \"v1\", \"v1a\" or \"v1,v1a\"";
+
+    pub fn parse(s: &str) -> Option<Scheme> {
+        match s {
+            "v1" => Some(Scheme::V1),
+            "v1a" => Some(Scheme::V1a),
+            "v1,v1a" => Some(Scheme::Both),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::V1 => "v1",
+            Scheme::V1a => "v1a",
+            Scheme::Both => "v1,v1a",
+        }
+    }
+
+    /// Whether it signs `v1` (has a `whsec_` secret).
+    pub fn hmac(self) -> bool {
+        self != Scheme::V1a
+    }
+
+    /// Whether it signs `v1a` (has an ed25519 key).
+    pub fn ed25519(self) -> bool {
+        self != Scheme::V1
+    }
+}
+
+impl Serialize for Scheme {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 impl Status {
@@ -114,6 +189,9 @@ pub struct Subscription {
     /// Defined in the plugin configuration; not changeable through the API.
     #[serde(default)]
     pub is_static: bool,
+    /// Sent to the receiver with every delivery; values are secrets (see [`ReceiverHeader`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ReceiverHeader>,
     /// A static subscription that receives events whatever their audience (never API-made).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
@@ -143,6 +221,9 @@ impl Subscription {
             updated_at_ms: record::uint(o, "updated_at_ms")?,
             secrets: record::list(o, "secrets", SigningSecret::from_value)?,
             is_static: record::defaulted(o, "is_static", Value::as_bool)?,
+            headers: record::defaulted(o, "headers", |v| {
+                record::as_list(v, ReceiverHeader::from_value)
+            })?,
             privileged: record::defaulted(o, "privileged", Value::as_bool)?,
             ordering: match o.get("ordering") {
                 None => Ordering::None,
@@ -154,6 +235,41 @@ impl Subscription {
 
     pub fn is_active(&self) -> bool {
         self.status == Status::Active
+    }
+
+    /// How it signs, read from its current (unexpiring) secrets: an ed25519 key signs `v1a`,
+    /// any other secret `v1`.
+    pub fn signature_scheme(&self) -> Scheme {
+        let current = self.secrets.iter().filter(|s| s.expires_at_ms.is_none());
+        let (mut hmac, mut ed25519) = (false, false);
+        for secret in current {
+            match signing::is_signing_key(&secret.secret) {
+                true => ed25519 = true,
+                false => hmac = true,
+            }
+        }
+        match (hmac, ed25519) {
+            (false, true) => Scheme::V1a,
+            (true, true) => Scheme::Both,
+            _ => Scheme::V1,
+        }
+    }
+
+    /// The `whsec_` secret that signs `v1` now, if it has one.
+    pub fn current_secret(&self) -> Option<&str> {
+        self.current(false)
+    }
+
+    /// The ed25519 key that signs `v1a` now, if it has one (stored form, never shown).
+    pub fn current_signing_key(&self) -> Option<&str> {
+        self.current(true)
+    }
+
+    fn current(&self, ed25519: bool) -> Option<&str> {
+        self.secrets
+            .iter()
+            .find(|s| s.expires_at_ms.is_none() && signing::is_signing_key(&s.secret) == ed25519)
+            .map(|s| s.secret.as_str())
     }
 
     /// The record of a configured subscription, new at `now_ms`.
@@ -168,11 +284,17 @@ impl Subscription {
             disabled_reason: None,
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
-            secrets: vec![SigningSecret {
-                secret: s.secret.clone(),
-                expires_at_ms: None,
-            }],
+            secrets: s
+                .secret
+                .iter()
+                .chain(&s.signing_key)
+                .map(|secret| SigningSecret {
+                    secret: secret.clone(),
+                    expires_at_ms: None,
+                })
+                .collect(),
             is_static: true,
+            headers: Vec::new(),
             privileged: s.privileged,
             ordering: s.ordering,
             version: 1,
@@ -210,8 +332,10 @@ pub struct StaticSubscription {
     pub url: String,
     /// Event filters: exact types, `prefix.*` or `*`.
     pub events: Vec<String>,
-    /// `whsec_` + base64 secret, validated to decode.
-    pub secret: String,
+    /// `whsec_` + base64 secret, validated to decode; none for a pure `v1a` one.
+    pub secret: Option<String>,
+    /// `whsk_` + base64 of an ed25519 seed, validated; only for `v1a` and `v1,v1a`.
+    pub signing_key: Option<String>,
     pub description: String,
     /// Receives every event its filters match, whatever the event's audience.
     pub privileged: bool,
@@ -273,6 +397,106 @@ pub fn check_filters<'v>(
         }
     }
     Ok(filters)
+}
+
+/// Headers a subscription may not set, by exact lowercase name: the plugin's own, what Envoy or
+/// HTTP itself decides (hop-by-hop, framing), and what the contract fixes.
+const RESERVED_HEADERS: &[(&str, &str)] = &[
+    ("host", "the receiver's host comes from its url"),
+    ("user-agent", "every delivery says proxy-webhooks/<version>"),
+    (
+        "traceparent",
+        "trace context is forwarded from the API request",
+    ),
+    (
+        "tracestate",
+        "trace context is forwarded from the API request",
+    ),
+    ("connection", "hop-by-hop headers belong to the connection"),
+    ("keep-alive", "hop-by-hop headers belong to the connection"),
+    ("te", "hop-by-hop headers belong to the connection"),
+    ("trailer", "hop-by-hop headers belong to the connection"),
+    ("trailers", "hop-by-hop headers belong to the connection"),
+    (
+        "transfer-encoding",
+        "hop-by-hop headers belong to the connection",
+    ),
+    ("upgrade", "hop-by-hop headers belong to the connection"),
+];
+
+/// Reserved name prefixes, with why.
+const RESERVED_HEADER_PREFIXES: &[(&str, &str)] = &[
+    ("webhook-", "webhook-* headers are the signature's"),
+    ("x-envoy-", "x-envoy-* headers steer Envoy's router"),
+    ("content-", "content-* headers describe the JSON body"),
+    ("proxy-", "hop-by-hop headers belong to the connection"),
+];
+
+/// Why a header name may not be set by a subscription, if it may not.
+fn reserved_because(name: &str) -> Option<&'static str> {
+    if name.starts_with(':') {
+        return Some("pseudo-headers are Envoy's");
+    }
+    RESERVED_HEADERS
+        .iter()
+        .find(|(reserved, _)| *reserved == name)
+        .or_else(|| {
+            RESERVED_HEADER_PREFIXES
+                .iter()
+                .find(|(prefix, _)| name.starts_with(prefix))
+        })
+        .map(|(_, why)| *why)
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Visible ASCII, space and tab, not starting or ending with whitespace (no CR, LF or NUL can
+/// reach the wire).
+fn is_header_value(value: &str) -> bool {
+    let visible = |b: u8| b == b' ' || b == b'\t' || (0x21..0x7f).contains(&b);
+    value.bytes().all(visible) && value.trim_matches([' ', '\t']).len() == value.len()
+}
+
+/// The headers of a subscription from `(name, value)` entries (value None: not a string), sorted
+/// by name; the problem otherwise, naming the header. Names must be lowercase, as HTTP/2 sends
+/// them: one spelling per header, so no two entries can name the same one.
+pub fn check_headers<'v>(
+    entries: impl ExactSizeIterator<Item = (&'v str, Option<&'v str>)>,
+) -> Result<Vec<ReceiverHeader>, String> {
+    if entries.len() > MAX_HEADERS {
+        return Err(format!("headers may name at most {MAX_HEADERS} headers"));
+    }
+    let mut headers: Vec<ReceiverHeader> = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let shown: String = name.chars().take(MAX_HEADER_NAME_BYTES).collect();
+        if let Some(why) = reserved_because(&name.to_ascii_lowercase()) {
+            return Err(format!("headers: {shown:?} is reserved ({why})"));
+        }
+        if name.is_empty() || name.len() > MAX_HEADER_NAME_BYTES || !name.bytes().all(is_token_byte)
+        {
+            return Err(format!(
+                "headers: {shown:?} is not a header name (1 to {MAX_HEADER_NAME_BYTES} letters, digits or !#$%&'*+-.^_`|~)"
+            ));
+        }
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lower = name.to_ascii_lowercase();
+            return Err(format!(
+                "headers: {shown:?} must be lowercase ({lower:?}), as HTTP/2 sends header names"
+            ));
+        }
+        let value = value
+            .filter(|v| v.len() <= MAX_HEADER_VALUE_BYTES && is_header_value(v))
+            .ok_or_else(|| format!("headers: the value of {shown:?} must be a string of at most {MAX_HEADER_VALUE_BYTES} visible ASCII characters, spaces or tabs, not starting or ending with a space or tab"))?;
+        headers.push(ReceiverHeader {
+            name: name.to_string(),
+            value: value.to_string(),
+        });
+    }
+    headers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(headers)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,6 +623,121 @@ mod tests {
             check_description(&"x".repeat(MAX_DESCRIPTION_CHARS + 1)),
             Err("must be at most 256 characters".into())
         );
+    }
+
+    fn headers(entries: &[(&str, Option<&str>)]) -> Result<Vec<ReceiverHeader>, String> {
+        check_headers(entries.iter().copied())
+    }
+
+    #[test]
+    fn receiver_headers_are_checked_and_sorted() {
+        let ok = headers(&[
+            ("x-tenant", Some("t 1")),
+            ("authorization", Some("Bearer a.b")),
+        ]);
+        let names: Vec<String> = ok.unwrap().into_iter().map(|h| h.name).collect();
+        assert_eq!(names, ["authorization", "x-tenant"]);
+        assert_eq!(headers(&[]), Ok(vec![]));
+        let eleven: Vec<(String, &str)> = (0..11).map(|i| (format!("x-{i}"), "v")).collect();
+        let eleven = check_headers(eleven.iter().map(|(n, v)| (n.as_str(), Some(*v))));
+        assert_eq!(eleven.unwrap_err(), "headers may name at most 10 headers");
+        for reserved in [
+            "Webhook-Signature",
+            "X-Envoy-Upstream-Rq-Timeout-Ms",
+            "host",
+            "Content-Length",
+            "content-type",
+            "connection",
+            "keep-alive",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "trailers",
+            "transfer-encoding",
+            "upgrade",
+            ":authority",
+            "user-agent",
+            "traceparent",
+        ] {
+            let problem = headers(&[(reserved, Some("v"))]).unwrap_err();
+            let want = format!("headers: {reserved:?} is reserved (");
+            assert!(problem.starts_with(&want), "{problem}");
+        }
+        for bad_name in ["", "a b", "é", "a:b", &"x".repeat(65)] {
+            let problem = headers(&[(bad_name, Some("v"))]).unwrap_err();
+            assert!(
+                problem.contains("is not a header name"),
+                "{bad_name}: {problem}"
+            );
+        }
+        assert_eq!(
+            headers(&[("X-Tenant", Some("v"))]).unwrap_err(),
+            "headers: \"X-Tenant\" must be lowercase (\"x-tenant\"), as HTTP/2 sends header names"
+        );
+        let long = "v".repeat(MAX_HEADER_VALUE_BYTES + 1);
+        for bad_value in [
+            None,
+            Some("a\r\nb"),
+            Some(" a"),
+            Some("a\t"),
+            Some("\0"),
+            Some("é"),
+            Some(long.as_str()),
+        ] {
+            let problem = headers(&[("x-a", bad_value)]).unwrap_err();
+            let want = "headers: the value of \"x-a\" must be a string of at most 2048";
+            assert!(problem.starts_with(want), "{problem}");
+        }
+        assert!(headers(&[("x-a", Some(""))]).is_ok());
+        assert!(headers(&[("x-a", Some("a\tb c"))]).is_ok());
+        assert!(headers(&[("x-a", Some(&long[1..]))]).is_ok());
+    }
+
+    fn with_secrets(secrets: &[(&str, Option<u64>)]) -> Subscription {
+        let mut sub = Subscription::from_static(
+            &StaticSubscription {
+                id: "s".into(),
+                consumer: "c".into(),
+                url: "https://h/".into(),
+                events: vec!["*".into()],
+                secret: None,
+                signing_key: None,
+                description: String::new(),
+                privileged: false,
+                ordering: Ordering::None,
+            },
+            0,
+        );
+        sub.secrets = secrets
+            .iter()
+            .map(|(s, e)| SigningSecret {
+                secret: s.to_string(),
+                expires_at_ms: *e,
+            })
+            .collect();
+        sub
+    }
+
+    #[test]
+    fn the_scheme_is_read_from_the_current_secrets() {
+        let v1 = with_secrets(&[("whsec_a", None), ("whsk_old", Some(5))]);
+        assert_eq!(v1.signature_scheme(), Scheme::V1);
+        assert_eq!(v1.current_secret(), Some("whsec_a"));
+        assert_eq!(v1.current_signing_key(), None);
+        let v1a = with_secrets(&[("whsk_b", None), ("whsec_old", Some(5))]);
+        assert_eq!(v1a.signature_scheme(), Scheme::V1a);
+        assert_eq!(
+            (v1a.current_secret(), v1a.current_signing_key()),
+            (None, Some("whsk_b"))
+        );
+        let both = with_secrets(&[("whsec_a", None), ("whsk_b", None)]);
+        assert_eq!(both.signature_scheme(), Scheme::Both);
+        for scheme in [Scheme::V1, Scheme::V1a, Scheme::Both] {
+            assert_eq!(Scheme::parse(scheme.as_str()), Some(scheme));
+        }
+        assert_eq!(Scheme::parse("v1a,v1"), None);
+        assert!(Scheme::Both.hmac() && Scheme::Both.ed25519());
+        assert!(!Scheme::V1a.hmac() && !Scheme::V1.ed25519());
     }
 
     #[test]

@@ -49,6 +49,23 @@ pub fn one_subscriber(receiver: &Receiver) -> Value {
     )
 }
 
+/// An ed25519 key (`whsk_` + base64 of a 32-byte seed) for the `v1a` subscriptions.
+const SIGNING_KEY: &str = "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+/// One subscriber to every event, signed with `scheme` (`"v1"`, `"v1a"` or `"v1,v1a"`;
+/// scenario 16).
+pub fn one_subscriber_signed(receiver: &Receiver, scheme: &str) -> Value {
+    let mut sub = subscription(0, receiver.url("/hook"), EVENT_TYPE);
+    sub["signature_scheme"] = json!(scheme);
+    if scheme.contains("v1a") {
+        sub["signing_key"] = json!(SIGNING_KEY);
+    }
+    if scheme == "v1a" {
+        sub.as_object_mut().map(|o| o.remove("secret"));
+    }
+    config(vec![sub], delivery())
+}
+
 /// `n` subscribers to the event, each at its own path `/hook/<i>` (scenario 4).
 pub fn fan_out(receiver: &Receiver, n: usize) -> Value {
     let subs = (0..n)

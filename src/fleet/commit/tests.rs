@@ -31,6 +31,7 @@ fn sub(id: &str, version: u64) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         ordering: Default::default(),
         version,

@@ -25,6 +25,7 @@ fn configured(id: &str, url: &str, secret: &str) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: true,
+        headers: Vec::new(),
         privileged: true,
         ordering: Default::default(),
         version: 1,
@@ -78,6 +79,16 @@ fn the_definition_follows_the_url_and_the_secret_and_hides_the_secret() {
     // The separator keeps "ab" + "c" apart from "a" + "bc".
     assert_ne!(definition("ab", "c"), definition("a", "bc"));
     assert!(!String::from_utf8_lossy(&key_of(&audit())).contains("whsec"));
+    // A v1,v1a one: another signing key is another definition.
+    let mut both = audit();
+    both.secrets.push(SigningSecret {
+        secret: "whsk_one".into(),
+        expires_at_ms: None,
+    });
+    let with_key = definition_of(&both);
+    assert_ne!(with_key, def);
+    both.secrets[1].secret = "whsk_two".into();
+    assert_ne!(definition_of(&both), with_key);
 }
 
 #[test]

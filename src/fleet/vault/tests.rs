@@ -33,6 +33,7 @@ fn sub(id: &str) -> Subscription {
             secret("whsec_rotated", Some(9)),
         ],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         ordering: Default::default(),
         version: 3,
@@ -166,4 +167,48 @@ fn messages_are_sealed_with_encrypt_payloads_and_bound_to_their_webhook_id() {
         Err(OpenError::UnknownKey(_))
     ));
     assert_eq!(v.seal_message(&mut NoRandom, "msg_1", b"x".to_vec()), None);
+}
+
+/// A `v1,v1a` record with receiver headers: every ed25519 key and header value is sealed too,
+/// and opens back; one header value no key opens makes the record unreadable.
+#[test]
+fn signing_keys_and_header_values_are_sealed_like_secrets() {
+    use crate::model::subscription::ReceiverHeader;
+    let mut s = sub("s1");
+    s.secrets.insert(
+        1,
+        SigningSecret {
+            secret: "whsk_BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=".into(),
+            expires_at_ms: None,
+        },
+    );
+    s.headers = vec![ReceiverHeader {
+        name: "authorization".into(),
+        value: "Bearer t0ken".into(),
+    }];
+    assert!(!has_sealed_values(&s));
+    let v = vault(1, &[], false);
+    let bytes = v.seal_record(&mut seeded(1), &s).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    for clear in ["whsk_", "BwcHBwcH", "t0ken", "whsec_"] {
+        assert!(!text.contains(clear), "{clear} in {text}");
+    }
+    assert!(text.contains("\"name\":\"authorization\""), "{text}");
+    assert_eq!(v.open_record(&bytes), Some(Record::Readable(s.clone())));
+    // Another replica without the key keeps it sealed and says so.
+    match vault(2, &[], false).open_record(&bytes) {
+        Some(Record::Unreadable(sealed, _)) => assert!(has_sealed_values(&sealed)),
+        other => panic!("{other:?}"),
+    }
+    // Only a header value sealed (a record written before, say): still unreadable.
+    let mut only_header = sub("s1");
+    only_header.headers = s.headers.clone();
+    let bytes = v.seal_record(&mut seeded(2), &only_header).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    json["secrets"] = serde_json::json!([{"secret": "whsec_current"}]);
+    let bytes = serde_json::to_vec(&json).unwrap();
+    assert!(matches!(
+        vault(2, &[], false).open_record(&bytes),
+        Some(Record::Unreadable(..))
+    ));
 }

@@ -238,6 +238,7 @@ fn synced(f: &Filter<FakeStreamHost>, version: u64) -> Subscription {
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         ordering: Default::default(),
         version,

@@ -73,7 +73,13 @@ fn check_config(c: &Config, input: &[u8]) {
                 && PathTemplate::parse(r.path.as_str()).as_ref() == Ok(&r.path)
         })
         && c.subscriptions.iter().all(|s| {
-            Secret::parse_chosen(&s.secret).is_ok()
+            s.secret
+                .as_deref()
+                .is_none_or(|k| Secret::parse_chosen(k).is_ok())
+                && s.signing_key
+                    .as_deref()
+                    .is_none_or(|k| Secret::parse_signing_key(k).is_ok())
+                && (s.secret.is_some() || s.signing_key.is_some())
                 && check_destination(&s.url, d.url_policy()).is_ok()
                 && !s.events.is_empty()
                 && s.events.iter().all(|f| rules::is_valid_event_filter(f))

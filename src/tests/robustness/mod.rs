@@ -412,6 +412,7 @@ pub(crate) fn subscription(rng: &mut Rng, id: &str, consumer: &str) -> Subscript
             expires_at_ms: None,
         }],
         is_static: false,
+        headers: Vec::new(),
         privileged: false,
         ordering: Default::default(),
         version: 1,

@@ -26,30 +26,30 @@ const REGISTRY_SIZE: usize = 10_000;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One measured run on one site.
-struct WriteRun {
-    load: Outcome,
+pub(super) struct WriteRun {
+    pub(super) load: Outcome,
     /// Deliveries the receiver counted from the load's start until it had them all.
-    delivered: u64,
+    pub(super) delivered: u64,
     /// From the load's start until the last delivery.
     span: Duration,
     /// From the load's end until the last delivery.
-    lag: Duration,
+    pub(super) lag: Duration,
     /// Envoy's CPU time from the load's start until the last delivery.
     cpu: Cpu,
 }
 
 /// All rounds of one site, summed.
-struct Totals {
-    load: Outcome,
-    delivered: u64,
+pub(super) struct Totals {
+    pub(super) load: Outcome,
+    pub(super) delivered: u64,
     span: Duration,
-    max_lag: Duration,
+    pub(super) max_lag: Duration,
     rates: Vec<f64>,
-    cpu: Cpu,
+    pub(super) cpu: Cpu,
 }
 
 impl Totals {
-    fn new() -> Totals {
+    pub(super) fn new() -> Totals {
         Totals {
             load: Outcome::empty(),
             delivered: 0,
@@ -60,7 +60,7 @@ impl Totals {
         }
     }
 
-    fn add(&mut self, run: &WriteRun) {
+    pub(super) fn add(&mut self, run: &WriteRun) {
         self.load.absorb(&run.load);
         self.delivered += run.delivered;
         self.span += run.span;
@@ -69,7 +69,7 @@ impl Totals {
         self.cpu += run.cpu;
     }
 
-    fn deliveries_per_second(&self) -> f64 {
+    pub(super) fn deliveries_per_second(&self) -> f64 {
         per_second(self.delivered, self.span)
     }
 }
@@ -130,7 +130,7 @@ async fn rounds(sites: &[Site], opts: &Options) -> Result<Vec<Totals>> {
 }
 
 /// Warm-up (and its deliveries), then the measured run and its deliveries.
-async fn write_run(site: &Site, opts: &Options) -> Result<WriteRun> {
+pub(super) async fn write_run(site: &Site, opts: &Options) -> Result<WriteRun> {
     let shape = plugin::order_request();
     load::run(
         site.port(),
