@@ -328,7 +328,9 @@ pub(super) fn log_write(operator: &str, request: &Request<'_>, answer: &Answer) 
     let outcome = match answer {
         Answer::Now(response) => response.status.to_string(),
         Answer::Commit { response, .. } => format!("{} once etcd has it", response.status),
-        Answer::FindKept { .. } | Answer::ReadLog { .. } => "pending".to_string(),
+        Answer::FindKept { .. } | Answer::ReadLog { .. } | Answer::TakeKept { .. } => {
+            "pending".to_string()
+        }
     };
     let path = crate::model::rules::strip_query(request.path);
     log::info!(

@@ -35,7 +35,7 @@ use handlers::{
     send_test,
 };
 pub use page::serve_page;
-use recover::recover;
+use recover::{recover, recover_taken as taken_answer};
 use responses::{error, method_not_allowed, registry_error, subscription_not_found};
 use routes::{query_of, route, Route, Scope};
 
@@ -91,6 +91,12 @@ pub enum Answer {
     /// etcd, where every replica's attempts are (`crate::fleet::log`); answer with
     /// [`delivery_log`].
     ReadLog { subscription_id: String },
+    /// Fleet mode: a recover; take the subscription's kept copies detected since `since_ms`
+    /// from etcd (`crate::fleet::recover`) and answer with [`recover_taken`].
+    TakeKept {
+        subscription_id: String,
+        since_ms: u64,
+    },
 }
 
 /// What a call may use besides the request.
@@ -250,6 +256,25 @@ pub fn retry_kept<S: KvStore>(
     answer.unwrap_or_else(|response| response)
 }
 
+/// Answers a recover that [`handle`] sent to etcd ([`Answer::TakeKept`]) once its copies were
+/// taken (`taken`, in detection order). The caller was checked and counted when it was sent.
+pub fn recover_taken<S: KvStore>(
+    cx: &mut Context<'_, S>,
+    subscription_id: &str,
+    since_ms: u64,
+    taken: Vec<crate::fleet::recover::Taken>,
+) -> Response {
+    taken_answer(cx, subscription_id, since_ms, taken).unwrap_or_else(|response| response)
+}
+
+/// 503 for a recover whose kept copies etcd could not be asked for (nothing was taken).
+pub fn recover_unavailable() -> Response {
+    let message = "the kept copies of the subscription's messages could not be read; try again";
+    let mut response = error(503, "unavailable", message);
+    response.headers.push(("retry-after", "1".to_string()));
+    response
+}
+
 fn dispatch<S: KvStore>(request: &Request<'_>, cx: &mut Context<'_, S>) -> Written {
     let config = cx.config;
     let (scope, route, who) = check_headers(request, cx)?;
@@ -295,7 +320,7 @@ fn route_call<S: KvStore>(
         (Route::Test(id), _) => send_test(cx, caller, id),
         (Route::Deliveries(id), _) => return deliveries(cx, caller, id),
         (Route::Retry(webhook_id), _) => return retry(cx, caller, webhook_id),
-        (Route::Recover(id), _) => recover(cx, caller, id, request),
+        (Route::Recover(id), _) => return recover(cx, caller, id, request),
         (Route::EventTypes, _) => event_types(config),
         (Route::OpenApi, _) => Ok(openapi::answer(request.method, config)),
     };

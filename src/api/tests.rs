@@ -2006,6 +2006,65 @@ fn recover_counts_from_the_index_and_hands_the_rest_to_the_dispatcher() {
 }
 
 #[test]
+fn fleet_recover_takes_the_copies_from_etcd_and_hands_each_over_in_order() {
+    let mut api = fleet_api();
+    api.synced(FLEET_SUB, "acme", 1);
+    let path = sub_path(FLEET_SUB, "/recover");
+    let body = r#"{"since": "2026-11-27T10:00:00Z"}"#;
+    let since_ms = crate::support::time::parse_rfc3339_millis("2026-11-27T10:00:00Z").unwrap();
+    assert_eq!(
+        api.fleet_call("POST", &path, KEY_A, body),
+        Answer::TakeKept {
+            subscription_id: FLEET_SUB.into(),
+            since_ms
+        }
+    );
+    let (status, value) = now(api.fleet_call("POST", &path, KEY_B, body));
+    assert_eq!(
+        (status, code(&value)),
+        (404, "not_found"),
+        "not asked for another's"
+    );
+    let copy =
+        |id: &str| crate::fleet::stored::encode(id, FLEET_SUB, "a.b", since_ms, b"{}").unwrap();
+    let taken: Vec<crate::fleet::recover::Taken> = ["msg_1", "msg_2"]
+        .iter()
+        .map(|id| crate::fleet::recover::Taken {
+            webhook_id: id.to_string(),
+            stored: copy(id),
+        })
+        .collect();
+    let response = api.with_cx(|cx| recover_taken(cx, FLEET_SUB, since_ms, taken));
+    assert_eq!(
+        (response.status, parse(&response)),
+        (202, json!({"count": 2, "not_kept": 0}))
+    );
+    let want: Vec<QueueMessage> = ["msg_1", "msg_2"]
+        .iter()
+        .map(|id| QueueMessage::Replay {
+            webhook_id: id.to_string(),
+            kept: copy(id),
+        })
+        .collect();
+    assert_eq!(
+        api.sent, want,
+        "each a retry of its kept copy, in detection order"
+    );
+    // Counted before etcd is asked, with test and retry calls (one taken above).
+    for _ in 1..crate::registry::ratelimit::BURST {
+        let answer = api.fleet_call("POST", &path, KEY_A, body);
+        assert!(matches!(answer, Answer::TakeKept { .. }), "{answer:?}");
+    }
+    let (status, value) = now(api.fleet_call("POST", &path, KEY_A, body));
+    assert_eq!((status, code(&value)), (429, "rate_limited"));
+    let mut disabled = api.record(FLEET_SUB);
+    disabled.status = Status::Disabled;
+    api.registry.apply_synced(&disabled).unwrap();
+    let (status, value) = now(api.fleet_call("POST", &path, KEY_A, body));
+    assert_eq!((status, code(&value)), (409, "subscription_disabled"));
+}
+
+#[test]
 fn ordering_is_chosen_at_create_and_fixed_afterwards() {
     let mut api = Api::new();
     let body = json!({"url": URL, "events": ["*"], "ordering": "fifo"}).to_string();

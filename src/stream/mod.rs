@@ -15,6 +15,7 @@ use crate::fleet::dead;
 use crate::fleet::etcd::Request;
 use crate::fleet::keys::Keys;
 use crate::fleet::log as fleet_log;
+use crate::fleet::recover as fleet_recover;
 use crate::fleet::vault::Vault;
 use crate::model::audience::{self, Audience, Facts};
 use crate::model::event::{self, BodyCapture, CapturedObject, RequestInfo};
@@ -300,6 +301,12 @@ impl<H: StreamHost> Filter<H> {
         self.send(api::lookup_unavailable());
     }
 
+    fn recover_unavailable(&self, reason: &str) {
+        self.host.add_metric(Metric::FleetEtcdErrors, 1);
+        log::warn!("proxy-webhooks: a recover could not read the kept copies from etcd: {reason}");
+        self.send(api::recover_unavailable());
+    }
+
     /// Answers `GET .../deliveries` with this replica's own attempts when etcd could not give
     /// the fleet's (reads serve what this replica has while etcd is away); counted and logged.
     fn send_own_log(&self, subscription_id: &str, reason: &str) {
@@ -347,6 +354,15 @@ enum State {
     Finding(Box<ApiCall>),
     /// Fleet mode: `GET .../deliveries` waiting for every replica's log of this subscription.
     ReadingLog(String),
+    /// Fleet mode: a recover scanning and taking the kept copies in etcd.
+    Recovering(Box<Recovery>),
+}
+
+/// A recover in etcd's hands: the subscription (checked) and its scan and take.
+struct Recovery {
+    subscription_id: String,
+    since_ms: u64,
+    scan: fleet_recover::Recovery,
 }
 
 /// An API write in etcd's hands, with the call kept to handle it again if etcd has a newer
@@ -521,6 +537,7 @@ impl<H: StreamHost> Stream<H> {
             State::Committing(c) => self.on_commit_answer(c, body_size),
             State::Finding(call) => self.on_kept_answer(&call, body_size),
             State::ReadingLog(id) => self.on_log_answer(&id, body_size),
+            State::Recovering(r) => self.on_recover_answer(r, body_size),
             other => self.state = other,
         }
     }
@@ -734,6 +751,10 @@ impl<H: StreamHost> Stream<H> {
             api::Answer::Now(response) => return filter.send(response),
             api::Answer::FindKept { webhook_id } => return self.find_kept(call, &webhook_id),
             api::Answer::ReadLog { subscription_id } => return self.read_log(subscription_id),
+            api::Answer::TakeKept {
+                subscription_id,
+                since_ms,
+            } => return self.take_kept(subscription_id, since_ms),
             api::Answer::Commit { write, response } => (write, response),
         };
         let Some(keys) = &filter.keys else {
@@ -763,6 +784,46 @@ impl<H: StreamHost> Stream<H> {
             return filter.lookup_unavailable("the call could not be started");
         }
         self.state = State::Finding(call);
+    }
+
+    /// Starts the scan of etcd's kept copies for a recover (the stream waits).
+    fn take_kept(&mut self, subscription_id: String, since_ms: u64) {
+        let filter = &*self.filter;
+        let Some(keys) = &filter.keys else {
+            return filter.recover_unavailable("fleet mode is not configured");
+        };
+        let max = filter.config.delivery.max_replay;
+        let (scan, request) = fleet_recover::Recovery::start(keys, &subscription_id, since_ms, max);
+        if !filter.call_etcd(&request, &mut self.etcd_call) {
+            return filter.recover_unavailable("the call could not be started");
+        }
+        self.state = State::Recovering(Box::new(Recovery {
+            subscription_id,
+            since_ms,
+            scan,
+        }));
+    }
+
+    fn on_recover_answer(&mut self, mut r: Box<Recovery>, body_size: usize) {
+        let filter = &*self.filter;
+        let (status, body) = filter.host.etcd_answer(body_size);
+        match r.scan.on_answer(&filter.vault, status.as_deref(), &body) {
+            fleet_recover::Step::Send(request) => {
+                if !filter.call_etcd(&request, &mut self.etcd_call) {
+                    return filter.recover_unavailable("the call could not be started");
+                }
+                self.state = State::Recovering(r);
+            }
+            fleet_recover::Step::Done { taken, unreadable } => {
+                if unreadable > 0 {
+                    log::warn!("proxy-webhooks: recover of {}: {unreadable} kept cop(ies) in etcd could not be opened or read (skipped)", r.subscription_id);
+                }
+                let response = filter
+                    .with_api(|cx| api::recover_taken(cx, &r.subscription_id, r.since_ms, taken));
+                filter.send(response);
+            }
+            fleet_recover::Step::Unavailable(reason) => filter.recover_unavailable(&reason),
+        }
     }
 
     /// Asks etcd for every replica's delivery log of a subscription (the stream waits); without

@@ -453,3 +453,25 @@ fn gateway_authenticated_writes_must_be_same_origin() {
         200
     );
 }
+
+#[test]
+fn an_operator_recover_in_fleet_mode_takes_etcds_copies_too() {
+    let mut config: Value = serde_json::from_str(&operator_config(json!({}))).unwrap();
+    config["fleet"] = json!({"cluster": "webhooks_etcd", "prefix": "/pw"});
+    let mut api = Api::with(&config.to_string());
+    api.synced("sub_fleet_1", "acme", 1);
+    let path = "/webhooks/admin/subscriptions/sub_fleet_1/recover";
+    let answer = api.fleet_call(
+        "POST",
+        path,
+        KEY_OPERATOR,
+        r#"{"since": "1970-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(
+        answer,
+        Answer::TakeKept {
+            subscription_id: "sub_fleet_1".into(),
+            since_ms: 0
+        }
+    );
+}

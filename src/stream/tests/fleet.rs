@@ -906,3 +906,88 @@ fn assert_unavailable_logged(text: &str) {
         .iter()
         .all(|(_, l)| !l.contains("t1.1") && !l.contains("s3cret")));
 }
+
+/// A recover of the subscription since `since` (RFC 3339).
+fn recover(f: &Rc<Filter<FakeStreamHost>>, since: &str) -> Stream<FakeStreamHost> {
+    let body = json!({ "since": since }).to_string();
+    call(f, "POST", &format!("{}/recover", sub_path()), &body)
+}
+
+#[test]
+fn a_recover_scans_etcd_takes_the_copies_and_queues_each_in_detection_order() {
+    let f = fleet_filter();
+    synced(&f, 1);
+    let copy =
+        |id: &str, ms| crate::fleet::stored::encode(id, ID, "order.created", ms, b"{}").unwrap();
+    let mut s = recover(&f, "1970-01-01T00:00:00.005Z");
+    assert_eq!(replies(&f), 0, "the stream waits for etcd");
+    let mut found = [
+        kv("/pw/dead/msg_b", &copy("msg_b", 9), 4),
+        kv("/pw/dead/msg_a", &copy("msg_a", 8), 5),
+        kv("/pw/dead/msg_c", &copy("msg_c", 1), 6),
+    ];
+    for (kv, rev) in found.iter_mut().zip([4, 5, 6]) {
+        kv["create_revision"] = json!(rev.to_string());
+    }
+    answer(&f, &mut s, Some("200"), &range_answer(&found));
+    assert_eq!(replies(&f), 0, "then takes them");
+    let take = sent(&f);
+    let deleted: Vec<String> = take["success"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| {
+            let key = op["request_delete_range"]["key"].as_str().unwrap();
+            String::from_utf8(STANDARD.decode(key).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        ["/pw/dead/msg_a", "/pw/dead/msg_b"],
+        "msg_c is older"
+    );
+    let del =
+        |n: u8| json!({"response_delete_range": {"header": header(), "deleted": n.to_string()}});
+    let took = json!({"header": header(), "succeeded": true, "responses": [del(1), del(1)]});
+    answer(&f, &mut s, Some("200"), took.to_string().as_bytes());
+    let (status, body, _) = reply(&f);
+    assert_eq!((status, body), (202, json!({"count": 2, "not_kept": 0})));
+    let queued = host(&f).queue.borrow().clone();
+    let want: Vec<Vec<u8>> = [("msg_a", 8), ("msg_b", 9)]
+        .iter()
+        .map(|(id, ms)| {
+            QueueMessage::Replay {
+                webhook_id: id.to_string(),
+                kept: copy(id, *ms),
+            }
+            .encode()
+        })
+        .collect();
+    assert_eq!(queued, want);
+}
+
+#[test]
+fn a_recover_etcd_cannot_answer_is_503_and_takes_nothing() {
+    logged();
+    let f = fleet_filter();
+    synced(&f, 1);
+    let mut s = recover(&f, "2026-11-27T10:00:00Z");
+    answer(&f, &mut s, Some("503"), b"no healthy upstream");
+    let (status, body, headers) = reply(&f);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert!(headers.contains(&("retry-after".into(), "1".into())));
+    assert_eq!(host(&f).etcd_errors.get(), 1);
+    assert_eq!(host(&f).etcd_sent.borrow().len(), 1, "no take");
+    assert!(host(&f).queue.borrow().is_empty());
+    let lines = logged();
+    assert!(
+        lines.iter().any(
+            |(_, line)| line.contains("a recover could not read the kept copies")
+                && line.contains("answered HTTP 503")
+        ),
+        "{lines:?}"
+    );
+}
