@@ -135,7 +135,7 @@ pub struct Statics {
     /// Keys to delete, each compared on its mod revision.
     deletes: Vec<(Vec<u8>, i64)>,
     /// Static subscriptions removed from the configuration whose delivery logs
-    /// (`P/log/<id>/`) go too.
+    /// (`P/log/<id>/`) and health summaries (`P/health/<id>/`) go too.
     stale_logs: Vec<String>,
 }
 
@@ -185,7 +185,7 @@ impl Statics {
         let (call, request) = if let Some((key, revision)) = self.deletes.last() {
             (Call::Delete, delete_request(key, *revision))
         } else if let Some(id) = self.stale_logs.last() {
-            (Call::DeleteLogs, etcd::delete(&self.keys.logs(id), true))
+            (Call::DeleteLogs, self.delete_logs_request(id))
         } else if !self.legacy.is_empty() {
             (Call::Legacy, self.legacy_request())
         } else if now >= self.next_at && (self.revision == 0 || !self.wanted.is_empty()) {
@@ -195,6 +195,19 @@ impl Statics {
         };
         self.waiting = Some(call);
         Some(request)
+    }
+
+    /// One txn for both of a removed subscription's per-replica prefixes.
+    fn delete_logs_request(&self, id: &str) -> Request {
+        let logs = Op::Delete {
+            key: self.keys.logs(id),
+            prefix: true,
+        };
+        let healths = Op::Delete {
+            key: self.keys.healths(id),
+            prefix: true,
+        };
+        etcd::txn(&[], &[logs, healths], &[])
     }
 
     fn statuses_request(&self) -> Request {
@@ -246,7 +259,7 @@ impl Statics {
             Some(Call::Delete) => etcd::parse_txn(body)
                 .map(|_| Vec::new())
                 .map_err(|e| e.to_string()),
-            Some(Call::DeleteLogs) => etcd::parse_delete(body)
+            Some(Call::DeleteLogs) => etcd::parse_txn(body)
                 .map(|_| Vec::new())
                 .map_err(|e| e.to_string()),
             None => Ok(Vec::new()),

@@ -170,12 +170,15 @@ fn the_first_read_deletes_keys_no_configured_definition_owns_and_later_reads_do_
     let (mut deleted, mut logs) = (Vec::new(), Vec::new());
     while let Some(request) = s.due(0) {
         let b = body(&request);
-        if request.path == crate::fleet::etcd::DELETE_RANGE {
-            logs.push((
-                STANDARD.decode(b["key"].as_str().unwrap()).unwrap(),
-                b["range_end"].clone(),
-            ));
-            let ok = json!({"header": {"revision": "51"}, "deleted": "2"}).to_string();
+        if b["compare"].as_array().is_none_or(|c| c.is_empty()) {
+            for op in b["success"].as_array().unwrap() {
+                let delete = &op["request_delete_range"];
+                logs.push((
+                    STANDARD.decode(delete["key"].as_str().unwrap()).unwrap(),
+                    delete["range_end"].clone(),
+                ));
+            }
+            let ok = json!({"header": {"revision": "51"}, "succeeded": true}).to_string();
             assert!(s
                 .on_answer(Some("200"), ok.as_bytes(), 0)
                 .unwrap()
@@ -206,9 +209,15 @@ fn the_first_read_deletes_keys_no_configured_definition_owns_and_later_reads_do_
     ];
     want.sort();
     assert_eq!(deleted, want);
-    // The removed one's delivery logs go too; the moved one keeps its.
-    let end = STANDARD.encode(crate::fleet::etcd::prefix_end(b"/pw/log/old/"));
-    assert_eq!(logs, [(b"/pw/log/old/".to_vec(), json!(end))]);
+    // The removed one's delivery logs and health summaries go too; the moved one keeps its.
+    let end = |p: &[u8]| json!(STANDARD.encode(crate::fleet::etcd::prefix_end(p)));
+    assert_eq!(
+        logs,
+        [
+            (b"/pw/log/old/".to_vec(), end(b"/pw/log/old/")),
+            (b"/pw/health/old/".to_vec(), end(b"/pw/health/old/"))
+        ]
+    );
     // Written later by a replica still on another configuration: left to it.
     s.due(INTERVAL).unwrap();
     let later = range(
@@ -240,10 +249,17 @@ fn without_static_subscriptions_one_read_cleans_up_and_none_follow() {
         0,
     )
     .unwrap();
-    let logs = s.due(0).expect("the removed one's delivery logs");
-    assert_eq!(logs.path, crate::fleet::etcd::DELETE_RANGE);
-    s.on_answer(Some("200"), br#"{"header":{"revision":"11"}}"#, 0)
-        .unwrap();
+    let logs = s
+        .due(0)
+        .expect("the removed one's delivery logs and health summaries");
+    assert_eq!(logs.path, crate::fleet::etcd::TXN);
+    assert_eq!(body(&logs)["success"].as_array().unwrap().len(), 2);
+    s.on_answer(
+        Some("200"),
+        br#"{"header":{"revision":"11"},"succeeded":true}"#,
+        0,
+    )
+    .unwrap();
     assert!(s.due(INTERVAL * 10).is_none());
 }
 
