@@ -534,7 +534,7 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
 /// The delivery options through the page: a "v1,v1a" FIFO endpoint with a receiver header; its
 /// public key and header name on its page; a test delivery carries the header and verifies with
 /// the public key (ring's ed25519) and the secret; a reserved header name shows the API's 422;
-/// the headers replaced, then removed.
+/// the headers replaced, then removed; a rotation shows a new secret and public key.
 #[tokio::test]
 async fn delivery_options_signature_ordering_and_receiver_headers() -> Result<()> {
     let stack = start(portal_on()).await?;
@@ -577,6 +577,7 @@ async fn delivery_options_signature_ordering_and_receiver_headers() -> Result<()
     browser.click_text("main", "Create endpoint").await?;
 
     // The answer: the secret and the public key, and the header's name.
+    browser.wait_text("dialog[open]", "not secret").await?;
     let fields = browser
         .client
         .find_all(Locator::Css("dialog[open] input.secret"))
@@ -654,6 +655,35 @@ async fn delivery_options_signature_ordering_and_receiver_headers() -> Result<()
     browser.click_text("main", "Remove all headers").await?;
     browser.click_text("dialog", "Remove headers").await?;
     browser.wait_text("#endpoint-headers", "None").await?;
+
+    // Rotating a "v1,v1a" endpoint shows a new secret and a new public key; the page shows the key.
+    browser.click_text("main", "Rotate secret and key").await?;
+    browser.click_text("dialog", "Rotate").await?;
+    browser.wait_text("dialog[open]", "not secret").await?;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("dialog[open] input.secret"))
+        .await?;
+    ensure!(fields.len() == 2, "a new secret and a new public key");
+    let rotated_key = fields[1].prop("value").await?.unwrap_or_default();
+    ensure!(rotated_key.starts_with("whpk_") && rotated_key != public_key);
+    let rotated = take_secret(&browser, &origin, "rotated secret and key").await?;
+    ensure!(rotated != secret, "a new secret");
+    browser.wait_text("#status", "Rotated").await?;
+    // The page renders again after the rotation: wait for the new key on it.
+    let deadline = std::time::Instant::now() + devtools::browser::WAIT;
+    loop {
+        let shown = browser.find("#public-key").await?.prop("value").await;
+        if shown.ok().flatten().as_deref() == Some(rotated_key.as_str()) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the page shows the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let (_, list) = call(&stack, ALPHA_KEY, "GET", "/webhooks/subscriptions", None).await?;
     let sub = &list["data"][0];
     ensure!(
@@ -662,6 +692,43 @@ async fn delivery_options_signature_ordering_and_receiver_headers() -> Result<()
             && sub["signature_scheme"] == "v1,v1a",
         "{sub}"
     );
+
+    // A pure v1a endpoint has no secret: rotating it shows only the new public key.
+    let (status, v1a) = call(
+        &stack,
+        ALPHA_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(
+            json!({"url": url, "events": ["*"], "signature_scheme": "v1a", "description": "Keyed"}),
+        ),
+    )
+    .await?;
+    ensure!(status == 201, "{v1a}");
+    let id = v1a["id"].as_str().unwrap_or_default();
+    browser
+        .goto(&format!("{origin}/webhooks/portal#/endpoints/{id}"))
+        .await?;
+    browser.wait_text("main h1", "Keyed").await?;
+    browser.click_text("main", "Rotate key").await?;
+    browser.click_text("dialog", "Rotate").await?;
+    browser.wait_text("dialog[open]", "not secret").await?;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("dialog[open] input.secret"))
+        .await?;
+    let only = match fields.as_slice() {
+        [only] => only.prop("value").await?.unwrap_or_default(),
+        _ => anyhow::bail!("one field, the public key: {}", fields.len()),
+    };
+    ensure!(
+        only.starts_with("whpk_") && only != v1a["public_key"],
+        "{only}"
+    );
+    ensure!(browser.focused().await?.contains("Copy public key"));
+    check_screen(&browser, &origin, "rotated v1a").await?;
+    browser.click_text("dialog", "Done").await?;
+    browser.wait_text("#status", "Rotated").await?;
     browser.close().await
 }
 
