@@ -169,7 +169,7 @@ $(AXE): devtools/browser/package-lock.json
 
 # Regenerates docs/images/portal-*.png: the browser tests with screenshots turned on.
 screenshots: wasm envoy browser
-	PORTAL_SCREENSHOTS=docs/images cargo test -p devtools --test portal -- consumer_journey read_only a_bad_link
+	PORTAL_SCREENSHOTS=docs/images cargo test -p devtools --test portal -- consumer_journey read_only a_bad_link delivery_options
 
 devtools:
 	cargo build -p devtools --bins

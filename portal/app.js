@@ -3,7 +3,7 @@
 
 import { adoptToken, call, claims, ApiError } from './api.js';
 import { h, announce } from './dom.js';
-import { listScreen, createScreen, endpointScreen, editScreen } from './endpoints.js';
+import { listScreen, createScreen, endpointScreen, editScreen, headersScreen } from './endpoints.js';
 import { catalogScreen } from './catalog.js';
 
 const main = document.getElementById('main');
@@ -21,6 +21,8 @@ const app = {
     alertBox.textContent = text;
     alertBox.dataset.code = error.code || '';
     alertBox.hidden = false;
+    // Long forms (create) end far below the banner: bring it into sight.
+    alertBox.scrollIntoView({ block: 'nearest' });
     return undefined;
   },
   clear() {
@@ -63,6 +65,7 @@ const ROUTES = [
   [/^#\/catalog$/, () => catalogScreen(app)],
   [/^#\/endpoints\/([A-Za-z0-9_-]+)$/, (m) => endpointScreen(app, m[1])],
   [/^#\/endpoints\/([A-Za-z0-9_-]+)\/edit$/, (m) => editScreen(app, m[1])],
+  [/^#\/endpoints\/([A-Za-z0-9_-]+)\/headers$/, (m) => headersScreen(app, m[1])],
 ];
 
 let rendering = 0;

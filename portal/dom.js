@@ -71,29 +71,26 @@ export async function confirmAction(title, text, action) {
   return answer === 'ok';
 }
 
-/** Shows a secret once, with a copy button. */
-export async function showSecret(title, secret) {
-  const fieldId = newId('secret');
-  const done = h('p', { class: 'hint', 'aria-live': 'polite' });
-  const field = h('input', { id: fieldId, readonly: true, class: 'secret', value: secret, spellcheck: 'false' });
+/** A read-only field with a copy button (and its label, hidden where a heading already says it). */
+export function copyField(label, value, buttonLabel, { autofocus = false, id = null, hideLabel = false } = {}) {
+  const fieldId = id || newId('copy');
+  const done = h('span', { class: 'hint', 'aria-live': 'polite' });
+  const field = h('input', { id: fieldId, readonly: true, class: 'secret', value, spellcheck: 'false' });
   const copy = h('button', {
     type: 'button',
-    autofocus: true,
+    autofocus,
     onclick: async () => {
       field.select();
       try {
-        await navigator.clipboard.writeText(secret);
+        await navigator.clipboard.writeText(value);
       } catch {
         document.execCommand('copy');
       }
       done.textContent = 'Copied to the clipboard.';
     },
-  }, 'Copy secret');
-  await dialog(title, [
-    h('p', {}, 'This signing secret is shown only now. Store it where your receiver can read it: it verifies the ',
-      h('code', {}, 'webhook-signature'), ' header of every delivery.'),
-    h('label', { for: fieldId }, 'Signing secret'),
+  }, buttonLabel);
+  return h('div', { class: 'copy' },
+    h('label', { for: fieldId, class: hideLabel ? 'visually-hidden' : '' }, label),
     h('div', { class: 'row' }, field, copy),
-    done,
-  ], [['I have stored it', 'ok']]);
+    done);
 }

@@ -1,9 +1,11 @@
 // The consumer's endpoints: the list with health, the create and edit form, and one endpoint's
 // page with its actions and delivery log.
 
-import { h, newId, when, confirmAction, showSecret } from './dom.js';
+import { h, newId, when, confirmAction } from './dom.js';
+import { createChoices, headersEditor, showCredentials, optionFacts } from './options.js';
 
 const FAILED = new Set(['exhausted', 'failed', 'dropped']);
+const ROTATE = { v1: 'Rotate secret', v1a: 'Rotate key', 'v1,v1a': 'Rotate secret and key' };
 
 function statusBadge(sub) {
   if (sub.status === 'active') return h('span', { class: 'badge ok' }, 'Active');
@@ -73,8 +75,8 @@ function readEvents(form) {
   return [...picked, ...other];
 }
 
-/** The create and edit form; `submit` gets the fields and does the call. */
-function endpointForm(app, catalog, sub, submitLabel, submit) {
+/** The create and edit form (`extra`: more fieldsets); `submit` gets the fields and does the call. */
+function endpointForm(app, catalog, sub, submitLabel, submit, extra) {
   const urlId = newId('url');
   const descId = newId('description');
   const form = h('form', { class: 'form', novalidate: true },
@@ -83,6 +85,7 @@ function endpointForm(app, catalog, sub, submitLabel, submit) {
     h('label', { for: descId }, 'Description (optional)'),
     h('input', { id: descId, name: 'description', value: sub.description || '' }),
     eventPicker(catalog, sub.events || []),
+    extra,
     h('div', { class: 'actions' },
       h('button', { type: 'submit', class: 'primary' }, submitLabel),
       h('a', { class: 'button', href: sub.id ? `#/endpoints/${sub.id}` : '#/' }, 'Cancel')));
@@ -94,7 +97,7 @@ function endpointForm(app, catalog, sub, submitLabel, submit) {
     const button = form.querySelector('button[type="submit"]');
     button.disabled = true;
     try {
-      await submit({ url: form.elements.url.value.trim(), description: form.elements.description.value, events });
+      await submit({ url: form.elements.url.value.trim(), description: form.elements.description.value, events }, form);
     } catch (error) {
       app.fail(error);
     } finally {
@@ -107,13 +110,69 @@ function endpointForm(app, catalog, sub, submitLabel, submit) {
 
 export async function createScreen(app) {
   const catalog = await app.catalog();
+  const headers = headersEditor('Receiver headers (optional)',
+    'Sent with every delivery, e.g. your receiver\'s own authorization token. Values are shown only once created.');
   return h('section', {},
     h('h1', {}, 'Add an endpoint'),
-    endpointForm(app, catalog, { events: [] }, 'Create endpoint', async (fields) => {
-      const created = await app.api('POST', '/subscriptions', fields);
-      await showSecret('Endpoint created', created.secret);
+    endpointForm(app, catalog, { events: [] }, 'Create endpoint', async (fields, form) => {
+      const chosen = {
+        signature_scheme: form.elements.scheme.value,
+        ordering: form.elements.ordering.value,
+        headers: headers.read(),
+      };
+      if (!Object.keys(chosen.headers).length) delete chosen.headers;
+      const created = await app.api('POST', '/subscriptions', { ...fields, ...chosen });
+      await showCredentials('Endpoint created', created);
       app.go(`#/endpoints/${created.id}`);
-    }));
+    }, [...createChoices(), headers.node]));
+}
+
+/** Replaces the receiver headers (write-only), or removes them all. */
+export async function headersScreen(app, id) {
+  const sub = await app.api('GET', `/subscriptions/${id}`);
+  const path = `/subscriptions/${id}`;
+  const editor = headersEditor('New receiver headers',
+    'Saving replaces every header: enter all that your receiver needs. Values are never shown again, here or anywhere.');
+  editor.addRow();
+  const replace = async (headers, said) => {
+    try {
+      await app.api('PATCH', path, { headers });
+      app.say(said);
+      app.go(`#/endpoints/${id}`);
+    } catch (error) {
+      app.fail(error);
+    }
+  };
+  const form = h('form', { class: 'form', novalidate: true },
+    editor.node,
+    h('div', { class: 'actions' },
+      h('button', { type: 'submit', class: 'primary' }, 'Replace headers'),
+      sub.header_names.length ? h('button', {
+        type: 'button',
+        class: 'danger',
+        onclick: async () => {
+          const ok = await confirmAction('Remove every receiver header?',
+            `Deliveries to ${sub.url} are sent without ${sub.header_names.join(', ')} from now on.`, 'Remove headers');
+          if (ok) await replace({}, 'Receiver headers removed.');
+        },
+      }, 'Remove all headers') : null,
+      h('a', { class: 'button', href: `#/endpoints/${id}` }, 'Cancel')));
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    try {
+      const headers = editor.read();
+      if (!Object.keys(headers).length) return app.fail({ text: 'Please enter at least one header, or remove them all.' });
+      await replace(headers, 'Receiver headers replaced.');
+    } catch (error) {
+      app.fail(error);
+    }
+    return undefined;
+  });
+  return h('section', {},
+    h('h1', {}, 'Receiver headers'),
+    h('p', {}, 'Sent now with every delivery to ', h('code', {}, sub.url), ': ',
+      h('span', { id: 'current-headers' }, sub.header_names.length ? sub.header_names.join(', ') : 'none'), '.'),
+    form);
 }
 
 export async function editScreen(app, id) {
@@ -157,6 +216,7 @@ function facts(sub) {
     row('Status', statusBadge(sub)),
     row('Events', h('span', { id: 'endpoint-events' }, sub.events.join(', '))),
     row('Health', healthText(sub.health)),
+    optionFacts(sub, row),
     row('Created', when(sub.created_at)),
     row('Changed', when(sub.updated_at)),
     row('Id', h('code', {}, sub.id)));
@@ -168,6 +228,7 @@ function actions(app, sub) {
   const enabled = sub.status === 'active';
   return h('div', { class: 'actions', role: 'group', 'aria-label': 'Endpoint actions' },
     h('a', { class: 'button', href: `#/endpoints/${sub.id}/edit` }, 'Edit'),
+    h('a', { class: 'button', href: `#/endpoints/${sub.id}/headers` }, 'Receiver headers'),
     action(app, 'Send test event', async () => {
       await app.api('POST', `${path}/test`);
       return 'A test event was queued; it appears in the delivery log once attempted.';
@@ -176,13 +237,14 @@ function actions(app, sub) {
       await app.api('PATCH', path, { status: enabled ? 'disabled' : 'active' });
       return enabled ? 'Endpoint disabled.' : 'Endpoint enabled.';
     }),
-    action(app, 'Rotate secret', async () => {
-      const ok = await confirmAction('Rotate the signing secret?',
-        'A new secret is made; the old one keeps signing beside it for 24 hours, so you can switch over.', 'Rotate');
+    action(app, ROTATE[sub.signature_scheme] || ROTATE.v1, async () => {
+      const what = sub.signature_scheme === 'v1a' ? 'key' : 'secret';
+      const ok = await confirmAction(`${ROTATE[sub.signature_scheme] || ROTATE.v1}?`,
+        `A new ${what} is made; the old one keeps signing beside it for 24 hours, so you can switch over.`, 'Rotate');
       if (!ok) return false;
       const rotated = await app.api('POST', `${path}/rotate-secret`);
-      await showSecret('New signing secret', rotated.secret);
-      return 'Secret rotated.';
+      await showCredentials(what === 'key' ? 'New public key' : 'New signing secret', rotated);
+      return 'Rotated.';
     }),
     action(app, 'Delete', async () => {
       const ok = await confirmAction('Delete this endpoint?',

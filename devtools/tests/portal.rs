@@ -531,6 +531,207 @@ async fn journey(stack: &Stack, browser: &Browser, link: &str, auth: (&str, &str
     Ok(())
 }
 
+/// The delivery options through the page: a "v1,v1a" FIFO endpoint with a receiver header; its
+/// public key and header name on its page; a test delivery carries the header and verifies with
+/// the public key (ring's ed25519) and the secret; a reserved header name shows the API's 422;
+/// the headers replaced, then removed; a rotation shows a new secret and public key.
+#[tokio::test]
+async fn delivery_options_signature_ordering_and_receiver_headers() -> Result<()> {
+    let stack = start(portal_on()).await?;
+    let browser = Browser::start().await?;
+    let origin = stack.envoy.url("");
+    open(&browser, &mint(&stack, "alpha", false).await?).await?;
+    browser.click_text("main", "Add endpoint").await?;
+    let url = stack.receiver.url("/hooks/signed");
+    browser
+        .find("input[name=url]")
+        .await?
+        .send_keys(&url)
+        .await?;
+    browser
+        .find("input[name=description]")
+        .await?
+        .send_keys("Signed")
+        .await?;
+    browser.find("input[value='*']").await?.click().await?;
+    browser
+        .find("input[name=scheme][value='v1,v1a']")
+        .await?
+        .click()
+        .await?;
+    browser
+        .find("input[name=ordering][value=fifo]")
+        .await?
+        .click()
+        .await?;
+    browser.click_text("main", "Add header").await?;
+    // Typed with capitals: the page sends header names in lowercase, as the API wants them.
+    browser.keys("Authorization").await?;
+    browser
+        .find("input[name=header-value]")
+        .await?
+        .send_keys("Bearer receiver-token-1")
+        .await?;
+    browser.screenshot("create-options").await?;
+    check_screen(&browser, &origin, "create with options").await?;
+    browser.click_text("main", "Create endpoint").await?;
+
+    // The answer: the secret and the public key, and the header's name.
+    browser.wait_text("dialog[open]", "not secret").await?;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("dialog[open] input.secret"))
+        .await?;
+    ensure!(fields.len() == 2, "a secret and a public key");
+    let public_key = fields[1].prop("value").await?.unwrap_or_default();
+    ensure!(public_key.starts_with("whpk_"), "{public_key}");
+    let named = browser.find("#created-headers").await?.text().await?;
+    ensure!(named.contains("authorization"), "{named}");
+    browser.screenshot("secret-and-key").await?;
+    let secret = take_secret(&browser, &origin, "secret and key").await?;
+
+    // The endpoint's page: scheme, public key, ordering, header names.
+    browser.wait_text("main h1", "Signed").await?;
+    let shown = browser.find("#public-key").await?.prop("value").await?;
+    ensure!(shown.as_deref() == Some(public_key.as_str()), "{shown:?}");
+    browser.wait_text("#endpoint-scheme", "v1 and v1a").await?;
+    browser.wait_text("#endpoint-ordering", "FIFO").await?;
+    let names = browser.find("#endpoint-headers").await?.text().await?;
+    ensure!(names == "authorization", "{names}");
+    browser.click_text("main", "Copy public key").await?;
+    browser
+        .wait_text("main .facts", "Copied to the clipboard")
+        .await?;
+
+    // A test delivery carries the header and both signatures.
+    browser.click_text("main", "Send test event").await?;
+    wait_log_row(&browser, "#log tr[data-state=succeeded]").await?;
+    browser.screenshot("endpoint-options").await?;
+    check_screen(&browser, &origin, "endpoint with options").await?;
+    let got = stack.webhooks(1, Duration::from_secs(10)).await?;
+    ensure!(
+        got[0].header("authorization") == Some("Bearer receiver-token-1"),
+        "{:?}",
+        got[0].headers
+    );
+    got[0].verify(&secret)?;
+    got[0].verify_v1a(&public_key)?;
+
+    // Replace the headers: a reserved name first, refused by the API with its message.
+    browser.click_text("main", "Receiver headers").await?;
+    browser.wait_text("main h1", "Receiver headers").await?;
+    browser
+        .wait_text("#current-headers", "authorization")
+        .await?;
+    let name = browser.find("input[name=header-name]").await?;
+    name.send_keys("x-envoy-upstream-rq-timeout-ms").await?;
+    let value = browser.find("input[name=header-value]").await?;
+    value.send_keys("1").await?;
+    browser.screenshot("headers").await?;
+    check_screen(&browser, &origin, "receiver headers").await?;
+    browser.click_text("main", "Replace headers").await?;
+    let said = browser.wait_text("#alert", "Please correct this").await?;
+    ensure!(said.contains("x-envoy-upstream-rq-timeout-ms"), "{said}");
+    browser.find("#alert[data-code=invalid_headers]").await?;
+    name.clear().await?;
+    name.send_keys("x-receiver-token").await?;
+    value.clear().await?;
+    value.send_keys("token-2").await?;
+    browser.click_text("main", "Replace headers").await?;
+    browser
+        .wait_text("#endpoint-headers", "x-receiver-token")
+        .await?;
+    browser.click_text("main", "Send test event").await?;
+    let got = stack.webhooks(2, Duration::from_secs(10)).await?;
+    ensure!(
+        got[1].header("x-receiver-token") == Some("token-2")
+            && got[1].header("authorization").is_none(),
+        "{:?}",
+        got[1].headers
+    );
+
+    // And remove them all.
+    browser.click_text("main", "Receiver headers").await?;
+    browser.click_text("main", "Remove all headers").await?;
+    browser.click_text("dialog", "Remove headers").await?;
+    browser.wait_text("#endpoint-headers", "None").await?;
+
+    // Rotating a "v1,v1a" endpoint shows a new secret and a new public key; the page shows the key.
+    browser.click_text("main", "Rotate secret and key").await?;
+    browser.click_text("dialog", "Rotate").await?;
+    browser.wait_text("dialog[open]", "not secret").await?;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("dialog[open] input.secret"))
+        .await?;
+    ensure!(fields.len() == 2, "a new secret and a new public key");
+    let rotated_key = fields[1].prop("value").await?.unwrap_or_default();
+    ensure!(rotated_key.starts_with("whpk_") && rotated_key != public_key);
+    let rotated = take_secret(&browser, &origin, "rotated secret and key").await?;
+    ensure!(rotated != secret, "a new secret");
+    browser.wait_text("#status", "Rotated").await?;
+    // The page renders again after the rotation: wait for the new key on it.
+    let deadline = std::time::Instant::now() + devtools::browser::WAIT;
+    loop {
+        let shown = browser.find("#public-key").await?.prop("value").await;
+        if shown.ok().flatten().as_deref() == Some(rotated_key.as_str()) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the page shows the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (_, list) = call(&stack, ALPHA_KEY, "GET", "/webhooks/subscriptions", None).await?;
+    let sub = &list["data"][0];
+    ensure!(
+        sub["header_names"] == json!([])
+            && sub["ordering"] == "fifo"
+            && sub["signature_scheme"] == "v1,v1a",
+        "{sub}"
+    );
+
+    // A pure v1a endpoint has no secret: rotating it shows only the new public key.
+    let (status, v1a) = call(
+        &stack,
+        ALPHA_KEY,
+        "POST",
+        "/webhooks/subscriptions",
+        Some(
+            json!({"url": url, "events": ["*"], "signature_scheme": "v1a", "description": "Keyed"}),
+        ),
+    )
+    .await?;
+    ensure!(status == 201, "{v1a}");
+    let id = v1a["id"].as_str().unwrap_or_default();
+    browser
+        .goto(&format!("{origin}/webhooks/portal#/endpoints/{id}"))
+        .await?;
+    browser.wait_text("main h1", "Keyed").await?;
+    browser.click_text("main", "Rotate key").await?;
+    browser.click_text("dialog", "Rotate").await?;
+    browser.wait_text("dialog[open]", "not secret").await?;
+    let fields = browser
+        .client
+        .find_all(Locator::Css("dialog[open] input.secret"))
+        .await?;
+    let only = match fields.as_slice() {
+        [only] => only.prop("value").await?.unwrap_or_default(),
+        _ => anyhow::bail!("one field, the public key: {}", fields.len()),
+    };
+    ensure!(
+        only.starts_with("whpk_") && only != v1a["public_key"],
+        "{only}"
+    );
+    ensure!(browser.focused().await?.contains("Copy public key"));
+    check_screen(&browser, &origin, "rotated v1a").await?;
+    browser.click_text("dialog", "Done").await?;
+    browser.wait_text("#status", "Rotated").await?;
+    browser.close().await
+}
+
 /// Creating an endpoint with the keyboard alone: Tab through the form, Space on a checkbox,
 /// Enter to submit; the secret dialog has the focus, and gives it back when closed.
 #[tokio::test]
